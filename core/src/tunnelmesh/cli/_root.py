@@ -1,0 +1,80 @@
+"""The root click group and the options every command shares."""
+
+from __future__ import annotations
+
+import logging
+import click
+
+from tunnelmesh import __version__
+from tunnelmesh._manager import PluginManager, make_plugin_manager
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Context:
+    """What the root group hands to every command (``click.pass_obj``)."""
+
+    def __init__(self, pm: PluginManager, config: str | None, log_level: str) -> None:
+        self.pm = pm
+        self.config = config
+        self.log_level = log_level
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "-c",
+    "--config",
+    metavar="PATH",
+    envvar="TUNNELMESH_CONFIG",
+    show_envvar=True,
+    help="Config file; without it the usual places are searched (see docs/config.md).",
+)
+@click.option(
+    "-l",
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    envvar="TUNNELMESH_LOG_LEVEL",
+    show_envvar=True,
+    help="How much to log.",
+)
+@click.version_option(__version__, "-V", "--version", prog_name="tunnelmesh")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, log_level: str) -> None:
+    """tunnelmesh: a peer-to-peer encrypted mesh network.
+
+    Nodes get a mesh IP on a TUN interface and talk directly to each other through encrypted
+    tunnels; a coordination server does discovery, IP allocation and NAT traversal help.
+    Features come from plugins: `tunnelmesh plugins` lists what is installed.
+    """
+    setup_logging(log_level)
+    pm = ctx.obj if isinstance(ctx.obj, PluginManager) else make_plugin_manager()
+    ctx.obj = Context(pm, config, log_level)
+
+
+def build_cli(pm: PluginManager | None = None) -> click.Group:
+    """Return the root group with core commands and every plugin's commands added."""
+    from tunnelmesh.cli import init_cmd, plugins_cmd
+
+    if pm is None:
+        pm = make_plugin_manager()
+    root = click.Group(
+        name=cli.name,
+        callback=cli.callback,
+        params=list(cli.params),
+        help=cli.help,
+        context_settings=dict(cli.context_settings),
+    )
+    for cmd in (plugins_cmd.plugins, init_cmd.init):
+        root.add_command(cmd)
+    pm.hook.tunnelmesh_register_commands(cli=root)
+    return root

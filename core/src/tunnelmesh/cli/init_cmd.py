@@ -1,0 +1,149 @@
+"""``tunnelmesh init``: write commented example config files."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+import click
+
+from tunnelmesh.errors import ConfigError
+
+SERVER_TEMPLATE = """\
+# tunnelmesh coordination server config (tunnelmesh serve -c {name})
+# Every key below shows its default unless marked "required".
+
+# required: the mesh's shared secret; peers join with it. Keep it private.
+auth_token: "{token}"
+
+# where the coordination API listens (HTTPS)
+listen: "0.0.0.0:8443"
+
+# RFC 5389 STUN (UDP): peers learn their public address here
+stun_listen: "0.0.0.0:3478"
+
+# mesh addresses are allocated from this range
+mesh_cidr: "172.30.0.0/16"
+
+# DNS suffix of mesh names: <peer>.tunnelmesh
+domain: "tunnelmesh"
+
+# state (SQLite database, mesh CA); a restart with the same directory loses nothing
+data_dir: "/var/lib/tunnelmesh"
+
+# peers (by name) that are admins besides the first peer to join
+admin_peers: []
+
+# how often peers report in; a peer missing three heartbeats is shown offline
+heartbeat_interval: 10s
+
+# packet filter rules pushed to every peer (the most restrictive layer wins)
+filter:
+  default_deny: false
+  rules: []
+  #  - port: 22
+  #    protocol: tcp
+  #    action: allow
+
+# uncomment to make the coordinator a mesh peer too (server-as-client)
+# join_mesh:
+#   name: "coordinator"
+#   dns:
+#     enabled: true
+"""
+
+PEER_TEMPLATE = """\
+# tunnelmesh peer config (tunnelmesh join -c {name})
+# Every key below shows its default unless marked "required".
+
+# this peer's name in the mesh (a DNS label: <name>.tunnelmesh)
+name: "{hostname}"
+
+# required to join: the coordinator's URL and the mesh's auth token
+# (or pass --server/--token, or TUNNELMESH_SERVER/TUNNELMESH_TOKEN)
+server: ""
+auth_token: ""
+
+# this node's identity (ed25519, OpenSSH format); created when missing
+private_key: "~/.tunnelmesh/id_ed25519"
+
+tun:
+  name: "tun-mesh0"
+  mtu: 1420
+
+dns:
+  enabled: true
+  listen: "127.0.0.53:5353"
+  cache_ttl: 300
+  aliases: []
+
+# transports in order of preference, globally and per peer
+transports:
+  order: [udp, ssh, relay]
+  per_peer: {{}}
+  udp_port: 2223
+  ssh_port: 2222
+
+filter:
+  default_deny: false
+  allow_icmp: true
+  rules: []
+  #  - port: 3306
+  #    protocol: tcp
+  #    action: deny
+  #    source_peer: untrusted-node
+
+# route internet traffic through this peer (split tunnel); "" = off
+exit_node: ""
+# let other peers use this one as their exit
+allow_exit_traffic: false
+"""
+
+
+def _sanitised_hostname() -> str:
+    name = socket.gethostname().split(".")[0].lower()
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")
+    return name[:63] or "node"
+
+
+def _write(path: Path, text: str, force: bool) -> None:
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.option("--server", "server", is_flag=True, help="Write server.yaml (coordinator).")
+@click.option("--peer", "peer", is_flag=True, help="Write peer.yaml.")
+@click.option(
+    "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+    show_default=True, envvar="TUNNELMESH_INIT_OUTPUT", show_envvar=True,
+    help="Directory to write into.",
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing files.")
+def init(server: bool, peer: bool, output: Path, force: bool) -> None:
+    """Write commented example config files (server.yaml and/or peer.yaml).
+
+    The server file gets a fresh random auth_token. Files are created with mode 0600 because
+    they hold secrets.
+    """
+    if not server and not peer:
+        raise click.UsageError("say what to write: --server, --peer or both")
+    if server:
+        _write(
+            output / "server.yaml",
+            SERVER_TEMPLATE.format(name=output / "server.yaml", token=secrets.token_hex(32)),
+            force,
+        )
+    if peer:
+        _write(
+            output / "peer.yaml",
+            PEER_TEMPLATE.format(name=output / "peer.yaml", hostname=_sanitised_hostname()),
+            force,
+        )

@@ -1,0 +1,298 @@
+"""Server and peer configuration: msgspec Structs loaded from YAML.
+
+A bad file gives one :class:`~tunnelmesh.errors.ConfigError` line that names the file, the key
+and what is wrong. Plugins add their own top-level sections through the
+``tunnelmesh_register_config_sections`` hook; those are decoded into the plugin's Struct and kept
+in ``config.sections[name]``.
+
+Search order when no ``-c`` is given:
+    server: ``./server.yaml``, ``./tunnelmesh-server.yaml``
+    peer:   ``~/.tunnelmesh/config.yaml``, ``./tunnelmesh.yaml``, ``./peer.yaml``
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import yaml
+
+from tunnelmesh.errors import ConfigError
+from tunnelmesh.registry import ConfigSection
+
+__all__ = [
+    "DnsConfig",
+    "Duration",
+    "FilterConfig",
+    "FilterRule",
+    "JoinMesh",
+    "PeerConfig",
+    "ServerConfig",
+    "TransportConfig",
+    "TunConfig",
+    "find_config",
+    "load_config",
+    "load_peer_config",
+    "load_server_config",
+]
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+SERVER_CONFIG_NAMES = ("server.yaml", "tunnelmesh-server.yaml")
+PEER_CONFIG_NAMES = ("~/.tunnelmesh/config.yaml", "tunnelmesh.yaml", "peer.yaml")
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class Duration(float):
+    """Seconds; YAML may say ``10``, ``2.5``, ``500ms``, ``10s``, ``2m`` or ``1h``."""
+
+
+def _dec_hook(typ: type, value: Any) -> Any:
+    if typ is Duration:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return Duration(value)
+        if isinstance(value, str) and (m := _DURATION.match(value)):
+            return Duration(float(m.group(1)) * _UNITS[m.group(2)])
+        raise ValueError(f"expected a duration such as 10s, 500ms or 2m, got {value!r}")
+    raise NotImplementedError(f"no decoder for {typ!r}")
+
+
+def _check_label(name: str, what: str) -> None:
+    if name and not _LABEL.match(name):
+        raise ValueError(
+            f"{what} {name!r} is not a DNS label (lower-case letters, digits and '-', "
+            "at most 63, not starting or ending with '-')"
+        )
+
+
+class TunConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The TUN interface."""
+
+    name: str = "tun-mesh0"
+    mtu: int = 1420
+
+    def __post_init__(self) -> None:
+        if not 576 <= self.mtu <= 65535:
+            raise ValueError(f"mtu must be between 576 and 65535, got {self.mtu}")
+        if not 0 < len(self.name) < 16:
+            raise ValueError("interface name must be 1 to 15 characters")
+
+
+class DnsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The built-in resolver."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.53:5353"
+    cache_ttl: int = 300
+    aliases: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for alias in self.aliases:
+            for label in alias.split("."):
+                _check_label(label, "dns alias")
+        if len(set(self.aliases)) != len(self.aliases):
+            raise ValueError("dns aliases must not repeat")
+
+
+class FilterRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One packet filter rule."""
+
+    port: int
+    protocol: Literal["tcp", "udp"] = "tcp"
+    action: Literal["allow", "deny"] = "allow"
+    source_peer: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be between 1 and 65535, got {self.port}")
+
+
+class FilterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The packet filter."""
+
+    default_deny: bool = False
+    allow_icmp: bool = True
+    rules: list[FilterRule] = msgspec.field(default_factory=list)
+
+
+class TransportConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Transport negotiation: the order to try, globally and per peer."""
+
+    order: list[str] = msgspec.field(default_factory=lambda: ["udp", "ssh", "relay"])
+    per_peer: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    udp_port: int = 2223
+    ssh_port: int = 2222
+
+
+class _PeerFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str = ""
+    private_key: str = "~/.tunnelmesh/id_ed25519"
+    control_socket: str = "/run/tunnelmesh.sock"
+    heartbeat_interval: Duration = Duration(10.0)
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    tun: TunConfig = msgspec.field(default_factory=TunConfig)
+    dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
+    filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
+    transports: TransportConfig = msgspec.field(default_factory=TransportConfig)
+    exit_node: str = ""
+    allow_exit_traffic: bool = False
+
+    def __post_init__(self) -> None:
+        _check_label(self.name, "name")
+        if self.exit_node.endswith(".tunnelmesh"):
+            self.exit_node = self.exit_node[: -len(".tunnelmesh")]
+
+
+class JoinMesh(_PeerFields, forbid_unknown_fields=True, kw_only=True):
+    """``join_mesh:`` in the server config: the coordinator is also a mesh peer."""
+
+
+class PeerConfig(_PeerFields, forbid_unknown_fields=True, kw_only=True):
+    """A peer's configuration (``peer.yaml``)."""
+
+    server: str = ""
+    auth_token: str = ""
+    sections: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The coordination server's configuration (``server.yaml``)."""
+
+    auth_token: str
+    listen: str = "0.0.0.0:8443"
+    stun_listen: str = "0.0.0.0:3478"
+    mesh_cidr: str = "172.30.0.0/16"
+    domain: str = "tunnelmesh"
+    data_dir: str = "/var/lib/tunnelmesh"
+    admin_peers: list[str] = msgspec.field(default_factory=list)
+    heartbeat_interval: Duration = Duration(10.0)
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
+    join_mesh: JoinMesh | None = None
+    sections: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.auth_token) < 16:
+            raise ValueError("auth_token must be at least 16 characters (try: openssl rand -hex 32)")
+        try:
+            net = ipaddress.ip_network(self.mesh_cidr)
+        except ValueError as exc:
+            raise ValueError(f"mesh_cidr: {exc}") from None
+        if net.num_addresses < 4:
+            raise ValueError(f"mesh_cidr {self.mesh_cidr} is too small")
+        _check_label(self.domain, "domain")
+
+
+def _error_from_validation(exc: msgspec.ValidationError, path: str, prefix: str) -> ConfigError:
+    message = str(exc)
+    key = None
+    m = re.search(r" - at `\$(.*)`$", message)
+    if m:
+        message = message[: m.start()]
+        key = (prefix + m.group(1)).lstrip(".")
+        key = re.sub(r"\[(\d+)\]", r"[\1]", key)
+    elif prefix:
+        key = prefix.lstrip(".")
+    message = message.replace("Object contains unknown field", "unknown key")
+    return ConfigError(message[:1].lower() + message[1:], path=path, key=key)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", path=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}invalid YAML: {problem}", path=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of keys", path=str(path))
+    return data
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    kind: type[S],
+    sections: Mapping[str, ConfigSection] | None = None,
+) -> S:
+    """Load a YAML file into ``kind`` (a config Struct), with plugin sections.
+
+    Raises:
+        ConfigError: one line naming the file, the key and what is wrong.
+    """
+    p = Path(path).expanduser()
+    data = _read_yaml(p)
+    decoded_sections: dict[str, Any] = {}
+    is_server = kind is ServerConfig
+    for name, section in (sections or {}).items():
+        if not (section.server if is_server else section.peer):
+            continue
+        raw = data.pop(name, {})
+        try:
+            decoded_sections[name] = msgspec.convert(
+                raw or {}, section.type, dec_hook=_dec_hook, str_keys=True
+            )
+        except msgspec.ValidationError as exc:
+            raise _error_from_validation(exc, str(p), f".{name}") from None
+    if "sections" in data:
+        raise ConfigError("unknown key", path=str(p), key="sections")
+    try:
+        config = msgspec.convert(data, kind, dec_hook=_dec_hook, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise _error_from_validation(exc, str(p), "") from None
+    config.sections.update(decoded_sections)  # type: ignore[attr-defined]
+    return config
+
+
+def find_config(candidates: Iterable[str], explicit: str | None = None) -> Path | None:
+    """The config file to use: ``explicit`` when given, else the first candidate that exists."""
+    if explicit:
+        return Path(explicit).expanduser()
+    for candidate in candidates:
+        p = Path(candidate).expanduser()
+        if p.is_file():
+            return p
+    return None
+
+
+def load_server_config(
+    explicit: str | None = None, sections: Mapping[str, ConfigSection] | None = None
+) -> ServerConfig:
+    """Find and load the server config.
+
+    Raises:
+        ConfigError: no file was found, or the file is invalid.
+    """
+    path = find_config(SERVER_CONFIG_NAMES, explicit)
+    if path is None:
+        raise ConfigError(
+            "no server config found (looked for " + ", ".join(SERVER_CONFIG_NAMES) + "); "
+            "create one with: tunnelmesh init --server"
+        )
+    return load_config(path, ServerConfig, sections)
+
+
+def load_peer_config(
+    explicit: str | None = None, sections: Mapping[str, ConfigSection] | None = None
+) -> PeerConfig:
+    """Find and load the peer config; built-in defaults when there is no file."""
+    path = find_config(PEER_CONFIG_NAMES, explicit)
+    if path is None:
+        return PeerConfig()
+    return load_config(path, PeerConfig, sections)
