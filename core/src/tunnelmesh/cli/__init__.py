@@ -6,8 +6,6 @@ One module per command; this file only assembles them. Errors that tunnelmesh ra
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from tunnelmesh._manager import make_plugin_manager
@@ -38,6 +36,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The repository as a whole: the nox matrix has one session per plugin of the catalog."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_nox_lists_one_session_per_plugin_and_the_fixed_ones() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "nox", "-l", "--json"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    sessions = {s["session"] for s in json.loads(out.stdout)}
+    with open(ROOT / "plugins" / "catalog.toml", "rb") as f:
+        plugins = [p["name"] for p in tomllib.load(f).get("plugin", [])]
+    assert {f"tests-{p}" for p in plugins} | {"core", "e2e", "lint", "typecheck"} == sessions
+    listing = subprocess.run(
+        [sys.executable, "-m", "nox", "-l"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "- bench ->" in listing, "bench exists but is not in the default set"
+
+
+def test_hooks_doc_is_generated_from_the_specs() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/gen_hooks_doc.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
