@@ -39,8 +39,17 @@ def _constraints(session: nox.Session) -> str:
     out = Path(session.create_tmp()) / "constraints.txt"
     subprocess.run(
         [
-            "uv", "export", "--frozen", "--quiet", "--no-hashes", "--all-packages",
-            "--all-extras", "--all-groups", "--no-emit-workspace", "--output-file", str(out),
+            "uv",
+            "export",
+            "--frozen",
+            "--quiet",
+            "--no-hashes",
+            "--all-packages",
+            "--all-extras",
+            "--all-groups",
+            "--no-emit-workspace",
+            "--output-file",
+            str(out),
         ],
         check=True,
         cwd=ROOT,

@@ -36,7 +36,11 @@ An implementation may accept any subset of a hook's arguments.
 
 def render() -> str:
     parts = [HEADER]
-    names = [n for n, _ in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("tunnelmesh_")]
+    names = [
+        n
+        for n, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+        if n.startswith("tunnelmesh_")
+    ]
     order = list(hookspecs.__dict__)  # definition order
     for name in sorted(names, key=order.index):
         fn = getattr(hookspecs, name)

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PLUGIN = '''
+PLUGIN = """
 from typing import ClassVar
 
 from tunnelmesh import hookimpl
@@ -30,11 +30,13 @@ class DropAll(PacketFilter):
 @hookimpl
 def tunnelmesh_register_filters(registry):
     registry.add_filter(DropAll)
-'''
+"""
 
 
 def uv(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "uv", *args], capture_output=True, text=True, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "uv", *args], capture_output=True, text=True, check=True
+    )
 
 
 @pytest.mark.slow

@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_nox_lists_one_session_per_plugin_and_the_fixed_ones() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "nox", "-l", "--json"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "nox", "-l", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     sessions = {s["session"] for s in json.loads(out.stdout)}
     with open(ROOT / "plugins" / "catalog.toml", "rb") as f:
@@ -27,6 +31,9 @@ def test_nox_lists_one_session_per_plugin_and_the_fixed_ones() -> None:
 
 def test_hooks_doc_is_generated_from_the_specs() -> None:
     result = subprocess.run(
-        [sys.executable, "scripts/gen_hooks_doc.py", "--check"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "scripts/gen_hooks_doc.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr

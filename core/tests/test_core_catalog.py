@@ -51,4 +51,3 @@ def test_distribution_matches_its_catalog_entry(plugin: dict[str, Any]) -> None:
     assert re.fullmatch(r"[a-z0-9]+", plugin["name"])
     assert plugin["dist"] in WORKSPACE["tool"]["uv"]["sources"]
     assert f"{plugin['dist']}[test]" in WORKSPACE["project"]["dependencies"]
-

@@ -13,7 +13,6 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
-
 from tunnelmesh import hookimpl
 from tunnelmesh._manager import PluginManager
 from tunnelmesh.cli import build_cli, main
@@ -77,7 +76,9 @@ def test_plugins_json() -> None:
     assert "no plugins installed" in run(pm, "plugins").output
 
 
-def test_errors_print_one_line_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_print_one_line_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "peer.yaml").write_text("x")
     assert main(["init", "--peer", "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err
@@ -88,6 +89,10 @@ def test_errors_print_one_line_without_traceback(tmp_path: Path, capsys: pytest.
 def test_console_script_runs() -> None:
     env = {**os.environ, "TUNNELMESH_LOG_LEVEL": "error"}
     out = subprocess.run(
-        [sys.executable, "-m", "tunnelmesh", "--version"], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-m", "tunnelmesh", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     assert out.stdout.startswith("tunnelmesh, version ")

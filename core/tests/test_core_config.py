@@ -6,7 +6,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from tunnelmesh.config import (
     PeerConfig,
     ServerConfig,
@@ -28,7 +27,9 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
 
 
 def test_server_config_defaults_and_values(tmp_path: Path) -> None:
-    p = write(tmp_path, f'auth_token: "{TOKEN}"\nheartbeat_interval: 2m\njoin_mesh:\n  name: coord\n')
+    p = write(
+        tmp_path, f'auth_token: "{TOKEN}"\nheartbeat_interval: 2m\njoin_mesh:\n  name: coord\n'
+    )
     cfg = load_config(p, ServerConfig)
     assert cfg.mesh_cidr == "172.30.0.0/16"
     assert cfg.heartbeat_interval == 120.0
@@ -36,9 +37,17 @@ def test_server_config_defaults_and_values(tmp_path: Path) -> None:
 
 
 def test_peer_config_durations_and_nested(tmp_path: Path) -> None:
-    p = write(tmp_path, "name: alpha\nheartbeat_interval: 500ms\ntun:\n  mtu: 1400\nexit_node: gw.tunnelmesh\n")
+    p = write(
+        tmp_path,
+        "name: alpha\nheartbeat_interval: 500ms\ntun:\n  mtu: 1400\nexit_node: gw.tunnelmesh\n",
+    )
     cfg = load_config(p, PeerConfig)
-    assert (cfg.name, cfg.heartbeat_interval, cfg.tun.mtu, cfg.exit_node) == ("alpha", 0.5, 1400, "gw")
+    assert (cfg.name, cfg.heartbeat_interval, cfg.tun.mtu, cfg.exit_node) == (
+        "alpha",
+        0.5,
+        1400,
+        "gw",
+    )
 
 
 @pytest.mark.parametrize(
@@ -49,7 +58,10 @@ def test_peer_config_durations_and_nested(tmp_path: Path) -> None:
         ("name: alpha\nbogus: 1\n", r"c\.yaml: unknown key `bogus`"),
         ("name: Not_A_Label\n", r"c\.yaml: name 'Not_A_Label' is not a DNS label"),
         ("name: a\nheartbeat_interval: soon\n", r"heartbeat_interval: expected a duration"),
-        ("name: a\nfilter:\n  rules:\n    - port: 70000\n", r"filter\.rules\[0\]: port must be between"),
+        (
+            "name: a\nfilter:\n  rules:\n    - port: 70000\n",
+            r"filter\.rules\[0\]: port must be between",
+        ),
         ("name: [unclosed\n", r"c\.yaml: line \d+: invalid YAML"),
         ("- just\n- a list\n", r"c\.yaml: the top level must be a mapping"),
     ],
@@ -91,11 +103,17 @@ def test_plugin_sections(tmp_path: Path) -> None:
     cfg = load_config(p, ServerConfig, reg.config_sections)
     assert cfg.sections["s3"] == S3Section(enabled=True)
     # absent section: defaults
-    cfg = load_config(write(tmp_path, f'auth_token: "{TOKEN}"\n', "d.yaml"), ServerConfig, reg.config_sections)
+    cfg = load_config(
+        write(tmp_path, f'auth_token: "{TOKEN}"\n', "d.yaml"), ServerConfig, reg.config_sections
+    )
     assert cfg.sections["s3"] == S3Section()
     # bad value inside the section names the section key
     with pytest.raises(ConfigError, match=r"s3\.port: expected `int`"):
-        load_config(write(tmp_path, f'auth_token: "{TOKEN}"\ns3:\n  port: x\n', "e.yaml"), ServerConfig, reg.config_sections)
+        load_config(
+            write(tmp_path, f'auth_token: "{TOKEN}"\ns3:\n  port: x\n', "e.yaml"),
+            ServerConfig,
+            reg.config_sections,
+        )
     # a server-only section is an unknown key for peers
     with pytest.raises(ConfigError, match="unknown key `s3`"):
         load_config(write(tmp_path, "s3: {}\n", "f.yaml"), PeerConfig, reg.config_sections)

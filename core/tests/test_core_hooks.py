@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 import click
 import msgspec
 import pytest
-
 from tunnelmesh import hookimpl, hookspecs
 from tunnelmesh._manager import PluginManager
 from tunnelmesh.abc import DnsBackend, PacketFilter, ProxyRule, Storage, Upstream
@@ -55,17 +54,23 @@ def test_hook_tunnelmesh_register_transports() -> None:
     from test_core_manager import make_transport
 
     cls = make_transport("tcp")
-    reg = pm_with(tunnelmesh_register_transports=lambda registry: registry.add_transport(cls)).build_registry()
+    reg = pm_with(
+        tunnelmesh_register_transports=lambda registry: registry.add_transport(cls)
+    ).build_registry()
     assert reg.transports == {"tcp": cls}
 
 
 def test_hook_tunnelmesh_register_filters() -> None:
-    reg = pm_with(tunnelmesh_register_filters=lambda registry: registry.add_filter(Allow)).build_registry()
+    reg = pm_with(
+        tunnelmesh_register_filters=lambda registry: registry.add_filter(Allow)
+    ).build_registry()
     assert reg.filters["allow"]().verdicts([b"x", b"y"], "peer", True) == [True, True]
 
 
 def test_hook_tunnelmesh_register_dns_backends() -> None:
-    reg = pm_with(tunnelmesh_register_dns_backends=lambda registry: registry.add_dns_backend(Hosts)).build_registry()
+    reg = pm_with(
+        tunnelmesh_register_dns_backends=lambda registry: registry.add_dns_backend(Hosts)
+    ).build_registry()
     assert reg.dns_backends["hosts"]().lookup("a.tunnelmesh", "A") == ["172.30.0.1"]
 
 
@@ -73,12 +78,16 @@ def test_hook_tunnelmesh_register_storage() -> None:
     class Mem(Storage):
         name: ClassVar[str] = "mem"
 
-    reg = pm_with(tunnelmesh_register_storage=lambda registry: registry.add_storage(Mem)).build_registry()
+    reg = pm_with(
+        tunnelmesh_register_storage=lambda registry: registry.add_storage(Mem)
+    ).build_registry()
     assert reg.storage == {"mem": Mem}
 
 
 def test_hook_tunnelmesh_register_proxy_rules() -> None:
-    reg = pm_with(tunnelmesh_register_proxy_rules=lambda registry: registry.add_proxy_rule(Fixed)).build_registry()
+    reg = pm_with(
+        tunnelmesh_register_proxy_rules=lambda registry: registry.add_proxy_rule(Fixed)
+    ).build_registry()
     assert reg.proxy_rules["fixed"]().route({}) == Upstream("127.0.0.1", 80)
 
 
@@ -87,7 +96,9 @@ def test_hook_tunnelmesh_register_config_sections() -> None:
         x: int = 1
 
     reg = pm_with(
-        tunnelmesh_register_config_sections=lambda registry: registry.add_config_section("sec", Sec, peer=False)
+        tunnelmesh_register_config_sections=lambda registry: registry.add_config_section(
+            "sec", Sec, peer=False
+        )
     ).build_registry()
     section = reg.config_sections["sec"]
     assert (section.type, section.server, section.peer, section.plugin) == (Sec, True, False, "p")
@@ -101,7 +112,11 @@ def test_hook_tunnelmesh_register_commands() -> None:
 
 def test_hook_tunnelmesh_register_coordinator_routes() -> None:
     seen: list[tuple[Any, Any]] = []
-    pm = pm_with(tunnelmesh_register_coordinator_routes=lambda app, coordinator: seen.append((app, coordinator)))
+    pm = pm_with(
+        tunnelmesh_register_coordinator_routes=lambda app, coordinator: seen.append(
+            (app, coordinator)
+        )
+    )
     pm.hook.tunnelmesh_register_coordinator_routes(app="app", coordinator="coord")
     assert seen == [("app", "coord")]
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
-
 from tunnelmesh import hookimpl
 from tunnelmesh._manager import PluginManager, make_plugin_manager
 from tunnelmesh.abc import Link, Transport
@@ -66,7 +65,9 @@ def plugin_module(modname: str, transport: str) -> types.ModuleType:
 
 def test_loads_entry_points_and_lists_hooks() -> None:
     pm = PluginManager()
-    pm.load_entry_points([FakeEntryPoint("udp", "x_udp.plugin", FakeDist("tm-udp"), plugin_module("m1", "udp"))])
+    pm.load_entry_points(
+        [FakeEntryPoint("udp", "x_udp.plugin", FakeDist("tm-udp"), plugin_module("m1", "udp"))]
+    )
     info = pm.infos["udp"]
     assert (info.status, info.dist, info.version) == ("loaded", "tm-udp", "1.0")
     assert info.hooks == ["tunnelmesh_register_transports"]
@@ -81,7 +82,9 @@ def test_two_distributions_claiming_one_plugin_name_name_both() -> None:
         FakeEntryPoint("udp", "a.plugin", FakeDist("dist-a"), plugin_module("ma", "a")),
         FakeEntryPoint("udp", "b.plugin", FakeDist("dist-b"), plugin_module("mb", "b")),
     ]
-    with pytest.raises(PluginError, match=r"'udp' is claimed by two distributions: 'dist-a' and 'dist-b'"):
+    with pytest.raises(
+        PluginError, match=r"'udp' is claimed by two distributions: 'dist-a' and 'dist-b'"
+    ):
         pm.load_entry_points(eps)
 
 
@@ -93,16 +96,23 @@ def test_two_plugins_registering_one_transport_name_name_both() -> None:
             FakeEntryPoint("second", "b.plugin", FakeDist("dist-b"), plugin_module("mb", "tcp")),
         ]
     )
-    with pytest.raises(PluginError, match=r"transport name 'tcp' is claimed by two plugins: '(first|second)' and '(first|second)'"):
+    with pytest.raises(
+        PluginError,
+        match=r"transport name 'tcp' is claimed by two plugins: '(first|second)' and '(first|second)'",
+    ):
         pm.build_registry()
 
 
-def test_failed_import_names_the_extra_and_does_not_stop_others(caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_import_names_the_extra_and_does_not_stop_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     pm = PluginManager()
     pm.load_entry_points(
         [
             FakeEntryPoint("ssh", "tunnelmesh_ssh.plugin", FakeDist("tunnelmesh-ssh")),
-            FakeEntryPoint("udp", "x.plugin", FakeDist("tunnelmesh-udp"), plugin_module("m", "udp")),
+            FakeEntryPoint(
+                "udp", "x.plugin", FakeDist("tunnelmesh-udp"), plugin_module("m", "udp")
+            ),
         ]
     )
     assert pm.infos["ssh"].status == "failed"
@@ -118,7 +128,9 @@ def test_failed_import_names_the_extra_and_does_not_stop_others(caplog: pytest.L
         ("TUNNELMESH_LOAD_PLUGINS", "udp", {"udp": "loaded", "ssh": "blocked"}),
     ],
 )
-def test_block_and_allow_lists(monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: dict[str, str]) -> None:
+def test_block_and_allow_lists(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: dict[str, str]
+) -> None:
     monkeypatch.setenv(env, value)
     pm = PluginManager()
     pm.load_entry_points(
@@ -128,7 +140,9 @@ def test_block_and_allow_lists(monkeypatch: pytest.MonkeyPatch, env: str, value:
         ]
     )
     assert {n: i.status for n, i in pm.infos.items()} == expected
-    assert sorted(pm.build_registry().transports) == sorted(n for n, s in expected.items() if s == "loaded")
+    assert sorted(pm.build_registry().transports) == sorted(
+        n for n, s in expected.items() if s == "loaded"
+    )
 
 
 def test_misspelled_hook_is_caught() -> None:

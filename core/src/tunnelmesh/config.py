@@ -181,7 +181,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if len(self.auth_token) < 16:
-            raise ValueError("auth_token must be at least 16 characters (try: openssl rand -hex 32)")
+            raise ValueError(
+                "auth_token must be at least 16 characters (try: openssl rand -hex 32)"
+            )
         try:
             net = ipaddress.ip_network(self.mesh_cidr)
         except ValueError as exc:

@@ -10,6 +10,13 @@
     │   ├── LocalProtocolError      we were asked to do something the protocol forbids
     │   └── RemoteProtocolError     the peer sent something the protocol forbids
     ├── StorageError                a storage backend failed
+    │   ├── NoSuchBucket            the bucket does not exist
+    │   ├── NoSuchKey               the object does not exist
+    │   ├── NoSuchUpload            the multipart upload does not exist (completed or aborted)
+    │   ├── BucketAlreadyExists     create_bucket of an existing name
+    │   ├── BucketNotEmpty          delete_bucket of a bucket that holds objects
+    │   ├── InvalidName             a bucket name or object key the backend refuses
+    │   └── InvalidPart             a multipart completion names a missing or mismatched part
     ├── DnsError                    a DNS backend failed
     └── LabError                    the namespace test lab could not build or run something
 
@@ -20,10 +27,17 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 __all__ = [
+    "BucketAlreadyExists",
+    "BucketNotEmpty",
     "ConfigError",
     "DnsError",
+    "InvalidName",
+    "InvalidPart",
     "LabError",
     "LocalProtocolError",
+    "NoSuchBucket",
+    "NoSuchKey",
+    "NoSuchUpload",
     "PluginError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -80,6 +94,43 @@ class RemoteProtocolError(ProtocolError):
 
 class StorageError(TunnelmeshError):
     """A storage backend failed."""
+
+
+class NoSuchBucket(StorageError):
+    """The bucket does not exist."""
+
+
+class NoSuchKey(StorageError):
+    """The object does not exist."""
+
+
+class NoSuchUpload(StorageError):
+    """The multipart upload does not exist: never created, completed or aborted."""
+
+
+class BucketAlreadyExists(StorageError):
+    """A bucket of that name exists already."""
+
+
+class BucketNotEmpty(StorageError):
+    """The bucket still holds objects."""
+
+
+class InvalidName(StorageError):
+    """A bucket name or an object key that the backend refuses (see :mod:`tunnelmesh.storage`)."""
+
+
+class InvalidPart(StorageError):
+    """A multipart completion names a part that is missing, out of order or too small.
+
+    Attributes:
+        reason: ``"missing"`` (no such part or a wrong ETag), ``"order"`` (part numbers not
+            ascending) or ``"too_small"`` (a part other than the last under the minimum size).
+    """
+
+    def __init__(self, message: str, *, reason: str = "missing") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DnsError(TunnelmeshError):

@@ -122,8 +122,13 @@ def _write(path: Path, text: str, force: bool) -> None:
 @click.option("--server", "server", is_flag=True, help="Write server.yaml (coordinator).")
 @click.option("--peer", "peer", is_flag=True, help="Write peer.yaml.")
 @click.option(
-    "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-    show_default=True, envvar="TUNNELMESH_INIT_OUTPUT", show_envvar=True,
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    envvar="TUNNELMESH_INIT_OUTPUT",
+    show_envvar=True,
     help="Directory to write into.",
 )
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing files.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import click
 
@@ -11,7 +12,11 @@ from tunnelmesh.cli._root import Context
 
 @click.command()
 @click.option(
-    "--json", "as_json", is_flag=True, envvar="TUNNELMESH_JSON", show_envvar=True,
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="TUNNELMESH_JSON",
+    show_envvar=True,
     help="Print JSON instead of a table.",
 )
 @click.pass_obj
@@ -23,31 +28,21 @@ def plugins(ctx: Context, as_json: bool) -> None:
     block some, TUNNELMESH_LOAD_PLUGINS=a,b to load only those.
     """
     registry = ctx.pm.build_registry()
-    rows = []
-    for info in sorted(ctx.pm.infos.values(), key=lambda i: i.name):
-        rows.append(
-            {
-                "name": info.name,
-                "dist": info.dist,
-                "version": info.version,
-                "status": info.status,
-                "hooks": info.hooks,
-                "provides": registry.provided_by(info.name),
-                "error": info.error,
-            }
-        )
+    infos = sorted(ctx.pm.infos.values(), key=lambda i: i.name)
     if as_json:
+        rows = [{**asdict(i), "provides": registry.provided_by(i.name)} for i in infos]
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
+    if not infos:
         click.echo("no plugins installed (try: pip install 'tunnelmesh[all]')")
         return
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        click.echo(f"{r['name']:<{width}}  {r['dist']} {r['version']}  [{r['status']}]")
-        if r["hooks"]:
-            click.echo(f"{'':<{width}}  hooks: {', '.join(h.removeprefix('tunnelmesh_') for h in r['hooks'])}")
-        for kind, names in r["provides"].items():
-            click.echo(f"{'':<{width}}  {kind}: {', '.join(names)}")
-        if r["error"]:
-            click.echo(f"{'':<{width}}  error: {r['error']}")
+    pad = " " * max(len(i.name) for i in infos)
+    for info in infos:
+        click.echo(f"{info.name:<{len(pad)}}  {info.dist} {info.version}  [{info.status}]")
+        if info.hooks:
+            hooks = ", ".join(h.removeprefix("tunnelmesh_") for h in info.hooks)
+            click.echo(f"{pad}  hooks: {hooks}")
+        for kind, names in registry.provided_by(info.name).items():
+            click.echo(f"{pad}  {kind}: {', '.join(names)}")
+        if info.error:
+            click.echo(f"{pad}  error: {info.error}")
