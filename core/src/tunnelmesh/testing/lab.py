@@ -1,0 +1,741 @@
+"""The namespace lab: throw-away networks of Linux network namespaces for end-to-end tests.
+
+A :class:`Lab` builds *hosts* (network namespaces) joined through *switches* (a Linux bridge
+inside a namespace of its own), *NAT routers* (nftables inside their own namespace), an
+*internet* host serving a web page, and link impairment. Tests run commands and Python
+processes inside the hosts. It needs root, ``/dev/net/tun`` and iproute2; NATs need nftables
+(Debian packages ``iproute2 nftables iputils-ping``).
+
+Use the ``lab`` fixture of the tunnelmesh pytest plugin (loaded automatically wherever
+tunnelmesh is installed) and mark the test ``@pytest.mark.lab`` so it is skipped, with the
+reason, where the lab cannot run::
+
+    import pytest
+
+    @pytest.mark.lab
+    def test_ping_across_nat(lab):
+        nat = lab.add_nat("nat", kind="symmetric")
+        a = lab.add_host("a", switch=nat.inside)     # 10.77.1.2 behind the NAT
+        b = lab.add_host("b")                        # 100.64.0.3 on the "wan" switch
+        assert a.ping(b.address)
+        server = b.python("-m", "http.server", "--bind", b.address, "8000")
+        ...
+
+Outside pytest, use :class:`Lab` as a context manager: ``with Lab() as lab: ...``.
+
+Topology
+    ``lab.wan`` is the default switch (``100.64.0.0/24``), created on first use.
+    ``lab.add_switch(name, cidr)`` adds another one. ``lab.add_host(name, switch=...)`` plugs a
+    new namespace into a switch with a veth pair; its address comes from the switch's CIDR
+    (``.1`` stays free for a router), or pass ``address=``. Inside each host the lab interface
+    is ``eth0`` (``host.dev``), further legs are ``eth1``...
+
+Addresses and routes (safety)
+    Namespaces get **no default route** and no link to the machine's own network: veth pairs
+    are created directly inside lab namespaces, nothing is added to the root namespace, and
+    forwarding is only switched on inside NAT namespaces. A host behind a NAT gets routes for
+    the CIDRs the NAT can reach (the wan, and what lies beyond it) via the NAT's inside address,
+    nothing else. :meth:`Lab.check_isolation` proves that no lab namespace has a route to the
+    machine's own addresses or to public addresses such as 1.1.1.1 (by route lookup only;
+    nothing is sent).
+
+NATs
+    ``lab.add_nat(name, kind)`` makes a router namespace with its outside leg on a switch (the
+    wan by default) and a new inside switch ``nat.inside`` (``10.77.<n>.0/24``; the NAT is
+    ``.1``). ``kind="symmetric"`` uses ``masquerade random``: every new destination gets a new
+    random outside port (endpoint-dependent mapping), unsolicited inbound packets are dropped.
+    ``kind="full-cone"`` maps an inside UDP/TCP port to the same outside port for every
+    destination (endpoint-independent mapping) and forwards *any* outside packet to that port
+    back to the inside host (endpoint-independent filtering), through a dynamic nftables map
+    filled by outbound packets. (Port preservation can fail when two inside hosts use the same
+    source port at once; tests use ephemeral ports, so this does not happen in practice.)
+
+Processes
+    ``host.run(cmd)`` runs a command and returns the completed process (raises
+    :class:`~tunnelmesh.errors.LabError` with stderr when it fails). ``host.popen(cmd)`` and
+    ``host.python(*args)`` start background processes (``python`` runs the current interpreter,
+    so the test's virtual environment is there) in a new session; :meth:`Lab.close` kills each
+    one's process group, then every process left inside a lab namespace, all by PID.
+    :func:`wait_for_line` waits, bounded, for a readiness line on a process's stdout.
+
+Impairment
+    ``lab.netem(host, "loss 40%")`` shapes what ``host`` sends on its lab interface with
+    ``tc netem``; ``lab.clear_netem(host)`` removes it. Kernels built without ``sch_netem``
+    still get ``loss N%`` (an nftables egress rule) and ``rate R`` (``tbf``); other options
+    raise :class:`ImpairmentUnsupported` so a test can skip.
+
+Cleanup
+    :meth:`Lab.close` (also on test failure, via the fixture or the ``with`` block) kills the
+    processes and deletes every namespace of the run. Namespaces are named
+    ``tml-<pid>-<seq>-<node>``; each lab records its creating process under
+    ``/run/tunnelmesh-lab/``, and every new lab first reaps namespaces whose creator has died
+    (a crashed or killed test run), see :func:`tunnelmesh.testing._netns.reap_stale`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from tunnelmesh.errors import LabError
+from tunnelmesh.testing import _netns
+
+__all__ = [
+    "INTERNET_PAGE",
+    "WAN_CIDR",
+    "Host",
+    "ImpairmentUnsupported",
+    "Internet",
+    "Lab",
+    "LabError",
+    "Nat",
+    "Switch",
+    "wait_for_line",
+]
+
+WAN_CIDR = "100.64.0.0/24"
+"""The default switch's network (shared address space, never routed on the real internet)."""
+INSIDE_CIDR_FORMAT = "10.77.{}.0/24"
+"""Inside networks of NATs, numbered from 1 (the mesh's own default, 10.42.0.0/16, stays free)."""
+SWITCH_CIDR_FORMAT = "10.78.{}.0/24"
+"""Networks of extra switches added without a CIDR."""
+INTERNET_PAGE = "tunnelmesh lab internet: hello\n"
+"""The body the internet host serves on every path."""
+PUBLIC_PROBES = ("1.1.1.1", "8.8.8.8", "9.9.9.9", "2606:4700:4700::1111", "2001:4860:4860::8888")
+"""Public addresses no lab namespace may have a route to."""
+
+NatKind = Literal["full-cone", "symmetric"]
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+_open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
+
+
+class ImpairmentUnsupported(LabError):
+    """The requested ``tc netem`` option cannot be applied on this kernel."""
+
+
+class Switch:
+    """A Linux bridge (``br0``) in a namespace of its own; hosts plug in with veth pairs."""
+
+    def __init__(self, lab: Lab, name: str, ns: str, cidr: ipaddress.IPv4Network) -> None:
+        self.lab = lab
+        self.name = name
+        self.ns = ns
+        self.cidr = cidr
+        self.bridge = "br0"
+        self.routes: list[tuple[ipaddress.IPv4Network, str]] = []
+        """Routes ``(cidr, via)`` every host plugged into this switch gets (set by NATs)."""
+        self._used: set[ipaddress.IPv4Address] = {next(cidr.hosts())}  # .1 stays for a router
+        self._ports = 0
+
+    def __repr__(self) -> str:
+        return f"<Switch {self.name} {self.cidr} ns={self.ns}>"
+
+    def allocate(self, address: str | None = None) -> str:
+        """Reserve ``address`` (or the next free one) on this switch and return it."""
+        if address is not None:
+            addr = ipaddress.IPv4Address(address)
+            if addr not in self.cidr or addr in (
+                self.cidr.network_address,
+                self.cidr.broadcast_address,
+            ):
+                raise LabError(
+                    f"{address} is not a host address of switch {self.name} ({self.cidr})"
+                )
+            if addr in self._used and addr != next(self.cidr.hosts()):
+                raise LabError(f"{address} is already used on switch {self.name}")
+            self._used.add(addr)
+            return str(addr)
+        for addr in self.cidr.hosts():
+            if addr not in self._used:
+                self._used.add(addr)
+                return str(addr)
+        raise LabError(f"switch {self.name} ({self.cidr}) has no free address")
+
+    def _next_port(self) -> str:
+        self._ports += 1
+        return f"p{self._ports}"
+
+
+class Host:
+    """A network namespace plugged into a switch. Run commands and processes inside it."""
+
+    def __init__(self, lab: Lab, name: str, ns: str) -> None:
+        self.lab = lab
+        self.name = name
+        self.ns = ns
+        self.address: str = ""
+        """The host's address on its (first) switch."""
+        self.dev: str = "eth0"
+        """The host's interface on its (first) switch."""
+        self.switch: Switch | None = None
+        self.addresses: dict[str, str] = {}
+        """Address per interface, e.g. ``{"eth0": "100.64.0.2"}``."""
+        self._devs = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.address} ns={self.ns}>"
+
+    @property
+    def exec_prefix(self) -> list[str]:
+        """The command prefix that runs a program inside this host: ``ip netns exec <ns>``."""
+        return ["ip", "netns", "exec", self.ns]
+
+    def _command(self, cmd: Sequence[str] | str) -> list[str]:
+        if isinstance(cmd, str):
+            return [*self.exec_prefix, "sh", "-c", cmd]
+        return [*self.exec_prefix, *cmd]
+
+    def run(
+        self,
+        cmd: Sequence[str] | str,
+        *,
+        check: bool = True,
+        timeout: float | None = 30,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` (an argument list, or a string for ``sh -c``) inside the host.
+
+        Returns:
+            The completed process with text ``stdout`` and ``stderr``.
+
+        Raises:
+            LabError: it failed (with ``check``) or timed out; the message holds its stderr.
+        """
+        self.lab._check_open()
+        return _netns.run_command(
+            self._command(cmd), check=check, timeout=timeout, env=env, input=input
+        )
+
+    def popen(self, cmd: Sequence[str] | str, **kwargs: Any) -> subprocess.Popen[str]:
+        """Start ``cmd`` inside the host in a new session; the lab kills it at teardown.
+
+        Keyword arguments go to :class:`subprocess.Popen` (``text=True`` is the default; pass
+        ``stdout=subprocess.PIPE`` to read its output, e.g. with :func:`wait_for_line`).
+        """
+        self.lab._check_open()
+        kwargs.setdefault("text", True)
+        kwargs["start_new_session"] = True
+        try:
+            proc: subprocess.Popen[str] = subprocess.Popen(self._command(cmd), **kwargs)
+        except OSError as exc:
+            raise LabError(f"cannot start {cmd!r} in {self.name}: {exc}") from exc
+        self.lab._procs.append(proc)
+        return proc
+
+    def python(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        """Start the current Python interpreter inside the host: ``host.python("-c", code)``.
+
+        ``PYTHONUNBUFFERED=1`` is set so readiness lines arrive at once.
+        """
+        env = dict(kwargs.pop("env", None) or os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return self.popen([sys.executable, *args], env=env, **kwargs)
+
+    def ping(self, address: str, count: int = 1, timeout: float = 1.0) -> bool:
+        """Whether ``address`` answers ``count`` pings (ICMP echo), each waited for ``timeout``."""
+        wait = max(1, round(timeout))
+        proc = self.run(
+            ["ping", "-n", "-q", "-c", str(count), "-i", "0.1", "-W", str(wait), address],
+            check=False,
+            timeout=count * (wait + 0.2) + 5,
+        )
+        return proc.returncode == 0
+
+    def route_get(self, address: str) -> str | None:
+        """The route this host would use to reach ``address`` (``ip route get``), or None."""
+        proc = self.run(["ip", "route", "get", address], check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def _next_dev(self) -> str:
+        dev = f"eth{self._devs}"
+        self._devs += 1
+        return dev
+
+
+class Nat(Host):
+    """A NAT router: ``outside`` leg on a switch, ``inside`` switch for the hosts behind it."""
+
+    def __init__(self, lab: Lab, name: str, ns: str, kind: NatKind) -> None:
+        super().__init__(lab, name, ns)
+        self.kind: NatKind = kind
+        self.outside: Switch
+        self.inside: Switch
+        self.outside_address = ""
+        self.inside_address = ""
+        self.inside_dev = ""
+
+    def ruleset(self) -> str:
+        """The NAT's current nftables ruleset (``nft list ruleset`` inside it)."""
+        return self.run(["nft", "list", "ruleset"]).stdout
+
+
+class Internet(Host):
+    """The "internet" host: on the wan, serving :data:`INTERNET_PAGE` over HTTP on port 80."""
+
+    url: str = ""
+    """``http://<address>/``."""
+
+
+def wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 10.0) -> str:
+    """Read ``proc.stdout`` (a text pipe) until a line contains ``text``; return that line.
+
+    Raises:
+        LabError: the process exited or ``timeout`` passed first (with the lines read so far).
+    """
+    if proc.stdout is None:
+        raise LabError("wait_for_line needs a process started with stdout=subprocess.PIPE")
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LabError(f"no line with {text!r} after {timeout}s; got {seen[-5:]!r}")
+            if not sel.select(left):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                raise LabError(
+                    f"process exited ({proc.wait()}) before printing {text!r}; got {seen[-5:]!r}"
+                )
+            if text in line:
+                return line
+            seen.append(line.rstrip("\n"))
+
+
+class Lab:
+    """A set of network namespaces built for one test; :meth:`close` removes all of it.
+
+    Args:
+        prefix: first part of every namespace name (``<prefix>-<pid>-<seq>-<node>``).
+        reap: remove namespaces left by dead lab runs before building anything.
+
+    Raises:
+        LabError: the lab cannot run here (no root, no ``ip``, ...).
+    """
+
+    def __init__(self, *, prefix: str = _netns.DEFAULT_PREFIX, reap: bool = True) -> None:
+        from tunnelmesh.testing import lab_unavailable_reason
+
+        reason = lab_unavailable_reason()
+        if reason is not None:
+            raise LabError(reason)
+        self.prefix = prefix
+        self.run_id = _netns.new_run_id()
+        self.switches: dict[str, Switch] = {}
+        self.hosts: dict[str, Host] = {}
+        """Every namespace with an address: hosts, NATs and the internet host, by name."""
+        self.nats: dict[str, Nat] = {}
+        self.reaped: list[str] = []
+        """Stale namespaces this lab removed when it started."""
+        self._procs: list[subprocess.Popen[str]] = []
+        self._namespaces: list[str] = []
+        self._internet: Internet | None = None
+        self._closed = False
+        self._registry = _netns.register_run(self.run_id)
+        if reap:
+            self.reaped = _netns.reap_stale(prefix)
+        _open_labs.add(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.prefix}-{self.run_id} {len(self._namespaces)} namespaces>"
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Names of the namespaces this lab created and has not removed yet."""
+        return list(self._namespaces)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LabError(f"{self!r} is closed")
+
+    def close(self) -> None:
+        """Kill the lab's processes (by PID, whole process group) and delete its namespaces.
+
+        Safe to call twice.
+
+        Raises:
+            LabError: a namespace could not be deleted.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        _open_labs.discard(self)
+        for proc in self._procs:
+            _terminate(proc)
+        for ns in reversed(self._namespaces):
+            _netns.remove_namespace(ns)
+        left = set(self._namespaces) & set(_netns.list_namespaces())
+        self._namespaces = sorted(left)
+        if left:
+            raise LabError(f"lab namespaces could not be deleted: {sorted(left)}")
+        self._registry.unlink(missing_ok=True)
+
+    # -- building --------------------------------------------------------------------------
+
+    def _new_namespace(self, name: str) -> str:
+        self._check_open()
+        if not _NAME_RE.match(name):
+            raise LabError(f"lab node name {name!r} must match {_NAME_RE.pattern}")
+        if name in self.hosts or name in self.switches:
+            raise LabError(f"the lab already has a node named {name!r}")
+        ns = f"{self.prefix}-{self.run_id}-{name}"
+        _netns.run_command(["ip", "netns", "add", ns])
+        self._namespaces.append(ns)
+        _netns.run_command(["ip", "-n", ns, "link", "set", "lo", "up"])
+        return ns
+
+    def add_switch(self, name: str, cidr: str | None = None) -> Switch:
+        """Add a switch (a bridge in its own namespace) for the IPv4 network ``cidr``.
+
+        Without ``cidr`` the next free ``10.78.<n>.0/24`` is used.
+        """
+        if cidr is None:
+            cidr = SWITCH_CIDR_FORMAT.format(len(self.switches) + 1)
+        net = ipaddress.IPv4Network(cidr)
+        for other in self.switches.values():
+            if other.cidr.overlaps(net):
+                raise LabError(f"{cidr} overlaps switch {other.name} ({other.cidr})")
+        ns = self._new_namespace(name)
+        switch = Switch(self, name, ns, net)
+        _netns.run_command(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
+        _netns.run_command(["ip", "-n", ns, "link", "set", "br0", "up"])
+        self.switches[name] = switch
+        return switch
+
+    @property
+    def wan(self) -> Switch:
+        """The default switch ``wan`` (:data:`WAN_CIDR`), created on first use."""
+        if "wan" not in self.switches:
+            self.add_switch("wan", WAN_CIDR)
+        return self.switches["wan"]
+
+    def _plug(self, host: Host, switch: Switch, address: str | None) -> str:
+        """Connect ``host`` to ``switch`` with a new veth pair; return the host's device."""
+        addr = switch.allocate(address)
+        dev = host._next_dev()
+        port = switch._next_port()
+        # Both ends are created directly inside lab namespaces: nothing touches the root one.
+        _netns.run_command(
+            ["ip", "link", "add", dev, "netns", host.ns, "type", "veth",
+             "peer", "name", port, "netns", switch.ns]
+        )  # fmt: skip
+        _netns.run_command(["ip", "-n", switch.ns, "link", "set", port, "master", "br0", "up"])
+        _netns.run_command(
+            ["ip", "-n", host.ns, "addr", "add", f"{addr}/{switch.cidr.prefixlen}", "dev", dev]
+        )
+        _netns.run_command(["ip", "-n", host.ns, "link", "set", dev, "up"])
+        host.addresses[dev] = addr
+        if host.switch is None:
+            host.switch, host.address, host.dev = switch, addr, dev
+        for net, via in switch.routes:
+            _netns.run_command(["ip", "-n", host.ns, "route", "add", str(net), "via", via])
+        return dev
+
+    def add_host(
+        self, name: str, *, switch: Switch | None = None, address: str | None = None
+    ) -> Host:
+        """Add a host namespace plugged into ``switch`` (default: the wan).
+
+        Args:
+            name: short node name (lowercase letters and digits, at most 16).
+            switch: the switch to plug into; a NAT's ``nat.inside`` puts the host behind it.
+            address: the host's IPv4 address; default: the next free one of the switch.
+        """
+        sw = switch if switch is not None else self.wan
+        host = Host(self, name, self._new_namespace(name))
+        self.hosts[name] = host
+        self._plug(host, sw, address)
+        return host
+
+    def add_nat(
+        self,
+        name: str,
+        kind: NatKind = "full-cone",
+        *,
+        outside: Switch | None = None,
+        inside_cidr: str | None = None,
+    ) -> Nat:
+        """Add a NAT router between ``outside`` (default: the wan) and a new inside switch.
+
+        The inside switch is ``nat.inside``, named ``<name>in``, for ``inside_cidr`` (default
+        ``10.77.<n>.0/24``); the NAT is its ``.1`` and hosts plugged in route the outside's
+        reachable networks through it.
+
+        Raises:
+            LabError: unknown ``kind``, or nftables is missing.
+        """
+        if kind not in ("full-cone", "symmetric"):
+            raise LabError(f"unknown NAT kind {kind!r}: use 'full-cone' or 'symmetric'")
+        out_sw = outside if outside is not None else self.wan
+        if inside_cidr is None:
+            inside_cidr = INSIDE_CIDR_FORMAT.format(len(self.nats) + 1)
+        nat = Nat(self, name, self._new_namespace(name), kind)
+        self.hosts[name] = nat
+        self.nats[name] = nat
+        out_dev = self._plug(nat, out_sw, None)
+        inside = self.add_switch(f"{name}in", inside_cidr)
+        in_addr = str(next(inside.cidr.hosts()))
+        in_dev = self._plug(nat, inside, in_addr)
+        nat.outside, nat.inside = out_sw, inside
+        nat.outside_address, nat.inside_address, nat.inside_dev = nat.address, in_addr, in_dev
+        inside.routes = [(out_sw.cidr, in_addr)] + [(net, in_addr) for net, _ in out_sw.routes]
+        nat.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        try:
+            nat.run(["nft", "-f", "-"], input=_nat_ruleset(nat, out_dev, in_dev))
+        except LabError as exc:
+            if "nft" in str(exc) and "could not start" in str(exc):
+                raise LabError("NATs need nftables (apt-get install nftables)") from exc
+            raise
+        return nat
+
+    def add_internet(self, *, switch: Switch | None = None) -> Internet:
+        """Add the ``internet`` host on ``switch`` (default: the wan) with a web server.
+
+        It serves :data:`INTERNET_PAGE` with status 200 on every path at ``lab.internet.url``.
+        """
+        if self._internet is not None:
+            raise LabError("the lab already has an internet host")
+        sw = switch if switch is not None else self.wan
+        host = Internet(self, "internet", self._new_namespace("internet"))
+        self.hosts["internet"] = host
+        self._plug(host, sw, None)
+        host.url = f"http://{host.address}/"
+        proc = host.python(
+            "-c", _WEB_SERVER, host.address, "80", INTERNET_PAGE, stdout=subprocess.PIPE
+        )
+        wait_for_line(proc, "ready", timeout=15)
+        self._internet = host
+        return host
+
+    @property
+    def internet(self) -> Internet:
+        """The internet host (created by :meth:`add_internet` on first use)."""
+        return self._internet if self._internet is not None else self.add_internet()
+
+    # -- impairment ------------------------------------------------------------------------
+
+    def netem(self, host: Host, spec: str, dev: str | None = None) -> None:
+        """Impair what ``host`` sends on ``dev`` (default: its lab interface) with ``tc netem``.
+
+        Args:
+            spec: netem options, e.g. ``"loss 40%"``, ``"delay 50ms 10ms"``, ``"rate 1mbit"``.
+
+        Raises:
+            ImpairmentUnsupported: the kernel has no ``sch_netem`` and ``spec`` is not a plain
+                ``loss N%`` or ``rate R`` that the lab can emulate otherwise.
+        """
+        dev = dev or host.dev
+        self.clear_netem(host, dev)
+        proc = host.run(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()],
+                        check=False)  # fmt: skip
+        if proc.returncode == 0:
+            return
+        if "qdisc kind is unknown" not in proc.stderr:
+            raise LabError(f"tc netem {spec!r} on {host.name}/{dev} failed: {proc.stderr.strip()}")
+        _emulate_netem(host, dev, spec)
+
+    def clear_netem(self, host: Host, dev: str | None = None) -> None:
+        """Remove the impairment set by :meth:`netem` from ``host``'s ``dev``."""
+        dev = dev or host.dev
+        host.run(["tc", "qdisc", "del", "dev", dev, "root"], check=False)
+        host.run(["nft", "delete", "table", "netdev", f"tmlimpair_{dev}"], check=False)
+
+    # -- safety ----------------------------------------------------------------------------
+
+    def escapes(self, targets: Sequence[str] | None = None) -> list[str]:
+        """Routes from lab namespaces to the machine's network or the internet (should be none).
+
+        Checks, without sending a packet, that no lab namespace has a route to ``targets``
+        (default: every global address of the root namespace and :data:`PUBLIC_PROBES`), and
+        that no interface of the root namespace is linked to a lab namespace.
+
+        Returns:
+            One line per problem found; empty when the lab is isolated.
+        """
+        self._check_open()
+        probes = list(targets) if targets is not None else [*host_addresses(), *PUBLIC_PROBES]
+        problems: list[str] = []
+        for ns in self._namespaces:
+            for target in probes:
+                family = "-6" if ":" in target else "-4"
+                proc = _netns.run_command(
+                    ["ip", "-n", ns, family, "route", "get", target], check=False
+                )
+                if proc.returncode == 0:
+                    problems.append(f"{ns} has a route to {target}: {proc.stdout.strip()}")
+        ids = _namespace_ids()
+        ours = {ids[ns] for ns in self._namespaces if ns in ids}
+        links = json.loads(_netns.run_command(["ip", "-j", "link", "show"]).stdout or "[]")
+        for link in links:
+            if link.get("link_netnsid") in ours:
+                problems.append(f"root namespace interface {link['ifname']} leads into the lab")
+        return problems
+
+    def check_isolation(self, targets: Sequence[str] | None = None) -> None:
+        """Raise :class:`LabError` listing every :meth:`escapes` problem, if any."""
+        problems = self.escapes(targets)
+        if problems:
+            raise LabError("lab is not isolated:\n" + "\n".join(problems))
+
+
+def host_addresses() -> list[str]:
+    """Global (not loopback, not link-local) addresses of the root namespace's interfaces."""
+    data = json.loads(_netns.run_command(["ip", "-j", "addr", "show"]).stdout or "[]")
+    found: list[str] = []
+    for link in data:
+        for info in link.get("addr_info", []):
+            addr = ipaddress.ip_address(info["local"])
+            if not (addr.is_loopback or addr.is_link_local):
+                found.append(str(addr))
+    return found
+
+
+def _namespace_ids() -> dict[str, int]:
+    """Namespace name -> netns id as seen from the root namespace (only those with an id)."""
+    out = _netns.run_command(["ip", "netns", "list"]).stdout
+    ids: dict[str, int] = {}
+    for line in out.splitlines():
+        m = re.match(r"^(\S+) \(id: (\d+)\)", line)
+        if m:
+            ids[m[1]] = int(m[2])
+    return ids
+
+
+def _terminate(proc: subprocess.Popen[str], grace: float = 2.0) -> None:
+    """Stop ``proc``'s process group: TERM, wait up to ``grace``, then KILL."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    else:
+        # The leader is gone; children it left in its group still get a KILL.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _emulate_netem(host: Host, dev: str, spec: str) -> None:
+    """Apply ``loss N%`` / ``rate R`` without sch_netem (nftables egress hook, tbf)."""
+    loss = re.fullmatch(r"loss (?:random )?(\d+(?:\.\d+)?)%", spec.strip())
+    rate = re.fullmatch(r"rate (\S+)", spec.strip())
+    if loss:
+        per_million = round(float(loss[1]) * 10_000)
+        table = f"tmlimpair_{dev}"
+        rules = (
+            f"table netdev {table} {{\n"
+            f'  chain egress {{ type filter hook egress device "{dev}" priority 0;\n'
+            f"    numgen random mod 1000000 < {per_million} drop\n  }}\n}}\n"
+        )
+        host.run(["nft", "-f", "-"], input=rules)
+    elif rate:
+        host.run(["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate[1],
+                  "burst", "32kbit", "latency", "400ms"])  # fmt: skip
+    else:
+        raise ImpairmentUnsupported(
+            f"this kernel has no sch_netem (tc netem); the lab can only emulate 'loss N%' and "
+            f"'rate R' without it, not {spec!r}"
+        )
+
+
+def _nat_ruleset(nat: Nat, out_dev: str, in_dev: str) -> str:
+    """The nftables ruleset of ``nat`` (loaded inside the NAT namespace only)."""
+    filt = (
+        "  chain filter_forward { type filter hook forward priority filter; policy drop;\n"
+        "@FULLCONE@"
+        "    ct state established,related accept\n"
+        f'    iifname "{in_dev}" oifname "{out_dev}" accept\n'
+        "@INBOUND@"
+        "  }\n"
+    )
+    if nat.kind == "symmetric":
+        body = filt.replace("@FULLCONE@", "").replace("@INBOUND@", "") + (
+            "  chain nat_postrouting { type nat hook postrouting priority srcnat;\n"
+            f'    oifname "{out_dev}" masquerade random\n  }}\n'
+        )
+    else:
+        # Endpoint-independent mapping: SNAT keeps the source port when it is free, so the
+        # mapping is the same for every destination. Endpoint-independent filtering: outbound
+        # packets record port -> inside address in a dynamic map, and any inbound packet to
+        # a recorded port is DNATed back to that inside host.
+        maps = "".join(
+            f"  map fc_{proto} {{ type inet_service : ipv4_addr; flags dynamic,timeout; "
+            "timeout 300s; }\n"
+            for proto in ("udp", "tcp")
+        )
+        record = "".join(
+            f'    iifname "{in_dev}" oifname "{out_dev}" meta l4proto {proto} '
+            f"update @fc_{proto} {{ {proto} sport : ip saddr }}\n"
+            for proto in ("udp", "tcp")
+        )
+        body = (
+            maps
+            + filt.replace("@FULLCONE@", record).replace("@INBOUND@", "    ct status dnat accept\n")
+            + "  chain nat_prerouting { type nat hook prerouting priority dstnat;\n"
+            f'    iifname "{out_dev}" dnat ip to udp dport map @fc_udp\n'
+            f'    iifname "{out_dev}" dnat ip to tcp dport map @fc_tcp\n  }}\n'
+            "  chain nat_postrouting { type nat hook postrouting priority srcnat;\n"
+            f'    oifname "{out_dev}" snat ip to {nat.outside_address}\n  }}\n'
+        )
+    return f"table ip tmlnat {{\n{body}}}\n"
+
+
+_WEB_SERVER = r"""
+import http.server, sys
+PAGE = sys.argv[3].encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(PAGE)))
+        self.end_headers()
+        self.wfile.write(PAGE)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
+print("ready", flush=True)
+srv.serve_forever()
+"""
+
+
+def _close_open_labs() -> None:
+    for lab in list(_open_labs):
+        with contextlib.suppress(Exception):
+            lab.close()
+
+
+def _install_atexit() -> None:
+    import atexit
+
+    atexit.register(_close_open_labs)
+
+
+_install_atexit()
