@@ -119,8 +119,22 @@ def _write(path: Path, text: str, force: bool) -> None:
 
 
 @click.command()
-@click.option("--server", "server", is_flag=True, help="Write server.yaml (coordinator).")
-@click.option("--peer", "peer", is_flag=True, help="Write peer.yaml.")
+@click.option(
+    "--server",
+    "server",
+    is_flag=True,
+    envvar="TUNNELMESH_INIT_SERVER",
+    show_envvar=True,
+    help="Write server.yaml (coordinator).",
+)
+@click.option(
+    "--peer",
+    "peer",
+    is_flag=True,
+    envvar="TUNNELMESH_INIT_PEER",
+    show_envvar=True,
+    help="Write peer.yaml.",
+)
 @click.option(
     "-o",
     "--output",
@@ -131,7 +145,14 @@ def _write(path: Path, text: str, force: bool) -> None:
     show_envvar=True,
     help="Directory to write into.",
 )
-@click.option("-f", "--force", is_flag=True, help="Overwrite existing files.")
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    envvar="TUNNELMESH_INIT_FORCE",
+    show_envvar=True,
+    help="Overwrite existing files.",
+)
 def init(server: bool, peer: bool, output: Path, force: bool) -> None:
     """Write commented example config files (server.yaml and/or peer.yaml).
 
