@@ -35,7 +35,7 @@ __all__ = ["PluginInfo", "PluginManager", "make_plugin_manager"]
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "tunnelmesh"
-BUILTIN_PLUGINS: tuple[str, ...] = ()
+BUILTIN_PLUGINS: tuple[str, ...] = ("tunnelmesh._builtin.storage",)
 
 
 @dataclass
@@ -114,11 +114,14 @@ class PluginManager(pluggy.PluginManager):
             info.hooks = self.hook_names(ep.name)
 
     def load_builtins(self, modules: Iterable[str] = BUILTIN_PLUGINS) -> None:
-        """Register core's own plugins, which use the same hooks as any other."""
+        """Register core's own plugins, which use the same hooks as any other.
+
+        Each module is registered as ``builtin.<last part of its name>``.
+        """
         from tunnelmesh import __version__
 
         for modname in modules:
-            name = "builtin"
+            name = "builtin." + modname.rpartition(".")[2]
             self.register(importlib.import_module(modname), name=name)
             self.infos[name] = PluginInfo(name, "tunnelmesh", __version__)
             self.infos[name].hooks = self.hook_names(name)

@@ -1,0 +1,467 @@
+"""The filesystem backend's index: buckets, objects, uploads and parts in one SQLite database.
+
+Synchronous on purpose: :class:`~tunnelmesh.storage.filesystem.FilesystemStorage` runs every
+call on one dedicated thread, which also serialises writers. Object data lives in blob files
+named by random ids; a row points at its blobs only once they are synced, and a transaction
+commit (WAL, ``synchronous=FULL``) is what makes a new object visible. Every method that drops a
+row returns the blob ids that nothing references any more, for the caller to delete.
+
+Keys are stored as UTF-8 BLOBs so that SQLite's ``memcmp`` order is S3's listing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tunnelmesh.abc import BucketInfo, ObjectInfo, ObjectListing, PartInfo, UploadInfo
+from tunnelmesh.errors import (
+    BucketAlreadyExists,
+    BucketNotEmpty,
+    InvalidPart,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+)
+
+Segment = tuple[str, int]
+"""One blob of an object: (blob id, length)."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL, key BLOB NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
+    mtime REAL NOT NULL, content_type TEXT NOT NULL, meta TEXT NOT NULL, parts INTEGER NOT NULL,
+    segments TEXT NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key BLOB NOT NULL, initiated REAL NOT NULL,
+    content_type TEXT NOT NULL, meta TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, initiated);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL, size INTEGER NOT NULL,
+    etag TEXT NOT NULL, mtime REAL NOT NULL, PRIMARY KEY (upload_id, number)) WITHOUT ROWID;
+"""
+
+_OBJECT_COLUMNS = "key, size, etag, mtime, content_type, meta, parts"
+_BATCH = 256
+
+
+def upper_bound(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string that starts with ``prefix``."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _meta_json(metadata: Any, headers: Any, checksums: Any) -> str:
+    return json.dumps(
+        {"m": dict(metadata or {}), "h": dict(headers or {}), "c": dict(checksums or {})},
+        separators=(",", ":"),
+    )
+
+
+def _object_info(row: Sequence[Any]) -> ObjectInfo:
+    key, size, etag, mtime, content_type, meta, parts = row[:7]
+    m = json.loads(meta)
+    return ObjectInfo(
+        key=bytes(key).decode("utf-8"),
+        size=size,
+        etag=etag,
+        last_modified=mtime,
+        content_type=content_type,
+        metadata=m["m"],
+        headers=m["h"],
+        checksums=m["c"],
+        parts=parts,
+    )
+
+
+class Index:
+    """The SQLite index of one filesystem store. Use from one thread only."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def _commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def _need_bucket(self, bucket: str) -> None:
+        if self.db.execute("SELECT 1 FROM buckets WHERE name=?", (bucket,)).fetchone() is None:
+            raise NoSuchBucket(f"no such bucket: {bucket}")
+
+    def all_blobs(self) -> set[str]:
+        blobs: set[str] = set()
+        for (segments,) in self.db.execute("SELECT segments FROM objects"):
+            blobs.update(blob for blob, _ in json.loads(segments))
+        blobs.update(blob for (blob,) in self.db.execute("SELECT blob FROM parts"))
+        return blobs
+
+    # --- buckets ---
+
+    def create_bucket(self, bucket: str) -> BucketInfo:
+        created = time.time()
+        try:
+            self.db.execute("INSERT INTO buckets VALUES (?, ?)", (bucket, created))
+        except sqlite3.IntegrityError:
+            raise BucketAlreadyExists(f"bucket exists: {bucket}") from None
+        return BucketInfo(name=bucket, created=created)
+
+    def head_bucket(self, bucket: str) -> BucketInfo:
+        row = self.db.execute("SELECT created FROM buckets WHERE name=?", (bucket,)).fetchone()
+        if row is None:
+            raise NoSuchBucket(f"no such bucket: {bucket}")
+        return BucketInfo(name=bucket, created=row[0])
+
+    def list_buckets(self) -> list[BucketInfo]:
+        rows = self.db.execute("SELECT name, created FROM buckets ORDER BY name")
+        return [BucketInfo(name=name, created=created) for name, created in rows]
+
+    def delete_bucket(self, bucket: str) -> list[str]:
+        db = self._tx()
+        try:
+            self._need_bucket(bucket)
+            if db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (bucket,)).fetchone():
+                raise BucketNotEmpty(f"bucket is not empty: {bucket}")
+            uploads = [
+                u for (u,) in db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (bucket,))
+            ]
+            freed = self._drop_uploads(uploads)
+            db.execute("DELETE FROM buckets WHERE name=?", (bucket,))
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return freed
+
+    def _drop_uploads(self, uploads: Iterable[str]) -> list[str]:
+        freed: list[str] = []
+        for upload_id in uploads:
+            freed += [
+                b
+                for (b,) in self.db.execute(
+                    "SELECT blob FROM parts WHERE upload_id=?", (upload_id,)
+                )
+            ]
+            self.db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
+            self.db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+        return freed
+
+    # --- objects ---
+
+    def put_object(self, bucket: str, info: ObjectInfo, segments: Sequence[Segment]) -> list[str]:
+        """Insert or replace an object row; return the replaced object's blobs."""
+        raw_key = info.key.encode("utf-8")
+        db = self._tx()
+        try:
+            self._need_bucket(bucket)
+            freed = self._segments_of(bucket, raw_key)
+            db.execute(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    bucket,
+                    raw_key,
+                    info.size,
+                    info.etag,
+                    info.last_modified,
+                    info.content_type,
+                    _meta_json(info.metadata, info.headers, info.checksums),
+                    info.parts,
+                    json.dumps(list(segments)),
+                ),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return freed
+
+    def _segments_of(self, bucket: str, raw_key: bytes) -> list[str]:
+        row = self.db.execute(
+            "SELECT segments FROM objects WHERE bucket=? AND key=?", (bucket, raw_key)
+        ).fetchone()
+        return [] if row is None else [blob for blob, _ in json.loads(row[0])]
+
+    def get_object(self, bucket: str, key: str) -> tuple[ObjectInfo, list[Segment]]:
+        row = self.db.execute(
+            f"SELECT {_OBJECT_COLUMNS}, segments FROM objects WHERE bucket=? AND key=?",
+            (bucket, key.encode("utf-8")),
+        ).fetchone()
+        if row is None:
+            self._need_bucket(bucket)
+            raise NoSuchKey(f"no such key: {bucket}/{key}")
+        return _object_info(row), [(blob, size) for blob, size in json.loads(row[7])]
+
+    def delete_object(self, bucket: str, key: str) -> tuple[bool, list[str]]:
+        raw_key = key.encode("utf-8")
+        db = self._tx()
+        try:
+            self._need_bucket(bucket)
+            freed = self._segments_of(bucket, raw_key)
+            db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, raw_key))
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return bool(freed), freed
+
+    def list_objects(
+        self, bucket: str, prefix: str, delimiter: str, start_after: str, max_keys: int
+    ) -> ObjectListing:
+        self._need_bucket(bucket)
+        raw_prefix = prefix.encode("utf-8")
+        high = upper_bound(raw_prefix)
+        low, inclusive = raw_prefix, True
+        if start_after:
+            raw_after = start_after.encode("utf-8")
+            rest = start_after[len(prefix) :] if start_after.startswith(prefix) else None
+            if (
+                delimiter
+                and rest is not None
+                and rest.find(delimiter) == len(rest) - len(delimiter)
+            ):
+                # start_after is a common prefix: skip everything under it
+                skip = upper_bound(raw_after)
+                if skip is None:
+                    return ObjectListing()
+                if skip > low:
+                    low, inclusive = skip, True
+            elif raw_after >= low:
+                low, inclusive = raw_after, False
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        marker = ""
+        while True:
+            sql = f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket=? AND key {'>=' if inclusive else '>'} ?"
+            args: list[Any] = [bucket, low]
+            if high is not None:
+                sql += " AND key < ?"
+                args.append(high)
+            rows = self.db.execute(sql + f" ORDER BY key LIMIT {_BATCH}", args).fetchall()
+            if not rows:
+                return ObjectListing(objects=objects, prefixes=prefixes, next_marker=marker)
+            jumped = False
+            for row in rows:
+                key = bytes(row[0]).decode("utf-8")
+                if len(objects) + len(prefixes) >= max_keys:
+                    return ObjectListing(
+                        objects=objects,
+                        prefixes=prefixes,
+                        truncated=max_keys > 0,
+                        next_marker=marker,
+                    )
+                if delimiter:
+                    at = key.find(delimiter, len(prefix))
+                    if at >= 0:
+                        common = key[: at + len(delimiter)]
+                        prefixes.append(common)
+                        marker = common
+                        nxt = upper_bound(common.encode("utf-8"))
+                        if nxt is None:
+                            return ObjectListing(
+                                objects=objects, prefixes=prefixes, next_marker=marker
+                            )
+                        low, inclusive, jumped = nxt, True, True
+                        break
+                objects.append(_object_info(row))
+                marker = key
+            if not jumped:
+                low, inclusive = bytes(rows[-1][0]), False
+
+    # --- multipart uploads ---
+
+    def create_upload(self, upload: UploadInfo) -> None:
+        db = self._tx()
+        try:
+            self._need_bucket(upload.bucket)
+            db.execute(
+                "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    upload.upload_id,
+                    upload.bucket,
+                    upload.key.encode("utf-8"),
+                    upload.initiated,
+                    upload.content_type,
+                    _meta_json(upload.metadata, upload.headers, {}),
+                ),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def get_upload(self, bucket: str, key: str, upload_id: str) -> UploadInfo:
+        row = self.db.execute(
+            "SELECT initiated, content_type, meta FROM uploads WHERE upload_id=? AND bucket=? AND key=?",
+            (upload_id, bucket, key.encode("utf-8")),
+        ).fetchone()
+        if row is None:
+            raise NoSuchUpload(f"no such upload: {upload_id}")
+        meta = json.loads(row[2])
+        return UploadInfo(
+            upload_id=upload_id,
+            bucket=bucket,
+            key=key,
+            initiated=row[0],
+            content_type=row[1],
+            metadata=meta["m"],
+            headers=meta["h"],
+        )
+
+    def put_part(
+        self, bucket: str, key: str, upload_id: str, part: PartInfo, blob: str
+    ) -> list[str]:
+        db = self._tx()
+        try:
+            self.get_upload(bucket, key, upload_id)
+            old = db.execute(
+                "SELECT blob FROM parts WHERE upload_id=? AND number=?", (upload_id, part.number)
+            ).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?)",
+                (upload_id, part.number, blob, part.size, part.etag, part.last_modified),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return [] if old is None else [old[0]]
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
+        self.get_upload(bucket, key, upload_id)
+        rows = self.db.execute(
+            "SELECT number, size, etag, mtime FROM parts WHERE upload_id=? ORDER BY number",
+            (upload_id,),
+        )
+        return [PartInfo(number=n, size=s, etag=e, last_modified=m) for n, s, e, m in rows]
+
+    def complete_upload(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        wanted: Sequence[tuple[int, str]],
+        min_part: int,
+    ) -> tuple[ObjectInfo, list[str]]:
+        db = self._tx()
+        try:
+            upload = self.get_upload(bucket, key, upload_id)
+            have = {
+                n: (blob, size, etag)
+                for n, blob, size, etag in db.execute(
+                    "SELECT number, blob, size, etag FROM parts WHERE upload_id=?", (upload_id,)
+                )
+            }
+            if not wanted:
+                raise InvalidPart("a multipart upload needs at least one part", reason="missing")
+            segments: list[Segment] = []
+            digests = hashlib.md5(usedforsecurity=False)
+            previous = 0
+            for i, (number, etag) in enumerate(wanted):
+                if number <= previous:
+                    raise InvalidPart("parts must be listed in ascending order", reason="order")
+                previous = number
+                part = have.get(number)
+                if part is None or part[2] != etag.strip('"').lower():
+                    raise InvalidPart(
+                        f"part {number} was not uploaded with that ETag", reason="missing"
+                    )
+                if part[1] < min_part and i != len(wanted) - 1:
+                    raise InvalidPart(
+                        f"part {number} is {part[1]} bytes; all parts but the last need {min_part}",
+                        reason="too_small",
+                    )
+                segments.append((part[0], part[1]))
+                digests.update(bytes.fromhex(part[2]))
+            used = {blob for blob, _ in segments}
+            info = ObjectInfo(
+                key=key,
+                size=sum(size for _, size in segments),
+                etag=f"{digests.hexdigest()}-{len(segments)}",
+                last_modified=time.time(),
+                content_type=upload.content_type,
+                metadata=upload.metadata,
+                headers=upload.headers,
+                parts=len(segments),
+            )
+            freed = [blob for blob, _, _ in have.values() if blob not in used]
+            db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
+            db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+            raw_key = key.encode("utf-8")
+            freed += self._segments_of(bucket, raw_key)
+            db.execute(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    bucket,
+                    raw_key,
+                    info.size,
+                    info.etag,
+                    info.last_modified,
+                    info.content_type,
+                    _meta_json(info.metadata, info.headers, {}),
+                    info.parts,
+                    json.dumps(segments),
+                ),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return info, freed
+
+    def abort_upload(self, bucket: str, key: str, upload_id: str) -> list[str]:
+        self._tx()
+        try:
+            self.get_upload(bucket, key, upload_id)
+            freed = self._drop_uploads([upload_id])
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return freed
+
+    def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]:
+        self._need_bucket(bucket)
+        raw_prefix = prefix.encode("utf-8")
+        high = upper_bound(raw_prefix)
+        sql = "SELECT upload_id, key, initiated, content_type, meta FROM uploads WHERE bucket=? AND key >= ?"
+        args: list[Any] = [bucket, raw_prefix]
+        if high is not None:
+            sql += " AND key < ?"
+            args.append(high)
+        out = []
+        for upload_id, key, initiated, content_type, meta in self.db.execute(
+            sql + " ORDER BY key, initiated", args
+        ):
+            m = json.loads(meta)
+            out.append(
+                UploadInfo(
+                    upload_id=upload_id,
+                    bucket=bucket,
+                    key=bytes(key).decode("utf-8"),
+                    initiated=initiated,
+                    content_type=content_type,
+                    metadata=m["m"],
+                    headers=m["h"],
+                )
+            )
+        return out

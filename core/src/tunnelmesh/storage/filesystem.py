@@ -1,0 +1,472 @@
+"""The default storage backend: object data in files, an SQLite index beside them.
+
+Layout of the directory it owns::
+
+    ROOT/LOCK              flock'ed while a process has the store open (one process at a time)
+    ROOT/index.sqlite3     buckets, objects, uploads and parts (see _index.py)
+    ROOT/blobs/ab/<id>     object and part data, named by random ids, never by keys
+    ROOT/tmp/<id>          writes in progress
+
+A write streams into ``tmp/``, fsyncs the file, renames it into ``blobs/``, fsyncs that
+directory, and only then commits the index row that makes it visible (SQLite WAL with
+``synchronous=FULL``). A crash at any point leaves the previous state plus, at worst, unreferenced
+files, which :meth:`FilesystemStorage.start` removes. Since keys only ever appear as index data,
+no key can name a path outside ROOT.
+
+Reads see a snapshot: an open reader holds its blobs, and a blob that an overwrite or delete frees
+is unlinked only after its last reader closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from tunnelmesh.abc import (
+    BucketInfo,
+    ObjectInfo,
+    ObjectListing,
+    ObjectReader,
+    PartInfo,
+    Storage,
+    UploadInfo,
+)
+from tunnelmesh.errors import StorageError
+from tunnelmesh.storage._index import Index, Segment
+from tunnelmesh.storage._names import check_bucket_name, check_key
+
+__all__ = ["FilesystemStorage"]
+
+T = TypeVar("T")
+
+CHUNK = 1024 * 1024
+"""Bytes per disk write and per chunk a reader yields."""
+
+MAX_PARTS = 10_000
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Reader(ObjectReader):
+    def __init__(self, store: FilesystemStorage, info: ObjectInfo, segments: list[Segment]) -> None:
+        self.info = info
+        self._store = store
+        self._segments = segments
+        self._closed = False
+        store._hold([blob for blob, _ in segments])
+
+    async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        size = self.info.size
+        end = size if end is None else end
+        if not 0 <= start <= end <= size:
+            raise ValueError(f"range [{start}, {end}) is outside the object (size {size})")
+        offset = 0
+        for blob, length in self._segments:
+            seg_start, seg_end = max(start - offset, 0), min(end - offset, length)
+            offset += length
+            if seg_start >= seg_end:
+                continue
+            if self._closed:
+                raise StorageError("reader is closed")
+            fd = await self._store._io(os.open, self._store._blob_path(blob), os.O_RDONLY)
+            try:
+                pos = seg_start
+                while pos < seg_end:
+                    data = await self._store._io(os.pread, fd, min(CHUNK, seg_end - pos), pos)
+                    if not data:
+                        raise StorageError(f"blob {blob} is shorter than the index says")
+                    pos += len(data)
+                    yield data
+            finally:
+                os.close(fd)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._store._release([blob for blob, _ in self._segments])
+
+
+class FilesystemStorage(Storage):
+    """Objects as files under one directory, indexed by SQLite. See the module docstring.
+
+    Args:
+        root: the directory the store owns (created when missing).
+        io_threads: threads for file reads and writes.
+    """
+
+    name: ClassVar[str] = "filesystem"
+
+    def __init__(self, root: str | os.PathLike[str], *, io_threads: int = 8) -> None:
+        self.root = Path(root)
+        self._io_threads = io_threads
+        self._index: Index | None = None
+        self._db_pool: ThreadPoolExecutor | None = None
+        self._io_pool: ThreadPoolExecutor | None = None
+        self._lock_fd: int | None = None
+        self._readers: dict[str, int] = {}
+        self._doomed: set[str] = set()
+        self._closed = False
+
+    # --- plumbing ---
+
+    async def start(self) -> None:
+        """Create or open the store, take its lock and clear what a crash left behind.
+
+        Raises:
+            StorageError: another process has the store open, or it cannot be created.
+        """
+        try:
+            for sub in ("blobs", "tmp"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot create the store at {self.root}: {exc}") from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StorageError(f"{self.root} is in use by another process") from None
+        self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="tm-storage-db")
+        self._io_pool = ThreadPoolExecutor(self._io_threads, thread_name_prefix="tm-storage-io")
+        self._index = await self._db(Index, self.root / "index.sqlite3")
+        await self._db(self._recover)
+
+    def _recover(self) -> None:
+        """Delete writes in progress and blobs no row references (left by a crash)."""
+        for tmp in (self.root / "tmp").iterdir():
+            tmp.unlink()
+        assert self._index is not None
+        live = self._index.all_blobs()
+        for shard in (self.root / "blobs").iterdir():
+            for blob in shard.iterdir():
+                if blob.name not in live:
+                    blob.unlink()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._index is not None:
+            await self._db(self._index.close)
+        for pool in (self._db_pool, self._io_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._db_pool is None:
+            raise StorageError("storage is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._io_pool is None:
+            raise StorageError("storage is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
+
+    def _idx(self) -> Index:
+        if self._closed or self._index is None:
+            raise StorageError("storage is closed" if self._closed else "storage is not started")
+        return self._index
+
+    def _blob_path(self, blob: str) -> Path:
+        return self.root / "blobs" / blob[:2] / blob
+
+    def _hold(self, blobs: Sequence[str]) -> None:
+        for blob in blobs:
+            self._readers[blob] = self._readers.get(blob, 0) + 1
+
+    def _release(self, blobs: Sequence[str]) -> None:
+        for blob in blobs:
+            left = self._readers[blob] - 1
+            if left:
+                self._readers[blob] = left
+                continue
+            del self._readers[blob]
+            if blob in self._doomed:
+                self._doomed.discard(blob)
+                self._unlink(blob)
+
+    def _free(self, blobs: Sequence[str]) -> None:
+        """Delete blobs that no row references, once no reader holds them."""
+        for blob in blobs:
+            if blob in self._readers:
+                self._doomed.add(blob)
+            else:
+                self._unlink(blob)
+
+    def _unlink(self, blob: str) -> None:
+        # A leftover (unlink failed) is removed by the next start's recovery.
+        with contextlib.suppress(OSError):
+            self._blob_path(blob).unlink()
+
+    async def _write_blob(self, body: AsyncIterable[bytes]) -> tuple[str, int, str]:
+        """Stream ``body`` into a new synced blob; return (id, size, hex md5)."""
+        self._idx()
+        blob = secrets.token_hex(16)
+        tmp = self.root / "tmp" / blob
+        md5 = hashlib.md5(usedforsecurity=False)
+        size = 0
+        fd = await self._io(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+        def flush(data: bytes | bytearray) -> None:
+            md5.update(data)
+            _write_all(fd, data)
+
+        try:
+            buf = bytearray()
+            async for chunk in body:
+                buf += chunk
+                size += len(chunk)
+                if len(buf) >= CHUNK:
+                    await self._io(flush, buf)
+                    buf = bytearray()
+            if buf:
+                await self._io(flush, buf)
+            await self._io(os.fsync, fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(fd)
+        await self._io(self._install, tmp, blob)
+        return blob, size, md5.hexdigest()
+
+    def _install(self, tmp: Path, blob: str) -> None:
+        shard = self.root / "blobs" / blob[:2]
+        if not shard.exists():
+            shard.mkdir(exist_ok=True)
+            _fsync_dir(shard.parent)
+        os.rename(tmp, shard / blob)
+        _fsync_dir(shard)
+
+    def _link_blob(self, blob: str) -> str:
+        """A new blob with the same content (a hard link; a copy where links fail)."""
+        new = secrets.token_hex(16)
+        tmp = self.root / "tmp" / new
+        try:
+            os.link(self._blob_path(blob), tmp)
+        except OSError:
+            with open(self._blob_path(blob), "rb") as src, open(tmp, "xb") as dst:
+                while data := src.read(CHUNK):
+                    dst.write(data)
+                dst.flush()
+                os.fsync(dst.fileno())
+        self._install(tmp, new)
+        return new
+
+    async def _commit_blobs(self, blobs: Sequence[str], commit: Callable[[], Any]) -> Any:
+        """Run an index commit that references ``blobs``; free them if it fails."""
+        try:
+            return await self._db(commit)
+        except BaseException:
+            self._free(blobs)
+            raise
+
+    # --- buckets ---
+
+    async def create_bucket(self, bucket: str) -> BucketInfo:
+        check_bucket_name(bucket)
+        return await self._db(self._idx().create_bucket, bucket)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        self._free(await self._db(self._idx().delete_bucket, bucket))
+
+    async def head_bucket(self, bucket: str) -> BucketInfo:
+        return await self._db(self._idx().head_bucket, bucket)
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        return await self._db(self._idx().list_buckets)
+
+    # --- objects ---
+
+    async def put_object(
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterable[bytes],
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        checksums: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        check_key(key)
+        await self.head_bucket(bucket)
+        blob, size, etag = await self._write_blob(body)
+        info = ObjectInfo(
+            key=key,
+            size=size,
+            etag=etag,
+            last_modified=time.time(),
+            content_type=content_type,
+            metadata=dict(metadata or {}),
+            headers=dict(headers or {}),
+            checksums=dict(checksums or {}),
+        )
+        index = self._idx()
+        freed = await self._commit_blobs(
+            [blob], lambda: index.put_object(bucket, info, [(blob, size)])
+        )
+        self._free(freed)
+        return info
+
+    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
+        check_key(key)
+        info, _ = await self._db(self._idx().get_object, bucket, key)
+        return info
+
+    async def open_object(self, bucket: str, key: str) -> ObjectReader:
+        return await self._open(bucket, key)
+
+    async def _open(self, bucket: str, key: str) -> _Reader:
+        check_key(key)
+        info, segments = await self._db(self._idx().get_object, bucket, key)
+        return _Reader(self, info, segments)
+
+    async def delete_object(self, bucket: str, key: str) -> bool:
+        check_key(key)
+        existed, freed = await self._db(self._idx().delete_object, bucket, key)
+        self._free(freed)
+        return existed
+
+    async def copy_object(
+        self,
+        src_bucket: str,
+        src_key: str,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        check_key(key)
+        await self.head_bucket(bucket)
+        index = self._idx()
+        reader = await self._open(src_bucket, src_key)
+        try:
+            src = reader.info
+            segments: list[Segment] = []
+            try:
+                for blob, size in reader._segments:
+                    segments.append((await self._io(self._link_blob, blob), size))
+            except BaseException:
+                self._free([blob for blob, _ in segments])
+                raise
+        finally:
+            await reader.aclose()
+        info = ObjectInfo(
+            key=key,
+            size=src.size,
+            etag=src.etag,
+            last_modified=time.time(),
+            content_type=src.content_type if content_type is None else content_type,
+            metadata=dict(src.metadata if metadata is None else metadata),
+            headers=dict(src.headers if headers is None else headers),
+            checksums=dict(src.checksums),
+            parts=src.parts,
+        )
+        blobs = [blob for blob, _ in segments]
+        freed = await self._commit_blobs(blobs, lambda: index.put_object(bucket, info, segments))
+        self._free(freed)
+        return info
+
+    async def list_objects(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str = "",
+        start_after: str = "",
+        max_keys: int = 1000,
+    ) -> ObjectListing:
+        max_keys = max(0, min(max_keys, 1000))
+        return await self._db(
+            self._idx().list_objects, bucket, prefix, delimiter, start_after, max_keys
+        )
+
+    # --- multipart uploads ---
+
+    async def create_multipart_upload(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> UploadInfo:
+        check_key(key)
+        upload = UploadInfo(
+            upload_id=secrets.token_urlsafe(24),
+            bucket=bucket,
+            key=key,
+            initiated=time.time(),
+            content_type=content_type,
+            metadata=dict(metadata or {}),
+            headers=dict(headers or {}),
+        )
+        await self._db(self._idx().create_upload, upload)
+        return upload
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, body: AsyncIterable[bytes]
+    ) -> PartInfo:
+        if not 1 <= number <= MAX_PARTS:
+            raise StorageError(f"part number must be 1 to {MAX_PARTS}, got {number}")
+        check_key(key)
+        index = self._idx()
+        await self._db(index.get_upload, bucket, key, upload_id)
+        blob, size, etag = await self._write_blob(body)
+        part = PartInfo(number=number, size=size, etag=etag, last_modified=time.time())
+        freed = await self._commit_blobs(
+            [blob], lambda: index.put_part(bucket, key, upload_id, part, blob)
+        )
+        self._free(freed)
+        return part
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
+        check_key(key)
+        return await self._db(self._idx().list_parts, bucket, key, upload_id)
+
+    async def complete_multipart_upload(
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> ObjectInfo:
+        check_key(key)
+        info, freed = await self._db(
+            self._idx().complete_upload, bucket, key, upload_id, list(parts), self.min_part_size
+        )
+        self._free(freed)
+        return info
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        check_key(key)
+        self._free(await self._db(self._idx().abort_upload, bucket, key, upload_id))
+
+    async def list_multipart_uploads(self, bucket: str, *, prefix: str = "") -> list[UploadInfo]:
+        return await self._db(self._idx().list_uploads, bucket, prefix)
