@@ -79,7 +79,7 @@ import ipaddress
 import json
 import os
 import re
-import selectors
+import select
 import signal
 import subprocess
 import sys
@@ -118,6 +118,7 @@ PUBLIC_PROBES = ("1.1.1.1", "8.8.8.8", "9.9.9.9", "2606:4700:4700::1111", "2001:
 NatKind = Literal["full-cone", "symmetric"]
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
+_pending: weakref.WeakKeyDictionary[subprocess.Popen[str], bytearray] = weakref.WeakKeyDictionary()
 
 
 class ImpairmentUnsupported(LabError):
@@ -289,31 +290,43 @@ class Internet(Host):
 
 
 def wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 10.0) -> str:
-    """Read ``proc.stdout`` (a text pipe) until a line contains ``text``; return that line.
+    """Read ``proc.stdout`` (a pipe) until a line contains ``text``; return that line.
+
+    Lines before it are consumed. It reads the pipe's file descriptor directly (so ``select``
+    sees every byte) and keeps a partial line for the next call: once you use it on a process,
+    read that process's output only through it.
 
     Raises:
-        LabError: the process exited or ``timeout`` passed first (with the lines read so far).
+        LabError: the process closed its output or ``timeout`` passed first (the message shows
+            the last lines read).
     """
     if proc.stdout is None:
         raise LabError("wait_for_line needs a process started with stdout=subprocess.PIPE")
+    fd = proc.stdout.fileno()
+    buf = _pending.setdefault(proc, bytearray())
     seen: list[str] = []
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LabError(f"no line with {text!r} after {timeout}s; got {seen[-5:]!r}")
-            if not sel.select(left):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                raise LabError(
-                    f"process exited ({proc.wait()}) before printing {text!r}; got {seen[-5:]!r}"
-                )
+    while True:
+        while b"\n" in buf:
+            raw, _, rest = bytes(buf).partition(b"\n")
+            buf[:] = rest
+            line = raw.decode(errors="replace")
             if text in line:
-                return line
-            seen.append(line.rstrip("\n"))
+                return line + "\n"
+            seen.append(line)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LabError(f"no line with {text!r} after {timeout}s; last lines {seen[-5:]!r}")
+        readable, _, _ = select.select([fd], [], [], left)
+        if not readable:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise LabError(
+                f"output closed (exit code {proc.poll()}) before a line with {text!r}; "
+                f"last lines {seen[-5:]!r}"
+            )
+        buf += chunk
 
 
 class Lab:
@@ -382,15 +395,25 @@ class Lab:
             return
         self._closed = True
         _open_labs.discard(self)
+        problems: list[str] = []
         for proc in self._procs:
-            _terminate(proc)
+            try:
+                _terminate(proc)
+            except Exception as exc:  # keep tearing down; report at the end
+                problems.append(f"stopping {proc.args!r}: {exc!r}")
         for ns in reversed(self._namespaces):
-            _netns.remove_namespace(ns)
+            try:
+                _netns.remove_namespace(ns)
+            except Exception as exc:
+                problems.append(f"removing {ns}: {exc!r}")
         left = set(self._namespaces) & set(_netns.list_namespaces())
         self._namespaces = sorted(left)
         if left:
-            raise LabError(f"lab namespaces could not be deleted: {sorted(left)}")
-        self._registry.unlink(missing_ok=True)
+            problems.append(f"namespaces still present: {sorted(left)}")
+        else:
+            self._registry.unlink(missing_ok=True)
+        if problems:
+            raise LabError("lab teardown failed: " + "; ".join(problems))
 
     # -- building --------------------------------------------------------------------------
 
@@ -634,13 +657,12 @@ def _terminate(proc: subprocess.Popen[str], grace: float = 2.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    else:
-        # The leader is gone; children it left in its group still get a KILL.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    # When the leader had already exited its group id may be reused, so leftover children
+    # are not signalled here: Lab.close() kills whatever is left inside lab namespaces.
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
-            stream.close()
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def _emulate_netem(host: Host, dev: str, spec: str) -> None:

@@ -16,7 +16,8 @@ Run them with :meth:`Host.python <tunnelmesh.testing.lab.Host.python>`::
     Binds a UDP socket on port 0, asks each ``IP:PORT`` echo server for its mapping, prints one
     line ``mapped <server> <ip>:<port>`` per server, then ``ready <local port>``, then prints
     ``recv <ip>:<port> <text>`` for every datagram that arrives afterwards, until ``--wait``
-    seconds pass (default 10) or stdin is closed.
+    seconds pass (default 10) or stdin is closed. A ``map`` line on stdin asks the first server
+    again (its answer arrives as a ``recv`` line): a marker to order unsolicited datagrams.
 
 ``send IP:PORT TEXT``
     Sends one datagram ``TEXT`` from a fresh socket and exits (``--count`` repeats it).
@@ -72,8 +73,12 @@ def _probe(servers: list[str], wait: float) -> None:
     sock.setblocking(False)
     while (left := deadline - time.monotonic()) > 0:
         readable, _, _ = select.select([sock, sys.stdin], [], [], left)
-        if sys.stdin in readable and not sys.stdin.readline():
-            return
+        if sys.stdin in readable:
+            line = sys.stdin.readline()
+            if not line:
+                return
+            if line.strip() == "map":  # ask the first server again; its answer arrives as recv
+                sock.sendto(b"map", _addr(servers[0]))
         if sock in readable:
             data, peer = sock.recvfrom(2048)
             print("recv", f"{peer[0]}:{peer[1]}", data.decode(errors="replace"), flush=True)
