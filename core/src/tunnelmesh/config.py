@@ -175,6 +175,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_peers: list[str] = msgspec.field(default_factory=list)
     heartbeat_interval: Duration = Duration(10.0)
     log_level: Literal["debug", "info", "warning", "error"] | None = None
+    tls_names: list[str] = msgspec.field(default_factory=list)
+    auth_failures_burst: int = 20
+    auth_failures_per_minute: float = 30.0
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     join_mesh: JoinMesh | None = None
     sections: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -191,6 +194,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if net.num_addresses < 4:
             raise ValueError(f"mesh_cidr {self.mesh_cidr} is too small")
         _check_label(self.domain, "domain")
+        if self.auth_failures_burst < 1 or self.auth_failures_per_minute < 0:
+            raise ValueError("auth_failures_burst must be >= 1 and auth_failures_per_minute >= 0")
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
 
 
 def _error_from_validation(exc: msgspec.ValidationError, path: str, prefix: str) -> ConfigError:

@@ -1,0 +1,497 @@
+"""The peer side of the control plane: register, heartbeat, follow the push channel.
+
+:class:`ControlClient` is what ``tunnelmesh join`` runs and what the data plane consumes::
+
+    client = ControlClient(server=url, identity=ident, ca_pem=ca, auth_token=token, name="alpha")
+    await client.register()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(client.run())
+        async for change in client.changes():      # PeerAdded / PeerChanged / PeerRemoved ...
+            ...
+
+``run()`` keeps a heartbeat every ``heartbeat_interval`` seconds and a push WebSocket open,
+reconnecting with backoff. While the coordinator is away the peer table keeps what it knew
+(nothing is removed for want of a coordinator); when it returns, the new snapshot is diffed in.
+
+First contact: :func:`fetch_ca` gets the mesh CA and checks the coordinator's HMAC proof before
+the token is sent anywhere (see :mod:`tunnelmesh.coordinator.ca`). Every later request verifies
+TLS against that CA, with the hostname checked against
+:data:`~tunnelmesh.coordinator.ca.COORDINATOR_NAME`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import inspect
+import logging
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+
+from tunnelmesh import __version__
+from tunnelmesh.control.messages import (
+    ApiError,
+    CaResponse,
+    ChallengeResponse,
+    Counters,
+    DnsResponse,
+    Heartbeat,
+    HeartbeatAck,
+    PeerInfo,
+    PeersResponse,
+    RegisterRequest,
+    RegisterResponse,
+    RendezvousAck,
+    RendezvousRequest,
+    decode_push,
+    encode,
+)
+from tunnelmesh.control.peertable import PeerChange, PeerTable, SelfRemoved
+from tunnelmesh.coordinator.auth import registration_message, token_binding
+from tunnelmesh.coordinator.ca import COORDINATOR_NAME, ca_proof, client_ssl_context
+from tunnelmesh.errors import TunnelmeshError
+from tunnelmesh.identity import Identity
+
+__all__ = ["ApiRequestError", "ControlClient", "CoordinatorUnreachable", "PeerStatus", "fetch_ca"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
+
+
+class CoordinatorUnreachable(TunnelmeshError):
+    """The coordinator did not answer (network, TLS or timeout)."""
+
+
+class ApiRequestError(TunnelmeshError):
+    """The coordinator refused a request; ``status`` and ``error`` say why."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(f"coordinator refused ({status} {error}): {message}")
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+class PeerStatus(msgspec.Struct, kw_only=True):
+    """What a heartbeat reports besides endpoints (the data plane fills it in)."""
+
+    transports: dict[str, str] = msgspec.field(default_factory=dict)
+    rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    counters: Counters = msgspec.field(default_factory=Counters)
+
+
+async def _maybe_await(value: T | Awaitable[T]) -> T:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _error_from(status: int, body: bytes) -> ApiRequestError:
+    try:
+        err = msgspec.json.decode(body, type=ApiError)
+        return ApiRequestError(status, err.error, err.message)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        text = body.decode("utf-8", "replace").strip()[:200]
+        return ApiRequestError(status, "http_error", text or "no details")
+
+
+async def fetch_ca(server: str, auth_token: str, *, timeout: float = 10.0) -> str:
+    """Get the mesh CA from ``server`` and check the coordinator's proof of the token.
+
+    TLS is not verified for this one request (we do not know the CA yet); the proof is what
+    makes the answer trustworthy, and the token itself is never sent.
+
+    Raises:
+        CoordinatorUnreachable: no answer.
+        TunnelmeshError: the proof is wrong (wrong token, or not our coordinator).
+    """
+    nonce = secrets.token_urlsafe(24)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.get(f"{server}/api/v1/ca", params={"nonce": nonce}, ssl=False) as resp,
+        ):
+            body = await resp.read()
+            if resp.status != 200:
+                raise _error_from(resp.status, body)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise CoordinatorUnreachable(f"cannot reach the coordinator at {server}: {exc}") from None
+    try:
+        ca = msgspec.json.decode(body, type=CaResponse)
+        expected = ca_proof(auth_token, nonce, ca.ca_pem)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise TunnelmeshError(f"the coordinator sent a malformed CA answer: {exc}") from None
+    if not hmac.compare_digest(expected, ca.proof):
+        raise TunnelmeshError(
+            f"the server at {server} could not prove it knows the mesh token: the token is "
+            "wrong, or this is not your coordinator (someone in the middle?)"
+        )
+    return ca.ca_pem
+
+
+class ControlClient:
+    """One node's connection to its coordinator.
+
+    Args:
+        server: the coordinator URL (``https://host:port``).
+        identity: this node's key.
+        ca_pem: the mesh CA (from :func:`fetch_ca` or the stored context).
+        auth_token: the mesh token; needed to register (again).
+        name: the name to register with.
+        session_token: a session from an earlier registration (skips registering).
+        endpoints: a callable returning this node's endpoints (``host:port``), sync or async.
+        status: a callable returning a :class:`PeerStatus`, sync or async.
+        rename: take ``name-2`` when the name belongs to another key (False: fail instead).
+        peers_cache: a file where the peer table is kept, so a restart while the coordinator
+            is down still knows the peers.
+    """
+
+    def __init__(
+        self,
+        *,
+        server: str,
+        identity: Identity,
+        ca_pem: str,
+        auth_token: str = "",
+        name: str = "",
+        session_token: str = "",
+        endpoints: Callable[[], list[str] | Awaitable[list[str]]] | None = None,
+        status: Callable[[], PeerStatus | Awaitable[PeerStatus]] | None = None,
+        rename: bool = True,
+        heartbeat_interval: float = 10.0,
+        peers_cache: str | Path | None = None,
+        connections: int = 4,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.identity = identity
+        self.ca_pem = ca_pem
+        self.auth_token = auth_token
+        self.name = name
+        self.session_token = session_token
+        self.rename = rename
+        self.heartbeat_interval = heartbeat_interval
+        self._endpoints = endpoints
+        self._status = status
+        self.peers_cache = Path(peers_cache) if peers_cache else None
+        self.table = PeerTable(identity.peer_id, self._load_cache())
+        self.registration: RegisterResponse | None = None
+        self.reachable = False
+        self.last_contact = 0.0
+        self.last_ack: HeartbeatAck | None = None
+        self.on_register: list[Callable[[RegisterResponse], None]] = []
+        self._connections = connections
+        self._http: aiohttp.ClientSession | None = None
+        self._queues: list[asyncio.Queue[PeerChange]] = []
+        self._callbacks: list[Callable[[PeerChange], None]] = []
+        self._stopped = asyncio.Event()
+        self._removed = False
+        self._cache_dirty = False
+
+    # --- HTTP plumbing ---------------------------------------------------------------------
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            connector = aiohttp.TCPConnector(
+                ssl=client_ssl_context(self.ca_pem), limit=self._connections
+            )
+            self._http = aiohttp.ClientSession(connector=connector, timeout=_TIMEOUT)
+        return self._http
+
+    def _headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        rtype: type[T] | None,
+        *,
+        token: str | None = None,
+        body: Any = None,
+    ) -> T:
+        token = self.session_token if token is None else token
+        data = encode(body) if body is not None else None
+        try:
+            async with self.http.request(
+                method,
+                self.server + path,
+                data=data,
+                headers=self._headers(token),
+                server_hostname=COORDINATOR_NAME,
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.reachable = False
+            raise CoordinatorUnreachable(
+                f"cannot reach the coordinator at {self.server}: {exc or type(exc).__name__}"
+            ) from None
+        self.reachable = True
+        self.last_contact = time.time()
+        if status >= 400:
+            raise _error_from(status, raw)
+        if rtype is None:
+            return None  # type: ignore[return-value]
+        try:
+            return msgspec.json.decode(raw, type=rtype)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise TunnelmeshError(f"the coordinator sent a malformed answer: {exc}") from None
+
+    async def aclose(self) -> None:
+        self._stopped.set()
+        self._write_cache(force=True)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def __aenter__(self) -> ControlClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- API calls -------------------------------------------------------------------------
+
+    async def _current_endpoints(self) -> list[str]:
+        if self._endpoints is None:
+            return []
+        return list(await _maybe_await(self._endpoints()))
+
+    async def register(self) -> RegisterResponse:
+        """Prove the key and the token to the coordinator; returns the mesh IP and session.
+
+        Raises:
+            ApiRequestError: refused (wrong token 401, name taken 409, ...).
+            CoordinatorUnreachable: no answer.
+        """
+        if not self.auth_token:
+            raise TunnelmeshError("registering needs the mesh auth token (--token)")
+        ch = await self._call("POST", "/api/v1/register/challenge", ChallengeResponse, token="")
+        nonce = base64.b64decode(ch.nonce)
+        public_key = self.identity.public_openssh
+        message = registration_message(
+            nonce, self.name, public_key, token_binding(self.auth_token, nonce)
+        )
+        req = RegisterRequest(
+            name=self.name,
+            public_key=public_key,
+            nonce=ch.nonce,
+            signature=base64.b64encode(self.identity.sign(message)).decode("ascii"),
+            endpoints=await self._current_endpoints(),
+            rename=self.rename,
+            version=__version__,
+        )
+        resp = await self._call(
+            "POST", "/api/v1/register", RegisterResponse, token=self.auth_token, body=req
+        )
+        self.registration = resp
+        self.session_token = resp.session_token
+        self.name = resp.name
+        self.heartbeat_interval = resp.heartbeat_interval
+        for cb in self.on_register:
+            cb(resp)
+        return resp
+
+    async def heartbeat(self) -> HeartbeatAck:
+        status = await _maybe_await(self._status()) if self._status else PeerStatus()
+        hb = Heartbeat(
+            endpoints=await self._current_endpoints(),
+            transports=status.transports,
+            rtt_ms=status.rtt_ms,
+            counters=status.counters,
+        )
+        ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)
+        self.last_ack = ack
+        return ack
+
+    async def list_peers(self) -> PeersResponse:
+        return await self._call("GET", "/api/v1/peers", PeersResponse)
+
+    async def get_peer(self, name: str) -> PeerInfo:
+        return await self._call("GET", f"/api/v1/peers/{name}", PeerInfo)
+
+    async def dns(self) -> DnsResponse:
+        return await self._call("GET", "/api/v1/dns", DnsResponse)
+
+    async def rendezvous(self, to: str, endpoints: list[str] | None = None) -> RendezvousAck:
+        """Ask the coordinator to tell ``to`` to punch towards us (our endpoints by default)."""
+        req = RendezvousRequest(to=to, endpoints=endpoints or [])
+        return await self._call("POST", "/api/v1/rendezvous", RendezvousAck, body=req)
+
+    async def leave(self) -> None:
+        """Delete this node from the mesh (frees its name and IP)."""
+        await self._call("DELETE", f"/api/v1/peers/{self.name}", None)
+
+    # --- change events ---------------------------------------------------------------------
+
+    def add_callback(self, cb: Callable[[PeerChange], None]) -> None:
+        """Call ``cb`` with every change, synchronously, as it is applied."""
+        self._callbacks.append(cb)
+
+    async def changes(self) -> AsyncIterator[PeerChange]:
+        """Every change from now on; starts with a PeerAdded for each peer already known."""
+        q: asyncio.Queue[PeerChange] = asyncio.Queue()
+        from tunnelmesh.control.peertable import PeerAdded
+
+        for p in list(self.table.peers.values()):
+            q.put_nowait(PeerAdded(p))
+        self._queues.append(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._queues.remove(q)
+
+    def _emit(self, changes: list[PeerChange]) -> None:
+        for ch in changes:
+            if isinstance(ch, SelfRemoved):
+                self._removed = True
+            for cb in self._callbacks:
+                cb(ch)
+            for q in self._queues:
+                q.put_nowait(ch)
+        if changes:
+            self._cache_dirty = True
+
+    # --- the daemon loops ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Heartbeat and follow the push channel until :meth:`aclose` or removal.
+
+        Raises:
+            ApiRequestError: the coordinator refuses to take us back (e.g. wrong token).
+            TunnelmeshError: this node was removed from the mesh.
+        """
+        if not self.session_token:
+            await self.register_with_retry()
+        tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="tm-heartbeat"),
+            asyncio.create_task(self._push_loop(), name="tm-push"),
+            asyncio.create_task(self._stopped.wait(), name="tm-stop"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self._write_cache(force=True)
+
+    async def register_with_retry(self, attempts: int = 0) -> RegisterResponse:
+        """Register, retrying while the coordinator is unreachable (``attempts`` 0 = forever)."""
+        delay = 1.0
+        n = 0
+        while True:
+            n += 1
+            try:
+                return await self.register()
+            except CoordinatorUnreachable as exc:
+                if attempts and n >= attempts:
+                    raise
+                log.warning("%s; retrying in %.0fs", exc, delay)
+            except ApiRequestError as exc:
+                if exc.status not in (429, 503):
+                    raise
+                log.warning("%s; retrying in %.0fs", exc, delay)
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, 30.0)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+                wait = self.heartbeat_interval
+            except ApiRequestError as exc:
+                if exc.status != 401:
+                    log.warning("heartbeat refused: %s", exc)
+                    wait = self.heartbeat_interval
+                elif self._removed:
+                    raise TunnelmeshError(f"{self.name} was removed from the mesh") from None
+                else:
+                    log.info("session unknown to the coordinator; registering again")
+                    await self.register_with_retry()
+                    continue
+            except CoordinatorUnreachable as exc:
+                log.warning("%s (keeping the %d known peers)", exc, len(self.table.peers))
+                wait = min(self.heartbeat_interval, 2.0)
+            self._write_cache()
+            await asyncio.sleep(wait * (0.9 + 0.2 * random.random()))
+
+    async def _push_loop(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with self.http.ws_connect(
+                    self.server + "/api/v1/push",
+                    headers=self._headers(self.session_token),
+                    server_hostname=COORDINATOR_NAME,
+                    heartbeat=30.0,
+                    max_msg_size=0,
+                ) as ws:
+                    self.reachable = True
+                    delay = 0.5
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        self._handle_frame(msg.data)
+                        if self._removed:
+                            raise TunnelmeshError(f"{self.name} was removed from the mesh")
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401 and self._removed:
+                    raise TunnelmeshError(f"{self.name} was removed from the mesh") from None
+                log.debug("push channel refused: %s", exc)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.debug("push channel lost: %s", exc)
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, 10.0)
+
+    def _handle_frame(self, data: str) -> None:
+        for line in data.split("\n"):
+            if not line:
+                continue
+            try:
+                msg = decode_push(line)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("ignoring a malformed push message: %s", exc)
+                continue
+            self._emit(self.table.apply(msg))
+
+    # --- peers cache -----------------------------------------------------------------------
+
+    def _load_cache(self) -> list[PeerInfo]:
+        if self.peers_cache is None or not self.peers_cache.exists():
+            return []
+        try:
+            return msgspec.json.decode(self.peers_cache.read_bytes(), type=list[PeerInfo])
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("ignoring the peers cache %s: %s", self.peers_cache, exc)
+            return []
+
+    def _write_cache(self, force: bool = False) -> None:
+        if self.peers_cache is None or not (self._cache_dirty or force):
+            return
+        self._cache_dirty = False
+        tmp = self.peers_cache.with_suffix(".tmp")
+        try:
+            self.peers_cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(encode(list(self.table.peers.values())))
+            tmp.replace(self.peers_cache)
+        except OSError as exc:
+            log.warning("cannot write the peers cache %s: %s", self.peers_cache, exc)

@@ -1,0 +1,215 @@
+"""The coordinator API's messages: msgspec Structs shared by the server and the peers.
+
+Everything travels as JSON over HTTPS. Requests are decoded strictly into these types (a wrong
+type or a missing field is a 400 that names the field); unknown fields are ignored so that newer
+peers can talk to older coordinators. Push-channel messages form a tagged union on ``type``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "API_VERSION",
+    "ApiError",
+    "CaResponse",
+    "ChallengeResponse",
+    "Counters",
+    "DnsRecord",
+    "DnsResponse",
+    "Heartbeat",
+    "HeartbeatAck",
+    "PeerGone",
+    "PeerInfo",
+    "PeerUpserted",
+    "PeersResponse",
+    "PushMessage",
+    "RegisterRequest",
+    "RegisterResponse",
+    "Rendezvous",
+    "RendezvousAck",
+    "RendezvousRequest",
+    "Snapshot",
+    "decode_push",
+    "encode",
+]
+
+API_VERSION = 1
+
+
+class ApiError(msgspec.Struct, kw_only=True):
+    """Every error answer: a short code, a sentence for humans, the HTTP status."""
+
+    error: str
+    message: str
+    status: int
+
+
+class CaResponse(msgspec.Struct, kw_only=True):
+    """``GET /api/v1/ca?nonce=...``: the mesh CA with a proof that the server knows the token.
+
+    ``proof`` is HMAC-SHA256(key=auth_token, "tunnelmesh-ca-v1" NUL nonce NUL SHA-256(CA DER)),
+    hex; see :func:`tunnelmesh.coordinator.ca.ca_proof`.
+    """
+
+    ca_pem: str
+    proof: str
+
+
+class ChallengeResponse(msgspec.Struct, kw_only=True):
+    nonce: str  # base64
+    expires_in: float
+
+
+class RegisterRequest(msgspec.Struct, kw_only=True):
+    """``POST /api/v1/register`` (with ``Authorization: Bearer <auth_token>``)."""
+
+    name: str
+    public_key: str  # "ssh-ed25519 AAAA..."
+    nonce: str  # base64, from /register/challenge
+    signature: str  # base64 ed25519 signature of auth.registration_message(...)
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    rename: bool = True  # on a name held by another key: True = take name-2, False = 409
+    version: str = ""
+    is_coordinator: bool = False
+
+
+class RegisterResponse(msgspec.Struct, kw_only=True):
+    peer_id: str
+    name: str
+    mesh_ip: str
+    mesh_cidr: str
+    domain: str
+    is_admin: bool
+    session_token: str
+    heartbeat_interval: float
+    server_version: str
+    renamed: bool = False
+    coordinator_ips: list[str] = msgspec.field(default_factory=list)
+
+
+class Counters(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Traffic counters a peer reports (totals since its daemon started)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    packets_sent: int = 0
+    packets_received: int = 0
+    dropped: int = 0
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    """``POST /api/v1/heartbeat`` (with ``Authorization: Bearer <session_token>``).
+
+    ``transports`` maps a peer name to the transport in use towards it ("udp", "ssh", ...);
+    ``rtt_ms`` maps a peer name to the measured round-trip time.
+    """
+
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    transports: dict[str, str] = msgspec.field(default_factory=dict)
+    rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    counters: Counters = msgspec.field(default_factory=Counters)
+
+
+class HeartbeatAck(msgspec.Struct, kw_only=True):
+    interval: float
+    server_time: float
+    observed_addr: str  # the source address the coordinator saw for this request
+
+
+class PeerInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One peer as other peers and the CLI see it."""
+
+    name: str
+    peer_id: str
+    public_key: str  # OpenSSH ed25519
+    wg_public_key: str  # base64 X25519 key derived from public_key, for the data plane
+    mesh_ip: str
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    online: bool = False
+    last_seen: float = 0.0  # unix time, 0 = never
+    is_admin: bool = False
+    is_coordinator: bool = False
+    transports: dict[str, str] = msgspec.field(default_factory=dict)
+    rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    counters: Counters = msgspec.field(default_factory=Counters)
+    version: str = ""
+
+
+class PeersResponse(msgspec.Struct, kw_only=True):
+    peers: list[PeerInfo]
+    revision: int
+
+
+class DnsRecord(msgspec.Struct, kw_only=True):
+    name: str  # fully qualified without the trailing dot, e.g. "alpha.tunnelmesh"
+    ip: str
+
+
+class DnsResponse(msgspec.Struct, kw_only=True):
+    records: list[DnsRecord]
+
+
+class RendezvousRequest(msgspec.Struct, kw_only=True):
+    """``POST /api/v1/rendezvous``: ask the coordinator to tell ``to`` to punch towards us."""
+
+    to: str  # peer name
+    endpoints: list[str] = msgspec.field(default_factory=list)
+
+
+class RendezvousAck(msgspec.Struct, kw_only=True):
+    delivered: bool  # the target has a live push channel and was told
+    peer_endpoints: list[str]
+
+
+# --- push channel (WebSocket /api/v1/push), server -> peer ------------------------------------
+
+
+class Snapshot(msgspec.Struct, kw_only=True, tag="snapshot", tag_field="type"):
+    """First message on a push channel: the whole peer table."""
+
+    peers: list[PeerInfo]
+    revision: int
+
+
+class PeerUpserted(msgspec.Struct, kw_only=True, tag="peer", tag_field="type"):
+    """A peer joined, or changed (endpoints, online state, name)."""
+
+    peer: PeerInfo
+    revision: int
+
+
+class PeerGone(msgspec.Struct, kw_only=True, tag="peer_gone", tag_field="type"):
+    """A peer left the mesh (or was deleted)."""
+
+    peer_id: str
+    name: str
+    revision: int
+
+
+class Rendezvous(msgspec.Struct, kw_only=True, tag="rendezvous", tag_field="type"):
+    """Another peer wants a direct path: punch towards ``endpoints`` now."""
+
+    from_peer: str
+    peer_id: str
+    endpoints: list[str]
+
+
+PushMessage = Snapshot | PeerUpserted | PeerGone | Rendezvous
+
+_encoder = msgspec.json.Encoder()
+_push_decoder = msgspec.json.Decoder(PushMessage)
+
+
+def encode(obj: object) -> bytes:
+    """JSON bytes of any message."""
+    return _encoder.encode(obj)
+
+
+def decode_push(data: bytes | str) -> PushMessage:
+    """Decode one push-channel message.
+
+    Raises:
+        msgspec.DecodeError: not a push message (callers treat it as a protocol error).
+    """
+    return _push_decoder.decode(data)

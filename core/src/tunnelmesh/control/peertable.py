@@ -1,0 +1,150 @@
+"""Sans-IO peer table on the peer side: push-channel messages in, change events out.
+
+The data plane consumes these events (add a route and a tunnel on :class:`PeerAdded`, re-dial
+on new endpoints in :class:`PeerChanged`, tear down on :class:`PeerRemoved`, punch on
+:class:`RendezvousRequested`). The table never includes this node itself.
+
+A snapshot (first message of every push connection, including after the coordinator was away)
+is diffed against what the table already holds, so a reconnect produces only the real changes:
+peers the data plane already knows keep working while the coordinator is down, and the table
+catches up when it comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tunnelmesh.control.messages import (
+    PeerGone,
+    PeerInfo,
+    PeerUpserted,
+    PushMessage,
+    Rendezvous,
+    Snapshot,
+)
+
+__all__ = [
+    "PeerAdded",
+    "PeerChange",
+    "PeerChanged",
+    "PeerRemoved",
+    "PeerTable",
+    "RendezvousRequested",
+    "SelfRemoved",
+]
+
+
+@dataclass(frozen=True)
+class PeerAdded:
+    """A peer joined (or was learnt from a snapshot)."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True)
+class PeerChanged:
+    """A peer's name, endpoints, key, IP or online state changed."""
+
+    peer: PeerInfo
+    previous: PeerInfo
+
+
+@dataclass(frozen=True)
+class PeerRemoved:
+    """A peer left the mesh."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True)
+class RendezvousRequested:
+    """``from_peer`` wants a direct path: send packets towards ``endpoints`` now."""
+
+    from_peer: str
+    peer_id: str
+    endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SelfRemoved:
+    """This node was deleted from the mesh (``tunnelmesh leave`` or an admin)."""
+
+    name: str
+
+
+PeerChange = PeerAdded | PeerChanged | PeerRemoved | RendezvousRequested | SelfRemoved
+
+# Fields whose change matters to the data plane or to `tunnelmesh peers`; counters do not.
+_TRACKED = (
+    "name",
+    "public_key",
+    "wg_public_key",
+    "mesh_ip",
+    "endpoints",
+    "online",
+    "is_coordinator",
+)
+
+
+def _differs(a: PeerInfo, b: PeerInfo) -> bool:
+    return any(getattr(a, f) != getattr(b, f) for f in _TRACKED)
+
+
+class PeerTable:
+    """The other peers of the mesh, by peer ID."""
+
+    def __init__(self, self_id: str = "", peers: Iterable[PeerInfo] = ()) -> None:
+        self.self_id = self_id
+        self.peers: dict[str, PeerInfo] = {}
+        self.me: PeerInfo | None = None
+        self.revision = -1
+        for p in peers:
+            if p.peer_id != self_id:
+                self.peers[p.peer_id] = p
+
+    def by_name(self, name: str) -> PeerInfo | None:
+        for p in self.peers.values():
+            if p.name == name:
+                return p
+        return None
+
+    def apply(self, msg: PushMessage) -> list[PeerChange]:
+        """Apply one push message; return what changed."""
+        if isinstance(msg, Snapshot):
+            self.revision = msg.revision
+            return self._snapshot(msg.peers)
+        if isinstance(msg, PeerUpserted):
+            self.revision = max(self.revision, msg.revision)
+            return self._upsert(msg.peer)
+        if isinstance(msg, PeerGone):
+            self.revision = max(self.revision, msg.revision)
+            if msg.peer_id == self.self_id:
+                return [SelfRemoved(msg.name)]
+            old = self.peers.pop(msg.peer_id, None)
+            return [PeerRemoved(old)] if old is not None else []
+        if isinstance(msg, Rendezvous):
+            return [RendezvousRequested(msg.from_peer, msg.peer_id, tuple(msg.endpoints))]
+        return []  # pragma: no cover - the union is exhaustive
+
+    def _upsert(self, peer: PeerInfo) -> list[PeerChange]:
+        if peer.peer_id == self.self_id:
+            self.me = peer
+            return []
+        old = self.peers.get(peer.peer_id)
+        self.peers[peer.peer_id] = peer
+        if old is None:
+            return [PeerAdded(peer)]
+        if _differs(old, peer):
+            return [PeerChanged(peer, old)]
+        return []
+
+    def _snapshot(self, peers: list[PeerInfo]) -> list[PeerChange]:
+        seen: set[str] = set()
+        changes: list[PeerChange] = []
+        for p in peers:
+            seen.add(p.peer_id)
+            changes += self._upsert(p)
+        for pid in [pid for pid in self.peers if pid not in seen]:
+            changes.append(PeerRemoved(self.peers.pop(pid)))
+        return changes

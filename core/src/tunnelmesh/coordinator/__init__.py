@@ -1,0 +1,26 @@
+"""The coordination server: discovery, IP allocation, DNS records and NAT-traversal help.
+
+It never routes ordinary traffic. See ``docs/control-plane.md`` for the protocol.
+
+* :mod:`~tunnelmesh.coordinator.core`: the registry and its rules (:class:`Coordinator`);
+* :mod:`~tunnelmesh.coordinator.api`: the aiohttp HTTPS API and push WebSocket;
+* :mod:`~tunnelmesh.coordinator.server`: running it all (:class:`CoordinatorServer`);
+* sans-IO parts: :mod:`.auth`, :mod:`.alloc`, :mod:`.liveness`, and :mod:`tunnelmesh.stun`;
+* :mod:`~tunnelmesh.coordinator.store`: the :class:`StateStore` interface and SQLite.
+"""
+
+from __future__ import annotations
+
+from tunnelmesh.coordinator.core import ApiFailure, Coordinator
+from tunnelmesh.coordinator.server import CoordinatorServer
+from tunnelmesh.coordinator.store import PeerRecord, SqliteStore, StateStore, StoreConflict
+
+__all__ = [
+    "ApiFailure",
+    "Coordinator",
+    "CoordinatorServer",
+    "PeerRecord",
+    "SqliteStore",
+    "StateStore",
+    "StoreConflict",
+]

@@ -1,0 +1,160 @@
+"""Sans-IO allocation of mesh IPs and peer names.
+
+IPs: a key's first choice is a hash of its public key into ``mesh_cidr``; when that address is
+taken the allocator probes forward, wrapping around. The coordinator stores the result, so the
+same key gets the same IP after any restart; the hash start also keeps it the same in the
+common case where the state is rebuilt from scratch. The network and broadcast addresses (and
+any reserved address) are never handed out. Deleting a peer frees its address.
+
+Names: a name is one DNS label (lower-case letters, digits, '-', at most 63). Some names are
+reserved because they have a meaning in the mesh domain (``this``) or in URLs. A name held by
+another key is never taken over: the caller either gets :class:`NameTaken` or, when it asked for
+one, the first free ``name-2``, ``name-3``, ... .
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+
+__all__ = [
+    "RESERVED_NAMES",
+    "AllocationError",
+    "IpAllocator",
+    "NameTaken",
+    "check_name",
+    "suffixed_name",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+RESERVED_NAMES = frozenset(
+    {
+        "this",
+        "admin",
+        "administrator",
+        "api",
+        "assets",
+        "coordinator",
+        "health",
+        "localhost",
+        "peers",
+        "static",
+        "super",
+        "supervisor",
+        "tm",
+        "tunnelmesh",
+        "mesh",
+        "www",
+    }
+)
+
+
+class AllocationError(Exception):
+    """The mesh range has no free address."""
+
+
+class NameTaken(Exception):
+    """The name belongs to another key."""
+
+
+def check_name(name: str) -> str | None:
+    """Why ``name`` cannot be a peer name, or None when it can."""
+    if not isinstance(name, str) or not _LABEL.match(name):
+        return (
+            f"name {name!r} is not a DNS label (lower-case letters, digits and '-', "
+            "1 to 63 characters, not starting or ending with '-')"
+        )
+    if name in RESERVED_NAMES:
+        return f"name {name!r} is reserved; choose another"
+    return None
+
+
+def suffixed_name(name: str, is_free: Callable[[str], bool], limit: int = 10_000) -> str:
+    """The first of ``name``, ``name-2``, ``name-3``, ... for which ``is_free`` is True.
+
+    Raises:
+        NameTaken: none of the first ``limit`` candidates is free.
+    """
+    if is_free(name):
+        return name
+    for n in range(2, limit + 2):
+        suffix = f"-{n}"
+        candidate = name[: 63 - len(suffix)].rstrip("-") + suffix
+        if is_free(candidate):
+            return candidate
+    raise NameTaken(f"no free variant of name {name!r}")
+
+
+class IpAllocator:
+    """Hands out addresses of ``cidr``; knows which are in use.
+
+    Args:
+        cidr: the mesh range, e.g. ``172.30.0.0/16``.
+        used: addresses already held (from the state store).
+        reserved: addresses never to hand out.
+    """
+
+    def __init__(self, cidr: str, used: Iterable[str] = (), reserved: Iterable[str] = ()) -> None:
+        self.network = ipaddress.ip_network(cidr, strict=False)
+        self._base = int(self.network.network_address)
+        size = self.network.num_addresses
+        # Skip the network and broadcast addresses where the range has them.
+        self._first = 1 if size > 2 else 0
+        self._count = size - 2 if size > 2 else size
+        self._used: set[int] = set()
+        self._reserved = {int(ipaddress.ip_address(a)) for a in reserved}
+        for addr in used:
+            self.mark_used(addr)
+
+    @property
+    def capacity(self) -> int:
+        """How many addresses the range can hand out."""
+        return self._count - len(self._reserved)
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def preferred(self, key: bytes) -> IPAddress:
+        """The first address tried for ``key`` (a hash of it into the range)."""
+        offset = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % self._count
+        return ipaddress.ip_address(self._base + self._first + offset)
+
+    def allocate(self, key: bytes) -> IPAddress:
+        """Take the first free address from ``key``'s preferred one onwards.
+
+        Raises:
+            AllocationError: every address is in use.
+        """
+        start = int(self.preferred(key)) - self._base - self._first
+        for i in range(self._count):
+            value = self._base + self._first + (start + i) % self._count
+            if value not in self._used and value not in self._reserved:
+                self._used.add(value)
+                return ipaddress.ip_address(value)
+        raise AllocationError(f"mesh range {self.network} is full")
+
+    def mark_used(self, addr: str) -> None:
+        """Record that ``addr`` is held (loading state). Ignores addresses outside the range."""
+        ip = ipaddress.ip_address(addr)
+        if ip in self.network:
+            self._used.add(int(ip))
+
+    def release(self, addr: str) -> None:
+        """Free ``addr``; freeing a free address is not an error."""
+        self._used.discard(int(ipaddress.ip_address(addr)))
+
+    def is_used(self, addr: str) -> bool:
+        return int(ipaddress.ip_address(addr)) in self._used
+
+    def contains(self, addr: str) -> bool:
+        """True when ``addr`` is an address this allocator could hand out."""
+        ip = ipaddress.ip_address(addr)
+        if ip not in self.network:
+            return False
+        off = int(ip) - self._base
+        return self._first <= off < self._first + self._count

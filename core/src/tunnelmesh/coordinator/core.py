@@ -1,0 +1,535 @@
+"""The coordinator: peer registry, IP allocation, liveness, DNS records and the push channel.
+
+:class:`Coordinator` owns the in-memory view of the mesh (loaded from the
+:class:`~tunnelmesh.coordinator.store.StateStore` at start) and the operations the HTTP API
+calls. The rules:
+
+* A registration is checked completely (source allowance, token, challenge, signature, name)
+  before anything changes; then it is written to the store in one transaction, and only after
+  that succeeded does the in-memory view change and the push channel announce it. A refused
+  request therefore never changes state.
+* Heartbeats only touch memory; a flusher writes the changed peers to the store in one batch
+  every ``flush_interval`` seconds (and at stop), so 2,000 peers heartbeating do not mean 200
+  fsyncs a second.
+* Changes that other peers need (join, leave, rename, endpoints, online/offline) are pushed at
+  once; traffic counters and RTTs are not pushed (they are read with ``GET /api/v1/peers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import fnmatch
+import hashlib
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunnelmesh import __version__
+from tunnelmesh.config import ServerConfig
+from tunnelmesh.control.messages import (
+    Counters,
+    DnsRecord,
+    Heartbeat,
+    HeartbeatAck,
+    PeerGone,
+    PeerInfo,
+    PeerUpserted,
+    RegisterRequest,
+    RegisterResponse,
+    Rendezvous,
+    RendezvousAck,
+    RendezvousRequest,
+    encode,
+)
+from tunnelmesh.coordinator.alloc import AllocationError, IpAllocator, check_name, suffixed_name
+from tunnelmesh.coordinator.auth import (
+    ChallengeBook,
+    FailureLimiter,
+    registration_message,
+    token_binding,
+    token_matches,
+)
+from tunnelmesh.coordinator.ca import MeshCa, ServerCert
+from tunnelmesh.coordinator.liveness import Liveness
+from tunnelmesh.coordinator.push import PushHub
+from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
+from tunnelmesh.errors import StorageError
+from tunnelmesh.identity import parse_public_key, peer_id_of, verify_signature, x25519_public_of
+
+__all__ = ["ApiFailure", "Coordinator"]
+
+log = logging.getLogger(__name__)
+
+_CA_KEY = "mesh_ca"
+_FIRST_ADMIN_KEY = "first_admin"
+
+
+@dataclass
+class ApiFailure(Exception):
+    """A request refused with an HTTP status, a short code and a sentence for humans."""
+
+    status: int
+    error: str
+    message: str
+    retry_after: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.error}: {self.message}"
+
+
+def session_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiFailure(400, "malformed", f"{what} is not valid base64") from None
+
+
+def _valid_endpoints(endpoints: list[str]) -> list[str]:
+    if len(endpoints) > 16:
+        raise ApiFailure(400, "malformed", "at most 16 endpoints")
+    for ep in endpoints:
+        if not isinstance(ep, str) or len(ep) > 64 or ":" not in ep:
+            raise ApiFailure(400, "malformed", f"endpoint {ep!r} is not host:port")
+    return list(endpoints)
+
+
+class Coordinator:
+    """The mesh's coordination state and operations (the HTTP layer is in ``api``).
+
+    Args:
+        config: the server config.
+        store: the state store (default: SQLite in ``config.data_dir``).
+        clock: wall-clock seconds; tests pass their own.
+        pm: the plugin manager, for ``tunnelmesh_register_coordinator_routes``.
+        coordinator_keys: OpenSSH public keys of this coordinator's own peer identities; only
+            they are marked ``is_coordinator`` (and so get ``this.<domain>``).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        store: StateStore | None = None,
+        clock: Callable[[], float] = time.time,
+        pm: Any = None,
+        coordinator_keys: set[str] | None = None,
+        flush_interval: float = 2.0,
+    ) -> None:
+        from tunnelmesh.coordinator.store import SqliteStore
+
+        self.config = config
+        self.data_dir = Path(config.data_dir).expanduser()
+        self.store: StateStore = store or SqliteStore(self.data_dir / "state.db")
+        self.clock = clock
+        self.pm = pm
+        self.coordinator_keys: set[str] = set(coordinator_keys or ())
+        self.flush_interval = flush_interval
+        self.domain = config.domain
+        self.alloc = IpAllocator(config.mesh_cidr)
+        self.liveness = Liveness(interval=float(config.heartbeat_interval), misses=3)
+        self.challenges = ChallengeBook()
+        self.limiter = FailureLimiter(
+            burst=config.auth_failures_burst, per_minute=config.auth_failures_per_minute
+        )
+        self.hub = PushHub()
+        self.ca: MeshCa | None = None
+        self.server_cert: ServerCert | None = None
+        self.peers: dict[str, PeerRecord] = {}
+        self._by_name: dict[str, str] = {}
+        self._by_key: dict[str, str] = {}
+        self._by_session: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._first_admin: str | None = None
+        self._lock = asyncio.Lock()
+        self.revision = 0
+        self.stats = {"registrations": 0, "refused": 0, "heartbeats": 0}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Open the store, load or create the CA, and load every peer."""
+        await self.store.open()
+        blob = await self.store.get_meta(_CA_KEY)
+        if blob is None:
+            blob = await self.store.put_meta_if_absent(
+                _CA_KEY, MeshCa.create(self.domain).to_bytes()
+            )
+            log.info("created the mesh CA")
+        self.ca = MeshCa.from_bytes(blob)
+        first = await self.store.get_meta(_FIRST_ADMIN_KEY)
+        self._first_admin = first.decode("ascii") if first else None
+        now = self.clock()
+        for rec in await self.store.load_peers():
+            self._index(rec)
+            if self.alloc.contains(rec.mesh_ip):
+                self.alloc.mark_used(rec.mesh_ip)
+            if rec.last_seen:
+                self.liveness.restore(rec.peer_id, rec.last_seen, now)
+        self.revision = len(self.peers)
+        log.info("loaded %d peers from %s", len(self.peers), self.data_dir)
+
+    def start_background(self) -> None:
+        """Start the liveness ticker and the store flusher (call inside the running loop)."""
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._tick_loop()))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+        await self.hub.close()
+        with contextlib.suppress(StorageError):
+            await self.flush()
+        await self.store.close()
+
+    async def _tick_loop(self) -> None:
+        last_flush = self.clock()
+        while True:
+            await asyncio.sleep(0.25)
+            now = self.clock()
+            for ev in self.liveness.poll(now):
+                rec = self.peers.get(ev.peer_id)
+                if rec is not None:
+                    log.info(
+                        "peer %s is offline (no heartbeat since %.0fs)",
+                        rec.name,
+                        now - ev.last_seen,
+                    )
+                    self._announce(rec)
+            if now - last_flush >= self.flush_interval:
+                last_flush = now
+                try:
+                    await self.flush()
+                except StorageError as exc:
+                    log.error("cannot save peer liveness: %s", exc)
+
+    async def flush(self) -> None:
+        """Write heartbeat-updated peers to the store (one transaction)."""
+        if not self._dirty:
+            return
+        ids, self._dirty = self._dirty, set()
+        batch = [self.peers[i] for i in ids if i in self.peers]
+        try:
+            await self.store.put_liveness(batch)
+        except StorageError:
+            self._dirty |= ids
+            raise
+
+    # --- indexes ---------------------------------------------------------------------------
+
+    def _index(self, rec: PeerRecord) -> None:
+        self.peers[rec.peer_id] = rec
+        self._by_name[rec.name] = rec.peer_id
+        self._by_key[rec.public_key] = rec.peer_id
+        if rec.session_hash:
+            self._by_session[rec.session_hash] = rec.peer_id
+
+    def _unindex(self, rec: PeerRecord) -> None:
+        self.peers.pop(rec.peer_id, None)
+        if self._by_name.get(rec.name) == rec.peer_id:
+            del self._by_name[rec.name]
+        self._by_key.pop(rec.public_key, None)
+        self._by_session.pop(rec.session_hash, None)
+
+    def peer_by_name(self, name: str) -> PeerRecord | None:
+        pid = self._by_name.get(name)
+        return None if pid is None else self.peers.get(pid)
+
+    def peer_by_session(self, token: str) -> PeerRecord | None:
+        """The peer whose session token this is, or None."""
+        pid = self._by_session.get(session_hash(token))
+        return None if pid is None else self.peers.get(pid)
+
+    def token_ok(self, token: str) -> bool:
+        return token_matches(self.config.auth_token, token)
+
+    # --- views -----------------------------------------------------------------------------
+
+    def info(self, rec: PeerRecord) -> PeerInfo:
+        raw = parse_public_key(rec.public_key).public_bytes_raw()
+        return PeerInfo(
+            name=rec.name,
+            peer_id=rec.peer_id,
+            public_key=rec.public_key,
+            wg_public_key=base64.b64encode(x25519_public_of(raw)).decode("ascii"),
+            mesh_ip=rec.mesh_ip,
+            endpoints=rec.endpoints,
+            online=self.liveness.is_online(rec.peer_id),
+            last_seen=rec.last_seen,
+            is_admin=rec.is_admin,
+            is_coordinator=rec.is_coordinator,
+            transports=rec.transports,
+            rtt_ms=rec.rtt_ms,
+            counters=rec.counters,
+            version=rec.version,
+        )
+
+    def peer_infos(self) -> list[PeerInfo]:
+        return [self.info(r) for r in sorted(self.peers.values(), key=lambda r: r.name)]
+
+    def coordinator_ips(self) -> list[str]:
+        return sorted(r.mesh_ip for r in self.peers.values() if r.is_coordinator)
+
+    def dns_records(self) -> list[DnsRecord]:
+        """``<name>.<domain>`` for every peer; ``this.<domain>``/``this.tm`` for coordinators."""
+        out = [
+            DnsRecord(name=f"{r.name}.{self.domain}", ip=r.mesh_ip)
+            for r in sorted(self.peers.values(), key=lambda r: r.name)
+        ]
+        for ip in self.coordinator_ips():
+            for suffix in dict.fromkeys((self.domain, "tunnelmesh", "tm")):
+                out.append(DnsRecord(name=f"this.{suffix}", ip=ip))
+        return out
+
+    def _announce(self, rec: PeerRecord) -> None:
+        self.revision += 1
+        self.hub.broadcast(encode(PeerUpserted(peer=self.info(rec), revision=self.revision)))
+
+    # --- registration ------------------------------------------------------------------------
+
+    def issue_challenge(self, source: str) -> bytes:
+        """A registration nonce (refused while ``source`` is over its failure allowance)."""
+        now = self.clock()
+        wait = self.limiter.retry_after(source, now)
+        if wait > 0:
+            raise ApiFailure(429, "rate_limited", "too many failed attempts; try later", wait)
+        return self.challenges.issue(now)
+
+    def refuse(self, source: str, failure: ApiFailure) -> ApiFailure:
+        """Charge a refused attempt to ``source`` and return the failure to raise."""
+        self.limiter.charge(source, self.clock())
+        self.stats["refused"] += 1
+        return failure
+
+    def check_allowance(self, source: str) -> None:
+        wait = self.limiter.retry_after(source, self.clock())
+        if wait > 0:
+            raise ApiFailure(429, "rate_limited", "too many failed attempts; try later", wait)
+
+    def _is_listed_admin(self, name: str, peer_id: str) -> bool:
+        for entry in self.config.admin_peers:
+            if entry == peer_id or fnmatch.fnmatchcase(name, entry):
+                return True
+        return False
+
+    async def register(self, req: RegisterRequest, token: str, source: str) -> RegisterResponse:
+        """Check and apply one registration.
+
+        Raises:
+            ApiFailure: 401 bad token/challenge/signature, 400 malformed, 403 reserved name,
+                409 name taken (when ``rename`` is false), 429 over the allowance, 503 store.
+        """
+        self.check_allowance(source)
+        now = self.clock()
+        if not self.token_ok(token):
+            raise self.refuse(source, ApiFailure(401, "bad_token", "the mesh auth token is wrong"))
+        try:
+            nonce = _b64(req.nonce, "nonce")
+            signature = _b64(req.signature, "signature")
+            endpoints = _valid_endpoints(req.endpoints)
+            try:
+                pub = parse_public_key(req.public_key)
+            except ValueError as exc:
+                raise ApiFailure(400, "malformed", str(exc)) from None
+            if len(req.version) > 64:
+                raise ApiFailure(400, "malformed", "version is too long")
+            if not self.challenges.redeem(nonce, now):
+                raise ApiFailure(
+                    401,
+                    "bad_challenge",
+                    "unknown or expired challenge; ask /api/v1/register/challenge again",
+                )
+            public_key = " ".join(req.public_key.split()[:2])
+            message = registration_message(
+                nonce, req.name, req.public_key, token_binding(self.config.auth_token, nonce)
+            )
+            if not verify_signature(pub, signature, message):
+                raise ApiFailure(
+                    401, "bad_signature", "the signature does not match the public key"
+                )
+            reason = check_name(req.name)
+            if reason is not None:
+                status = 403 if "reserved" in reason else 400
+                raise ApiFailure(status, "bad_name", reason)
+        except ApiFailure as failure:
+            raise self.refuse(source, failure) from None
+
+        async with self._lock:
+            return await self._apply_registration(req, public_key, endpoints, now)
+
+    async def _apply_registration(
+        self, req: RegisterRequest, public_key: str, endpoints: list[str], now: float
+    ) -> RegisterResponse:
+        raw = parse_public_key(public_key).public_bytes_raw()
+        peer_id = peer_id_of(raw)
+        old = self.peers.get(peer_id)
+        holder = self._by_name.get(req.name)
+        if holder is None or holder == peer_id:
+            name = req.name
+        elif req.rename:
+            name = suffixed_name(
+                req.name, lambda n: self._by_name.get(n) in (None, peer_id) and not check_name(n)
+            )
+        else:
+            raise ApiFailure(
+                409,
+                "name_taken",
+                f"name {req.name!r} belongs to another key; choose another name",
+            )
+        allocated = None
+        if old is not None and self.alloc.contains(old.mesh_ip):
+            mesh_ip = old.mesh_ip
+        else:
+            try:
+                allocated = str(self.alloc.allocate(raw))
+            except AllocationError as exc:
+                raise ApiFailure(507, "mesh_full", str(exc)) from None
+            mesh_ip = allocated
+        first_admin = self._first_admin
+        if first_admin is None and not self.peers:
+            first_admin = peer_id
+        is_admin = peer_id == first_admin or self._is_listed_admin(name, peer_id)
+        session = secrets.token_urlsafe(32)
+        rec = PeerRecord(
+            peer_id=peer_id,
+            public_key=public_key,
+            name=name,
+            mesh_ip=mesh_ip,
+            is_admin=is_admin,
+            is_coordinator=public_key in self.coordinator_keys,
+            session_hash=session_hash(session),
+            created_at=old.created_at if old else now,
+            last_seen=now,
+            endpoints=endpoints,
+            transports=old.transports if old else {},
+            rtt_ms=old.rtt_ms if old else {},
+            counters=old.counters if old else Counters(),
+            version=req.version,
+        )
+        try:
+            if first_admin != self._first_admin:
+                await self.store.put_meta_if_absent(_FIRST_ADMIN_KEY, first_admin.encode("ascii"))
+            await self.store.put_peer(rec)
+        except StoreConflict as exc:
+            if allocated:
+                self.alloc.release(allocated)
+            raise ApiFailure(409, "conflict", str(exc)) from None
+        except StorageError as exc:
+            if allocated:
+                self.alloc.release(allocated)
+            log.error("registration of %s not saved: %s", name, exc)
+            raise ApiFailure(
+                503, "store_unavailable", "the coordinator cannot save state"
+            ) from None
+        self._first_admin = first_admin
+        if old is not None:
+            self._unindex(old)
+        self._index(rec)
+        self._dirty.discard(peer_id)
+        self.liveness.seen(peer_id, now)
+        self.stats["registrations"] += 1
+        log.info(
+            "%s %s (%s) at %s%s",
+            "re-registered" if old else "registered",
+            name,
+            peer_id,
+            mesh_ip,
+            " [admin]" if is_admin else "",
+        )
+        self._announce(rec)
+        return RegisterResponse(
+            peer_id=peer_id,
+            name=name,
+            mesh_ip=mesh_ip,
+            mesh_cidr=str(self.alloc.network),
+            domain=self.domain,
+            is_admin=is_admin,
+            session_token=session,
+            heartbeat_interval=float(self.config.heartbeat_interval),
+            server_version=__version__,
+            renamed=name != req.name,
+            coordinator_ips=self.coordinator_ips(),
+        )
+
+    # --- peer operations -------------------------------------------------------------------
+
+    def heartbeat(self, rec: PeerRecord, hb: Heartbeat, observed: str) -> HeartbeatAck:
+        """Record a heartbeat; pushes the peer when its endpoints or online state changed."""
+        now = self.clock()
+        endpoints = _valid_endpoints(hb.endpoints)
+        changed = endpoints != rec.endpoints
+        rec.endpoints = endpoints
+        rec.transports = dict(list(hb.transports.items())[:4096])
+        rec.rtt_ms = dict(list(hb.rtt_ms.items())[:4096])
+        rec.counters = hb.counters
+        rec.last_seen = now
+        self._dirty.add(rec.peer_id)
+        self.stats["heartbeats"] += 1
+        if self.liveness.seen(rec.peer_id, now) or changed:
+            self._announce(rec)
+        return HeartbeatAck(
+            interval=float(self.config.heartbeat_interval), server_time=now, observed_addr=observed
+        )
+
+    async def delete(self, rec: PeerRecord) -> None:
+        """Remove a peer: frees its name and IP, tells every peer."""
+        async with self._lock:
+            if self.peers.get(rec.peer_id) is not rec:
+                return
+            try:
+                await self.store.delete_peer(rec.peer_id)
+            except StorageError as exc:
+                raise ApiFailure(503, "store_unavailable", str(exc)) from None
+            self._unindex(rec)
+            self._dirty.discard(rec.peer_id)
+            if self.alloc.contains(rec.mesh_ip):
+                self.alloc.release(rec.mesh_ip)
+            self.liveness.forget(rec.peer_id)
+            self.revision += 1
+            log.info("deleted peer %s (%s), freed %s", rec.name, rec.peer_id, rec.mesh_ip)
+            self.hub.broadcast(
+                encode(PeerGone(peer_id=rec.peer_id, name=rec.name, revision=self.revision))
+            )
+
+    def rendezvous(self, rec: PeerRecord, req: RendezvousRequest) -> RendezvousAck:
+        """Relay a hole-punch request to ``req.to`` over its push channel."""
+        target = self.peer_by_name(req.to)
+        if target is None:
+            raise ApiFailure(404, "no_such_peer", f"no peer named {req.to!r}")
+        endpoints = _valid_endpoints(req.endpoints) or rec.endpoints
+        msg = Rendezvous(from_peer=rec.name, peer_id=rec.peer_id, endpoints=endpoints)
+        delivered = self.hub.send_to(target.peer_id, encode(msg))
+        return RendezvousAck(delivered=delivered, peer_endpoints=target.endpoints)
+
+    def reissue_server_cert(self, dns_names: list[str], ips: list[str]) -> ServerCert:
+        """Issue the coordinator's TLS certificate, adding the coordinators' mesh IPs."""
+        assert self.ca is not None
+        names = list(dns_names)
+        extra_ips = list(ips)
+        if self.coordinator_ips():
+            names += [f"this.{self.domain}", "this.tunnelmesh", "this.tm"]
+            extra_ips += self.coordinator_ips()
+        self.server_cert = self.ca.issue_server_cert(names, extra_ips)
+        return self.server_cert
+
+    def ip_in_mesh(self, addr: str) -> bool:
+        try:
+            return ipaddress.ip_address(addr) in self.alloc.network
+        except ValueError:
+            return False

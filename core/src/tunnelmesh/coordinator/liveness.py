@@ -1,0 +1,108 @@
+"""Sans-IO peer liveness: which peers are online, from heartbeats and an explicit ``now``.
+
+Theory of operation: a peer is *online* from a heartbeat (or registration) until
+``misses * interval`` seconds pass without another one; then it is *offline* until the next
+heartbeat. ``seen()`` and ``poll()`` return the transitions as events, so the coordinator can
+push them to every peer. The driver calls ``poll(now)`` at ``next_deadline()`` (or simply once a
+second); nothing here reads a clock.
+
+    unknown --seen--> online --(no heartbeat for misses*interval)--> offline --seen--> online
+       any  --forget--> unknown
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+__all__ = ["Liveness", "PeerOffline", "PeerOnline"]
+
+
+@dataclass(frozen=True)
+class PeerOnline:
+    """A peer that was offline (or unknown) sent a heartbeat."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class PeerOffline:
+    """A peer missed ``misses`` heartbeats in a row."""
+
+    peer_id: str
+    last_seen: float
+
+
+@dataclass
+class Liveness:
+    """Online/offline state of every peer.
+
+    Args:
+        interval: the heartbeat interval peers are told to use (seconds).
+        misses: how many intervals without a heartbeat make a peer offline.
+    """
+
+    interval: float = 10.0
+    misses: int = 3
+    _last_seen: dict[str, float] = field(default_factory=dict, repr=False)
+    _online: set[str] = field(default_factory=set, repr=False)
+    _heap: list[tuple[float, str]] = field(default_factory=list, repr=False)
+
+    @property
+    def timeout(self) -> float:
+        return self.interval * self.misses
+
+    def restore(self, peer_id: str, last_seen: float, now: float) -> None:
+        """Load a stored ``last_seen`` (coordinator start); online if it is recent enough."""
+        self._last_seen[peer_id] = last_seen
+        if last_seen + self.timeout > now:
+            self._online.add(peer_id)
+            heapq.heappush(self._heap, (last_seen + self.timeout, peer_id))
+        else:
+            self._online.discard(peer_id)
+
+    def seen(self, peer_id: str, now: float) -> list[PeerOnline]:
+        """A heartbeat from ``peer_id``; returns ``[PeerOnline]`` if it was not online."""
+        self._last_seen[peer_id] = now
+        heapq.heappush(self._heap, (now + self.timeout, peer_id))
+        if peer_id in self._online:
+            return []
+        self._online.add(peer_id)
+        return [PeerOnline(peer_id)]
+
+    def forget(self, peer_id: str) -> None:
+        """The peer left the mesh; no events for it any more."""
+        self._last_seen.pop(peer_id, None)
+        self._online.discard(peer_id)
+
+    def poll(self, now: float) -> list[PeerOffline]:
+        """Events for peers whose heartbeats stopped before ``now``."""
+        events: list[PeerOffline] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, peer_id = heapq.heappop(self._heap)
+            last = self._last_seen.get(peer_id)
+            if last is None or peer_id not in self._online:
+                continue
+            if last + self.timeout <= now:
+                self._online.discard(peer_id)
+                events.append(PeerOffline(peer_id, last))
+        return events
+
+    def next_deadline(self) -> float | None:
+        """When ``poll`` may next produce an event (None: no peer is online)."""
+        while self._heap:
+            deadline, peer_id = self._heap[0]
+            last = self._last_seen.get(peer_id)
+            if peer_id in self._online and last is not None and last + self.timeout == deadline:
+                return deadline
+            if peer_id not in self._online or last is None or last + self.timeout > deadline:
+                heapq.heappop(self._heap)  # stale entry: a later heartbeat superseded it
+                continue
+            return deadline  # pragma: no cover - last + timeout < deadline cannot happen
+        return None
+
+    def is_online(self, peer_id: str) -> bool:
+        return peer_id in self._online
+
+    def last_seen(self, peer_id: str) -> float | None:
+        return self._last_seen.get(peer_id)

@@ -1,0 +1,121 @@
+"""The push channel hub: fan peer-table changes out to every connected peer's WebSocket.
+
+Each subscriber has a bounded queue and one writer task. A writer sends everything queued in one
+WebSocket text frame, messages separated by newlines, so a burst of changes (a hundred peers
+joining at once) costs one frame per subscriber rather than a hundred. A subscriber whose queue
+fills up (it stopped reading) is closed; its peer reconnects and starts again from a snapshot,
+so no change is ever silently lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+
+__all__ = ["PushHub", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+
+class Subscriber:
+    """One peer's push WebSocket."""
+
+    def __init__(self, peer_id: str, ws: web.WebSocketResponse, max_queue: int) -> None:
+        self.peer_id = peer_id
+        self.ws = ws
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(max_queue)
+        self.task: asyncio.Task[None] | None = None
+
+    def offer(self, data: bytes) -> bool:
+        """Queue one message; False when the queue is full (the subscriber is too slow)."""
+        try:
+            self.queue.put_nowait(data)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def writer(self) -> None:
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is None:
+                    return
+                batch = [item]
+                while not self.queue.empty():
+                    more = self.queue.get_nowait()
+                    if more is None:
+                        await self.ws.send_str(b"\n".join(batch).decode("utf-8"))
+                        return
+                    batch.append(more)
+                await self.ws.send_str(b"\n".join(batch).decode("utf-8"))
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("push to %s failed: %s", self.peer_id, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+
+class PushHub:
+    """Every live push channel, by peer ID (one per peer; a new one replaces the old)."""
+
+    def __init__(self, max_queue: int = 4096) -> None:
+        self.max_queue = max_queue
+        self._subs: dict[str, Subscriber] = {}
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def is_connected(self, peer_id: str) -> bool:
+        return peer_id in self._subs
+
+    def attach(self, peer_id: str, ws: web.WebSocketResponse, first: bytes) -> Subscriber:
+        """Register a new channel whose first message is ``first`` (the snapshot)."""
+        old = self._subs.pop(peer_id, None)
+        if old is not None:
+            self._stop(old)
+        sub = Subscriber(peer_id, ws, self.max_queue)
+        sub.offer(first)
+        sub.task = asyncio.get_running_loop().create_task(sub.writer())
+        self._subs[peer_id] = sub
+        return sub
+
+    def detach(self, sub: Subscriber) -> None:
+        if self._subs.get(sub.peer_id) is sub:
+            del self._subs[sub.peer_id]
+        self._stop(sub)
+
+    def _stop(self, sub: Subscriber) -> None:
+        try:
+            sub.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            if sub.task is not None:
+                sub.task.cancel()
+
+    def broadcast(self, data: bytes, exclude: str | None = None) -> None:
+        """Queue ``data`` for every subscriber (except ``exclude``)."""
+        slow = [sub for pid, sub in self._subs.items() if pid != exclude and not sub.offer(data)]
+        for sub in slow:
+            log.warning("push channel of %s is not keeping up; closing it", sub.peer_id)
+            self.detach(sub)
+
+    def send_to(self, peer_id: str, data: bytes) -> bool:
+        """Queue ``data`` for one peer; False when it has no live channel."""
+        sub = self._subs.get(peer_id)
+        if sub is None:
+            return False
+        if not sub.offer(data):
+            self.detach(sub)
+            return False
+        return True
+
+    async def close(self) -> None:
+        subs = list(self._subs.values())
+        self._subs.clear()
+        for sub in subs:
+            self._stop(sub)
+        tasks = [s.task for s in subs if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)

@@ -1,0 +1,231 @@
+"""Running a coordinator: the HTTPS API, the STUN port and (optionally) its own mesh peer.
+
+::
+
+    async with CoordinatorServer(config) as server:
+        print(server.url, server.stun_port)
+        await server.wait_closed()      # or serve until a signal
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tunnelmesh.config import ServerConfig
+from tunnelmesh.control.urls import (
+    DEFAULT_API_PORT,
+    DEFAULT_STUN_PORT,
+    join_hostport,
+    split_hostport,
+)
+from tunnelmesh.coordinator.api import build_app
+from tunnelmesh.coordinator.core import Coordinator
+from tunnelmesh.coordinator.store import StateStore
+from tunnelmesh.coordinator.stun_server import StunServer, start_stun_server
+from tunnelmesh.errors import ConfigError
+
+__all__ = ["CoordinatorServer", "local_addresses"]
+
+log = logging.getLogger(__name__)
+
+_SIOCGIFADDR = 0x8915
+
+
+def local_addresses() -> list[str]:
+    """This host's IPv4 interface addresses (best effort; Linux ioctl), loopback included."""
+    out: list[str] = ["127.0.0.1"]
+    try:
+        names = [n for _, n in socket.if_nameindex()]
+    except OSError:
+        names = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                res = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)
+            except OSError:
+                continue
+            addr = socket.inet_ntoa(res[20:24])
+            if addr not in out:
+                out.append(addr)
+    return out
+
+
+class CoordinatorServer:
+    """A coordinator serving HTTPS and STUN.
+
+    Args:
+        config: the server config; ``listen``/``stun_listen`` may use port 0 (tests).
+        pm: the plugin manager (route hook); None skips plugins.
+        store: a state store instead of SQLite in ``data_dir``.
+        run_join_mesh: also run the ``join_mesh:`` peer in this process.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        pm: Any = None,
+        store: StateStore | None = None,
+        run_join_mesh: bool = True,
+    ) -> None:
+        self.config = config
+        self.pm = pm
+        self.run_join_mesh = run_join_mesh and config.join_mesh is not None
+        self._join_identity = None
+        keys: set[str] = set()
+        if self.run_join_mesh:
+            from tunnelmesh.identity import Identity
+
+            assert config.join_mesh is not None
+            self._join_identity, _ = Identity.load_or_create(
+                Path(config.join_mesh.private_key).expanduser()
+            )
+            keys.add(self._join_identity.public_openssh)
+        self.coordinator = Coordinator(config, store=store, pm=pm, coordinator_keys=keys)
+        self._runner: web.AppRunner | None = None
+        self._stun: StunServer | None = None
+        self._ssl = None
+        self.api_port = 0
+        self.stun_port = 0
+        self._host = ""
+        self._peer_task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        """A URL that reaches this server from this host."""
+        host = self._host if self._host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"https://{join_hostport(host, self.api_port)}"
+
+    def _cert_names(self) -> tuple[list[str], list[str]]:
+        names = ["localhost", socket.gethostname(), *self.config.tls_names]
+        ips = local_addresses()
+        if self._host not in ("0.0.0.0", "::", ""):
+            ips.append(self._host)
+        return [n for n in names if n], ips
+
+    async def start(self) -> None:
+        """Load state, bind the API and STUN ports, start background work.
+
+        Raises:
+            ConfigError: a port cannot be bound.
+            StorageError: the state store cannot be opened.
+        """
+        coord = self.coordinator
+        await coord.load()
+        host, port = split_hostport(self.config.listen, DEFAULT_API_PORT)
+        self._host = host
+        cert = coord.reissue_server_cert(*self._cert_names())
+        self._ssl = cert.ssl_context()
+        self._write_ca_file()
+        app = build_app(coord, self.pm)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, host, port, ssl_context=self._ssl, backlog=1024, reuse_address=True
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {self.config.listen}: {exc.strerror}", key="listen"
+            ) from None
+        server = site._server  # the asyncio.Server, to learn the port when 0 was asked for
+        assert server is not None
+        self.api_port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        stun_host, stun_port = split_hostport(self.config.stun_listen, DEFAULT_STUN_PORT)
+        try:
+            self._stun = await start_stun_server(stun_host, stun_port)
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {self.config.stun_listen}: {exc.strerror}", key="stun_listen"
+            ) from None
+        self.stun_port = self._stun.port
+        coord.start_background()
+        log.info(
+            "coordinator API on %s, STUN on udp %s, %d peers",
+            self.url,
+            join_hostport(stun_host, self.stun_port),
+            len(coord.peers),
+        )
+        if self.run_join_mesh:
+            self._peer_task = asyncio.get_running_loop().create_task(self._run_own_peer())
+
+    def _write_ca_file(self) -> None:
+        assert self.coordinator.ca is not None
+        path = self.coordinator.data_dir / "ca.crt"
+        with contextlib.suppress(OSError):
+            path.write_text(self.coordinator.ca.cert_pem, encoding="ascii")
+
+    async def _run_own_peer(self) -> None:
+        """Server-as-client: this coordinator also joins its own mesh."""
+        from tunnelmesh.control.client import ControlClient
+
+        cfg = self.config.join_mesh
+        assert cfg is not None and self._join_identity is not None and self.coordinator.ca
+        client = ControlClient(
+            server=self.url,
+            identity=self._join_identity,
+            ca_pem=self.coordinator.ca.cert_pem,
+            auth_token=self.config.auth_token,
+            name=cfg.name or socket.gethostname().split(".")[0].lower(),
+        )
+        try:
+            resp = await client.register()
+            log.info("this coordinator joined its mesh as %s at %s", resp.name, resp.mesh_ip)
+            # The certificate now also names this.<domain> and the coordinator's mesh IP.
+            cert = self.coordinator.reissue_server_cert(*self._cert_names())
+            if self._ssl is not None:
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="tm-tls-") as tmp:
+                    c, k = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
+                    c.write_bytes(cert.cert_pem)
+                    k.touch(mode=0o600)
+                    k.write_bytes(cert.key_pem)
+                    self._ssl.load_cert_chain(c, k)
+            await client.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the coordinator's own mesh peer stopped")
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self._peer_task is not None:
+            self._peer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._peer_task
+            self._peer_task = None
+        if self._stun is not None:
+            self._stun.close()
+            self._stun = None
+        await self.coordinator.hub.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.coordinator.close()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def __aenter__(self) -> CoordinatorServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

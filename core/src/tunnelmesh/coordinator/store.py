@@ -1,0 +1,305 @@
+"""The coordinator's durable state behind one small interface.
+
+:class:`StateStore` is everything the coordinator asks of its database: load the peers, write
+one peer (one transaction), delete one, write a batch of liveness updates, and keep a few named
+blobs (the mesh CA). :class:`SqliteStore` implements it with the standard library's sqlite3 in
+a single worker thread, WAL journal and ``synchronous=FULL`` (a registration acknowledged to a
+peer survives a power cut). A networked database for several coordinators implements the same
+protocol; uniqueness of key, name and IP is enforced by the database, so a lost race between
+two coordinators surfaces as :class:`StoreConflict` instead of two peers sharing an IP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol, TypeVar, runtime_checkable
+
+import msgspec
+
+from tunnelmesh.control.messages import Counters
+from tunnelmesh.errors import StorageError
+
+__all__ = ["PeerRecord", "SqliteStore", "StateStore", "StoreConflict"]
+
+T = TypeVar("T")
+
+
+class StoreConflict(StorageError):
+    """A write broke a uniqueness rule (public key, name or mesh IP already held)."""
+
+
+class PeerRecord(msgspec.Struct, kw_only=True):
+    """One registered peer, as stored."""
+
+    peer_id: str
+    public_key: str
+    name: str
+    mesh_ip: str
+    is_admin: bool = False
+    is_coordinator: bool = False
+    session_hash: str = ""  # hex SHA-256 of the peer's session token
+    created_at: float = 0.0
+    last_seen: float = 0.0
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    transports: dict[str, str] = msgspec.field(default_factory=dict)
+    rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    counters: Counters = msgspec.field(default_factory=Counters)
+    version: str = ""
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """What the coordinator needs from a database. Every method is atomic."""
+
+    async def open(self) -> None:
+        """Connect and create the schema when missing.
+
+        Raises:
+            StorageError: the database cannot be opened.
+        """
+
+    async def close(self) -> None:
+        """Flush and close; idempotent."""
+
+    async def load_peers(self) -> list[PeerRecord]:
+        """Every registered peer."""
+
+    async def put_peer(self, record: PeerRecord) -> None:
+        """Insert or replace the peer ``record.peer_id`` in one transaction.
+
+        Raises:
+            StoreConflict: another peer holds the name or the mesh IP.
+        """
+
+    async def delete_peer(self, peer_id: str) -> bool:
+        """Remove a peer; True when it existed."""
+
+    async def put_liveness(self, records: Sequence[PeerRecord]) -> None:
+        """Update last_seen, endpoints and reported status of existing peers, one transaction.
+
+        Peers deleted meanwhile are skipped.
+        """
+
+    async def get_meta(self, key: str) -> bytes | None:
+        """A named blob, or None."""
+
+    async def put_meta_if_absent(self, key: str, value: bytes) -> bytes:
+        """Store ``value`` under ``key`` unless a value is there; return the stored value."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS peers (
+    peer_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    mesh_ip TEXT NOT NULL UNIQUE,
+    is_admin INTEGER NOT NULL DEFAULT 0,
+    is_coordinator INTEGER NOT NULL DEFAULT 0,
+    session_hash TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL DEFAULT 0,
+    last_seen REAL NOT NULL DEFAULT 0,
+    status BLOB NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"""
+
+
+class _Status(msgspec.Struct, kw_only=True):
+    endpoints: list[str] = msgspec.field(default_factory=list)
+    transports: dict[str, str] = msgspec.field(default_factory=dict)
+    rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    counters: Counters = msgspec.field(default_factory=Counters)
+    version: str = ""
+
+
+_status_enc = msgspec.json.Encoder()
+_status_dec = msgspec.json.Decoder(_Status)
+
+
+def _status_of(r: PeerRecord) -> bytes:
+    return _status_enc.encode(
+        _Status(
+            endpoints=r.endpoints,
+            transports=r.transports,
+            rtt_ms=r.rtt_ms,
+            counters=r.counters,
+            version=r.version,
+        )
+    )
+
+
+class SqliteStore:
+    """:class:`StateStore` on an SQLite file (``<data_dir>/state.db``).
+
+    All database work runs in one dedicated thread, so the event loop never blocks on a disk
+    write and sqlite3 sees a single connection user.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None or self._pool is None:
+            raise StorageError("state store is not open")
+        conn = self._conn
+
+        def call() -> T:
+            try:
+                return fn(conn)
+            except sqlite3.IntegrityError as exc:
+                raise StoreConflict(f"state store conflict: {exc}") from None
+            except sqlite3.Error as exc:
+                raise StorageError(f"state store {self.path}: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tm-state")
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+            return conn
+
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(self._pool, connect)
+        except sqlite3.Error as exc:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            raise StorageError(f"cannot open state store {self.path}: {exc}") from exc
+        self.path.chmod(0o600)
+
+    async def close(self) -> None:
+        if self._conn is None or self._pool is None:
+            return
+        conn, pool = self._conn, self._pool
+        await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+        self._conn = None
+        self._pool = None
+        pool.shutdown(wait=True)
+
+    async def load_peers(self) -> list[PeerRecord]:
+        def q(conn: sqlite3.Connection) -> list[PeerRecord]:
+            rows = conn.execute(
+                "SELECT peer_id, public_key, name, mesh_ip, is_admin, is_coordinator, "
+                "session_hash, created_at, last_seen, status FROM peers ORDER BY name"
+            ).fetchall()
+            out = []
+            for row in rows:
+                status = _status_dec.decode(row[9])
+                out.append(
+                    PeerRecord(
+                        peer_id=row[0],
+                        public_key=row[1],
+                        name=row[2],
+                        mesh_ip=row[3],
+                        is_admin=bool(row[4]),
+                        is_coordinator=bool(row[5]),
+                        session_hash=row[6],
+                        created_at=row[7],
+                        last_seen=row[8],
+                        endpoints=status.endpoints,
+                        transports=status.transports,
+                        rtt_ms=status.rtt_ms,
+                        counters=status.counters,
+                        version=status.version,
+                    )
+                )
+            return out
+
+        return await self._run(q)
+
+    async def put_peer(self, record: PeerRecord) -> None:
+        row = (
+            record.peer_id,
+            record.public_key,
+            record.name,
+            record.mesh_ip,
+            int(record.is_admin),
+            int(record.is_coordinator),
+            record.session_hash,
+            record.created_at,
+            record.last_seen,
+            _status_of(record),
+        )
+
+        def q(conn: sqlite3.Connection) -> None:
+            with conn:  # one transaction: all or nothing
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO peers (peer_id, public_key, name, mesh_ip, is_admin, "
+                    "is_coordinator, session_hash, created_at, last_seen, status) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(peer_id) DO UPDATE SET "
+                    "public_key=excluded.public_key, name=excluded.name, "
+                    "mesh_ip=excluded.mesh_ip, is_admin=excluded.is_admin, "
+                    "is_coordinator=excluded.is_coordinator, "
+                    "session_hash=excluded.session_hash, created_at=excluded.created_at, "
+                    "last_seen=excluded.last_seen, status=excluded.status",
+                    row,
+                )
+
+        await self._run(q)
+
+    async def delete_peer(self, peer_id: str) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
+                return cur.rowcount > 0
+
+        return await self._run(q)
+
+    async def put_liveness(self, records: Sequence[PeerRecord]) -> None:
+        rows = [(r.last_seen, _status_of(r), r.peer_id) for r in records]
+        if not rows:
+            return
+
+        def q(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    "UPDATE peers SET last_seen = ?, status = ? WHERE peer_id = ?", rows
+                )
+
+        await self._run(q)
+
+    async def get_meta(self, key: str) -> bytes | None:
+        def q(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(q)
+
+    async def put_meta_if_absent(self, key: str, value: bytes) -> bytes:
+        def q(conn: sqlite3.Connection) -> bytes:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                    (key, value),
+                )
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                return bytes(row[0])
+
+        return await self._run(q)
+
+    async def dump(self) -> list[str]:
+        """Every row as SQL text (tests compare dumps to prove nothing changed)."""
+
+        def q(conn: sqlite3.Connection) -> list[str]:
+            return list(conn.iterdump())
+
+        return await self._run(q)
