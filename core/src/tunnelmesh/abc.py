@@ -473,14 +473,48 @@ class Upstream(msgspec.Struct, frozen=True):
 
 
 class ProxyRule(abc.ABC):
-    """Chooses the upstream for a request arriving at the reverse proxy."""
+    """Chooses the upstream for a request arriving at the reverse proxy (``tunnelmesh proxy``).
+
+    The proxy builds one instance of every registered rule when it starts
+    (:meth:`from_options`) and asks them in registration order, once per request; the first
+    that returns an :class:`Upstream` wins. ``route`` runs on the proxy's hot path: keep it to a
+    few dictionary look-ups and never block (no I/O, no DNS).
+    """
 
     name: ClassVar[str]
 
-    @abc.abstractmethod
-    def route(self, headers: Mapping[str, str], default: Any = None) -> Upstream | None:
-        """Return the upstream for a request with these (lower-cased) headers, or None.
+    headers: ClassVar[frozenset[str]] = frozenset()
+    """Lower-case names of the request headers :meth:`route` reads (``host`` included if used).
 
-        None means "no opinion": the next rule is asked. A rule that recognises its header but
-        finds it malformed raises :class:`ValueError` with a reason the proxy sends as a 400.
+    Only these are decoded and handed to ``route``: the proxy does no work for the others.
+    """
+
+    private_headers: ClassVar[frozenset[str]] = frozenset()
+    """Lower-case names of the routing headers that never leave the proxy.
+
+    They are removed from the request sent upstream and from the response sent back.
+    """
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ProxyRule | None:
+        """Build the rule from the proxy's options; None leaves the rule out.
+
+        Args:
+            options: what the proxy was started with: ``upstream_host`` (str) and whatever the
+                proxy's command line or the node adds (``peer_lookup``, ...). Unknown keys are
+                ignored.
+        """
+        return cls()
+
+    @abc.abstractmethod
+    def route(self, headers: Mapping[str, str]) -> Upstream | None:
+        """Return the upstream for a request, or None when the rule has no opinion.
+
+        Args:
+            headers: the first value of each header named in :attr:`headers` that the request
+                carries, under its lower-case name, decoded as latin-1 (so every byte survives).
+
+        Raises:
+            ValueError: the rule recognises its header but the value is malformed; the proxy
+                answers 400 with ``str(exc)`` as the plain-text body.
         """

@@ -1,0 +1,29 @@
+"""Hook implementations of the proxy plugin (only hooks: the code lives beside it)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tunnelmesh import hookimpl
+
+if TYPE_CHECKING:
+    import click
+
+    from tunnelmesh.registry import Registry
+
+
+@hookimpl
+def tunnelmesh_register_proxy_rules(registry: Registry) -> None:
+    """The mesh rule (X-Tunnelmesh-Peer) first, then the cmux rules."""
+    from tunnelmesh_proxy.routing import CmuxRule, MeshPeerRule
+
+    registry.add_proxy_rule(MeshPeerRule)
+    registry.add_proxy_rule(CmuxRule)
+
+
+@hookimpl
+def tunnelmesh_register_commands(cli: click.Group) -> None:
+    """``tunnelmesh proxy`` (serve), ``tunnelmesh proxy shim build``, ``tunnelmesh proxy run``."""
+    from tunnelmesh_proxy.cli import proxy
+
+    cli.add_command(proxy)
