@@ -130,13 +130,19 @@ def remove_namespace(ns: str, *, grace: float = 1.0) -> None:
     run_command(["ip", "netns", "delete", ns], check=False)
 
 
-def _run_alive(pid: int, run_id: str) -> bool:
+def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
+    return True
+
+
+def _run_alive(pid: int, run_id: str) -> bool:
+    if not _pid_exists(pid):
+        return False
     try:
         recorded = (REGISTRY_DIR / run_id).read_text().strip()
     except OSError:
@@ -152,7 +158,8 @@ def reap_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
         The names of the namespaces removed.
     """
     reaped: list[str] = []
-    live_runs: set[str] = set()
+    live_runs: set[str] = set()  # each run is judged once, by its first namespace
+    stale_runs: set[str] = set()
     for ns in list_namespaces():
         m = _NAME_RE.match(ns)
         if m is None or m["prefix"] != prefix:
@@ -160,14 +167,19 @@ def reap_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
         run_id = f"{m['pid']}-{m['seq']}"
         if run_id in live_runs:
             continue
-        if _run_alive(int(m["pid"]), run_id):
-            live_runs.add(run_id)
-            continue
+        if run_id not in stale_runs:
+            if _run_alive(int(m["pid"]), run_id):
+                live_runs.add(run_id)
+                continue
+            stale_runs.add(run_id)
         remove_namespace(ns, grace=0.2)
         reaped.append(ns)
+        (REGISTRY_DIR / run_id).unlink(missing_ok=True)
     if REGISTRY_DIR.is_dir():
+        # Records of dead processes go too. (A record whose PID was reused stays until that
+        # PID dies: another prefix's namespaces may still need it to be recognised.)
         for path in REGISTRY_DIR.iterdir():
             m = re.fullmatch(r"(\d+)-(\d+)", path.name)
-            if m and path.name not in live_runs and not _run_alive(int(m[1]), path.name):
+            if m and not _pid_exists(int(m[1])):
                 path.unlink(missing_ok=True)
     return reaped

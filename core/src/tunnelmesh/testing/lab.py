@@ -182,6 +182,8 @@ class Host:
         self.switch: Switch | None = None
         self.addresses: dict[str, str] = {}
         """Address per interface, e.g. ``{"eth0": "100.64.0.2"}``."""
+        self.ports: dict[str, tuple[Switch, str]] = {}
+        """The switch and switch port at the other end of each interface."""
         self._devs = 0
 
     def __repr__(self) -> str:
@@ -470,6 +472,7 @@ class Lab:
         )
         _netns.run_command(["ip", "-n", host.ns, "link", "set", dev, "up"])
         host.addresses[dev] = addr
+        host.ports[dev] = (switch, port)
         if host.switch is None:
             host.switch, host.address, host.dev = switch, addr, dev
         for net, via in switch.routes:
@@ -583,7 +586,13 @@ class Lab:
         """Remove the impairment set by :meth:`netem` from ``host``'s ``dev``."""
         dev = dev or host.dev
         host.run(["tc", "qdisc", "del", "dev", dev, "root"], check=False)
-        host.run(["nft", "delete", "table", "netdev", f"tmlimpair_{dev}"], check=False)
+        if dev in host.ports:
+            switch, port = host.ports[dev]
+            _netns.run_command(
+                ["ip", "netns", "exec", switch.ns, "nft", "delete", "table", "netdev",
+                 f"tmlimpair_{port}"],
+                check=False,
+            )  # fmt: skip
 
     # -- safety ----------------------------------------------------------------------------
 
@@ -666,18 +675,24 @@ def _terminate(proc: subprocess.Popen[str], grace: float = 2.0) -> None:
 
 
 def _emulate_netem(host: Host, dev: str, spec: str) -> None:
-    """Apply ``loss N%`` / ``rate R`` without sch_netem (nftables egress hook, tbf)."""
+    """Apply ``loss N%`` / ``rate R`` without sch_netem (nftables on the switch port, tbf)."""
     loss = re.fullmatch(r"loss (?:random )?(\d+(?:\.\d+)?)%", spec.strip())
     rate = re.fullmatch(r"rate (\S+)", spec.strip())
     if loss:
-        per_million = round(float(loss[1]) * 10_000)
-        table = f"tmlimpair_{dev}"
+        if dev not in host.ports:
+            raise ImpairmentUnsupported(f"{host.name}/{dev} is not plugged into a lab switch")
+        # Dropped where the link arrives at the switch (the port's ingress): like a lossy
+        # wire, the sender sees no error (an egress drop inside the host would give
+        # ENOBUFS to senders). Only IP packets are dropped, so ARP keeps the link usable.
+        switch, port = host.ports[dev]
+        per_million = min(round(float(loss[1]) * 10_000), 1_000_000)
+        match = "" if per_million == 1_000_000 else f"numgen random mod 1000000 < {per_million} "
         rules = (
-            f"table netdev {table} {{\n"
-            f'  chain egress {{ type filter hook egress device "{dev}" priority 0;\n'
-            f"    numgen random mod 1000000 < {per_million} drop\n  }}\n}}\n"
+            f"table netdev tmlimpair_{port} {{\n"
+            f'  chain ingress {{ type filter hook ingress device "{port}" priority 0;\n'
+            f"    meta protocol {{ ip, ip6 }} {match}drop\n  }}\n}}\n"
         )
-        host.run(["nft", "-f", "-"], input=rules)
+        _netns.run_command(["ip", "netns", "exec", switch.ns, "nft", "-f", "-"], input=rules)
     elif rate:
         host.run(["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate[1],
                   "burst", "32kbit", "latency", "400ms"])  # fmt: skip
