@@ -314,6 +314,8 @@ class ControlClient:
         )
         ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)
         self.last_ack = ack
+        if ack.interval > 0:
+            self.heartbeat_interval = ack.interval  # the coordinator decides the pace
         return ack
 
     async def list_peers(self) -> PeersResponse:

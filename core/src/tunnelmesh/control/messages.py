@@ -86,6 +86,7 @@ class RegisterResponse(msgspec.Struct, kw_only=True):
     server_version: str
     renamed: bool = False
     coordinator_ips: list[str] = msgspec.field(default_factory=list)
+    stun_port: int = 0  # the coordinator's STUN (RFC 5389) UDP port, 0 = none
 
 
 class Counters(msgspec.Struct, kw_only=True, omit_defaults=True):

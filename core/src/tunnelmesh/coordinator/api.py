@@ -65,7 +65,8 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 def _failure_response(f: ApiFailure) -> web.Response:
     resp = _json(ApiError(error=f.error, message=f.message, status=f.status), f.status)
     if f.retry_after:
-        resp.headers["Retry-After"] = str(max(1, int(f.retry_after + 0.999)))
+        wait = min(f.retry_after, 86400.0)  # an allowance that never refills says "a day"
+        resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
     return resp
 
 

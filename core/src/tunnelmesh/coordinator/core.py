@@ -154,6 +154,7 @@ class Coordinator:
         self._first_admin: str | None = None
         self._lock = asyncio.Lock()
         self.revision = 0
+        self.stun_port = 0
         self.stats = {"registrations": 0, "refused": 0, "heartbeats": 0}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -465,6 +466,7 @@ class Coordinator:
             server_version=__version__,
             renamed=name != req.name,
             coordinator_ips=self.coordinator_ips(),
+            stun_port=self.stun_port,
         )
 
     # --- peer operations -------------------------------------------------------------------

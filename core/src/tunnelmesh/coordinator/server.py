@@ -153,6 +153,7 @@ class CoordinatorServer:
                 f"cannot listen on {self.config.stun_listen}: {exc.strerror}", key="stun_listen"
             ) from None
         self.stun_port = self._stun.port
+        coord.stun_port = self.stun_port
         coord.start_background()
         log.info(
             "coordinator API on %s, STUN on udp %s, %d peers",

@@ -1,0 +1,211 @@
+"""``tunnelmesh join``: register with a coordinator, write the context, run the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import click
+
+from tunnelmesh.cli._root import Context
+from tunnelmesh.config import load_peer_config
+from tunnelmesh.control.contexts import ContextStore
+from tunnelmesh.control.urls import normalize_server_url
+from tunnelmesh.errors import ConfigError, TunnelmeshError
+from tunnelmesh.identity import default_key_path
+
+
+def _hostname_label() -> str:
+    name = socket.gethostname().split(".")[0].lower()
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")
+    return name[:63] or "node"
+
+
+@click.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="PATH",
+    envvar="TUNNELMESH_CONFIG",
+    show_envvar=True,
+    help="Peer config (default: ~/.tunnelmesh/config.yaml, ...).",
+)
+@click.option(
+    "-s",
+    "--server",
+    metavar="URL",
+    envvar="TUNNELMESH_SERVER",
+    show_envvar=True,
+    help="Coordinator URL; https:// and :8443 are added when missing.",
+)
+@click.option(
+    "-t",
+    "--token",
+    metavar="TOKEN",
+    envvar="TUNNELMESH_TOKEN",
+    show_envvar=True,
+    help="The mesh auth token (from the coordinator's server.yaml).",
+)
+@click.option(
+    "--context",
+    "context_name",
+    metavar="NAME",
+    envvar="TUNNELMESH_CONTEXT",
+    show_envvar=True,
+    help="Context to write (default: the active one, or 'default').",
+)
+@click.option(
+    "-n",
+    "--name",
+    metavar="NAME",
+    envvar="TUNNELMESH_NAME",
+    show_envvar=True,
+    help="This peer's name (a DNS label; default: config name or hostname).",
+)
+@click.option(
+    "--key",
+    "key_path",
+    metavar="PATH",
+    envvar="TUNNELMESH_KEY",
+    show_envvar=True,
+    help="ed25519 key (OpenSSH); created when missing (default ~/.tunnelmesh/id_ed25519).",
+)
+@click.option(
+    "--no-rename",
+    is_flag=True,
+    envvar="TUNNELMESH_NO_RENAME",
+    show_envvar=True,
+    help="Fail if the name belongs to another key (default: take name-2, ...).",
+)
+@click.option(
+    "-y",
+    "--yes",
+    is_flag=True,
+    envvar="TUNNELMESH_YES",
+    show_envvar=True,
+    help="Install the mesh CA in the system trust store without asking.",
+)
+@click.option(
+    "--no-trust",
+    is_flag=True,
+    envvar="TUNNELMESH_NO_TRUST",
+    show_envvar=True,
+    help="Do not install the mesh CA in the system trust store.",
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    envvar="TUNNELMESH_ONCE",
+    show_envvar=True,
+    help="Register and write the context, then exit (no daemon).",
+)
+@click.option(
+    "--duration",
+    type=float,
+    metavar="SECONDS",
+    envvar="TUNNELMESH_DURATION",
+    show_envvar=True,
+    help="Stop the daemon after this many seconds (tests).",
+)
+@click.pass_obj
+def join(
+    ctx: Context,
+    config_path: str | None,
+    server: str | None,
+    token: str | None,
+    context_name: str | None,
+    name: str | None,
+    key_path: str | None,
+    no_rename: bool,
+    yes: bool,
+    no_trust: bool,
+    once: bool,
+    duration: float | None,
+) -> None:
+    """Join a mesh: register this node, then keep it online until SIGINT/SIGTERM.
+
+    Registration proves possession of this node's ed25519 key (a signed challenge) and of the
+    mesh token. Before the token is used, the coordinator must prove it knows the token too
+    (an HMAC over its CA certificate); the CA is then pinned in the context. Joining again with
+    the same key keeps the same mesh IP. Without --server/--token the stored context is used.
+
+    Example: tunnelmesh join --server coord.example.com --token $TOKEN --context work
+    """
+    from tunnelmesh.control import daemon, trust
+
+    if yes and no_trust:
+        raise click.UsageError("--yes and --no-trust contradict each other")
+    store = ContextStore()
+    cfg = load_peer_config(config_path or ctx.config)
+    ctx_name = context_name or store.active or "default"
+    existing = None
+    if ctx_name in store.names():
+        existing = store.get(ctx_name)
+    server = server or cfg.server or (existing.server if existing else "")
+    token = token or cfg.auth_token or (existing.auth_token if existing else "")
+    if not server:
+        raise ConfigError("no coordinator given: pass --server URL (or TUNNELMESH_SERVER)")
+    if not token:
+        raise ConfigError("no mesh token given: pass --token TOKEN (or TUNNELMESH_TOKEN)")
+    url = normalize_server_url(server)
+    peer_name = name or cfg.name or (existing.peer_name if existing else "") or _hostname_label()
+    if key_path:
+        key = Path(key_path).expanduser()
+    elif existing and existing.key_path:
+        key = Path(existing.key_path)
+    elif cfg.private_key != "~/.tunnelmesh/id_ed25519":
+        key = Path(cfg.private_key).expanduser()
+    else:
+        key = default_key_path()
+
+    def trust_ca(ca_pem: str) -> Path | None:
+        if no_trust:
+            return None
+        if not yes and not click.confirm(
+            "Install the mesh CA in the system trust store (lets browsers reach "
+            "https://this.tm and other mesh services without warnings)?",
+            default=False,
+        ):
+            return None
+        try:
+            return trust.install_ca(ca_pem, ctx_name)
+        except TunnelmeshError as exc:
+            click.echo(f"warning: CA not installed: {exc}", err=True)
+            return None
+
+    async def main() -> None:
+        result = await daemon.join(
+            server=url,
+            token=token,
+            context_name=ctx_name,
+            name=peer_name,
+            key_path=key,
+            store=store,
+            trust=trust_ca,
+            rename=not no_rename,
+            config_path=str(Path(config_path).resolve()) if config_path else "",
+        )
+        reg = result.registration
+        if result.key_created:
+            click.echo(f"created key {key} ({result.identity.fingerprint})")
+        if reg.renamed:
+            click.echo(f"name {peer_name!r} belongs to another key; registered as {reg.name!r}")
+        admin = " (admin)" if reg.is_admin else ""
+        click.echo(
+            f"joined {url} as {reg.name}{admin}: mesh IP {reg.mesh_ip}, "
+            f"{reg.name}.{reg.domain}; context {ctx_name!r}"
+        )
+        if result.context.trusted_ca_path:
+            click.echo(f"mesh CA trusted via {result.context.trusted_ca_path}")
+        if once:
+            return
+        client = daemon.client_for(
+            result.context, store, udp_port=cfg.transports.udp_port, identity=result.identity
+        )
+        client.registration = reg
+        click.echo("running; Ctrl-C to stop", err=True)
+        await daemon.run_daemon(client, duration=duration)
+
+    asyncio.run(main())

@@ -1,0 +1,117 @@
+"""``tunnelmesh peers``: the mesh's peers as a table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import click
+import msgspec
+
+from tunnelmesh.control.contexts import Context as MeshContext
+from tunnelmesh.control.contexts import ContextStore
+from tunnelmesh.control.messages import PeerInfo
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def ago(ts: float, now: float) -> str:
+    if not ts:
+        return "never"
+    s = max(0.0, now - ts)
+    if s < 60:
+        return f"{s:.0f}s ago"
+    if s < 3600:
+        return f"{s / 60:.0f}m ago"
+    if s < 86400:
+        return f"{s / 3600:.0f}h ago"
+    return f"{s / 86400:.0f}d ago"
+
+
+def fetch_peers(ctx: MeshContext, store: ContextStore) -> tuple[list[PeerInfo], bool]:
+    """The peer list from the coordinator; from the local cache when it is unreachable.
+
+    Returns:
+        The peers and whether the coordinator answered.
+    """
+    from tunnelmesh.control import daemon
+    from tunnelmesh.control.client import CoordinatorUnreachable
+
+    async def main() -> list[PeerInfo]:
+        async with daemon.client_for(ctx, store) as client:
+            return (await asyncio.wait_for(client.list_peers(), 10)).peers
+
+    try:
+        return asyncio.run(main()), True
+    except (CoordinatorUnreachable, TimeoutError):
+        cache = store.context_dir(ctx.name) / "peers.json"
+        try:
+            return msgspec.json.decode(cache.read_bytes(), type=list[PeerInfo]), False
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            return [], False
+
+
+@click.command()
+@click.option(
+    "--context",
+    "context_name",
+    metavar="NAME",
+    envvar="TUNNELMESH_CONTEXT",
+    show_envvar=True,
+    help="Context (default: the active one).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="TUNNELMESH_JSON",
+    show_envvar=True,
+    help="Print JSON instead of a table.",
+)
+def peers(context_name: str | None, as_json: bool) -> None:
+    """List the mesh's peers: name, mesh IP, online, transport, RTT, traffic, last seen.
+
+    TRANSPORT and RTT are this node's view of the path to each peer (as its daemon last
+    reported); TRAFFIC is what each peer reported sending/receiving. When the coordinator is
+    unreachable the last known list is shown and marked as such.
+    """
+    store = ContextStore()
+    ctx = store.get(context_name)
+    rows, live = fetch_peers(ctx, store)
+    me = next((p for p in rows if p.peer_id == ctx.peer_id), None)
+    others = [p for p in rows if p.peer_id != ctx.peer_id]
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(others), indent=2))
+        return
+    if not live:
+        click.echo("coordinator unreachable: showing the last known peers", err=True)
+    if not others:
+        click.echo("no other peers")
+        return
+    now = time.time()
+    table = [("NAME", "MESH IP", "ONLINE", "TRANSPORT", "RTT", "TRAFFIC (TX/RX)", "LAST SEEN")]
+    for p in others:
+        transport = me.transports.get(p.name, "-") if me else "-"
+        rtt = me.rtt_ms.get(p.name) if me else None
+        table.append(
+            (
+                p.name,
+                p.mesh_ip,
+                "yes" if p.online else "no",
+                transport,
+                f"{rtt:.1f} ms" if rtt is not None else "-",
+                f"{human_bytes(p.counters.bytes_sent)} / {human_bytes(p.counters.bytes_received)}",
+                ago(p.last_seen, now),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

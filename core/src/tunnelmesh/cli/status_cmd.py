@@ -1,0 +1,69 @@
+"""``tunnelmesh status``: this node's place in the mesh."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import click
+
+from tunnelmesh.cli.peers_cmd import fetch_peers
+from tunnelmesh.control.contexts import ContextStore
+
+
+@click.command()
+@click.option(
+    "--context",
+    "context_name",
+    metavar="NAME",
+    envvar="TUNNELMESH_CONTEXT",
+    show_envvar=True,
+    help="Context (default: the active one).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="TUNNELMESH_JSON",
+    show_envvar=True,
+    help="Print JSON instead of text.",
+)
+def status(context_name: str | None, as_json: bool) -> None:
+    """Show this node's name, mesh IP, whether the coordinator is reachable, how many peers
+    are online and which transports are in use."""
+    store = ContextStore()
+    ctx = store.get(context_name)
+    rows, live = fetch_peers(ctx, store)
+    me = next((p for p in rows if p.peer_id == ctx.peer_id), None)
+    others = [p for p in rows if p.peer_id != ctx.peer_id]
+    online = sum(1 for p in others if p.online)
+    transports = collections.Counter(me.transports.values()) if me else collections.Counter()
+    info = {
+        "context": ctx.name,
+        "name": ctx.peer_name,
+        "peer_id": ctx.peer_id,
+        "mesh_ip": ctx.mesh_ip,
+        "dns_name": f"{ctx.peer_name}.{ctx.domain}",
+        "coordinator": ctx.server,
+        "coordinator_reachable": live,
+        "registered": me is not None if live else None,
+        "online": me.online if me else None,
+        "admin": ctx.is_admin,
+        "peers_online": online,
+        "peers_total": len(others),
+        "transports": dict(transports),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    used = ", ".join(f"{k} ({v})" for k, v in sorted(transports.items())) or "none reported"
+    click.echo(f"context:      {ctx.name}")
+    click.echo(
+        f"name:         {ctx.peer_name} ({info['dns_name']}){' [admin]' if ctx.is_admin else ''}"
+    )
+    click.echo(f"mesh IP:      {ctx.mesh_ip}")
+    click.echo(f"coordinator:  {ctx.server} ({'reachable' if live else 'UNREACHABLE'})")
+    if live and me is None:
+        click.echo("registered:   NO (this node is not in the mesh; run tunnelmesh join)")
+    click.echo(f"peers:        {online} online of {len(others)}")
+    click.echo(f"transports:   {used}")
