@@ -2,7 +2,10 @@
 
 The pytest plugin (:mod:`tunnelmesh.testing.pytest_plugin`, loaded through the ``pytest11`` entry
 point) adds the ``lab`` marker: tests marked ``@pytest.mark.lab`` need root, ``/dev/net/tun`` and
-``ip netns``, and are skipped with the reason when one is missing.
+``ip netns``, and are skipped with the reason when one is missing. It also provides the ``lab``
+and ``lab_factory`` fixtures: networks of namespaces with switches, NAT routers, an internet
+host and link impairment, from :mod:`tunnelmesh.testing.lab` (see its docstring and
+``docs/lab.md``).
 """
 
 from __future__ import annotations

@@ -57,12 +57,14 @@ Processes
     so the test's virtual environment is there) in a new session; :meth:`Lab.close` kills each
     one's process group, then every process left inside a lab namespace, all by PID.
     :func:`wait_for_line` waits, bounded, for a readiness line on a process's stdout.
+    ``python -m tunnelmesh.testing.natprobe`` has small UDP tools to observe NAT mappings.
 
 Impairment
-    ``lab.netem(host, "loss 40%")`` shapes what ``host`` sends on its lab interface with
+    ``lab.netem(host, "loss 40%")`` impairs what ``host`` sends on its lab interface with
     ``tc netem``; ``lab.clear_netem(host)`` removes it. Kernels built without ``sch_netem``
-    still get ``loss N%`` (an nftables egress rule) and ``rate R`` (``tbf``); other options
-    raise :class:`ImpairmentUnsupported` so a test can skip.
+    still get ``loss N%`` (an nftables rule dropping that share of the host's IP packets where
+    its link enters the switch, so senders see a lossy wire and no error) and ``rate R``
+    (``tbf``); other options raise :class:`ImpairmentUnsupported` so a test can skip.
 
 Cleanup
     :meth:`Lab.close` (also on test failure, via the fixture or the ``with`` block) kills the
@@ -70,6 +72,8 @@ Cleanup
     ``tml-<pid>-<seq>-<node>``; each lab records its creating process under
     ``/run/tunnelmesh-lab/``, and every new lab first reaps namespaces whose creator has died
     (a crashed or killed test run), see :func:`tunnelmesh.testing._netns.reap_stale`.
+
+More in ``docs/lab.md``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The tunnelmesh pytest plugin: the ``lab`` marker and the namespace-lab fixtures.
 
 Loaded automatically wherever ``tunnelmesh`` is installed (``pytest11`` entry point). It defines
-no autouse fixtures: a test opts in by using a fixture or the marker.
+no autouse fixtures: a test opts in by using a fixture or the marker. Fixtures: ``lab`` (one
+:class:`~tunnelmesh.testing.lab.Lab` per test, torn down also when the test fails) and
+``lab_factory`` (several labs per test).
 """
 
 from __future__ import annotations
