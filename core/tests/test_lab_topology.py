@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from tunnelmesh.errors import LabError
@@ -98,3 +99,26 @@ def _is_zombie_of_other(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_host_can_have_legs_on_two_switches(lab: Lab) -> None:
+    lan = lab.add_switch("lan")
+    gw = lab.add_host("gw")
+    dev = lab.connect(gw, lan)
+    inner = lab.add_host("inner", switch=lan)
+    assert (dev, gw.addresses) == ("eth1", {"eth0": "100.64.0.2", "eth1": "10.78.1.2"})
+    assert gw.ping(inner.address) and gw.ping(lab.add_host("outer").address)
+    assert inner.route_get("100.64.0.3") is None
+
+
+def test_teardown_kills_processes_that_ignore_sigterm(lab_factory: Callable[..., Lab]) -> None:
+    lab = lab_factory()
+    a = lab.add_host("a")
+    stubborn = a.python(
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up'); time.sleep(60)",
+        stdout=subprocess.PIPE,
+    )
+    wait_for_line(stubborn, "up")
+    lab.close()
+    assert stubborn.returncode == -9

@@ -49,6 +49,7 @@ NATs
     back to the inside host (endpoint-independent filtering), through a dynamic nftables map
     filled by outbound packets. (Port preservation can fail when two inside hosts use the same
     source port at once; tests use ephemeral ports, so this does not happen in practice.)
+    Neither kind hairpins: inside hosts reach each other by their inside addresses.
 
 Processes
     ``host.run(cmd)`` runs a command and returns the completed process (raises
@@ -402,11 +403,10 @@ class Lab:
         self._closed = True
         _open_labs.discard(self)
         problems: list[str] = []
-        for proc in self._procs:
-            try:
-                _terminate(proc)
-            except Exception as exc:  # keep tearing down; report at the end
-                problems.append(f"stopping {proc.args!r}: {exc!r}")
+        try:
+            _terminate_all(self._procs)
+        except Exception as exc:  # keep tearing down; report at the end
+            problems.append(f"stopping processes: {exc!r}")
         for ns in reversed(self._namespaces):
             try:
                 _netns.remove_namespace(ns)
@@ -438,10 +438,10 @@ class Lab:
     def add_switch(self, name: str, cidr: str | None = None) -> Switch:
         """Add a switch (a bridge in its own namespace) for the IPv4 network ``cidr``.
 
-        Without ``cidr`` the next free ``10.78.<n>.0/24`` is used.
+        Without ``cidr`` the first free ``10.78.<n>.0/24`` is used.
         """
         if cidr is None:
-            cidr = SWITCH_CIDR_FORMAT.format(len(self.switches) + 1)
+            cidr = self._free_cidr(SWITCH_CIDR_FORMAT)
         net = ipaddress.IPv4Network(cidr)
         for other in self.switches.values():
             if other.cidr.overlaps(net):
@@ -453,12 +453,28 @@ class Lab:
         self.switches[name] = switch
         return switch
 
+    def _free_cidr(self, fmt: str) -> str:
+        """The first ``fmt.format(n)`` (n = 1, 2, ...) that no switch overlaps."""
+        for n in range(1, 255):
+            net = ipaddress.IPv4Network(fmt.format(n))
+            if not any(sw.cidr.overlaps(net) for sw in self.switches.values()):
+                return str(net)
+        raise LabError(f"no free network left for {fmt}")
+
     @property
     def wan(self) -> Switch:
         """The default switch ``wan`` (:data:`WAN_CIDR`), created on first use."""
         if "wan" not in self.switches:
             self.add_switch("wan", WAN_CIDR)
         return self.switches["wan"]
+
+    def connect(self, host: Host, switch: Switch, address: str | None = None) -> str:
+        """Plug ``host`` into one more switch (a multi-homed host); return the new device.
+
+        The host gets the switch's routes too (a host can route through one NAT only).
+        """
+        self._check_open()
+        return self._plug(host, switch, address)
 
     def _plug(self, host: Host, switch: Switch, address: str | None) -> str:
         """Connect ``host`` to ``switch`` with a new veth pair; return the host's device."""
@@ -510,7 +526,7 @@ class Lab:
         """Add a NAT router between ``outside`` (default: the wan) and a new inside switch.
 
         The inside switch is ``nat.inside``, named ``<name>in``, for ``inside_cidr`` (default
-        ``10.77.<n>.0/24``); the NAT is its ``.1`` and hosts plugged in route the outside's
+        ``10.77.<n>.0/24``, the first free n); the NAT is its ``.1`` and hosts plugged in route the outside's
         reachable networks through it.
 
         Raises:
@@ -520,7 +536,7 @@ class Lab:
             raise LabError(f"unknown NAT kind {kind!r}: use 'full-cone' or 'symmetric'")
         out_sw = outside if outside is not None else self.wan
         if inside_cidr is None:
-            inside_cidr = INSIDE_CIDR_FORMAT.format(len(self.nats) + 1)
+            inside_cidr = self._free_cidr(INSIDE_CIDR_FORMAT)
         nat = Nat(self, name, self._new_namespace(name), kind)
         self.hosts[name] = nat
         self.nats[name] = nat
@@ -659,23 +675,27 @@ def _namespace_ids() -> dict[str, int]:
     return ids
 
 
-def _terminate(proc: subprocess.Popen[str], grace: float = 2.0) -> None:
-    """Stop ``proc``'s process group: TERM, wait up to ``grace``, then KILL."""
-    if proc.poll() is None:
+def _terminate_all(procs: Sequence[subprocess.Popen[str]], grace: float = 2.0) -> None:
+    """Stop each process's group: TERM to all, wait up to ``grace`` in total, then KILL."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
         try:
-            proc.wait(grace)
+            proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    # When the leader had already exited its group id may be reused, so leftover children
-    # are not signalled here: Lab.close() kills whatever is left inside lab namespaces.
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
+    # The group of a leader that had already exited is not signalled (its id may be reused);
+    # whatever it left behind is killed with the other processes inside lab namespaces.
+    for proc in procs:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
 
 def _emulate_netem(host: Host, dev: str, spec: str) -> None:
