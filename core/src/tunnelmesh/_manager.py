@@ -35,7 +35,10 @@ __all__ = ["PluginInfo", "PluginManager", "make_plugin_manager"]
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "tunnelmesh"
-BUILTIN_PLUGINS: tuple[str, ...] = ("tunnelmesh._builtin.storage",)
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "tunnelmesh._builtin.storage",
+    "tunnelmesh._builtin.filter",
+)
 
 
 @dataclass

@@ -116,11 +116,24 @@ class FilterRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class FilterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The packet filter."""
+    """The packet filter (see docs/filter.md).
+
+    Attributes:
+        default_deny: drop new inbound flows that no rule allows.
+        allow_icmp: pass all inbound ICMP; when false only replies to our pings and errors
+            about our own flows pass.
+        rules: the config layer's rules.
+        max_flows: the size bound of the connection-tracking table.
+    """
 
     default_deny: bool = False
     allow_icmp: bool = True
     rules: list[FilterRule] = msgspec.field(default_factory=list)
+    max_flows: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.max_flows < 1:
+            raise ValueError(f"max_flows must be at least 1, got {self.max_flows}")
 
 
 class TransportConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

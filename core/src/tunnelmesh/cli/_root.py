@@ -65,6 +65,7 @@ def cli(ctx: click.Context, config: str | None, log_level: str) -> None:
 def build_cli(pm: PluginManager | None = None) -> click.Group:
     """Return the root group with core commands and every plugin's commands added."""
     from tunnelmesh.cli import init_cmd, plugins_cmd
+    from tunnelmesh.cli import dns_cmd, filter_cmd
     from tunnelmesh.cli import context_cmd, join_cmd, leave_cmd, peers_cmd, serve_cmd, status_cmd
 
     if pm is None:
@@ -81,5 +82,7 @@ def build_cli(pm: PluginManager | None = None) -> click.Group:
     for cmd in (serve_cmd.serve, join_cmd.join, context_cmd.context, status_cmd.status,
                 peers_cmd.peers, leave_cmd.leave):
         root.add_command(cmd)
+    root.add_command(filter_cmd.filter_group)
+    root.add_command(dns_cmd.dns)
     pm.hook.tunnelmesh_register_commands(cli=root)
     return root

@@ -1,0 +1,191 @@
+"""``tunnelmesh filter list|add|remove``: the running daemon's packet filter.
+
+The commands talk to the daemon over its control socket (root only); changes apply at once,
+without a restart, and live in the runtime layer (they do not survive a daemon restart: put
+permanent rules in peer.yaml's ``filter.rules``).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from tunnelmesh.control_socket import DEFAULT_SOCKET, ENV_SOCKET, request
+
+__all__ = ["filter_group"]
+
+
+def _socket_path(ctx: click.Context, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    obj = ctx.find_root().obj
+    config_path = getattr(obj, "config", None)
+    try:
+        from tunnelmesh.config import load_peer_config
+
+        return load_peer_config(config_path).control_socket or DEFAULT_SOCKET
+    except Exception:  # a broken config must not hide the real error: use the default
+        if config_path:
+            raise
+        return DEFAULT_SOCKET
+
+
+def _option(
+    *decls: str, envvar: str, **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option with its ``TUNNELMESH_FILTER_*`` environment variable shown in --help."""
+    return click.option(*decls, envvar=f"TUNNELMESH_FILTER_{envvar}", show_envvar=True, **kwargs)
+
+
+socket_option = click.option(
+    "--socket",
+    "socket_path",
+    metavar="PATH",
+    envvar=ENV_SOCKET,
+    show_envvar=True,
+    help=f"The daemon's control socket (default: control_socket in the peer config, "
+    f"{DEFAULT_SOCKET}).",
+)
+
+
+@click.group("filter")
+def filter_group() -> None:
+    """Show and change the running daemon's packet filter (needs root)."""
+
+
+def _expires(ts: float) -> str:
+    if not ts:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@filter_group.command("list")
+@socket_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="TUNNELMESH_FILTER_JSON",
+    show_envvar=True,
+    help="Print the daemon's answer as JSON.",
+)
+@click.pass_context
+def list_cmd(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
+    """List the rules of every layer with their counters (packets allowed, denied)."""
+    data: dict[str, Any] = request(_socket_path(ctx, socket_path), "filter.list")
+    if as_json:
+        import json
+
+        click.echo(json.dumps(data, indent=2))
+        return
+    policy = "deny" if data["default_deny"] else "allow"
+    icmp = "allowed" if data["allow_icmp"] else "replies only"
+    click.echo(f"default: {policy}   icmp: {icmp}   tracked flows: {data['tracked']}")
+    rows = [("LAYER", "PROTO", "PORT", "ACTION", "SOURCE", "EXPIRES", "ALLOWED", "DENIED")]
+    for r in data["rules"]:
+        rows.append(
+            (
+                r["layer"],
+                r["protocol"],
+                str(r["port"]),
+                r["action"],
+                r["source_peer"] or "*",
+                _expires(r["expires"]),
+                str(r["allowed"]),
+                str(r["denied"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    click.echo(
+        f"no rule matched: {data['default_allowed']} allowed, {data['default_denied']} denied"
+    )
+
+
+@filter_group.command("add")
+@socket_option
+@_option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help="Local port.")
+@_option(
+    "--protocol",
+    envvar="PROTOCOL",
+    type=click.Choice(["tcp", "udp"]),
+    default="tcp",
+    show_default=True,
+)
+@_option(
+    "--action",
+    envvar="ACTION",
+    type=click.Choice(["allow", "deny"]),
+    default="allow",
+    show_default=True,
+)
+@_option(
+    "--source-peer",
+    envvar="SOURCE_PEER",
+    default="",
+    metavar="PEER",
+    help="Only packets from this peer (default: any).",
+)
+@_option(
+    "--ttl",
+    envvar="TTL",
+    type=click.IntRange(0, 365 * 24 * 3600),
+    default=0,
+    show_default=True,
+    help="Seconds until the rule expires; 0 keeps it until the daemon stops.",
+)
+@click.pass_context
+def add_cmd(
+    ctx: click.Context,
+    socket_path: str | None,
+    port: int,
+    protocol: str,
+    action: str,
+    source_peer: str,
+    ttl: int,
+) -> None:
+    """Add a runtime rule (it replaces a runtime rule for the same port, protocol and peer)."""
+    payload = {
+        "port": port,
+        "protocol": protocol,
+        "action": action,
+        "source_peer": source_peer,
+        "ttl": ttl,
+    }
+    rule = request(_socket_path(ctx, socket_path), "filter.add", payload)
+    who = rule["source_peer"] or "any peer"
+    click.echo(
+        f"{rule['action']} {rule['protocol']}/{rule['port']} from {who}, "
+        f"expires {_expires(rule['expires'])}"
+    )
+
+
+@filter_group.command("remove")
+@socket_option
+@_option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help="Local port.")
+@_option(
+    "--protocol",
+    envvar="PROTOCOL",
+    type=click.Choice(["tcp", "udp"]),
+    default="tcp",
+    show_default=True,
+)
+@_option(
+    "--source-peer",
+    envvar="SOURCE_PEER",
+    default="",
+    metavar="PEER",
+    help="The rule's source peer.",
+)
+@click.pass_context
+def remove_cmd(
+    ctx: click.Context, socket_path: str | None, port: int, protocol: str, source_peer: str
+) -> None:
+    """Remove a runtime rule."""
+    payload = {"port": port, "protocol": protocol, "source_peer": source_peer}
+    request(_socket_path(ctx, socket_path), "filter.remove", payload)
+    click.echo(f"removed {protocol}/{port}" + (f" from {source_peer}" if source_peer else ""))
