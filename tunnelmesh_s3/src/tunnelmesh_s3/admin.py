@@ -1,0 +1,170 @@
+"""The JSON admin API under ``/_tunnelmesh/``: shares, bucket grants and credentials.
+
+Requests are SigV4-signed like any S3 request (``_`` cannot start a bucket name, so the path
+never collides with a bucket). Errors are S3 XML errors.
+
+=======  ==========================  ============================================  ==========
+method   path                        what                                          who
+=======  ==========================  ============================================  ==========
+GET      whoami                      the caller's principal                        anyone
+GET      shares                      every share the caller can read               anyone
+GET      shares/NAME                 one share with its grants                     readers
+PUT      shares/NAME                 create or update (``description``, ``read``,  owner
+                                     ``write``); creates the bucket when missing
+DELETE   shares/NAME                 unshare; the bucket and its objects stay      owner
+GET      acl/BUCKET                  the bucket's owner and grants                 owner
+PUT      acl/BUCKET                  replace the grants (``read``, ``write``)      owner
+GET      credentials                 issued access keys (no secrets)               admin
+POST     credentials                 issue a key for ``principal``                 admin
+=======  ==========================  ============================================  ==========
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from tunnelmesh.errors import BucketAlreadyExists, InvalidName
+from tunnelmesh.storage import check_bucket_name
+
+from tunnelmesh_s3.app import Call
+from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer, Share
+from tunnelmesh_s3.errors import S3Error
+
+__all__ = ["ShareRequest", "handle"]
+
+
+class ShareRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    description: str = ""
+    read: list[str] = msgspec.field(default_factory=list)
+    write: list[str] = msgspec.field(default_factory=list)
+
+
+class CredentialRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    principal: str
+    admin: bool = False
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=msgspec.json.encode(data), content_type="application/json"
+    )
+
+
+async def _decode(call: Call, type_: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(await call.request.read(), type=type_)
+    except msgspec.DecodeError as exc:
+        raise S3Error("InvalidArgument", f"bad JSON body: {exc}") from None
+
+
+def _share_view(share: Share, acl: BucketAcl | None) -> dict[str, Any]:
+    return {
+        "name": share.name,
+        "description": share.description,
+        "owner": share.owner,
+        "created": share.created,
+        "read": acl.read if acl else [],
+        "write": acl.write if acl else [],
+    }
+
+
+async def handle(call: Call, path: str) -> web.Response:
+    auth = call.auth
+    if not isinstance(auth, FileAuthorizer):
+        raise S3Error("NotImplemented", "this server's authorizer has no admin API")
+    method = call.request.method
+    kind, _, name = path.partition("/")
+    if (kind, name, method) == ("whoami", "", "GET"):
+        return _json({"principal": call.principal.name, "admin": call.principal.admin})
+    if kind == "shares" and not name and method == "GET":
+        return _json(
+            [
+                _share_view(s, auth.acl(s.name))
+                for s in auth.shares()
+                if auth.allowed(call.principal, s.name, "read")
+            ]
+        )
+    if kind == "shares" and name:
+        return await _share(call, auth, name, method)
+    if kind == "acl" and name:
+        await call.need("own", name)
+        if method == "GET":
+            acl = auth.acl(name)
+            return _json(acl or BucketAcl(owner=""))
+        if method == "PUT":
+            grants = await _decode(call, ShareRequest)
+            acl = auth.acl(name)
+            await auth.set_acl(
+                name,
+                BucketAcl(
+                    owner=acl.owner if acl else call.principal.name,
+                    read=grants.read,
+                    write=grants.write,
+                ),
+            )
+            return _json(auth.acl(name))
+    if kind == "credentials" and not name:
+        if not call.principal.admin:
+            raise S3Error("AccessDenied", "only admins manage credentials")
+        if method == "GET":
+            return _json(
+                [
+                    {
+                        "access_key": c.access_key,
+                        "principal": c.principal,
+                        "admin": c.admin,
+                        "created": c.created,
+                    }
+                    for c in auth.credentials()
+                ]
+            )
+        if method == "POST":
+            req = await _decode(call, CredentialRequest)
+            return _json(await auth.issue(req.principal, admin=req.admin), status=201)
+    raise S3Error(
+        "MethodNotAllowed", "no such admin operation", Method=method, ResourceType="ADMIN"
+    )
+
+
+async def _share(call: Call, auth: FileAuthorizer, name: str, method: str) -> web.Response:
+    try:
+        check_bucket_name(name)
+    except InvalidName as exc:
+        raise S3Error("InvalidBucketName", str(exc), BucketName=name) from None
+    share = auth.share(name)
+    if method == "GET":
+        if share is None:
+            raise S3Error("NoSuchBucket", f"no share named {name}", BucketName=name)
+        await call.need("read", name)
+        return _json(_share_view(share, auth.acl(name)))
+    if method == "PUT":
+        req = await _decode(call, ShareRequest)
+        try:
+            await call.storage.create_bucket(name)
+            await auth.bucket_created(call.principal, name)
+            created = True
+        except BucketAlreadyExists:
+            await call.need("own", name)
+            created = False
+        acl = auth.acl(name)
+        owner = acl.owner if acl else call.principal.name
+        new = Share(
+            name=name,
+            owner=owner,
+            created=share.created if share else time.time(),
+            description=req.description or (share.description if share else ""),
+        )
+        await auth.put_share(new, BucketAcl(owner=owner, read=req.read, write=req.write))
+        return _json(_share_view(new, auth.acl(name)), status=201 if created else 200)
+    if method == "DELETE":
+        if share is None:
+            raise S3Error("NoSuchBucket", f"no share named {name}", BucketName=name)
+        await call.need("own", name)
+        await auth.delete_share(name)
+        return web.Response(status=204)
+    raise S3Error(
+        "MethodNotAllowed", "no such admin operation", Method=method, ResourceType="SHARE"
+    )

@@ -1,0 +1,235 @@
+"""The S3 service as an aiohttp application: addressing, authentication, dispatch, errors.
+
+:func:`build_app` is what both the coordinator (on its mesh IP) and ``tunnelmesh s3 serve``
+mount. Every request goes through :func:`_handle`:
+
+1. find the bucket and key, path-style (``/bucket/key``) or virtual-host-style
+   (``bucket.<domain>/key``), from the *raw* request target, so that no normalisation can turn
+   ``/a/../b`` into another bucket's key;
+2. check the SigV4 signature (header or presigned query) against the authorizer's secret;
+3. dispatch on method, bucket, key and sub-resource to :mod:`.buckets`, :mod:`.objects` or the
+   JSON admin API (:mod:`.admin`, under ``/_tunnelmesh/``, a name no bucket can take);
+4. render any :class:`~tunnelmesh_s3.errors.S3Error` as S3's XML error document.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+from tunnelmesh.abc import Storage
+from tunnelmesh.errors import NoSuchBucket, StorageError
+
+from tunnelmesh_s3 import sigv4
+from tunnelmesh_s3.auth import Action, Authorizer, Principal
+from tunnelmesh_s3.errors import S3Error, from_storage
+from tunnelmesh_s3.xmlio import error_document
+
+__all__ = ["MAX_OBJECT_SIZE", "REQUEST_ID", "Call", "S3Config", "build_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_OBJECT_SIZE = 5 * 1024**3
+"""The largest single PUT or part, as S3 (multipart objects may be larger)."""
+
+ADMIN_PREFIX = "/_tunnelmesh/"
+REQUEST_ID = "tunnelmesh_s3.request_id"
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Service settings.
+
+    Attributes:
+        region: the region in every credential scope (clients must sign for it).
+        domains: host names under which ``<bucket>.<domain>`` is virtual-host addressing.
+        admin_api: serve the JSON admin API (shares, grants, credentials) under ``/_tunnelmesh/``.
+        clock: the time source (tests move it).
+    """
+
+    region: str = "us-east-1"
+    domains: Sequence[str] = ("localhost",)
+    admin_api: bool = True
+    clock: Callable[[], float] = time.time
+
+
+@dataclass
+class Call:
+    """One authenticated S3 request, as handlers see it."""
+
+    request: web.Request
+    storage: Storage
+    auth: Authorizer
+    config: S3Config
+    principal: Principal
+    verified: sigv4.Verified
+    bucket: str
+    key: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    async def need(self, action: Action, bucket: str | None = None) -> None:
+        """Raise AccessDenied (or NoSuchBucket) unless the caller may ``action`` the bucket."""
+        bucket = self.bucket if bucket is None else bucket
+        if self.auth.allowed(self.principal, bucket, action):
+            return
+        try:
+            await self.storage.head_bucket(bucket)
+        except NoSuchBucket:
+            raise S3Error(
+                "NoSuchBucket", "The specified bucket does not exist", BucketName=bucket
+            ) from None
+        raise S3Error("AccessDenied", "Access Denied")
+
+
+Handler = Callable[[Call], Awaitable[web.StreamResponse]]
+
+STORAGE_KEY = web.AppKey("storage", Storage)
+AUTH_KEY = web.AppKey("authorizer", Authorizer)
+CONFIG_KEY = web.AppKey("s3config", S3Config)
+
+
+def split_target(host: str, raw_path: str, domains: Sequence[str]) -> tuple[str, str]:
+    """(bucket, key) of a request; "" for the parts it lacks.
+
+    Raises:
+        S3Error: the path is not valid percent-encoded UTF-8.
+    """
+    try:
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise S3Error("InvalidURI", "Couldn't parse the specified URI.", status=400) from None
+    hostname = host.rpartition(":")[0] if host.count(":") == 1 else host
+    hostname = hostname.lower().rstrip(".")
+    for domain in domains:
+        if hostname.endswith("." + domain) and len(hostname) > len(domain) + 1:
+            return hostname[: -len(domain) - 1], path[1:]
+    bucket, _, key = path[1:].partition("/")
+    return bucket, key
+
+
+def _params(raw_query: str) -> dict[str, str]:
+    params = {}
+    for name, value in sigv4.query_pairs(raw_query):
+        try:
+            params[name.decode("utf-8")] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise S3Error("InvalidArgument", "query parameters must be UTF-8") from None
+    return params
+
+
+def build_app(
+    storage: Storage, authorizer: Authorizer, config: S3Config | None = None
+) -> web.Application:
+    """The S3 service as an aiohttp application over ``storage`` (already started).
+
+    The caller owns ``storage``: it starts it before serving and closes it after.
+    """
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app[STORAGE_KEY] = storage
+    app[AUTH_KEY] = authorizer
+    app[CONFIG_KEY] = config or S3Config()
+    app.router.add_route("*", "/{tail:.*}", _handle)
+    return app
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    request_id = secrets.token_hex(8).upper()
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    request[REQUEST_ID] = request_id
+    try:
+        response = await _dispatch(request, raw_path, raw_query)
+    except S3Error as err:
+        response = _error(request, err, raw_path, request_id)
+    except sigv4.SigV4Error as exc:
+        response = _error(request, S3Error(exc.code, exc.message), raw_path, request_id)
+    except StorageError as exc:
+        if type(exc) is StorageError:
+            log.exception("storage failure on %s %s", request.method, raw_path)
+        response = _error(request, from_storage(exc), raw_path, request_id)
+    if not response.prepared:
+        response.headers["x-amz-request-id"] = request_id
+        response.headers.setdefault("Server", "tunnelmesh-s3")
+    return response
+
+
+def _error(request: web.Request, err: S3Error, resource: str, request_id: str) -> web.Response:
+    if err.status >= 500:
+        log.warning("%s %s -> %s %s", request.method, resource, err.code, err.message)
+    if request.method == "HEAD":
+        return web.Response(status=err.status, headers={"x-amz-error-code": err.code})
+    return web.Response(
+        status=err.status,
+        body=error_document(err, resource, request_id),
+        content_type="application/xml",
+    )
+
+
+async def _dispatch(request: web.Request, raw_path: str, raw_query: str) -> web.StreamResponse:
+    app = request.app
+    storage, authorizer, config = app[STORAGE_KEY], app[AUTH_KEY], app[CONFIG_KEY]
+    host = request.headers.get("Host", "")
+    bucket, key = split_target(host, raw_path, config.domains)
+    params = _params(raw_query)
+    principals: dict[str, Principal] = {}
+
+    def lookup(access_key: str) -> str | None:
+        found = authorizer.lookup(access_key)
+        if found is None:
+            return None
+        principals[access_key] = found[1]
+        return found[0]
+
+    req = sigv4.Request(
+        request.method,
+        raw_path,
+        raw_query,
+        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
+    )
+    verified = sigv4.verify(req, lookup, region=config.region, now=config.clock())
+    call = Call(
+        request,
+        storage,
+        authorizer,
+        config,
+        principals[verified.access_key],
+        verified,
+        bucket,
+        key,
+        params,
+    )
+    if config.admin_api and raw_path.startswith(ADMIN_PREFIX) and not _virtual(host, config):
+        from tunnelmesh_s3 import admin
+
+        return await admin.handle(call, unquote_to_bytes(raw_path[len(ADMIN_PREFIX) :]).decode())
+    from tunnelmesh_s3 import buckets, objects
+
+    handler: Handler | None
+    if not bucket:
+        handler = buckets.list_buckets if request.method == "GET" else None
+    elif not key:
+        handler = buckets.route(call)
+    else:
+        handler = objects.route(call)
+    if handler is None:
+        raise S3Error(
+            "MethodNotAllowed",
+            "The specified method is not allowed against this resource.",
+            Method=request.method,
+            ResourceType="BUCKET" if not key else "OBJECT",
+        )
+    try:
+        return await handler(call)
+    except StorageError as exc:
+        if type(exc) is StorageError:
+            raise
+        raise from_storage(exc, bucket, key) from None
+
+
+def _virtual(host: str, config: S3Config) -> bool:
+    hostname = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return any(hostname.lower().endswith("." + d) for d in config.domains)

@@ -1,0 +1,301 @@
+"""Bucket-level S3 operations: buckets, listings, DeleteObjects, multipart upload listings."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+from tunnelmesh.abc import ObjectInfo
+from tunnelmesh.errors import BucketAlreadyExists, InvalidName, NoSuchBucket, StorageError
+from tunnelmesh.storage import check_bucket_name, check_key
+
+from tunnelmesh_s3.app import Call, Handler
+from tunnelmesh_s3.errors import S3Error, from_storage
+from tunnelmesh_s3.xmlio import document, element, encode_key, iso8601, parse_delete
+
+__all__ = ["list_buckets", "route"]
+
+UNSUPPORTED = {
+    "accelerate",
+    "acl",
+    "analytics",
+    "cors",
+    "encryption",
+    "intelligent-tiering",
+    "inventory",
+    "lifecycle",
+    "logging",
+    "metrics",
+    "notification",
+    "object-lock",
+    "ownershipControls",
+    "policy",
+    "policyStatus",
+    "publicAccessBlock",
+    "replication",
+    "requestPayment",
+    "tagging",
+    "website",
+    "versions",
+}
+
+
+def xml(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/xml")
+
+
+def _owner(name: str) -> str:
+    return f"<Owner>{element('ID', name)}{element('DisplayName', name)}</Owner>"
+
+
+def route(call: Call) -> Handler | None:
+    method, params = call.request.method, call.params
+    if UNSUPPORTED & params.keys():
+        return _not_implemented
+    if method == "GET":
+        if "location" in params:
+            return get_location
+        if "versioning" in params:
+            return get_versioning
+        if "uploads" in params:
+            return list_uploads
+        return list_objects
+    if method == "PUT" and not params:
+        return create_bucket
+    if method == "HEAD":
+        return head_bucket
+    if method == "DELETE" and not params:
+        return delete_bucket
+    if method == "POST" and "delete" in params:
+        return delete_objects
+    return None
+
+
+async def _not_implemented(call: Call) -> web.Response:
+    raise S3Error(
+        "NotImplemented",
+        "A header or query you provided implies functionality that is not implemented.",
+    )
+
+
+async def list_buckets(call: Call) -> web.Response:
+    buckets = [
+        b
+        for b in await call.storage.list_buckets()
+        if call.auth.allowed(call.principal, b.name, "read")
+    ]
+    entries = "".join(
+        f"<Bucket>{element('Name', b.name)}{element('CreationDate', iso8601(b.created))}</Bucket>"
+        for b in buckets
+    )
+    return xml(
+        document(
+            "ListAllMyBucketsResult", _owner(call.principal.name), f"<Buckets>{entries}</Buckets>"
+        )
+    )
+
+
+async def create_bucket(call: Call) -> web.Response:
+    if not call.auth.can_create_bucket(call.principal):
+        raise S3Error("AccessDenied", "Access Denied")
+    await call.request.read()  # CreateBucketConfiguration: the region is ours whatever it says
+    try:
+        check_bucket_name(call.bucket)
+        await call.storage.create_bucket(call.bucket)
+    except InvalidName as exc:
+        raise S3Error("InvalidBucketName", str(exc), BucketName=call.bucket) from None
+    except BucketAlreadyExists:
+        if call.auth.allowed(call.principal, call.bucket, "own"):
+            raise S3Error(
+                "BucketAlreadyOwnedByYou",
+                "Your previous request to create the named bucket succeeded and you already own it.",
+                BucketName=call.bucket,
+            ) from None
+        raise S3Error(
+            "BucketAlreadyExists",
+            "The requested bucket name is not available.",
+            BucketName=call.bucket,
+        ) from None
+    await call.auth.bucket_created(call.principal, call.bucket)
+    return web.Response(headers={"Location": f"/{call.bucket}"})
+
+
+async def head_bucket(call: Call) -> web.Response:
+    await call.need("read")
+    await call.storage.head_bucket(call.bucket)
+    return web.Response(headers={"x-amz-bucket-region": call.config.region})
+
+
+async def delete_bucket(call: Call) -> web.Response:
+    await call.need("own")
+    await call.storage.delete_bucket(call.bucket)
+    await call.auth.bucket_deleted(call.bucket)
+    return web.Response(status=204)
+
+
+async def get_location(call: Call) -> web.Response:
+    await call.need("read")
+    await call.storage.head_bucket(call.bucket)
+    region = "" if call.config.region == "us-east-1" else call.config.region
+    return xml(document("LocationConstraint", escape(region)))
+
+
+async def get_versioning(call: Call) -> web.Response:
+    await call.need("read")
+    await call.storage.head_bucket(call.bucket)
+    return xml(document("VersioningConfiguration"))
+
+
+def _max(call: Call, name: str, default: int = 1000) -> int:
+    raw = call.params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise S3Error("InvalidArgument", f"{name} must be an integer") from None
+    if value < 0:
+        raise S3Error("InvalidArgument", f"{name} must not be negative")
+    return min(value, 1000)
+
+
+def _contents(obj: ObjectInfo, url: bool, owner: str | None) -> str:
+    return (
+        "<Contents>"
+        + element("Key", encode_key(obj.key, url))
+        + element("LastModified", iso8601(obj.last_modified))
+        + element("ETag", f'"{obj.etag}"')
+        + element("Size", obj.size)
+        + element("StorageClass", "STANDARD")
+        + (_owner(owner) if owner else "")
+        + "</Contents>"
+    )
+
+
+def _token(marker: str) -> str:
+    return base64.urlsafe_b64encode(marker.encode("utf-8")).decode()
+
+
+def _untoken(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect") from None
+
+
+async def list_objects(call: Call) -> web.Response:
+    await call.need("read")
+    p = call.params
+    v2 = p.get("list-type") == "2"
+    url = p.get("encoding-type") == "url"
+    if "encoding-type" in p and not url:
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
+    prefix, delimiter = p.get("prefix", ""), p.get("delimiter", "")
+    max_keys = _max(call, "max-keys")
+    if v2:
+        token = p.get("continuation-token")
+        start = _untoken(token) if token is not None else p.get("start-after", "")
+    else:
+        start = p.get("marker", "")
+    owner = None
+    if not v2 or p.get("fetch-owner") == "true":
+        acl = getattr(call.auth, "acl", lambda b: None)(call.bucket)
+        owner = acl.owner if acl is not None else "admin"
+    page = await call.storage.list_objects(
+        call.bucket, prefix=prefix, delimiter=delimiter, start_after=start, max_keys=max_keys
+    )
+    parts = [
+        element("Name", call.bucket),
+        element("Prefix", encode_key(prefix, url)),
+    ]
+    if delimiter:
+        parts.append(element("Delimiter", encode_key(delimiter, url)))
+    parts.append(element("MaxKeys", max_keys))
+    if url:
+        parts.append(element("EncodingType", "url"))
+    parts.append(element("IsTruncated", "true" if page.truncated else "false"))
+    if v2:
+        parts.append(element("KeyCount", len(page.objects) + len(page.prefixes)))
+        if "continuation-token" in p:
+            parts.append(element("ContinuationToken", p["continuation-token"]))
+        if "start-after" in p:
+            parts.append(element("StartAfter", encode_key(p["start-after"], url)))
+        if page.truncated:
+            parts.append(element("NextContinuationToken", _token(page.next_marker)))
+    else:
+        parts.append(element("Marker", encode_key(start, url)))
+        if page.truncated:
+            parts.append(element("NextMarker", encode_key(page.next_marker, url)))
+    parts += [_contents(o, url, owner) for o in page.objects]
+    parts += [
+        f"<CommonPrefixes>{element('Prefix', encode_key(cp, url))}</CommonPrefixes>"
+        for cp in page.prefixes
+    ]
+    return xml(document("ListBucketResult", *parts))
+
+
+async def delete_objects(call: Call) -> web.Response:
+    await call.need("write")
+    body = await call.request.read()
+    keys, quiet = parse_delete(body)
+    await call.storage.head_bucket(call.bucket)
+    results = []
+    for key in keys:
+        try:
+            check_key(key)
+            await call.storage.delete_object(call.bucket, key)
+        except NoSuchBucket:
+            raise
+        except StorageError as exc:
+            err = from_storage(exc, call.bucket, key)
+            results.append(
+                f"<Error>{element('Key', key)}{element('Code', err.code)}{element('Message', err.message)}</Error>"
+            )
+            continue
+        if not quiet:
+            results.append(f"<Deleted>{element('Key', key)}</Deleted>")
+    return xml(document("DeleteResult", *results))
+
+
+async def list_uploads(call: Call) -> web.Response:
+    await call.need("read")
+    prefix = call.params.get("prefix", "")
+    max_uploads = _max(call, "max-uploads")
+    uploads = await call.storage.list_multipart_uploads(call.bucket, prefix=prefix)
+    key_marker = call.params.get("key-marker", "")
+    id_marker = call.params.get("upload-id-marker", "")
+    if key_marker:
+        uploads = [
+            u
+            for u in uploads
+            if u.key > key_marker or (id_marker and u.key == key_marker and u.upload_id > id_marker)
+        ]
+    truncated = len(uploads) > max_uploads
+    uploads = uploads[:max_uploads]
+    parts = [
+        element("Bucket", call.bucket),
+        element("KeyMarker", key_marker),
+        element("UploadIdMarker", id_marker),
+        element("Prefix", prefix),
+        element("MaxUploads", max_uploads),
+        element("IsTruncated", "true" if truncated else "false"),
+    ]
+    if truncated and uploads:
+        parts += [
+            element("NextKeyMarker", uploads[-1].key),
+            element("NextUploadIdMarker", uploads[-1].upload_id),
+        ]
+    for u in uploads:
+        parts.append(
+            "<Upload>"
+            + element("Key", u.key)
+            + element("UploadId", u.upload_id)
+            + _owner(call.principal.name).replace("Owner>", "Initiator>")
+            + _owner(call.principal.name)
+            + element("StorageClass", "STANDARD")
+            + element("Initiated", iso8601(u.initiated))
+            + "</Upload>"
+        )
+    return xml(document("ListMultipartUploadsResult", *parts))

@@ -1,0 +1,116 @@
+"""``tunnelmesh share``: file shares, i.e. buckets shared with chosen peers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from tunnelmesh_s3.cli._common import endpoint_options, with_client
+from tunnelmesh_s3.client import S3Client
+
+
+@click.group()
+def share() -> None:
+    """File shares: a bucket shared with chosen peers, to mount or sync with S3 tools.
+
+    A share NAME is the bucket NAME; `share info NAME` prints an rclone remote for it.
+    """
+
+
+def _show(s: dict[str, Any]) -> str:
+    return (
+        f"{s['name']}  owner={s['owner']}  read={','.join(s['read']) or '-'}  "
+        f"write={','.join(s['write']) or '-'}  {s['description']}"
+    ).rstrip()
+
+
+@share.command()
+@endpoint_options
+@click.argument("name")
+@click.option(
+    "--peer",
+    "writers",
+    multiple=True,
+    envvar="TUNNELMESH_SHARE_PEERS",
+    show_envvar=True,
+    help="Peer that may read and write ('*' for every peer); repeatable.",
+)
+@click.option(
+    "--reader",
+    "readers",
+    multiple=True,
+    envvar="TUNNELMESH_SHARE_READERS",
+    show_envvar=True,
+    help="Peer that may only read ('*' for every peer); repeatable.",
+)
+@click.option(
+    "--description",
+    default="",
+    envvar="TUNNELMESH_SHARE_DESCRIPTION",
+    show_envvar=True,
+    help="What the share is for.",
+)
+@with_client
+async def create(
+    client: S3Client,
+    name: str,
+    writers: tuple[str, ...],
+    readers: tuple[str, ...],
+    description: str,
+) -> None:
+    """Create share NAME (or change who it is shared with)."""
+    s = await client.admin(
+        "PUT",
+        f"shares/{name}",
+        {"description": description, "read": list(readers), "write": list(writers)},
+    )
+    click.echo(_show(s))
+
+
+@share.command("list")
+@endpoint_options
+@with_client
+async def list_(client: S3Client) -> None:
+    """List the shares you can read."""
+    for s in await client.admin("GET", "shares"):
+        click.echo(_show(s))
+
+
+@share.command()
+@endpoint_options
+@click.argument("name")
+@with_client
+async def delete(client: S3Client, name: str) -> None:
+    """Stop sharing NAME. The bucket and its files stay (delete them with `buckets delete --force`)."""
+    await client.admin("DELETE", f"shares/{name}")
+    click.echo(f"unshared {name}; bucket {name} kept")
+
+
+@share.command()
+@endpoint_options
+@click.argument("name")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="TUNNELMESH_JSON",
+    show_envvar=True,
+    help="Print JSON.",
+)
+@with_client
+async def info(client: S3Client, name: str, as_json: bool) -> None:
+    """Show share NAME and how to mount or sync it with rclone."""
+    s = await client.admin("GET", f"shares/{name}")
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    click.echo(_show(s))
+    click.echo(
+        "\n# rclone remote (put your own keys from `tunnelmesh s3 credentials`):\n"
+        "[tunnelmesh]\ntype = s3\nprovider = Other\n"
+        f"endpoint = {client.endpoint}\nregion = {client.region}\n"
+        "access_key_id = YOUR_ACCESS_KEY\nsecret_access_key = YOUR_SECRET_KEY\n"
+        f"\n# then: rclone sync ./dir tunnelmesh:{name}   or   rclone mount tunnelmesh:{name} /mnt/{name}"
+    )

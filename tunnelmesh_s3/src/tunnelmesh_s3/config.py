@@ -1,0 +1,31 @@
+"""The ``s3:`` section of the coordinator's ``server.yaml``."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["S3Section"]
+
+
+class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """S3 service settings on the coordinator.
+
+    Attributes:
+        enabled: serve S3 on the coordinator's mesh IP.
+        port: the port on the mesh IP.
+        listen: override the address entirely (e.g. ``127.0.0.1:9000`` for tests).
+        data_dir: where objects and grants live; default ``<data_dir>/s3``.
+        region: the region clients sign for.
+        storage: the storage backend (a name registered through ``tunnelmesh_register_storage``).
+    """
+
+    enabled: bool = True
+    port: int = 9000
+    listen: str = ""
+    data_dir: str = ""
+    region: str = "us-east-1"
+    storage: str = "filesystem"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be between 1 and 65535, got {self.port}")

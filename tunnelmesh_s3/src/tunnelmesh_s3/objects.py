@@ -1,0 +1,524 @@
+"""Object-level S3 operations: put, get (ranged, conditional), head, delete, copy, multipart."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Mapping
+from urllib.parse import unquote
+
+from aiohttp import web
+from multidict import CIMultiDict
+from tunnelmesh.abc import ObjectInfo
+from tunnelmesh.errors import NoSuchKey
+from tunnelmesh.storage import check_key
+
+from tunnelmesh_s3.app import MAX_OBJECT_SIZE, REQUEST_ID, Call, Handler
+from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS, Body
+from tunnelmesh_s3.buckets import UNSUPPORTED, xml
+from tunnelmesh_s3.errors import S3Error
+from tunnelmesh_s3.xmlio import document, element, iso8601, parse_complete
+
+__all__ = ["route"]
+
+STORED_HEADERS = (
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+)
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+DEFAULT_TYPE = "binary/octet-stream"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def route(call: Call) -> Handler | None:
+    method, params = call.request.method, call.params
+    if (
+        (UNSUPPORTED - {"versions"}) & params.keys()
+        or "retention" in params
+        or "legal-hold" in params
+    ):
+        return _not_implemented
+    try:
+        check_key(call.key)
+    except Exception as exc:
+        raise S3Error(
+            "KeyTooLongError" if "limit" in str(exc) else "InvalidArgument",
+            str(exc),
+            Key=call.key[:256],
+        ) from None
+    upload = "uploadId" in params
+    copy = "x-amz-copy-source" in call.request.headers
+    if method == "PUT":
+        if upload and "partNumber" in params:
+            return upload_part_copy if copy else upload_part
+        return copy_object if copy else put_object
+    if method in ("GET", "HEAD"):
+        if method == "GET" and upload:
+            return list_parts
+        return get_object
+    if method == "DELETE":
+        return abort_upload if upload else delete_object
+    if method == "POST":
+        if "uploads" in params:
+            return create_upload
+        if upload:
+            return complete_upload
+    return None
+
+
+async def _not_implemented(call: Call) -> web.Response:
+    raise S3Error(
+        "NotImplemented",
+        "A header or query you provided implies functionality that is not implemented.",
+    )
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name.lower()[len("x-amz-meta-") :]: value
+        for name, value in headers.items()
+        if name.lower().startswith("x-amz-meta-")
+    }
+
+
+def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for name in STORED_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        if name == "content-encoding":
+            # aws-chunked is how this request was framed, not how the object is encoded
+            value = ",".join(v.strip() for v in value.split(",") if v.strip() != "aws-chunked")
+            if not value:
+                continue
+        out[name] = value
+    return out
+
+
+def _object_headers(info: ObjectInfo, checksums: bool = False) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    headers["ETag"] = f'"{info.etag}"'
+    headers["Last-Modified"] = email.utils.formatdate(info.last_modified, usegmt=True)
+    headers["Content-Type"] = info.content_type
+    headers["Accept-Ranges"] = "bytes"
+    for name, value in info.headers.items():
+        headers[name] = value
+    for name, value in info.metadata.items():
+        headers[f"x-amz-meta-{name}"] = value
+    if info.parts:
+        headers["x-amz-mp-parts-count"] = str(info.parts)
+    if checksums:
+        for alg, value in info.checksums.items():
+            headers[f"x-amz-checksum-{alg}"] = value
+    return headers
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/").strip('"') == etag:
+            return True
+    return False
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    parsed = email.utils.parsedate_tz(value)
+    return None if parsed is None else float(email.utils.mktime_tz(parsed))
+
+
+def _check_conditions(
+    headers: Mapping[str, str], info: ObjectInfo, *, prefix: str = "", read: bool = True
+) -> int | None:
+    """The status a conditional request ends with (304 or 412), or None to go on."""
+    modified = int(info.last_modified)
+    if_match = headers.get(f"{prefix}if-match")
+    if if_match is not None:
+        if not _etag_matches(if_match, info.etag):
+            return 412
+    elif (
+        since := _http_date(headers.get(f"{prefix}if-unmodified-since"))
+    ) is not None and modified > since:
+        return 412
+    if_none = headers.get(f"{prefix}if-none-match")
+    if if_none is not None:
+        if _etag_matches(if_none, info.etag):
+            return 304 if read and not prefix else 412
+    elif (
+        since := _http_date(headers.get(f"{prefix}if-modified-since"))
+    ) is not None and modified <= since:
+        return 304 if read and not prefix else 412
+    return None
+
+
+def _range(header: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) of a ``Range: bytes=`` header, None for the whole object.
+
+    Raises:
+        S3Error: InvalidRange when the range starts past the end.
+    """
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if m is None or m.group(1) == m.group(2) == "":
+        return None  # unparseable or multi-range: S3 sends the whole object
+    first, last = m.group(1), m.group(2)
+    if first == "":
+        length = int(last)
+        if length == 0:
+            raise S3Error(
+                "InvalidRange", "The requested range is not satisfiable", ActualObjectSize=str(size)
+            )
+        return max(size - length, 0), size
+    start = int(first)
+    end = size if last == "" else min(int(last) + 1, size)
+    if start >= size or (last != "" and int(last) < start):
+        raise S3Error(
+            "InvalidRange", "The requested range is not satisfiable", ActualObjectSize=str(size)
+        )
+    return start, end
+
+
+def _body(call: Call) -> Body:
+    headers = call.request.headers
+    if (
+        call.request.content_length is None
+        and "chunked" not in headers.get("Transfer-Encoding", "").lower()
+        and call.verified.chunk_decoder() is None
+    ):
+        raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.")
+    return Body(call.request, call.verified, max_size=MAX_OBJECT_SIZE)
+
+
+def _part_number(call: Call) -> int:
+    try:
+        number = int(call.params["partNumber"])
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 10_000:
+        raise S3Error(
+            "InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive"
+        )
+    return number
+
+
+def _copy_source(call: Call) -> tuple[str, str]:
+    raw = call.request.headers["x-amz-copy-source"]
+    source = unquote(raw.partition("?")[0]).lstrip("/")
+    bucket, _, key = source.partition("/")
+    if not bucket or not key:
+        raise S3Error(
+            "InvalidArgument",
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+        )
+    try:
+        check_key(key)
+    except Exception as exc:
+        raise S3Error("InvalidArgument", str(exc)) from None
+    return bucket, key
+
+
+def _checksum_headers(checksums: Mapping[str, str]) -> dict[str, str]:
+    return {
+        f"x-amz-checksum-{alg}": value
+        for alg, value in checksums.items()
+        if alg in CHECKSUM_ALGORITHMS
+    }
+
+
+# --- objects -----------------------------------------------------------------------------------
+
+
+async def put_object(call: Call) -> web.Response:
+    await call.need("write")
+    headers = call.request.headers
+    if headers.get("If-None-Match") is not None or headers.get("If-Match") is not None:
+        try:
+            current: ObjectInfo | None = await call.storage.head_object(call.bucket, call.key)
+        except NoSuchKey:
+            current = None
+        if_none, if_match = headers.get("If-None-Match"), headers.get("If-Match")
+        if (
+            if_none is not None and current is not None and _etag_matches(if_none, current.etag)
+        ) or (
+            if_match is not None and (current is None or not _etag_matches(if_match, current.etag))
+        ):
+            if current is None:
+                raise S3Error("NoSuchKey", "The specified key does not exist.", Key=call.key)
+            raise S3Error(
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+                Condition="If-None-Match" if if_none is not None else "If-Match",
+            )
+    body = _body(call)
+    info = await call.storage.put_object(
+        call.bucket,
+        call.key,
+        body,
+        content_type=headers.get("Content-Type", DEFAULT_TYPE),
+        metadata=_metadata(headers),
+        headers=_stored_headers(headers),
+        checksums=body.checksums,
+    )
+    return web.Response(headers={"ETag": f'"{info.etag}"', **_checksum_headers(body.checksums)})
+
+
+async def get_object(call: Call) -> web.StreamResponse:
+    await call.need("read")
+    request = call.request
+    want_checksums = request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+    if request.method == "HEAD":
+        info = await call.storage.head_object(call.bucket, call.key)
+        return _head_response(call, info, want_checksums)
+    reader = await call.storage.open_object(call.bucket, call.key)
+    try:
+        info = reader.info
+        status = _check_conditions(request.headers, info)
+        if status is not None:
+            return _condition_response(info, status)
+        span = _range(request.headers.get("Range"), info.size)
+        headers = _object_headers(info, checksums=want_checksums and span is None)
+        _apply_overrides(call, headers)
+        start, end = span if span is not None else (0, info.size)
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+        response = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
+        response.content_length = end - start
+        response.headers["x-amz-request-id"] = request.get(REQUEST_ID, "")
+        await response.prepare(request)
+        async for chunk in reader.stream(start, end):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        await reader.aclose()
+
+
+def _apply_overrides(call: Call, headers: CIMultiDict[str]) -> None:
+    for param, header in RESPONSE_OVERRIDES.items():
+        if param in call.params:
+            headers[header] = call.params[param]
+
+
+def _condition_response(info: ObjectInfo, status: int) -> web.Response:
+    if status == 304:
+        return web.Response(
+            status=304,
+            headers={
+                "ETag": f'"{info.etag}"',
+                "Last-Modified": email.utils.formatdate(info.last_modified, usegmt=True),
+            },
+        )
+    raise S3Error(
+        "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"
+    )
+
+
+def _head_response(call: Call, info: ObjectInfo, want_checksums: bool) -> web.Response:
+    status = _check_conditions(call.request.headers, info)
+    if status == 304:
+        return _condition_response(info, 304)
+    if status == 412:
+        return web.Response(status=412, headers={"x-amz-error-code": "PreconditionFailed"})
+    span = _range(call.request.headers.get("Range"), info.size)
+    headers = _object_headers(info, checksums=want_checksums and span is None)
+    _apply_overrides(call, headers)
+    length = info.size
+    if span is not None:
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{info.size}"
+        length = span[1] - span[0]
+    headers["Content-Length"] = str(length)
+    response = web.Response(status=206 if span is not None else 200, headers=headers)
+    return response
+
+
+async def delete_object(call: Call) -> web.Response:
+    await call.need("write")
+    await call.storage.delete_object(call.bucket, call.key)
+    return web.Response(status=204)
+
+
+async def copy_object(call: Call) -> web.Response:
+    src_bucket, src_key = _copy_source(call)
+    await call.need("read", src_bucket)
+    await call.need("write")
+    headers = call.request.headers
+    source = await call.storage.head_object(src_bucket, src_key)
+    if _check_conditions(headers, source, prefix="x-amz-copy-source-", read=False) is not None:
+        raise S3Error(
+            "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"
+        )
+    replace = headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
+    if (src_bucket, src_key) == (call.bucket, call.key) and not replace:
+        raise S3Error(
+            "InvalidRequest",
+            "This copy request is illegal because it is trying to copy an object to itself without "
+            "changing the object's metadata, storage class, website redirect location or encryption "
+            "attributes.",
+        )
+    info = await call.storage.copy_object(
+        src_bucket,
+        src_key,
+        call.bucket,
+        call.key,
+        content_type=headers.get("Content-Type", DEFAULT_TYPE) if replace else None,
+        metadata=_metadata(headers) if replace else None,
+        headers=_stored_headers(headers) if replace else None,
+    )
+    return xml(
+        document(
+            "CopyObjectResult",
+            element("LastModified", iso8601(info.last_modified)),
+            element("ETag", f'"{info.etag}"'),
+        )
+    )
+
+
+# --- multipart ---------------------------------------------------------------------------------
+
+
+async def create_upload(call: Call) -> web.Response:
+    await call.need("write")
+    headers = call.request.headers
+    upload = await call.storage.create_multipart_upload(
+        call.bucket,
+        call.key,
+        content_type=headers.get("Content-Type", DEFAULT_TYPE),
+        metadata=_metadata(headers),
+        headers=_stored_headers(headers),
+    )
+    return xml(
+        document(
+            "InitiateMultipartUploadResult",
+            element("Bucket", call.bucket),
+            element("Key", call.key),
+            element("UploadId", upload.upload_id),
+        )
+    )
+
+
+async def upload_part(call: Call) -> web.Response:
+    await call.need("write")
+    number = _part_number(call)
+    body = _body(call)
+    part = await call.storage.upload_part(
+        call.bucket, call.key, call.params["uploadId"], number, body
+    )
+    return web.Response(headers={"ETag": f'"{part.etag}"', **_checksum_headers(body.checksums)})
+
+
+async def upload_part_copy(call: Call) -> web.Response:
+    src_bucket, src_key = _copy_source(call)
+    await call.need("read", src_bucket)
+    await call.need("write")
+    number = _part_number(call)
+    reader = await call.storage.open_object(src_bucket, src_key)
+    try:
+        info = reader.info
+        if _check_conditions(call.request.headers, info, prefix="x-amz-copy-source-", read=False):
+            raise S3Error(
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+            )
+        start, end = 0, info.size
+        if (spec := call.request.headers.get("x-amz-copy-source-range")) is not None:
+            m = _RANGE.match(spec.strip())
+            if (
+                m is None
+                or not m.group(1)
+                or not m.group(2)
+                or int(m.group(2)) >= info.size
+                or int(m.group(1)) > int(m.group(2))
+            ):
+                raise S3Error(
+                    "InvalidArgument",
+                    "The x-amz-copy-source-range value must be bytes=first-last within the object",
+                )
+            start, end = int(m.group(1)), int(m.group(2)) + 1
+        part = await call.storage.upload_part(
+            call.bucket, call.key, call.params["uploadId"], number, reader.stream(start, end)
+        )
+    finally:
+        await reader.aclose()
+    return xml(
+        document(
+            "CopyPartResult",
+            element("LastModified", iso8601(part.last_modified)),
+            element("ETag", f'"{part.etag}"'),
+        )
+    )
+
+
+async def list_parts(call: Call) -> web.Response:
+    await call.need("read")
+    upload_id = call.params["uploadId"]
+    parts = await call.storage.list_parts(call.bucket, call.key, upload_id)
+    try:
+        marker = int(call.params.get("part-number-marker", "0") or 0)
+        max_parts = min(int(call.params.get("max-parts", "1000")), 1000)
+    except ValueError:
+        raise S3Error(
+            "InvalidArgument", "part-number-marker and max-parts must be integers"
+        ) from None
+    parts = [p for p in parts if p.number > marker]
+    truncated = len(parts) > max_parts
+    parts = parts[:max_parts]
+    body = [
+        element("Bucket", call.bucket),
+        element("Key", call.key),
+        element("UploadId", upload_id),
+        element("PartNumberMarker", marker),
+        element("NextPartNumberMarker", parts[-1].number if parts else marker),
+        element("MaxParts", max_parts),
+        element("IsTruncated", "true" if truncated else "false"),
+        element("StorageClass", "STANDARD"),
+    ]
+    body += [
+        "<Part>"
+        + element("PartNumber", p.number)
+        + element("LastModified", iso8601(p.last_modified))
+        + element("ETag", f'"{p.etag}"')
+        + element("Size", p.size)
+        + "</Part>"
+        for p in parts
+    ]
+    return xml(document("ListPartsResult", *body))
+
+
+async def complete_upload(call: Call) -> web.Response:
+    await call.need("write")
+    parts = parse_complete(await call.request.read())
+    info = await call.storage.complete_multipart_upload(
+        call.bucket, call.key, call.params["uploadId"], parts
+    )
+    host = call.request.headers.get("Host", "")
+    return xml(
+        document(
+            "CompleteMultipartUploadResult",
+            element("Location", f"http://{host}/{call.bucket}/{call.key}"),
+            element("Bucket", call.bucket),
+            element("Key", call.key),
+            element("ETag", f'"{info.etag}"'),
+        )
+    )
+
+
+async def abort_upload(call: Call) -> web.Response:
+    await call.need("write")
+    await call.storage.abort_multipart_upload(call.bucket, call.key, call.params["uploadId"])
+    return web.Response(status=204)

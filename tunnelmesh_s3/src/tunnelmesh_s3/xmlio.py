@@ -1,0 +1,106 @@
+"""S3's XML: response documents built as text, request documents parsed defensively.
+
+Request bodies (DeleteObjects, CompleteMultipartUpload) come from authenticated clients but are
+still untrusted: they are size-limited by the caller, and any DOCTYPE is refused before parsing
+so that no entity can expand.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from urllib.parse import quote
+from xml.sax.saxutils import escape
+
+from tunnelmesh_s3.errors import S3Error
+
+__all__ = ["NS", "document", "element", "iso8601", "parse_complete", "parse_delete"]
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+def iso8601(ts: float) -> str:
+    """``2024-01-31T12:00:00.000Z``, the timestamp format of S3's XML."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def element(name: str, value: object) -> str:
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def document(root: str, *children: str) -> bytes:
+    return f'{HEADER}<{root} xmlns="{NS}">{"".join(children)}</{root}>'.encode()
+
+
+def encode_key(key: str, url: bool) -> str:
+    """A key or prefix as a listing shows it (``encoding-type=url`` percent-encodes it)."""
+    return quote(key, safe="/") if url else key
+
+
+def _parse(body: bytes) -> ET.Element:
+    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
+        raise S3Error("MalformedXML", "DTDs are not allowed")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        raise S3Error(
+            "MalformedXML", "The XML you provided was not well-formed or did not validate"
+        ) from None
+    return root
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _children(node: ET.Element, name: str) -> Iterable[ET.Element]:
+    return (child for child in node if _local(child.tag) == name)
+
+
+def _text(node: ET.Element, name: str) -> str | None:
+    for child in _children(node, name):
+        return child.text or ""
+    return None
+
+
+def parse_delete(body: bytes) -> tuple[list[str], bool]:
+    """A DeleteObjects request: (keys, quiet)."""
+    root = _parse(body)
+    if _local(root.tag) != "Delete":
+        raise S3Error("MalformedXML", "expected a <Delete> document")
+    keys = []
+    for obj in _children(root, "Object"):
+        key = _text(obj, "Key")
+        if key is None:
+            raise S3Error("MalformedXML", "every <Object> needs a <Key>")
+        keys.append(key)
+    if not 1 <= len(keys) <= 1000:
+        raise S3Error("MalformedXML", "DeleteObjects takes 1 to 1000 keys")
+    return keys, (_text(root, "Quiet") or "").strip().lower() == "true"
+
+
+def parse_complete(body: bytes) -> list[tuple[int, str]]:
+    """A CompleteMultipartUpload request: [(part number, etag)] in document order."""
+    root = _parse(body)
+    if _local(root.tag) != "CompleteMultipartUpload":
+        raise S3Error("MalformedXML", "expected a <CompleteMultipartUpload> document")
+    parts = []
+    for part in _children(root, "Part"):
+        number, etag = _text(part, "PartNumber"), _text(part, "ETag")
+        if number is None or etag is None:
+            raise S3Error("MalformedXML", "every <Part> needs <PartNumber> and <ETag>")
+        try:
+            parts.append((int(number), etag.strip().strip('"')))
+        except ValueError:
+            raise S3Error("MalformedXML", f"bad PartNumber {number!r}") from None
+    return parts
+
+
+def error_document(err: S3Error, resource: str, request_id: str) -> bytes:
+    extra = "".join(element(k, v) for k, v in err.extra.items() if v)
+    return (
+        f"{HEADER}<Error>{element('Code', err.code)}{element('Message', err.message)}{extra}"
+        f"{element('Resource', resource)}{element('RequestId', request_id)}</Error>"
+    ).encode()
