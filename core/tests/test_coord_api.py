@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from tunnelmesh.config import JoinMesh, ServerConfig
 from tunnelmesh.control.client import ApiRequestError, ControlClient, fetch_ca
+from tunnelmesh.control.contexts import ContextStore
 from tunnelmesh.control.peertable import PeerAdded, PeerChanged, PeerRemoved, RendezvousRequested
 from tunnelmesh.coordinator.auth import registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
@@ -515,7 +516,11 @@ def test_peer_keeps_table_while_coordinator_is_down(tmp_path: Path) -> None:
 # --- server-as-client ---------------------------------------------------------------------------
 
 
-def test_join_mesh_makes_the_coordinator_a_peer(tmp_path: Path) -> None:
+def test_join_mesh_makes_the_coordinator_a_peer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNNELMESH_HOME", str(tmp_path / "home"))
+
     async def main() -> None:
         jm = JoinMesh(name="hub", private_key=str(tmp_path / "coord_key"))
         async with CoordinatorServer(config(tmp_path, join_mesh=jm)) as server:
@@ -526,6 +531,10 @@ def test_join_mesh_makes_the_coordinator_a_peer(tmp_path: Path) -> None:
             records = {r.name: r.ip for r in (await p.dns()).records}
             assert records["this.tunnelmesh"] == hub.mesh_ip == records["this.tm"]
             assert records["hub.tunnelmesh"] == hub.mesh_ip
+            # the coordinator's own peer has a context, so `tunnelmesh peers` works there too
+            await until(lambda: (tmp_path / "home" / "contexts.json").exists())
+            ctx = ContextStore(tmp_path / "home").get("hub")
+            assert ctx.mesh_ip == hub.mesh_ip
             await p.aclose()
 
     run(main())

@@ -31,7 +31,7 @@ from tunnelmesh.coordinator.api import build_app
 from tunnelmesh.coordinator.core import Coordinator
 from tunnelmesh.coordinator.store import StateStore
 from tunnelmesh.coordinator.stun_server import StunServer, start_stun_server
-from tunnelmesh.errors import ConfigError
+from tunnelmesh.errors import ConfigError, TunnelmeshError
 
 __all__ = ["CoordinatorServer", "local_addresses"]
 
@@ -186,6 +186,7 @@ class CoordinatorServer:
         try:
             resp = await client.register()
             log.info("this coordinator joined its mesh as %s at %s", resp.name, resp.mesh_ip)
+            self._write_own_context(resp)
             # The certificate now also names this.<domain> and the coordinator's mesh IP.
             cert = self.coordinator.reissue_server_cert(*self._cert_names())
             if self._ssl is not None:
@@ -204,6 +205,37 @@ class CoordinatorServer:
             log.exception("the coordinator's own mesh peer stopped")
         finally:
             await client.aclose()
+
+    def _write_own_context(self, resp: Any) -> None:
+        """A context for the coordinator's own peer, so `tunnelmesh status`/`peers` work here."""
+        from tunnelmesh.control.contexts import Context, ContextStore
+
+        assert self.coordinator.ca is not None and self._join_identity is not None
+        try:
+            store = ContextStore()
+            ctx_dir = store.context_dir(resp.name)
+            ctx_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            ca_path = ctx_dir / "ca.crt"
+            ca_path.write_text(self.coordinator.ca.cert_pem, encoding="ascii")
+            assert self.config.join_mesh is not None
+            ctx = Context(
+                name=resp.name,
+                server=self.url,
+                peer_name=resp.name,
+                peer_id=resp.peer_id,
+                mesh_ip=resp.mesh_ip,
+                mesh_cidr=resp.mesh_cidr,
+                domain=resp.domain,
+                session_token=resp.session_token,
+                auth_token=self.config.auth_token,
+                ca_path=str(ca_path),
+                key_path=str(Path(self.config.join_mesh.private_key).expanduser()),
+                is_admin=resp.is_admin,
+                stun_port=resp.stun_port,
+            )
+            store.put(ctx, activate=False)
+        except (OSError, TunnelmeshError) as exc:
+            log.warning("cannot write the coordinator's own context: %s", exc)
 
     async def stop(self) -> None:
         if self._peer_task is not None:
