@@ -301,7 +301,8 @@ def wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 10.0)
 
     Lines before it are consumed. It reads the pipe's file descriptor directly (so ``select``
     sees every byte) and keeps a partial line for the next call: once you use it on a process,
-    read that process's output only through it.
+    read that process's output only through it. A process that keeps writing to a pipe nobody
+    reads stops when the pipe fills (64 KiB): let chatty processes log to a file instead.
 
     Raises:
         LabError: the process closed its output or ``timeout`` passed first (the message shows
@@ -547,7 +548,7 @@ class Lab:
         nat.outside, nat.inside = out_sw, inside
         nat.outside_address, nat.inside_address, nat.inside_dev = nat.address, in_addr, in_dev
         inside.routes = [(out_sw.cidr, in_addr)] + [(net, in_addr) for net, _ in out_sw.routes]
-        nat.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        nat.run("echo 1 > /proc/sys/net/ipv4/ip_forward")  # this namespace only
         try:
             nat.run(["nft", "-f", "-"], input=_nat_ruleset(nat, out_dev, in_dev))
         except LabError as exc:
