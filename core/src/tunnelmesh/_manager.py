@@ -38,6 +38,7 @@ ENTRY_POINT_GROUP = "tunnelmesh"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "tunnelmesh._builtin.storage",
     "tunnelmesh._builtin.filter",
+    "tunnelmesh._builtin.dns",
 )
 
 

@@ -87,14 +87,34 @@ class TunConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class DnsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The built-in resolver."""
+    """The built-in resolver (see docs/dns.md).
+
+    Attributes:
+        enabled: run the resolver.
+        listen: ``ip:port`` it serves on (UDP and TCP).
+        cache_ttl: TTL of mesh answers, seconds.
+        aliases: extra names of this peer (registered with the coordinator).
+        upstreams: resolvers for other names, ``ip[:port]``; empty: those of /etc/resolv.conf.
+        upstream_timeout: how long to wait for each upstream.
+        forward: forward non-mesh names (else they are refused).
+        system: how to point the system resolver at it: ``auto``, ``resolved``,
+            ``resolv.conf`` or ``off``.
+    """
 
     enabled: bool = True
     listen: str = "127.0.0.53:5353"
     cache_ttl: int = 300
     aliases: list[str] = msgspec.field(default_factory=list)
+    upstreams: list[str] = msgspec.field(default_factory=list)
+    upstream_timeout: Duration = Duration(2.0)
+    forward: bool = True
+    system: Literal["auto", "resolved", "resolv.conf", "off"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.upstream_timeout <= 0:
+            raise ValueError("upstream_timeout must be positive")
+        if not 0 <= self.cache_ttl <= 86400:
+            raise ValueError(f"cache_ttl must be between 0 and 86400, got {self.cache_ttl}")
         for alias in self.aliases:
             for label in alias.split("."):
                 _check_label(label, "dns alias")
