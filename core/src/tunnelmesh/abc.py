@@ -64,20 +64,27 @@ class PathQuality(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Link(abc.ABC):
-    """One established path to one peer. Carries opaque datagrams (tunnel ciphertext).
+    """One established path to one peer. Carries IP packets.
 
-    Links are async resources: ``async with link: ...`` closes them.
+    The transport protects what crosses it: the UDP and relay transports seal every packet as a
+    WireGuard transport message (:mod:`tunnelmesh.proto.wireguard`), SSH uses its channel
+    encryption. Packets a link hands over came from :attr:`peer` (authenticated); the forwarder
+    still checks that their inner source address is one of that peer's.
+
+    Two ways to receive: pull (``await recv_batch()``) or push (:meth:`set_receiver`), which the
+    forwarder uses so that no task switch happens per batch. Links are async resources:
+    ``async with link: ...`` closes them.
     """
 
     peer: str
     """The name of the peer at the other end."""
 
     mtu: int
-    """The largest datagram :meth:`send_batch` accepts."""
+    """The largest IP packet :meth:`send_batch` accepts."""
 
     @abc.abstractmethod
     def send_batch(self, datagrams: Sequence[Packet]) -> None:
-        """Queue datagrams for sending, without waiting.
+        """Queue IP packets for sending, without waiting.
 
         Raises:
             TransportError: the link is closed. A full queue drops, it never blocks.
@@ -85,11 +92,38 @@ class Link(abc.ABC):
 
     @abc.abstractmethod
     async def recv_batch(self) -> list[bytes]:
-        """Wait for and return one or more received datagrams.
+        """Wait for and return one or more received IP packets.
 
         Raises:
             TransportError: the link is closed (also for every call after :meth:`aclose`).
         """
+
+    def set_receiver(self, deliver: Callable[[Link, list[bytes]], None] | None) -> None:
+        """Push mode: call ``deliver(self, packets)`` for every received batch (None stops).
+
+        The default runs a task that loops over :meth:`recv_batch`; datagram transports
+        override it to call ``deliver`` straight from their socket callback. ``deliver`` must
+        not block and must not raise.
+        """
+        import asyncio
+
+        task: asyncio.Task[None] | None = getattr(self, "_receiver_task", None)
+        if task is not None:
+            task.cancel()
+            self._receiver_task = None
+        if deliver is None:
+            return
+
+        async def pump() -> None:
+            from tunnelmesh.errors import TransportError
+
+            try:
+                while True:
+                    deliver(self, await self.recv_batch())
+            except TransportError:
+                return
+
+        self._receiver_task = asyncio.get_running_loop().create_task(pump())
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -103,7 +137,12 @@ class Link(abc.ABC):
 
 
 class Transport(abc.ABC):
-    """A way to reach peers (UDP, SSH, relay, ...). One instance per running node."""
+    """A way to reach peers (UDP, SSH, relay, ...). One instance per running node.
+
+    The node tells a transport which peers exist (:meth:`update_peer`) before links to or from
+    them can be made: a transport that authenticates peers (WireGuard, SSH) needs their public
+    keys to accept an incoming link at all.
+    """
 
     name: ClassVar[str]
     capabilities: ClassVar[TransportCapabilities] = TransportCapabilities()
@@ -113,12 +152,23 @@ class Transport(abc.ABC):
         """Start accepting incoming links; ``on_link`` is called with each new one."""
 
     @abc.abstractmethod
-    async def dial(self, peer: str, endpoints: Sequence[str]) -> Link:
+    async def dial(self, peer: str, endpoints: Sequence[str], *, public_key: bytes = b"") -> Link:
         """Open a link to ``peer`` at one of ``endpoints`` (``host:port`` strings).
+
+        Args:
+            peer: the peer's name.
+            endpoints: where it may be reached, best first (local, then STUN-reflexive).
+            public_key: the peer's raw 32-byte ed25519 identity key, for transports that
+                authenticate the other end.
 
         Raises:
             TransportError: no endpoint could be reached.
         """
+
+    def update_peer(  # noqa: B027 - optional: transports without peer state ignore it
+        self, peer: str, *, public_key: bytes = b"", endpoints: Sequence[str] = ()
+    ) -> None:
+        """Learn (or, with an empty ``public_key``, forget) a peer; the default ignores it."""
 
     async def probe(self, peer: str, endpoints: Sequence[str]) -> PathQuality | None:
         """Measure the path to ``peer``; None when it cannot be measured (the default)."""

@@ -260,6 +260,8 @@ class WireGuard:
         self.mtu = mtu
         self.under_load_threshold = under_load_threshold
         self.force_under_load = False
+        self.rekey_after_time = REKEY_AFTER_TIME
+        """Seconds after which an initiator rekeys (tests shorten it to watch a rekey)."""
         self.peers: dict[bytes, Peer] = {}
         self.drops: defaultdict[str, int] = defaultdict(int)
         self._by_name: dict[str, Peer] = {}
@@ -437,7 +439,9 @@ class WireGuard:
         if data_sent and peer.new_handshake_at is None:
             peer.new_handshake_at = now + _NEW_HANDSHAKE_AFTER + self._jitter()
         # keepKeyFreshSending
-        if counter > REKEY_AFTER_MESSAGES or (kp.initiator and now - kp.created > REKEY_AFTER_TIME):
+        if counter > REKEY_AFTER_MESSAGES or (
+            kp.initiator and now - kp.created > self.rekey_after_time
+        ):
             self._send_initiation(peer, now, retry=False)
         return out
 

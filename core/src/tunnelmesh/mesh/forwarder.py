@@ -1,0 +1,161 @@
+"""The forwarding loop between the TUN device and the links of the peers.
+
+Outbound: the TUN device becomes readable; up to ``batch`` packets are read at once, each is
+routed by its destination address through the :class:`~tunnelmesh.mesh.routing.RoutingTable`
+(one dict look-up), packets are grouped per peer, each group passes the packet filters (one
+``verdicts()`` call per group, never a pluggy hook) and goes to the peer's link in one
+``send_batch``.
+
+Inbound: a link pushes a batch (:meth:`Forwarder.deliver`); every packet whose inner source
+address does not belong to that peer is dropped as spoofed (WireGuard's cryptokey routing),
+the rest pass the filters and are written to the TUN device.
+
+Counters are kept in :attr:`Forwarder.stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+
+from tunnelmesh.abc import Link, PacketFilter
+from tunnelmesh.mesh.routing import PeerRoute, RoutingTable
+
+__all__ = ["Forwarder"]
+
+
+class Forwarder:
+    """Moves packets between a TUN file descriptor and the peers' links.
+
+    Args:
+        tun_fd: a non-blocking TUN descriptor (no packet-information header).
+        routes: the routing table (read only here).
+        filters: packet filters applied to each batch, outbound and inbound.
+        batch: how many packets one readiness callback reads at most.
+    """
+
+    def __init__(
+        self,
+        tun_fd: int,
+        routes: RoutingTable,
+        filters: Sequence[PacketFilter] = (),
+        *,
+        batch: int = 128,
+    ) -> None:
+        self.fd = tun_fd
+        self.routes = routes
+        self.filters = list(filters)
+        self.batch = batch
+        self.stats: defaultdict[str, int] = defaultdict(int)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start reading the TUN device (call from the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.fd, self._on_tun_readable)
+
+    def stop(self) -> None:
+        """Stop reading. Idempotent."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.fd)
+            self._loop = None
+
+    def attach(self, link: Link) -> None:
+        """Route packets of ``link.peer`` through ``link`` and receive from it."""
+        self.routes.set_link(link.peer, link)
+        link.set_receiver(self.deliver)
+
+    # --- outbound -------------------------------------------------------------------------------
+
+    def _on_tun_readable(self) -> None:
+        fd = self.fd
+        read = os.read
+        by_ip = self.routes.by_ip
+        lookup = self.routes.lookup
+        groups: dict[PeerRoute, list[bytes]] = {}
+        stats = self.stats
+        n = 0
+        for _ in range(self.batch):
+            try:
+                pkt = read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                stats["tun_read_error"] += 1
+                break
+            n += 1
+            version = pkt[0] >> 4
+            if version == 4:
+                dst = pkt[16:20]
+            elif version == 6:
+                dst = pkt[24:40]
+            else:
+                stats["dropped_not_ip"] += 1
+                continue
+            route = by_ip.get(dst) or lookup(dst)
+            if route is None:
+                stats["dropped_no_route"] += 1
+                continue
+            group = groups.get(route)
+            if group is None:
+                groups[route] = [pkt]
+            else:
+                group.append(pkt)
+        stats["tun_rx"] += n
+        for route, packets in groups.items():
+            link = route.link
+            if link is None:
+                stats["dropped_no_link"] += len(packets)
+                continue
+            if self.filters:
+                packets = self._filter(packets, route.name, False)
+                if not packets:
+                    continue
+            try:
+                link.send_batch(packets)
+            except Exception:
+                stats["dropped_link_error"] += len(packets)
+                continue
+            stats["tx_packets"] += len(packets)
+
+    def _filter(self, packets: list[bytes], peer: str, inbound: bool) -> list[bytes]:
+        for f in self.filters:
+            verdicts = f.verdicts(packets, peer, inbound)
+            kept = [p for p, ok in zip(packets, verdicts, strict=True) if ok]
+            self.stats["dropped_filter"] += len(packets) - len(kept)
+            packets = kept
+        return packets
+
+    # --- inbound --------------------------------------------------------------------------------
+
+    def deliver(self, link: Link, packets: list[bytes]) -> None:
+        """Check and write packets received from ``link.peer`` to the TUN device."""
+        stats = self.stats
+        route = self.routes.peers.get(link.peer)
+        if route is None:
+            stats["dropped_unknown_peer"] += len(packets)
+            return
+        by_ip = self.routes.by_ip
+        lookup = self.routes.lookup
+        good = []
+        for pkt in packets:
+            version = pkt[0] >> 4
+            src = pkt[12:16] if version == 4 else pkt[8:24]
+            if (by_ip.get(src) or lookup(src)) is not route:
+                stats["dropped_spoofed"] += 1
+                continue
+            good.append(pkt)
+        if self.filters and good:
+            good = self._filter(good, route.name, True)
+        fd = self.fd
+        write = os.write
+        for pkt in good:
+            try:
+                write(fd, pkt)
+            except BlockingIOError:
+                stats["dropped_tun_full"] += 1
+            except OSError:
+                stats["tun_write_error"] += 1
+        stats["rx_packets"] += len(good)
