@@ -105,7 +105,14 @@ def serve(
         raise click.BadParameter(str(exc), param_hint="--record") from None
     resolver = MeshResolver(backend, domains=doms, ttl=ttl)
     server = DnsServer(resolver, listen=listen, upstreams=list(upstreams) or None)
-    asyncio.run(_serve(server, backend, feed))
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is optional (not on Windows)
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(server, backend, feed))
 
 
 async def _serve(server: DnsServer, backend: CoordinatorBackend, feed: str | None) -> None:
