@@ -345,11 +345,15 @@ def verify(
             "The AWS Access Key Id you provided does not exist in our records.",
         )
     key = signing_key(secret, date, region)
-    creq = canonical_request(
-        req.method, canonical_uri(req.raw_path), query_string, req.headers, signed, payload
-    )
-    expected = _hmac_hex(key, string_to_sign(amz, scope, creq))
-    if not hmac.compare_digest(expected, signature.lower()):
+    # The canonical URI is the path decoded and re-encoded; some signers (botocore) use the
+    # path exactly as sent instead. Both are signatures over this very request.
+    expected = ""
+    for uri in dict.fromkeys([canonical_uri(req.raw_path), req.raw_path or "/"]):
+        creq = canonical_request(req.method, uri, query_string, req.headers, signed, payload)
+        expected = _hmac_hex(key, string_to_sign(amz, scope, creq))
+        if hmac.compare_digest(expected, signature.lower()):
+            break
+    else:
         raise SigV4Error(
             "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided.",

@@ -11,11 +11,12 @@ Keys are stored as UTF-8 BLOBs so that SQLite's ``memcmp`` order is S3's listing
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,48 @@ class Index:
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write: its own transaction, or a savepoint inside a batch (group commit)."""
+        if self.db.in_transaction:
+            self.db.execute("SAVEPOINT op")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK TO op")
+                self.db.execute("RELEASE op")
+                raise
+            self.db.execute("RELEASE op")
+            return
         self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def _commit(self) -> None:
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         self.db.execute("COMMIT")
 
-    def _rollback(self) -> None:
-        if self.db.in_transaction:
-            self.db.execute("ROLLBACK")
+    def batch(
+        self, ops: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[tuple[bool, Any]]:
+        """Run several writes in one transaction (one fsync); each succeeds or fails alone.
+
+        Returns (True, result) or (False, exception) per op, in order.
+        """
+        results: list[tuple[bool, Any]] = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for fn, args in ops:
+                try:
+                    results.append((True, fn(*args)))
+                except Exception as exc:
+                    results.append((False, exc))
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            return [(False, exc)] * len(ops)
+        return results
 
     def _need_bucket(self, bucket: str) -> None:
         if self.db.execute("SELECT 1 FROM buckets WHERE name=?", (bucket,)).fetchone() is None:
@@ -121,7 +154,8 @@ class Index:
     def create_bucket(self, bucket: str) -> BucketInfo:
         created = time.time()
         try:
-            self.db.execute("INSERT INTO buckets VALUES (?, ?)", (bucket, created))
+            with self._write():
+                self.db.execute("INSERT INTO buckets VALUES (?, ?)", (bucket, created))
         except sqlite3.IntegrityError:
             raise BucketAlreadyExists(f"bucket exists: {bucket}") from None
         return BucketInfo(name=bucket, created=created)
@@ -137,8 +171,8 @@ class Index:
         return [BucketInfo(name=name, created=created) for name, created in rows]
 
     def delete_bucket(self, bucket: str) -> list[str]:
-        db = self._tx()
-        try:
+        db = self.db
+        with self._write():
             self._need_bucket(bucket)
             if db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (bucket,)).fetchone():
                 raise BucketNotEmpty(f"bucket is not empty: {bucket}")
@@ -147,10 +181,6 @@ class Index:
             ]
             freed = self._drop_uploads(uploads)
             db.execute("DELETE FROM buckets WHERE name=?", (bucket,))
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
         return freed
 
     def _drop_uploads(self, uploads: Iterable[str]) -> list[str]:
@@ -171,8 +201,8 @@ class Index:
     def put_object(self, bucket: str, info: ObjectInfo, segments: Sequence[Segment]) -> list[str]:
         """Insert or replace an object row; return the replaced object's blobs."""
         raw_key = info.key.encode("utf-8")
-        db = self._tx()
-        try:
+        db = self.db
+        with self._write():
             self._need_bucket(bucket)
             freed = self._segments_of(bucket, raw_key)
             db.execute(
@@ -189,10 +219,6 @@ class Index:
                     json.dumps(list(segments)),
                 ),
             )
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
         return freed
 
     def _segments_of(self, bucket: str, raw_key: bytes) -> list[str]:
@@ -213,15 +239,11 @@ class Index:
 
     def delete_object(self, bucket: str, key: str) -> tuple[bool, list[str]]:
         raw_key = key.encode("utf-8")
-        db = self._tx()
-        try:
+        db = self.db
+        with self._write():
             self._need_bucket(bucket)
             freed = self._segments_of(bucket, raw_key)
             db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, raw_key))
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
         return bool(freed), freed
 
     def list_objects(
@@ -290,8 +312,8 @@ class Index:
     # --- multipart uploads ---
 
     def create_upload(self, upload: UploadInfo) -> None:
-        db = self._tx()
-        try:
+        db = self.db
+        with self._write():
             self._need_bucket(upload.bucket)
             db.execute(
                 "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
@@ -304,10 +326,6 @@ class Index:
                     _meta_json(upload.metadata, upload.headers, {}),
                 ),
             )
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
 
     def get_upload(self, bucket: str, key: str, upload_id: str) -> UploadInfo:
         row = self.db.execute(
@@ -330,8 +348,8 @@ class Index:
     def put_part(
         self, bucket: str, key: str, upload_id: str, part: PartInfo, blob: str
     ) -> list[str]:
-        db = self._tx()
-        try:
+        db = self.db
+        with self._write():
             self.get_upload(bucket, key, upload_id)
             old = db.execute(
                 "SELECT blob FROM parts WHERE upload_id=? AND number=?", (upload_id, part.number)
@@ -340,10 +358,6 @@ class Index:
                 "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?)",
                 (upload_id, part.number, blob, part.size, part.etag, part.last_modified),
             )
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
         return [] if old is None else [old[0]]
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
@@ -362,8 +376,8 @@ class Index:
         wanted: Sequence[tuple[int, str]],
         min_part: int,
     ) -> tuple[ObjectInfo, list[str]]:
-        db = self._tx()
-        try:
+        db = self.db
+        with self._write():
             upload = self.get_upload(bucket, key, upload_id)
             have = {
                 n: (blob, size, etag)
@@ -375,11 +389,10 @@ class Index:
                 raise InvalidPart("a multipart upload needs at least one part", reason="missing")
             segments: list[Segment] = []
             digests = hashlib.md5(usedforsecurity=False)
-            previous = 0
+            numbers = [number for number, _ in wanted]
+            if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+                raise InvalidPart("parts must be listed in ascending order", reason="order")
             for i, (number, etag) in enumerate(wanted):
-                if number <= previous:
-                    raise InvalidPart("parts must be listed in ascending order", reason="order")
-                previous = number
                 part = have.get(number)
                 if part is None or part[2] != etag.strip('"').lower():
                     raise InvalidPart(
@@ -422,21 +435,12 @@ class Index:
                     json.dumps(segments),
                 ),
             )
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
         return info, freed
 
     def abort_upload(self, bucket: str, key: str, upload_id: str) -> list[str]:
-        self._tx()
-        try:
+        with self._write():
             self.get_upload(bucket, key, upload_id)
             freed = self._drop_uploads([upload_id])
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
         return freed
 
     def list_uploads(self, bucket: str, prefix: str) -> list[UploadInfo]:
