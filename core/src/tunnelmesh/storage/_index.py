@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import sqlite3
 import time
@@ -390,7 +391,7 @@ class Index:
             segments: list[Segment] = []
             digests = hashlib.md5(usedforsecurity=False)
             numbers = [number for number, _ in wanted]
-            if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(numbers)):
                 raise InvalidPart("parts must be listed in ascending order", reason="order")
             for i, (number, etag) in enumerate(wanted):
                 part = have.get(number)

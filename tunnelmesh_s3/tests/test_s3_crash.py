@@ -1,0 +1,133 @@
+"""SIGKILL the standalone server in the middle of a PUT: the object is absent or whole after."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tunnelmesh_s3 import sigv4
+
+AK, SK = "AKCRASHTEST", "crash-secret"
+MiB = 1024 * 1024
+
+
+@contextmanager
+def server(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    env = dict(os.environ, TUNNELMESH_S3_ACCESS_KEY=AK, TUNNELMESH_S3_SECRET_KEY=SK)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunnelmesh",
+            "s3",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the server prints one line once it listens (or dies)
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert m, (
+            f"server did not start: {line}{proc.stdout.read() if proc.poll() is not None else ''}"
+        )
+        yield proc, int(m.group(1))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def s3(port: int):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id=AK,
+        aws_secret_access_key=SK,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def written_in_tmp(data_dir: Path) -> int:
+    tmp = data_dir / "objects" / "tmp"
+    return sum(p.stat().st_size for p in tmp.iterdir()) if tmp.exists() else 0
+
+
+def start_put(
+    port: int, key: str, payload: bytes, sent_before_stall: int
+) -> http.client.HTTPConnection:
+    """Send headers and the first part of an UNSIGNED-PAYLOAD PUT, then stall."""
+    path = f"/crash/{key}"
+    headers = {"host": f"127.0.0.1:{port}"}
+    sigv4.sign_headers(
+        "PUT", path, "", headers, access_key=AK, secret=SK, region="us-east-1", now=time.time()
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.putheader("Content-Length", str(len(payload)))
+    conn.endheaders()
+    conn.send(payload[:sent_before_stall])
+    return conn
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new-key", "overwrite"])
+def test_kill_mid_put_leaves_absent_or_whole(tmp_path: Path, overwrite: bool) -> None:
+    old = b"old version " * 1000
+    payload = os.urandom(32 * MiB)
+    with server(tmp_path) as (proc, port):
+        client = s3(port)
+        client.create_bucket(Bucket="crash")
+        if overwrite:
+            client.put_object(Bucket="crash", Key="obj", Body=old)
+        conn = start_put(port, "obj", payload, 8 * MiB)
+        deadline = time.monotonic() + 30
+        while written_in_tmp(tmp_path) < 4 * MiB:  # the server is writing the body
+            assert time.monotonic() < deadline, "the server never started writing the body"
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        conn.close()
+    assert written_in_tmp(tmp_path) > 0  # a partial write really was on disk
+    with server(tmp_path) as (proc, port):
+        client = s3(port)
+        if overwrite:
+            assert client.get_object(Bucket="crash", Key="obj")["Body"].read() == old
+        else:
+            with pytest.raises(ClientError) as err:
+                client.head_object(Bucket="crash", Key="obj")
+            assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert written_in_tmp(tmp_path) == 0  # recovery removed the partial write
+        # the store works normally afterwards
+        client.put_object(Bucket="crash", Key="obj", Body=payload[:MiB])
+        got = client.get_object(Bucket="crash", Key="obj")["Body"].read()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload[:MiB]).digest()
