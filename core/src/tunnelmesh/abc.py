@@ -196,13 +196,22 @@ class PacketFilter(abc.ABC):
 
 
 class DnsBackend(abc.ABC):
-    """Answers names inside the mesh domain for the built-in resolver."""
+    """Answers names inside the mesh domain for the built-in resolver.
+
+    A backend that also has an integer ``version`` attribute, increased on every change of
+    its records, gets its answers cached by the resolver until the version changes.
+    """
 
     name: ClassVar[str]
 
     @abc.abstractmethod
     def lookup(self, qname: str, qtype: str) -> list[str] | None:
         """Return the record values for ``qname``/``qtype`` ("A", "AAAA", "PTR"), or None.
+
+        For "A" and "AAAA", ``qname`` is lower-case and relative to the mesh domain
+        (``alpha`` for ``alpha.tunnelmesh``, ``www.alpha`` for an alias) and the values are
+        IP addresses. For "PTR", ``qname`` is an IP address in text form and the values are
+        names relative to the mesh domain. Called on the event loop: it must not block.
 
         None means "not a name of mine"; an empty list means "my name, no such record".
         """
