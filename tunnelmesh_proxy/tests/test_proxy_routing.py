@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tunnelmesh.abc import ProxyRule, Upstream
 from tunnelmesh_proxy.http1 import connection_tokens, error_response, origin_form
 from tunnelmesh_proxy.listen import dedupe, parse_address, parse_listen
@@ -12,8 +11,8 @@ from tunnelmesh_proxy.routing import (
     CmuxRule,
     HostsFileLookup,
     MeshPeerRule,
-    Router,
     RouteError,
+    Router,
     match_host,
     parse_port,
     resolver_lookup,
@@ -30,7 +29,14 @@ PEER = "x-tunnelmesh-peer"
 
 @pytest.mark.parametrize(
     ("raw", "port"),
-    [("3000", 3000), ("  3000\t", 3000), ("0003000", 3000), ("+80", 80), ("65535", 65535), ("1", 1)],
+    [
+        ("3000", 3000),
+        ("  3000\t", 3000),
+        ("0003000", 3000),
+        ("+80", 80),
+        ("65535", 65535),
+        ("1", 1),
+    ],
 )
 def test_port_header_accepts_decimal_u16(raw: str, port: int) -> None:
     assert parse_port(raw) == port
@@ -171,9 +177,18 @@ def test_port_is_checked_before_workspace() -> None:
         ({}, NO_ROUTE),
         ({"host": "example.com"}, NO_ROUTE),
         ({PORT: "3000", WS: "  "}, "X-Cmux-Workspace-Internal cannot be empty"),
-        ({PORT: "3000", WS: "w\xe9"}, "invalid header value (not UTF-8): X-Cmux-Workspace-Internal"),
-        ({PORT: "3000", WS: "workspace-99999999999"}, "invalid workspace name: workspace-99999999999"),
-        ({"host": "workspace-99999999999-80.localhost"}, "invalid workspace name: workspace-99999999999"),
+        (
+            {PORT: "3000", WS: "w\xe9"},
+            "invalid header value (not UTF-8): X-Cmux-Workspace-Internal",
+        ),
+        (
+            {PORT: "3000", WS: "workspace-99999999999"},
+            "invalid workspace name: workspace-99999999999",
+        ),
+        (
+            {"host": "workspace-99999999999-80.localhost"},
+            "invalid workspace name: workspace-99999999999",
+        ),
     ],
 )
 def test_route_errors(headers: dict[str, str], reason: str) -> None:
@@ -278,7 +293,17 @@ def test_parse_address() -> None:
 
 
 @pytest.mark.parametrize(
-    "item", ["localhost:8080", "8080", ":8080", " 127.0.0.1:8080", "127.0.0.1:8080 ", "::1:80", "1.2.3.4:70000", ""]
+    "item",
+    [
+        "localhost:8080",
+        "8080",
+        ":8080",
+        " 127.0.0.1:8080",
+        "127.0.0.1:8080 ",
+        "::1:80",
+        "1.2.3.4:70000",
+        "",
+    ],
 )
 def test_parse_address_rejects(item: str) -> None:
     with pytest.raises(ValueError):
@@ -296,7 +321,14 @@ def test_listen_repeated_and_comma_separated() -> None:
 
 def test_wildcard_covers_its_family_and_port_only() -> None:
     got = dedupe(
-        [("127.0.0.1", 80), ("0.0.0.0", 80), ("127.0.0.1", 81), ("::1", 80), ("::", 80), ("::1", 81)]
+        [
+            ("127.0.0.1", 80),
+            ("0.0.0.0", 80),
+            ("127.0.0.1", 81),
+            ("::1", 80),
+            ("::", 80),
+            ("::1", 81),
+        ]
     )
     assert got == [("0.0.0.0", 80), ("::", 80), ("127.0.0.1", 81), ("::1", 81)]
     assert dedupe([("0.0.0.0", 0), ("127.0.0.1", 0)]) == [("0.0.0.0", 0)]
@@ -321,7 +353,11 @@ def test_origin_form(target: bytes, expected: bytes) -> None:
 
 
 def test_connection_tokens() -> None:
-    assert connection_tokens(b"Keep-Alive, X-Foo ,,upgrade") == {b"keep-alive", b"x-foo", b"upgrade"}
+    assert connection_tokens(b"Keep-Alive, X-Foo ,,upgrade") == {
+        b"keep-alive",
+        b"x-foo",
+        b"upgrade",
+    }
 
 
 def test_error_response_is_plain_text() -> None:

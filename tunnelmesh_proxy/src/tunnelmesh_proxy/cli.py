@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 import click
-
 from tunnelmesh.abc import ProxyRule
+
 from tunnelmesh_proxy import listen as listen_mod
 from tunnelmesh_proxy.routing import HostsFileLookup, PeerLookup, Router, resolver_lookup
 
@@ -201,7 +201,12 @@ def proxy(ctx: click.Context, **opts: Any) -> None:
         sys.stdout.flush()
 
     status = serve(
-        lambda: router, addresses, workers=workers, loop=opts["loop"], announce=announce, **server_options
+        lambda: router,
+        addresses,
+        workers=workers,
+        loop=opts["loop"],
+        announce=announce,
+        **server_options,
     )
     ctx.exit(status)
 

@@ -24,9 +24,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httptools
-
 from tunnelmesh.abc import Upstream
-from tunnelmesh_proxy.http1 import HOP_BY_HOP, LAST_CHUNK, Framing, connection_tokens, error_response, http_date, origin_form
+
+from tunnelmesh_proxy.http1 import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    Framing,
+    connection_tokens,
+    error_response,
+    http_date,
+    origin_form,
+)
 from tunnelmesh_proxy.routing import Router
 from tunnelmesh_proxy.upstream import Pool, UpstreamConnection, describe_error
 
@@ -311,10 +319,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.parsing
         if req is None or req.error is not None or req.response_done:
             return
-        if req.framing == Framing.CHUNKED:
-            data = b"%x\r\n%b\r\n" % (len(body), body)
-        else:
-            data = body
+        data = b"%x\r\n%b\r\n" % (len(body), body) if req.framing == Framing.CHUNKED else body
         up = self.up
         if up is not None and req is self.active and up.transport is not None:
             up.transport.write(data)
@@ -392,7 +397,9 @@ class ClientConnection(asyncio.Protocol):
             up.transport.close()  # type: ignore[union-attr]
             return
         if req.connect:
-            self.transport.write(b"HTTP/1.1 200 OK\r\nconnection: upgrade\r\n" + http_date() + b"\r\n")
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nconnection: upgrade\r\n" + http_date() + b"\r\n"
+            )
             up.begin(self, req)
             up.tunnel = True
             self.up = up

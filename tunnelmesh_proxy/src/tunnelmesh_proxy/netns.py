@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from tunnelmesh.abc import Upstream
 from tunnelmesh.errors import ConfigError
+
 from tunnelmesh_proxy.routing import workspace_ip
 
 __all__ = ["namespace_name", "run_in_namespace", "workspace_connector"]
@@ -106,9 +107,13 @@ def workspace_connector(
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+        proc = subprocess.run(
+            ["ip", *args], capture_output=True, text=True, timeout=30, check=False
+        )
     except FileNotFoundError:
-        raise ConfigError("namespace mode needs iproute2's `ip` (apt-get install iproute2)") from None
+        raise ConfigError(
+            "namespace mode needs iproute2's `ip` (apt-get install iproute2)"
+        ) from None
     if check and proc.returncode != 0:
         raise ConfigError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc

@@ -8,7 +8,6 @@ from tunnelmesh import hookimpl
 
 if TYPE_CHECKING:
     import click
-
     from tunnelmesh.registry import Registry
 
 

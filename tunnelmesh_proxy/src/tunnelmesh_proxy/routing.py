@@ -226,7 +226,10 @@ class HostsFileLookup:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], domain: str = "tunnelmesh", clock: Callable[[], float] = time.monotonic
+        self,
+        path: str | os.PathLike[str],
+        domain: str = "tunnelmesh",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = os.fspath(path)
         self.suffix = "." + domain.strip(".").lower()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunnelmesh.errors import TransportError
+
 from tunnelmesh_proxy.client import ClientConnection, ProxyContext
 from tunnelmesh_proxy.routing import Router
 
@@ -96,7 +97,9 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         ctx = self.ctx = ProxyContext(self.router, **self.options)
         for sock in sockets:
-            server = await loop.create_server(lambda: ClientConnection(ctx), sock=sock, backlog=1024)
+            server = await loop.create_server(
+                lambda: ClientConnection(ctx), sock=sock, backlog=1024
+            )
             self.servers.append(server)
         self._sweeper = loop.call_later(1.0, self._sweep)
 
@@ -151,14 +154,19 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] 
             import uvloop
         except ImportError:
             if name == "uvloop":
-                raise TransportError("uvloop is not installed: pip install 'tunnelmesh[fast]'") from None
+                raise TransportError(
+                    "uvloop is not installed: pip install 'tunnelmesh[fast]'"
+                ) from None
             return None
         return uvloop.new_event_loop  # type: ignore[no-any-return]
     return None
 
 
 async def _serve_sockets(
-    make_router: Callable[[], Router], sockets: Sequence[socket.socket], grace: float, options: dict[str, Any]
+    make_router: Callable[[], Router],
+    sockets: Sequence[socket.socket],
+    grace: float,
+    options: dict[str, Any],
 ) -> None:
     server = ProxyServer(make_router(), **options)
     await server.start(sockets)
@@ -243,4 +251,3 @@ def serve(
         for sig, handler in old.items():
             signal.signal(sig, handler)
     return status
-

@@ -34,7 +34,9 @@ def default_shim_path() -> Path:
     return Path(cache) / "tunnelmesh" / "proxy" / f"libworkspace_net-{digest}.so"
 
 
-def build_shim(output: str | os.PathLike[str] | None, *, cc: str = "cc", force: bool = False) -> Path:
+def build_shim(
+    output: str | os.PathLike[str] | None, *, cc: str = "cc", force: bool = False
+) -> Path:
     """Compile the shim (unless the library for this source exists) and return its path.
 
     Raises:
@@ -45,23 +47,40 @@ def build_shim(output: str | os.PathLike[str] | None, *, cc: str = "cc", force: 
         return target
     compiler = shutil.which(cc)
     if compiler is None:
-        raise ConfigError(f"no C compiler {cc!r} found: install gcc (apt-get install gcc) or set CC")
+        raise ConfigError(
+            f"no C compiler {cc!r} found: install gcc (apt-get install gcc) or set CC"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tm-shim-") as tmp:
         src = Path(tmp) / SHIM_SOURCE
         src.write_bytes(_source())
         lib = Path(tmp) / "lib.so"
-        cmd = [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(lib), str(src), "-ldl", "-lpthread"]
+        cmd = [
+            compiler,
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-o",
+            str(lib),
+            str(src),
+            "-ldl",
+            "-lpthread",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
-            raise ConfigError(f"compiling the shim failed: {proc.stderr.strip() or proc.returncode}")
+            raise ConfigError(
+                f"compiling the shim failed: {proc.stderr.strip() or proc.returncode}"
+            )
         tmp_target = target.with_name(f".{target.name}.{os.getpid()}")
         shutil.copyfile(lib, tmp_target)
         os.replace(tmp_target, target)  # atomic: concurrent builds never see half a file
     return target
 
 
-def shim_environment(env: Mapping[str, str], library: str | os.PathLike[str], workspace: str) -> dict[str, str]:
+def shim_environment(
+    env: Mapping[str, str], library: str | os.PathLike[str], workspace: str
+) -> dict[str, str]:
     """``env`` with the shim preloaded (ahead of any other preload) and the workspace set."""
     out = dict(env)
     preload = [os.fspath(library)]

@@ -98,7 +98,9 @@ class _UpstreamProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self.transport is not None
         local = self.transport.get_extra_info("sockname")[0]
-        req = Received(self.parser.get_method(), self._url, self._headers, b"".join(self._body), local)
+        req = Received(
+            self.parser.get_method(), self._url, self._headers, b"".join(self._body), local
+        )
         self.server.received.append(req)
         out = self.server.responder(req)
         if out:
@@ -126,7 +128,9 @@ class HttpUpstream:
 
     async def start(self) -> HttpUpstream:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _UpstreamProtocol(self), self.host, self.port)
+        self._server = await loop.create_server(
+            lambda: _UpstreamProtocol(self), self.host, self.port
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -221,4 +225,6 @@ async def read_response(
             if on_first_body is not None and state.body and not seen_first:
                 seen_first = True
                 await on_first_body(state.body[0])
-        return Response(parser.get_status_code(), state.headers, b"".join(state.body), state.chunked)
+        return Response(
+            parser.get_status_code(), state.headers, b"".join(state.body), state.chunked
+        )

@@ -9,13 +9,14 @@ arrive (no buffering). Between exchanges it waits in the :class:`Pool`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING
 
 import httptools
-
 from tunnelmesh.abc import Upstream
+
 from tunnelmesh_proxy.http1 import HOP_BY_HOP, LAST_CHUNK, Framing, connection_tokens, http_date
 
 if TYPE_CHECKING:
@@ -102,10 +103,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -199,7 +198,9 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             self._informational = True
             if not req.http10:
-                client.transport.write(b"".join((status_line(status, self._reason), *lines, b"\r\n")))
+                client.transport.write(
+                    b"".join((status_line(status, self._reason), *lines, b"\r\n"))
+                )
             self._lines, self._reason, self._conn_tokens = [], b"", None
             return
         if status == 101:
@@ -210,6 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
                 head.append(b"upgrade: " + self._upgrade_value + b"\r\n")
             head.append(b"\r\n")
             self.out = Framing.NONE
+            self.tunnel = True  # llhttp calls on_message_complete before raising the upgrade
             client.transport.write(b"".join(head))
             return
         body_allowed = not (req.is_head or status == 204 or status == 304)
@@ -284,10 +286,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _switch_to_tunnel(self, rest: bytes) -> None:
         client = self.client
-        if client is None or self.req is None or not self.req.upgrade:
+        if client is None or not self.tunnel:
             self.transport.abort()  # type: ignore[union-attr]
             return
-        self.tunnel = True
         if rest:
             client.transport.write(rest)
         client.tunnel_established(self)
@@ -308,7 +309,10 @@ class Pool:
     """
 
     def __init__(
-        self, max_idle: int = 64, idle_timeout: float = 30.0, private_headers: frozenset[str] = frozenset()
+        self,
+        max_idle: int = 64,
+        idle_timeout: float = 30.0,
+        private_headers: frozenset[str] = frozenset(),
     ) -> None:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
