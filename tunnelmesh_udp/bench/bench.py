@@ -86,8 +86,9 @@ def main() -> None:
             stop_process(p)
 
         for label, extra in (
-            ("tunnelmesh (no GSO/GRO)", {"gso": False, "gro": False}),
-            ("tunnelmesh (UDP GSO+GRO)", {"gso": True, "gro": True}),
+            ("tunnelmesh (plain)", {"gso": False, "gro": False, "tun_coalesce": False}),
+            ("tunnelmesh (+UDP GSO/GRO)", {"gso": True, "gro": True, "tun_coalesce": False}),
+            ("tunnelmesh (+TUN coalescing)", {"gso": True, "gro": True, "tun_coalesce": True}),
         ):
             nodes = [
                 start_static_node(

@@ -63,6 +63,7 @@ class StaticConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gso: bool = True
     gro: bool = True
     rekey_after_time: float = 120.0
+    tun_coalesce: bool = True
     peers: list[StaticPeer] = msgspec.field(default_factory=list)
 
     def x25519_private_key(self) -> bytes:
@@ -118,10 +119,14 @@ async def run_static(config: StaticConfig, stop: asyncio.Event | None = None) ->
     transport.engine.rekey_after_time = config.rekey_after_time
     # pyroute2 runs its own event loop, so netlink work happens in a thread
     tun = await asyncio.to_thread(
-        TunDevice.create, config.interface, address=config.address, mtu=config.mtu
+        TunDevice.create,
+        config.interface,
+        address=config.address,
+        mtu=config.mtu,
+        vnet_hdr=config.tun_coalesce,
     )
     with tun:
-        forwarder = Forwarder(tun.fileno(), routes)
+        forwarder = Forwarder(tun.fileno(), routes, vnet_hdr=config.tun_coalesce)
         await transport.listen(forwarder.attach)
         for i, p in enumerate(config.peers):
             name = p.name or f"peer{i}"

@@ -8,7 +8,9 @@ routed by its destination address through the :class:`~tunnelmesh.mesh.routing.R
 
 Inbound: a link pushes a batch (:meth:`Forwarder.deliver`); every packet whose inner source
 address does not belong to that peer is dropped as spoofed (WireGuard's cryptokey routing),
-the rest pass the filters and are written to the TUN device.
+the rest pass the filters and are written to the TUN device. With ``vnet_hdr`` (a TUN device
+opened with IFF_VNET_HDR), TCP segments of one flow are first coalesced into super-packets
+(:mod:`tunnelmesh.mesh.offload`).
 
 Counters are kept in :attr:`Forwarder.stats`.
 """
@@ -21,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from tunnelmesh.abc import Link, PacketFilter
+from tunnelmesh.mesh.offload import coalesce_ipv4_tcp
 from tunnelmesh.mesh.routing import PeerRoute, RoutingTable
 
 __all__ = ["Forwarder"]
@@ -43,8 +46,10 @@ class Forwarder:
         filters: Sequence[PacketFilter] = (),
         *,
         batch: int = 128,
+        vnet_hdr: bool = False,
     ) -> None:
         self.fd = tun_fd
+        self.vnet_hdr = vnet_hdr
         self.routes = routes
         self.filters = list(filters)
         self.batch = batch
@@ -76,6 +81,7 @@ class Forwarder:
         lookup = self.routes.lookup
         groups: dict[PeerRoute, list[bytes]] = {}
         stats = self.stats
+        vnet = self.vnet_hdr
         n = 0
         for _ in range(self.batch):
             try:
@@ -86,6 +92,10 @@ class Forwarder:
                 stats["tun_read_error"] += 1
                 break
             n += 1
+            if vnet:
+                pkt = pkt[10:]  # no TUNSETOFFLOAD for reads: the header is all zero
+                if not pkt:
+                    continue
             version = pkt[0] >> 4
             if version == 4:
                 dst = pkt[16:20]
@@ -151,6 +161,12 @@ class Forwarder:
             good = self._filter(good, route.name, True)
         fd = self.fd
         write = os.write
+        if self.vnet_hdr:
+            good_writes = coalesce_ipv4_tcp(good)
+            stats["tun_writes"] += len(good_writes)
+            good, count = good_writes, len(good)
+        else:
+            count = len(good)
         for pkt in good:
             try:
                 write(fd, pkt)
@@ -158,4 +174,4 @@ class Forwarder:
                 stats["dropped_tun_full"] += 1
             except OSError:
                 stats["tun_write_error"] += 1
-        stats["rx_packets"] += len(good)
+        stats["rx_packets"] += count
