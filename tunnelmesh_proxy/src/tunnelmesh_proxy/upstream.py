@@ -82,6 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.tunnel = False
         self.lost = False
+        self.wbuf: list[bytes] = []
+        self.sink: asyncio.Transport = None  # type: ignore[assignment]  # the client's transport
         self._reset()
 
     def _reset(self) -> None:
@@ -123,10 +125,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             self.keep = False
+            self._flush()
             self.transport.abort()  # type: ignore[union-attr]
             if self.client is not None and self.out is None:
                 self.client.upstream_failed(self, f"invalid response: {exc}")
             return
+        self._flush()
         if self.finish_after_feed:  # a HEAD response: llhttp would wait for a body
             self.parser = httptools.HttpResponseParser(self)
             self._finish()
@@ -198,9 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             self._informational = True
             if not req.http10:
-                client.transport.write(
-                    b"".join((status_line(status, self._reason), *lines, b"\r\n"))
-                )
+                self._emit(b"".join((status_line(status, self._reason), *lines, b"\r\n")))
             self._lines, self._reason, self._conn_tokens = [], b"", None
             return
         if status == 101:
@@ -212,7 +214,7 @@ class UpstreamConnection(asyncio.Protocol):
             head.append(b"\r\n")
             self.out = Framing.NONE
             self.tunnel = True  # llhttp calls on_message_complete before raising the upgrade
-            client.transport.write(b"".join(head))
+            self._emit(b"".join(head))
             return
         body_allowed = not (req.is_head or status == 204 or status == 304)
         framing = self.upstream_framing
@@ -237,7 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._has_date:
             head.append(http_date())
         head.append(b"\r\n")
-        client.transport.write(b"".join(head))
+        self._emit(b"".join(head))
         if req.is_head:
             self.keep = self.parser.should_keep_alive()
             self.finish_after_feed = True
@@ -250,9 +252,9 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or not body:
             return
         if self.out == Framing.CHUNKED:
-            client.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+            self.wbuf += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
-            client.transport.write(body)
+            self.wbuf.append(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -268,11 +270,25 @@ class UpstreamConnection(asyncio.Protocol):
     # --- exchange lifecycle -------------------------------------------------------------------
 
     def begin(self, client: ClientConnection, req: Request) -> None:
-        """Start an exchange: send the request head and whatever body arrived so far."""
+        """Start an exchange for ``client`` (which then sends the request head and body)."""
         self.client, self.req = client, req
+        self.sink = client.transport
         self._reset()
         if client.write_paused:
             self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _emit(self, data: bytes) -> None:
+        self.wbuf.append(data)
+
+    def _flush(self) -> None:
+        """Write what this batch of upstream bytes produced with one call: one syscall."""
+        buf = self.wbuf
+        if buf:
+            self.wbuf = []
+            if len(buf) == 1:
+                self.sink.write(buf[0])
+            else:
+                self.sink.writelines(buf)
 
     def _finish(self) -> None:
         client, req = self.client, self.req
@@ -280,7 +296,8 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or req is None:
             return
         if self.out == Framing.CHUNKED:
-            client.transport.write(LAST_CHUNK)
+            self.wbuf.append(LAST_CHUNK)
+        self._flush()
         reusable = self.keep and req.request_done and not self.lost
         client.response_finished(self, reusable)
 
@@ -289,6 +306,7 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None or not self.tunnel:
             self.transport.abort()  # type: ignore[union-attr]
             return
+        self._flush()
         if rest:
             client.transport.write(rest)
         client.tunnel_established(self)
