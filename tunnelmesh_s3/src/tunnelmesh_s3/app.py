@@ -30,7 +30,7 @@ from tunnelmesh_s3.auth import Action, Authorizer, Principal
 from tunnelmesh_s3.errors import S3Error, from_storage
 from tunnelmesh_s3.xmlio import error_document
 
-__all__ = ["MAX_OBJECT_SIZE", "REQUEST_ID", "Call", "S3Config", "build_app"]
+__all__ = ["MAX_OBJECT_SIZE", "Call", "S3Config", "build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ MAX_OBJECT_SIZE = 5 * 1024**3
 """The largest single PUT or part, as S3 (multipart objects may be larger)."""
 
 ADMIN_PREFIX = "/_tunnelmesh/"
-REQUEST_ID = "tunnelmesh_s3.request_id"
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,7 @@ class Call:
     bucket: str
     key: str
     params: dict[str, str] = field(default_factory=dict)
+    request_id: str = ""
 
     async def need(self, action: Action, bucket: str | None = None) -> None:
         """Raise AccessDenied (or NoSuchBucket) unless the caller may ``action`` the bucket."""
@@ -140,9 +140,8 @@ def build_app(
 async def _handle(request: web.Request) -> web.StreamResponse:
     request_id = secrets.token_hex(8).upper()
     raw_path, _, raw_query = request.raw_path.partition("?")
-    request[REQUEST_ID] = request_id
     try:
-        response = await _dispatch(request, raw_path, raw_query)
+        response = await _dispatch(request, raw_path, raw_query, request_id)
     except S3Error as err:
         response = _error(request, err, raw_path, request_id)
     except sigv4.SigV4Error as exc:
@@ -169,7 +168,9 @@ def _error(request: web.Request, err: S3Error, resource: str, request_id: str) -
     )
 
 
-async def _dispatch(request: web.Request, raw_path: str, raw_query: str) -> web.StreamResponse:
+async def _dispatch(
+    request: web.Request, raw_path: str, raw_query: str, request_id: str
+) -> web.StreamResponse:
     app = request.app
     storage, authorizer, config = app[STORAGE_KEY], app[AUTH_KEY], app[CONFIG_KEY]
     host = request.headers.get("Host", "")
@@ -201,6 +202,7 @@ async def _dispatch(request: web.Request, raw_path: str, raw_query: str) -> web.
         bucket,
         key,
         params,
+        request_id=request_id,
     )
     if config.admin_api and raw_path.startswith(ADMIN_PREFIX) and not _virtual(host, config):
         from tunnelmesh_s3 import admin

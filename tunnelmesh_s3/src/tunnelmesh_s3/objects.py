@@ -13,7 +13,7 @@ from tunnelmesh.abc import ObjectInfo
 from tunnelmesh.errors import NoSuchKey
 from tunnelmesh.storage import check_key
 
-from tunnelmesh_s3.app import MAX_OBJECT_SIZE, REQUEST_ID, Call, Handler
+from tunnelmesh_s3.app import MAX_OBJECT_SIZE, Call, Handler
 from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS, Body
 from tunnelmesh_s3.buckets import UNSUPPORTED, xml
 from tunnelmesh_s3.errors import S3Error
@@ -299,7 +299,7 @@ async def get_object(call: Call) -> web.StreamResponse:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         response = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
         response.content_length = end - start
-        response.headers["x-amz-request-id"] = request.get(REQUEST_ID, "")
+        response.headers["x-amz-request-id"] = call.request_id
         await response.prepare(request)
         async for chunk in reader.stream(start, end):
             await response.write(chunk)

@@ -1,0 +1,219 @@
+"""S3 throughput beside the raw speed of the same disk, in one bounded run.
+
+    uv run python tunnelmesh_s3/bench/bench_s3.py [--dir DIR] [--quick]
+
+Starts ``tunnelmesh s3 serve`` as a subprocess on 127.0.0.1 (port 0) with its data in DIR, and
+measures from this process with a light aiohttp client (SigV4 headers, ``UNSIGNED-PAYLOAD``
+bodies, so the client spends little CPU):
+
+* PUT and GET throughput of 1 MiB objects (16 in flight) and 256 MiB objects (one at a time);
+* small-object (4 KiB) PUT and GET operations per second with 16 parallel clients;
+* the same directory's raw speed: write+fsync and read of the same sizes, with 16 threads for
+  the small files.
+
+Reads on both sides come from the page cache when the data fits in memory (nothing drops
+caches). Every loop is bounded by a count; the whole run writes about 1.5 GiB (0.3 with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+
+from tunnelmesh_s3 import sigv4
+
+AK, SK = "AKBENCH", "bench-secret"
+MiB = 1024 * 1024
+
+
+# --- raw disk ------------------------------------------------------------------------------------
+
+
+def raw_write(path: Path, data: bytes, chunk: int = MiB) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        for i in range(0, len(data), chunk):
+            os.write(fd, view[i : i + chunk])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def raw_read(path: Path, chunk: int = MiB) -> int:
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while data := f.read(chunk):
+            n += len(data)
+    return n
+
+
+def raw_bench(root: Path, size: int, count: int, threads: int) -> tuple[float, float]:
+    """(write, read) seconds for ``count`` files of ``size`` bytes with ``threads`` workers."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    paths = [root / f"f{i}" for i in range(count)]
+    with ThreadPoolExecutor(threads) as pool:
+        t = time.perf_counter()
+        list(pool.map(lambda p: raw_write(p, data), paths))
+        w = time.perf_counter() - t
+        t = time.perf_counter()
+        list(pool.map(raw_read, paths))
+        r = time.perf_counter() - t
+    shutil.rmtree(root)
+    return w, r
+
+
+# --- S3 ------------------------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self.session, self.port = session, port
+
+    def _headers(self, method: str, path: str) -> dict[str, str]:
+        headers = {"host": f"127.0.0.1:{self.port}"}
+        sigv4.sign_headers(
+            method, path, "", headers, access_key=AK, secret=SK, region="us-east-1", now=time.time()
+        )
+        del headers["host"]
+        return headers
+
+    async def put(self, path: str, data: bytes) -> None:
+        async with self.session.put(
+            f"http://127.0.0.1:{self.port}{path}", data=data, headers=self._headers("PUT", path)
+        ) as r:
+            await r.read()
+            assert r.status == 200, (r.status, await r.text())
+
+    async def get(self, path: str) -> int:
+        n = 0
+        async with self.session.get(
+            f"http://127.0.0.1:{self.port}{path}", headers=self._headers("GET", path)
+        ) as r:
+            assert r.status == 200, r.status
+            async for chunk in r.content.iter_chunked(MiB):
+                n += len(chunk)
+        return n
+
+
+async def run_parallel(n: int, parallel: int, op: Callable[[int], Awaitable[object]]) -> float:
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await op(i)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return time.perf_counter() - t
+
+
+async def s3_bench(port: int, quick: bool) -> dict[str, tuple[float, float, str]]:
+    results: dict[str, tuple[float, float, str]] = {}
+    conn = aiohttp.TCPConnector(limit=32)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        c = Client(session, port)
+        async with session.put(
+            f"http://127.0.0.1:{port}/bench", headers=c._headers("PUT", "/bench")
+        ) as r:
+            assert r.status in (200, 409), r.status
+        plans = [
+            ("1 MiB x16", MiB, 32 if quick else 128, 16),
+            ("256 MiB x1", 256 * MiB, 1 if quick else 2, 1),
+        ]
+        for label, size, count, parallel in plans:
+            data = os.urandom(size)
+            w = await run_parallel(
+                count, parallel, lambda i, s=size, d=data: c.put(f"/bench/o{s}-{i}", d)
+            )
+            r = await run_parallel(count, parallel, lambda i, s=size: c.get(f"/bench/o{s}-{i}"))
+            mb = size * count / MiB
+            results[label] = (mb / w, mb / r, "MiB/s")
+        small = os.urandom(4096)
+        count = 500 if quick else 2000
+        w = await run_parallel(count, 16, lambda i: c.put(f"/bench/s{i}", small))
+        r = await run_parallel(count, 16, lambda i: c.get(f"/bench/s{i}"))
+        results["4 KiB x16"] = (count / w, count / r, "ops/s")
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", type=Path, help="directory to measure (default: a temp dir)")
+    ap.add_argument("--quick", action="store_true", help="smaller counts (for CI smoke runs)")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="tm-s3-bench-", dir=args.dir))
+    try:
+        quick = args.quick
+        raw = {
+            "1 MiB x16": raw_bench(base / "raw1", MiB, 32 if quick else 128, 16),
+            "256 MiB x1": raw_bench(base / "raw256", 256 * MiB, 1 if quick else 2, 1),
+            "4 KiB x16": raw_bench(base / "raw4k", 4096, 500 if quick else 2000, 16),
+        }
+        env = dict(os.environ, TUNNELMESH_S3_ACCESS_KEY=AK, TUNNELMESH_S3_SECRET_KEY=SK)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tunnelmesh",
+                "-l",
+                "warning",
+                "s3",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(base / "s3"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            m = re.search(r":(\d+) ", proc.stdout.readline())
+            assert m, "server did not start"
+            s3 = asyncio.run(s3_bench(int(m.group(1)), quick))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        counts = {
+            "1 MiB x16": 32 if quick else 128,
+            "256 MiB x1": 1 if quick else 2,
+            "4 KiB x16": 500 if quick else 2000,
+        }
+        sizes = {"1 MiB x16": 1, "256 MiB x1": 256, "4 KiB x16": None}
+        print(
+            f"S3 (tunnelmesh s3 serve, filesystem backend) vs raw disk, dir {base}, {os.cpu_count()} CPUs,"
+            f" load {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"{'workload':<12} {'S3 PUT':>12} {'raw write':>12} {'S3 GET':>12} {'raw read':>12}  unit"
+        )
+        for label, (put, get, unit) in s3.items():
+            w, r = raw[label]
+            n = counts[label]
+            size = sizes[label]
+            rw = n * size / w if size else n / w
+            rr = n * size / r if size else n / r
+            print(f"{label:<12} {put:>12.1f} {rw:>12.1f} {get:>12.1f} {rr:>12.1f}  {unit}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
