@@ -401,6 +401,8 @@ class Storage(abc.ABC):
         """Store ``body`` under ``bucket``/``key``, replacing any object there.
 
         The object is visible only once complete and synced to disk (see the class contract).
+        ``checksums`` is read only after ``body`` is exhausted, so the body's producer may fill
+        it in at the end (checksums that arrive in trailers).
 
         Raises:
             NoSuchBucket, InvalidName; whatever ``body`` raises (then nothing is stored).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -36,11 +37,12 @@ class Running:
     port: int
     storage: Storage
     authorizer: FileAuthorizer
+    tls: bool = False
 
     @property
     def endpoint(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -65,6 +67,7 @@ async def serve(
     region: str = "us-east-1",
     domains: Sequence[str] = ("localhost",),
     storage_cls: type[Storage] = FilesystemStorage,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Running]:
     """Serve the S3 API from ``data_dir`` until the context exits.
 
@@ -88,12 +91,12 @@ async def serve(
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
+            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
             await site.start()
             server = site._server
             assert server is not None
             bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            yield Running(host, bound, storage, authorizer)
+            yield Running(host, bound, storage, authorizer, tls=ssl_context is not None)
         finally:
             await runner.cleanup()
 
