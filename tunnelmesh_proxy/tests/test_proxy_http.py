@@ -216,6 +216,35 @@ def test_upstream_closing_without_answer_is_502(run: Runner) -> None:
     run(main)
 
 
+def test_response_cut_short_by_the_upstream_cuts_the_client(run: Runner) -> None:
+    async def main() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.18.0.23", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, proxy() as p:
+            reader, writer = await connect(p)
+            headers = {
+                "X-Cmux-Port-Internal": str(port),
+                "X-Cmux-Workspace-Internal": "workspace-23",
+            }
+            writer.write(request_bytes("/", headers))
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b"content-length: 100" in head
+            data = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await asyncio.wait_for(reader.read(1000), 5):
+                    data += chunk
+            assert data == b"only ten b"  # then the connection ends: the client knows
+            writer.close()
+
+    run(main)
+
+
 def test_malformed_request_gets_400_and_close(run: Runner) -> None:
     async def main() -> None:
         async with proxy() as p:

@@ -243,6 +243,26 @@ def test_connect_tunnel_with_half_close_both_ways(run: Runner) -> None:
     run(main)
 
 
+def test_connect_half_closed_before_the_tunnel_is_up(run: Runner) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read()  # EOF arrives although the client closed before the 200
+        writer.write(b"got:" + data)
+        writer.write_eof()
+
+    async def main() -> None:
+        async with tcp_server("127.18.0.85", handler) as port, proxy() as p:
+            reader, writer = await asyncio.open_connection(*p.addresses[0])
+            writer.write(
+                b"CONNECT x:1 HTTP/1.1\r\nHost: workspace-85-%d.localhost\r\n\r\nearly" % port
+            )
+            writer.write_eof()
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            assert await asyncio.wait_for(reader.read(), 5) == b"got:early"
+            writer.close()
+
+    run(main)
+
+
 def test_connect_upstream_first_then_eof_from_upstream(run: Runner) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"banner\n")

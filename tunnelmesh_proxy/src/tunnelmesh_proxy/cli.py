@@ -149,7 +149,7 @@ def _registered_rules(ctx: click.Context) -> list[type[ProxyRule]]:
     help="Event loop; auto takes uvloop when it is installed.",
 )
 @click.pass_context
-def proxy(ctx: click.Context, **opts: Any) -> None:
+def proxy(ctx: click.Context, /, **opts: Any) -> None:
     """Header-routed reverse proxy: one port reaches the services of every workspace.
 
     \b

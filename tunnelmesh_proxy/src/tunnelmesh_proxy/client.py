@@ -108,10 +108,11 @@ class ProxyContext:
         kinds[b"upgrade"] = (_UPGRADE, "")
         kinds[b"transfer-encoding"] = (_TRANSFER_ENCODING, "")
         kinds[b"content-length"] = (_CONTENT_LENGTH, "")
+        # Hop-by-hop and framing headers stay the proxy's: a rule cannot claim them.
         for name in router.private_headers:
-            kinds[name.encode()] = (_ROUTE, name)
+            kinds.setdefault(name.encode(), (_ROUTE, name))
         for name in router.header_names - router.private_headers:
-            kinds[name.encode()] = (_ROUTE_FWD, name)
+            kinds.setdefault(name.encode(), (_ROUTE_FWD, name))
         self.header_kinds = kinds
 
 
@@ -135,6 +136,13 @@ class Request:
         "upgrade",
         "upstream",
     )
+
+    method: bytes
+    keep_alive: bool
+    http10: bool
+    is_head: bool
+    connect: bool
+    upgrade: bool
 
     def __init__(self) -> None:
         self.pending: list[bytes] = []
@@ -546,6 +554,8 @@ class ClientConnection(asyncio.Protocol):
             up.transport.writelines(req.pending)
             req.pending.clear()
         self._resume(_PENDING)
+        if self.eof:  # the client half-closed before the tunnel was up
+            self.tunnel_eof(from_client=True)
 
     def tunnel_eof(self, *, from_client: bool) -> None:
         """One direction of the tunnel ended: pass the half-close on."""
@@ -559,6 +569,11 @@ class ClientConnection(asyncio.Protocol):
         target = up.transport if from_client else self.transport
         if target.can_write_eof():
             target.write_eof()
+
+    def abort(self) -> None:
+        """The upstream died in the middle of a response: the client must see it cut short."""
+        self.up = None
+        self.transport.abort()
 
     def tunnel_lost(self) -> None:
         self.up = None

@@ -158,7 +158,7 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] 
                     "uvloop is not installed: pip install 'tunnelmesh[fast]'"
                 ) from None
             return None
-        return uvloop.new_event_loop  # type: ignore[no-any-return]
+        return uvloop.new_event_loop
     return None
 
 

@@ -70,7 +70,7 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.server.open.add(transport)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.open.discard(self.transport)  # type: ignore[arg-type]
+        self.server.open.discard(self.transport)
 
     def data_received(self, data: bytes) -> None:
         try:
