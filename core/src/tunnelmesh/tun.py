@@ -60,7 +60,7 @@ def remove_stale(name: str) -> bool:
     Raises:
         TunError: an interface of that name exists and is not a TUN device.
     """
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
     with IPRoute() as ipr:
         links = ipr.link_lookup(ifname=name)
@@ -139,8 +139,8 @@ class TunDevice:
         self, address: str | Sequence[str] = (), *, mtu: int = 1420, routes: Sequence[str] = ()
     ) -> None:
         """Set the MTU, add addresses and routes, and bring the device up."""
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2 import IPRoute  # type: ignore[import-untyped]
+        from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
         addresses = [address] if isinstance(address, str) else list(address)
         try:

@@ -30,7 +30,7 @@ _ACK, _PSH = 0x10, 0x08
 
 
 def _ip_checksum(header: bytes) -> int:
-    s = sum(_TEN_H.unpack(header))
+    s: int = sum(_TEN_H.unpack(header))
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
