@@ -139,7 +139,7 @@ class TunDevice:
         self, address: str | Sequence[str] = (), *, mtu: int = 1420, routes: Sequence[str] = ()
     ) -> None:
         """Set the MTU, add addresses and routes, and bring the device up."""
-        from pyroute2 import IPRoute  # type: ignore[import-untyped]
+        from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
         addresses = [address] if isinstance(address, str) else list(address)
