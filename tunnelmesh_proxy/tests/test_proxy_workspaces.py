@@ -198,6 +198,33 @@ def test_same_port_in_two_workspaces_with_the_shim(tmp_path: Path) -> None:
 
 
 @needs_cc
+def test_shim_detects_a_workspace_directory_and_can_be_disabled(tmp_path: Path) -> None:
+    lib = build_shim(tmp_path / "lib.so")
+    script = "import socket; print(socket.getaddrinfo('localhost', 80, type=socket.SOCK_STREAM)[0][4][0])"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CMUX_")}
+
+    def resolve(cwd: Path, **env: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=cwd,
+            env={**base, "LD_PRELOAD": str(lib), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    ws = tmp_path / "workspace-9"
+    ws.mkdir()
+    (ws / "src").mkdir()
+    assert resolve(ws) == "127.18.0.9"
+    assert resolve(ws / "src") in ("127.0.0.1", "::1")  # only the basename counts
+    assert resolve(tmp_path, CMUX_WORKSPACE_INTERNAL="/x/workspace-a") == "127.18.176.32"
+    assert resolve(ws, CMUX_PRELOAD_DISABLE="1") in ("127.0.0.1", "::1")
+
+
+@needs_cc
 def test_run_reports_a_missing_command(tmp_path: Path) -> None:
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
     proc = subprocess.run(
