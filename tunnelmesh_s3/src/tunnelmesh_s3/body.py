@@ -27,8 +27,6 @@ from tunnelmesh_s3.errors import S3Error
 
 __all__ = ["CHECKSUM_ALGORITHMS", "Body"]
 
-READ_SIZE = 256 * 1024
-
 
 class _Hasher(Protocol):
     def update(self, data: bytes, /) -> None: ...
@@ -163,7 +161,7 @@ class Body:
             hasher.update(data)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for raw in self.request.content.iter_chunked(READ_SIZE):
+        async for raw in self.request.content.iter_any():
             if self._decoder is not None:
                 try:
                     pieces = self._decoder.feed(raw)

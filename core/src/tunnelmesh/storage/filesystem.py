@@ -20,6 +20,7 @@ is unlinked only after its last reader closes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -275,25 +276,46 @@ class FilesystemStorage(Storage):
         size = 0
         fd = await self._io(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
-        def flush(data: bytes | bytearray) -> None:
+        def flush(pieces: list[bytes]) -> None:
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             md5.update(data)
             _write_all(fd, data)
 
+        # One write in flight while the next MiB arrives: network and disk overlap.
+        assert self._io_pool is not None
+        inflight: concurrent.futures.Future[None] | None = None
         try:
-            buf = bytearray()
+            pieces: list[bytes] = []
+            pending = 0
             async for chunk in body:
-                buf += chunk
-                size += len(chunk)
-                if len(buf) >= CHUNK:
-                    await self._io(flush, buf)
-                    buf = bytearray()
-            if buf:
-                await self._io(flush, buf)
-            await self._io(os.fsync, fd)
+                pieces.append(chunk)
+                pending += len(chunk)
+                if pending >= CHUNK:
+                    if inflight is not None:
+                        await asyncio.wrap_future(inflight)
+                    inflight = self._io_pool.submit(flush, pieces)
+                    size += pending
+                    pieces, pending = [], 0
+            if inflight is not None:
+                await asyncio.wrap_future(inflight)
+            if pieces:
+                inflight = self._io_pool.submit(flush, pieces)
+                await asyncio.wrap_future(inflight)
+                size += pending
+            inflight = self._io_pool.submit(os.fsync, fd)
+            await asyncio.wrap_future(inflight)
         except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+
+            def discard(_: object = None) -> None:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+            if inflight is not None and not inflight.done():
+                # a thread may still be writing to fd: close it only once that write ends
+                inflight.add_done_callback(discard)
+            else:
+                discard()
             raise
         os.close(fd)
         await self._io(self._install, tmp, blob)
