@@ -88,9 +88,26 @@ def test_udp_and_tcp_mesh_answers_and_forwarding() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         up = Upstream()
-        transport, _ = await loop.create_datagram_endpoint(lambda: up, local_addr=("127.0.0.1", 0))
-        uaddr = transport.get_extra_info("sockname")[:2]
-        userver = await asyncio.start_server(up.tcp, "127.0.0.1", uaddr[1])
+        for _ in range(20):  # the UDP port picked may be taken for TCP: pick again
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: up, local_addr=("127.0.0.1", 0)
+            )
+            uaddr = transport.get_extra_info("sockname")[:2]
+            try:
+                userver = await asyncio.start_server(up.tcp, "127.0.0.1", uaddr[1])
+                break
+            except OSError:
+                transport.close()
+        else:
+            raise AssertionError("no free port for the upstream")
+        try:
+            await check(up, uaddr)
+        finally:
+            transport.close()
+            userver.close()
+            await userver.wait_closed()
+
+    async def check(up: Upstream, uaddr: tuple[str, int]) -> None:
         backend, server = make_server([f"{uaddr[0]}:{uaddr[1]}"])
         async with server:
             addr = server.address
@@ -113,9 +130,6 @@ def test_udp_and_tcp_mesh_answers_and_forwarding() -> None:
                 await udp_query(addr, DNSRecord.question("gamma.tunnelmesh").pack())
             )
             assert [str(r.rdata) for r in reply.rr] == ["10.42.0.9"]
-        transport.close()
-        userver.close()
-        await userver.wait_closed()
 
     run(main())
 
@@ -202,7 +216,9 @@ def test_busy_address_is_a_dns_error() -> None:
         _, first = make_server([])
         async with first:
             backend = CoordinatorBackend()
-            second = DnsServer(MeshResolver(backend), listen="{}:{}".format(*first.address), upstreams=[])
+            second = DnsServer(
+                MeshResolver(backend), listen="{}:{}".format(*first.address), upstreams=[]
+            )
             with pytest.raises(DnsError, match="cannot listen"):
                 await second.start()
 

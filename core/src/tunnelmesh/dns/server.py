@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -158,19 +159,24 @@ class DnsServer:
         """
         loop = asyncio.get_running_loop()
         host, port = self.listen
-        try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(host, port)
-            )
-            self._udp = transport
-            self.address = transport.get_extra_info("sockname")[:2]
-            if self.tcp:
-                self._tcp = await asyncio.start_server(
-                    self._serve_tcp, host, self.address[1], reuse_address=True
+        # With port 0 the UDP port is picked first; TCP may find it taken: pick again.
+        for attempt in range(1 if port else 20):
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(host, port)
                 )
-        except OSError as exc:
-            await self.aclose()
-            raise DnsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+                self._udp = transport
+                self.address = transport.get_extra_info("sockname")[:2]
+                if self.tcp:
+                    self._tcp = await asyncio.start_server(
+                        self._serve_tcp, host, self.address[1], reuse_address=True
+                    )
+                break
+            except OSError as exc:
+                await self.aclose()
+                if port == 0 and exc.errno == errno.EADDRINUSE and attempt < 19:
+                    continue
+                raise DnsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         log.info(
             "dns resolver on %s:%d, upstreams %s",
             *self.address,
