@@ -213,4 +213,5 @@ def decode_push(data: bytes | str) -> PushMessage:
     Raises:
         msgspec.DecodeError: not a push message (callers treat it as a protocol error).
     """
-    return _push_decoder.decode(data)
+    msg: PushMessage = _push_decoder.decode(data)
+    return msg

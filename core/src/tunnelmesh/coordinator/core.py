@@ -424,7 +424,7 @@ class Coordinator:
             version=req.version,
         )
         try:
-            if first_admin != self._first_admin:
+            if first_admin is not None and first_admin != self._first_admin:
                 await self.store.put_meta_if_absent(_FIRST_ADMIN_KEY, first_admin.encode("ascii"))
             await self.store.put_peer(rec)
         except StoreConflict as exc:
