@@ -229,14 +229,19 @@ def shim() -> None:
 @click.option(
     "--cc",
     metavar="COMPILER",
-    default="cc",
-    show_default=True,
-    envvar="CC",
+    envvar="TUNNELMESH_PROXY_CC",
     show_envvar=True,
-    help="C compiler.",
+    help="C compiler.  [default: $CC, else cc]",
 )
-@click.option("-f", "--force", is_flag=True, help="Compile even when the library is up to date.")
-def shim_build(output: str | None, cc: str, force: bool) -> None:
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    envvar="TUNNELMESH_PROXY_SHIM_FORCE",
+    show_envvar=True,
+    help="Compile even when the library is up to date.",
+)
+def shim_build(output: str | None, cc: str | None, force: bool) -> None:
     """Compile the shim with the system C compiler and print the library's path.
 
     It interposes bind(2), connect(2) and getaddrinfo(3): in a workspace (CMUX_WORKSPACE_INTERNAL,

@@ -35,9 +35,11 @@ def default_shim_path() -> Path:
 
 
 def build_shim(
-    output: str | os.PathLike[str] | None, *, cc: str = "cc", force: bool = False
+    output: str | os.PathLike[str] | None, *, cc: str | None = None, force: bool = False
 ) -> Path:
     """Compile the shim (unless the library for this source exists) and return its path.
+
+    ``cc`` defaults to ``$CC``, else ``cc``.
 
     Raises:
         ConfigError: no C compiler, or the compile failed (with the compiler's message).
@@ -45,6 +47,8 @@ def build_shim(
     target = Path(output) if output else default_shim_path()
     if target.exists() and not force and not output:
         return target
+    cc = cc or os.environ.get("CC") or "cc"
+    cc = cc or os.environ.get("CC") or "cc"
     compiler = shutil.which(cc)
     if compiler is None:
         raise ConfigError(
