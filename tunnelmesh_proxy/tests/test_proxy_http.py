@@ -245,6 +245,41 @@ def test_response_cut_short_by_the_upstream_cuts_the_client(run: Runner) -> None
     run(main)
 
 
+def test_oversized_request_head_gets_431_and_close(run: Runner) -> None:
+    async def main() -> None:
+        async with proxy() as p:
+            reader, writer = await connect(p)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            for i in range(100):  # 100 KiB of headers, never finished
+                writer.write(b"X-Filler-%d: %b\r\n" % (i, b"a" * 1024))
+            resp = await read_response(reader)
+            assert (resp.status, resp.body) == (431, b"request head too large")
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+
+    run(main)
+
+
+def test_ipv6_upstream_host_with_or_without_brackets(run: Runner) -> None:
+    async def main() -> None:
+        try:
+            up = await HttpUpstream("::1").start()
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        try:
+            for host in ("::1", "[::1]"):
+                async with proxy(upstream_host=host) as p:
+                    resp = await fetch(
+                        p, request_bytes("/", ws_headers(up), host=None, version="1.0")
+                    )
+                    assert resp.status == 200 and resp.body.startswith(b"::1 GET /")
+                    assert up.received[-1].header("host") == [f"[::1]:{up.port}".encode()]
+        finally:
+            await up.aclose()
+
+    run(main)
+
+
 def test_malformed_request_gets_400_and_close(run: Runner) -> None:
     async def main() -> None:
         async with proxy() as p:

@@ -100,6 +100,7 @@ class ProxyContext:
         self.connect_timeout = connect_timeout
         self.connector = connector
         self.max_pending = 256 * 1024
+        self.max_head = 64 * 1024  # request line + headers (and trailers), like nginx's 8x8k
         self.now = self.loop.time()
         self.closing = False
         self.connections: set[ClientConnection] = set()
@@ -114,6 +115,10 @@ class ProxyContext:
         for name in router.header_names - router.private_headers:
             kinds.setdefault(name.encode(), (_ROUTE_FWD, name))
         self.header_kinds = kinds
+
+
+class HeadTooLarge(Exception):
+    """A request head (or trailer section) is over ``ProxyContext.max_head`` bytes."""
 
 
 class Request:
@@ -175,8 +180,10 @@ class ClientConnection(asyncio.Protocol):
         self.last = self.started = ctx.now
         self.eof = False
         self.upgraded = False  # the parser met an upgrade or CONNECT: the rest is raw bytes
+        self.lingering = False
         self.tunnel_eofs = 0
         self._body = False
+        self._head_size = 0
         self._url = b""
         self._lines: list[bytes] = []
         self._route: dict[str, str] = {}
@@ -194,6 +201,8 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = self.ctx.now
+        if self.lingering:
+            return
         if self.upgraded:
             self._tunnel_data(data)
             return
@@ -208,6 +217,8 @@ class ClientConnection(asyncio.Protocol):
             self._bad_request(exc)
 
     def eof_received(self) -> bool | None:
+        if self.lingering:
+            return None
         if self.phase == _TUNNEL:
             self.tunnel_eof(from_client=True)
             return True
@@ -243,6 +254,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._body = False
+        self._head_size = 0
         self._url = b""
         self._lines = []
         self._route = {}
@@ -256,8 +268,14 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
+        if self._head_size > self.ctx.max_head:
+            raise HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.ctx.max_head:
+            raise HeadTooLarge
         if self._body:
             return  # trailers: dropped, the body is re-framed
         lname = name.lower()
@@ -489,7 +507,10 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         self._resume(_PENDING)
         if req is not None and not req.keep_alive:
-            self.transport.close()
+            if req.error is not None or self.upgraded:
+                self._linger_close()  # the client may still be sending: let it see the answer
+            else:
+                self.transport.close()
             return
         if self.queue:
             nxt = self.queue.popleft()
@@ -505,10 +526,28 @@ class ClientConnection(asyncio.Protocol):
 
     def _bad_request(self, exc: Exception) -> None:
         if self.active is None and not self.queue:
-            self.transport.write(error_response(400, f"malformed request: {exc}", keep_alive=False))
-            self.transport.close()
+            if isinstance(exc.__context__, HeadTooLarge):
+                answer = error_response(431, "request head too large", keep_alive=False)
+            else:
+                answer = error_response(400, f"malformed request: {exc}", keep_alive=False)
+            self.transport.write(answer)
+            self._linger_close()
         else:
             self.transport.abort()
+
+    def _linger_close(self) -> None:
+        """Close after an answer the client may not have waited for (nginx's lingering close).
+
+        Closing a socket with unread input sends a RST, which can destroy the answer before the
+        client reads it; so send FIN, drop what still arrives, and abort after two seconds.
+        """
+        self.lingering = True
+        self._resume(self.paused)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.ctx.loop.call_later(2.0, self.transport.abort)
+        else:
+            self.transport.close()
 
     # --- flow control ---------------------------------------------------------------------------
 

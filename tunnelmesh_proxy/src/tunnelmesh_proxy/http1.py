@@ -96,7 +96,12 @@ class _DateCache:
 http_date = _DateCache().get
 """``b"date: <IMF-fixdate>\\r\\n"`` for the current second."""
 
-_REASONS = {400: b"Bad Request", 502: b"Bad Gateway", 503: b"Service Unavailable"}
+_REASONS = {
+    400: b"Bad Request",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+}
 
 
 def error_response(status: int, text: str, *, keep_alive: bool = True) -> bytes:
