@@ -14,22 +14,24 @@ from typing import Any
 import pytest
 from tunnelmesh_proxy.routing import CmuxRule, MeshPeerRule, Router
 from tunnelmesh_proxy.server import ProxyServer
-from tunnelmesh_proxy.testing import HttpUpstream, Received, Response, read_response, request_bytes
+from tunnelmesh_proxy.testing import (
+    LOOPS,
+    HttpUpstream,
+    Received,
+    Response,
+    read_response,
+    request_bytes,
+    runner,
+)
 
-uvloop = pytest.importorskip("uvloop")
+pytest.importorskip("uvloop")
 
 Runner = Callable[[Callable[[], Awaitable[Any]]], Any]
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def run(request: pytest.FixtureRequest) -> Runner:
-    factory = uvloop.new_event_loop if request.param == "uvloop" else None
-
-    def runner(fn: Callable[[], Awaitable[Any]]) -> Any:
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(asyncio.wait_for(fn(), 30))
-
-    return runner
+    return runner(request.param)
 
 
 PEERS = {"web": "127.18.7.7"}

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from tunnelmesh_proxy.routing import CmuxRule, Router
 from tunnelmesh_proxy.server import ProxyServer
-from tunnelmesh_proxy.testing import read_response
+from tunnelmesh_proxy.testing import LOOPS, read_response, runner
 
-uvloop = pytest.importorskip("uvloop")
+pytest.importorskip("uvloop")
 websockets = pytest.importorskip("websockets")
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402
 from websockets.asyncio.server import serve as ws_serve  # noqa: E402
@@ -20,15 +20,9 @@ from websockets.asyncio.server import serve as ws_serve  # noqa: E402
 Runner = Callable[[Callable[[], Awaitable[Any]]], Any]
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=LOOPS)
 def run(request: pytest.FixtureRequest) -> Runner:
-    factory = uvloop.new_event_loop if request.param == "uvloop" else None
-
-    def runner(fn: Callable[[], Awaitable[Any]]) -> Any:
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(asyncio.wait_for(fn(), 30))
-
-    return runner
+    return runner(request.param)
 
 
 @contextlib.asynccontextmanager

@@ -10,10 +10,36 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
 
-__all__ = ["HttpUpstream", "Received", "Response", "read_response", "request_bytes"]
+__all__ = [
+    "LOOPS",
+    "HttpUpstream",
+    "Received",
+    "Response",
+    "read_response",
+    "request_bytes",
+    "runner",
+]
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def runner(loop: str, timeout: float = 30.0) -> Callable[[Callable[[], Awaitable[Any]]], Any]:
+    """A function that runs ``fn()`` to completion on a fresh ``loop`` ("asyncio" or "uvloop")."""
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+
+    def run(fn: Callable[[], Awaitable[Any]]) -> Any:
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(asyncio.wait_for(fn(), timeout))
+
+    return run
 
 
 @dataclass
