@@ -101,6 +101,20 @@ async def fetch_via_proxy(workspace: str, port: int, **options: object) -> tuple
         await server.aclose(grace=1)
 
 
+def client_in(workspace: str, port: int, env: dict[str, str]) -> list[str]:
+    """What CLIENT prints when run in ``workspace``: the IP of localhost, then the answer."""
+    cmd = [sys.executable, "-c", MAIN, "proxy", "run", "-w", workspace, "--"]
+    proc = subprocess.run(
+        [*cmd, sys.executable, "-c", CLIENT, str(port)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    return proc.stdout.split()
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -150,51 +164,9 @@ def test_same_port_in_two_workspaces_with_the_shim(tmp_path: Path) -> None:
                 f"{ip_b}:{port}".encode(),
             )
             # a client in workspace-b reaching 127.0.0.1:port gets workspace-b's server...
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    MAIN,
-                    "proxy",
-                    "run",
-                    "-w",
-                    "workspace-b",
-                    "--",
-                    sys.executable,
-                    "-c",
-                    CLIENT,
-                    str(port),
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=60,
-                check=True,
-            ).stdout.split()
-            assert out == [ip_b, f"{ip_b}:{port}"]
+            assert client_in("workspace-b", port, env) == [ip_b, f"{ip_b}:{port}"]
             # ...and one in a workspace without a server reaches nothing
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    MAIN,
-                    "proxy",
-                    "run",
-                    "-w",
-                    "workspace-c",
-                    "--",
-                    sys.executable,
-                    "-c",
-                    CLIENT,
-                    str(port),
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=60,
-                check=True,
-            ).stdout.split()
-            assert out == [workspace_ip("workspace-c"), "refused"]
+            assert client_in("workspace-c", port, env) == [workspace_ip("workspace-c"), "refused"]
 
 
 @needs_cc
