@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import click
 import pytest
 from click.testing import CliRunner
-
 from tunnelmesh._manager import make_plugin_manager
 from tunnelmesh.cli import build_cli
 

@@ -52,7 +52,7 @@ def test_escapes_are_found_by_route_lookup(lab: Lab) -> None:
     assert lab.escapes() == []
     # A default route (to a lab address) would make public addresses routable: the check
     # must see it. Nothing is sent; only the route lookup runs.
-    a.run(["ip", "route", "add", "default", "via", "100.64.0.1"])
+    a.run(["ip", "route", "add", "1.1.1.1/32", "via", "100.64.0.1"])
     found = lab.escapes()
     assert any("has a route to 1.1.1.1" in line and a.ns in line for line in found)
     with pytest.raises(LabError, match="not isolated"):
@@ -64,6 +64,7 @@ def test_teardown_after_a_failing_test(pytester: pytest.Pytester, tmp_path: Path
     pytester.makepyfile(
         textwrap.dedent(
             f"""
+            import pathlib
             import subprocess
             import pytest
 
@@ -72,7 +73,7 @@ def test_teardown_after_a_failing_test(pytester: pytest.Pytester, tmp_path: Path
                 a = lab.add_host("a")
                 lab.add_host("b")
                 a.popen(["sleep", "60"])
-                open({str(record)!r}, "w").write("\\n".join(lab.namespaces))
+                pathlib.Path({str(record)!r}).write_text("\\n".join(lab.namespaces))
                 raise RuntimeError("the test body failed")
             """
         )
