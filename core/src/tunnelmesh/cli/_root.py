@@ -84,5 +84,6 @@ def build_cli(pm: PluginManager | None = None) -> click.Group:
         root.add_command(cmd)
     root.add_command(filter_cmd.filter_group)
     root.add_command(dns_cmd.dns)
+    root.add_command(__import__("tunnelmesh.cli.demo_cmd", fromlist=["demo"]).demo)
     pm.hook.tunnelmesh_register_commands(cli=root)
     return root

@@ -157,7 +157,8 @@ def init(server: bool, peer: bool, output: Path, force: bool) -> None:
     """Write commented example config files (server.yaml and/or peer.yaml).
 
     The server file gets a fresh random auth_token. Files are created with mode 0600 because
-    they hold secrets.
+    they hold secrets. With --peer, this node's identity key (~/.tunnelmesh/id_ed25519, or
+    $TUNNELMESH_HOME/id_ed25519) is created too when it does not exist yet.
     """
     if not server and not peer:
         raise click.UsageError("say what to write: --server, --peer or both")
@@ -173,3 +174,9 @@ def init(server: bool, peer: bool, output: Path, force: bool) -> None:
             PEER_TEMPLATE.format(name=output / "peer.yaml", hostname=_sanitised_hostname()),
             force,
         )
+        from tunnelmesh.identity import Identity, default_key_path
+
+        key = default_key_path()
+        ident, created = Identity.load_or_create(key)
+        if created:
+            click.echo(f"created key {key} ({ident.fingerprint})")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import click
 
 from tunnelmesh.cli._root import Context
-from tunnelmesh.config import load_peer_config
+from tunnelmesh.config import PeerConfig, load_peer_config
 from tunnelmesh.control.contexts import ContextStore
 from tunnelmesh.control.urls import normalize_server_url
 from tunnelmesh.errors import ConfigError, TunnelmeshError
@@ -102,6 +104,13 @@ def _hostname_label() -> str:
     help="Register and write the context, then exit (no daemon).",
 )
 @click.option(
+    "--no-tun",
+    is_flag=True,
+    envvar="TUNNELMESH_NO_TUN",
+    show_envvar=True,
+    help="Run the control plane only: no TUN device, no transports (needs no root).",
+)
+@click.option(
     "--duration",
     type=float,
     metavar="SECONDS",
@@ -122,9 +131,14 @@ def join(
     yes: bool,
     no_trust: bool,
     once: bool,
+    no_tun: bool,
     duration: float | None,
 ) -> None:
     """Join a mesh: register this node, then keep it online until SIGINT/SIGTERM.
+
+    The daemon brings up the mesh node: a TUN device with the mesh IP, the transports of the
+    installed plugins (UDP: WireGuard), the packet filter and the DNS resolver; this needs root.
+    With --no-tun (or when no transport plugin is installed) only the control plane runs.
 
     Registration proves possession of this node's ed25519 key (a signed challenge) and of the
     mesh token. Before the token is used, the coordinator must prove it knows the token too
@@ -159,6 +173,23 @@ def join(
         key = Path(cfg.private_key).expanduser()
     else:
         key = default_key_path()
+
+    data_plane = False
+    if not once and not no_tun:
+        transports = ctx.pm.build_registry().transports
+        if transports:
+            from tunnelmesh.node import can_create_tun
+
+            why = can_create_tun()
+            if why is not None:
+                raise TunnelmeshError(f"{why} (or pass --no-tun for the control plane only)")
+            data_plane = True
+        else:
+            click.echo(
+                "no transport plugin is loaded (pip install 'tunnelmesh[udp]'): "
+                "running the control plane only",
+                err=True,
+            )
 
     def trust_ca(ca_pem: str) -> Path | None:
         if no_trust:
@@ -201,6 +232,9 @@ def join(
             click.echo(f"mesh CA trusted via {result.context.trusted_ca_path}")
         if once:
             return
+        if data_plane:
+            await _run_node(ctx, cfg, result, store, duration)
+            return
         client = daemon.client_for(
             result.context, store, udp_port=cfg.transports.udp_port, identity=result.identity
         )
@@ -208,4 +242,47 @@ def join(
         click.echo("running; Ctrl-C to stop", err=True)
         await daemon.run_daemon(client, duration=duration)
 
-    asyncio.run(main())
+    if data_plane:
+        _run(main())
+    else:
+        asyncio.run(main())
+
+
+def _run(coro: Any) -> None:
+    """Run on uvloop when it is installed (the forwarder's hot path gains from it)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+async def _run_node(
+    ctx: Context, cfg: PeerConfig, result: Any, store: ContextStore, duration: float | None
+) -> None:
+    from tunnelmesh.node import Node
+
+    node = Node(
+        cfg,
+        context=result.context,
+        store=store,
+        identity=result.identity,
+        pm=ctx.pm,
+        notify=click.echo,
+    )
+    node.client.registration = result.registration
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        click.echo("running; Ctrl-C to stop", err=True)
+        await node.run(stop, duration)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await node.aclose()
+        click.echo("node stopped")

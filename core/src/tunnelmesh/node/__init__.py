@@ -1,0 +1,16 @@
+"""The mesh node daemon: what ``tunnelmesh join`` runs once registered.
+
+* :class:`Node` (:mod:`tunnelmesh.node.node`): identity, control client, TUN device, routing
+  table, forwarder, the plugins' transports and filters, DNS, and the node hooks.
+* :class:`PeerSync` (:mod:`tunnelmesh.node.peers`): the coordinator's peer events applied to
+  the routing table and the transports.
+* :mod:`tunnelmesh.node.endpoints`: this node's endpoints and the order to try a peer's.
+* :mod:`tunnelmesh.node.demo`: ``tunnelmesh demo``, a whole mesh in namespaces.
+"""
+
+from __future__ import annotations
+
+from tunnelmesh.node.node import Node, NodeError, can_create_tun
+from tunnelmesh.node.peers import PeerSync
+
+__all__ = ["Node", "NodeError", "PeerSync", "can_create_tun"]

@@ -1,0 +1,560 @@
+"""``tunnelmesh demo``: a coordinator and three peers in network namespaces, one behind a NAT.
+
+:class:`MeshLab` runs real ``tunnelmesh serve`` and ``tunnelmesh join`` processes in hosts of
+a :class:`~tunnelmesh.testing.lab.Lab` (the e2e tests use it too); :func:`run_demo` is the
+command: build the lab, start everything with the installed plugins, ping every peer from
+every other by name and by mesh IP, time a short TCP transfer per pair, print a table, keep the
+mesh up until Ctrl-C or ``duration``, and remove everything it made.
+
+Names resolve through each peer's own mesh DNS resolver: the node serves it on
+``127.0.0.53:53`` inside its namespace, and ``/etc/netns/<namespace>/resolv.conf`` (which
+``ip netns exec`` bind-mounts over ``/etc/resolv.conf``) points there; those files are removed
+at teardown. Nothing is sent outside the lab's namespaces, and the namespaces have no route to
+the machine's own network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunnelmesh.control_socket import ControlError, request
+from tunnelmesh.errors import LabError, TunnelmeshError
+from tunnelmesh.testing.lab import Host, Lab
+
+__all__ = ["DemoInterrupted", "MeshLab", "NodeProcess", "run_demo"]
+
+TOKEN = "demo-token-" + "0123456789abcdef" * 2
+NETNS_ETC = Path("/etc/netns")
+DOMAIN = "tunnelmesh"
+
+
+class DemoInterrupted(Exception):
+    """SIGINT/SIGTERM arrived: unwind and clean up."""
+
+
+class NodeProcess:
+    """A tunnelmesh process in a lab host; its output is collected by a reader thread."""
+
+    def __init__(
+        self, name: str, proc: subprocess.Popen[str], echo: Callable[[str], None] | None
+    ) -> None:
+        self.name = name
+        self.proc = proc
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._echo = echo
+        self._thread = threading.Thread(target=self._read, name=f"out-{name}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+            if self._echo is not None:
+                self._echo(f"[{self.name}] {line}")
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_line(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
+        """The first output line (from index ``start``) matching ``pattern``.
+
+        Raises:
+            LabError: no such line within ``timeout`` s, or the process ended first.
+        """
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        i = start
+        with self._cond:
+            while True:
+                while i < len(self.lines):
+                    m = rx.search(self.lines[i])
+                    if m:
+                        return m
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._thread.is_alive()):
+                    tail = "\n".join(self.lines[-15:])
+                    state = "exited" if self.proc.poll() is not None else "still running"
+                    raise LabError(
+                        f"{self.name}: no line matching {pattern!r} within {timeout:g} s "
+                        f"({state}); last output:\n{tail}"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait, SIGKILL when it does not stop; returns the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._thread.join(5)
+        return self.proc.returncode
+
+
+@dataclass
+class Peer:
+    """A mesh peer of the lab: its host, home directory, process and mesh IP."""
+
+    name: str
+    host: Host
+    home: Path
+    behind_nat: bool = False
+    node: NodeProcess | None = None
+    mesh_ip: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def control_socket(self) -> Path:
+        return self.home / "node.sock"
+
+    def status(self) -> dict[str, Any]:
+        """The node's ``node.status`` (over its control socket, a file: no network)."""
+        data: dict[str, Any] = request(self.control_socket, "node.status", timeout=5)
+        return data
+
+
+class MeshLab:
+    """A coordinator and peers as real processes in a namespace lab.
+
+    Args:
+        lab: an open lab (the caller closes it).
+        workdir: where homes, configs and the coordinator's state go.
+        echo: called with every output line of every process, prefixed with its name (None:
+            quiet).
+        nat_kind: the NAT in front of peers added with ``behind_nat=True``.
+        heartbeat: the coordinator's heartbeat interval (seconds).
+    """
+
+    def __init__(
+        self,
+        lab: Lab,
+        workdir: Path,
+        *,
+        echo: Callable[[str], None] | None = None,
+        nat_kind: str = "full-cone",
+        heartbeat: str = "1s",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.echo = echo
+        self.heartbeat = heartbeat
+        self.extra_env = dict(env or {})
+        self.nat = lab.add_nat("nat", kind=nat_kind)  # type: ignore[arg-type]
+        self.coord_host = lab.add_host("coord")
+        self.coordinator: NodeProcess | None = None
+        self.peers: dict[str, Peer] = {}
+        self._netns_dirs: list[Path] = []
+        self._made_netns_etc = False
+        self.server_config = workdir / "server.yaml"
+        self.server_config.write_text(
+            f'auth_token: "{TOKEN}"\n'
+            f'listen: "{self.coord_host.address}:8443"\n'
+            f'stun_listen: "{self.coord_host.address}:3478"\n'
+            f'data_dir: "{workdir / "coord-state"}"\n'
+            f"heartbeat_interval: {heartbeat}\n"
+        )
+
+    @property
+    def server_url(self) -> str:
+        return f"https://{self.coord_host.address}:8443"
+
+    def env(self, home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        for key in list(env):
+            if key.startswith("TUNNELMESH_") and key not in ("TUNNELMESH_LOAD_PLUGINS",):
+                del env[key]
+        env.update(
+            TUNNELMESH_HOME=str(home),
+            TUNNELMESH_TOKEN=TOKEN,
+            TUNNELMESH_NO_TRUST="1",
+            PYTHONUNBUFFERED="1",
+            **self.extra_env,
+        )
+        return env
+
+    # --- processes ------------------------------------------------------------------------
+
+    def start_coordinator(self, timeout: float = 60.0) -> NodeProcess:
+        home = self.workdir / "coord-home"
+        proc = self.coord_host.python(
+            "-m",
+            "tunnelmesh",
+            "serve",
+            "-c",
+            str(self.server_config),
+            env=self.env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.coordinator = NodeProcess("coord", proc, self.echo)
+        self.coordinator.wait_line("coordinator listening", timeout)
+        return self.coordinator
+
+    def stop_coordinator(self) -> None:
+        if self.coordinator is not None:
+            self.coordinator.stop()
+            self.coordinator = None
+
+    def add_peer(self, name: str, *, behind_nat: bool = False) -> Peer:
+        """Add a host for a peer (not started yet), with its config and resolv.conf."""
+        host = self.lab.add_host(name, switch=self.nat.inside if behind_nat else None)
+        home = self.workdir / name
+        home.mkdir(parents=True, exist_ok=True)
+        peer = Peer(name, host, home, behind_nat)
+        (home / "peer.yaml").write_text(
+            f"name: {name}\n"
+            f'control_socket: "{peer.control_socket}"\n'
+            "tun:\n  name: tm0\n"
+            'dns:\n  listen: "127.0.0.53:53"\n  system: "off"\n'
+        )
+        self._resolv_conf(host)
+        self.peers[name] = peer
+        return peer
+
+    def _resolv_conf(self, host: Host) -> None:
+        if not NETNS_ETC.exists():
+            NETNS_ETC.mkdir(mode=0o755)
+            self._made_netns_etc = True
+        d = NETNS_ETC / host.ns
+        d.mkdir(exist_ok=True)
+        self._netns_dirs.append(d)
+        (d / "resolv.conf").write_text(
+            f"nameserver 127.0.0.53\nsearch {DOMAIN}\noptions timeout:1 attempts:2\n"
+        )
+
+    def start_peer(self, name: str, timeout: float = 60.0) -> Peer:
+        """Run ``tunnelmesh join`` for a peer; wait until its node is up."""
+        peer = self.peers[name]
+        proc = peer.host.python(
+            "-m",
+            "tunnelmesh",
+            "-c",
+            str(peer.home / "peer.yaml"),
+            "join",
+            "--server",
+            self.server_url,
+            "--name",
+            name,
+            env=self.env(peer.home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        peer.node = NodeProcess(name, proc, self.echo)
+        m = peer.node.wait_line(r"joined .* mesh IP (\S+),", timeout)
+        peer.mesh_ip = m.group(1)
+        peer.node.wait_line("node up:", timeout)
+        return peer
+
+    def stop_peer(self, name: str) -> None:
+        peer = self.peers[name]
+        if peer.node is not None:
+            peer.node.stop()
+            peer.node = None
+
+    def close(self) -> None:
+        """Stop every process and remove the resolv.conf files (the caller closes the lab)."""
+        for peer in self.peers.values():
+            if peer.node is not None:
+                with contextlib.suppress(Exception):
+                    peer.node.stop(timeout=10)
+        with contextlib.suppress(Exception):
+            self.stop_coordinator()
+        for d in self._netns_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self._netns_dirs.clear()
+        if self._made_netns_etc:
+            with contextlib.suppress(OSError):
+                NETNS_ETC.rmdir()  # only when empty
+
+    # --- checks ---------------------------------------------------------------------------
+
+    def wait_links(self, names: list[str] | None = None, timeout: float = 30.0) -> float:
+        """Wait until every peer of ``names`` has a link to every other; returns seconds."""
+        names = names or list(self.peers)
+        start = time.monotonic()
+        deadline = start + timeout
+        missing: list[str] = []
+        while True:
+            missing = []
+            for n in names:
+                try:
+                    st = self.peers[n].status()
+                except ControlError as exc:
+                    missing.append(f"{n}: {exc}")
+                    continue
+                linked = {p["name"] for p in st["peers"] if p["link"]}
+                missing += [f"{n}->{o}" for o in names if o != n and o not in linked]
+            if not missing:
+                return time.monotonic() - start
+            if time.monotonic() > deadline:
+                raise LabError(f"no links after {timeout:g} s: {', '.join(missing)}")
+            time.sleep(0.2)
+
+    def ping(
+        self, src: str, target: str, *, count: int = 3, deadline: float = 15.0
+    ) -> tuple[str, float] | None:
+        """Ping ``target`` (a mesh IP or a name) from peer ``src`` until it answers.
+
+        Returns:
+            The address ping resolved and the average RTT in ms, or None when nothing answered
+            within ``deadline`` seconds.
+        """
+        host = self.peers[src].host
+        end = time.monotonic() + deadline
+        while True:
+            proc = host.run(
+                ["ping", "-c", str(count), "-i", "0.2", "-W", "1", target],
+                check=False,
+                timeout=count + 10,
+            )
+            m = re.search(r"rtt min/avg/max/mdev = [\d.]+/([\d.]+)/", proc.stdout)
+            resolved = re.search(r"^PING \S+ \(([\d.]+)\)", proc.stdout, re.M)
+            if proc.returncode == 0 and m and resolved:
+                return resolved.group(1), float(m.group(1))
+            if time.monotonic() > end:
+                return None
+            time.sleep(0.3)
+
+    def transfer(
+        self, src: str, dst: str, *, seconds: float = 0.0, nbytes: int = 0, port: int = 5201
+    ) -> dict[str, Any]:
+        """A TCP transfer from peer ``src`` to peer ``dst``'s mesh IP.
+
+        Returns:
+            ``sent``/``received`` byte counts, both sha256 digests, ``mbps`` and ``seconds``.
+        """
+        d = self.peers[dst]
+        sink = NodeProcess(
+            f"sink-{dst}",
+            d.host.python(
+                "-m",
+                "tunnelmesh.node.transfer",
+                "sink",
+                d.mesh_ip,
+                str(port),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            ),
+            None,
+        )
+        try:
+            sink.wait_line("^ready", 20)
+            args = ["--seconds", str(seconds)] if seconds else ["--bytes", str(nbytes)]
+            out = (
+                self.peers[src]
+                .host.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tunnelmesh.node.transfer",
+                        "send",
+                        d.mesh_ip,
+                        str(port),
+                        *args,
+                    ],
+                    timeout=60,
+                )
+                .stdout
+            )
+            sent = re.search(r"sent (\d+) sha256 (\w+)", out)
+            got = sink.wait_line(r"received (\d+) sha256 (\w+) seconds ([\d.]+) mbps ([\d.]+)", 20)
+        finally:
+            sink.stop(5)
+        assert sent is not None
+        return {
+            "sent": int(sent.group(1)),
+            "sent_sha256": sent.group(2),
+            "received": int(got.group(1)),
+            "received_sha256": got.group(2),
+            "seconds": float(got.group(3)),
+            "mbps": float(got.group(4)),
+        }
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM/SIGHUP into :class:`DemoInterrupted` so cleanup runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise DemoInterrupted(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _fmt_rate(mbps: float) -> str:
+    return f"{mbps / 1000:.2f} Gbit/s" if mbps >= 1000 else f"{mbps:.0f} Mbit/s"
+
+
+def run_demo(
+    *,
+    duration: float | None = None,
+    transfer_seconds: float = 1.0,
+    say: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> int:
+    """Run the demo; returns the exit code (0: every peer reached every other, both ways).
+
+    Args:
+        duration: keep the mesh up this many seconds after the results (None: until Ctrl-C).
+        transfer_seconds: length of each pair's TCP transfer.
+        say: where progress lines and the table go.
+        verbose: also show every line the tunnelmesh processes print.
+    """
+    from tunnelmesh.testing import lab_unavailable_reason
+
+    why = lab_unavailable_reason()
+    if why is not None:
+        raise TunnelmeshError(f"tunnelmesh demo: {why}")
+    t0 = time.monotonic()
+
+    def step(text: str) -> None:
+        say(f"[{time.monotonic() - t0:5.1f}s] {text}")
+
+    interesting = re.compile(r"link (up|down)|error|Traceback|warning", re.I)
+
+    def echo(line: str) -> None:
+        if verbose or interesting.search(line):
+            step("  " + line)
+
+    workdir = Path(tempfile.mkdtemp(prefix="tunnelmesh-demo-"))
+    ok = False
+    finished = False
+    lab: Lab | None = None
+    mesh: MeshLab | None = None
+    try:
+        with _signals_raise():
+            lab = Lab()
+            mesh = MeshLab(lab, workdir, echo=echo)
+            names = ["alpha", "beta", "gamma"]
+            for n in names:
+                mesh.add_peer(n, behind_nat=(n == "gamma"))
+            step(
+                f"lab: coordinator {mesh.coord_host.address}, alpha and beta on the wan "
+                f"(100.64.0.0/24), gamma behind a full-cone NAT ({mesh.nat.outside_address})"
+            )
+            mesh.start_coordinator()
+            step(f"coordinator up: {mesh.server_url} (STUN on udp 3478)")
+            for n in names:
+                p = mesh.start_peer(n)
+                step(f"{n} joined: mesh IP {p.mesh_ip}, TUN tm0 up")
+            took = mesh.wait_links(timeout=40)
+            step(f"every peer has a link to every other ({took:.1f} s)")
+            rows: list[tuple[str, ...]] = [
+                ("FROM", "TO", "MESH IP", "BY NAME", "TRANSPORT", "PATH", "RTT", "THROUGHPUT")
+            ]
+            failures = 0
+            port = 5201
+            for src in names:
+                status = {p["name"]: p for p in mesh.peers[src].status()["peers"]}
+                for dst in names:
+                    if dst == src:
+                        continue
+                    ip = mesh.peers[dst].mesh_ip
+                    by_ip = mesh.ping(src, ip)
+                    by_name = mesh.ping(src, f"{dst}.{DOMAIN}", count=1)
+                    name_ok = by_name is not None and by_name[0] == ip
+                    rate = "-"
+                    if by_ip is not None:
+                        port += 1
+                        try:
+                            r = mesh.transfer(src, dst, seconds=transfer_seconds, port=port)
+                            rate = _fmt_rate(r["mbps"])
+                        except (LabError, TunnelmeshError) as exc:
+                            rate = f"failed ({str(exc).splitlines()[0][:40]})"
+                    if by_ip is None or not name_ok:
+                        failures += 1
+                    st = status.get(dst, {})
+                    rows.append(
+                        (
+                            src,
+                            dst,
+                            ip,
+                            "ok" if name_ok else "FAILED",
+                            st.get("transport") or "-",
+                            st.get("endpoint") or "-",
+                            f"{by_ip[1]:.2f} ms" if by_ip else "FAILED",
+                            rate,
+                        )
+                    )
+                    step(
+                        f"{src} -> {dst}: ping {ip} "
+                        f"{'ok' if by_ip else 'FAILED'}, {dst}.{DOMAIN} "
+                        f"{'ok' if name_ok else 'FAILED'}, transfer {rate}"
+                    )
+            say("")
+            say(_table(rows))
+            say("")
+            ok = failures == 0
+            if ok:
+                say(f"all {len(rows) - 1} paths work, by name and by IP")
+            else:
+                say(f"{failures} of {len(rows) - 1} paths FAILED")
+            finished = True
+            if duration is None:
+                step("mesh is up; Ctrl-C to stop and remove everything")
+                while True:
+                    time.sleep(3600)
+            elif duration > 0:
+                step(f"mesh is up; stopping in {duration:g} s (or Ctrl-C)")
+                time.sleep(duration)
+    except DemoInterrupted as exc:
+        say("")
+        step(f"{exc}: stopping")
+    finally:
+        with contextlib.suppress(DemoInterrupted), _ignore_signals():
+            if mesh is not None:
+                mesh.close()
+            if lab is not None:
+                lab.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+            step("removed every namespace, process and file the demo made")
+    if not finished:
+        return 130
+    return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def _ignore_signals() -> Iterator[None]:
+    """Cleanup must not be interrupted half-way by a second Ctrl-C."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

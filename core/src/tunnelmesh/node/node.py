@@ -1,0 +1,469 @@
+"""The mesh node: identity, control client, TUN, routing, forwarder, transports, DNS, filter.
+
+What ``tunnelmesh join`` runs after registering::
+
+    node = Node(config, context=ctx, store=store, identity=ident, pm=pm)
+    await node.start()      # STUN, transports listening, TUN up, DNS and filter running
+    await node.run()        # heartbeats + push channel until stop() / removal
+    await node.aclose()     # hooks told, everything undone (the TUN device disappears)
+
+Start-up order, and why:
+
+1. the STUN-reflexive address is asked from the UDP port *before* a transport binds it (the
+   mapping a NAT shows for that port is what peers will use);
+2. every transport registered by a plugin (``tunnelmesh_register_transports``) is built and
+   listens: ``cls.from_node(node)`` when the class has it, else the WireGuard-style constructor
+   ``cls(x25519_private_key, listen="0.0.0.0:<udp_port>", mtu=<mtu>)``;
+3. the TUN device gets ``<mesh_ip>/<mesh prefix>``, so the whole mesh CIDR is routed into it;
+4. the packet filter (:class:`~tunnelmesh.filter.FilterService`, with the ``filter.*``
+   commands and ``node.status`` on the control socket), then the forwarder with the filter's
+   engine and every other registered filter class;
+5. the DNS resolver (:class:`~tunnelmesh.dns.DnsService`) when ``dns.enabled``;
+6. :class:`~tunnelmesh.node.peers.PeerSync` follows the control client's change events (the
+   cached peer list first, so a restart while the coordinator is down still reaches every
+   known peer), then ``tunnelmesh_node_started(node)`` is called.
+
+Heartbeats publish the node's endpoints (local addresses and the reflexive one) and, per peer,
+the transport in use and traffic counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tunnelmesh.abc import Link, PacketFilter, Transport
+from tunnelmesh.config import PeerConfig
+from tunnelmesh.control.client import ControlClient, PeerStatus
+from tunnelmesh.control.contexts import Context, ContextStore
+from tunnelmesh.control.messages import Counters, RegisterResponse
+from tunnelmesh.errors import TunnelmeshError
+from tunnelmesh.identity import Identity
+from tunnelmesh.mesh.forwarder import Forwarder
+from tunnelmesh.mesh.routing import RoutingTable
+from tunnelmesh.node.endpoints import local_endpoints
+from tunnelmesh.node.peers import PeerSync
+
+__all__ = ["Node", "NodeError", "can_create_tun"]
+
+log = logging.getLogger(__name__)
+
+
+class NodeError(TunnelmeshError):
+    """The node could not start (no permission for TUN, a port in use, ...)."""
+
+
+def can_create_tun() -> str | None:
+    """Why this process cannot create a TUN device, or None when it can."""
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing (load the tun module, or give the container the device)"
+    if os.geteuid() == 0:
+        return None
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            caps = next(line for line in f if line.startswith("CapEff:"))
+        if int(caps.split()[1], 16) & (1 << 12):  # CAP_NET_ADMIN
+            return None
+    except (OSError, StopIteration, ValueError):
+        pass
+    return "creating the TUN device needs root (or CAP_NET_ADMIN): run it with sudo"
+
+
+class Node:
+    """A running mesh node; see the module docstring.
+
+    Args:
+        config: the peer config (tun, transports, dns, filter, control_socket).
+        context: the joined mesh (from ``tunnelmesh join``), with the session and mesh IP.
+        store: where the context lives (updated on re-registration).
+        identity: this node's key.
+        pm: the plugin manager (transports, filters, node hooks); None: no plugins.
+        client: a control client to use instead of building one (tests).
+        notify: called with human-readable progress lines (``tunnelmesh join`` prints them).
+    """
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        *,
+        context: Context,
+        store: ContextStore,
+        identity: Identity,
+        pm: Any = None,
+        client: ControlClient | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.context = context
+        self.store = store
+        self.identity = identity
+        self.pm = pm
+        self.notify = notify or (lambda line: None)
+        self.name = context.peer_name
+        self.mesh_ip = context.mesh_ip
+        self.mesh_cidr = context.mesh_cidr or f"{context.mesh_ip}/32"
+        self.routes = RoutingTable()
+        self.transports: list[Transport] = []
+        self.reflexive: list[str] = []
+        self.tun: Any = None
+        self.forwarder: Forwarder | None = None
+        self.filter_service: Any = None
+        self.dns: Any = None
+        self.control: Any = None
+        self.sync: PeerSync | None = None
+        self.started_at = 0.0
+        self._started = False
+        self._closed = False
+        self.client = client or self._make_client()
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    @property
+    def x25519_private_key(self) -> bytes:
+        """The node's static X25519 key (WireGuard), derived from its ed25519 identity."""
+        return self.identity.x25519_private()
+
+    @property
+    def udp_port(self) -> int:
+        return self.config.transports.udp_port
+
+    @property
+    def listen_address(self) -> str:
+        """Where datagram transports bind: ``0.0.0.0:<transports.udp_port>``."""
+        return f"0.0.0.0:{self.udp_port}"
+
+    def _make_client(self) -> ControlClient:
+        ctx = self.context
+        try:
+            ca_pem = Path(ctx.ca_path).read_text(encoding="ascii")
+        except OSError as exc:
+            raise TunnelmeshError(
+                f"the pinned CA of context {ctx.name!r} is missing ({exc.strerror}); join again"
+            ) from None
+        client = ControlClient(
+            server=ctx.server,
+            identity=self.identity,
+            ca_pem=ca_pem,
+            auth_token=ctx.auth_token,
+            name=ctx.peer_name,
+            session_token=ctx.session_token,
+            endpoints=self.endpoints,
+            status=self.status,
+            peers_cache=self.store.context_dir(ctx.name) / "peers.json",
+        )
+        client.on_register.append(self._remember)
+        return client
+
+    def _remember(self, reg: RegisterResponse) -> None:
+        ctx = self.context
+        ctx.stun_port = reg.stun_port
+        ctx.session_token = reg.session_token
+        ctx.peer_name = reg.name
+        ctx.mesh_ip = reg.mesh_ip
+        with contextlib.suppress(TunnelmeshError, OSError):
+            self.store.put(ctx, activate=False)
+        if reg.mesh_ip != self.mesh_ip:
+            log.warning(
+                "the coordinator gave this node a new mesh IP %s (was %s); restart to use it",
+                reg.mesh_ip,
+                self.mesh_ip,
+            )
+
+    def endpoints(self) -> list[str]:
+        """What the heartbeats publish: local addresses, then the reflexive one."""
+        if not self.transports:
+            return []
+        eps = local_endpoints(self.udp_port, exclude=[self.mesh_cidr])
+        return eps + [e for e in self.reflexive if e not in eps]
+
+    def status(self) -> PeerStatus:
+        """Per-peer transports and this node's traffic counters, for the heartbeats."""
+        st = self.forwarder.stats if self.forwarder is not None else {}
+        sync = self.sync
+        transports = dict(sync.link_transport) if sync is not None else {}
+        dropped = sum(v for k, v in st.items() if k.startswith("dropped"))
+        rx_bytes = tx_bytes = 0
+        for t in self.transports:
+            engine = getattr(t, "engine", None)
+            for peer in getattr(engine, "peers", {}).values():
+                rx_bytes += getattr(peer, "rx_bytes", 0)
+                tx_bytes += getattr(peer, "tx_bytes", 0)
+        return PeerStatus(
+            transports=transports,
+            counters=Counters(
+                bytes_sent=tx_bytes,
+                bytes_received=rx_bytes,
+                packets_sent=st.get("tx_packets", 0),
+                packets_received=st.get("rx_packets", 0),
+                dropped=dropped,
+            ),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The ``node.status`` control command: this node, its transports and its peers."""
+        peers = []
+        for name, route in sorted(self.routes.peers.items()):
+            info = self.sync.peers.get(name) if self.sync is not None else None
+            wg_peer = getattr(route.link, "wg_peer", None)
+            endpoint = getattr(wg_peer, "endpoint", None)
+            last = getattr(wg_peer, "last_handshake", None)
+            peers.append(
+                {
+                    "name": name,
+                    "mesh_ip": route.mesh_ips[0] if route.mesh_ips else "",
+                    "endpoints": list(route.endpoints),
+                    "online": bool(info.online) if info is not None else False,
+                    "link": route.link is not None,
+                    "transport": self.sync.link_transport.get(name, "")
+                    if self.sync is not None
+                    else "",
+                    "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else "",
+                    "handshake": last is not None,
+                    "rx_bytes": getattr(wg_peer, "rx_bytes", 0),
+                    "tx_bytes": getattr(wg_peer, "tx_bytes", 0),
+                }
+            )
+        return {
+            "name": self.name,
+            "mesh_ip": self.mesh_ip,
+            "mesh_cidr": self.mesh_cidr,
+            "tun": self.config.tun.name,
+            "transports": [t.name for t in self.transports],
+            "endpoints": self.endpoints(),
+            "coordinator_reachable": self.client.reachable,
+            "uptime": time.monotonic() - self.started_at if self.started_at else 0.0,
+            "forwarder": dict(self.forwarder.stats) if self.forwarder is not None else {},
+            "peers": peers,
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _registry(self) -> Any:
+        if self.pm is None:
+            from tunnelmesh.registry import Registry
+
+            return Registry()
+        return self.pm.build_registry()
+
+    def _build_transports(self, registry: Any) -> list[Transport]:
+        order = list(self.config.transports.order)
+        names = [n for n in order if n in registry.transports]
+        names += sorted(n for n in registry.transports if n not in names)
+        out: list[Transport] = []
+        for name in names:
+            cls = registry.transports[name]
+            factory = getattr(cls, "from_node", None)
+            try:
+                if callable(factory):
+                    t = factory(self)
+                else:
+                    t = cls(
+                        self.x25519_private_key, listen=self.listen_address, mtu=self.config.tun.mtu
+                    )
+            except TypeError as exc:
+                log.warning("transport %s cannot be built for a node (%s); skipped", name, exc)
+                continue
+            out.append(t)
+        return out
+
+    def _filters(self, registry: Any) -> list[PacketFilter]:
+        filters: list[PacketFilter] = []
+        if self.filter_service is not None:
+            filters.append(self.filter_service.engine)
+        engine_cls = type(filters[0]) if filters else None
+        for name, cls in sorted(registry.filters.items()):
+            if cls is engine_cls:
+                continue
+            try:
+                filters.append(cls())
+            except TypeError as exc:
+                log.warning("filter %s cannot be built without arguments (%s); skipped", name, exc)
+        return filters
+
+    async def _stun(self) -> None:
+        """Learn the reflexive address of the UDP port (before any transport binds it)."""
+        from tunnelmesh.control.daemon import stun_query
+
+        host = urlsplit(self.context.server).hostname or ""
+        if not (self.context.stun_port and host and self.udp_port):
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+            addr = str(infos[0][4][0])
+        except (OSError, IndexError):
+            return
+        mapped = await stun_query(addr, self.context.stun_port, local_port=self.udp_port)
+        if mapped is not None:
+            self.reflexive = [f"{mapped[0]}:{mapped[1]}"]
+
+    async def start(self) -> None:
+        """Bring the data plane up; see the module docstring for the order.
+
+        Raises:
+            NodeError: TUN or a transport could not be set up (everything started is undone).
+        """
+        from tunnelmesh.tun import TunDevice, TunError
+
+        if self._started:
+            return
+        self._started = True
+        self.started_at = time.monotonic()
+        registry = self._registry()
+        try:
+            await self._stun()
+            self.transports = self._build_transports(registry)
+            prefix = ipaddress.ip_network(self.mesh_cidr, strict=False).prefixlen
+            try:
+                self.tun = await asyncio.to_thread(
+                    TunDevice.create,
+                    self.config.tun.name,
+                    address=f"{self.mesh_ip}/{prefix}",
+                    mtu=self.config.tun.mtu,
+                    vnet_hdr=True,
+                )
+            except TunError as exc:
+                raise NodeError(str(exc)) from None
+            await self._start_filter()
+            self.forwarder = Forwarder(
+                self.tun.fileno(), self.routes, self._filters(registry), vnet_hdr=True
+            )
+            self.sync = PeerSync(
+                self.routes,
+                self.transports,
+                self.forwarder.attach,
+                exclude=[self.mesh_cidr],
+                rendezvous=self._ask_rendezvous,
+                notify=self.notify,
+            )
+            for t in self.transports:
+                try:
+                    await t.listen(lambda link, t=t: self._on_link(t, link))
+                except TunnelmeshError as exc:
+                    raise NodeError(f"transport {t.name}: {exc}") from None
+            self.forwarder.start()
+            await self._start_dns()
+            if self.dns is not None:
+                self.sync.dns = self.dns.backend
+            from tunnelmesh.control.peertable import PeerAdded
+
+            for peer in list(self.client.table.peers.values()):
+                self.sync.apply(PeerAdded(peer))
+            self.client.add_callback(self.sync.apply)
+        except BaseException:
+            await self.aclose()
+            raise
+        tun_addr = f"{self.mesh_ip}/{prefix}"
+        names = ", ".join(f"{t.name} on {self.listen_address}" for t in self.transports)
+        self.notify(
+            f"node up: {self.config.tun.name} {tun_addr}; transports: {names or 'none'}; "
+            f"endpoints: {', '.join(self.endpoints()) or '-'}"
+        )
+        if self.pm is not None:
+            self.pm.hook.tunnelmesh_node_started(node=self)
+
+    def _on_link(self, transport: Transport, link: Link) -> None:
+        if self.sync is not None:
+            self.sync.on_link(transport, link)
+
+    async def _ask_rendezvous(self, peer: str) -> None:
+        await self.client.rendezvous(peer, self.endpoints())
+
+    async def _start_filter(self) -> None:
+        from tunnelmesh.control_socket import ControlError, ControlServer
+        from tunnelmesh.filter import FilterService
+
+        self.filter_service = FilterService.from_config(self.config.filter, local_name=self.name)
+        path = self.config.control_socket
+        if not path:
+            await self.filter_service.start()
+            return
+        server = ControlServer(path)
+        server.add_handler("node.status", lambda payload: self.describe())
+        self.filter_service.register(server)
+        try:
+            await server.start()
+        except (ControlError, OSError) as exc:
+            raise NodeError(f"control socket {path}: {exc}") from None
+        self.control = server
+        await self.filter_service.start()
+
+    async def _start_dns(self) -> None:
+        if not self.config.dns.enabled:
+            return
+        from tunnelmesh.dns import DnsService
+
+        dns = DnsService.from_config(
+            self.config.dns,
+            link=self.config.tun.name,
+            networks=[self.mesh_cidr],
+            local_name=self.name,
+        )
+        dns.backend.set(self.name, [self.mesh_ip])
+        try:
+            await dns.start()
+        except (OSError, TunnelmeshError) as exc:
+            log.warning("DNS resolver not started: %s", exc)
+            self.notify(f"warning: DNS resolver not started: {exc}")
+            return
+        self.dns = dns
+
+    async def run(self, stop: asyncio.Event | None = None, duration: float | None = None) -> None:
+        """Heartbeat and follow the push channel until ``stop``, ``duration`` or removal.
+
+        Raises:
+            TunnelmeshError: this node was removed, or the coordinator refuses it.
+        """
+        stop = stop or asyncio.Event()
+        runner = asyncio.create_task(self.client.run(), name="tm-control")
+        waiter = asyncio.create_task(stop.wait(), name="tm-stop")
+        try:
+            done, _ = await asyncio.wait(
+                {runner, waiter}, timeout=duration, return_when=asyncio.FIRST_COMPLETED
+            )
+            if runner in done:
+                runner.result()
+        finally:
+            for t in (runner, waiter):
+                t.cancel()
+            for t in (runner, waiter):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+
+    async def aclose(self) -> None:
+        """Stop everything that was started, in reverse order. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.pm is not None and self.forwarder is not None:
+            try:
+                self.pm.hook.tunnelmesh_node_stopping(node=self)
+            except Exception:
+                log.exception("a tunnelmesh_node_stopping hook failed")
+        if self.sync is not None:
+            await self.sync.aclose()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        for t in reversed(self.transports):
+            with contextlib.suppress(Exception):
+                await t.aclose()
+        if self.dns is not None:
+            with contextlib.suppress(Exception):
+                await self.dns.aclose()
+        if self.filter_service is not None:
+            with contextlib.suppress(Exception):
+                await self.filter_service.aclose()
+        if self.control is not None:
+            with contextlib.suppress(Exception):
+                await self.control.aclose()
+        if self.tun is not None:
+            self.tun.close()
+        await self.client.aclose()

@@ -1,0 +1,102 @@
+"""A bounded TCP transfer for the demo and the lab tests (``python -m tunnelmesh.node.transfer``).
+
+::
+
+    python -m tunnelmesh.node.transfer sink HOST PORT          # one connection, prints a summary
+    python -m tunnelmesh.node.transfer send HOST PORT --seconds 1.5   # or --bytes N
+
+The sink prints ``ready`` once listening, then, after the sender closes,
+``received <bytes> sha256 <hex> seconds <s> mbps <Mbit/s>``; the sender prints
+``sent <bytes> sha256 <hex>``. The data is a deterministic pseudo-random stream, so both ends
+can be compared byte for byte. Both ends stop on their own (``--timeout``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import socket
+import sys
+import time
+
+CHUNK = 64 * 1024
+
+
+_PATTERN = hashlib.shake_128(b"tunnelmesh transfer").digest(CHUNK + 4096)
+
+
+def _block(i: int) -> bytes:
+    off = (i * 61) % 4096  # every block differs from its neighbours: reordering shows
+    return _PATTERN[off : off + CHUNK]
+
+
+def sink(host: str, port: int, timeout: float) -> int:
+    srv = socket.create_server((host, port))
+    srv.settimeout(timeout)
+    print("ready", flush=True)
+    conn, _ = srv.accept()
+    conn.settimeout(timeout)
+    h = hashlib.sha256()
+    total = 0
+    start = None
+    with conn:
+        while True:
+            data = conn.recv(1 << 20)
+            if not data:
+                break
+            if start is None:
+                start = time.monotonic()
+            total += len(data)
+            h.update(data)
+    elapsed = time.monotonic() - (start or time.monotonic())
+    mbps = total * 8 / elapsed / 1e6 if elapsed > 0 else 0.0
+    print(
+        f"received {total} sha256 {h.hexdigest()} seconds {elapsed:.3f} mbps {mbps:.1f}",
+        flush=True,
+    )
+    return 0
+
+
+def send(host: str, port: int, seconds: float, nbytes: int, timeout: float) -> int:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    h = hashlib.sha256()
+    total = 0
+    deadline = time.monotonic() + seconds if seconds else None
+    i = 0
+    with sock:
+        while True:
+            if nbytes and total >= nbytes:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            block = _block(i)
+            i += 1
+            if nbytes:
+                block = block[: nbytes - total]
+            sock.sendall(block)
+            h.update(block)
+            total += len(block)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)  # wait for the sink to close: everything was received
+    print(f"sent {total} sha256 {h.hexdigest()}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tunnelmesh.node.transfer")
+    p.add_argument("mode", choices=["sink", "send"])
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--seconds", type=float, default=0.0)
+    p.add_argument("--bytes", type=int, default=0, dest="nbytes")
+    p.add_argument("--timeout", type=float, default=20.0)
+    a = p.parse_args(argv)
+    if a.mode == "sink":
+        return sink(a.host, a.port, a.timeout)
+    if not a.seconds and not a.nbytes:
+        p.error("send needs --seconds or --bytes")
+    return send(a.host, a.port, a.seconds, a.nbytes, a.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
