@@ -16,7 +16,10 @@ Routes (all JSON; errors are ``{"error": code, "message": text, "status": n}``):
     GET    /api/v1/push                     session      WebSocket: snapshot, then changes
 
 Plugins add routes through ``tunnelmesh_register_coordinator_routes(app, coordinator)``; they
-can authenticate a request with :func:`authenticated_peer`.
+can authenticate a request with :func:`authenticated_peer`, run a service for as long as the
+coordinator runs with aiohttp's ``app.cleanup_ctx`` (started before the API listens, stopped when
+the coordinator stops), and learn the coordinator's own mesh IP with
+``await coordinator.wait_own_mesh_ip()``.
 """
 
 from __future__ import annotations

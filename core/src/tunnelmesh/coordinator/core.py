@@ -157,6 +157,7 @@ class Coordinator:
         self.stun_port = 0
         self.stats = {"registrations": 0, "refused": 0, "heartbeats": 0}
         self._tasks: list[asyncio.Task[None]] = []
+        self._own_peer_known = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -240,6 +241,8 @@ class Coordinator:
         self._by_key[rec.public_key] = rec.peer_id
         if rec.session_hash:
             self._by_session[rec.session_hash] = rec.peer_id
+        if rec.public_key in self.coordinator_keys:
+            self._own_peer_known.set()
 
     def _unindex(self, rec: PeerRecord) -> None:
         self.peers.pop(rec.peer_id, None)
@@ -283,6 +286,29 @@ class Coordinator:
 
     def peer_infos(self) -> list[PeerInfo]:
         return [self.info(r) for r in sorted(self.peers.values(), key=lambda r: r.name)]
+
+    def own_mesh_ip(self) -> str | None:
+        """The mesh IP of this coordinator's own peer (``join_mesh``), or None until it has
+        registered (or when it does not join its mesh)."""
+        for key in sorted(self.coordinator_keys):
+            pid = self._by_key.get(key)
+            if pid is not None and pid in self.peers:
+                return self.peers[pid].mesh_ip
+        return None
+
+    async def wait_own_mesh_ip(self) -> str:
+        """Wait until this coordinator's own peer is registered; return its mesh IP.
+
+        For plugins that serve on the mesh IP (the S3 service): at a restart the IP is known
+        as soon as the state is loaded; at first start, once ``join_mesh`` has registered.
+        Never returns when the coordinator does not join its mesh.
+        """
+        while True:
+            ip = self.own_mesh_ip()
+            if ip is not None:
+                return ip
+            self._own_peer_known.clear()
+            await self._own_peer_known.wait()
 
     def coordinator_ips(self) -> list[str]:
         return sorted(r.mesh_ip for r in self.peers.values() if r.is_coordinator)
