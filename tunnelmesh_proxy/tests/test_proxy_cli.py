@@ -243,7 +243,8 @@ def test_entry_point_loads_and_registers_rules_in_order() -> None:
     registry = make_plugin_manager().build_registry()
     names = list(registry.proxy_rules)
     assert names.index("mesh") < names.index("cmux")
-    assert registry.provided_by("proxy") == {"proxy rule": ["cmux", "mesh"]}
+    assert registry.provided_by("proxy") == {"proxy rule": ["cmux"]}
+    assert registry.provided_by("builtin.proxy") == {"proxy rule": ["mesh"]}
 
 
 def test_peers_file_feeds_the_mesh_rule(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import pytest
 from tunnelmesh.abc import ProxyRule, Upstream
-from tunnelmesh_proxy.http1 import connection_tokens, error_response, origin_form
-from tunnelmesh_proxy.listen import dedupe, parse_address, parse_listen
-from tunnelmesh_proxy.routing import (
+from tunnelmesh.proxyrules import (
     NO_ROUTE,
-    CmuxRule,
     HostsFileLookup,
     MeshPeerRule,
     RouteError,
-    Router,
-    match_host,
     parse_port,
     resolver_lookup,
-    workspace_ip,
 )
+from tunnelmesh_proxy.http1 import connection_tokens, error_response, origin_form
+from tunnelmesh_proxy.listen import dedupe, parse_address, parse_listen
+from tunnelmesh_proxy.routing import CmuxRule, Router, match_host, workspace_ip
 
 PORT = "x-cmux-port-internal"
 WS = "x-cmux-workspace-internal"

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tunnelmesh._builtin.storage",
     "tunnelmesh._builtin.filter",
     "tunnelmesh._builtin.dns",
+    "tunnelmesh._builtin.proxy",
 )
 
 
@@ -140,11 +141,13 @@ class PluginManager(pluggy.PluginManager):
         """Call one hook's implementations one plugin at a time.
 
         Used for the registration hooks so that the registry knows which plugin is registering
-        (a duplicate name is reported with both plugins' names).
+        (a duplicate name is reported with both plugins' names). Plugins are called in
+        registration order, built-ins first, then installed plugins sorted by entry-point name,
+        so what a built-in registers (core's proxy mesh rule, say) comes first.
         """
         caller = getattr(self.hook, hook_name)
         registry = kwargs.get("registry")
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():  # registration order: built-ins, then by name
             if isinstance(registry, Registry):
                 registry.current_plugin = impl.plugin_name
             args = {name: kwargs[name] for name in impl.argnames}

@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 from tunnelmesh.abc import ProxyRule
+from tunnelmesh.proxyrules import HostsFileLookup, PeerLookup, resolver_lookup
 
 from tunnelmesh_proxy import listen as listen_mod
-from tunnelmesh_proxy.routing import HostsFileLookup, PeerLookup, Router, resolver_lookup
+from tunnelmesh_proxy.routing import Router
 
 __all__ = ["build_router", "proxy"]
 

@@ -13,10 +13,9 @@ if TYPE_CHECKING:
 
 @hookimpl
 def tunnelmesh_register_proxy_rules(registry: Registry) -> None:
-    """The mesh rule (X-Tunnelmesh-Peer) first, then the cmux rules."""
-    from tunnelmesh_proxy.routing import CmuxRule, MeshPeerRule
+    """The cmux rules; core's mesh rule (X-Tunnelmesh-Peer, ``builtin.proxy``) is asked first."""
+    from tunnelmesh_proxy.routing import CmuxRule
 
-    registry.add_proxy_rule(MeshPeerRule)
     registry.add_proxy_rule(CmuxRule)
 
 
