@@ -37,3 +37,15 @@ def test_hooks_doc_is_generated_from_the_specs() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_readme_plugin_table_matches_the_catalog() -> None:
+    readme = (ROOT / "README.md").read_text()
+    with open(ROOT / "plugins" / "catalog.toml", "rb") as f:
+        catalog = tomllib.load(f).get("plugin", [])
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `")
+        for line in readme.splitlines()
+        if line.startswith("| `")
+    }
+    assert rows == {p["name"]: p["dist"] for p in catalog}
