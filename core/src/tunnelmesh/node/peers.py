@@ -99,6 +99,8 @@ class PeerSync:
         self.link_transport: dict[str, str] = {}
         """Which transport carries each peer's link, by peer name."""
         self.dials: dict[str, asyncio.Task[None]] = {}
+        self.retry_delay = 1.0
+        """The first wait before dialling again (doubles up to 30 s)."""
         self._keys: dict[str, bytes] = {}
         self._closed = False
 
@@ -210,7 +212,7 @@ class PeerSync:
         )
 
     async def _dial_loop(self, name: str, extra: list[str]) -> None:
-        delay = 1.0
+        delay = self.retry_delay
         asked = False
         while not self._closed:
             route = self.routes.peers.get(name)
