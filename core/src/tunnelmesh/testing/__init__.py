@@ -6,6 +6,10 @@ point) adds the ``lab`` marker: tests marked ``@pytest.mark.lab`` need root, ``/
 and ``lab_factory`` fixtures: networks of namespaces with switches, NAT routers, an internet
 host and link impairment, from :mod:`tunnelmesh.testing.lab` (see its docstring and
 ``docs/lab.md``).
+
+Transport authors run the conformance suite (:mod:`tunnelmesh.testing.conformance`) against
+their transport: subclass :class:`TransportConformance` in a test module, or
+``await check_transport(make_pair)``. :class:`MemoryTransport` is an in-memory double.
 """
 
 from __future__ import annotations
@@ -13,7 +17,23 @@ from __future__ import annotations
 import os
 import shutil
 
-__all__ = ["lab_unavailable_reason"]
+from tunnelmesh.testing.conformance import (
+    ConformanceError,
+    TransportConformance,
+    TransportPair,
+    check_transport,
+)
+from tunnelmesh.testing.memory import MemoryNetwork, MemoryTransport
+
+__all__ = [
+    "ConformanceError",
+    "MemoryNetwork",
+    "MemoryTransport",
+    "TransportConformance",
+    "TransportPair",
+    "check_transport",
+    "lab_unavailable_reason",
+]
 
 
 def lab_unavailable_reason() -> str | None:
