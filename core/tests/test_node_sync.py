@@ -275,3 +275,24 @@ def test_endpoint_order() -> None:
         is_routable=lambda host: host not in unroutable,
     )
     assert got == ["192.168.1.20:2223", "100.64.0.9:2223", "10.9.9.9:2223"]
+
+
+def test_the_end_with_the_larger_key_lets_the_other_dial_first() -> None:
+    a, b = Identity.generate(), Identity.generate()
+
+    async def main() -> None:
+        h = Harness()
+        h.sync.local_key = b"\xff" * 32  # larger than any key: the passive end
+        h.sync.passive_delay = 0.2
+        h.sync.apply(PeerAdded(info("alpha", "172.30.0.7", ["192.0.2.7:2223"], a)))
+        await asyncio.sleep(0.05)
+        h.sync.on_link(h.transport, FakeLink("alpha"))  # alpha dialled us first
+        await h.settle()
+        assert h.transport.dials == []  # so no crossing handshake from our side
+        h.sync.apply(PeerAdded(info("beta", "172.30.0.8", ["192.0.2.8:2223"], b)))
+        await h.settle(lambda: "beta" in h.transport.links)
+        assert h.transport.dials == [("beta", ["192.0.2.8:2223"])]  # beta did not: we do
+        h.sync.local_key = b"\x00" * 32
+        await h.sync.aclose()
+
+    asyncio.run(main())

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -343,10 +344,11 @@ class Node:
                 exclude=[self.mesh_cidr],
                 rendezvous=self._ask_rendezvous,
                 notify=self.notify,
+                local_key=self.identity.public_raw,
             )
             for t in self.transports:
                 try:
-                    await t.listen(lambda link, t=t: self._on_link(t, link))
+                    await t.listen(functools.partial(self._on_link, t))
                 except TunnelmeshError as exc:
                     raise NodeError(f"transport {t.name}: {exc}") from None
             self.forwarder.start()

@@ -15,7 +15,11 @@
 Dialling: the peer's endpoints are tried in :func:`~tunnelmesh.node.endpoints.order_endpoints`
 order with each transport in the configured order. When all fail, the coordinator is asked for
 a rendezvous (the peer dials us) and the dial is retried with exponential backoff (1 s to 30 s)
-for as long as the peer exists and has no link. A link that arrives from the other side (a
+for as long as the peer exists and has no link. When both ends learn of each other at once,
+only one should start: crossing handshake initiations overwrite each other's state and both
+sides then wait a whole retransmit timeout (5 s), as with any WireGuard. So the end with the
+larger key waits ``passive_delay`` (1.5 s) before its first attempt and does not dial at all
+when the other end's link arrived meanwhile. A link that arrives from the other side (a
 transport's ``listen`` callback) ends the dialling. Once a peer has a link, the transport keeps
 the session alive by itself (WireGuard re-handshakes on demand), also while the coordinator is
 away: nothing here depends on the coordinator being reachable.
@@ -70,6 +74,7 @@ class PeerSync:
         dns: a DNS backend with ``apply_push`` (optional).
         rendezvous: ``async (peer_name) -> None``: ask the coordinator to make ``peer`` dial us.
         notify: called with one human-readable line per link change (progress output).
+        local_key: this node's raw public key (for the tie-break above; empty: always dial).
         order: ``(endpoints) -> endpoints`` ordering (default
             :func:`~tunnelmesh.node.endpoints.order_endpoints` with ``exclude``), for tests.
     """
@@ -84,6 +89,7 @@ class PeerSync:
         dns: Any = None,
         rendezvous: Callable[[str], Awaitable[object]] | None = None,
         notify: Callable[[str], None] | None = None,
+        local_key: bytes = b"",
         order: Callable[[Sequence[str]], list[str]] | None = None,
     ) -> None:
         self.routes = routes
@@ -94,6 +100,9 @@ class PeerSync:
         self._rendezvous = rendezvous
         self._notify = notify
         self._order = order
+        self.local_key = local_key
+        self.passive_delay = 1.5
+        """How long the end with the larger key lets the other dial first (seconds)."""
         self.peers: dict[str, PeerInfo] = {}
         """The peers the data plane knows, by name."""
         self.link_transport: dict[str, str] = {}
@@ -208,12 +217,20 @@ class PeerSync:
         if not route.endpoints and not extra:
             return  # wait for the peer's first heartbeat to publish some
         self.dials[name] = asyncio.get_running_loop().create_task(
-            self._dial_loop(name, list(extra)), name=f"tm-dial-{name}"
+            self._dial_loop(
+                name, list(extra), passive=not force and self.local_key > route.public_key
+            ),
+            name=f"tm-dial-{name}",
         )
 
-    async def _dial_loop(self, name: str, extra: list[str]) -> None:
+    async def _dial_loop(self, name: str, extra: list[str], passive: bool = False) -> None:
         delay = self.retry_delay
         asked = False
+        if passive and self.local_key:
+            await asyncio.sleep(self.passive_delay)
+            route = self.routes.peers.get(name)
+            if route is None or route.link is not None:
+                return
         while not self._closed:
             route = self.routes.peers.get(name)
             if route is None:
@@ -244,9 +261,10 @@ class PeerSync:
     # --- misc ------------------------------------------------------------------------------
 
     def _say(self, line: str) -> None:
-        log.info("%s", line)
         if self._notify is not None:
             self._notify(line)
+        else:
+            log.info("%s", line)
 
     def _spawn(self, coro: Awaitable[object]) -> None:
         async def run() -> None:
