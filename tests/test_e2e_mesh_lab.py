@@ -2,7 +2,8 @@
 behind a full-cone NAT) with TUN devices and the UDP (WireGuard) transport.
 
 Checks full connectivity by mesh IP and by name, byte-exact TCP transfers across the NAT, and
-that peers keep forwarding while the coordinator is down and catch up when it returns (a peer
+that a peer whose address changes stays reachable (roaming), that peers keep forwarding while
+the coordinator is down and catch up when it returns (a peer
 that joins afterwards is reachable from the old ones).
 """
 
@@ -73,6 +74,30 @@ def test_full_mesh_by_ip_and_name_and_exact_transfers(mesh: MeshLab) -> None:
     assert_transfer(mesh, "gamma", "alpha", 8 << 20, 5301)
     assert_transfer(mesh, "alpha", "gamma", 8 << 20, 5302)
     assert_transfer(mesh, "beta", "alpha", 3 << 20, 5303)
+
+
+def test_a_peer_that_changes_address_stays_reachable(mesh: MeshLab) -> None:
+    beta = mesh.peers["beta"].host
+    old = beta.address
+    new = old.rsplit(".", 1)[0] + ".200"
+    # (deleting a primary address also deletes its secondaries: delete first, then add)
+    beta.run(["ip", "addr", "del", f"{old}/24", "dev", beta.dev])
+    beta.run(["ip", "addr", "add", f"{new}/24", "dev", beta.dev])
+    # beta's packets now come from the new address: the others roam to it at once
+    for dst in ("alpha", "gamma"):
+        assert mesh.ping("beta", mesh.peers[dst].mesh_ip, count=1, deadline=10) is not None
+    ping_all(mesh, NAMES)
+    # and its heartbeats publish only the new address (the reflexive one learnt on the old
+    # network is dropped), so a peer that had not heard from beta would dial it there. beta's
+    # control connection from the old address must time out first: bounded at 40 s.
+    deadline = time.monotonic() + 40
+    while True:
+        seen = {p["name"]: p for p in mesh.peers["alpha"].status()["peers"]}["beta"]
+        if seen["endpoints"] == [f"{new}:2223"] and seen["endpoint"] == f"{new}:2223":
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.3)
+    assert_transfer(mesh, "gamma", "beta", 2 << 20, 5304)
 
 
 def test_coordinator_down_then_back_and_a_new_peer_joins(mesh: MeshLab) -> None:

@@ -115,6 +115,7 @@ class Node:
         self.routes = RoutingTable()
         self.transports: list[Transport] = []
         self.reflexive: list[str] = []
+        self._stun_locals: list[str] = []
         self.tun: Any = None
         self.forwarder: Forwarder | None = None
         self.filter_service: Any = None
@@ -180,10 +181,17 @@ class Node:
             )
 
     def endpoints(self) -> list[str]:
-        """What the heartbeats publish: local addresses, then the reflexive one."""
+        """What the heartbeats publish: local addresses, then the reflexive one.
+
+        The reflexive address belongs to the network it was learned on: once the local
+        addresses change (the node moved), it is no longer published.
+        """
         if not self.transports:
             return []
         eps = local_endpoints(self.udp_port, exclude=[self.mesh_cidr])
+        if self.reflexive and sorted(eps) != self._stun_locals:
+            log.info("local addresses changed; no longer publishing %s", self.reflexive)
+            self.reflexive = []
         return eps + [e for e in self.reflexive if e not in eps]
 
     def status(self) -> PeerStatus:
@@ -302,9 +310,11 @@ class Node:
             addr = str(infos[0][4][0])
         except (OSError, IndexError):
             return
+        locals_before = sorted(local_endpoints(self.udp_port, exclude=[self.mesh_cidr]))
         mapped = await stun_query(addr, self.context.stun_port, local_port=self.udp_port)
         if mapped is not None:
             self.reflexive = [f"{mapped[0]}:{mapped[1]}"]
+            self._stun_locals = locals_before
 
     async def start(self) -> None:
         """Bring the data plane up; see the module docstring for the order.
