@@ -1,0 +1,418 @@
+"""The relay transport: WireGuard messages carried through the coordinator over a WebSocket.
+
+For peers that cannot reach each other directly (both behind symmetric NATs, UDP blocked), each
+keeps one WebSocket to its coordinator (``wss://<coordinator>/api/v1/relay``, authenticated with
+its session token, TLS pinned to the mesh CA) and the coordinator forwards messages by peer
+name (:mod:`tunnelmesh_relay.server`).
+
+Packets are sealed end to end by this transport's own WireGuard engine
+(:class:`tunnelmesh.proto.WireGuard`, the node's X25519 key derived from its ed25519 identity),
+exactly as the UDP transport seals them, with the peer's *name* as the engine's endpoint
+address. The coordinator sees ciphertext and the two names; it can drop or delay messages but
+cannot read, forge or replay them. Sessions live in the engine, not in the WebSocket: when the
+connection to the coordinator drops and comes back (the transport reconnects by itself, with
+backoff), the links and their keys carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import websockets
+from tunnelmesh.abc import Link, Packet, Transport, TransportCapabilities
+from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
+from tunnelmesh.errors import TransportError
+from tunnelmesh.proto import HandshakeCompleted, Peer, WireGuard
+from tunnelmesh.proto.wgcrypto import x25519_public_from_ed25519
+from tunnelmesh.proto.wgmessages import REKEY_TIMEOUT
+
+from tunnelmesh_relay.proto import (
+    RECV,
+    UNREACHED,
+    RelayFormatError,
+    decode_header,
+    encode_message,
+    split_records,
+)
+
+__all__ = ["RelayLink", "RelayTransport"]
+
+log = logging.getLogger(__name__)
+
+RELAY_PATH = "/api/v1/relay"
+_MAX_RECORDS = 64
+_QUEUE = 512
+
+
+class RelayLink(Link):
+    """A link to one peer through the relay (one WireGuard peer of the transport's engine)."""
+
+    def __init__(self, owner: RelayTransport, peer: Peer, mtu: int) -> None:
+        self._owner = owner
+        self.wg_peer = peer
+        self.peer = peer.name
+        self.mtu = mtu
+        self.closed = False
+        self._deliver: Callable[[Link, list[bytes]], None] | None = None
+        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue(256)
+
+    def send_batch(self, datagrams: Sequence[Packet]) -> None:
+        if self.closed:
+            raise TransportError(f"relay link to {self.peer} is closed")
+        if datagrams:
+            self._owner._send_packets(self.wg_peer, datagrams)
+
+    def set_receiver(self, deliver: Callable[[Link, list[bytes]], None] | None) -> None:
+        self._deliver = deliver
+        while deliver is not None and not self._queue.empty():
+            packets = self._queue.get_nowait()
+            if packets:
+                deliver(self, packets)
+
+    def _received(self, packets: list[bytes]) -> None:
+        if self._deliver is not None:
+            self._deliver(self, packets)
+            return
+        try:
+            self._queue.put_nowait(packets)
+        except asyncio.QueueFull:
+            self._owner.drops["link_queue_full"] += len(packets)
+
+    async def recv_batch(self) -> list[bytes]:
+        if self.closed:
+            raise TransportError(f"relay link to {self.peer} is closed")
+        packets = await self._queue.get()
+        if not packets:
+            self._queue.put_nowait([])
+            raise TransportError(f"relay link to {self.peer} is closed")
+        return packets
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._owner.links.get(self.wg_peer.public_key) is self:
+            del self._owner.links[self.wg_peer.public_key]
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait([])
+
+
+class RelayTransport(Transport):
+    """WireGuard through the coordinator's WebSocket relay.
+
+    Args:
+        private_key: our static X25519 private key (from the node's ed25519 identity).
+        server: the coordinator's URL (``https://host:port``).
+        session_token: the coordinator session token, or a callable returning the current one
+            (it changes when the node registers again).
+        ca_pem: the mesh CA the coordinator's certificate must chain to.
+        mtu: the tunnel MTU.
+        server_hostname: the name checked in the coordinator's certificate.
+    """
+
+    name: ClassVar[str] = "relay"
+    capabilities: ClassVar[TransportCapabilities] = TransportCapabilities(
+        incoming=True, nat_punch=False, reliable=False, ordered=False, max_mtu=1420
+    )
+
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        server: str,
+        session_token: str | Callable[[], str],
+        ca_pem: str,
+        mtu: int = 1420,
+        server_hostname: str = COORDINATOR_NAME,
+    ) -> None:
+        self.engine = WireGuard(private_key, mtu=mtu)
+        self.mtu = mtu
+        parts = urlsplit(server)
+        scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
+        self.url = f"{scheme}://{parts.netloc}{RELAY_PATH}"
+        self._token = session_token
+        self._ssl = client_ssl_context(ca_pem) if scheme == "wss" else None
+        self._server_hostname = server_hostname
+        self.links: dict[bytes, RelayLink] = {}
+        self.drops = self.engine.drops
+        self.stats = {"tx_messages": 0, "rx_messages": 0, "connects": 0}
+        self._on_link: Callable[[Link], None] | None = None
+        self._ws: Any = None
+        self._connected = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._out: asyncio.Queue[bytes] = asyncio.Queue(_QUEUE)
+        self._waiters: dict[bytes, asyncio.Future[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+        self.last_error = ""
+
+    @classmethod
+    def from_node(cls, node: Any) -> RelayTransport:
+        """Build from a running node: its key, its coordinator, its session."""
+        from pathlib import Path
+
+        ctx = node.context
+        return cls(
+            node.x25519_private_key,
+            server=ctx.server,
+            session_token=lambda: node.client.session_token,
+            ca_pem=Path(ctx.ca_path).read_text(encoding="ascii"),
+            mtu=node.config.tun.mtu,
+        )
+
+    @property
+    def connected(self) -> bool:
+        """True while the WebSocket to the coordinator is open."""
+        return self._ws is not None
+
+    # --- peers ------------------------------------------------------------------------------
+
+    def update_peer(
+        self, peer: str, *, public_key: bytes = b"", endpoints: Sequence[str] = ()
+    ) -> None:
+        existing = self.engine.peer_by_name(peer)
+        if not public_key:
+            if existing is not None:
+                self.engine.remove_peer(existing.public_key)
+            return
+        x = x25519_public_from_ed25519(public_key)
+        if existing is not None and existing.public_key != x:
+            self.engine.remove_peer(existing.public_key)
+        self.engine.add_peer(x, name=peer, endpoint=peer)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def listen(self, on_link: Callable[[Link], None]) -> None:
+        """Connect to the relay (in the background, reconnecting) and accept links."""
+        if self._closed:
+            raise TransportError("relay transport is closed")
+        self._on_link = on_link
+        if self._runner is None:
+            self._loop = loop = asyncio.get_running_loop()
+            self.engine.wall_offset = time.time() - loop.time()
+            self._runner = loop.create_task(self._run(), name="tm-relay")
+            self._writer = loop.create_task(self._write_loop(), name="tm-relay-writer")
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Wait for the WebSocket to be open.
+
+        Raises:
+            TransportError: not connected within ``timeout`` seconds.
+        """
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            raise TransportError(
+                f"relay: not connected to {self.url} ({self.last_error or 'no answer'})"
+            ) from None
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while not self._closed:
+            token = self._token() if callable(self._token) else self._token
+            try:
+                async with websockets.connect(
+                    self.url,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname if self._ssl else None,
+                    additional_headers={"Authorization": f"Bearer {token}"},
+                    compression=None,
+                    max_size=1024 * 1024,
+                    max_queue=64,
+                    ping_interval=20,
+                    ping_timeout=20,
+                    open_timeout=10,
+                ) as ws:
+                    self._ws = ws
+                    self.stats["connects"] += 1
+                    self._connected.set()
+                    delay = 0.5
+                    async for message in ws:
+                        if isinstance(message, bytes):
+                            self._received(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # network errors of every kind: retry with backoff
+                self.last_error = str(exc) or type(exc).__name__
+                log.info("relay: connection to %s: %s", self.url, self.last_error)
+            finally:
+                self._ws = None
+                self._connected.clear()
+            if self._closed:
+                return
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, 10.0)
+
+    async def _write_loop(self) -> None:
+        out = self._out
+        while True:
+            msg = await out.get()
+            ws = self._ws
+            if ws is None:
+                self.drops["relay_down"] += 1
+                continue
+            try:
+                await ws.send(msg)
+                self.stats["tx_messages"] += 1
+            except Exception:  # the reader notices the closed connection and reconnects
+                self.drops["relay_send_error"] += 1
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._runner, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._runner = self._writer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for link in list(self.links.values()):
+            await link.aclose()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(TransportError("relay transport is closed"))
+
+    # --- links ------------------------------------------------------------------------------
+
+    def link_for(self, peer: Peer) -> RelayLink:
+        link = self.links.get(peer.public_key)
+        if link is None:
+            link = self.links[peer.public_key] = RelayLink(self, peer, self.mtu)
+        return link
+
+    async def dial(self, peer: str, endpoints: Sequence[str], *, public_key: bytes = b"") -> Link:
+        """Handshake with ``peer`` through the relay (``endpoints`` are not needed).
+
+        Raises:
+            TransportError: not connected to the relay, no key for the peer, the peer is not
+                on the relay, or no handshake completed within two REKEY_TIMEOUTs.
+        """
+        if self._closed or self._loop is None:
+            raise TransportError("relay transport is not listening")
+        if public_key:
+            self.update_peer(peer, public_key=public_key)
+        wg_peer = self.engine.peer_by_name(peer)
+        if wg_peer is None:
+            raise TransportError(f"relay: no public key known for peer {peer!r}")
+        await self.wait_connected(10.0)
+        loop = self._loop
+        if not self.engine.has_session(wg_peer, loop.time()):
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters[wg_peer.public_key] = fut
+            wg_peer.last_sent_handshake = None
+            self.engine.initiate(wg_peer, loop.time())
+            self._after()
+            try:
+                # the engine retransmits after REKEY_TIMEOUT; wait for one retransmission too
+                await asyncio.wait_for(fut, 2 * REKEY_TIMEOUT + 1)
+            except TimeoutError:
+                raise TransportError(f"relay: no handshake with {peer}") from None
+            finally:
+                self._waiters.pop(wg_peer.public_key, None)
+        return self.link_for(wg_peer)
+
+    # --- data path --------------------------------------------------------------------------
+
+    def _send_packets(self, peer: Peer, packets: Sequence[Packet]) -> None:
+        assert self._loop is not None
+        msgs = self.engine.encrypt_batch(peer, packets, self._loop.time())
+        if msgs:
+            self._queue_records(peer.name, msgs)
+        self._after()
+
+    def _queue_records(self, dest: str, records: list[bytes]) -> None:
+        put = self._out.put_nowait
+        for i in range(0, len(records), _MAX_RECORDS):
+            try:
+                put(encode_message(0x01, dest, records[i : i + _MAX_RECORDS]))
+            except asyncio.QueueFull:
+                self.drops["relay_queue_full"] += min(_MAX_RECORDS, len(records) - i)
+            except RelayFormatError:
+                self.drops["relay_bad_name"] += 1
+
+    def _received(self, data: bytes) -> None:
+        self.stats["rx_messages"] += 1
+        try:
+            kind, name, offset = decode_header(data)
+            if kind == UNREACHED:
+                fut = None
+                wg_peer = self.engine.peer_by_name(name)
+                if wg_peer is not None:
+                    fut = self._waiters.get(wg_peer.public_key)
+                if fut is not None and not fut.done():
+                    fut.set_exception(TransportError(f"relay: {name} is not on the relay"))
+                return
+            if kind != RECV:
+                raise RelayFormatError("unexpected message kind")
+            records = split_records(data, offset)
+        except RelayFormatError:
+            self.drops["relay_malformed"] += 1
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        receive = self.engine.receive_datagram
+        per_peer: dict[Peer, list[bytes]] = {}
+        for rec in records:
+            result = receive(rec, name, now)
+            if result is not None:
+                peer, packet = result
+                per_peer.setdefault(peer, []).append(packet)
+        for peer, packets in per_peer.items():
+            link = self.links.get(peer.public_key)
+            if link is None:
+                link = self.link_for(peer)
+                if self._on_link is not None:
+                    self._on_link(link)
+            link._received(packets)
+        self._after()
+
+    def _after(self) -> None:
+        """Send what the engine queued, hand out events, re-arm the timer."""
+        engine = self.engine
+        out = engine.datagrams_to_send()
+        if out:
+            by_dest: dict[str, list[bytes]] = {}
+            for data, addr in out:
+                if isinstance(addr, str):
+                    by_dest.setdefault(addr, []).append(data)
+            for dest, records in by_dest.items():
+                self._queue_records(dest, records)
+        while (event := engine.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                fut = self._waiters.get(event.public_key)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                peer = engine.peers.get(event.public_key)
+                if peer is not None and peer.public_key not in self.links:
+                    link = self.link_for(peer)
+                    if self._on_link is not None and not event.initiator:
+                        self._on_link(link)
+        deadline = engine.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = deadline
+            if deadline is not None and self._loop is not None:
+                self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        assert self._loop is not None
+        self.engine.handle_timer(self._loop.time())
+        self._after()
