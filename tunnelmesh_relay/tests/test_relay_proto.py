@@ -145,3 +145,19 @@ def test_stats_are_plain_data() -> None:
     assert stats["connected"] == ["a"]
     assert stats["peers"]["a"]["dropped_unreachable"] == 1
     assert stats["config"]["rate_bytes_per_second"] == 0
+
+
+def test_count_records_agrees_with_split_records() -> None:
+    from tunnelmesh_relay.proto import count_records
+
+    good = encode_message(
+        SEND, "bob", [DATA, INIT, DATA + bytes(1400), bytes((3, 0, 0, 0)) + bytes(60)]
+    )
+    _, _, off = decode_header(good)
+    assert count_records(good, off) == len(split_records(good, off)) == 4
+    for record in (b"\x45" + bytes(40), bytes((4, 0, 1, 0)) + bytes(28), b"\x04\x00", bytes(5)):
+        bad = encode_message(SEND, "bob", [DATA, record])
+        with pytest.raises(RelayFormatError):
+            count_records(bad, off)
+    with pytest.raises(RelayFormatError):
+        count_records(good[:-1], off)

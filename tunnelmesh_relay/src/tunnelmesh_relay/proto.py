@@ -28,6 +28,7 @@ __all__ = [
     "PeerCounters",
     "RelayFormatError",
     "TokenBucket",
+    "count_records",
     "decode_header",
     "encode_message",
     "rewrite_for_delivery",
@@ -109,6 +110,35 @@ def split_records(data: bytes, offset: int, *, wireguard: bool = True) -> list[b
                 raise RelayFormatError("record is not a WireGuard message")
         out.append(rec)
     return out
+
+
+def count_records(data: bytes, offset: int) -> int:
+    """Check, without copying, that every record from ``offset`` is a well-formed WireGuard
+    message (as :func:`split_records` does) and return how many there are.
+
+    Raises:
+        RelayFormatError: a record runs past the end, or is not a WireGuard message.
+    """
+    count = 0
+    end = len(data)
+    sizes = _WG_SIZES
+    while offset < end:
+        if end - offset < 6:
+            raise RelayFormatError("truncated record")
+        n = (data[offset] << 8) | data[offset + 1]
+        start = offset + 2
+        offset = start + n
+        if offset > end:
+            raise RelayFormatError("record runs past the message")
+        limits = sizes.get(data[start]) if n >= 4 else None
+        if (
+            limits is None
+            or data[start + 1] | data[start + 2] | data[start + 3]
+            or not limits[0] <= n <= limits[1]
+        ):
+            raise RelayFormatError("record is not a WireGuard message")
+        count += 1
+    return count
 
 
 def rewrite_for_delivery(data: bytes, offset: int, source: str) -> bytes:

@@ -33,10 +33,10 @@ from tunnelmesh_relay.proto import (
     PeerCounters,
     RelayFormatError,
     TokenBucket,
+    count_records,
     decode_header,
     encode_message,
     rewrite_for_delivery,
-    split_records,
 )
 
 __all__ = ["RELAY_HUB_KEY", "RelayConfig", "RelayHub", "add_routes"]
@@ -113,7 +113,7 @@ class RelayHub:
             kind, dest, offset = decode_header(data)
             if kind != SEND:
                 raise RelayFormatError("peers may only send SEND messages")
-            records = split_records(data, offset)
+            packets = count_records(data, offset)
         except RelayFormatError as exc:
             src.dropped_invalid += 1
             log.debug("relay: dropped a message from %s: %s", source, exc)
@@ -130,7 +130,7 @@ class RelayHub:
             return
         src.rx_bytes += len(data)
         src.rx_messages += 1
-        src.rx_packets += len(records)
+        src.rx_packets += packets
         conn = self.conns.get(dest)
         if conn is None:
             src.dropped_unreachable += 1

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 SUBSYSTEM = "tunnelmesh"
 """The session subsystem that carries the frames."""
 
-_CIPHERS = ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+_CIPHERS = ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"]
 _WINDOW = 8 * 1024 * 1024
 _MAX_PKTSIZE = 256 * 1024 - 1024
 _QUEUE = 256
