@@ -202,3 +202,28 @@ def test_dial_fails_fast_when_the_peer_is_not_on_the_relay(tmp_path: Path) -> No
             await a.aclose()
 
     run(main())
+
+
+def test_from_node_follows_the_node_session(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    async def main() -> None:
+        async with RelayMesh(tmp_path, ["a"]) as mesh:
+            ca = tmp_path / "ca.crt"
+            ca.write_text(mesh.ca_pem)
+            client = SimpleNamespace(session_token="stale")
+            node = SimpleNamespace(
+                x25519_private_key=mesh.identities["a"].x25519_private(),
+                context=SimpleNamespace(server=mesh.url, ca_path=str(ca)),
+                client=client,
+                config=SimpleNamespace(tun=SimpleNamespace(mtu=1420)),
+            )
+            t = RelayTransport.from_node(node)
+            assert t.url == mesh.url.replace("https://", "wss://") + "/api/v1/relay"
+            client.session_token = mesh.sessions["a"]  # the node registered (again)
+            await t.listen(lambda link: None)
+            await t.wait_connected(10.0)
+            assert "a" in mesh.hub.conns
+            await t.aclose()
+
+    run(main())

@@ -221,3 +221,18 @@ def test_openssh_client_interoperates(tmp_path: Path) -> None:
             assert b"HOST IDENTIFICATION HAS CHANGED" in err or b"verification failed" in err
 
     run(main())
+
+
+def test_from_node_uses_the_node_identity_name_and_port() -> None:
+    from types import SimpleNamespace
+
+    ident = Identity.generate()
+    node = SimpleNamespace(
+        identity=ident,
+        name="alpha",
+        listen_address="0.0.0.0:51820",
+        config=SimpleNamespace(tun=SimpleNamespace(mtu=1380)),
+    )
+    t = SshTransport.from_node(node)
+    assert (t.peer_name, t.listen_address, t.mtu) == ("alpha", "0.0.0.0:51820", 1380)
+    assert t.identity is ident
