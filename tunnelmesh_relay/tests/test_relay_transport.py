@@ -227,3 +227,20 @@ def test_from_node_follows_the_node_session(tmp_path: Path) -> None:
             await t.aclose()
 
     run(main())
+
+
+def test_a_peer_that_leaves_or_changes_keys_loses_its_link(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with RelayMesh(tmp_path, ["a", "b"]) as mesh:
+            a, b, link, incoming = await linked(mesh)
+            b.update_peer("a", public_key=mesh.identities["a"].public_raw)  # unchanged: kept
+            await asyncio.sleep(0.05)
+            assert not incoming[0].closed  # type: ignore[attr-defined]
+            b.update_peer("a")  # left the mesh
+            with pytest.raises(TransportError):
+                await asyncio.wait_for(incoming[0].recv_batch(), 10)
+            assert b.engine.peer_by_name("a") is None
+            await a.aclose()
+            await b.aclose()
+
+    run(main())

@@ -236,3 +236,25 @@ def test_from_node_uses_the_node_identity_name_and_port() -> None:
     t = SshTransport.from_node(node)
     assert (t.peer_name, t.listen_address, t.mtu) == ("alpha", "0.0.0.0:51820", 1380)
     assert t.identity is ident
+
+
+def test_a_new_key_or_removal_closes_the_links_of_the_old_key() -> None:
+    async def main() -> None:
+        async with Pair() as p:
+            p.server.update_peer("a", public_key=p.a.public_raw)
+            client = SshTransport(p.a, "a", listen="127.0.0.1:0")
+            await client.dial("b", [p.endpoint], public_key=p.b.public_raw)
+            for _ in range(200):
+                if p.incoming:
+                    break
+                await asyncio.sleep(0.01)
+            remote = p.incoming[0]
+            p.server.update_peer("a", public_key=p.a.public_raw)  # same key: nothing happens
+            await asyncio.sleep(0.05)
+            assert not remote.closed  # type: ignore[attr-defined]
+            p.server.update_peer("a", public_key=Identity.generate().public_raw)
+            with pytest.raises(TransportError):
+                await asyncio.wait_for(remote.recv_batch(), 10)
+            await client.aclose()
+
+    run(main())

@@ -181,14 +181,15 @@ class RelayTransport(Transport):
         self, peer: str, *, public_key: bytes = b"", endpoints: Sequence[str] = ()
     ) -> None:
         existing = self.engine.peer_by_name(peer)
-        if not public_key:
-            if existing is not None:
-                self.engine.remove_peer(existing.public_key)
-            return
-        x = x25519_public_from_ed25519(public_key)
+        x = x25519_public_from_ed25519(public_key) if public_key else None
         if existing is not None and existing.public_key != x:
+            # a peer that left, or changed keys: its sessions and its link end here
             self.engine.remove_peer(existing.public_key)
-        self.engine.add_peer(x, name=peer, endpoint=peer)
+            link = self.links.get(existing.public_key)
+            if link is not None:
+                asyncio.get_running_loop().create_task(link.aclose())
+        if x is not None:
+            self.engine.add_peer(x, name=peer, endpoint=peer)
 
     # --- lifecycle --------------------------------------------------------------------------
 

@@ -306,10 +306,16 @@ class SshTransport(Transport):
     def update_peer(
         self, peer: str, *, public_key: bytes = b"", endpoints: Sequence[str] = ()
     ) -> None:
+        old = self._keys.get(peer)
         if public_key:
             self._keys[peer] = bytes(public_key)
         else:
             self._keys.pop(peer, None)
+        if old is not None and old != self._keys.get(peer):
+            # Links authenticated with the old key (or of a peer that left) must not outlive it.
+            for link in [lk for lk in self._links if lk.peer == peer]:
+                self._links.discard(link)
+                asyncio.get_running_loop().create_task(link.aclose())
 
     async def listen(self, on_link: Callable[[Link], None]) -> None:
         if self._closed:
