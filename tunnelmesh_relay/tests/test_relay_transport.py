@@ -232,7 +232,7 @@ def test_from_node_follows_the_node_session(tmp_path: Path) -> None:
 def test_a_peer_that_leaves_or_changes_keys_loses_its_link(tmp_path: Path) -> None:
     async def main() -> None:
         async with RelayMesh(tmp_path, ["a", "b"]) as mesh:
-            a, b, link, incoming = await linked(mesh)
+            a, b, _link, incoming = await linked(mesh)
             b.update_peer("a", public_key=mesh.identities["a"].public_raw)  # unchanged: kept
             await asyncio.sleep(0.05)
             assert not incoming[0].closed  # type: ignore[attr-defined]
