@@ -10,11 +10,19 @@ import re
 import secrets
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tunnelmesh_udp.labtools import KeyPair, start_static_node, start_wireguard_go, stop_process
+from tunnelmesh_udp.labtools import (
+    KeyPair,
+    start_static_node,
+    start_wireguard_go,
+    stop_process,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -29,13 +37,31 @@ def _need(*tools: str) -> None:
         )
 
 
+def _poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait until ``condition()`` holds, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _iperf_server(server: Any, address: str) -> subprocess.Popen[str]:
+    """Start a one-shot iperf3 server on ``address`` and wait until it listens."""
+    srv: subprocess.Popen[str] = server.popen(
+        ["iperf3", "-s", "-1", "-B", address], stdout=subprocess.DEVNULL
+    )
+    _poll(
+        lambda: f"{address}:5201" in server.run(["ss", "-ltnH"], check=False).stdout,
+        10,
+        "iperf3 -s",
+    )
+    return srv
+
+
 def _iperf(client: Any, server: Any, address: str, seconds: int, *extra: str) -> dict[str, Any]:
-    srv = server.popen(["iperf3", "-s", "-1", "-B", address], stdout=subprocess.DEVNULL)
+    srv = _iperf_server(server, address)
     try:
-        for _ in range(50):
-            if server.run(["ss", "-ltn"], check=False).stdout.count(":5201"):
-                break
-            server.run(["sleep", "0.1"])
         out = client.run(
             ["iperf3", "-J", "-c", address, "-t", str(seconds), *extra], timeout=seconds + 30
         ).stdout
@@ -45,22 +71,17 @@ def _iperf(client: Any, server: Any, address: str, seconds: int, *extra: str) ->
     return result
 
 
+def _bytes_acked(host: Any, address: str) -> int:
+    """The largest ``bytes_acked`` of ``host``'s TCP connections to ``address``:5201."""
+    out = host.run(["ss", "-tinH", "dst", f"{address}:5201"], check=False).stdout
+    return max((int(n) for n in re.findall(r"bytes_acked:(\d+)", out)), default=0)
+
+
 def _wg_pair(lab: Any, tmp_path: Path, extra: dict[str, Any] | None = None) -> tuple[Any, ...]:
     tm, wg = lab.add_host("tm"), lab.add_host("wg")
     k_tm, k_wg = KeyPair(), KeyPair()
     ifname = "tmwg" + secrets.token_hex(4)
-    wgproc = start_wireguard_go(
-        wg,
-        tmp_path,
-        ifname=ifname,
-        key=k_wg,
-        address="10.202.0.2/24",
-        listen_port=PORT,
-        peer_public_b64=k_tm.public_b64,
-        allowed_ips="10.202.0.1/32",
-        endpoint=f"{tm.address}:{PORT}",
-    )
-    node = start_static_node(
+    node = start_static_node(  # starts while wireguard-go is set up; ready checked below
         tm,
         tmp_path,
         name="tm",
@@ -76,7 +97,20 @@ def _wg_pair(lab: Any, tmp_path: Path, extra: dict[str, Any] | None = None) -> t
             }
         ],
         extra=extra,
+        wait=False,
     )
+    wgproc = start_wireguard_go(
+        wg,
+        tmp_path,
+        ifname=ifname,
+        key=k_wg,
+        address="10.202.0.2/24",
+        listen_port=PORT,
+        peer_public_b64=k_tm.public_b64,
+        allowed_ips="10.202.0.1/32",
+        endpoint=f"{tm.address}:{PORT}",
+    )
+    wait_ready(node)
     return tm, wg, node, wgproc, ifname
 
 
@@ -104,18 +138,24 @@ def test_wireguard_go_interop_wireguard_go_initiates(lab: Any, tmp_path: Path) -
 
 
 def test_rekey_during_a_transfer_keeps_the_connection(lab: Any, tmp_path: Path) -> None:
+    """tunnelmesh rekeys every 5 s under a TCP stream towards wireguard-go: no second without
+    data, and no packet refused by either key rotation (tunnelmesh counts every drop).
+
+    The stream is capped at 100 Mbit/s: at full speed tunnelmesh's bursts overflow the 208 KiB
+    default receive buffer of Debian's wireguard-go (it sets no SO_RCVBUF), TCP then runs at
+    10-15 % loss, and a CPU-starved wireguard-go on a loaded machine turns that into
+    retransmission timeouts: an empty second that says nothing about rekeying.
+    """
     _need("wireguard-go", "wg", "iperf3", "ping")
-    tm, wg, node, _wgproc, _ifname = _wg_pair(lab, tmp_path, {"rekey_after_time": 6.0})
+    tm, wg, node, _wgproc, _ifname = _wg_pair(lab, tmp_path, {"rekey_after_time": 5.0})
     assert tm.ping("10.202.0.2", count=2, timeout=2)  # tunnelmesh is the initiator
-    result = _iperf(tm, wg, "10.202.0.2", 15)
+    result = _iperf(tm, wg, "10.202.0.2", 11, "-b", "100M")
     intervals = [i["sum"]["bytes"] for i in result["intervals"]]
-    # The connection lives through every rekey: data flows until the end. (One empty second
-    # is tolerated: on this shared 2-core machine a TCP retransmission timeout can take that.)
-    assert len(intervals) >= 14 and all(b > 0 for b in intervals[-3:]), intervals
-    assert sum(1 for b in intervals if b == 0) <= 1, intervals
+    assert len(intervals) >= 10 and all(b > 0 for b in intervals), intervals
     out = stop_process(node)
     handshakes = int(re.search(r"handshakes=(\d+)", out).group(1))  # type: ignore[union-attr]
-    assert handshakes >= 2, out
+    assert handshakes >= 2, out  # the first one and at least one rekey mid-stream
+    assert "drops={}" in out, out  # no unknown_index / replay / expired / bad_tag
 
 
 def test_three_peers_full_mesh_and_roaming(lab: Any, tmp_path: Path) -> None:
@@ -144,21 +184,20 @@ def test_three_peers_full_mesh_and_roaming(lab: Any, tmp_path: Path) -> None:
                 address=f"{mesh[i]}/24",
                 listen_port=PORT,
                 peers=peers,
+                wait=False,
             )
         )
+    for node in nodes:  # started in parallel
+        wait_ready(node)
     for i, host in enumerate(hosts):
         for j in range(3):
             if i != j:
-                assert host.ping(mesh[j], count=2, timeout=2), (i, j)
+                assert host.ping(mesh[j], count=1, timeout=2), (i, j)
     # roaming: b's underlay address changes while a TCP stream from a to b runs
     a, b = hosts[0], hosts[1]
-    srv = b.popen(["iperf3", "-s", "-1", "-B", mesh[1]], stdout=subprocess.DEVNULL)
-    for _ in range(50):
-        if b.run(["ss", "-ltn"], check=False).stdout.count(":5201"):
-            break
-        b.run(["sleep", "0.1"])
-    client = a.popen(["iperf3", "-J", "-c", mesh[1], "-t", "8"], stdout=subprocess.PIPE)
-    b.run(["sleep", "2"])
+    srv = _iperf_server(b, mesh[1])
+    client = a.popen(["iperf3", "-J", "-c", mesh[1], "-t", "3"], stdout=subprocess.PIPE)
+    _poll(lambda: _bytes_acked(a, mesh[1]) > 1_000_000, 10, "the stream to get going")
     old = b.address
     new = old.rsplit(".", 1)[0] + ".200"
     # keep the new (secondary) address when the primary goes (namespace-local sysctl)
@@ -170,7 +209,7 @@ def test_three_peers_full_mesh_and_roaming(lab: Any, tmp_path: Path) -> None:
     assert client.returncode == 0
     result = json.loads(out)
     intervals = [i["sum"]["bytes"] for i in result["intervals"]]
-    assert sum(intervals[-3:]) > 0, intervals  # the stream kept going after the move
+    assert len(intervals) >= 3 and all(b > 0 for b in intervals), intervals  # no pause
     assert result["end"]["sum_received"]["bytes"] > 1_000_000
     # c learns b's new endpoint from b's first authenticated packet
     assert b.ping(mesh[2], count=2, timeout=2)

@@ -16,7 +16,7 @@ from typing import Any
 
 from tunnelmesh.proto.wgcrypto import public_key_of
 
-__all__ = ["KeyPair", "start_static_node", "start_wireguard_go", "stop_process"]
+__all__ = ["KeyPair", "start_static_node", "start_wireguard_go", "stop_process", "wait_ready"]
 
 
 class KeyPair:
@@ -41,10 +41,10 @@ def start_static_node(
     interface: str = "tm0",
     mtu: int = 1420,
     extra: dict[str, Any] | None = None,
+    wait: bool = True,
 ) -> subprocess.Popen[str]:
-    """Start ``python -m tunnelmesh_udp.static`` in ``host``; waits for its ``ready`` line."""
-    from tunnelmesh.testing.lab import wait_for_line
-
+    """Start ``python -m tunnelmesh_udp.static`` in ``host``; waits for its ``ready`` line
+    unless ``wait`` is False (then call :func:`wait_ready`, e.g. after starting several)."""
     config = {
         "interface": interface,
         "address": address,
@@ -59,8 +59,16 @@ def start_static_node(
     proc: subprocess.Popen[str] = host.python(
         "-m", "tunnelmesh_udp.static", str(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    wait_for_line(proc, "tunnelmesh-udp ready", timeout=20)
+    if wait:
+        wait_ready(proc)
     return proc
+
+
+def wait_ready(proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    """Wait (bounded) for a static node's ``tunnelmesh-udp ready`` line."""
+    from tunnelmesh.testing.lab import wait_for_line
+
+    wait_for_line(proc, "tunnelmesh-udp ready", timeout=timeout)
 
 
 def start_wireguard_go(

@@ -79,7 +79,7 @@ class StaticConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
             pem = Path(self.identity).expanduser().read_bytes()
             sk = serialization.load_ssh_private_key(pem, password=None)
-            seed = sk.private_bytes(  # type: ignore[union-attr]
+            seed = sk.private_bytes(
                 serialization.Encoding.Raw,
                 serialization.PrivateFormat.Raw,
                 serialization.NoEncryption(),

@@ -159,7 +159,8 @@ class UdpTransport(Transport):
         if wg_peer is None:
             raise TransportError(f"udp: no public key known for peer {peer!r}")
         loop = asyncio.get_running_loop()
-        for endpoint in endpoints or [None]:
+        candidates: list[str | None] = [*endpoints] or [None]
+        for endpoint in candidates:
             if self.engine.has_session(wg_peer, loop.time()):
                 break
             if endpoint is not None:

@@ -1,0 +1,78 @@
+"""The asyncio driver of the WireGuard engine over loopback, against a bare engine on a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+
+import pytest
+import uvloop
+from tunnelmesh.aio.wgdriver import WireGuardSocket
+from tunnelmesh.proto import WireGuard
+
+WALL = 1_700_000_000.0
+
+
+def _packet(i: int) -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 24, 0, 0, 64, 17, 0, b"\n*\0\1", b"\n*\0\2")
+    return header + i.to_bytes(4, "big")
+
+
+def _udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+async def _poll(condition: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+async def _rekey_initiation_leaves_before_the_burst() -> None:
+    rng = random.Random(7)
+    a = WireGuard(rng.randbytes(32), rng=rng.randbytes)
+    b = WireGuard(rng.randbytes(32), rng=rng.randbytes, wall_offset=WALL)
+    b_sock = _udp()
+    b_sock.settimeout(5)
+    driver = WireGuardSocket(a, _udp(), gso=True, gro=False)
+    driver.start()
+    try:
+        a_addr = driver.sock.getsockname()
+        peer = a.add_peer(b.public_key, name="b", endpoint=b_sock.getsockname())
+        b.add_peer(a.public_key, name="a")
+        loop = asyncio.get_running_loop()
+        # the first handshake, answered by b by hand
+        link = driver.link_for(peer)
+        link.send_batch([_packet(0)])  # staged; an initiation goes out
+        init, _ = await loop.run_in_executor(None, b_sock.recvfrom, 2048)
+        assert init[0] == 1
+        b.receive_datagram(init, a_addr, 0.0)
+        for data, _addr in b.datagrams_to_send():
+            b_sock.sendto(data, a_addr)
+        await _poll(lambda: a.has_session(peer, driver.now()))
+        while True:  # the keepalive and the staged packet
+            data, _ = await loop.run_in_executor(None, b_sock.recvfrom, 2048)
+            if b.receive_datagram(data, a_addr, 0.0) is not None:
+                break
+        # the session is due for a rekey: the next batch carries the initiation
+        a.rekey_after_time = 0.0
+        peer.last_sent_handshake = None
+        link.send_batch([_packet(i) for i in range(1, 101)])
+        kinds = [b_sock.recvfrom(2048)[0][0] for _ in range(101)]
+        assert kinds[0] == 1, kinds  # the handshake initiation first ...
+        assert kinds[1:] == [4] * 100  # ... then the burst of transport messages
+    finally:
+        driver.close()
+        b_sock.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_rekey_initiation_leaves_before_the_burst(loop: str) -> None:
+    if loop == "uvloop":
+        uvloop.run(_rekey_initiation_leaves_before_the_burst())
+    else:
+        asyncio.run(_rekey_initiation_leaves_before_the_burst())
