@@ -111,6 +111,12 @@ def test_coordinator_down_then_back_and_a_new_peer_joins(mesh: MeshLab) -> None:
     ping_all(mesh, NAMES)
     assert_transfer(mesh, "gamma", "beta", 4 << 20, 5311)
     assert_transfer(mesh, "beta", "gamma", 4 << 20, 5312)
+    # a node restarted meanwhile resumes from its stored context and cached peers
+    mesh.stop_peer("beta")
+    mesh.start_peer("beta")
+    node = mesh.peers["beta"].node
+    assert node is not None and any("resuming context" in line for line in node.lines)
+    ping_all(mesh, NAMES)
 
     # the coordinator comes back with its state; a new peer joins and everyone reaches it
     mesh.start_coordinator()

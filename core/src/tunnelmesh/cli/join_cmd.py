@@ -6,16 +6,17 @@ import asyncio
 import signal
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
 from tunnelmesh.cli._root import Context
 from tunnelmesh.config import PeerConfig, load_peer_config
+from tunnelmesh.control.contexts import Context as MeshContext
 from tunnelmesh.control.contexts import ContextStore
 from tunnelmesh.control.urls import normalize_server_url
 from tunnelmesh.errors import ConfigError, TunnelmeshError
-from tunnelmesh.identity import default_key_path
+from tunnelmesh.identity import Identity, default_key_path
 
 
 def _hostname_label() -> str:
@@ -207,17 +208,35 @@ def join(
             return None
 
     async def main() -> None:
-        result = await daemon.join(
-            server=url,
-            token=token,
-            context_name=ctx_name,
-            name=peer_name,
-            key_path=key,
-            store=store,
-            trust=trust_ca,
-            rename=not no_rename,
-            config_path=str(Path(config_path).resolve()) if config_path else "",
-        )
+        from tunnelmesh.control.client import CoordinatorUnreachable
+
+        try:
+            result = await daemon.join(
+                server=url,
+                token=token,
+                context_name=ctx_name,
+                name=peer_name,
+                key_path=key,
+                store=store,
+                trust=trust_ca,
+                rename=not no_rename,
+                config_path=str(Path(config_path).resolve()) if config_path else "",
+            )
+        except CoordinatorUnreachable as exc:
+            # A node that already belongs to this mesh starts from its stored context and
+            # cached peers, and forwards to them until the coordinator is back.
+            if not (data_plane and existing and existing.session_token and existing.mesh_ip):
+                raise
+            if existing.server != url or existing.peer_name != peer_name:
+                raise
+            click.echo(f"warning: {exc}", err=True)
+            resumed = _Resumed(existing, None, Identity.load(key))
+            click.echo(
+                f"coordinator unreachable; resuming context {ctx_name!r} as {existing.peer_name}: "
+                f"mesh IP {existing.mesh_ip}, with the cached peers"
+            )
+            await _run_node(ctx, cfg, resumed, store, duration)
+            return
         reg = result.registration
         if result.key_created:
             click.echo(f"created key {key} ({result.identity.fingerprint})")
@@ -248,6 +267,12 @@ def join(
         asyncio.run(main())
 
 
+class _Resumed(NamedTuple):
+    context: MeshContext
+    registration: None
+    identity: Identity
+
+
 def _run(coro: Any) -> None:
     """Run on uvloop when it is installed (the forwarder's hot path gains from it)."""
     try:
@@ -272,7 +297,8 @@ async def _run_node(
         pm=ctx.pm,
         notify=click.echo,
     )
-    node.client.registration = result.registration
+    if result.registration is not None:
+        node.client.registration = result.registration
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

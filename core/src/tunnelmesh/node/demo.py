@@ -261,7 +261,7 @@ class MeshLab:
             stderr=subprocess.STDOUT,
         )
         peer.node = NodeProcess(name, proc, self.echo)
-        m = peer.node.wait_line(r"joined .* mesh IP (\S+),", timeout)
+        m = peer.node.wait_line(r"mesh IP (\S+),", timeout)  # joined, or resumed offline
         peer.mesh_ip = m.group(1)
         peer.node.wait_line("node up:", timeout)
         return peer
