@@ -441,6 +441,12 @@ def run_demo(
     why = lab_unavailable_reason()
     if why is not None:
         raise TunnelmeshError(f"tunnelmesh demo: {why}")
+    from tunnelmesh._manager import make_plugin_manager
+
+    if not make_plugin_manager().build_registry().transports:
+        raise TunnelmeshError(
+            "tunnelmesh demo needs a transport plugin: pip install 'tunnelmesh[udp]'"
+        )
     t0 = time.monotonic()
 
     def step(text: str) -> None:
