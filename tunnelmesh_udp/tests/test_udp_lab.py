@@ -192,7 +192,7 @@ def test_three_peers_full_mesh_and_roaming(lab: Any, tmp_path: Path) -> None:
     for i, host in enumerate(hosts):
         for j in range(3):
             if i != j:
-                assert host.ping(mesh[j], count=1, timeout=2), (i, j)
+                assert host.ping(mesh[j], count=2, timeout=2), (i, j)
     # roaming: b's underlay address changes while a TCP stream from a to b runs
     a, b = hosts[0], hosts[1]
     srv = _iperf_server(b, mesh[1])
