@@ -89,6 +89,7 @@ def main() -> None:
             ("tunnelmesh (plain)", {"gso": False, "gro": False, "tun_coalesce": False}),
             ("tunnelmesh (+UDP GSO/GRO)", {"gso": True, "gro": True, "tun_coalesce": False}),
             ("tunnelmesh (+TUN coalescing)", {"gso": True, "gro": True, "tun_coalesce": True}),
+            ("tunnelmesh (+TUN TSO send)", {"gso": True, "gro": True, "tun_tso": True}),
         ):
             nodes = [
                 start_static_node(

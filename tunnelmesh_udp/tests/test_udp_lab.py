@@ -115,8 +115,10 @@ def _wg_pair(lab: Any, tmp_path: Path, extra: dict[str, Any] | None = None) -> t
 
 
 def test_wireguard_go_interop_tunnelmesh_initiates(lab: Any, tmp_path: Path) -> None:
+    """Also the send-side TUN TSO path: tunnelmesh cuts the kernel's TCP super-packets into
+    segments, and wireguard-go's kernel (which checks every checksum) must accept them all."""
     _need("wireguard-go", "wg", "iperf3", "ping")
-    tm, wg, node, _wgproc, ifname = _wg_pair(lab, tmp_path)
+    tm, wg, node, _wgproc, ifname = _wg_pair(lab, tmp_path, {"tun_tso": True})
     assert tm.ping("10.202.0.2", count=3, timeout=2)
     assert wg.ping("10.202.0.1", count=3, timeout=2)
     result = _iperf(tm, wg, "10.202.0.2", 2)
@@ -124,7 +126,11 @@ def test_wireguard_go_interop_tunnelmesh_initiates(lab: Any, tmp_path: Path) -> 
     shown = wg.run(["wg", "show", ifname, "latest-handshakes"]).stdout
     assert int(shown.split()[1]) > 0
     out = stop_process(node)
-    assert "handshakes=" in out
+    assert "handshakes=" in out and "drops={}" in out, out
+    segments = re.search(r"'tso_segments': (\d+)", out)
+    assert segments is not None and int(segments.group(1)) > 1000, out  # the TSO path ran
+    checks = wg.run(["nstat", "-az", "TcpInCsumErrors", "IpInHdrErrors"]).stdout
+    assert re.findall(r"(?m)^\w+\s+(\d+)", checks) == ["0", "0"], checks
 
 
 def test_wireguard_go_interop_wireguard_go_initiates(lab: Any, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ import yaml
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.mesh.forwarder import Forwarder
 from tunnelmesh.mesh.routing import RoutingTable
-from tunnelmesh.tun import TunDevice
+from tunnelmesh.tun import TUN_F_CSUM, TUN_F_TSO4, TunDevice
 
 from tunnelmesh_udp.transport import UdpTransport
 
@@ -64,6 +64,7 @@ class StaticConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gro: bool = True
     rekey_after_time: float = 120.0
     tun_coalesce: bool = True
+    tun_tso: bool = False
     peers: list[StaticPeer] = msgspec.field(default_factory=list)
 
     def x25519_private_key(self) -> bytes:
@@ -118,15 +119,18 @@ async def run_static(config: StaticConfig, stop: asyncio.Event | None = None) ->
     )
     transport.engine.rekey_after_time = config.rekey_after_time
     # pyroute2 runs its own event loop, so netlink work happens in a thread
+    vnet_hdr = config.tun_coalesce or config.tun_tso
     tun = await asyncio.to_thread(
         TunDevice.create,
         config.interface,
         address=config.address,
         mtu=config.mtu,
-        vnet_hdr=config.tun_coalesce,
+        vnet_hdr=vnet_hdr,
     )
     with tun:
-        forwarder = Forwarder(tun.fileno(), routes, vnet_hdr=config.tun_coalesce)
+        # TSO: the kernel hands over 64 KiB TCP super-packets, cut into segments here
+        tso = config.tun_tso and tun.set_offload(TUN_F_CSUM | TUN_F_TSO4)
+        forwarder = Forwarder(tun.fileno(), routes, vnet_hdr=vnet_hdr, tso=tso)
         await transport.listen(forwarder.attach)
         for i, p in enumerate(config.peers):
             name = p.name or f"peer{i}"

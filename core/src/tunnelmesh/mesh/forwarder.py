@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from tunnelmesh.abc import Link, PacketFilter
-from tunnelmesh.mesh.offload import coalesce_ipv4_tcp
+from tunnelmesh.mesh.offload import coalesce_ipv4_tcp, split_tso
 from tunnelmesh.mesh.routing import PeerRoute, RoutingTable
 
 __all__ = ["Forwarder"]
@@ -37,6 +37,11 @@ class Forwarder:
         routes: the routing table (read only here).
         filters: packet filters applied to each batch, outbound and inbound.
         batch: how many packets one readiness callback reads at most.
+        vnet_hdr: the TUN device was opened with IFF_VNET_HDR (reads and writes carry a
+            virtio_net_hdr; received TCP segments are coalesced).
+        tso: the device also has ``TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4)``: reads may be TCP
+            super-packets or carry partial checksums, cut and completed by
+            :func:`~tunnelmesh.mesh.offload.split_tso`.
     """
 
     def __init__(
@@ -47,9 +52,11 @@ class Forwarder:
         *,
         batch: int = 128,
         vnet_hdr: bool = False,
+        tso: bool = False,
     ) -> None:
         self.fd = tun_fd
         self.vnet_hdr = vnet_hdr
+        self.tso = tso and vnet_hdr
         self.routes = routes
         self.filters = list(filters)
         self.batch = batch
@@ -82,10 +89,12 @@ class Forwarder:
         groups: dict[PeerRoute, list[bytes]] = {}
         stats = self.stats
         vnet = self.vnet_hdr
+        tso = self.tso
         n = 0
         for _ in range(self.batch):
+            segments: list[bytes] | None = None
             try:
-                pkt = read(fd, 65536)
+                pkt = read(fd, 65546)  # a 64 KiB super-packet and its virtio_net_hdr
             except BlockingIOError:
                 break
             except OSError:
@@ -93,9 +102,17 @@ class Forwarder:
                 break
             n += 1
             if vnet:
-                pkt = pkt[10:]  # no TUNSETOFFLOAD for reads: the header is all zero
-                if not pkt:
-                    continue
+                if tso and (pkt[0] or pkt[1]):  # NEEDS_CSUM and/or a TSO super-packet
+                    segments = split_tso(pkt)
+                    if not segments:
+                        stats["dropped_bad_offload"] += 1
+                        continue
+                    pkt = segments[0]
+                    stats["tso_segments"] += len(segments)
+                else:  # without TUNSETOFFLOAD the header is all zero
+                    pkt = pkt[10:]
+                    if not pkt:
+                        continue
             version = pkt[0] >> 4
             if version == 4:
                 dst = pkt[16:20]
@@ -109,7 +126,12 @@ class Forwarder:
                 stats["dropped_no_route"] += 1
                 continue
             group = groups.get(route)
-            if group is None:
+            if segments is not None:  # every segment has the super-packet's destination
+                if group is None:
+                    groups[route] = segments
+                else:
+                    group.extend(segments)
+            elif group is None:
                 groups[route] = [pkt]
             else:
                 group.append(pkt)

@@ -12,13 +12,22 @@ WireGuard message per IP packet.
 
 Everything else is written with an all-zero header (no offload: the kernel checks checksums as
 usual).
+
+Send side (:func:`split_tso`): with ``TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4)`` the kernel hands
+the forwarder TCP super-packets of up to 64 KiB (``gso_type=TCPV4``) and packets whose L4
+checksum is only the pseudo-header sum (``NEEDS_CSUM``). Each super-packet is cut into
+``gso_size`` segments with their own IPv4 length, ID and checksum, TCP sequence number, flags
+(FIN/PSH on the last segment only, CWR on the first) and a complete TCP checksum, so every
+sealed WireGuard message still carries one whole, valid IP packet (what wireguard-go and the
+Linux module expect). The payload sum is ``int.from_bytes(...) % 0xFFFF`` (the ones'-complement
+sum of 16-bit words is the number modulo 0xFFFF); the header sums are incremental.
 """
 
 from __future__ import annotations
 
 import struct
 
-__all__ = ["VNET_HDR_NONE", "coalesce_ipv4_tcp"]
+__all__ = ["VNET_HDR_NONE", "coalesce_ipv4_tcp", "split_tso"]
 
 VNET_HDR_NONE = bytes(10)
 _F_NEEDS_CSUM = 1
@@ -109,4 +118,91 @@ def coalesce_ipv4_tcp(packets: list[bytes]) -> list[bytes]:
         hdr = _HDR.pack(_F_NEEDS_CSUM, _GSO_TCPV4, hl, size, 20, 16)
         append(b"".join((hdr, ip, tcp, *payloads)))
         i = j
+    return out
+
+
+_GSO_NONE = 0
+_GSO_ECN = 0x80
+_FIN, _CWR = 0x01, 0x80
+
+
+def _fold(s: int) -> int:
+    """Fold a sum of 16-bit words to its ones'-complement checksum field value."""
+    r = s % 0xFFFF
+    return 0xFFFF - r if r else 0xFFFF
+
+
+def _sum(data: bytes | bytearray | memoryview) -> int:
+    """The 16-bit big-endian word sum of ``data`` modulo 0xFFFF (odd length zero-padded)."""
+    v = int.from_bytes(data, "big")
+    return (v << 8 if len(data) & 1 else v) % 0xFFFF
+
+
+def _complete_checksum(pkt: bytes, start: int, offset: int) -> bytes:
+    """Finish a NEEDS_CSUM packet: the field holds the pseudo-header sum; add the rest."""
+    field = start + offset
+    if field + 2 > len(pkt) or start & 1:
+        return pkt
+    out = bytearray(pkt)
+    out[field : field + 2] = _fold(_sum(memoryview(pkt)[start:])).to_bytes(2, "big")
+    return bytes(out)
+
+
+def split_tso(pkt: bytes) -> list[bytes]:
+    """Turn one read from a TUN device with offload on (virtio_net_hdr first) into IP packets.
+
+    A TCPv4 super-packet becomes its MSS-sized segments with complete checksums; a packet with
+    only ``NEEDS_CSUM`` gets its checksum finished; anything else loses its header. Returns []
+    for a read too short to hold an IP packet.
+    """
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = _HDR.unpack_from(pkt)
+    if gso_type & ~_GSO_ECN == _GSO_NONE:
+        ip = pkt[10:]
+        if flags & _F_NEEDS_CSUM and len(ip) > csum_start:
+            return [_complete_checksum(ip, csum_start, csum_offset)]
+        return [ip] if ip else []
+    if gso_type & ~_GSO_ECN != _GSO_TCPV4 or len(pkt) < 50 or pkt[10] != 0x45:
+        return []  # TSO6/UDP GSO are never enabled; a malformed super-packet is dropped
+    thl = (pkt[42] >> 4) * 4
+    hl = 20 + thl
+    view = memoryview(pkt)[10:]
+    n = len(view)
+    if thl < 20 or n <= hl or gso_size == 0:
+        return []
+    ip_words = _TEN_H.unpack_from(pkt, 10)
+    # IPv4 header sum without total length (word 1), ID (word 2) and checksum (word 5)
+    ip_base = sum(ip_words) - ip_words[1] - ip_words[2] - ip_words[5]
+    ident = ip_words[2]
+    tcp = bytearray(view[20:hl])
+    seq0 = int.from_bytes(tcp[4:8], "big")
+    tflags = tcp[13]
+    tcp[16:18] = b"\x00\x00"
+    # TCP header sum without sequence (words 2-3) and flags (word 6, with the data offset)
+    tcp_base = _sum(tcp) - (seq0 >> 16) - (seq0 & 0xFFFF) - ((tcp[12] << 8) | tflags)
+    # pseudo-header: addresses and protocol; the TCP length is added per segment
+    pseudo = _sum(view[12:20]) + 6 + tcp_base
+    ip_head = bytearray(view[:20])
+    out: list[bytes] = []
+    append = out.append
+    first = True
+    for off in range(hl, n, gso_size):
+        end = off + gso_size
+        last = end >= n
+        seg = view[off:end] if not last else view[off:]
+        size = len(seg)
+        total = hl + size
+        f = tflags if last else tflags & ~(_FIN | _PSH)
+        if not first:
+            f &= ~_CWR
+        seq = (seq0 + off - hl) & 0xFFFFFFFF
+        ip_head[2:4] = total.to_bytes(2, "big")
+        ip_head[4:6] = ident.to_bytes(2, "big")
+        ip_head[10:12] = _fold(ip_base + total + ident).to_bytes(2, "big")
+        tcp[4:8] = seq.to_bytes(4, "big")
+        tcp[13] = f
+        csum = pseudo + total - 20 + (seq >> 16) + (seq & 0xFFFF) + ((tcp[12] << 8) | f)
+        tcp[16:18] = _fold(csum + _sum(seg)).to_bytes(2, "big")
+        append(b"".join((ip_head, tcp, seg)))
+        ident = (ident + 1) & 0xFFFF
+        first = False
     return out
