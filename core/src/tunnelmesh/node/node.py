@@ -374,10 +374,10 @@ class Node:
             await self.aclose()
             raise
         tun_addr = f"{self.mesh_ip}/{prefix}"
-        names = ", ".join(f"{t.name} on {self.listen_address}" for t in self.transports)
+        names = ", ".join(t.name for t in self.transports)
         self.notify(
-            f"node up: {self.config.tun.name} {tun_addr}; transports: {names or 'none'}; "
-            f"endpoints: {', '.join(self.endpoints()) or '-'}"
+            f"node up: {self.config.tun.name} {tun_addr}; transports: {names or 'none'} "
+            f"(port {self.udp_port}); endpoints: {', '.join(self.endpoints()) or '-'}"
         )
         if self.pm is not None:
             self.pm.hook.tunnelmesh_node_started(node=self)
