@@ -71,6 +71,12 @@ def _share_view(share: Share, acl: BucketAcl | None) -> dict[str, Any]:
     }
 
 
+def _check_grantees(auth: FileAuthorizer, req: ShareRequest) -> None:
+    unknown = auth.unknown_grantees([*req.read, *req.write])
+    if unknown:
+        raise S3Error("InvalidArgument", f"no peer named {', '.join(sorted(set(unknown)))}")
+
+
 async def handle(call: Call, path: str) -> web.Response:
     auth = call.auth
     if not isinstance(auth, FileAuthorizer):
@@ -96,6 +102,7 @@ async def handle(call: Call, path: str) -> web.Response:
             return _json(acl or BucketAcl(owner=""))
         if method == "PUT":
             grants = await _decode(call, ShareRequest)
+            _check_grantees(auth, grants)
             acl = auth.acl(name)
             await auth.set_acl(
                 name,
@@ -122,6 +129,12 @@ async def handle(call: Call, path: str) -> web.Response:
                 ]
             )
         if method == "POST":
+            if not auth.issues_by_name:
+                raise S3Error(
+                    "InvalidRequest",
+                    "on a mesh each peer gets its own key from the coordinator: "
+                    "run `tunnelmesh s3 credentials` on that peer",
+                )
             req = await _decode(call, CredentialRequest)
             return _json(await auth.issue(req.principal, admin=req.admin), status=201)
     raise S3Error(
@@ -142,6 +155,7 @@ async def _share(call: Call, auth: FileAuthorizer, name: str, method: str) -> we
         return _json(_share_view(share, auth.acl(name)))
     if method == "PUT":
         req = await _decode(call, ShareRequest)
+        _check_grantees(auth, req)
         try:
             await call.storage.create_bucket(name)
             await auth.bucket_created(call.principal, name)

@@ -79,11 +79,15 @@ class Share(msgspec.Struct, kw_only=True):
 
 
 class IssuedCredential(msgspec.Struct, kw_only=True):
+    """An access key and its secret. On a mesh, ``peer_id`` binds it to one peer's key pair:
+    the principal is that peer's current name, and the key dies with the peer."""
+
     access_key: str
     secret_key: str
     principal: str
     admin: bool = False
     created: float = 0.0
+    peer_id: str = ""
 
 
 class _State(msgspec.Struct, kw_only=True):
@@ -107,6 +111,10 @@ class Authorizer(abc.ABC):
         """Whether ``principal`` may create buckets (it then owns them). Default: everyone."""
         return True
 
+    def unknown_grantees(self, names: list[str]) -> list[str]:
+        """The names in a grant that name nobody (``*`` always names everyone). Default: none."""
+        return []
+
     @abc.abstractmethod
     async def bucket_created(self, principal: Principal, bucket: str) -> None:
         """Record that ``principal`` created (and owns) ``bucket``."""
@@ -123,11 +131,17 @@ def _random_access_key() -> str:
 class FileAuthorizer(Authorizer):
     """Credentials, ACLs and shares in ``path`` (JSON, mode 0600, replaced atomically).
 
+    Admins may issue credentials for any principal name through the admin API
+    (:attr:`issues_by_name`); the coordinator's subclass ties each credential to a peer instead.
+
     Args:
         path: the state file (created on first change).
         static: credentials given on the command line: access key to (secret, principal); they
             are never written to the file.
     """
+
+    issues_by_name: bool = True
+    """Whether the admin API may issue a credential for any principal name."""
 
     def __init__(
         self, path: str | os.PathLike[str], static: dict[str, tuple[str, Principal]] | None = None
@@ -205,14 +219,17 @@ class FileAuthorizer(Authorizer):
                 self._state.acls[name] = BucketAcl(owner=acl.owner)
             await self._save()
 
-    async def issue(self, principal: str, *, admin: bool = False) -> IssuedCredential:
-        """Create a fresh random credential for ``principal``."""
+    async def issue(
+        self, principal: str, *, admin: bool = False, peer_id: str = ""
+    ) -> IssuedCredential:
+        """Create a fresh random credential for ``principal`` (bound to ``peer_id`` if given)."""
         cred = IssuedCredential(
             access_key=_random_access_key(),
             secret_key=secrets.token_urlsafe(30),
             principal=principal,
             admin=admin,
             created=time.time(),
+            peer_id=peer_id,
         )
         async with self._lock:
             self._state.credentials[cred.access_key] = cred

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
@@ -53,7 +54,13 @@ class S3Client:
     """Talks SigV4 to one S3 endpoint (path-style). Use as ``async with S3Client(...) as c``."""
 
     def __init__(
-        self, endpoint: str, access_key: str, secret_key: str, *, region: str = "us-east-1"
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        region: str = "us-east-1",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -61,10 +68,12 @@ class S3Client:
         self.endpoint = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc
         self.access_key, self.secret_key, self.region = access_key, secret_key, region
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> S3Client:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context else True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

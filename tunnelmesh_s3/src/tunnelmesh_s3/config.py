@@ -11,15 +11,16 @@ class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """S3 service settings on the coordinator.
 
     Attributes:
-        enabled: serve S3 on the coordinator's mesh IP.
-        port: the port on the mesh IP.
-        listen: override the address entirely (e.g. ``127.0.0.1:9000`` for tests).
+        enabled: serve S3 from the coordinator (off unless asked for).
+        port: the port on the coordinator's mesh IP.
+        listen: listen here instead of the mesh IP (``HOST:PORT``; ``127.0.0.1:0`` for tests);
+            without it the coordinator must join its mesh (``join_mesh``).
         data_dir: where objects and grants live; default ``<data_dir>/s3``.
         region: the region clients sign for.
         storage: the storage backend (a name registered through ``tunnelmesh_register_storage``).
     """
 
-    enabled: bool = True
+    enabled: bool = False
     port: int = 9000
     listen: str = ""
     data_dir: str = ""

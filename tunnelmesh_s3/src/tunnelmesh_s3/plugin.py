@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tunnelmesh import hookimpl
 
 if TYPE_CHECKING:
     import click
+    from aiohttp import web
     from tunnelmesh.registry import Registry
 
 
@@ -24,3 +25,11 @@ def tunnelmesh_register_config_sections(registry: Registry) -> None:
     from tunnelmesh_s3.config import S3Section
 
     registry.add_config_section("s3", S3Section, server=True, peer=False)
+
+
+@hookimpl
+def tunnelmesh_register_coordinator_routes(app: web.Application, coordinator: Any) -> None:
+    """With ``s3: {enabled: true}``: the S3 service and the per-peer credentials routes."""
+    from tunnelmesh_s3.mesh import install
+
+    install(app, coordinator)

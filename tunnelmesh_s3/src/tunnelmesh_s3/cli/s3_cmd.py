@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from tunnelmesh.errors import ConfigError
 
-from tunnelmesh_s3.cli._common import endpoint_options, with_client
-from tunnelmesh_s3.client import S3Client
+from tunnelmesh_s3.cli._common import endpoint_options
 
 
 @click.group()
@@ -110,6 +110,25 @@ def serve(
     asyncio.run(main())
 
 
+def _rclone(endpoint: str, region: str, ak: str, sk: str, remote: str = "tunnelmesh") -> str:
+    return (
+        f"[{remote}]\ntype = s3\nprovider = Other\nendpoint = {endpoint}\nregion = {region}\n"
+        f"access_key_id = {ak}\nsecret_access_key = {sk}\n"
+    )
+
+
+def _env(endpoint: str, region: str, ak: str, sk: str, ca_path: str) -> str:
+    lines = [
+        f"export AWS_ACCESS_KEY_ID={ak}",
+        f"export AWS_SECRET_ACCESS_KEY={sk}",
+        f"export AWS_DEFAULT_REGION={region}",
+        f"export AWS_ENDPOINT_URL={endpoint}",
+    ]
+    if ca_path:
+        lines.append(f"export AWS_CA_BUNDLE={ca_path}")
+    return "\n".join(lines) + "\n"
+
+
 @s3.command()
 @endpoint_options
 @click.option(
@@ -118,7 +137,7 @@ def serve(
     metavar="NAME",
     envvar="TUNNELMESH_S3_CREDENTIALS_FOR",
     show_envvar=True,
-    help="Issue a new credential for this peer name (needs an admin credential).",
+    help="Standalone server: issue a new credential for this name (needs an admin credential).",
 )
 @click.option(
     "--admin",
@@ -126,7 +145,31 @@ def serve(
     is_flag=True,
     envvar="TUNNELMESH_S3_CREDENTIALS_ADMIN",
     show_envvar=True,
-    help="Make the new credential an admin.",
+    help="Standalone server: make the new credential an admin.",
+)
+@click.option(
+    "--rotate",
+    is_flag=True,
+    envvar="TUNNELMESH_S3_ROTATE",
+    show_envvar=True,
+    help="On a mesh: replace this peer's key with a new one (the old one stops working).",
+)
+@click.option(
+    "--revoke",
+    is_flag=True,
+    envvar="TUNNELMESH_S3_REVOKE",
+    show_envvar=True,
+    help="On a mesh: revoke this peer's keys.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["all", "env", "rclone", "json"]),
+    default="all",
+    show_default=True,
+    envvar="TUNNELMESH_S3_FORMAT",
+    show_envvar=True,
+    help="env: shell exports (aws CLI, boto3); rclone: a remote for rclone.conf; json.",
 )
 @click.option(
     "--json",
@@ -134,34 +177,109 @@ def serve(
     is_flag=True,
     envvar="TUNNELMESH_JSON",
     show_envvar=True,
-    help="Print JSON.",
+    help="Print JSON (same as --format json).",
 )
-@with_client
-async def credentials(
-    client: S3Client, principal: str | None, make_admin: bool, as_json: bool
+def credentials(
+    principal: str | None,
+    make_admin: bool,
+    rotate: bool,
+    revoke: bool,
+    fmt: str,
+    as_json: bool,
+    **kw: Any,
 ) -> None:
-    """Show who the credential is, or issue a credential for a peer.
+    """This peer's own S3 credential on the mesh, in forms for aws, boto3 and rclone.
 
-    Secrets are random and shown once; nobody can derive them from public data. On a mesh the
-    coordinator will issue each peer its own key (not available in standalone mode).
+    On a mesh (after `tunnelmesh join`) the coordinator gives each peer its own access key and
+    a random secret, nobody can derive it from public data; running this again prints the same
+    key until --rotate. The mesh CA is trusted for the endpoint (AWS_CA_BUNDLE).
+
+    With --endpoint-url and a credential (standalone `tunnelmesh s3 serve`): show who that
+    credential is, or issue one for another name with --for (admins).
     """
-    if principal is None:
-        if make_admin:
-            raise ConfigError("--admin needs --for NAME")
-        me: Any = await client.admin("GET", "whoami")
-        click.echo(
-            json.dumps(me) if as_json else f"{me['principal']}{' (admin)' if me['admin'] else ''}"
-        )
-        return
-    cred = await client.admin("POST", "credentials", {"principal": principal, "admin": make_admin})
     if as_json:
+        fmt = "json"
+    explicit = bool(kw["access_key"] and kw["secret_key"])
+    if principal is not None or explicit:
+        if rotate or revoke:
+            raise ConfigError("--rotate/--revoke are for a peer's own key on a mesh")
+        _run(_standalone(kw, principal, make_admin, fmt))
+        return
+    if make_admin:
+        raise ConfigError("--admin needs --for NAME (standalone server)")
+    _run(_mesh(kw, rotate, revoke, fmt))
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _mesh(kw: dict[str, Any], rotate: bool, revoke: bool, fmt: str) -> None:
+    from tunnelmesh_s3 import meshclient
+
+    ctx = meshclient.load_context(kw["context_name"])
+    if revoke:
+        n = await meshclient.revoke(ctx)
+        click.echo(f"revoked {n} S3 key(s) of {ctx.peer_name}")
+        return
+    cred = await meshclient.fetch_credential(ctx, rotate=rotate)
+    endpoint = kw["endpoint_url"] or cred.endpoint
+    region = kw["region"] or cred.region
+    if fmt == "json":
+        data = msgspec.structs.asdict(cred)
+        data.update(endpoint=endpoint, region=region, ca_path=ctx.ca_path, context=ctx.name)
+        click.echo(json.dumps(data))
+        return
+    env = _env(endpoint, region, cred.access_key, cred.secret_key, ctx.ca_path)
+    rclone = _rclone(endpoint, region, cred.access_key, cred.secret_key)
+    if fmt == "env":
+        click.echo(env, nl=False)
+        return
+    if fmt == "rclone":
+        click.echo(rclone, nl=False)
+        return
+    admin = " (admin)" if cred.admin else ""
+    click.echo(f"# S3 credential of {cred.principal}{admin} on mesh {ctx.name}")
+    if not endpoint:
+        click.echo("# the coordinator's S3 service is not listening yet")
+    click.echo("# shell (aws CLI, boto3, tunnelmesh buckets):")
+    click.echo(env, nl=False)
+    click.echo(f"\n# rclone.conf (run rclone with --ca-cert {ctx.ca_path}")
+    click.echo("# unless the mesh CA is in the system trust store):")
+    click.echo(rclone, nl=False)
+
+
+async def _standalone(
+    kw: dict[str, Any], principal: str | None, make_admin: bool, fmt: str
+) -> None:
+    from tunnelmesh_s3.cli._common import make_client, resolve
+
+    target = await resolve(kw)
+    async with make_client(target) as client:
+        if principal is None:
+            me: Any = await client.admin("GET", "whoami")
+            click.echo(
+                json.dumps(me)
+                if fmt == "json"
+                else f"{me['principal']}{' (admin)' if me['admin'] else ''}"
+            )
+            return
+        cred = await client.admin(
+            "POST", "credentials", {"principal": principal, "admin": make_admin}
+        )
+    if fmt == "json":
         click.echo(json.dumps(cred))
         return
-    click.echo(
-        f"# credential for {cred['principal']}{' (admin)' if cred['admin'] else ''}; the secret is shown once"
-    )
-    for prefix in ("TUNNELMESH_S3", "AWS"):
-        akey = "ACCESS_KEY" if prefix == "TUNNELMESH_S3" else "ACCESS_KEY_ID"
-        skey = "SECRET_KEY" if prefix == "TUNNELMESH_S3" else "SECRET_ACCESS_KEY"
-        click.echo(f"export {prefix}_{akey}={cred['access_key']}")
-        click.echo(f"export {prefix}_{skey}={cred['secret_key']}")
+    ak, sk = cred["access_key"], cred["secret_key"]
+    env = _env(target.endpoint, target.region, ak, sk, target.ca_path)
+    rclone = _rclone(target.endpoint, target.region, ak, sk)
+    if fmt in ("env", "rclone"):
+        click.echo(env if fmt == "env" else rclone, nl=False)
+        return
+    admin = " (admin)" if cred["admin"] else ""
+    click.echo(f"# credential for {cred['principal']}{admin}; the secret is shown once")
+    click.echo(f"export TUNNELMESH_S3_ACCESS_KEY={ak}")
+    click.echo(f"export TUNNELMESH_S3_SECRET_KEY={sk}")
+    click.echo(env, nl=False)
+    click.echo()
+    click.echo(rclone, nl=False)

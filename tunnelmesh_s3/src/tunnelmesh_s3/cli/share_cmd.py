@@ -108,9 +108,10 @@ async def info(client: S3Client, name: str, as_json: bool) -> None:
         return
     click.echo(_show(s))
     click.echo(
-        "\n# rclone remote (put your own keys from `tunnelmesh s3 credentials`):\n"
+        "\n# rclone remote (your own keys: `tunnelmesh s3 credentials --format rclone` on a mesh):\n"
         "[tunnelmesh]\ntype = s3\nprovider = Other\n"
         f"endpoint = {client.endpoint}\nregion = {client.region}\n"
         "access_key_id = YOUR_ACCESS_KEY\nsecret_access_key = YOUR_SECRET_KEY\n"
         f"\n# then: rclone sync ./dir tunnelmesh:{name}   or   rclone mount tunnelmesh:{name} /mnt/{name}"
+        "\n# (on a mesh add --ca-cert with the mesh CA unless it is in the system trust store)"
     )

@@ -1,0 +1,413 @@
+"""The S3 service on a coordinator: per-peer credentials, its HTTPS listener, its API routes.
+
+When ``s3: {enabled: true}`` is in ``server.yaml``, :func:`install` (called from the
+``tunnelmesh_register_coordinator_routes`` hook) adds the routes below to the coordinator's API
+and a :class:`MeshS3Service` that lives as long as the coordinator (``app.cleanup_ctx``).
+
+Where it listens: ``s3.listen`` when set (``127.0.0.1:0`` in tests); otherwise the coordinator's
+own mesh IP (``join_mesh``) on ``s3.port``. That IP is known once the coordinator's peer has
+registered, and the socket is bound with ``IP_FREEBIND`` so the service is ready before the node
+daemon has put the address on the TUN device. TLS uses a certificate from the mesh CA naming
+the mesh IP, the listen address, ``this.<domain>`` and the coordinator's ``tls_names``.
+
+Credentials: each peer asks for its own with its session token (``tunnelmesh s3 credentials``).
+The secret is random (never derived from anything public), kept with the grants in
+``<s3 data_dir>/auth.json`` (mode 0600), and bound to the peer's ID: the principal is the peer's
+current name, admins are the coordinator's admin peers, and the key stops working when the peer
+is deleted. SigV4 signatures are compared in constant time.
+
+Routes (JSON; errors as the coordinator's ``{"error", "message", "status"}``)::
+
+    GET    /api/v1/s3                     session|token   {endpoint, region, listening}
+    POST   /api/v1/s3/credentials         session         {rotate?} -> the caller's credential
+    DELETE /api/v1/s3/credentials/{name}  session (self or admin)|token   revoke a peer's keys
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from tunnelmesh.abc import Storage
+from tunnelmesh.control.urls import join_hostport, split_hostport
+from tunnelmesh.coordinator.api import authenticated_peer
+from tunnelmesh.coordinator.core import ApiFailure, Coordinator
+from tunnelmesh.coordinator.store import PeerRecord
+from tunnelmesh.errors import ConfigError
+from tunnelmesh.storage import FilesystemStorage
+
+from tunnelmesh_s3.app import S3Config, build_app
+from tunnelmesh_s3.auth import EVERYONE, FileAuthorizer, IssuedCredential, Principal
+from tunnelmesh_s3.config import S3Section
+
+__all__ = [
+    "CoordinatorAuthorizer",
+    "CredentialRequest",
+    "MeshCredential",
+    "MeshS3Info",
+    "MeshS3Service",
+    "install",
+]
+
+log = logging.getLogger(__name__)
+
+_IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+class MeshCredential(msgspec.Struct, kw_only=True):
+    """A peer's S3 credential, as the coordinator hands it out."""
+
+    access_key: str
+    secret_key: str
+    principal: str
+    admin: bool = False
+    created: float = 0.0
+    endpoint: str = ""
+    region: str = "us-east-1"
+
+
+class MeshS3Info(msgspec.Struct, kw_only=True):
+    endpoint: str = ""
+    region: str = "us-east-1"
+    listening: bool = False
+
+
+class CredentialRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    rotate: bool = False
+
+
+class CoordinatorAuthorizer(FileAuthorizer):
+    """A :class:`FileAuthorizer` whose credentials belong to the coordinator's peers."""
+
+    issues_by_name = False
+
+    def __init__(self, path: str | Path, coordinator: Coordinator) -> None:
+        super().__init__(path)
+        self.coordinator = coordinator
+
+    def lookup(self, access_key: str) -> tuple[str, Principal] | None:
+        cred = self._state.credentials.get(access_key)
+        if cred is None or not cred.peer_id:
+            return None
+        rec = self.coordinator.peers.get(cred.peer_id)
+        if rec is None:  # the peer was deleted: its key died with it
+            return None
+        return cred.secret_key, Principal(rec.name, admin=rec.is_admin)
+
+    def unknown_grantees(self, names: list[str]) -> list[str]:
+        return [n for n in names if n != EVERYONE and self.coordinator.peer_by_name(n) is None]
+
+    def credentials_of(self, peer_id: str) -> list[IssuedCredential]:
+        return [c for c in self._state.credentials.values() if c.peer_id == peer_id]
+
+    async def credential_for(self, rec: PeerRecord, *, rotate: bool = False) -> IssuedCredential:
+        """The peer's credential: the one it has, or a new one (``rotate`` replaces it)."""
+        if not rotate:
+            existing = self.credentials_of(rec.peer_id)
+            if existing:
+                return max(existing, key=lambda c: c.created)
+        await self.revoke_peer(rec.peer_id)
+        return await self.issue(rec.name, peer_id=rec.peer_id)
+
+    async def revoke_peer(self, peer_id: str) -> int:
+        """Remove every credential of a peer; how many there were."""
+        async with self._lock:
+            keys = [k for k, c in self._state.credentials.items() if c.peer_id == peer_id]
+            for k in keys:
+                del self._state.credentials[k]
+            if keys:
+                await self._save()
+        return len(keys)
+
+    async def forget_deleted_peers(self) -> int:
+        """Drop the credentials of peers that are no longer registered (and unbound ones)."""
+        async with self._lock:
+            gone = [
+                k
+                for k, c in self._state.credentials.items()
+                if c.peer_id not in self.coordinator.peers
+            ]
+            for k in gone:
+                del self._state.credentials[k]
+            if gone:
+                await self._save()
+        return len(gone)
+
+
+def _freebind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host`` even before any interface has that address (Linux)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sys.platform.startswith("linux") and family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _load_cert(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    with tempfile.TemporaryDirectory(prefix="tm-s3-tls-") as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert.write_bytes(cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(key_pem)
+        ctx.load_cert_chain(cert, key)
+
+
+class MeshS3Service:
+    """The S3 service of one coordinator: storage, authorizer and an HTTPS listener.
+
+    Args:
+        coordinator: the (loaded) coordinator.
+        section: the ``s3:`` config section.
+    """
+
+    def __init__(self, coordinator: Coordinator, section: S3Section) -> None:
+        self.coordinator = coordinator
+        self.section = section
+        self.root = Path(section.data_dir or coordinator.data_dir / "s3").expanduser()
+        self.storage: Storage | None = None
+        self.authorizer = CoordinatorAuthorizer(self.root / "auth.json", coordinator)
+        self.host = ""
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    @property
+    def endpoint(self) -> str:
+        """The URL peers use: the bound address, or the mesh IP behind a wildcard; "" before."""
+        if not self.listening.is_set():
+            return ""
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = self.coordinator.own_mesh_ip() or ""
+            if not host:
+                return ""
+        return f"https://{join_hostport(host, self.port)}"
+
+    def info(self) -> MeshS3Info:
+        return MeshS3Info(
+            endpoint=self.endpoint, region=self.section.region, listening=self.listening.is_set()
+        )
+
+    def _storage_class(self) -> type[Storage]:
+        pm = self.coordinator.pm
+        if pm is None:
+            return FilesystemStorage
+        backends = pm.build_registry().storage
+        try:
+            return backends[self.section.storage]  # type: ignore[no-any-return]
+        except KeyError:
+            known = ", ".join(sorted(backends)) or "none"
+            raise ConfigError(
+                f"no storage backend named {self.section.storage!r} (known: {known})",
+                key="s3.storage",
+            ) from None
+
+    def _issue_cert(self) -> tuple[bytes, bytes]:
+        coord = self.coordinator
+        assert coord.ca is not None
+        domain = coord.domain
+        names = ["localhost", socket.gethostname(), *coord.config.tls_names]
+        names += [f"this.{domain}", "this.tunnelmesh", "this.tm"]
+        ips = ["127.0.0.1"]
+        if self.host not in ("0.0.0.0", "::", ""):
+            ips.append(self.host)
+        own = coord.own_mesh_ip()
+        if own:
+            ips.append(own)
+        cert = coord.ca.issue_server_cert(names, ips)
+        return cert.cert_pem, cert.key_pem
+
+    async def start(self) -> None:
+        """Open the storage and start listening (at once, or when the mesh IP is known).
+
+        Raises:
+            ConfigError: the configured ``s3.listen`` cannot be bound, or no such backend.
+            StorageError: the storage cannot be opened.
+        """
+        storage = self._storage_class()(self.root / "objects")  # type: ignore[call-arg]
+        await storage.start()
+        self.storage = storage
+        removed = await self.authorizer.forget_deleted_peers()
+        if removed:
+            log.info("s3: dropped %d credentials of deleted peers", removed)
+        config = S3Config(region=self.section.region, domains=())
+        self._runner = web.AppRunner(
+            build_app(storage, self.authorizer, config), access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.section.listen:
+            host, port = split_hostport(self.section.listen, self.section.port)
+            await self._listen(host, port, freebind=False)
+            if self.coordinator.config.join_mesh is not None:
+                self._task = asyncio.get_running_loop().create_task(self._add_mesh_ip_to_cert())
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._listen_on_mesh_ip())
+
+    async def _listen(self, host: str, port: int, *, freebind: bool) -> None:
+        assert self._runner is not None and self._ssl is not None
+        self.host = host
+        _load_cert(self._ssl, *self._issue_cert())
+        try:
+            if freebind:
+                site: web.BaseSite = web.SockSite(
+                    self._runner, _freebind_socket(host, port), ssl_context=self._ssl
+                )
+            else:
+                site = web.TCPSite(
+                    self._runner, host, port, ssl_context=self._ssl, reuse_address=True
+                )
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"s3: cannot listen on {join_hostport(host, port)}: {exc.strerror}",
+                key="s3.listen",
+            ) from None
+        server = site._server
+        assert server is not None
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.listening.set()
+        log.info("s3: serving %s on %s", self.root, self.endpoint or join_hostport(host, self.port))
+
+    async def _listen_on_mesh_ip(self) -> None:
+        ip = await self.coordinator.wait_own_mesh_ip()
+        try:
+            await self._listen(ip, self.section.port, freebind=True)
+        except ConfigError as exc:
+            log.error("%s", exc)
+
+    async def _add_mesh_ip_to_cert(self) -> None:
+        await self.coordinator.wait_own_mesh_ip()
+        assert self._ssl is not None
+        _load_cert(self._ssl, *self._issue_cert())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._runner is not None:
+            server = self._runner.server
+            open_ = [h.transport for h in server.connections if h.transport] if server else []
+            await self._runner.cleanup()
+            self._runner = None
+            # A TLS connection whose client hung up while reading was paused never finishes
+            # its close_notify exchange (asyncio's SSL transport then ignores close()); abort
+            # what the graceful shutdown left, so no socket outlives the service.
+            for transport in open_:
+                transport.abort()
+        if self.storage is not None:
+            await self.storage.aclose()
+            self.storage = None
+        self.listening.clear()
+
+    # --- coordinator routes ------------------------------------------------------------------
+
+    async def handle_info(self, request: web.Request) -> web.Response:
+        authenticated_peer(request, allow_token=True)
+        return _json(self.info())
+
+    async def handle_credentials(self, request: web.Request) -> web.Response:
+        rec = authenticated_peer(request)
+        assert rec is not None
+        raw = await request.read()
+        try:
+            req = msgspec.json.decode(raw, type=CredentialRequest) if raw else CredentialRequest()
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiFailure(400, "malformed", f"invalid request: {exc}") from None
+        cred = await self.authorizer.credential_for(rec, rotate=req.rotate)
+        log.info(
+            "s3: %s credential %s for %s",
+            "rotated" if req.rotate else "gave",
+            cred.access_key,
+            rec.name,
+        )
+        return _json(
+            MeshCredential(
+                access_key=cred.access_key,
+                secret_key=cred.secret_key,
+                principal=rec.name,
+                admin=rec.is_admin,
+                created=cred.created,
+                endpoint=self.endpoint,
+                region=self.section.region,
+            )
+        )
+
+    async def handle_revoke(self, request: web.Request) -> web.Response:
+        caller = authenticated_peer(request, allow_token=True)
+        name = request.match_info["name"]
+        rec = self.coordinator.peer_by_name(name)
+        if rec is None:
+            raise ApiFailure(404, "no_such_peer", f"no peer named {name!r}")
+        if caller is not None and caller.peer_id != rec.peer_id and not caller.is_admin:
+            raise ApiFailure(403, "forbidden", "only the peer itself or an admin can revoke keys")
+        revoked = await self.authorizer.revoke_peer(rec.peer_id)
+        return web.json_response({"status": "ok", "peer": name, "revoked": revoked})
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(obj), status=status, content_type="application/json"
+    )
+
+
+SERVICE_KEY = web.AppKey("s3_service", MeshS3Service)
+
+
+def install(app: web.Application, coordinator: Coordinator) -> MeshS3Service | None:
+    """Add the S3 service and its routes to a coordinator's app when ``s3.enabled``.
+
+    Raises:
+        ConfigError: S3 is enabled but has nowhere to listen (no ``s3.listen``, no ``join_mesh``).
+    """
+    section = coordinator.config.sections.get("s3")
+    if not isinstance(section, S3Section) or not section.enabled:
+        return None
+    if not section.listen and coordinator.config.join_mesh is None:
+        raise ConfigError(
+            "s3 is enabled but has no address: set join_mesh (to serve on the coordinator's "
+            "mesh IP) or s3.listen",
+            key="s3.listen",
+        )
+    service = MeshS3Service(coordinator, section)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        try:
+            await service.start()
+        except BaseException:
+            await service.stop()
+            raise
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app[SERVICE_KEY] = service
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/api/v1/s3", service.handle_info)
+    app.router.add_post("/api/v1/s3/credentials", service.handle_credentials)
+    app.router.add_delete("/api/v1/s3/credentials/{name}", service.handle_revoke)
+    return service
