@@ -64,9 +64,19 @@ def cli(ctx: click.Context, config: str | None, log_level: str) -> None:
 
 def build_cli(pm: PluginManager | None = None) -> click.Group:
     """Return the root group with core commands and every plugin's commands added."""
-    from tunnelmesh.cli import init_cmd, plugins_cmd
-    from tunnelmesh.cli import dns_cmd, filter_cmd
-    from tunnelmesh.cli import context_cmd, join_cmd, leave_cmd, peers_cmd, serve_cmd, status_cmd
+    from tunnelmesh.cli import (
+        context_cmd,
+        demo_cmd,
+        dns_cmd,
+        filter_cmd,
+        init_cmd,
+        join_cmd,
+        leave_cmd,
+        peers_cmd,
+        plugins_cmd,
+        serve_cmd,
+        status_cmd,
+    )
 
     if pm is None:
         pm = make_plugin_manager()
@@ -79,11 +89,17 @@ def build_cli(pm: PluginManager | None = None) -> click.Group:
     )
     for cmd in (plugins_cmd.plugins, init_cmd.init):
         root.add_command(cmd)
-    for cmd in (serve_cmd.serve, join_cmd.join, context_cmd.context, status_cmd.status,
-                peers_cmd.peers, leave_cmd.leave):
+    for cmd in (
+        serve_cmd.serve,
+        join_cmd.join,
+        context_cmd.context,
+        status_cmd.status,
+        peers_cmd.peers,
+        leave_cmd.leave,
+    ):
         root.add_command(cmd)
     root.add_command(filter_cmd.filter_group)
     root.add_command(dns_cmd.dns)
-    root.add_command(__import__("tunnelmesh.cli.demo_cmd", fromlist=["demo"]).demo)
+    root.add_command(demo_cmd.demo)
     pm.hook.tunnelmesh_register_commands(cli=root)
     return root
