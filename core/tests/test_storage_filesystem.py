@@ -123,3 +123,23 @@ def test_streaming_memory_stays_bounded(tmp_path: Path) -> None:
 
     peak = asyncio.run(main())
     assert peak < 16 * 1024 * 1024, f"peak Python allocation {peak} bytes for a {total} byte object"
+
+
+def test_refused_conditional_put_frees_its_blob(tmp_path: Path) -> None:
+    def blob_count() -> int:
+        return sum(1 for shard in (tmp_path / "blobs").iterdir() for _ in shard.iterdir())
+
+    def absent(current: object) -> None:
+        if current is not None:
+            raise KeyError("exists")
+
+    async def main() -> None:
+        async with FilesystemStorage(tmp_path) as st:
+            await st.create_bucket("bk1")
+            await st.put_object("bk1", "k", body(b"1"), precondition=absent)
+            with pytest.raises(KeyError):
+                await st.put_object("bk1", "k", body(b"2"), precondition=absent)
+            assert blob_count() == 1
+            assert (await st.head_object("bk1", "k")).size == 1
+
+    asyncio.run(main())

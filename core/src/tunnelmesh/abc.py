@@ -397,6 +397,7 @@ class Storage(abc.ABC):
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         checksums: Mapping[str, str] | None = None,
+        precondition: Callable[[ObjectInfo | None], None] | None = None,
     ) -> ObjectInfo:
         """Store ``body`` under ``bucket``/``key``, replacing any object there.
 
@@ -404,8 +405,15 @@ class Storage(abc.ABC):
         ``checksums`` is read only after ``body`` is exhausted, so the body's producer may fill
         it in at the end (checksums that arrive in trailers).
 
+        ``precondition`` (conditional writes, ``If-None-Match: *``/``If-Match``) is called with
+        the object the new one would replace (None when there is none) atomically with the
+        replacement: no other write to the key can come between the check and the commit.
+        When it raises, nothing is stored and the exception propagates. It must be quick and
+        must not block; it may run on another thread.
+
         Raises:
-            NoSuchBucket, InvalidName; whatever ``body`` raises (then nothing is stored).
+            NoSuchBucket, InvalidName; whatever ``body`` or ``precondition`` raises (then
+            nothing is stored).
         """
 
     @abc.abstractmethod

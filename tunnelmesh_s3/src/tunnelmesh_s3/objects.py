@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -244,27 +244,42 @@ def _checksum_headers(checksums: Mapping[str, str]) -> dict[str, str]:
 # --- objects -----------------------------------------------------------------------------------
 
 
-async def put_object(call: Call) -> web.Response:
-    await call.need("write")
+def _put_condition(call: Call) -> Callable[[ObjectInfo | None], None] | None:
+    """The check of a conditional PUT (``If-None-Match: *`` / ``If-Match``), or None."""
     headers = call.request.headers
-    if headers.get("If-None-Match") is not None or headers.get("If-Match") is not None:
-        try:
-            current: ObjectInfo | None = await call.storage.head_object(call.bucket, call.key)
-        except NoSuchKey:
-            current = None
-        if_none, if_match = headers.get("If-None-Match"), headers.get("If-Match")
+    if_none, if_match = headers.get("If-None-Match"), headers.get("If-Match")
+    if if_none is None and if_match is None:
+        return None
+    key = call.key
+
+    def check(current: ObjectInfo | None) -> None:
         if (
             if_none is not None and current is not None and _etag_matches(if_none, current.etag)
         ) or (
             if_match is not None and (current is None or not _etag_matches(if_match, current.etag))
         ):
             if current is None:
-                raise S3Error("NoSuchKey", "The specified key does not exist.", Key=call.key)
+                raise S3Error("NoSuchKey", "The specified key does not exist.", Key=key)
             raise S3Error(
                 "PreconditionFailed",
                 "At least one of the pre-conditions you specified did not hold",
                 Condition="If-None-Match" if if_none is not None else "If-Match",
             )
+
+    return check
+
+
+async def put_object(call: Call) -> web.Response:
+    await call.need("write")
+    headers = call.request.headers
+    condition = _put_condition(call)
+    if condition is not None:
+        # Refuse early, before the body is uploaded; checked again, atomically, at the commit.
+        try:
+            current: ObjectInfo | None = await call.storage.head_object(call.bucket, call.key)
+        except NoSuchKey:
+            current = None
+        condition(current)
     body = _body(call)
     info = await call.storage.put_object(
         call.bucket,
@@ -274,6 +289,7 @@ async def put_object(call: Call) -> web.Response:
         metadata=_metadata(headers),
         headers=_stored_headers(headers),
         checksums=body.checksums,
+        precondition=condition,
     )
     return web.Response(headers={"ETag": f'"{info.etag}"', **_checksum_headers(body.checksums)})
 

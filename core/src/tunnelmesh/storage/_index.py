@@ -199,12 +199,27 @@ class Index:
 
     # --- objects ---
 
-    def put_object(self, bucket: str, info: ObjectInfo, segments: Sequence[Segment]) -> list[str]:
-        """Insert or replace an object row; return the replaced object's blobs."""
+    def put_object(
+        self,
+        bucket: str,
+        info: ObjectInfo,
+        segments: Sequence[Segment],
+        precondition: Callable[[ObjectInfo | None], None] | None = None,
+    ) -> list[str]:
+        """Insert or replace an object row; return the replaced object's blobs.
+
+        ``precondition`` sees the replaced object (or None) inside the same transaction.
+        """
         raw_key = info.key.encode("utf-8")
         db = self.db
         with self._write():
             self._need_bucket(bucket)
+            if precondition is not None:
+                row = db.execute(
+                    f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket=? AND key=?",
+                    (bucket, raw_key),
+                ).fetchone()
+                precondition(None if row is None else _object_info(row))
             freed = self._segments_of(bucket, raw_key)
             db.execute(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
-from tunnelmesh.abc import Storage
+from tunnelmesh.abc import ObjectInfo, Storage
 from tunnelmesh.errors import (
     BucketAlreadyExists,
     BucketNotEmpty,
@@ -256,6 +256,51 @@ async def check_reopen(make: Factory) -> None:
         assert await read_all(st, "bk1", "k") == b"persist"
 
 
+class _Refused(Exception):
+    pass
+
+
+def _absent(current: ObjectInfo | None) -> None:
+    if current is not None:
+        raise _Refused(current.etag)
+
+
+async def check_conditional_put(make: Factory) -> None:
+    """A precondition sees the object it would replace, atomically with the replacement: of
+    two writers racing to create a key, exactly one wins and the other stores nothing."""
+    import asyncio
+
+    async with make() as st:
+        await st.create_bucket("bk1")
+        seen: list[ObjectInfo | None] = []
+        info = await st.put_object("bk1", "k", body(b"one"), precondition=seen.append)
+        assert seen == [None]
+        await st.put_object("bk1", "k", body(b"two"), precondition=seen.append)
+        assert seen[1] is not None and seen[1].etag == info.etag
+        await _raises(_Refused, st.put_object("bk1", "k", body(b"three"), precondition=_absent))
+        assert await read_all(st, "bk1", "k") == b"two"
+
+        gate = asyncio.Event()
+
+        async def held(data: bytes) -> AsyncIterator[bytes]:
+            yield data[:1]
+            await gate.wait()  # both writers are mid-body before either commits
+            yield data[1:]
+
+        racers = [
+            asyncio.ensure_future(st.put_object("bk1", "new", held(d), precondition=_absent))
+            for d in (b"aaaa", b"bbbb")
+        ]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.gather(*racers, return_exceptions=True)
+        won = [r for r in results if isinstance(r, ObjectInfo)]
+        lost = [r for r in results if isinstance(r, _Refused)]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert await read_all(st, "bk1", "new") == (b"aaaa" if results[0] is won[0] else b"bbbb")
+
+
 CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (
     check_buckets,
     check_objects,
@@ -266,4 +311,5 @@ CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (
     check_multipart,
     check_copy,
     check_reopen,
+    check_conditional_put,
 )

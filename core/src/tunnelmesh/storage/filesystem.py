@@ -385,6 +385,7 @@ class FilesystemStorage(Storage):
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         checksums: Mapping[str, str] | None = None,
+        precondition: Callable[[ObjectInfo | None], None] | None = None,
     ) -> ObjectInfo:
         check_key(key)
         await self.head_bucket(bucket)
@@ -401,7 +402,7 @@ class FilesystemStorage(Storage):
         )
         index = self._idx()
         freed = await self._commit_blobs(
-            [blob], lambda: index.put_object(bucket, info, [(blob, size)])
+            [blob], lambda: index.put_object(bucket, info, [(blob, size)], precondition)
         )
         self._free(freed)
         return info
