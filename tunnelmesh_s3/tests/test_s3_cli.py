@@ -127,3 +127,18 @@ def test_share_and_credentials(running: Running) -> None:
     with pytest.raises(ClientError):
         client(bob).get_object(Bucket="team", Key="notes.txt")
     assert "team" in tm(running, "buckets", "list")  # the bucket stays
+
+
+def test_without_a_mesh_or_a_credential_commands_say_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TUNNELMESH_HOME", str(tmp_path / "home"))
+    for name in ("ENDPOINT", "ACCESS_KEY", "SECRET_KEY"):
+        monkeypatch.delenv(f"TUNNELMESH_S3_{name}", raising=False)
+    monkeypatch.delenv("TUNNELMESH_CONTEXT", raising=False)
+    assert main(["buckets", "list"]) == 1
+    assert "no S3 credential: join a mesh" in capsys.readouterr().err
+    assert main(["s3", "credentials"]) == 1
+    assert "no active context" in capsys.readouterr().err
+    assert main(["share", "list", "--context", "nowhere"]) == 1
+    assert "no context named 'nowhere'" in capsys.readouterr().err

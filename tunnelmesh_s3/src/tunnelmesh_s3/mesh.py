@@ -286,7 +286,7 @@ class MeshS3Service:
             ) from None
         server = site._server
         assert server is not None
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.port = int(getattr(server, "sockets", [])[0].getsockname()[1])
         self.listening.set()
         log.info("s3: serving %s on %s", self.root, self.endpoint or join_hostport(host, self.port))
 

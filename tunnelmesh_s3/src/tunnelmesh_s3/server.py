@@ -95,7 +95,7 @@ async def serve(
             await site.start()
             server = site._server
             assert server is not None
-            bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            bound = int(getattr(server, "sockets", [])[0].getsockname()[1])
             yield Running(host, bound, storage, authorizer, tls=ssl_context is not None)
         finally:
             await runner.cleanup()
