@@ -79,8 +79,8 @@ def ping_ms(client: Host, target: str) -> float | None:
 
 
 class Bench:
-    def __init__(self, lab: Lab, work: Path, seconds: int) -> None:
-        self.lab, self.work, self.seconds = lab, work, seconds
+    def __init__(self, lab: Lab, work: Path, seconds: int, coalesce: bool) -> None:
+        self.lab, self.work, self.seconds, self.coalesce = lab, work, seconds, coalesce
         self.coord = lab.add_host("coord")
         self.a = lab.add_host("a")
         self.b = lab.add_host("b")
@@ -135,6 +135,8 @@ class Bench:
         port = 51820 + n
         common = ["--server", self.server, "--token", TOKEN, "--transport", transport]
         common += ["--listen", f"0.0.0.0:{port}", "--tun", f"tm{n}"]
+        if self.coalesce:
+            common.append("--tun-coalesce")
         pb = self.b.python(
             "-m", "tunnelmesh_relay.labpeer", *common, "--name", f"b{n}", "--peer", f"a{n}",
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -237,6 +239,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=int, default=5, help="iperf3 time per direction (max 30)")
     p.add_argument("--only", default="raw,openssh,udp,ssh,relay", help="comma-separated paths")
+    p.add_argument(
+        "--tun-coalesce",
+        action="store_true",
+        help="every mesh peer writes received TCP segments to its TUN as GSO super-packets",
+    )
     args = p.parse_args()
     reason = lab_unavailable_reason()
     if reason:
@@ -246,7 +253,7 @@ def main() -> None:
     load0 = os.getloadavg()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tm-bench-") as tmp, Lab() as lab:
-        bench = Bench(lab, Path(tmp), seconds)
+        bench = Bench(lab, Path(tmp), seconds, args.tun_coalesce)
         print(f"lab up; load average {load0[0]:.2f} on {os.cpu_count()} cores", flush=True)
         if "raw" in only:
             bench.measure("raw lab link (veth + bridge)", bench.b.address, 5201, 7007, ping=True)
@@ -264,8 +271,9 @@ def main() -> None:
     for name, fwd, rev, rtt, pms in rows:
         ping = f"{pms:.3f}" if pms is not None else "-"
         print(f"{name:<46} {fwd:>11.3f} {rev:>11.3f} {rtt:>10.3f} {ping:>8}")
+    offload = "TUN receive coalescing on" if args.tun_coalesce else "no TUN offload"
     print(
-        f"\niperf3 TCP 1 stream, {seconds} s per direction; TCP RTT = median of 200 round trips "
+        f"\n{offload}; iperf3 TCP 1 stream, {seconds} s per direction; TCP RTT = median of 200 round trips "
         f"of 64 B; {time.monotonic() - started:.0f} s total; load average "
         f"{load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} cores (shared machine: ratios "
         "matter more than absolute figures)"

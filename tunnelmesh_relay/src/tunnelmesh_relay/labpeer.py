@@ -81,10 +81,14 @@ async def run(args: argparse.Namespace) -> None:
         routes = RoutingTable()
         routes.set_peer(args.peer, public_key=peer_key, mesh_ips=[info.mesh_ip])
         tun = await asyncio.to_thread(
-            TunDevice.create, args.tun, address=f"{reg.mesh_ip}/{prefix}", mtu=args.mtu
+            TunDevice.create,
+            args.tun,
+            address=f"{reg.mesh_ip}/{prefix}",
+            mtu=args.mtu,
+            vnet_hdr=args.tun_coalesce,
         )
         with tun:
-            forwarder = Forwarder(tun.fileno(), routes)
+            forwarder = Forwarder(tun.fileno(), routes, vnet_hdr=args.tun_coalesce)
             await transport.listen(forwarder.attach)
             transport.update_peer(args.peer, public_key=peer_key)
             if args.dial:
@@ -128,6 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tun", default="tm0")
     p.add_argument("--mtu", type=int, default=1420)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument(
+        "--tun-coalesce",
+        action="store_true",
+        help="write received TCP segments to the TUN as GSO super-packets (IFF_VNET_HDR)",
+    )
     args = p.parse_args(argv)
     try:
         import uvloop
