@@ -165,7 +165,7 @@ class MeshLab:
         self.coordinator: NodeProcess | None = None
         self.peers: dict[str, Peer] = {}
         self._netns_dirs: list[Path] = []
-        self._made_netns_etc = False
+        _reap_netns_etc()
         self.server_config = workdir / "server.yaml"
         self.server_config.write_text(
             f'auth_token: "{TOKEN}"\n'
@@ -233,9 +233,7 @@ class MeshLab:
         return peer
 
     def _resolv_conf(self, host: Host) -> None:
-        if not NETNS_ETC.exists():
-            NETNS_ETC.mkdir(mode=0o755)
-            self._made_netns_etc = True
+        NETNS_ETC.mkdir(mode=0o755, exist_ok=True)
         d = NETNS_ETC / host.ns
         d.mkdir(exist_ok=True)
         self._netns_dirs.append(d)
@@ -283,9 +281,8 @@ class MeshLab:
         for d in self._netns_dirs:
             shutil.rmtree(d, ignore_errors=True)
         self._netns_dirs.clear()
-        if self._made_netns_etc:
-            with contextlib.suppress(OSError):
-                NETNS_ETC.rmdir()  # only when empty
+        with contextlib.suppress(OSError):
+            NETNS_ETC.rmdir()  # only when empty: nothing else uses it then
 
     # --- checks ---------------------------------------------------------------------------
 
@@ -390,6 +387,19 @@ class MeshLab:
             "seconds": float(got.group(3)),
             "mbps": float(got.group(4)),
         }
+
+
+def _reap_netns_etc() -> None:
+    """Remove ``/etc/netns/<lab namespace>`` directories whose namespace is gone (a killed run)."""
+    from tunnelmesh.testing import _netns
+
+    if not NETNS_ETC.is_dir():
+        return
+    live = set(_netns.list_namespaces())
+    prefix = _netns.DEFAULT_PREFIX + "-"
+    for d in NETNS_ETC.iterdir():
+        if d.name.startswith(prefix) and d.name not in live:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # --- the command ---------------------------------------------------------------------------
