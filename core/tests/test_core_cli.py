@@ -20,6 +20,12 @@ from tunnelmesh.config import PeerConfig, ServerConfig, load_config
 from tunnelmesh.errors import ConfigError
 
 
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`init` creates the node's identity key: keep it out of the real ~/.tunnelmesh."""
+    monkeypatch.setenv("TUNNELMESH_HOME", str(tmp_path / "tmhome"))
+
+
 def run(pm: PluginManager, *args: str) -> Any:
     return CliRunner().invoke(build_cli(pm), list(args), obj=pm, catch_exceptions=False)
 
@@ -39,6 +45,7 @@ def test_init_writes_files_that_load(tmp_path: Path) -> None:
     peer = load_config(tmp_path / "peer.yaml", PeerConfig)
     assert peer.transports.order == ["udp", "ssh", "relay"]
     assert (tmp_path / "server.yaml").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "tmhome" / "id_ed25519").stat().st_mode & 0o777 == 0o600
     # a second run refuses to overwrite
     with pytest.raises(ConfigError, match="exists; pass --force"):
         run(PluginManager(), "init", "--peer", "-o", str(tmp_path))
