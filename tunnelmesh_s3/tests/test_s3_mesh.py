@@ -109,6 +109,7 @@ class Peer:
     name: str
     home: Path
     ctx: Context
+    identity: Identity
     access_key: str = ""
     secret_key: str = ""
 
@@ -136,14 +137,15 @@ class Peer:
         return result.output
 
 
-def join(coord: CoordinatorThread, tmp: Path, name: str) -> Peer:
+def join(coord: CoordinatorThread, tmp: Path, name: str, identity: Identity | None = None) -> Peer:
     """Register ``name`` and write its context into its own TUNNELMESH_HOME."""
+    identity = identity or Identity.generate()
 
     async def register() -> tuple[Any, str]:
         ca = await fetch_ca(coord.server.url, TOKEN)
         client = ControlClient(
             server=coord.server.url,
-            identity=Identity.generate(),
+            identity=identity,
             ca_pem=ca,
             auth_token=TOKEN,
             name=name,
@@ -155,7 +157,7 @@ def join(coord: CoordinatorThread, tmp: Path, name: str) -> Peer:
 
     resp, ca = asyncio.run(register())
     home = tmp / f"home-{name}"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     (home / "ca.crt").write_text(ca)
     ctx = Context(
         name="mesh",
@@ -169,7 +171,7 @@ def join(coord: CoordinatorThread, tmp: Path, name: str) -> Peer:
         is_admin=resp.is_admin,
     )
     ContextStore(home).put(ctx)
-    return Peer(resp.name, home, ctx)
+    return Peer(resp.name, home, ctx, identity)
 
 
 def repoint(coord: CoordinatorThread, *peers: Peer) -> None:
@@ -304,6 +306,14 @@ def test_keys_survive_a_restart_and_die_with_their_peer(tmp_path: Path, monkeypa
 
         asyncio.run(leave())
         assert code_of(carol.boto(endpoint).list_buckets) == "InvalidAccessKeyId"
+        # ... also when she joins again with the same key: she gets a new credential
+        carol2 = join(coord, tmp_path, "carol", carol.identity)
+        assert carol2.ctx.peer_id == carol.ctx.peer_id
+        assert code_of(carol.boto(endpoint).list_buckets) == "InvalidAccessKeyId"
+        credential(carol2)
+        assert carol2.access_key != carol.access_key
+        assert carol2.boto(endpoint).get_object(Bucket="keep", Key="k")["Body"].read() == b"v"
+        asyncio.run(meshclient.revoke(carol2.ctx))
         # bob revokes his own key
         assert "revoked 1 S3 key(s) of bob" in bob.cli("s3", "credentials", "--revoke")
         assert code_of(bob.boto(endpoint).list_buckets) == "InvalidAccessKeyId"

@@ -100,8 +100,8 @@ class CoordinatorAuthorizer(FileAuthorizer):
         if cred is None or not cred.peer_id:
             return None
         rec = self.coordinator.peers.get(cred.peer_id)
-        if rec is None:  # the peer was deleted: its key died with it
-            return None
+        if rec is None or cred.created < rec.created_at:
+            return None  # the peer was deleted (and maybe joined again): its key died with it
         return cred.secret_key, Principal(rec.name, admin=rec.is_admin)
 
     def unknown_grantees(self, names: list[str]) -> list[str]:
@@ -113,7 +113,7 @@ class CoordinatorAuthorizer(FileAuthorizer):
     async def credential_for(self, rec: PeerRecord, *, rotate: bool = False) -> IssuedCredential:
         """The peer's credential: the one it has, or a new one (``rotate`` replaces it)."""
         if not rotate:
-            existing = self.credentials_of(rec.peer_id)
+            existing = [c for c in self.credentials_of(rec.peer_id) if c.created >= rec.created_at]
             if existing:
                 return max(existing, key=lambda c: c.created)
         await self.revoke_peer(rec.peer_id)
@@ -132,10 +132,11 @@ class CoordinatorAuthorizer(FileAuthorizer):
     async def forget_deleted_peers(self) -> int:
         """Drop the credentials of peers that are no longer registered (and unbound ones)."""
         async with self._lock:
+            peers = self.coordinator.peers
             gone = [
                 k
                 for k, c in self._state.credentials.items()
-                if c.peer_id not in self.coordinator.peers
+                if c.peer_id not in peers or c.created < peers[c.peer_id].created_at
             ]
             for k in gone:
                 del self._state.credentials[k]
