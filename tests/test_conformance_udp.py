@@ -24,6 +24,9 @@ class TestUdpConformance(TransportConformance):
         async def new_dialer() -> udp.UdpTransport:
             return udp.UdpTransport(a.x25519_private(), listen="127.0.0.1:0")
 
+        async def new_stranger() -> udp.UdpTransport:
+            return udp.UdpTransport(Identity.generate().x25519_private(), listen="127.0.0.1:0")
+
         yield TransportPair(
             listener=listener,
             listener_name="b",
@@ -31,5 +34,6 @@ class TestUdpConformance(TransportConformance):
             endpoints=lambda: [f"127.0.0.1:{listener.local_address[1]}"],
             dialer_name="a",
             new_dialer=new_dialer,
+            new_stranger=new_stranger,
         )
         await listener.aclose()

@@ -30,9 +30,13 @@ def pair_factory(
         net = MemoryNetwork()
         key_a, key_b = Identity.generate().public_raw, Identity.generate().public_raw
         listener = cls(net, "b", key_b)
+        listener.update_peer("a", public_key=key_a)
 
         async def new_dialer() -> MemoryTransport:
             return cls(net, "a", key_a)
+
+        async def new_stranger() -> MemoryTransport:
+            return cls(net, "c", Identity.generate().public_raw)
 
         yield TransportPair(
             listener=listener,
@@ -41,6 +45,7 @@ def pair_factory(
             endpoints=lambda: [listener.endpoint],
             dialer_name="a",
             new_dialer=new_dialer,
+            new_stranger=new_stranger,
         )
         await listener.aclose()
 
@@ -71,6 +76,15 @@ class IgnoresKeys(MemoryTransport):
     async def dial(self, peer: str, endpoints: Sequence[str], *, public_key: bytes = b"") -> Link:
         other = self.network.listeners[endpoints[0]]
         return await super().dial(peer, endpoints, public_key=other.public_key)
+
+
+class AcceptsStrangers(MemoryTransport):
+    async def dial(self, peer: str, endpoints: Sequence[str], *, public_key: bytes = b"") -> Link:
+        for endpoint in endpoints:
+            other = self.network.listeners.get(endpoint)
+            if other is not None:
+                other.known.setdefault(self.peer_name, self.public_key)
+        return await super().dial(peer, endpoints, public_key=public_key)
 
 
 class DropsLarge(MemoryLink):
@@ -131,6 +145,7 @@ def with_link(link_cls: type[MemoryLink]) -> type[MemoryTransport]:
     ("transport", "check", "message"),
     [
         (IgnoresKeys, "handshake", "wrong public key returned a link"),
+        (AcceptsStrangers, "strangers", "does not know succeeded"),
         (with_link(DropsLarge), "sizes", "received 0 of 1 packets"),
         (with_link(Reorders), "both_directions", "says ordered"),
         (with_link(KeepsReceiving), "close", "did not return"),

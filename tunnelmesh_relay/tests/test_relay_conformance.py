@@ -15,12 +15,16 @@ class TestRelayConformance(TransportConformance):
 
     @asynccontextmanager
     async def make_pair(self) -> AsyncIterator[TransportPair]:
-        async with RelayMesh(None, ["a", "b"]) as mesh:
+        async with RelayMesh(None, ["a", "b", "c"]) as mesh:
             listener = mesh.transport("b")
             listener.update_peer("a", public_key=mesh.identities["a"].public_raw)
 
             async def new_dialer() -> RelayTransport:
-                return mesh.transport("a")
+                return mesh.transport("a", handshake_timeout=3.0)
+
+            async def new_stranger() -> RelayTransport:
+                # "c" is a registered peer of the mesh, but b was never told about it
+                return mesh.transport("c", handshake_timeout=3.0)
 
             yield TransportPair(
                 listener=listener,
@@ -29,5 +33,6 @@ class TestRelayConformance(TransportConformance):
                 endpoints=lambda: ["relay"],
                 dialer_name="a",
                 new_dialer=new_dialer,
+                new_stranger=new_stranger,
             )
             await listener.aclose()

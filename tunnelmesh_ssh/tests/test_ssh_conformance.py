@@ -22,6 +22,9 @@ class TestSshConformance(TransportConformance):
         async def new_dialer() -> SshTransport:
             return SshTransport(a, "a", listen="127.0.0.1:0")
 
+        async def new_stranger() -> SshTransport:
+            return SshTransport(Identity.generate(), "c", listen="127.0.0.1:0")
+
         yield TransportPair(
             listener=listener,
             listener_name="b",
@@ -29,5 +32,6 @@ class TestSshConformance(TransportConformance):
             endpoints=lambda: [f"127.0.0.1:{listener.local_address[1]}"],
             dialer_name="a",
             new_dialer=new_dialer,
+            new_stranger=new_stranger,
         )
         await listener.aclose()

@@ -20,7 +20,11 @@ class TestExampleTcpConformance(TransportConformance):
         listener.update_peer("a", public_key=a.public_raw)
 
         async def new_dialer() -> TcpTransport:
-            return TcpTransport(a.x25519_private(), listen="127.0.0.1:0")
+            return TcpTransport(a.x25519_private(), listen="127.0.0.1:0", handshake_timeout=3.0)
+
+        async def new_stranger() -> TcpTransport:
+            key = Identity.generate().x25519_private()
+            return TcpTransport(key, listen="127.0.0.1:0", handshake_timeout=3.0)
 
         yield TransportPair(
             listener=listener,
@@ -29,5 +33,6 @@ class TestExampleTcpConformance(TransportConformance):
             endpoints=lambda: [f"127.0.0.1:{listener.local_address[1]}"],
             dialer_name="a",
             new_dialer=new_dialer,
+            new_stranger=new_stranger,
         )
         await listener.aclose()

@@ -115,6 +115,8 @@ class RelayTransport(Transport):
         ca_pem: the mesh CA the coordinator's certificate must chain to.
         mtu: the tunnel MTU.
         server_hostname: the name checked in the coordinator's certificate.
+        handshake_timeout: how long :meth:`dial` waits for the handshake (the default covers
+            one retransmission of the initiation).
     """
 
     name: ClassVar[str] = "relay"
@@ -131,7 +133,9 @@ class RelayTransport(Transport):
         ca_pem: str,
         mtu: int = 1420,
         server_hostname: str = COORDINATOR_NAME,
+        handshake_timeout: float = 2 * REKEY_TIMEOUT + 1,
     ) -> None:
+        self.handshake_timeout = handshake_timeout
         self.engine = WireGuard(private_key, mtu=mtu)
         self.mtu = mtu
         parts = urlsplit(server)
@@ -300,7 +304,7 @@ class RelayTransport(Transport):
 
         Raises:
             TransportError: not connected to the relay, no key for the peer, the peer is not
-                on the relay, or no handshake completed within two REKEY_TIMEOUTs.
+                on the relay, or no handshake completed within ``handshake_timeout``.
         """
         if self._closed or self._loop is None:
             raise TransportError("relay transport is not listening")
@@ -319,7 +323,7 @@ class RelayTransport(Transport):
             self._after()
             try:
                 # the engine retransmits after REKEY_TIMEOUT; wait for one retransmission too
-                await asyncio.wait_for(fut, 2 * REKEY_TIMEOUT + 1)
+                await asyncio.wait_for(fut, self.handshake_timeout)
             except TimeoutError:
                 raise TransportError(f"relay: no handshake with {peer}") from None
             finally:

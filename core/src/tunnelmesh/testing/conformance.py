@@ -18,10 +18,12 @@ dialers (more than one: the reconnect check replaces the dialer, as a restarted 
             listener.update_peer("a", public_key=pub_a)
             async def new_dialer():
                 return MyTransport(key_a, listen="127.0.0.1:0")
+            async def new_stranger():
+                return MyTransport(key_c, listen="127.0.0.1:0")  # "c" unknown to b
             yield TransportPair(
                 listener=listener, listener_name="b", listener_key=pub_b,
                 endpoints=lambda: [f"127.0.0.1:{listener.port}"],
-                dialer_name="a", new_dialer=new_dialer,
+                dialer_name="a", new_dialer=new_dialer, new_stranger=new_stranger,
             )
             await listener.aclose()
 
@@ -33,6 +35,7 @@ pytest, ``await check_transport(make_pair)`` runs every check and raises
 The checks
     ``handshake``  dial returns a link named after the listener; the listener's ``on_link``
                    sees one named after the dialer; dialling with the wrong public key fails.
+    ``strangers``  a dialer whose identity the listener was never told about gets no link.
     ``both_directions``  packets of mixed sizes from dialer to listener and back, exact bytes
                    (and order, when the transport says ``capabilities.ordered``).
     ``sizes``      the smallest IPv4 packet (a 20-byte header), odd sizes, 1280, and ``mtu``.
@@ -73,6 +76,7 @@ __all__ = [
     "check_handshake",
     "check_reconnect",
     "check_sizes",
+    "check_strangers",
     "check_transport",
     "make_packet",
     "packet_seq",
@@ -97,6 +101,8 @@ class TransportPair:
         dialer_name: the dialer's peer name, as the listener knows it (``link.peer`` there).
         new_dialer: builds a dialing transport with the dialer's identity; the suite calls its
             ``listen`` and closes it. Called again after closing the previous one.
+        new_stranger: builds a dialing transport with an identity the listener does not know
+            (never given to its ``update_peer``): its dial must fail.
         wrong_key: an ed25519 key that is not the listener's, for the negative handshake check
             (a fresh random one by default).
     """
@@ -107,6 +113,7 @@ class TransportPair:
     endpoints: Callable[[], Sequence[str]]
     dialer_name: str
     new_dialer: Callable[[], Awaitable[Transport]]
+    new_stranger: Callable[[], Awaitable[Transport]]
     wrong_key: bytes = field(default_factory=lambda: _random_ed25519_key())
 
 
@@ -368,6 +375,37 @@ async def check_handshake(make_pair: MakePair, *, timeout: float = 10.0) -> None
         )
 
 
+async def check_strangers(make_pair: MakePair, *, timeout: float = 10.0) -> None:
+    """A dialer whose identity the listener does not know gets no link, on either side."""
+    async with _session(make_pair, timeout, dial=False) as s:
+        pair = s.pair
+        stranger = await pair.new_stranger()
+        try:
+            await stranger.listen(lambda link: None)
+            try:
+                link = await asyncio.wait_for(
+                    stranger.dial(
+                        pair.listener_name, list(pair.endpoints()), public_key=pair.listener_key
+                    ),
+                    timeout * 3,
+                )
+            except TransportError:
+                pass
+            except TimeoutError:
+                raise ConformanceError(
+                    f"dial from an unknown identity neither failed nor returned in {timeout * 3} s"
+                ) from None
+            else:
+                await link.aclose()
+                raise ConformanceError("dial from an identity the listener does not know succeeded")
+            _expect(
+                not s.incoming,
+                f"the listener's on_link saw {[lk.peer for lk in s.incoming]} from a stranger",
+            )
+        finally:
+            await stranger.aclose()
+
+
 async def check_both_directions(make_pair: MakePair, *, timeout: float = 10.0) -> None:
     """Mixed sizes from dialer to listener, then from listener to dialer."""
     async with _session(make_pair, timeout) as s:
@@ -570,6 +608,7 @@ async def _listener_inbox(s: _Session, seen: int, base: int) -> _Inbox:
 
 CHECKS: dict[str, Callable[..., Awaitable[None]]] = {
     "handshake": check_handshake,
+    "strangers": check_strangers,
     "both_directions": check_both_directions,
     "sizes": check_sizes,
     "batches": check_batches,
@@ -623,6 +662,9 @@ class TransportConformance:
 
     def test_handshake(self) -> None:
         self.run_check("handshake")
+
+    def test_strangers(self) -> None:
+        self.run_check("strangers")
 
     def test_both_directions(self) -> None:
         self.run_check("both_directions")

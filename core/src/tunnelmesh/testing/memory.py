@@ -8,6 +8,7 @@ the conformance suite (:mod:`tunnelmesh.testing.conformance`) is tested against:
     net = MemoryNetwork()
     a = MemoryTransport(net, "a", key_a)          # key_a: raw ed25519 public key of "a"
     b = MemoryTransport(net, "b", key_b)
+    b.update_peer("a", public_key=key_a)          # b accepts links from a
     await b.listen(on_link)
     link = await a.dial("b", [b.endpoint], public_key=key_b)
 """
@@ -110,8 +111,18 @@ class MemoryTransport(Transport):
         self.mtu = mtu
         self.endpoint = network.new_endpoint()
         self.links: list[MemoryLink] = []
+        self.known: dict[str, bytes] = {}
+        """Peers allowed to dial us, by name (see :meth:`update_peer`)."""
         self._on_link: Callable[[Link], None] | None = None
         self._closed = False
+
+    def update_peer(
+        self, peer: str, *, public_key: bytes = b"", endpoints: Sequence[str] = ()
+    ) -> None:
+        if public_key:
+            self.known[peer] = public_key
+        else:
+            self.known.pop(peer, None)
 
     async def listen(self, on_link: Callable[[Link], None]) -> None:
         if self._closed:
@@ -128,6 +139,8 @@ class MemoryTransport(Transport):
                 continue
             if public_key != other.public_key:
                 raise TransportError(f"memory: {peer} at {endpoint} has another key")
+            if other.known.get(self.peer_name) != self.public_key:
+                raise TransportError(f"memory: {peer} does not know us ({self.peer_name})")
             mine, theirs = MemoryLink(peer, self.mtu), MemoryLink(self.peer_name, other.mtu)
             mine.other, theirs.other = theirs, mine
             self.links.append(mine)

@@ -131,6 +131,7 @@ class TcpTransport(Transport):
         mtu: the tunnel MTU.
         port_offset: added to the port of every endpoint dialled, and to the listen port by
             :meth:`from_node`, so this transport can share the published UDP endpoints.
+        handshake_timeout: how long :meth:`dial` waits for the handshake per endpoint.
     """
 
     name: ClassVar[str] = "example_tcp"
@@ -145,7 +146,9 @@ class TcpTransport(Transport):
         listen: str = "0.0.0.0:0",
         mtu: int = 1420,
         port_offset: int = 0,
+        handshake_timeout: float = HANDSHAKE_WAIT,
     ) -> None:
+        self.handshake_timeout = handshake_timeout
         self.engine = WireGuard(private_key, mtu=mtu)
         self.listen_address = listen
         self.mtu = mtu
@@ -202,6 +205,13 @@ class TcpTransport(Transport):
         if wg_peer is None:
             raise TransportError(f"example_tcp: no key for {peer!r}")
         loop = self._loop
+        conn = wg_peer.endpoint
+        if (
+            isinstance(conn, _Conn)
+            and conn.transport is not None
+            and self.engine.has_session(wg_peer, loop.time())
+        ):
+            return self._link_for(wg_peer)  # the session and its connection are still up
         for endpoint in endpoints:
             host, _, port = endpoint.rpartition(":")
             try:
@@ -220,7 +230,7 @@ class TcpTransport(Transport):
             self.engine.initiate(wg_peer, loop.time())
             self._after()
             try:
-                await asyncio.wait_for(fut, HANDSHAKE_WAIT)
+                await asyncio.wait_for(fut, self.handshake_timeout)
             except TimeoutError:
                 if conn.transport is not None:
                     conn.transport.close()
