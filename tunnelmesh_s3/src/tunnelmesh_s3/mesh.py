@@ -338,13 +338,10 @@ class MeshS3Service:
             req = msgspec.json.decode(raw, type=CredentialRequest) if raw else CredentialRequest()
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ApiFailure(400, "malformed", f"invalid request: {exc}") from None
+        before = {c.access_key for c in self.authorizer.credentials_of(rec.peer_id)}
         cred = await self.authorizer.credential_for(rec, rotate=req.rotate)
-        log.info(
-            "s3: %s credential %s for %s",
-            "rotated" if req.rotate else "gave",
-            cred.access_key,
-            rec.name,
-        )
+        if cred.access_key not in before:  # every CLI command asks; log only new keys
+            log.info("s3: issued access key %s to %s", cred.access_key, rec.name)
         return _json(
             MeshCredential(
                 access_key=cred.access_key,

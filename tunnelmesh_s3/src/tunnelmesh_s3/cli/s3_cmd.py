@@ -244,8 +244,8 @@ async def _mesh(kw: dict[str, Any], rotate: bool, revoke: bool, fmt: str) -> Non
         click.echo("# the coordinator's S3 service is not listening yet")
     click.echo("# shell (aws CLI, boto3, tunnelmesh buckets):")
     click.echo(env, nl=False)
-    click.echo(f"\n# rclone.conf (run rclone with --ca-cert {ctx.ca_path}")
-    click.echo("# unless the mesh CA is in the system trust store):")
+    click.echo(f"\n# rclone.conf (run rclone with --ca-cert {ctx.ca_path} unless the mesh CA")
+    click.echo("# is in the system trust store, and without AWS_CA_BUNDLE in its environment):")
     click.echo(rclone, nl=False)
 
 
