@@ -139,3 +139,34 @@ def test_forwarder_sends_the_segments_of_a_super_packet() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_forwarder_batch_counts_segments_not_reads() -> None:
+    """A TSO read can hold ~45 segments: the batch budget counts them, so one readiness
+    callback does not turn 128 reads into a burst of thousands of datagrams."""
+
+    class Link_:
+        peer = "b"
+        mtu = 1420
+        sent: list[bytes] = []
+
+        def send_batch(self, packets: list[bytes]) -> None:
+            self.sent.extend(packets)
+
+        def set_receiver(self, deliver: object) -> None:
+            pass
+
+    r, w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # keeps read boundaries
+    with r, w:
+        r.setblocking(False)
+        table = RoutingTable()
+        table.set_peer("b", mesh_ips=["10.42.0.2"])
+        fwd = Forwarder(r.fileno(), table, vnet_hdr=True, tso=True, batch=6)
+        link = Link_()
+        fwd.attach(link)  # type: ignore[arg-type]
+        for _ in range(3):
+            w.send(super_packet(b"z" * 4000, 1000))  # 4 segments each
+        fwd._on_tun_readable()
+        assert len(link.sent) == 8 and fwd.stats["tun_rx"] == 2  # stopped after 8 >= 6
+        fwd._on_tun_readable()
+        assert len(link.sent) == 12

@@ -91,7 +91,8 @@ class Forwarder:
         vnet = self.vnet_hdr
         tso = self.tso
         n = 0
-        for _ in range(self.batch):
+        budget = self.batch  # packets, so TSO reads (up to ~45 segments each) count in full
+        while budget > 0:
             segments: list[bytes] | None = None
             try:
                 pkt = read(fd, 65546)  # a 64 KiB super-packet and its virtio_net_hdr
@@ -101,6 +102,7 @@ class Forwarder:
                 stats["tun_read_error"] += 1
                 break
             n += 1
+            budget -= 1
             if vnet:
                 if tso and (pkt[0] or pkt[1]):  # NEEDS_CSUM and/or a TSO super-packet
                     segments = split_tso(pkt)
@@ -109,6 +111,7 @@ class Forwarder:
                         continue
                     pkt = segments[0]
                     stats["tso_segments"] += len(segments)
+                    budget -= len(segments) - 1
                 else:  # without TUNSETOFFLOAD the header is all zero
                     pkt = pkt[10:]
                     if not pkt:

@@ -122,6 +122,7 @@ def coalesce_ipv4_tcp(packets: list[bytes]) -> list[bytes]:
 
 
 _GSO_NONE = 0
+_IP_TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
 _GSO_ECN = 0x80
 _FIN, _CWR = 0x01, 0x80
 
@@ -169,40 +170,37 @@ def split_tso(pkt: bytes) -> list[bytes]:
     n = len(view)
     if thl < 20 or n <= hl or gso_size == 0:
         return []
-    ip_words = _TEN_H.unpack_from(pkt, 10)
-    # IPv4 header sum without total length (word 1), ID (word 2) and checksum (word 5)
-    ip_base = sum(ip_words) - ip_words[1] - ip_words[2] - ip_words[5]
-    ident = ip_words[2]
-    tcp = bytearray(view[20:hl])
-    seq0 = int.from_bytes(tcp[4:8], "big")
-    tflags = tcp[13]
-    tcp[16:18] = b"\x00\x00"
-    # TCP header sum without sequence (words 2-3) and flags (word 6, with the data offset)
-    tcp_base = _sum(tcp) - (seq0 >> 16) - (seq0 & 0xFFFF) - ((tcp[12] << 8) | tflags)
-    # pseudo-header: addresses and protocol; the TCP length is added per segment
-    pseudo = _sum(view[12:20]) + 6 + tcp_base
-    ip_head = bytearray(view[:20])
+    (ver_ihl, tos, _total, ident, frag, ttl, proto, _csum, src, dst, sport, dport, seq0, ack,
+     off, tflags, win, _tcsum, urg) = _IP_TCP.unpack_from(pkt, 10)  # fmt: skip
+    options = view[40:hl]
+    # header sums without the per-segment fields (IP length, ID, checksum; TCP sequence,
+    # flags, checksum); the TCP one includes the pseudo-header's addresses and protocol
+    addr_sum = _sum(view[12:20])
+    ip_base = (ver_ihl << 8 | tos) + frag + (ttl << 8 | proto) + addr_sum
+    tcp_base = addr_sum + 6 + sport + dport + (ack >> 16) + (ack & 0xFFFF) + win + urg
+    tcp_base += _sum(options) + (off << 8)
+    pack = _IP_TCP.pack
     out: list[bytes] = []
     append = out.append
-    first = True
-    for off in range(hl, n, gso_size):
-        end = off + gso_size
-        last = end >= n
-        seg = view[off:end] if not last else view[off:]
+    mask = ~(_FIN | _PSH)
+    for start in range(hl, n, gso_size):
+        seg = view[start : start + gso_size]
         size = len(seg)
         total = hl + size
-        f = tflags if last else tflags & ~(_FIN | _PSH)
-        if not first:
+        f = tflags if start + size >= n else tflags & mask
+        if start != hl:
             f &= ~_CWR
-        seq = (seq0 + off - hl) & 0xFFFFFFFF
-        ip_head[2:4] = total.to_bytes(2, "big")
-        ip_head[4:6] = ident.to_bytes(2, "big")
-        ip_head[10:12] = _fold(ip_base + total + ident).to_bytes(2, "big")
-        tcp[4:8] = seq.to_bytes(4, "big")
-        tcp[13] = f
-        csum = pseudo + total - 20 + (seq >> 16) + (seq & 0xFFFF) + ((tcp[12] << 8) | f)
-        tcp[16:18] = _fold(csum + _sum(seg)).to_bytes(2, "big")
-        append(b"".join((ip_head, tcp, seg)))
+        seq = (seq0 + start - hl) & 0xFFFFFFFF
+        r = (ip_base + total + ident) % 0xFFFF
+        ip_csum = 0xFFFF - r if r else 0xFFFF
+        v = int.from_bytes(seg, "big")
+        r = (tcp_base + total - 20 + (seq >> 16) + (seq & 0xFFFF) + f
+             + (v << 8 if size & 1 else v)) % 0xFFFF  # fmt: skip
+        tcp_csum = 0xFFFF - r if r else 0xFFFF
+        header = pack(
+            ver_ihl, tos, total, ident, frag, ttl, proto, ip_csum, src, dst,
+            sport, dport, seq, ack, off, f, win, tcp_csum, urg,
+        )  # fmt: skip
+        append(b"".join((header, options, seg)))
         ident = (ident + 1) & 0xFFFF
-        first = False
     return out
