@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-
 from tunnelmesh.node.negotiate import (
     Dial,
     NegotiationSettings,

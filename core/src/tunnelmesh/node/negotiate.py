@@ -558,10 +558,14 @@ class PathSelector:
                 continue
             if p.dial_at > now:
                 continue
-            if working and active is not None and self._rank(name) > self._rank(active.name):
-                if not self._lossy(active):
-                    p.dial_at = None  # less preferred than a working path: not needed
-                    continue
+            if (
+                working
+                and active is not None
+                and self._rank(name) > self._rank(active.name)
+                and not self._lossy(active)
+            ):
+                p.dial_at = None  # less preferred than a working path: not needed
+                continue
             p.state = PathState.DIALING
             p.dial_at = None
             self._actions.append(
