@@ -89,6 +89,7 @@ class PeerStatus(msgspec.Struct, kw_only=True):
     transports: dict[str, str] = msgspec.field(default_factory=dict)
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
+    allow_exit_traffic: bool = False
 
 
 async def _maybe_await(value: T | Awaitable[T]) -> T:
@@ -311,6 +312,7 @@ class ControlClient:
             transports=status.transports,
             rtt_ms=status.rtt_ms,
             counters=status.counters,
+            allow_exit_traffic=status.allow_exit_traffic,
         )
         ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)
         self.last_ack = ack

@@ -110,6 +110,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     transports: dict[str, str] = msgspec.field(default_factory=dict)
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
+    allow_exit_traffic: bool = False  # this peer forwards other peers' internet traffic
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):
@@ -135,6 +136,7 @@ class PeerInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
+    allow_exit_traffic: bool = False  # an exit node: clients may route internet traffic via it
 
 
 class PeersResponse(msgspec.Struct, kw_only=True):

@@ -84,6 +84,7 @@ _TRACKED = (
     "endpoints",
     "online",
     "is_coordinator",
+    "allow_exit_traffic",
 )
 
 

@@ -282,6 +282,7 @@ class Coordinator:
             rtt_ms=rec.rtt_ms,
             counters=rec.counters,
             version=rec.version,
+            allow_exit_traffic=rec.allow_exit_traffic,
         )
 
     def peer_infos(self) -> list[PeerInfo]:
@@ -498,11 +499,12 @@ class Coordinator:
     # --- peer operations -------------------------------------------------------------------
 
     def heartbeat(self, rec: PeerRecord, hb: Heartbeat, observed: str) -> HeartbeatAck:
-        """Record a heartbeat; pushes the peer when its endpoints or online state changed."""
+        """Record a heartbeat; pushes the peer when its endpoints, exit flag or online state changed."""
         now = self.clock()
         endpoints = _valid_endpoints(hb.endpoints)
-        changed = endpoints != rec.endpoints
+        changed = endpoints != rec.endpoints or hb.allow_exit_traffic != rec.allow_exit_traffic
         rec.endpoints = endpoints
+        rec.allow_exit_traffic = hb.allow_exit_traffic
         rec.transports = dict(list(hb.transports.items())[:4096])
         rec.rtt_ms = dict(list(hb.rtt_ms.items())[:4096])
         rec.counters = hb.counters

@@ -49,6 +49,7 @@ class PeerRecord(msgspec.Struct, kw_only=True):
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
+    allow_exit_traffic: bool = False
 
 
 @runtime_checkable
@@ -117,6 +118,7 @@ class _Status(msgspec.Struct, kw_only=True):
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
+    allow_exit_traffic: bool = False
 
 
 _status_enc = msgspec.json.Encoder()
@@ -131,6 +133,7 @@ def _status_of(r: PeerRecord) -> bytes:
             rtt_ms=r.rtt_ms,
             counters=r.counters,
             version=r.version,
+            allow_exit_traffic=r.allow_exit_traffic,
         )
     )
 
@@ -216,6 +219,7 @@ class SqliteStore:
                         rtt_ms=status.rtt_ms,
                         counters=status.counters,
                         version=status.version,
+                        allow_exit_traffic=status.allow_exit_traffic,
                     )
                 )
             return out
