@@ -84,11 +84,14 @@ def test_failed_apply_removes_what_it_added() -> None:
     assert ip.calls[-1] == "ip -4 route flush proto 211"
 
 
-def test_no_route_outside_the_tunnel() -> None:
+def test_an_address_with_no_route_outside_the_tunnel_gets_no_bypass() -> None:
     ip = fake()
     ip.default = [{"dev": "tm0"}]
-    with pytest.raises(ExitNodeError, match="outside the tunnel"):
-        ExitRoutes("tm0", bypass=["203.0.113.5"], run=ip).apply()
+    routes = ExitRoutes("tm0", bypass=["203.0.113.5", "192.168.1.20"], run=ip)
+    routes.apply()
+    assert routes.bypass == {"192.168.1.20": ["dev", "eth0"]}
+    assert "ip route replace 0.0.0.0/1 dev tm0 proto 211" in ip.calls
+    assert not any(c.startswith("ip route replace 203.0.113.5") for c in ip.calls)
 
 
 def gateway(tmp_path: Path, ip: FakeIp, forward: str = "0") -> tuple[ExitGateway, Path]:

@@ -4,7 +4,8 @@ Client (``exit_node: <peer>``), :class:`ExitRoutes`:
 
 * a bypass route for each underlay address that must not go into the tunnel (the exit peer's
   and the other peers' endpoints, the coordinator): ``<addr>/32`` via the route it had
-  before, so tunnel traffic never loops into the tunnel (the original installed none);
+  before, so tunnel traffic never loops into the tunnel (the original installed none). An
+  address with no route outside the tunnel is skipped (there is nothing to keep);
 * ``0.0.0.0/1`` and ``128.0.0.0/1`` into the TUN device: they beat the default route without
   replacing it. The forwarder sends what arrives there to the exit peer (its routing-table
   entry includes ``0.0.0.0/0``).
@@ -87,6 +88,8 @@ class ExitRoutes:
         """``via GW dev DEV`` (or ``dev DEV``) of the route ``address`` takes outside the tunnel."""
         out = self.run(["ip", "-j", "route", "get", address], None)
         route = (json.loads(out) or [{}])[0]
+        if route.get("type") == "local":
+            raise ExitNodeError(f"{address} is an address of this host")
         if route.get("dev") == self.tun or route.get("type") in ("unreachable", "prohibit"):
             # Already into the tunnel (split routes in place): use the main default route.
             out = self.run(["ip", "-j", "route", "show", "default"], None)
@@ -100,7 +103,13 @@ class ExitRoutes:
         return spec
 
     def _add_bypass(self, address: str) -> None:
-        spec = self._route_to(address)
+        try:
+            spec = self._route_to(address)
+        except (ExitNodeError, ValueError, KeyError, IndexError) as exc:
+            # Unreachable outside the tunnel (e.g. a peer's address on another private
+            # network): there is nothing to keep; its packets may go through the exit.
+            log.debug("no bypass for %s: %s", address, exc)
+            return
         self.run(
             ["ip", "route", "replace", f"{address}/32", *spec, "proto", str(ROUTE_PROTO)], None
         )
@@ -126,6 +135,11 @@ class ExitRoutes:
             raise
         self.applied = True
         log.info("exit routes via %s, bypassing %s", self.tun, ", ".join(self.bypass) or "nothing")
+
+    @property
+    def wanted(self) -> list[str]:
+        """The addresses to bypass (whether or not a route could be added for each)."""
+        return list(self._wanted)
 
     def set_bypass(self, addresses: Iterable[str]) -> None:
         """Change the bypassed addresses (peers' endpoints move) while applied."""

@@ -112,6 +112,21 @@ def _hostname_label() -> str:
     help="Run the control plane only: no TUN device, no transports (needs no root).",
 )
 @click.option(
+    "--allow-exit-traffic",
+    is_flag=True,
+    default=None,
+    envvar="TUNNELMESH_ALLOW_EXIT_TRAFFIC",
+    show_envvar=True,
+    help="Be an exit node: forward and masquerade other peers' internet traffic.",
+)
+@click.option(
+    "--exit-node",
+    metavar="NAME",
+    envvar="TUNNELMESH_EXIT_NODE",
+    show_envvar=True,
+    help="Route internet traffic through this peer (an exit node); mesh traffic stays direct.",
+)
+@click.option(
     "--duration",
     type=float,
     metavar="SECONDS",
@@ -133,6 +148,8 @@ def join(
     no_trust: bool,
     once: bool,
     no_tun: bool,
+    allow_exit_traffic: bool | None,
+    exit_node: str | None,
     duration: float | None,
 ) -> None:
     """Join a mesh: register this node, then keep it online until SIGINT/SIGTERM.
@@ -146,6 +163,10 @@ def join(
     (an HMAC over its CA certificate); the CA is then pinned in the context. Joining again with
     the same key keeps the same mesh IP. Without --server/--token the stored context is used.
 
+    Exit nodes: --allow-exit-traffic makes this node an exit (IP forwarding and NAT while it
+    runs); --exit-node NAME sends this node's internet traffic through the peer NAME (which
+    must allow it). Both are undone on exit, and after a crash at the next start.
+
     Example: tunnelmesh join --server coord.example.com --token $TOKEN --context work
     """
     from tunnelmesh.control import daemon, trust
@@ -154,6 +175,7 @@ def join(
         raise click.UsageError("--yes and --no-trust contradict each other")
     store = ContextStore()
     cfg = load_peer_config(config_path or ctx.config)
+    cfg = _with_exit_options(cfg, allow_exit_traffic, exit_node)
     ctx_name = context_name or store.active or "default"
     existing = None
     if ctx_name in store.names():
@@ -265,6 +287,25 @@ def join(
         _run(main())
     else:
         asyncio.run(main())
+
+
+def _with_exit_options(
+    cfg: PeerConfig, allow_exit_traffic: bool | None, exit_node: str | None
+) -> PeerConfig:
+    """The config with ``--allow-exit-traffic`` / ``--exit-node`` applied over its keys."""
+    changes: dict[str, Any] = {}
+    if allow_exit_traffic is not None:
+        changes["allow_exit_traffic"] = allow_exit_traffic
+    if exit_node is not None:
+        name = exit_node.strip().lower().removesuffix(".")
+        for domain in (".tunnelmesh", ".tm", ".mesh"):
+            name = name.removesuffix(domain)
+        changes["exit_node"] = name
+    if not changes:
+        return cfg
+    import msgspec
+
+    return msgspec.structs.replace(cfg, **changes)
 
 
 class _Resumed(NamedTuple):

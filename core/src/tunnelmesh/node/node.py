@@ -120,6 +120,7 @@ class Node:
         self.forwarder: Forwarder | None = None
         self.filter_service: Any = None
         self.dns: Any = None
+        self.exit: Any = None
         self.control: Any = None
         self.sync: PeerSync | None = None
         self.started_at = 0.0
@@ -215,6 +216,7 @@ class Node:
                 packets_received=st.get("rx_packets", 0),
                 dropped=dropped,
             ),
+            allow_exit_traffic=self.config.allow_exit_traffic,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -252,6 +254,7 @@ class Node:
             "uptime": time.monotonic() - self.started_at if self.started_at else 0.0,
             "forwarder": dict(self.forwarder.stats) if self.forwarder is not None else {},
             "peers": peers,
+            "exit": self.exit.describe() if self.exit is not None else None,
         }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -365,6 +368,10 @@ class Node:
             await self._start_dns()
             if self.dns is not None:
                 self.sync.dns = self.dns.backend
+            from tunnelmesh.node.exit import ExitService
+
+            self.exit = ExitService(self)  # exit / exit-node client; see node/exit.py
+            await self.exit.start()
             from tunnelmesh.control.peertable import PeerAdded
 
             for peer in list(self.client.table.peers.values()):
@@ -460,6 +467,8 @@ class Node:
                 self.pm.hook.tunnelmesh_node_stopping(node=self)
             except Exception:
                 log.exception("a tunnelmesh_node_stopping hook failed")
+        if self.exit is not None:
+            await self.exit.aclose()
         if self.sync is not None:
             await self.sync.aclose()
         if self.forwarder is not None:

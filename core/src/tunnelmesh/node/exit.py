@@ -1,0 +1,369 @@
+"""Exit nodes in the running node: the exit's forwarding and masquerade, the client's routes.
+
+:class:`ExitService` is what :class:`~tunnelmesh.node.Node` starts (after the forwarder and the
+peer sync exist) and stops first. It uses the operating-system pieces of
+:mod:`tunnelmesh.exitnode`:
+
+On every node
+    *Crash recovery*: routes a crashed client left (``proto 211``) are flushed, and forwarding
+    and NAT a crashed exit left are undone from its state file, before anything else.
+    *The guard* (:class:`ExitGuard`, the forwarder's first filter): a packet from a peer whose
+    destination is outside the mesh is dropped and counted (``dropped_not_exit``) unless this
+    node allows exit traffic, so a node never forwards for others by accident.
+
+On an exit (``allow_exit_traffic: true`` / ``--allow-exit-traffic``)
+    :class:`~tunnelmesh.exitnode.ExitGateway` (``ip_forward`` and an nftables masquerade of the
+    mesh CIDR) while the node runs; the heartbeats publish ``allow_exit_traffic`` so clients
+    (and ``tunnelmesh peers``) know. Packets from a client to the internet pass the guard, are
+    written to the TUN device, and the kernel forwards and masquerades them; the replies come
+    back to the TUN device addressed to the client's mesh IP and are routed to the client.
+
+On a client (``exit_node: NAME`` / ``--exit-node NAME``)
+    Once the peer NAME is known and publishes ``allow_exit_traffic``: the exit peer's routing
+    table entry gets ``0.0.0.0/0`` (so the forwarder sends it what is not for a mesh address,
+    and accepts replies from outside addresses from it only), then
+    :class:`~tunnelmesh.exitnode.ExitRoutes` adds ``/32`` bypass routes for the coordinator
+    and every peer's underlay endpoints (so the mesh never routes itself into the tunnel) and
+    ``0.0.0.0/1`` + ``128.0.0.0/1`` into the TUN device. Mesh addresses keep their own
+    (host) entries, so mesh traffic stays direct. Bypasses follow the peers' endpoints.
+    A peer that does not allow exit traffic is refused with an error line; its routes are
+    never installed (and removed if it stops allowing). Everything is undone on stop.
+
+The state of the ``ip_forward`` sysctl is kept in ``<control_socket>.state/exit-gateway.json``
+(``/run/tunnelmesh.sock.state/`` by default: on tmpfs, so a reboot forgets it with the
+settings it describes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import MutableMapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from tunnelmesh.abc import PacketFilter
+from tunnelmesh.errors import TunnelmeshError
+from tunnelmesh.exitnode import ExitGateway, ExitNodeError, ExitRoutes, Runner, run_command
+from tunnelmesh.mesh.routing import PeerRoute
+
+__all__ = ["DEFAULT_ROUTE", "ExitGuard", "ExitService", "bypass_addresses"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUTE = "0.0.0.0/0"
+
+
+class ExitGuard(PacketFilter):
+    """Drops inbound packets for outside the mesh unless this node is an exit.
+
+    Args:
+        mesh_cidr: the mesh network; destinations inside it always pass.
+        allow: this node allows exit traffic (everything passes).
+        stats: a counter mapping; drops are added to ``dropped_not_exit``.
+    """
+
+    name: ClassVar[str] = "exit-guard"
+
+    def __init__(
+        self,
+        mesh_cidr: str,
+        *,
+        allow: bool = False,
+        stats: MutableMapping[str, int] | None = None,
+    ) -> None:
+        net = ipaddress.ip_network(mesh_cidr, strict=False)
+        self.version = net.version
+        self.offset = 16 if net.version == 4 else 24  # where the destination address starts
+        self.size = 4 if net.version == 4 else 16
+        self.prefix = net.network_address.packed[: net.prefixlen // 8]
+        self.net = int(net.network_address)
+        self.mask = int(net.netmask)
+        self.whole_bytes = net.prefixlen % 8 == 0
+        self.allow = allow
+        self.stats: MutableMapping[str, int] = stats if stats is not None else {}
+        self._warned: set[str] = set()
+
+    def inside(self, pkt: bytes) -> bool:
+        """Whether the packet's destination is a mesh address."""
+        start, size = self.offset, self.size
+        if len(pkt) < start + size or pkt[0] >> 4 != self.version:
+            return False
+        if self.whole_bytes:
+            return pkt[start : start + len(self.prefix)] == self.prefix
+        return int.from_bytes(pkt[start : start + size], "big") & self.mask == self.net
+
+    def verdicts(self, packets: Sequence[Any], peer: str, inbound: bool) -> list[bool]:
+        if not inbound or self.allow:
+            return [True] * len(packets)
+        inside = self.inside
+        out = [inside(p) for p in packets]
+        dropped = out.count(False)
+        if dropped:
+            self.stats["dropped_not_exit"] = self.stats.get("dropped_not_exit", 0) + dropped
+            if peer not in self._warned:
+                self._warned.add(peer)
+                log.warning(
+                    "peer %s sends traffic for outside the mesh, but this node is not an exit "
+                    "(allow_exit_traffic / --allow-exit-traffic): dropped",
+                    peer,
+                )
+        return out
+
+
+def bypass_addresses(
+    endpoints: Sequence[str], *, mesh_cidr: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """The IPv4 underlay hosts of ``endpoints`` (``ip:port``) and ``extra``, for bypass routes.
+
+    Addresses inside the mesh, loopback, link-local, multicast and unspecified ones are left
+    out (they never take the default route); the order is kept, duplicates removed.
+    """
+    mesh = ipaddress.ip_network(mesh_cidr, strict=False)
+    out: dict[str, None] = {}
+    for item in [*extra, *endpoints]:
+        host = item.rsplit(":", 1)[0] if item.count(":") == 1 else item
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            continue
+        if ip.version != 4 or ip in mesh:
+            continue
+        if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+            continue
+        out[str(ip)] = None
+    return list(out)
+
+
+class ExitService:
+    """Exit and exit-client behaviour of a node; see the module docstring.
+
+    Args:
+        node: the node (its config, routes, forwarder, peer sync, control client, notify).
+        run: command runner for ``ip``/``nft`` (tests).
+        proc_sys: the ``/proc/sys`` directory (tests).
+        state_dir: where the exit keeps the previous ``ip_forward`` (default: next to the
+            control socket, see the module docstring).
+        coordinator_ips: the coordinator's addresses to bypass (default: resolved from the
+            context's server URL at start).
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        *,
+        run: Runner = run_command,
+        proc_sys: str = "/proc/sys",
+        state_dir: str | Path | None = None,
+        coordinator_ips: Sequence[str] | None = None,
+    ) -> None:
+        cfg = node.config
+        self.node = node
+        self.allow = bool(cfg.allow_exit_traffic)
+        self.exit_name = cfg.exit_node
+        if self.exit_name and self.exit_name == node.name:
+            raise TunnelmeshError(f"exit_node {self.exit_name!r} is this node itself")
+        self.mesh_cidr = str(ipaddress.ip_network(node.mesh_cidr, strict=False))
+        if state_dir is None:
+            sock = cfg.control_socket or "/run/tunnelmesh.sock"
+            state_dir = Path(str(sock) + ".state")
+        self.gateway = ExitGateway(self.mesh_cidr, state_dir=state_dir, proc_sys=proc_sys, run=run)
+        self.routes = ExitRoutes(cfg.tun.name, run=run)
+        self.guard = ExitGuard(self.mesh_cidr, allow=self.allow)
+        self.coordinator_ips = list(coordinator_ips) if coordinator_ips is not None else None
+        self.state = "off"
+        """``off`` (no exit wanted), ``missing`` (not in the mesh), ``refused``, ``routed``."""
+        self.exit_allowed = False
+        self._lock = threading.Lock()  # ExitRoutes/ExitGateway run in worker threads
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+        self._last_error = ""
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover, install the guard, set up the exit, start following the exit peer.
+
+        Raises:
+            TunnelmeshError: the exit could not be set up (nftables or the sysctl failed).
+        """
+        self._started = True
+        await asyncio.to_thread(self._recover)
+        forwarder = self.node.forwarder
+        if forwarder is not None:
+            self.guard.stats = forwarder.stats
+            forwarder.filters.insert(0, self.guard)
+        if self.allow:
+            try:
+                await asyncio.to_thread(self._locked, self.gateway.apply)
+            except ExitNodeError as exc:
+                raise TunnelmeshError(f"allow_exit_traffic: {exc}") from None
+            self.node.notify(
+                f"exit node: forwarding and masquerading traffic from {self.mesh_cidr}"
+            )
+        if self.exit_name:
+            if self.coordinator_ips is None:
+                self.coordinator_ips = await self._resolve_coordinator()
+            self.node.routes.subscribe(self._on_route)
+            self.node.client.add_callback(self._on_change)
+            self._task = asyncio.get_running_loop().create_task(self._follow(), name="tm-exit")
+            self._wake.set()
+
+    async def aclose(self) -> None:
+        """Remove routes, forwarding and NAT. Idempotent; errors are logged."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.exit_name:
+            await asyncio.to_thread(self._quiet, self.routes.restore)
+            self.exit_allowed = False
+            self._sync_route()
+        if self.allow:
+            await asyncio.to_thread(self._quiet, self.gateway.restore)
+
+    def _locked(self, fn: Any) -> Any:
+        with self._lock:
+            return fn()
+
+    def _quiet(self, fn: Any) -> None:
+        with self._lock:
+            try:
+                fn()
+            except (ExitNodeError, OSError) as exc:
+                log.warning("exit cleanup: %s", exc)
+
+    def _recover(self) -> None:
+        """Undo what a crashed run left (routes with ``proto 211``, the exit's NAT)."""
+        self._quiet(self.routes.recover)
+        if self.gateway.state.exists():
+            log.info("undoing the exit settings of a previous run (%s)", self.gateway.state)
+            self._quiet(self.gateway.recover)
+
+    async def _resolve_coordinator(self) -> list[str]:
+        host = urlsplit(self.node.context.server).hostname or ""
+        if not host:
+            return []
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET)
+        except OSError as exc:
+            log.warning("cannot resolve the coordinator %s for the exit bypass: %s", host, exc)
+            return []
+        return list(dict.fromkeys(str(i[4][0]) for i in infos))
+
+    # --- the client side ---------------------------------------------------------------------
+
+    def _exit_peer(self) -> Any:
+        sync = self.node.sync
+        if sync is not None and self.exit_name in sync.peers:
+            return sync.peers[self.exit_name]
+        return self.node.client.table.by_name(self.exit_name)
+
+    def _on_change(self, change: object) -> None:
+        self._wake.set()
+
+    def _on_route(self, route: PeerRoute) -> None:
+        if route.name == self.exit_name:
+            self._sync_route()
+            self._wake.set()
+
+    def _sync_route(self) -> None:
+        """The exit peer's routing-table entry has ``0.0.0.0/0`` exactly while it is allowed."""
+        table = self.node.routes
+        route = table.peers.get(self.exit_name)
+        if route is None:
+            return
+        has = DEFAULT_ROUTE in route.mesh_ips
+        if has == self.exit_allowed:
+            return
+        ips = [ip for ip in route.mesh_ips if ip != DEFAULT_ROUTE]
+        if self.exit_allowed:
+            ips.append(DEFAULT_ROUTE)
+        table.set_peer(
+            route.name, public_key=route.public_key, mesh_ips=ips, endpoints=route.endpoints
+        )
+
+    def wanted_bypass(self) -> list[str]:
+        """The coordinator's and every peer's underlay addresses."""
+        endpoints: list[str] = []
+        sync = self.node.sync
+        peers = sync.peers.values() if sync is not None else self.node.client.table.peers.values()
+        for p in peers:
+            endpoints += list(p.endpoints)
+        for route in self.node.routes.peers.values():
+            endpoints += list(route.endpoints)
+        return bypass_addresses(
+            endpoints, mesh_cidr=self.mesh_cidr, extra=self.coordinator_ips or []
+        )
+
+    async def _follow(self) -> None:
+        while not self._closed:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._reconcile()
+            except (ExitNodeError, OSError) as exc:
+                log.warning("exit routes: %s", exc)
+                if str(exc) != self._last_error:
+                    self._last_error = str(exc)
+                    self.node.notify(f"error: exit routes via {self.exit_name}: {exc}")
+                await asyncio.sleep(2.0)
+                self._wake.set()
+
+    async def _reconcile(self) -> None:
+        peer = self._exit_peer()
+        name = self.exit_name
+        if peer is None or not peer.allow_exit_traffic:
+            state = "missing" if peer is None else "refused"
+            if self.routes.applied:
+                await asyncio.to_thread(self._locked, self.routes.restore)
+            self.exit_allowed = False
+            self._sync_route()
+            if state != self.state:
+                self.state = state
+                if state == "missing":
+                    self.node.notify(
+                        f"warning: exit node {name!r} is not in the mesh (yet); internet "
+                        "traffic is not routed through it"
+                    )
+                else:
+                    self.node.notify(
+                        f"error: exit node {name!r} does not allow exit traffic (start it with "
+                        "--allow-exit-traffic); internet traffic is not routed through it"
+                    )
+            return
+        self.exit_allowed = True
+        self._sync_route()
+        bypass = self.wanted_bypass()
+        if not self.routes.applied:
+            self.routes.set_bypass(bypass)
+            await asyncio.to_thread(self._locked, self.routes.apply)
+        elif sorted(bypass) != sorted(self.routes.wanted):
+            await asyncio.to_thread(self._locked, lambda: self.routes.set_bypass(bypass))
+        if self.state != "routed":
+            self.state = "routed"
+            self.node.notify(
+                f"exit node: internet traffic via {name} ({peer.mesh_ip}); bypassing "
+                f"{', '.join(self.routes.bypass) or 'nothing'}"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """For ``node.status``."""
+        return {
+            "allow_exit_traffic": self.allow,
+            "exit_node": self.exit_name,
+            "state": self.state,
+            "bypass": sorted(self.routes.bypass),
+            "dropped_not_exit": int(self.guard.stats.get("dropped_not_exit", 0)),
+        }
