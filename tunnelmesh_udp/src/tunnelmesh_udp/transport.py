@@ -8,15 +8,21 @@ ed25519 public keys, or X25519 keys directly for interop with plain WireGuard.
 
 Endpoints come from the coordinator (a peer's local and STUN-reflexive addresses); an
 authenticated packet from a new address moves the peer's endpoint there (roaming), as WireGuard
-does.
+does. ``keepalive`` (25 s for a mesh node) sends WireGuard persistent keepalives to every peer,
+so the NAT mappings of an idle path stay open. :meth:`UdpTransport.stun` asks a STUN server for
+the reflexive address *from the transport's own socket* (the mapping peers must use), also
+after the node moved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from tunnelmesh import stun as stun_codec
 from tunnelmesh.abc import Link, Transport, TransportCapabilities
 from tunnelmesh.aio.wgdriver import WireGuardLink, WireGuardSocket, parse_endpoint
 from tunnelmesh.errors import TransportError
@@ -35,6 +41,8 @@ class UdpTransport(Transport):
         listen: ``host:port`` to bind (port 0 picks one).
         mtu: the tunnel MTU (1420 keeps datagrams within a 1500-byte path).
         gso / gro: UDP segmentation / receive offload when available.
+        keepalive: seconds between persistent keepalives to every peer (0: off, as in plain
+            WireGuard); holds NAT mappings open on idle paths.
     """
 
     name = "udp"
@@ -50,8 +58,10 @@ class UdpTransport(Transport):
         mtu: int = 1420,
         gso: bool = True,
         gro: bool = True,
+        keepalive: float = 0.0,
     ) -> None:
         self.engine = WireGuard(private_key, mtu=mtu)
+        self.keepalive = keepalive
         self.listen_address = listen
         self.mtu = mtu
         self._gso, self._gro = gso, gro
@@ -60,6 +70,16 @@ class UdpTransport(Transport):
         self._waiters: dict[bytes, asyncio.Future[None]] = {}
         self.handshakes = 0
         """Handshakes completed so far (either side initiating)."""
+
+    @classmethod
+    def from_node(cls, node: Any) -> UdpTransport:
+        """Build from a running node: its key, ``0.0.0.0:<udp_port>``, MTU, 25 s keepalives."""
+        return cls(
+            node.x25519_private_key,
+            listen=node.listen_address,
+            mtu=node.config.tun.mtu,
+            keepalive=25.0,
+        )
 
     @property
     def public_key(self) -> bytes:
@@ -143,7 +163,7 @@ class UdpTransport(Transport):
         endpoint = parse_endpoint(endpoints[0]) if endpoints else None
         if existing is not None and existing.public_key != x:
             self.engine.remove_peer(existing.public_key)
-        self.engine.add_peer(x, name=peer, endpoint=endpoint)
+        self.engine.add_peer(x, name=peer, endpoint=endpoint, persistent_keepalive=self.keepalive)
 
     async def dial(self, peer: str, endpoints: Sequence[str], *, public_key: bytes = b"") -> Link:
         """Handshake with ``peer``, trying each endpoint for one REKEY_TIMEOUT (5 s).
@@ -180,6 +200,44 @@ class UdpTransport(Transport):
         else:
             raise TransportError(f"udp: no answer from {peer} at {list(endpoints)}")
         return self._socket.link_for(wg_peer)
+
+    async def stun(
+        self, host: str, port: int, *, timeout: float = 1.0, attempts: int = 3
+    ) -> tuple[str, int] | None:
+        """The reflexive address of this transport's socket as a STUN server sees it.
+
+        The request leaves from the transport's own (bound) socket; while it is outstanding the
+        engine's receive function is wrapped to take the STUN answer out (WireGuard messages
+        never look like STUN: their second byte is zero), so the data path pays nothing
+        otherwise. Returns None when nothing answered.
+        """
+        if self._socket is None:
+            raise TransportError("udp transport is not listening")
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[str, int]] = loop.create_future()
+        request, tid = stun_codec.binding_request(software="tunnelmesh")
+        engine = self.engine
+        original = engine.receive_datagram
+
+        def receive(data: bytes, addr: Any, now: float) -> Any:
+            if len(data) >= 20 and data[1] != 0 and stun_codec.is_stun(data):
+                with contextlib.suppress(stun_codec.StunParseError):
+                    msg = stun_codec.parse(data)
+                    mapped = stun_codec.mapped_address(msg)
+                    if msg.transaction_id == tid and mapped and not answer.done():
+                        answer.set_result((str(mapped[0]), int(mapped[1])))
+                return None
+            return original(data, addr, now)
+
+        engine.receive_datagram = receive  # type: ignore[method-assign]
+        try:
+            for _ in range(attempts):
+                self._socket._sendto(request, (host, port))
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(answer), timeout)
+            return None
+        finally:
+            del engine.receive_datagram  # back to the class's method
 
     async def aclose(self) -> None:
         if self._socket is not None:

@@ -77,11 +77,13 @@ def fetch_peers(ctx: MeshContext, store: ContextStore) -> tuple[list[PeerInfo], 
     help="Print JSON instead of a table.",
 )
 def peers(context_name: str | None, as_json: bool) -> None:
-    """List the mesh's peers: name, mesh IP, online, transport, RTT, traffic, last seen.
+    """List the mesh's peers: name, mesh IP, online, transport, RTT, traffic, last seen, why.
 
-    TRANSPORT and RTT are this node's view of the path to each peer (as its daemon last
-    reported); TRAFFIC is what each peer reported sending/receiving. When the coordinator is
-    unreachable the last known list is shown and marked as such.
+    TRANSPORT, RTT and WHY are this node's view of the path to each peer (as its daemon last
+    reported): the transport in use, the median probe RTT on it, and why that transport was
+    chosen (e.g. "udp: no answer for 3.1 s; fell back to ssh"). TRAFFIC is what each peer
+    reported sending/receiving. When the coordinator is unreachable the last known list is
+    shown and marked as such.
     """
     store = ContextStore()
     ctx = store.get(context_name)
@@ -97,10 +99,13 @@ def peers(context_name: str | None, as_json: bool) -> None:
         click.echo("no other peers")
         return
     now = time.time()
-    table = [("NAME", "MESH IP", "ONLINE", "TRANSPORT", "RTT", "TRAFFIC (TX/RX)", "LAST SEEN")]
+    table = [
+        ("NAME", "MESH IP", "ONLINE", "TRANSPORT", "RTT", "TRAFFIC (TX/RX)", "LAST SEEN", "WHY")
+    ]
     for p in others:
         transport = me.transports.get(p.name, "-") if me else "-"
         rtt = me.rtt_ms.get(p.name) if me else None
+        why = me.reasons.get(p.name, "-") if me else "-"
         table.append(
             (
                 p.name,
@@ -110,6 +115,7 @@ def peers(context_name: str | None, as_json: bool) -> None:
                 f"{rtt:.1f} ms" if rtt is not None else "-",
                 f"{human_bytes(p.counters.bytes_sent)} / {human_bytes(p.counters.bytes_received)}",
                 ago(p.last_seen, now),
+                why,
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]

@@ -88,6 +88,7 @@ class PeerStatus(msgspec.Struct, kw_only=True):
 
     transports: dict[str, str] = msgspec.field(default_factory=dict)
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    reasons: dict[str, str] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     allow_exit_traffic: bool = False
 
@@ -196,6 +197,7 @@ class ControlClient:
         self._queues: list[asyncio.Queue[PeerChange]] = []
         self._callbacks: list[Callable[[PeerChange], None]] = []
         self._stopped = asyncio.Event()
+        self._wake = asyncio.Event()
         self._removed = False
         self._cache_dirty = False
 
@@ -249,6 +251,19 @@ class ControlClient:
             return msgspec.json.decode(raw, type=rtype)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise TunnelmeshError(f"the coordinator sent a malformed answer: {exc}") from None
+
+    def network_changed(self) -> None:
+        """The host's addresses changed: drop the pooled connections (bound to the old source
+        address, they would hang until the request timeout) and heartbeat now, so the
+        coordinator learns the new endpoints at once. The push channel reconnects."""
+        http, self._http = self._http, None
+        if http is not None:
+            asyncio.get_running_loop().create_task(http.close())
+        self._wake.set()
+
+    def heartbeat_now(self) -> None:
+        """Send the next heartbeat now (e.g. the endpoints changed)."""
+        self._wake.set()
 
     async def aclose(self) -> None:
         self._stopped.set()
@@ -311,6 +326,7 @@ class ControlClient:
             endpoints=await self._current_endpoints(),
             transports=status.transports,
             rtt_ms=status.rtt_ms,
+            reasons=status.reasons,
             counters=status.counters,
             allow_exit_traffic=status.allow_exit_traffic,
         )
@@ -436,7 +452,9 @@ class ControlClient:
                 log.warning("%s (keeping the %d known peers)", exc, len(self.table.peers))
                 wait = min(self.heartbeat_interval, 2.0)
             self._write_cache()
-            await asyncio.sleep(wait * (0.9 + 0.2 * random.random()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait * (0.9 + 0.2 * random.random()))
+            self._wake.clear()
 
     async def _push_loop(self) -> None:
         delay = 0.5

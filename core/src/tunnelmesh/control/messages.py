@@ -103,12 +103,14 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     """``POST /api/v1/heartbeat`` (with ``Authorization: Bearer <session_token>``).
 
     ``transports`` maps a peer name to the transport in use towards it ("udp", "ssh", ...);
-    ``rtt_ms`` maps a peer name to the measured round-trip time.
+    ``rtt_ms`` maps a peer name to the measured round-trip time; ``reasons`` says why that
+    transport is in use (or why none is).
     """
 
     endpoints: list[str] = msgspec.field(default_factory=list)
     transports: dict[str, str] = msgspec.field(default_factory=dict)
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    reasons: dict[str, str] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     allow_exit_traffic: bool = False  # this peer forwards other peers' internet traffic
 
@@ -134,6 +136,7 @@ class PeerInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     is_coordinator: bool = False
     transports: dict[str, str] = msgspec.field(default_factory=dict)
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    reasons: dict[str, str] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
     allow_exit_traffic: bool = False  # an exit node: clients may route internet traffic via it

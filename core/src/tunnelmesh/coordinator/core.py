@@ -280,6 +280,7 @@ class Coordinator:
             is_coordinator=rec.is_coordinator,
             transports=rec.transports,
             rtt_ms=rec.rtt_ms,
+            reasons=rec.reasons,
             counters=rec.counters,
             version=rec.version,
             allow_exit_traffic=rec.allow_exit_traffic,
@@ -447,6 +448,7 @@ class Coordinator:
             endpoints=endpoints,
             transports=old.transports if old else {},
             rtt_ms=old.rtt_ms if old else {},
+            reasons=old.reasons if old else {},
             counters=old.counters if old else Counters(),
             version=req.version,
         )
@@ -507,6 +509,7 @@ class Coordinator:
         rec.allow_exit_traffic = hb.allow_exit_traffic
         rec.transports = dict(list(hb.transports.items())[:4096])
         rec.rtt_ms = dict(list(hb.rtt_ms.items())[:4096])
+        rec.reasons = {k: v[:200] for k, v in list(hb.reasons.items())[:4096]}
         rec.counters = hb.counters
         rec.last_seen = now
         self._dirty.add(rec.peer_id)

@@ -47,6 +47,7 @@ class PeerRecord(msgspec.Struct, kw_only=True):
     endpoints: list[str] = msgspec.field(default_factory=list)
     transports: dict[str, str] = msgspec.field(default_factory=dict)
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    reasons: dict[str, str] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
     allow_exit_traffic: bool = False
@@ -116,6 +117,7 @@ class _Status(msgspec.Struct, kw_only=True):
     endpoints: list[str] = msgspec.field(default_factory=list)
     transports: dict[str, str] = msgspec.field(default_factory=dict)
     rtt_ms: dict[str, float] = msgspec.field(default_factory=dict)
+    reasons: dict[str, str] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
     allow_exit_traffic: bool = False
@@ -131,6 +133,7 @@ def _status_of(r: PeerRecord) -> bytes:
             endpoints=r.endpoints,
             transports=r.transports,
             rtt_ms=r.rtt_ms,
+            reasons=r.reasons,
             counters=r.counters,
             version=r.version,
             allow_exit_traffic=r.allow_exit_traffic,
@@ -217,6 +220,7 @@ class SqliteStore:
                         endpoints=status.endpoints,
                         transports=status.transports,
                         rtt_ms=status.rtt_ms,
+                        reasons=status.reasons,
                         counters=status.counters,
                         version=status.version,
                         allow_exit_traffic=status.allow_exit_traffic,

@@ -324,6 +324,8 @@ class ExitService:
     async def _reconcile(self) -> None:
         peer = self._exit_peer()
         name = self.exit_name
+        if peer is None and self.node.client.table.revision < 0:
+            return  # no peer list from the coordinator yet (a fresh join): wait for it
         if peer is None or not peer.allow_exit_traffic:
             state = "missing" if peer is None else "refused"
             if self.routes.applied:

@@ -262,6 +262,12 @@ class PathSelector:
             p.state = PathState.DIALING
             p.dial_at = None
 
+    def probe_now(self, now: float) -> None:
+        """Probe every UP path at the next :meth:`handle_timer` (the network changed)."""
+        for p in self.paths.values():
+            if p.up:
+                p.next_probe_at = now
+
     def probe_answered(self, seq: int, now: float) -> str | None:
         """Probe ``seq`` came back; returns the transport it measured (None: unknown)."""
         name = self._probe_owner.pop(seq, None)

@@ -123,6 +123,9 @@ class Node:
         self.exit: Any = None
         self.control: Any = None
         self.sync: PeerSync | None = None
+        self.netmon: Any = None
+        self.network_changes = 0
+        """Debounced underlay changes handled so far."""
         self.started_at = 0.0
         self._started = False
         self._closed = False
@@ -200,6 +203,8 @@ class Node:
         st = self.forwarder.stats if self.forwarder is not None else {}
         sync = self.sync
         transports = dict(sync.link_transport) if sync is not None else {}
+        rtt = sync.rtt_ms() if sync is not None else {}
+        reasons = dict(sync.link_reason) if sync is not None else {}
         dropped = sum(v for k, v in st.items() if k.startswith("dropped"))
         rx_bytes = tx_bytes = 0
         for t in self.transports:
@@ -209,6 +214,8 @@ class Node:
                 tx_bytes += getattr(peer, "tx_bytes", 0)
         return PeerStatus(
             transports=transports,
+            rtt_ms=rtt,
+            reasons=reasons,
             counters=Counters(
                 bytes_sent=tx_bytes,
                 bytes_received=rx_bytes,
@@ -224,6 +231,7 @@ class Node:
         peers = []
         for name, route in sorted(self.routes.peers.items()):
             info = self.sync.peers.get(name) if self.sync is not None else None
+            paths = self.sync.paths.get(name) if self.sync is not None else None
             wg_peer = getattr(route.link, "wg_peer", None)
             endpoint = getattr(wg_peer, "endpoint", None)
             last = getattr(wg_peer, "last_handshake", None)
@@ -241,6 +249,10 @@ class Node:
                     "handshake": last is not None,
                     "rx_bytes": getattr(wg_peer, "rx_bytes", 0),
                     "tx_bytes": getattr(wg_peer, "tx_bytes", 0),
+                    "reason": paths.reason if paths is not None else "",
+                    "rtt_ms": paths.rtt_ms() if paths is not None else None,
+                    "paths": paths.describe()["paths"] if paths is not None else {},
+                    "order": paths.selector.order if paths is not None else [],
                 }
             )
         return {
@@ -251,6 +263,7 @@ class Node:
             "transports": [t.name for t in self.transports],
             "endpoints": self.endpoints(),
             "coordinator_reachable": self.client.reachable,
+            "network_changes": self.network_changes,
             "uptime": time.monotonic() - self.started_at if self.started_at else 0.0,
             "forwarder": dict(self.forwarder.stats) if self.forwarder is not None else {},
             "peers": peers,
@@ -301,23 +314,52 @@ class Node:
                 log.warning("filter %s cannot be built without arguments (%s); skipped", name, exc)
         return filters
 
+    async def _stun_server(self) -> tuple[str, int] | None:
+        host = urlsplit(self.context.server).hostname or ""
+        if not (self.context.stun_port and host and self.udp_port):
+            return None
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+            return str(infos[0][4][0]), self.context.stun_port
+        except (OSError, IndexError):
+            return None
+
     async def _stun(self) -> None:
         """Learn the reflexive address of the UDP port (before any transport binds it)."""
         from tunnelmesh.control.daemon import stun_query
 
-        host = urlsplit(self.context.server).hostname or ""
-        if not (self.context.stun_port and host and self.udp_port):
-            return
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-            addr = str(infos[0][4][0])
-        except (OSError, IndexError):
+        server = await self._stun_server()
+        if server is None:
             return
         locals_before = sorted(local_endpoints(self.udp_port, exclude=[self.mesh_cidr]))
-        mapped = await stun_query(addr, self.context.stun_port, local_port=self.udp_port)
+        mapped = await stun_query(server[0], server[1], local_port=self.udp_port)
         if mapped is not None:
             self.reflexive = [f"{mapped[0]}:{mapped[1]}"]
             self._stun_locals = locals_before
+
+    async def _network_changed(self) -> None:
+        """Netlink saw the underlay change (debounced): re-learn the endpoints, tell the
+        coordinator, re-check every path."""
+        eps = local_endpoints(self.udp_port, exclude=[self.mesh_cidr])
+        self.network_changes += 1
+        self.notify(f"network changed: local endpoints {', '.join(eps) or '-'}")
+        self.endpoints()  # drops a reflexive address learnt on the old network
+        self.client.network_changed()
+        if self.sync is not None:
+            self.sync.network_changed()
+        # the reflexive address, asked from the UDP transport's own socket
+        udp = next((t for t in self.transports if callable(getattr(t, "stun", None))), None)
+        server = await self._stun_server() if udp is not None else None
+        if udp is None or server is None:
+            return
+        try:
+            mapped = await udp.stun(server[0], server[1], timeout=0.5, attempts=3)  # type: ignore[attr-defined]
+        except TunnelmeshError:
+            return
+        if mapped is not None:
+            self.reflexive = [f"{mapped[0]}:{mapped[1]}"]
+            self._stun_locals = sorted(eps)
+            self.client.heartbeat_now()
 
     async def start(self) -> None:
         """Bring the data plane up; see the module docstring for the order.
@@ -350,14 +392,19 @@ class Node:
             self.forwarder = Forwarder(
                 self.tun.fileno(), self.routes, self._filters(registry), vnet_hdr=True
             )
+            routes = self.routes
             self.sync = PeerSync(
-                self.routes,
+                routes,
                 self.transports,
-                self.forwarder.attach,
+                lambda link: routes.set_link(link.peer, link),
                 exclude=[self.mesh_cidr],
                 rendezvous=self._ask_rendezvous,
                 notify=self.notify,
                 local_key=self.identity.public_raw,
+                deliver=self.forwarder.deliver,
+                local_ip=self.mesh_ip,
+                transport_order=[t.name for t in self.transports],
+                per_peer=self.config.transports.per_peer,
             )
             for t in self.transports:
                 try:
@@ -377,6 +424,16 @@ class Node:
             for peer in list(self.client.table.peers.values()):
                 self.sync.apply(PeerAdded(peer))
             self.client.add_callback(self.sync.apply)
+            from tunnelmesh.netmon import NetworkMonitor
+
+            self.netmon = NetworkMonitor(
+                self._network_changed,
+                ignore_links=[self.config.tun.name],
+                ignore_networks=[self.mesh_cidr],
+                debounce=0.3,
+                max_delay=1.5,
+            )
+            await self.netmon.start()
         except BaseException:
             await self.aclose()
             raise
@@ -407,6 +464,7 @@ class Node:
             return
         server = ControlServer(path)
         server.add_handler("node.status", lambda payload: self.describe())
+        server.add_handler("node.set_order", self._set_order)
         self.filter_service.register(server)
         try:
             await server.start()
@@ -414,6 +472,35 @@ class Node:
             raise NodeError(f"control socket {path}: {exc}") from None
         self.control = server
         await self.filter_service.start()
+
+    def _set_order(self, payload: Any) -> dict[str, Any]:
+        """``node.set_order {"order": [...], "peer": name|null}``: the transport order, globally
+        or for one peer (empty order with a peer: back to the global one). The admin UI's API."""
+        if self.sync is None:
+            raise NodeError("the node is not running")
+        payload = payload if isinstance(payload, dict) else {}
+        order = payload.get("order") or []
+        peer = payload.get("peer") or None
+        if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
+            raise NodeError("order must be a list of transport names")
+        try:
+            self.sync.set_order(order, peer)
+        except ValueError as exc:
+            raise NodeError(str(exc)) from None
+        return {
+            "order": self.sync.transport_order,
+            "per_peer": dict(self.sync.per_peer),
+        }
+
+    def set_transport_order(self, order: list[str] | None, peer: str | None = None) -> None:
+        """Change the transport order at run time (globally, or for one peer).
+
+        Raises:
+            ValueError: unknown transport names, or an empty global order.
+        """
+        if self.sync is None:
+            raise NodeError("the node is not running")
+        self.sync.set_order(order, peer)
 
     async def _start_dns(self) -> None:
         if not self.config.dns.enabled:
@@ -469,6 +556,8 @@ class Node:
                 log.exception("a tunnelmesh_node_stopping hook failed")
         if self.exit is not None:
             await self.exit.aclose()
+        if self.netmon is not None:
+            await self.netmon.aclose()
         if self.sync is not None:
             await self.sync.aclose()
         if self.forwarder is not None:

@@ -12,17 +12,20 @@
   open our NAT for its answers);
 * a rename (``PeerChanged`` with another name) is a removal plus an addition.
 
-Dialling: the peer's endpoints are tried in :func:`~tunnelmesh.node.endpoints.order_endpoints`
-order with each transport in the configured order. When all fail, the coordinator is asked for
-a rendezvous (the peer dials us) and the dial is retried with exponential backoff (1 s to 30 s)
-for as long as the peer exists and has no link. When both ends learn of each other at once,
+Paths: each peer gets a :class:`~tunnelmesh.node.paths.PeerPaths`, which runs the sans-IO
+:class:`~tunnelmesh.node.negotiate.PathSelector`: transports are dialled in the configured
+order (``transports.order``, or ``transports.per_peer[<name>]``; :meth:`PeerSync.set_order`
+changes either at run time), the peer's endpoints tried in
+:func:`~tunnelmesh.node.endpoints.order_endpoints` order; every open link is probed, and the
+routing table follows the selector's choice (fallback, probing back, quality). When dials
+fail while the peer has no path, the coordinator is asked for a rendezvous (the peer dials
+us; at most once per ``rendezvous_interval``). When both ends learn of each other at once,
 only one should start: crossing handshake initiations overwrite each other's state and both
 sides then wait a whole retransmit timeout (5 s), as with any WireGuard. So the end with the
-larger key waits ``passive_delay`` (1.5 s) before its first attempt and does not dial at all
-when the other end's link arrived meanwhile. A link that arrives from the other side (a
-transport's ``listen`` callback) ends the dialling. Once a peer has a link, the transport keeps
-the session alive by itself (WireGuard re-handshakes on demand), also while the coordinator is
-away: nothing here depends on the coordinator being reachable.
+larger key waits ``passive_delay`` (1.5 s) before its first attempt; a link that arrives from
+the other side meanwhile is used and makes that dial unnecessary. Once a peer has a link, the
+transports keep sessions alive by themselves, also while the coordinator is away: nothing
+here depends on the coordinator being reachable.
 """
 
 from __future__ import annotations
@@ -30,8 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from tunnelmesh.abc import Link, Transport
@@ -43,16 +45,15 @@ from tunnelmesh.control.peertable import (
     PeerRemoved,
     RendezvousRequested,
 )
-from tunnelmesh.errors import TransportError
 from tunnelmesh.identity import parse_public_key
 from tunnelmesh.mesh.routing import RoutingTable
 from tunnelmesh.node.endpoints import order_endpoints
+from tunnelmesh.node.negotiate import NegotiationSettings
+from tunnelmesh.node.paths import PeerPaths
 
 __all__ = ["PeerSync"]
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF = 30.0
 
 
 def raw_public_key(openssh: str) -> bytes:
@@ -69,14 +70,21 @@ class PeerSync:
     Args:
         routes: the routing table the forwarder reads.
         transports: the running transports, in order of preference.
-        attach: called with each new link (the forwarder's ``attach``).
+        attach: called with the link that becomes a peer's active path (the node passes a
+            function that sets it in the routing table).
         exclude: CIDRs never used as underlay endpoints (the mesh CIDR).
         dns: a DNS backend with ``apply_push`` (optional).
         rendezvous: ``async (peer_name) -> None``: ask the coordinator to make ``peer`` dial us.
-        notify: called with one human-readable line per link change (progress output).
+        notify: called with one human-readable line per path change (progress output).
         local_key: this node's raw public key (for the tie-break above; empty: always dial).
         order: ``(endpoints) -> endpoints`` ordering (default
             :func:`~tunnelmesh.node.endpoints.order_endpoints` with ``exclude``), for tests.
+        deliver: ``(link, packets)``: where packets received on any link go (the forwarder's
+            ``deliver``); None drops them (tests).
+        local_ip: this node's mesh IPv4 address (the source of probes).
+        transport_order: the global transport order (default: the order of ``transports``).
+        per_peer: transport order per peer name.
+        settings: path selection thresholds.
     """
 
     def __init__(
@@ -91,10 +99,17 @@ class PeerSync:
         notify: Callable[[str], None] | None = None,
         local_key: bytes = b"",
         order: Callable[[Sequence[str]], list[str]] | None = None,
+        deliver: Callable[[Link, list[bytes]], None] | None = None,
+        local_ip: str = "",
+        transport_order: Sequence[str] | None = None,
+        per_peer: Mapping[str, Sequence[str]] | None = None,
+        settings: NegotiationSettings | None = None,
     ) -> None:
         self.routes = routes
         self.transports = list(transports)
         self._attach = attach
+        self.deliver = deliver
+        self.local_ip = local_ip
         self.exclude = list(exclude)
         self.dns = dns
         self._rendezvous = rendezvous
@@ -106,12 +121,69 @@ class PeerSync:
         self.peers: dict[str, PeerInfo] = {}
         """The peers the data plane knows, by name."""
         self.link_transport: dict[str, str] = {}
-        """Which transport carries each peer's link, by peer name."""
-        self.dials: dict[str, asyncio.Task[None]] = {}
-        self.retry_delay = 1.0
-        """The first wait before dialling again (doubles up to 30 s)."""
+        """Which transport carries each peer's packets (its active path), by peer name."""
+        self.link_reason: dict[str, str] = {}
+        """Why that transport (or why none), by peer name."""
+        self.paths: dict[str, PeerPaths] = {}
+        """Path selection per peer."""
+        self.settings = settings or NegotiationSettings()
+        self.transport_order = list(transport_order or [t.name for t in self.transports])
+        self.per_peer = {k: list(v) for k, v in (per_peer or {}).items()}
+        self.rendezvous_interval = 30.0
+        self._asked: dict[str, float] = {}
         self._keys: dict[str, bytes] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+
+    @property
+    def retry_delay(self) -> float:
+        """The first wait before dialling again (doubles up to ``settings.retry_max``)."""
+        return self.settings.retry_min
+
+    @retry_delay.setter
+    def retry_delay(self, value: float) -> None:
+        self.settings.retry_min = value
+
+    @property
+    def dials(self) -> dict[str, asyncio.Task[None]]:
+        """Running dial tasks, by ``peer/transport``."""
+        return {f"{n}/{t}": task for n, p in self.paths.items() for t, task in p.tasks.items()}
+
+    # --- transport order ---------------------------------------------------------------------
+
+    def order_for(self, name: str) -> list[str]:
+        """The transports to use for peer ``name``, most preferred first (running ones only)."""
+        running = [t.name for t in self.transports]
+        wanted = self.per_peer.get(name) or self.transport_order
+        return [n for n in wanted if n in running]
+
+    def set_order(self, order: Sequence[str] | None, peer: str | None = None) -> None:
+        """Change the transport order globally (``peer`` None) or for one peer.
+
+        Args:
+            order: transport names, most preferred first; None or empty removes a peer's own
+                order (it follows the global one again).
+            peer: a peer name, or None for the global order.
+
+        Raises:
+            ValueError: an unknown transport name, or an empty global order.
+        """
+        names = list(order or [])
+        running = {t.name for t in self.transports}
+        unknown = [n for n in names if n not in running]
+        if unknown:
+            raise ValueError(f"unknown transport(s): {', '.join(unknown)}")
+        if peer is None:
+            if not names:
+                raise ValueError("the global transport order cannot be empty")
+            self.transport_order = names
+        elif names:
+            self.per_peer[peer] = names
+        else:
+            self.per_peer.pop(peer, None)
+        for name, paths in self.paths.items():
+            if peer is None or name == peer:
+                paths.set_order(self.order_for(name))
 
     # --- events ----------------------------------------------------------------------------
 
@@ -127,8 +199,8 @@ class PeerSync:
             self._forget(change.peer.name, change.peer)
         elif isinstance(change, RendezvousRequested):
             peer = self.peers.get(change.from_peer)
-            if peer is not None:
-                self._dial(peer.name, extra=list(change.endpoints), force=True)
+            if peer is not None and peer.name in self.routes.peers:
+                self._paths(peer.name).rendezvous(list(change.endpoints))
 
     def _upsert(self, peer: PeerInfo, previous: PeerInfo | None) -> None:
         if previous is not None and previous.name != peer.name:
@@ -167,25 +239,31 @@ class PeerSync:
                     t.update_peer(peer.name, public_key=key, endpoints=endpoints)
                 except Exception as exc:
                     log.warning("%s: cannot update peer %s: %s", t.name, peer.name, exc)
-        self._dial(peer.name)
+        if peer.endpoints:
+            paths = self._paths(peer.name)
+            passive = bool(self.local_key) and self.local_key > key
+            paths.start(self.passive_delay if passive else 0.0)
+
+    def _paths(self, name: str) -> PeerPaths:
+        paths = self.paths.get(name)
+        if paths is None:
+            paths = self.paths[name] = PeerPaths(self, name, self.order_for(name), self.settings)
+        return paths
 
     def _forget(self, name: str, peer: PeerInfo) -> None:
         self.peers.pop(name, None)
-        task = self.dials.pop(name, None)
-        if task is not None:
-            task.cancel()
-        route = self.routes.peers.get(name)
-        link = route.link if route is not None else None
+        paths = self.paths.pop(name, None)
         self.routes.remove_peer(name)
         for t in self.transports:
             try:
                 t.update_peer(name)
             except Exception as exc:
                 log.warning("%s: cannot forget peer %s: %s", t.name, name, exc)
-        if link is not None:
-            self._spawn(link.aclose())
+        if paths is not None:
+            self._spawn(paths.aclose())
+        self.link_reason.pop(name, None)
         if self.link_transport.pop(name, None) is not None:
-            self._say(f"link down: {name} (left the mesh)")
+            self.say(f"link down: {name} (left the mesh)")
         if self.dns is not None:
             self.dns.apply_push(PeerGone(peer_id=peer.peer_id, name=name, revision=0))
 
@@ -197,70 +275,51 @@ class PeerSync:
         return order_endpoints(endpoints, exclude=self.exclude)
 
     def on_link(self, transport: Transport, link: Link) -> None:
-        """A transport opened a link (dialled or incoming): route the peer's packets over it."""
+        """A transport opened a link (dialled or incoming): hand it to the peer's paths."""
         if self._closed or link.peer not in self.routes.peers:
             return
-        route = self.routes.peers[link.peer]
-        fresh = route.link is not link
-        self._attach(link)
-        if fresh:
-            self.link_transport[link.peer] = transport.name
-            self._say(f"link up: {link.peer} via {transport.name}")
+        self._paths(link.peer).link_arrived(transport, link)
 
-    def _dial(self, name: str, *, extra: Sequence[str] = (), force: bool = False) -> None:
-        route = self.routes.peers.get(name)
-        if route is None or (route.link is not None and not force):
-            return
-        running = self.dials.get(name)
-        if running is not None and not running.done():
-            return
-        if not route.endpoints and not extra:
-            return  # wait for the peer's first heartbeat to publish some
-        self.dials[name] = asyncio.get_running_loop().create_task(
-            self._dial_loop(
-                name, list(extra), passive=not force and self.local_key > route.public_key
-            ),
-            name=f"tm-dial-{name}",
-        )
+    def attach_active(self, name: str, link: Link) -> None:
+        """``link`` carries peer ``name``'s packets from now on (called by PeerPaths)."""
+        if name in self.routes.peers:
+            self._attach(link)
 
-    async def _dial_loop(self, name: str, extra: list[str], passive: bool = False) -> None:
-        delay = self.retry_delay
-        asked = False
-        if passive and self.local_key:
-            await asyncio.sleep(self.passive_delay)
-            route = self.routes.peers.get(name)
-            if route is None or route.link is not None:
-                return
-        while not self._closed:
-            route = self.routes.peers.get(name)
-            if route is None:
-                return
-            endpoints = self.ordered([*extra, *route.endpoints])
-            for t in self.transports:
-                if not endpoints:
-                    break
-                try:
-                    link = await t.dial(name, endpoints, public_key=route.public_key)
-                except TransportError as exc:
-                    log.debug("%s: %s", t.name, exc)
-                    continue
-                self.on_link(t, link)
-                return
-            if route.link is not None and not extra:
-                return  # the other side reached us meanwhile
-            extra = []
-            if self._rendezvous is not None and not asked:
-                asked = True
-                with contextlib.suppress(Exception):
-                    await self._rendezvous(name)
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(delay * 2, MAX_BACKOFF)
-            if self.routes.peers.get(name) is not None and self.routes.peers[name].link:
-                return
+    def path_changed(self, name: str, transport: str | None, reason: str) -> None:
+        if transport is None:
+            self.link_transport.pop(name, None)
+        else:
+            self.link_transport[name] = transport
+        self.link_reason[name] = reason
+
+    def ask_rendezvous(self, name: str) -> None:
+        """Ask the coordinator to make ``name`` dial us (rate-limited per peer)."""
+        if self._rendezvous is None or self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        last = self._asked.get(name)
+        if last is not None and now - last < self.rendezvous_interval:
+            return
+        self._asked[name] = now
+        self._spawn(self._rendezvous(name))
+
+    def network_changed(self) -> None:
+        """This node's underlay changed: re-check every peer's paths now."""
+        for paths in list(self.paths.values()):
+            paths.network_changed()
+
+    def rtt_ms(self) -> dict[str, float]:
+        """The active path's median probe RTT per peer (ms)."""
+        out: dict[str, float] = {}
+        for name, paths in self.paths.items():
+            rtt = paths.rtt_ms()
+            if rtt is not None:
+                out[name] = round(rtt, 3)
+        return out
 
     # --- misc ------------------------------------------------------------------------------
 
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
         if self._notify is not None:
             self._notify(line)
         else:
@@ -271,15 +330,15 @@ class PeerSync:
             with contextlib.suppress(Exception):
                 await coro
 
-        asyncio.get_running_loop().create_task(run())
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
-        """Stop every dial. Idempotent."""
+        """Stop every dial and probe. Idempotent (links are closed by their transports)."""
         self._closed = True
-        tasks = list(self.dials.values())
-        self.dials.clear()
-        for t in tasks:
+        paths = list(self.paths.values())
+        for p in paths:
+            await p.aclose(close_links=False)
+        for t in list(self._tasks):
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
