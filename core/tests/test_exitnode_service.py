@@ -182,6 +182,10 @@ def test_stop_removes_routes_and_the_default_entry(tmp_path: Path) -> None:
         node = FakeNode(tmp_path, exit_node="e")
         svc = service(node, run, tmp_path, coordinator_ips=[])
         await svc.start()
+        await asyncio.sleep(0)
+        assert svc.state == "off"  # no peer list yet: no warning
+        node.client.table.revision = 1  # the coordinator's snapshot arrived
+        node.callbacks[-1](None)
         await until(lambda: svc.state == "missing")
         assert svc.state == "missing"
         assert any("not in the mesh" in line for line in node.lines)

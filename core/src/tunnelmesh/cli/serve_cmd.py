@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Any
 
 import click
 import msgspec
@@ -14,10 +15,10 @@ from tunnelmesh.config import ServerConfig, load_server_config
 from tunnelmesh.coordinator.ca import ca_fingerprint
 
 
-async def _serve(cfg: ServerConfig, pm: object, duration: float | None) -> None:
+async def _serve(cfg: ServerConfig, pm: object, duration: float | None, node: bool) -> None:
     from tunnelmesh.coordinator.server import CoordinatorServer
 
-    server = CoordinatorServer(cfg, pm=pm)
+    server = CoordinatorServer(cfg, pm=pm, node=node, notify=click.echo)
     await server.start()
     try:
         assert server.coordinator.ca is not None
@@ -31,6 +32,14 @@ async def _serve(cfg: ServerConfig, pm: object, duration: float | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if server.own_peer_ready is not None:
+            # join_mesh: the coordinator's own peer must come up, or serve stops with its error.
+            waiter = asyncio.ensure_future(stop.wait())
+            both: set[asyncio.Future[Any]] = {server.own_peer_ready, waiter}
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if server.own_peer_ready.done():
+                click.echo(server.own_peer_ready.result())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), duration)
     finally:
@@ -70,6 +79,14 @@ async def _serve(cfg: ServerConfig, pm: object, duration: float | None) -> None:
     help="STUN UDP address; overrides stun_listen (default :3478).",
 )
 @click.option(
+    "--no-tun",
+    is_flag=True,
+    envvar="TUNNELMESH_NO_TUN",
+    show_envvar=True,
+    help="With join_mesh: run the coordinator's own peer as a control client only (no TUN, "
+    "no transports, no root needed).",
+)
+@click.option(
     "--duration",
     type=float,
     metavar="SECONDS",
@@ -84,6 +101,7 @@ def serve(
     data_dir: str | None,
     listen: str | None,
     stun_listen: str | None,
+    no_tun: bool,
     duration: float | None,
 ) -> None:
     """Run the coordination server until SIGINT/SIGTERM.
@@ -92,6 +110,11 @@ def serve(
     every peer over a WebSocket, and answers STUN so peers learn their public address. It never
     routes mesh traffic. At first start it creates the mesh CA in the state directory; a restart
     with the same directory keeps every name and IP.
+
+    With a join_mesh: section the coordinator is also a mesh peer (server-as-client): a full
+    node like `tunnelmesh join` runs (TUN with a mesh IP, transports, DNS, filter, exit
+    settings from join_mesh; needs root), reachable as this.tunnelmesh / this.tm. With
+    --no-tun, or when no transport plugin is installed, that peer runs the control plane only.
     """
     registry = ctx.pm.build_registry()
     cfg = load_server_config(config_path or ctx.config, registry.config_sections)
@@ -102,4 +125,22 @@ def serve(
     }
     if changes:
         cfg = msgspec.structs.replace(cfg, **changes)
-    asyncio.run(_serve(cfg, ctx.pm, duration))
+    node = False
+    if cfg.join_mesh is not None and not no_tun:
+        if registry.transports:
+            from tunnelmesh.errors import TunnelmeshError
+            from tunnelmesh.node import can_create_tun
+
+            why = can_create_tun()
+            if why is not None:
+                raise TunnelmeshError(
+                    f"join_mesh: {why} (or pass --no-tun for a control-plane-only peer)"
+                )
+            node = True
+        else:
+            click.echo(
+                "join_mesh: no transport plugin is loaded: the coordinator's peer runs the "
+                "control plane only",
+                err=True,
+            )
+    asyncio.run(_serve(cfg, ctx.pm, duration, node))

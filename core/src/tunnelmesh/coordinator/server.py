@@ -5,6 +5,15 @@
     async with CoordinatorServer(config) as server:
         print(server.url, server.stun_port)
         await server.wait_closed()      # or serve until a signal
+
+Server-as-client: with a ``join_mesh:`` section the coordinator registers its own peer (a key
+of its own, ``join_mesh.private_key``) with itself, so it gets a mesh IP and ``this.<domain>``
+/ ``this.tm`` name it. With ``node=True`` (what ``tunnelmesh serve`` does when a transport
+plugin is installed and it may create a TUN device) that peer is a full
+:class:`~tunnelmesh.node.Node` in the same process and event loop, exactly what
+``tunnelmesh join`` runs: TUN with the mesh IP, transports, filter, DNS, exit settings, all
+taken from ``join_mesh`` (which has every key of a peer config). Otherwise it is a control
+client only (heartbeats, no data plane).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +79,9 @@ class CoordinatorServer:
         pm: the plugin manager (route hook); None skips plugins.
         store: a state store instead of SQLite in ``data_dir``.
         run_join_mesh: also run the ``join_mesh:`` peer in this process.
+        node: run that peer as a full mesh node (TUN, transports; needs root) rather than a
+            control client only.
+        notify: called with the node's progress lines (default: logged).
     """
 
     def __init__(
@@ -78,10 +91,18 @@ class CoordinatorServer:
         pm: Any = None,
         store: StateStore | None = None,
         run_join_mesh: bool = True,
+        node: bool = False,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.pm = pm
         self.run_join_mesh = run_join_mesh and config.join_mesh is not None
+        self.run_node = node and self.run_join_mesh
+        self.notify = notify or (lambda line: log.info("%s", line))
+        self.node: Any = None
+        """The coordinator's own mesh node (``node=True``), once it runs."""
+        self.own_peer_ready: asyncio.Future[str] | None = None
+        """Resolves with a line once the own peer registered (and its node is up), or fails."""
         self._join_identity = None
         keys: set[str] = set()
         if self.run_join_mesh:
@@ -178,7 +199,9 @@ class CoordinatorServer:
             len(coord.peers),
         )
         if self.run_join_mesh:
-            self._peer_task = asyncio.get_running_loop().create_task(self._run_own_peer())
+            loop = asyncio.get_running_loop()
+            self.own_peer_ready = loop.create_future()
+            self._peer_task = loop.create_task(self._run_own_peer())
 
     def _write_ca_file(self) -> None:
         assert self.coordinator.ca is not None
@@ -199,10 +222,11 @@ class CoordinatorServer:
             auth_token=self.config.auth_token,
             name=cfg.name or socket.gethostname().split(".")[0].lower(),
         )
+        ready = self.own_peer_ready
         try:
             resp = await client.register()
             log.info("this coordinator joined its mesh as %s at %s", resp.name, resp.mesh_ip)
-            self._write_own_context(resp)
+            ctx = self._write_own_context(resp)
             # The certificate now also names this.<domain> and the coordinator's mesh IP.
             cert = self.coordinator.reissue_server_cert(*self._cert_names())
             if self._ssl is not None:
@@ -214,16 +238,69 @@ class CoordinatorServer:
                     k.touch(mode=0o600)
                     k.write_bytes(cert.key_pem)
                     self._ssl.load_cert_chain(c, k)
+            line = f"mesh peer {resp.name}: mesh IP {resp.mesh_ip}"
+            if self.run_node:
+                await client.aclose()
+                if ctx is None:
+                    raise TunnelmeshError("cannot write the context of the coordinator's peer")
+                await self._run_own_node(ctx, resp, ready, line)
+                return
+            if ready is not None and not ready.done():
+                ready.set_result(line + " (control plane only)")
             await client.run()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("the coordinator's own mesh peer stopped")
+        except Exception as exc:
+            if ready is not None and not ready.done():
+                log.warning("the coordinator's own mesh peer failed: %s", exc)
+                ready.set_exception(exc)
+            else:
+                log.exception("the coordinator's own mesh peer stopped")
         finally:
             await client.aclose()
 
-    def _write_own_context(self, resp: Any) -> None:
-        """A context for the coordinator's own peer, so `tunnelmesh status`/`peers` work here."""
+    async def _run_own_node(
+        self, ctx: Any, resp: Any, ready: asyncio.Future[str] | None, line: str
+    ) -> None:
+        """The own peer as a full node, as `tunnelmesh join` runs it."""
+        import msgspec
+
+        from tunnelmesh.config import PeerConfig
+        from tunnelmesh.control.contexts import ContextStore
+        from tunnelmesh.node import Node
+
+        jm = self.config.join_mesh
+        assert jm is not None and self._join_identity is not None
+        fields = {f: getattr(jm, f) for f in jm.__struct_fields__}
+        cfg = PeerConfig(**fields, server=self.url, auth_token=self.config.auth_token)
+        cfg = msgspec.structs.replace(cfg, name=resp.name)
+        # Its STUN query would go to this very host: nothing to learn, so none.
+        node_ctx = msgspec.structs.replace(ctx, stun_port=0)
+        node = Node(
+            cfg,
+            context=node_ctx,
+            store=ContextStore(),
+            identity=self._join_identity,
+            pm=self.pm,
+            notify=self.notify,
+        )
+        node.client.registration = resp
+        self.node = node
+        try:
+            await node.start()
+            if ready is not None and not ready.done():
+                ready.set_result(line + f" (node up on {cfg.tun.name})")
+            await node.run()
+        finally:
+            self.node = None
+            await node.aclose()
+
+    def _write_own_context(self, resp: Any) -> Any:
+        """A context for the coordinator's own peer, so `tunnelmesh status`/`peers` work here.
+
+        Returns:
+            The context, or None when it could not be written.
+        """
         from tunnelmesh.control.contexts import Context, ContextStore
 
         assert self.coordinator.ca is not None and self._join_identity is not None
@@ -252,6 +329,8 @@ class CoordinatorServer:
             store.put(ctx, activate=False)
         except (OSError, TunnelmeshError) as exc:
             log.warning("cannot write the coordinator's own context: %s", exc)
+            return None
+        return ctx
 
     async def stop(self) -> None:
         if self._peer_task is not None:

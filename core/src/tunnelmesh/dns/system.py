@@ -67,7 +67,8 @@ class SystemDns:
         mode: ``auto``, ``resolved``, ``resolv.conf`` or ``off``.
         resolvectl: the resolvectl binary (None: not available).
         resolved_dir: the directory whose existence means systemd-resolved runs.
-        resolv_conf: the resolv.conf path.
+        resolv_conf: the resolv.conf path (default: ``$TUNNELMESH_RESOLV_CONF``, else
+            ``/etc/resolv.conf``; tests point it at a file of their own).
         run: runs a command, raising :class:`DnsError` when it fails.
     """
 
@@ -80,7 +81,7 @@ class SystemDns:
         mode: Mode = "auto",
         resolvectl: str | None = shutil.which("resolvectl"),
         resolved_dir: str | os.PathLike[str] = "/run/systemd/resolve",
-        resolv_conf: str | os.PathLike[str] = "/etc/resolv.conf",
+        resolv_conf: str | os.PathLike[str] | None = None,
         run: Runner = _run,
     ) -> None:
         self.server = server
@@ -89,6 +90,8 @@ class SystemDns:
         self.mode = mode
         self.resolvectl = resolvectl
         self.resolved_dir = Path(resolved_dir)
+        if resolv_conf is None:
+            resolv_conf = os.environ.get("TUNNELMESH_RESOLV_CONF") or "/etc/resolv.conf"
         self.resolv_conf = Path(resolv_conf)
         self.backup = Path(str(resolv_conf) + BACKUP_SUFFIX)
         self.run = run
