@@ -1,4 +1,5 @@
-"""The asyncio driver of the WireGuard engine over loopback, against a bare engine on a socket."""
+"""The asyncio driver of the WireGuard engine over loopback, against a bare engine on a socket:
+keepalives on an address change, and a rekey initiation sent ahead of the burst it rides on."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ async def _rekey_initiation_leaves_before_the_burst() -> None:
     b = WireGuard(rng.randbytes(32), rng=rng.randbytes, wall_offset=WALL)
     b_sock = _udp()
     b_sock.settimeout(5)
-    driver = WireGuardSocket(a, _udp(), gso=True, gro=False)
+    driver = WireGuardSocket(a, _udp(), gso=True, gro=False, watch_addresses=False)
     driver.start()
     try:
         a_addr = driver.sock.getsockname()
@@ -58,6 +59,13 @@ async def _rekey_initiation_leaves_before_the_burst() -> None:
             data, _ = await loop.run_in_executor(None, b_sock.recvfrom, 2048)
             if b.receive_datagram(data, a_addr, 0.0) is not None:
                 break
+        # after a local address change: one keepalive per peer with a session, none for
+        # a peer without one (no handshake is started for it)
+        a.add_peer(rng.randbytes(32), name="quiet", endpoint=("127.0.0.1", 9))
+        assert driver.send_keepalives() == 1
+        keepalive, _ = await loop.run_in_executor(None, b_sock.recvfrom, 2048)
+        assert keepalive[0] == 4 and len(keepalive) == 32
+        assert b.receive_datagram(keepalive, a_addr, 0.0) is None and not b.drops
         # the session is due for a rekey: the next batch carries the initiation
         a.rekey_after_time = 0.0
         peer.last_sent_handshake = None

@@ -10,6 +10,10 @@ UDP GSO where the kernel has it: a run of equal-sized messages to one endpoint b
 one WireGuard message (so the wire is exactly what wireguard-go sends).
 
 One ``loop.call_at`` timer is re-armed to the engine's earliest deadline after every batch.
+
+Roaming: on Linux the socket also listens to rtnetlink address events; when an address of the
+host comes or goes it sends a keepalive to every peer with a session (:meth:`send_keepalives`),
+so peers learn the new source address at once, also when this side only receives.
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class WireGuardSocket:
         on_link: called with a new :class:`WireGuardLink` when a peer without a link completes
             a handshake (an incoming link).
         gso / gro: use UDP segmentation / receive offload when the kernel has it.
+        watch_addresses: send keepalives when a local address changes (Linux rtnetlink).
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class WireGuardSocket:
         gso: bool = True,
         gro: bool = True,
         mtu: int = 1420,
+        watch_addresses: bool = True,
     ) -> None:
         self.engine = engine
         self.sock = sock
@@ -149,6 +155,8 @@ class WireGuardSocket:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._netlink: socket.socket | None = None
+        self.watch_addresses = watch_addresses
         self.stats = {"rx_datagrams": 0, "tx_datagrams": 0, "tx_sendmsg": 0, "rx_recvmsg": 0}
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -158,9 +166,18 @@ class WireGuardSocket:
         self._loop = loop = asyncio.get_running_loop()
         self.engine.wall_offset = time.time() - loop.time()
         loop.add_reader(self.sock.fileno(), self._on_readable)
+        if self.watch_addresses:
+            self._netlink = _address_events()
+            if self._netlink is not None:
+                loop.add_reader(self._netlink.fileno(), self._on_address_event)
 
     def close(self) -> None:
         """Stop reading, cancel the timer and close the socket. Idempotent."""
+        if self._netlink is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._netlink.fileno())
+            self._netlink.close()
+            self._netlink = None
         if self._loop is not None and self.sock.fileno() >= 0:
             self._loop.remove_reader(self.sock.fileno())
         if self._timer is not None:
@@ -181,6 +198,35 @@ class WireGuardSocket:
         if link is None:
             link = self.links[peer.public_key] = WireGuardLink(self, peer, self.mtu)
         return link
+
+    def _on_address_event(self) -> None:
+        nl = self._netlink
+        if nl is None:
+            return
+        try:
+            while nl.recv(65536):  # only the fact matters: an address came or went
+                pass
+        except OSError:  # BlockingIOError when drained; ENOBUFS after a burst
+            pass
+        self.send_keepalives()
+
+    def send_keepalives(self) -> int:
+        """Send a keepalive to every peer that has a session; returns how many.
+
+        Call it when a local address changed: an authenticated packet from the new address is
+        how peers learn where we went (roaming). A peer that only receives would otherwise stay
+        silent, and its peers would keep sending to the old address until a handshake timer
+        fires (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT = 15 s).
+        """
+        engine = self.engine
+        now = self.now()
+        count = 0
+        for peer in list(engine.peers.values()):
+            if peer.endpoint is not None and engine.has_session(peer, now):
+                engine.send_keepalive(peer, now)
+                count += 1
+        self._after()
+        return count
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -325,6 +371,25 @@ class WireGuardSocket:
                     self.on_link(link)
             link._received(packets)
         self._after()
+
+
+_RTMGRP_IPV4_IFADDR = 0x10
+_RTMGRP_IPV6_IFADDR = 0x100
+
+
+def _address_events() -> socket.socket | None:
+    """A non-blocking rtnetlink socket subscribed to address changes, or None (not Linux)."""
+    try:
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    except (AttributeError, OSError):
+        return None
+    try:
+        nl.bind((0, _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR))
+        nl.setblocking(False)
+    except OSError:
+        nl.close()
+        return None
+    return nl
 
 
 def max_inner_mtu(path_mtu: int = 1500, ipv6: bool = False) -> int:
