@@ -28,20 +28,40 @@ pytestmark = pytest.mark.lab
 
 ECHO_PORT = 8080
 # Answers every GET with the client address it sees (the "access log" of the internet host).
+# GET /bytes/N sends N pseudo-random bytes; POST answers "<length> <sha256>" of the body.
 ECHO = """
-import http.server, sys
+import hashlib, http.server, random, sys
 class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = self.client_address[0].encode()
+    def reply(self, body):
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_GET(self):
+        if self.path.startswith("/bytes/"):
+            self.reply(random.Random(7).randbytes(int(self.path[7:])))
+        else:
+            self.reply(self.client_address[0].encode())
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        self.reply(f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode())
     def log_message(self, *args):
         pass
 server = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
 print("ready", flush=True)
 server.serve_forever()
+"""
+
+BULK = """
+import hashlib, random, sys, urllib.request
+url, n = sys.argv[1], int(sys.argv[2])
+got = urllib.request.urlopen(url + f"bytes/{n}", timeout=20).read()
+want = random.Random(7).randbytes(n)
+print("download", len(got), got == want)
+body = random.Random(8).randbytes(n)
+req = urllib.request.Request(url, data=body, method="POST")
+print("upload", urllib.request.urlopen(req, timeout=20).read().decode(),
+      hashlib.sha256(body).hexdigest())
 """
 
 FETCH = """
@@ -138,6 +158,12 @@ def test_exit_node_end_to_end(lab: Lab, mesh: MeshLab) -> None:
     assert f"{mesh.coord_host.address} " in our_routes(client.host) + " "  # coordinator bypass
     assert fetch(client.host, internet.url) == INTERNET_PAGE
     assert fetch(client.host, echo_url) == far_address  # the server sees the exit's address
+    n = 4 << 20  # bulk both ways through the exit (TCP segments coalesced on each side)
+    bulk = client.host.run([sys.executable, "-c", BULK, echo_url, str(n)], timeout=60).stdout
+    lines = bulk.splitlines()
+    assert lines[0] == f"download {n} True", bulk
+    up = lines[1].split()
+    assert up[1] == str(n) and up[2] == up[3], bulk
     assert "dev tm0" in (client.host.route_get(internet.address) or "")
     assert "dev tm0" not in (client.host.route_get(exit_peer.host.address) or "")  # bypass
 
