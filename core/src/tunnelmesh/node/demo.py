@@ -34,7 +34,7 @@ from tunnelmesh.control_socket import ControlError, request
 from tunnelmesh.errors import LabError, TunnelmeshError
 from tunnelmesh.testing.lab import Host, Lab
 
-__all__ = ["DemoInterrupted", "MeshLab", "NodeProcess", "run_demo"]
+__all__ = ["DemoInterrupted", "MeshLab", "NodeProcess", "Transfer", "run_demo"]
 
 TOKEN = "demo-token-" + "0123456789abcdef" * 2
 NETNS_ETC = Path("/etc/netns")
@@ -195,11 +195,13 @@ class MeshLab:
 
     # --- processes ------------------------------------------------------------------------
 
-    def start_coordinator(self, timeout: float = 60.0) -> NodeProcess:
+    def start_coordinator(
+        self, timeout: float = 60.0, command: tuple[str, ...] = ("-m", "tunnelmesh")
+    ) -> NodeProcess:
+        """Run ``tunnelmesh serve`` (``command``: the Python arguments before ``serve``)."""
         home = self.workdir / "coord-home"
         proc = self.coord_host.python(
-            "-m",
-            "tunnelmesh",
+            *command,
             "serve",
             "-c",
             str(self.server_config),
@@ -216,9 +218,17 @@ class MeshLab:
             self.coordinator.stop()
             self.coordinator = None
 
-    def add_peer(self, name: str, *, behind_nat: bool = False) -> Peer:
-        """Add a host for a peer (not started yet), with its config and resolv.conf."""
-        host = self.lab.add_host(name, switch=self.nat.inside if behind_nat else None)
+    def add_peer(self, name: str, *, behind_nat: bool = False, nat: Any = None) -> Peer:
+        """Add a host for a peer (not started yet), with its config and resolv.conf.
+
+        Args:
+            behind_nat: behind the mesh lab's own NAT (``self.nat``).
+            nat: behind this NAT instead (from ``lab.add_nat``).
+        """
+        if nat is None and behind_nat:
+            nat = self.nat
+        host = self.lab.add_host(name, switch=nat.inside if nat is not None else None)
+        behind_nat = nat is not None
         home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
         peer = Peer(name, host, home, behind_nat)
@@ -333,6 +343,38 @@ class MeshLab:
                 return None
             time.sleep(0.3)
 
+    def start_transfer(
+        self, src: str, dst: str, *, nbytes: int, rate: float, port: int, timeout: float = 60.0
+    ) -> Transfer:
+        """Start a paced TCP transfer in the background (``rate`` bytes per second);
+        :meth:`Transfer.finish` waits for it and returns what :meth:`transfer` returns."""
+        d = self.peers[dst]
+        sink = NodeProcess(
+            f"sink-{dst}",
+            d.host.python(
+                "-m", "tunnelmesh.node.transfer", "sink", d.mesh_ip, str(port),
+                "--timeout", str(timeout),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            ),
+            None,
+        )  # fmt: skip
+        try:
+            sink.wait_line("^ready", 20)
+            sender = NodeProcess(
+                f"send-{src}",
+                self.peers[src].host.python(
+                    "-m", "tunnelmesh.node.transfer", "send", d.mesh_ip, str(port),
+                    "--bytes", str(nbytes), "--rate", str(rate), "--timeout", str(timeout),
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                ),
+                None,
+            )  # fmt: skip
+            sender.wait_line("^connected", 20)
+        except BaseException:
+            sink.stop(5)
+            raise
+        return Transfer(sender, sink)
+
     def transfer(
         self, src: str, dst: str, *, seconds: float = 0.0, nbytes: int = 0, port: int = 5201
     ) -> dict[str, Any]:
@@ -387,6 +429,36 @@ class MeshLab:
             "seconds": float(got.group(3)),
             "mbps": float(got.group(4)),
         }
+
+
+class Transfer:
+    """A running paced transfer (see :meth:`MeshLab.start_transfer`)."""
+
+    def __init__(self, sender: NodeProcess, sink: NodeProcess) -> None:
+        self.sender = sender
+        self.sink = sink
+
+    def finish(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for both ends; ``sent``/``received`` counts and sha256 digests."""
+        try:
+            sent = self.sender.wait_line(r"sent (\d+) sha256 (\w+)", timeout)
+            got = self.sink.wait_line(
+                r"received (\d+) sha256 (\w+) seconds ([\d.]+) mbps ([\d.]+)", 20
+            )
+        finally:
+            self.stop()
+        return {
+            "sent": int(sent.group(1)),
+            "sent_sha256": sent.group(2),
+            "received": int(got.group(1)),
+            "received_sha256": got.group(2),
+            "seconds": float(got.group(3)),
+            "mbps": float(got.group(4)),
+        }
+
+    def stop(self) -> None:
+        self.sender.stop(5)
+        self.sink.stop(5)
 
 
 def _reap_netns_etc() -> None:

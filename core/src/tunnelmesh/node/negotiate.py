@@ -508,12 +508,13 @@ class PathSelector:
                         and not self._slow_against(p, active, s.rtt_return_factor)
                     ):
                         rtt = p.rtt()
-                        self._switch(
-                            p.name,
-                            f"{p.name} preferred and working again"
-                            + (f" ({rtt:.1f} ms)" if rtt is not None else ""),
-                            now,
+                        reason = f"{p.name} preferred and working again" + (
+                            f" ({rtt:.1f} ms)" if rtt is not None else ""
                         )
+                        better = [self.paths[n] for n in self.order[: self._rank(p.name)]]
+                        if better:
+                            reason += "; " + "; ".join(self._why(b, now) for b in better)
+                        self._switch(p.name, reason, now)
                         break
         active = self.paths.get(self.active) if self.active is not None else None
         self._searching = active is None or self._broken(active, now) or self._lossy(active)

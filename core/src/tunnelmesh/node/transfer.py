@@ -4,6 +4,7 @@
 
     python -m tunnelmesh.node.transfer sink HOST PORT          # one connection, prints a summary
     python -m tunnelmesh.node.transfer send HOST PORT --seconds 1.5   # or --bytes N
+    python -m tunnelmesh.node.transfer send HOST PORT --bytes N --rate 1000000  # paced (B/s)
 
 The sink prints ``ready`` once listening, then, after the sender closes,
 ``received <bytes> sha256 <hex> seconds <s> mbps <Mbit/s>``; the sender prints
@@ -57,19 +58,28 @@ def sink(host: str, port: int, timeout: float) -> int:
     return 0
 
 
-def send(host: str, port: int, seconds: float, nbytes: int, timeout: float) -> int:
+def send(
+    host: str, port: int, seconds: float, nbytes: int, timeout: float, rate: float = 0.0
+) -> int:
     sock = socket.create_connection((host, port), timeout=timeout)
     h = hashlib.sha256()
     total = 0
-    deadline = time.monotonic() + seconds if seconds else None
+    started = time.monotonic()
+    deadline = started + seconds if seconds else None
+    size = CHUNK if not rate else max(1024, min(CHUNK, int(rate / 20)))
     i = 0
+    print("connected", flush=True)
     with sock:
         while True:
             if nbytes and total >= nbytes:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            block = _block(i)
+            if rate:
+                ahead = total / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing: at most `rate` bytes per second
+            block = _block(i)[:size]
             i += 1
             if nbytes:
                 block = block[: nbytes - total]
@@ -90,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=0.0)
     p.add_argument("--bytes", type=int, default=0, dest="nbytes")
     p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--rate", type=float, default=0.0, help="bytes per second (0: unpaced)")
     a = p.parse_args(argv)
     if a.mode == "sink":
         return sink(a.host, a.port, a.timeout)
     if not a.seconds and not a.nbytes:
         p.error("send needs --seconds or --bytes")
-    return send(a.host, a.port, a.seconds, a.nbytes, a.timeout)
+    return send(a.host, a.port, a.seconds, a.nbytes, a.timeout, a.rate)
 
 
 if __name__ == "__main__":
