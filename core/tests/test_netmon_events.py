@@ -75,7 +75,12 @@ async def main():
     await asyncio.sleep(float(sys.argv[1]))
     print("fired", m.fired, flush=True)
     await m.aclose()
-asyncio.run(main())
+try:
+    import uvloop  # the node runs on uvloop when it is installed: netlink must work there too
+except ImportError:
+    asyncio.run(main())
+else:
+    uvloop.run(main())
 """
 
 

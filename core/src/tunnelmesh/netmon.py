@@ -216,27 +216,63 @@ class NetworkMonitor:
                 await reader
 
     async def _read(self) -> None:
+        """Read netlink in a thread with a plain selector event loop (uvloop, which the node
+        may run on, cannot open AF_NETLINK datagram endpoints); events come back to this loop
+        with ``call_soon_threadsafe``."""
+        import threading
+
+        loop = asyncio.get_running_loop()
+        state: dict[str, Any] = {}
+        started = threading.Event()
+
+        def thread_main() -> None:
+            tloop = asyncio.SelectorEventLoop()
+            state["loop"] = tloop
+            try:
+                task = tloop.create_task(self._read_netlink(loop))
+                state["task"] = task
+                started.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    tloop.run_until_complete(task)
+            finally:
+                started.set()
+                tloop.close()
+
+        thread = threading.Thread(target=thread_main, name="tm-netmon", daemon=True)
+        thread.start()
+        try:
+            await asyncio.to_thread(started.wait, 5.0)
+            await asyncio.to_thread(thread.join)
+        finally:
+            tloop = state.get("loop")
+            task = state.get("task")
+            if tloop is not None and task is not None and not tloop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    tloop.call_soon_threadsafe(task.cancel)
+            await asyncio.to_thread(thread.join, 5.0)
+
+    async def _read_netlink(self, main: asyncio.AbstractEventLoop) -> None:
         try:
             from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped]
         except ImportError:  # pragma: no cover - pyroute2 is a core dependency
             log.warning("pyroute2 is missing: network changes are not watched")
-            self._ready.set()
+            main.call_soon_threadsafe(self._ready.set)
             return
         try:
             async with AsyncIPRoute() as ipr:
                 await ipr.bind(groups=GROUPS)
-                self._ready.set()
+                main.call_soon_threadsafe(self._ready.set)
                 while True:
                     async for msg in ipr.get():
                         event = msg.get("event") or ""
                         fields = {k: msg.get(k) for k in ("index", "table", "change", "family")}
                         attrs = dict(msg.get("attrs") or [])
-                        self.feed(event, fields, attrs)
+                        main.call_soon_threadsafe(self.feed, event, fields, attrs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("network monitor stopped: %s", exc)
-            self._ready.set()
+            main.call_soon_threadsafe(self._ready.set)
 
     async def aclose(self) -> None:
         if self._task is not None:
