@@ -324,3 +324,13 @@ def test_late_answers_and_unknown_probes_are_ignored() -> None:
     assert sel.probe_answered(probes[0].seq, 5.1) is None
     assert sel.probe_answered(12345, 5.1) is None
     assert sel.paths["udp"].loss() == 1.0
+
+
+def test_the_live_reason_names_what_is_wrong_with_better_paths() -> None:
+    sim = make(udp=Net(works=False), ssh=Net(works=False))
+    sim.run_until(30)
+    assert sim.sel.active == "relay"
+    reason = sim.sel.current_reason(sim.now)
+    assert reason.endswith("; using relay")
+    assert "udp: no answer" in reason or "udp: dialing" in reason
+    assert "ssh:" in reason

@@ -327,6 +327,16 @@ class PathSelector:
             return "lossy"
         return "good" if self._good(p) else "unknown"
 
+    def current_reason(self, now: float) -> str:
+        """Why the active path is used, as of ``now``: the reason of the last switch, or, on a
+        path that is not the first choice, what is wrong with each better one right now."""
+        if self.active is None or self.active not in self.paths:
+            return self.reason
+        better = [self.paths[n] for n in self.order[: self._rank(self.active)]]
+        if not better:
+            return self.reason
+        return "; ".join(self._why(p, now) for p in better) + f"; using {self.active}"
+
     def describe(self, now: float) -> dict[str, object]:
         """The selector's view, for ``node.status`` and heartbeats."""
         paths = {}
@@ -341,7 +351,7 @@ class PathSelector:
                 "penalised": p.penalty_until > now,
                 "error": p.error,
             }
-        return {"active": self.active, "reason": self.reason, "paths": paths}
+        return {"active": self.active, "reason": self.current_reason(now), "paths": paths}
 
     # --- internals -----------------------------------------------------------------------
 
@@ -437,6 +447,8 @@ class PathSelector:
         if self._broken(p, now):
             return f"{p.name}: no answer for {now - p.last_reply:.1f} s"
         loss = p.loss() or 0.0
+        if p.penalty_until > now:
+            return f"{p.name}: {loss:.0%} loss, retried in {p.penalty_until - now:.0f} s"
         return f"{p.name}: {loss:.0%} loss"
 
     def _evaluate(self, now: float) -> None:

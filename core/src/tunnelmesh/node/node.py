@@ -204,7 +204,7 @@ class Node:
         sync = self.sync
         transports = dict(sync.link_transport) if sync is not None else {}
         rtt = sync.rtt_ms() if sync is not None else {}
-        reasons = dict(sync.link_reason) if sync is not None else {}
+        reasons = sync.reasons() if sync is not None else {}
         dropped = sum(v for k, v in st.items() if k.startswith("dropped"))
         rx_bytes = tx_bytes = 0
         for t in self.transports:

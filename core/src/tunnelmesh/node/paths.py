@@ -307,7 +307,7 @@ class PeerPaths:
 
     @property
     def reason(self) -> str:
-        return self.selector.reason
+        return self.selector.current_reason(self.loop.time())
 
     def rtt_ms(self) -> float | None:
         active = self.selector.active

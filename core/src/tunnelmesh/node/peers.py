@@ -123,7 +123,8 @@ class PeerSync:
         self.link_transport: dict[str, str] = {}
         """Which transport carries each peer's packets (its active path), by peer name."""
         self.link_reason: dict[str, str] = {}
-        """Why that transport (or why none), by peer name."""
+        """Why that transport (or why none), by peer name, as of the last switch (the live
+        reason is :meth:`reasons`)."""
         self.paths: dict[str, PeerPaths] = {}
         """Path selection per peer."""
         self.settings = settings or NegotiationSettings()
@@ -307,6 +308,14 @@ class PeerSync:
         """This node's underlay changed: re-check every peer's paths now."""
         for paths in list(self.paths.values()):
             paths.network_changed()
+
+    def reasons(self) -> dict[str, str]:
+        """Why each peer's transport is in use (or why none is), as of now."""
+        out = dict(self.link_reason)
+        for name, paths in self.paths.items():
+            if paths.active is not None:
+                out[name] = paths.reason
+        return out
 
     def rtt_ms(self) -> dict[str, float]:
         """The active path's median probe RTT per peer (ms)."""
