@@ -4,6 +4,8 @@
   table, forwarder, the plugins' transports and filters, DNS, and the node hooks.
 * :class:`PeerSync` (:mod:`tunnelmesh.node.peers`): the coordinator's peer events applied to
   the routing table and the transports.
+* :mod:`tunnelmesh.node.negotiate`: the sans-IO path selector (order, fallback, probing
+  back, quality); :mod:`tunnelmesh.node.paths` drives it per peer (dials, in-link probes).
 * :mod:`tunnelmesh.node.endpoints`: this node's endpoints and the order to try a peer's.
 * :mod:`tunnelmesh.node.demo`: ``tunnelmesh demo``, a whole mesh in namespaces.
 """
