@@ -145,9 +145,10 @@ def test_exit_node_end_to_end(lab: Lab, mesh: MeshLab) -> None:
     assert client.host.route_get(internet.address) is None  # only the exit can get there
 
     mesh.start_coordinator()
-    mesh.start_peer("exit")
+    exit_node = mesh.start_peer("exit").node
+    assert exit_node is not None
     mesh.start_peer("other")
-    exit_peer.node.wait_line("exit node: forwarding and masquerading", 5)  # type: ignore[union-attr]
+    exit_node.wait_line("exit node: forwarding and masquerading", 5)
     assert exit_peer.host.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
     before = routing_state(client.host)
 

@@ -77,7 +77,9 @@ def fetch_peers(ctx: MeshContext, store: ContextStore) -> tuple[list[PeerInfo], 
     help="Print JSON instead of a table.",
 )
 def peers(context_name: str | None, as_json: bool) -> None:
-    """List the mesh's peers: name, mesh IP, online, transport, RTT, traffic, last seen, why.
+    """List the mesh's peers: name, mesh IP, online, exit, transport, RTT, traffic, last seen, why.
+
+    EXIT says whether the peer is an exit node (it allows exit traffic: --exit-node NAME).
 
     TRANSPORT, RTT and WHY are this node's view of the path to each peer (as its daemon last
     reported): the transport in use, the median probe RTT on it, and why that transport was
@@ -100,8 +102,9 @@ def peers(context_name: str | None, as_json: bool) -> None:
         return
     now = time.time()
     table = [
-        ("NAME", "MESH IP", "ONLINE", "TRANSPORT", "RTT", "TRAFFIC (TX/RX)", "LAST SEEN", "WHY")
-    ]
+        ("NAME", "MESH IP", "ONLINE", "EXIT", "TRANSPORT", "RTT", "TRAFFIC (TX/RX)", "LAST SEEN",
+         "WHY")
+    ]  # fmt: skip
     for p in others:
         transport = me.transports.get(p.name, "-") if me else "-"
         rtt = me.rtt_ms.get(p.name) if me else None
@@ -111,6 +114,7 @@ def peers(context_name: str | None, as_json: bool) -> None:
                 p.name,
                 p.mesh_ip,
                 "yes" if p.online else "no",
+                "yes" if p.allow_exit_traffic else "-",
                 transport,
                 f"{rtt:.1f} ms" if rtt is not None else "-",
                 f"{human_bytes(p.counters.bytes_sent)} / {human_bytes(p.counters.bytes_received)}",
