@@ -290,7 +290,8 @@ class PeerPaths:
             if self.closed:
                 return
             log.debug("%s: dial %s: %s", transport.name, self.name, exc)
-            self.selector.dial_failed(transport.name, self.loop.time(), _short(exc))
+            error = _short(exc).removeprefix(f"{transport.name}: ")
+            self.selector.dial_failed(transport.name, self.loop.time(), error)
             if self.selector.active is None or transport.capabilities.nat_punch:
                 self.sync.ask_rendezvous(self.name)
             self._after()
