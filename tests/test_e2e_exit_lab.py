@@ -216,9 +216,20 @@ def test_exit_node_end_to_end(lab: Lab, mesh: MeshLab) -> None:
     mesh.stop_peer("client")
     assert routing_state(client.host) == before
 
-    # --- the exit undoes forwarding and NAT on stop ------------------------------------------
+    # --- the exit: a crash leaves NAT and forwarding, the next start undoes them first, a stop
+    # removes them ----------------------------------------------------------------------------
+    def exit_settings() -> tuple[bool, str]:
+        tables = exit_peer.host.run(["nft", "list", "tables"]).stdout
+        forward = exit_peer.host.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
+        return "tunnelmesh_exit" in tables, forward
+
+    exit_node.proc.kill()
+    exit_node.proc.wait(10)
+    exit_peer.node = None
+    assert exit_settings() == (True, "1")
+    mesh.start_peer("exit")  # recovers (state file of the crash), then sets up again
+    assert exit_settings() == (True, "1")
     mesh.stop_peer("exit")
-    assert "tunnelmesh_exit" not in exit_peer.host.run(["nft", "list", "tables"]).stdout
-    assert exit_peer.host.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "0"
+    assert exit_settings() == (False, "0")
     assert not (exit_peer.home / "node.sock.state" / "exit-gateway.json").exists()
     lab.check_isolation()

@@ -35,12 +35,17 @@ def ipv4(src: str, dst: str) -> bytes:
 def test_guard_drops_traffic_for_outside_the_mesh_unless_an_exit() -> None:
     stats: defaultdict[str, int] = defaultdict(int)
     guard = ExitGuard(MESH, stats=stats)
-    packets = [ipv4("10.42.0.2", "10.42.0.1"), ipv4("10.42.0.2", "93.184.216.34"), b"\x60" * 40]
-    assert guard.verdicts(packets, "c", True) == [True, False, False]
-    assert stats["dropped_not_exit"] == 2
-    assert guard.verdicts(packets, "c", False) == [True, True, True]  # outbound: not its job
+    packets = [
+        ipv4("10.42.0.2", "10.42.0.1"),
+        ipv4("10.42.0.2", "93.184.216.34"),
+        b"\x60" * 40,  # IPv6
+        b"",
+    ]
+    assert guard.verdicts(packets, "c", True) == [True, False, False, False]
+    assert stats["dropped_not_exit"] == 3
+    assert guard.verdicts(packets, "c", False) == [True] * 4  # outbound: not its job
     exit_guard = ExitGuard(MESH, allow=True)
-    assert exit_guard.verdicts(packets, "c", True) == [True, True, True]
+    assert exit_guard.verdicts(packets, "c", True) == [True] * 4
 
 
 def test_guard_with_a_prefix_that_is_not_whole_bytes() -> None:
