@@ -213,6 +213,8 @@ def join(
                 "running the control plane only",
                 err=True,
             )
+    if not once and not data_plane and (cfg.allow_exit_traffic or cfg.exit_node):
+        click.echo("warning: exit node settings need the data plane (TUN); ignored", err=True)
 
     def trust_ca(ca_pem: str) -> Path | None:
         if no_trust:
