@@ -233,3 +233,64 @@ def test_exit_sets_up_forwarding_and_undoes_it_and_recovers(tmp_path: Path) -> N
 def test_exit_node_cannot_be_this_node(tmp_path: Path) -> None:
     with pytest.raises(TunnelmeshError, match="this node itself"):
         ExitService(FakeNode(tmp_path, exit_node="c"))
+
+
+def test_the_exit_flag_travels_heartbeat_coordinator_push_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Over loopback (127.0.0.1, ephemeral ports): an exit's heartbeat flag reaches the other
+    peers as a change event and the peer list, and the coordinator keeps it across a restart."""
+    from tunnelmesh.config import ServerConfig
+    from tunnelmesh.control.client import ControlClient, PeerStatus, fetch_ca
+    from tunnelmesh.coordinator.server import CoordinatorServer
+    from tunnelmesh.identity import Identity
+
+    token = "exit-test-token-0123456789"
+    cfg = ServerConfig(
+        auth_token=token,
+        listen="127.0.0.1:0",
+        stun_listen="127.0.0.1:0",
+        data_dir=str(tmp_path / "state"),
+    )
+
+    async def client(server: CoordinatorServer, name: str, **kw: Any) -> ControlClient:
+        ca = await fetch_ca(server.url, token)
+        c = ControlClient(
+            server=server.url,
+            identity=Identity.generate(),
+            ca_pem=ca,
+            auth_token=token,
+            name=name,
+            **kw,
+        )
+        await c.register()
+        return c
+
+    async def main() -> None:
+        async with CoordinatorServer(cfg) as server:
+            allow = [False]
+            e = await client(server, "e", status=lambda: PeerStatus(allow_exit_traffic=allow[0]))
+            c = await client(server, "c")
+            seen: list[Any] = []
+            c.add_callback(seen.append)
+            task = asyncio.create_task(c.run())
+            await until(lambda: server.coordinator.hub.is_connected(c.identity.peer_id))
+            await e.heartbeat()
+            listed = {p.name: p for p in (await c.list_peers()).peers}
+            assert not listed["e"].allow_exit_traffic
+            allow[0] = True
+            await e.heartbeat()
+            await until(
+                lambda: any(
+                    isinstance(ch, PeerChanged) and ch.peer.allow_exit_traffic for ch in seen
+                )
+            )
+            assert c.table.by_name("e").allow_exit_traffic  # type: ignore[union-attr]
+            await c.aclose()
+            await task
+            for x in (c, e):
+                await x.aclose()
+        async with CoordinatorServer(cfg) as again:
+            assert again.coordinator.peer_by_name("e").allow_exit_traffic  # type: ignore[union-attr]
+
+    asyncio.run(asyncio.wait_for(main(), 60))
