@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -152,3 +153,31 @@ def test_coordinator_is_a_mesh_peer_and_the_system_resolver_is_restored(
     assert coord.stop() == 0
     mesh.coordinator = None
     assert mesh.coord_host.run(["ip", "link", "show", "tm0"], check=False).returncode != 0
+
+
+def test_serve_stops_with_the_error_of_a_node_that_cannot_start(lab: Lab, tmp_path: Path) -> None:
+    host = lab.add_host("coord")
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text(
+        f'auth_token: "{"t" * 24}"\n'
+        f'listen: "{host.address}:8443"\n'
+        f'stun_listen: "{host.address}:3478"\n'
+        f'data_dir: "{tmp_path / "state"}"\n'
+        "join_mesh:\n"
+        "  name: coord\n"
+        f'  private_key: "{tmp_path / "coord-key"}"\n'
+        f'  control_socket: "{tmp_path / "node.sock"}"\n'
+        "  tun:\n    name: lo\n"  # not a TUN device: the node cannot start
+        "  dns:\n    enabled: false\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNNELMESH_")}
+    env["TUNNELMESH_HOME"] = str(tmp_path / "home")
+    proc = host.run(
+        [sys.executable, "-m", "tunnelmesh", "serve", "-c", str(cfg)],
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "coordinator stopped" in proc.stdout
+    assert "lo" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
