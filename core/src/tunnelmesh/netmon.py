@@ -162,6 +162,7 @@ class NetworkMonitor:
         self.fired = 0
         """Times ``on_change`` ran."""
         self._task: asyncio.Task[None] | None = None
+        self._thread_stop: Any = None
         self._kick = asyncio.Event()
         self._ready = asyncio.Event()
 
@@ -218,40 +219,47 @@ class NetworkMonitor:
     async def _read(self) -> None:
         """Read netlink in a thread with a plain selector event loop (uvloop, which the node
         may run on, cannot open AF_NETLINK datagram endpoints); events come back to this loop
-        with ``call_soon_threadsafe``."""
+        with ``call_soon_threadsafe``. Stopping never blocks: the thread is told to stop (flag,
+        task cancelled) and, being a daemon, is not waited for (no executor either, so a
+        netlink read that ignores cancellation cannot hold up the event loop's shutdown)."""
         import threading
 
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         state: dict[str, Any] = {}
-        started = threading.Event()
+        stop = threading.Event()
+        self._thread_stop = stop
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
 
         def thread_main() -> None:
             tloop = asyncio.SelectorEventLoop()
-            state["loop"] = tloop
             try:
-                task = tloop.create_task(self._read_netlink(loop))
-                state["task"] = task
-                started.set()
-                with contextlib.suppress(asyncio.CancelledError):
+                task = tloop.create_task(self._read_netlink(loop, stop))
+                state["loop"], state["task"] = tloop, task
+                with contextlib.suppress(BaseException):
                     tloop.run_until_complete(task)
             finally:
-                started.set()
-                tloop.close()
+                state.pop("loop", None)
+                with contextlib.suppress(Exception):
+                    tloop.close()
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(finished)
 
         thread = threading.Thread(target=thread_main, name="tm-netmon", daemon=True)
         thread.start()
         try:
-            await asyncio.to_thread(started.wait, 5.0)
-            await asyncio.to_thread(thread.join)
+            await done
         finally:
-            tloop = state.get("loop")
-            task = state.get("task")
-            if tloop is not None and task is not None and not tloop.is_closed():
+            stop.set()
+            tloop, task = state.get("loop"), state.get("task")
+            if tloop is not None and task is not None:
                 with contextlib.suppress(RuntimeError):
                     tloop.call_soon_threadsafe(task.cancel)
-            await asyncio.to_thread(thread.join, 5.0)
 
-    async def _read_netlink(self, main: asyncio.AbstractEventLoop) -> None:
+    async def _read_netlink(self, main: asyncio.AbstractEventLoop, stop: Any) -> None:
         try:
             from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped]
         except ImportError:  # pragma: no cover - pyroute2 is a core dependency
@@ -261,18 +269,26 @@ class NetworkMonitor:
         try:
             async with AsyncIPRoute() as ipr:
                 await ipr.bind(groups=GROUPS)
-                main.call_soon_threadsafe(self._ready.set)
-                while True:
+                with contextlib.suppress(RuntimeError):
+                    main.call_soon_threadsafe(self._ready.set)
+                while not stop.is_set():
                     async for msg in ipr.get():
+                        if stop.is_set():
+                            return
                         event = msg.get("event") or ""
                         fields = {k: msg.get(k) for k in ("index", "table", "change", "family")}
                         attrs = dict(msg.get("attrs") or [])
-                        main.call_soon_threadsafe(self.feed, event, fields, attrs)
+                        try:
+                            main.call_soon_threadsafe(self.feed, event, fields, attrs)
+                        except RuntimeError:  # the node's loop is gone
+                            return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("network monitor stopped: %s", exc)
-            main.call_soon_threadsafe(self._ready.set)
+            if not stop.is_set():
+                log.warning("network monitor stopped: %s", exc)
+            with contextlib.suppress(RuntimeError):
+                main.call_soon_threadsafe(self._ready.set)
 
     async def aclose(self) -> None:
         if self._task is not None:
