@@ -129,7 +129,7 @@ def test_wireguard_go_interop_tunnelmesh_initiates(lab: Any, tmp_path: Path) -> 
     assert "handshakes=" in out and "drops={}" in out, out
     segments = re.search(r"'tso_segments': (\d+)", out)
     assert segments is not None and int(segments.group(1)) > 1000, out  # the TSO path ran
-    checks = wg.run(["nstat", "-az", "TcpInCsumErrors", "IpInHdrErrors"]).stdout
+    checks = wg.run(["nstat", "-asz", "TcpInCsumErrors", "IpInHdrErrors"]).stdout
     assert re.findall(r"(?m)^\w+\s+(\d+)", checks) == ["0", "0"], checks
 
 
