@@ -104,6 +104,10 @@ class PeerPaths:
         self.started = False
         self.closed = False
         self.announced = False
+        self.passive = False
+        """This end has the larger key: on re-dials it lets the other end go first (crossing
+        WireGuard initiations on UDP or the relay each wait a 5 s retransmit)."""
+        self._dialled: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -279,6 +283,13 @@ class PeerPaths:
         )
 
     async def _dial_task(self, transport: Transport) -> None:
+        if self.passive and self._dialled and not self.extra:
+            # both ends usually notice a broken path at the same moment
+            await asyncio.sleep(self.sync.passive_delay / 2)
+            path = self.selector.paths.get(transport.name)
+            if path is not None and path.up:
+                return  # the other end's link arrived meanwhile
+        self._dialled.add(transport.name)
         route = self.sync.routes.peers.get(self.name)
         if route is None:
             return

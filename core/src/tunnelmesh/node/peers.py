@@ -243,6 +243,7 @@ class PeerSync:
         if peer.endpoints:
             paths = self._paths(peer.name)
             passive = bool(self.local_key) and self.local_key > key
+            paths.passive = passive
             paths.start(self.passive_delay if passive else 0.0)
 
     def _paths(self, name: str) -> PeerPaths:
