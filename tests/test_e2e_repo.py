@@ -22,7 +22,13 @@ def test_nox_lists_one_session_per_plugin_and_the_fixed_ones() -> None:
     sessions = {s["session"] for s in json.loads(out.stdout)}
     with open(ROOT / "plugins" / "catalog.toml", "rb") as f:
         plugins = [p["name"] for p in tomllib.load(f).get("plugin", [])]
-    assert {f"tests-{p}" for p in plugins} | {"core", "e2e", "downstream", "lint", "typecheck"} == sessions
+    assert {f"tests-{p}" for p in plugins} | {
+        "core",
+        "e2e",
+        "downstream",
+        "lint",
+        "typecheck",
+    } == sessions
     listing = subprocess.run(
         [sys.executable, "-m", "nox", "-l"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
