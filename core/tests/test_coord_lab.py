@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -106,9 +107,18 @@ def wait_online(host: Host, home: Path, expected: set[str], timeout: float) -> f
 
 def stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
-    proc.wait(timeout=20)
-    if proc.stdout is not None:
-        proc.stdout.close()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        # stuck: every thread's stack goes to its log (tunnelmesh registers SIGUSR1), then kill
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(1)
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @pytest.mark.lab

@@ -6,6 +6,9 @@ One module per command; this file only assembles them. Errors that tunnelmesh ra
 
 from __future__ import annotations
 
+import faulthandler
+import signal
+
 import click
 
 from tunnelmesh._manager import make_plugin_manager
@@ -16,7 +19,13 @@ __all__ = ["build_cli", "cli", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (the ``tunnelmesh`` console script)."""
+    """Run the CLI and return its exit code (the ``tunnelmesh`` console script).
+
+    ``kill -USR1 <pid>`` makes any tunnelmesh process print every thread's stack to stderr
+    (for a daemon that seems stuck).
+    """
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         pm = make_plugin_manager()
         root = build_cli(pm)

@@ -64,6 +64,7 @@ class PushHub:
     def __init__(self, max_queue: int = 4096) -> None:
         self.max_queue = max_queue
         self._subs: dict[str, Subscriber] = {}
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._subs)
@@ -72,13 +73,21 @@ class PushHub:
         return peer_id in self._subs
 
     def attach(self, peer_id: str, ws: web.WebSocketResponse, first: bytes) -> Subscriber:
-        """Register a new channel whose first message is ``first`` (the snapshot)."""
+        """Register a new channel whose first message is ``first`` (the snapshot).
+
+        After :meth:`close` (the coordinator is stopping) the channel is closed at once instead:
+        a peer whose WebSocket handshake raced the shutdown would otherwise hold its handler,
+        and with it the server's shutdown, open until the peer hangs up.
+        """
+        sub = Subscriber(peer_id, ws, self.max_queue)
+        sub.task = asyncio.get_running_loop().create_task(sub.writer())
+        if self.closed:
+            self._stop(sub)
+            return sub
         old = self._subs.pop(peer_id, None)
         if old is not None:
             self._stop(old)
-        sub = Subscriber(peer_id, ws, self.max_queue)
         sub.offer(first)
-        sub.task = asyncio.get_running_loop().create_task(sub.writer())
         self._subs[peer_id] = sub
         return sub
 
@@ -112,6 +121,7 @@ class PushHub:
         return True
 
     async def close(self) -> None:
+        self.closed = True
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
