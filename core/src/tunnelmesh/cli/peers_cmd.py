@@ -9,6 +9,7 @@ import time
 import click
 import msgspec
 
+from tunnelmesh.cli._options import context_option, json_option
 from tunnelmesh.control.contexts import Context as MeshContext
 from tunnelmesh.control.contexts import ContextStore
 from tunnelmesh.control.messages import PeerInfo
@@ -60,22 +61,8 @@ def fetch_peers(ctx: MeshContext, store: ContextStore) -> tuple[list[PeerInfo], 
 
 
 @click.command()
-@click.option(
-    "--context",
-    "context_name",
-    metavar="NAME",
-    envvar="TUNNELMESH_CONTEXT",
-    show_envvar=True,
-    help="Context (default: the active one).",
-)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    envvar="TUNNELMESH_JSON",
-    show_envvar=True,
-    help="Print JSON instead of a table.",
-)
+@context_option
+@json_option()
 def peers(context_name: str | None, as_json: bool) -> None:
     """List the mesh's peers: name, mesh IP, online, exit, transport, RTT, traffic, last seen, why.
 

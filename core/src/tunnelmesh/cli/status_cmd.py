@@ -7,27 +7,14 @@ import json
 
 import click
 
+from tunnelmesh.cli._options import context_option, json_option
 from tunnelmesh.cli.peers_cmd import fetch_peers
 from tunnelmesh.control.contexts import ContextStore
 
 
 @click.command()
-@click.option(
-    "--context",
-    "context_name",
-    metavar="NAME",
-    envvar="TUNNELMESH_CONTEXT",
-    show_envvar=True,
-    help="Context (default: the active one).",
-)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    envvar="TUNNELMESH_JSON",
-    show_envvar=True,
-    help="Print JSON instead of text.",
-)
+@context_option
+@json_option("Print JSON instead of text.")
 def status(context_name: str | None, as_json: bool) -> None:
     """Show this node's name, mesh IP, whether the coordinator is reachable, how many peers
     are online and which transports are in use."""

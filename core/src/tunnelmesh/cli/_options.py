@@ -1,0 +1,26 @@
+"""Options several commands share, as decorators (one definition, one envvar name)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+context_option: Callable[[F], F] = click.option(
+    "--context",
+    "context_name",
+    metavar="NAME",
+    envvar="TUNNELMESH_CONTEXT",
+    show_envvar=True,
+    help="Context (default: the active one).",
+)
+
+
+def json_option(help: str = "Print JSON instead of a table.") -> Callable[[F], F]:
+    """``--json`` (TUNNELMESH_JSON) into the ``as_json`` parameter."""
+    return click.option(
+        "--json", "as_json", is_flag=True, envvar="TUNNELMESH_JSON", show_envvar=True, help=help
+    )
