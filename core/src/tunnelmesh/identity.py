@@ -160,8 +160,11 @@ class Identity:
         Raises:
             ConfigError: the file exists or cannot be written.
         """
+        from tunnelmesh.private_files import private_umask
+
         p = Path(path).expanduser()
-        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with private_umask():
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = self.private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,

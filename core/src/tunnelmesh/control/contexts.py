@@ -14,6 +14,7 @@ import msgspec
 
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.identity import tunnelmesh_home
+from tunnelmesh.private_files import private_umask
 
 __all__ = ["Context", "ContextStore"]
 
@@ -62,7 +63,8 @@ class ContextStore:
             raise ConfigError(f"corrupt contexts file: {exc}", path=str(self.path)) from None
 
     def _write(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with private_umask():
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:

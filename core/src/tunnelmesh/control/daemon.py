@@ -26,6 +26,7 @@ from tunnelmesh.coordinator.ca import ca_fingerprint
 from tunnelmesh.coordinator.server import local_addresses
 from tunnelmesh.errors import TunnelmeshError
 from tunnelmesh.identity import Identity
+from tunnelmesh.private_files import ensure_private_dir
 
 __all__ = ["JoinResult", "client_for", "join", "run_daemon", "stun_query"]
 
@@ -109,6 +110,7 @@ async def join(
     Raises:
         TunnelmeshError: the coordinator cannot be reached, cannot prove the token, or refuses.
     """
+    ensure_private_dir(store.home, "the tunnelmesh home (TUNNELMESH_HOME)")
     identity, created = Identity.load_or_create(key_path)
     ca_pem = await fetch_ca(server, token)
     ctx_dir = store.context_dir(context_name)

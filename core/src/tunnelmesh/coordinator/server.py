@@ -153,11 +153,17 @@ class CoordinatorServer:
         """Load state, bind the API and STUN ports, start background work.
 
         Raises:
-            ConfigError: a port cannot be bound.
+            ConfigError: a port cannot be bound, or the data dir or home is open to other users.
             StorageError: the state store cannot be opened.
         """
         coord = self.coordinator
         self._shrink_tls_buffers()
+        if self.run_join_mesh:
+            # The own peer's context (session token) is written there.
+            from tunnelmesh.identity import tunnelmesh_home
+            from tunnelmesh.private_files import ensure_private_dir
+
+            ensure_private_dir(tunnelmesh_home(), "the tunnelmesh home (TUNNELMESH_HOME)")
         await coord.load()
         host, port = split_hostport(self.config.listen, DEFAULT_API_PORT)
         self._host = host

@@ -22,6 +22,7 @@ import msgspec
 
 from tunnelmesh.control.messages import Counters
 from tunnelmesh.errors import StorageError
+from tunnelmesh.private_files import PRIVATE_UMASK, ensure_private_dir, private_umask
 
 __all__ = ["PeerRecord", "SqliteStore", "StateStore", "StoreConflict"]
 
@@ -169,24 +170,39 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Open (creating) the database in a private directory.
+
+        The directory is created 0700, or refused when it exists open to other users (the
+        database holds the mesh CA's key). The database and SQLite's ``-wal``/``-shm`` files
+        are created under umask 077, so they are 0600 from the start; files an older version
+        left wider are narrowed to 0600 before use.
+
+        Raises:
+            ConfigError: the directory is group/world-accessible or cannot be created.
+            StorageError: the database cannot be opened.
+        """
+        ensure_private_dir(self.path.parent, "the coordinator's data dir")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tm-state")
 
         def connect() -> sqlite3.Connection:
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
+            with private_umask():
+                for suffix in ("", "-wal", "-shm"):
+                    f = self.path.with_name(self.path.name + suffix)
+                    if f.exists() and f.stat().st_mode & PRIVATE_UMASK:
+                        f.chmod(0o600)
+                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.executescript(_SCHEMA)
             return conn
 
         try:
             self._conn = await asyncio.get_running_loop().run_in_executor(self._pool, connect)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self._pool.shutdown(wait=False)
             self._pool = None
             raise StorageError(f"cannot open state store {self.path}: {exc}") from exc
-        self.path.chmod(0o600)
 
     async def close(self) -> None:
         if self._conn is None or self._pool is None:
