@@ -223,6 +223,7 @@ def test_help_names_every_env_var() -> None:
         "TUNNELMESH_PROXY_IDLE_TIMEOUT",
         "TUNNELMESH_PROXY_PEERS_FILE",
         "TUNNELMESH_PROXY_NETNS",
+        "TUNNELMESH_PROXY_MESH",
     ):
         assert var in text
     options = re.findall(r"^\s+(--[a-z-]+)", result.output, re.M)
@@ -252,7 +253,7 @@ def test_peers_file_feeds_the_mesh_rule(tmp_path) -> None:  # type: ignore[no-un
     peers.write_text("127.18.1.6 web.tunnelmesh\n")
     with (
         upstream("127.18.1.6") as port,
-        proxy_process("--listen", "127.0.0.1:0", "--peers-file", str(peers)) as (
+        proxy_process("--mesh", "--listen", "127.0.0.1:0", "--peers-file", str(peers)) as (
             proc,
             addrs,
         ),
@@ -270,3 +271,61 @@ def test_peers_file_feeds_the_mesh_rule(tmp_path) -> None:  # type: ignore[no-un
             b"unknown peer: db",
         )
         assert stop(proc) == 0
+
+
+def test_mesh_rule_is_off_by_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    peers = tmp_path / "hosts"
+    peers.write_text("127.18.1.6 web.tunnelmesh\n")
+    with (
+        upstream("127.0.0.1") as port,
+        proxy_process("--listen", "127.0.0.1:0", "--peers-file", str(peers)) as (proc, addrs),
+    ):
+        # Without --mesh the peer header is not a route: the request goes where the cmux
+        # rule sends it (the upstream host), not to the peer's 127.18.1.6.
+        assert get(
+            addrs[0], "/p", {"X-Tunnelmesh-Peer": "web", "X-Cmux-Port-Internal": str(port)}
+        ) == (200, b"127.0.0.1 /p")
+        assert stop(proc) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "warned"),
+    [
+        (["--mesh", "--listen", "0.0.0.0:8080,127.0.0.1:8080"], "0.0.0.0:8080"),
+        (["--mesh", "--listen", "[::]:8080"], "[::]:8080"),
+        (["--mesh", "--listen", "127.0.0.1:8080,[::1]:8080"], None),
+        (["--listen", "0.0.0.0:8080"], None),  # no mesh rule: nothing to warn about
+    ],
+)
+def test_mesh_rule_on_a_non_loopback_address_warns(
+    args: list[str], warned: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tunnelmesh_proxy.server
+
+    seen: list[object] = []
+
+    def fake_serve(make_router, addresses, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append([rule.name for rule in make_router().rules])
+        return 0
+
+    # In-process, with serve() replaced: nothing binds a non-loopback address.
+    monkeypatch.setattr(tunnelmesh_proxy.server, "serve", fake_serve)
+    result = CliRunner().invoke(build_cli(), ["proxy", *args])
+    assert result.exit_code == 0, result.output
+    assert seen == [["mesh", "cmux"] if "--mesh" in args else ["cmux"]]
+    if warned is None:
+        assert "warning" not in result.output
+    else:
+        assert f"warning: the mesh rule (--mesh) listens on {warned}:" in result.output
+        assert "127.0.0.1" not in result.output.split("listens on", 1)[1].split(":")[0]
+
+
+def test_mesh_exposure_names_only_non_loopback_addresses() -> None:
+    from tunnelmesh.proxyrules import MeshPeerRule
+    from tunnelmesh_proxy.cli import mesh_exposure
+    from tunnelmesh_proxy.routing import CmuxRule, Router
+
+    addrs = [("0.0.0.0", 8080), ("127.0.0.1", 8080), ("::1", 8081), ("::", 8082)]
+    with_mesh = Router([MeshPeerRule(dict().get), CmuxRule()])
+    assert mesh_exposure(with_mesh, addrs) == ["0.0.0.0:8080", "[::]:8082"]
+    assert mesh_exposure(Router([CmuxRule()]), addrs) == []

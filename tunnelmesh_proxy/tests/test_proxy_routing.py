@@ -229,9 +229,14 @@ def test_mesh_rule_errors(headers: dict[str, str], reason: str) -> None:
     assert str(info.value) == reason
 
 
-def test_mesh_rule_needs_a_lookup() -> None:
+def test_mesh_rule_is_opt_in_and_needs_a_lookup() -> None:
     assert MeshPeerRule.from_options({}) is None
-    assert isinstance(MeshPeerRule.from_options({"peer_lookup": dict().get}), MeshPeerRule)
+    assert MeshPeerRule.from_options({"mesh": True}) is None
+    # Off unless asked for: a lookup alone (the proxy always passes one) is not enough.
+    assert MeshPeerRule.from_options({"peer_lookup": dict().get}) is None
+    assert MeshPeerRule.from_options({"peer_lookup": dict().get, "mesh": False}) is None
+    rule = MeshPeerRule.from_options({"peer_lookup": dict().get, "mesh": True})
+    assert isinstance(rule, MeshPeerRule)
 
 
 def test_resolver_lookup_names_the_mesh_domain() -> None:

@@ -2,7 +2,8 @@
 
 ``X-Tunnelmesh-Peer: NAME`` (with ``X-Cmux-Port-Internal: PORT``) sends a request to that mesh
 peer's IP (:class:`MeshPeerRule`, registered by the built-in plugin ``builtin.proxy`` so it is asked
-before any plugin's rules). The proxy itself is the ``tunnelmesh-proxy`` distribution; it and
+before any plugin's rules) when the proxy is told to (``mesh`` in the rule options, ``tunnelmesh
+proxy --mesh``): it is off by default. The proxy itself is the ``tunnelmesh-proxy`` distribution; it and
 any third-party rule use :func:`parse_port` and :class:`RouteError` from here.
 """
 
@@ -155,8 +156,15 @@ class MeshPeerRule(ProxyRule):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> MeshPeerRule | None:
+        """The rule when it is asked for (``mesh`` true) and a ``peer_lookup`` is given.
+
+        Opt-in: the rule lets whoever reaches the proxy's port connect to any port of any mesh
+        peer, with this node's mesh identity, so it is never on by default.
+        """
         lookup = options.get("peer_lookup")
-        return cls(lookup) if lookup is not None else None
+        if not options.get("mesh") or lookup is None:
+            return None
+        return cls(lookup)
 
     def route(self, headers: Mapping[str, str]) -> Upstream | None:
         raw_peer = headers.get(PEER_HEADER)

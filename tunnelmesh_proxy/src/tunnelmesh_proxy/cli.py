@@ -6,18 +6,20 @@ the proxy never calls a hook per request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from typing import Any
 
 import click
 from tunnelmesh.abc import ProxyRule
+from tunnelmesh.control.urls import join_hostport
 from tunnelmesh.proxyrules import HostsFileLookup, PeerLookup, resolver_lookup
 
 from tunnelmesh_proxy import listen as listen_mod
 from tunnelmesh_proxy.routing import Router
 
-__all__ = ["build_router", "proxy"]
+__all__ = ["build_router", "mesh_exposure", "proxy"]
 
 _SECONDS = click.FloatRange(min=0)
 
@@ -30,6 +32,17 @@ def build_router(rule_classes: list[type[ProxyRule]], options: dict[str, Any]) -
         if rule is not None:
             rules.append(rule)
     return Router(rules)
+
+
+def mesh_exposure(router: Router, addresses: list[tuple[str, int]]) -> list[str]:
+    """The non-loopback listen addresses, when the router has the mesh rule (else [])."""
+    if not any(rule.name == "mesh" for rule in router.rules):
+        return []
+    return [
+        join_hostport(host, port)
+        for host, port in addresses
+        if not ipaddress.ip_address(host).is_loopback
+    ]
 
 
 def _registered_rules(ctx: click.Context) -> list[type[ProxyRule]]:
@@ -69,6 +82,16 @@ def _registered_rules(ctx: click.Context) -> list[type[ProxyRule]]:
     show_envvar=True,
     help="Hosts-format file (IP name ...) for X-Tunnelmesh-Peer; without it the peer's name "
     "<peer>.<mesh-domain> is resolved by the system resolver.",
+)
+@click.option(
+    "--mesh/--no-mesh",
+    "mesh",
+    default=False,
+    envvar="TUNNELMESH_PROXY_MESH",
+    show_envvar=True,
+    help="Enable the mesh rule (X-Tunnelmesh-Peer): whoever reaches the proxy can then connect "
+    "to any port of any mesh peer as this node. Off by default; keep the proxy on loopback "
+    "with it.  [default: no-mesh]",
 )
 @click.option(
     "--mesh-domain",
@@ -160,6 +183,7 @@ def proxy(ctx: click.Context, /, **opts: Any) -> None:
                                              in N; other names are hashed (FNV-1a)
       Host: <workspace>-<port>.localhost     either of the two above, when absent
       X-Tunnelmesh-Peer: NAME                that mesh peer's IP, with the port header
+                                             (only with --mesh)
     Without a workspace the upstream host is --upstream-host. Errors: 400 with a plain-text
     reason for a missing or bad header, 502 when the upstream cannot be reached.
 
@@ -178,8 +202,20 @@ def proxy(ctx: click.Context, /, **opts: Any) -> None:
         lookup = HostsFileLookup(opts["peers_file"], opts["mesh_domain"])
     else:
         lookup = resolver_lookup(opts["mesh_domain"])
-    rule_options = {"upstream_host": opts["upstream_host"], "peer_lookup": lookup}
+    rule_options = {
+        "upstream_host": opts["upstream_host"],
+        "peer_lookup": lookup,
+        "mesh": opts["mesh"],
+    }
     router = build_router(_registered_rules(ctx), rule_options)
+    exposed = mesh_exposure(router, addresses)
+    if exposed:
+        click.echo(
+            "tunnelmesh proxy: warning: the mesh rule (--mesh) listens on "
+            f"{', '.join(exposed)}: anyone who reaches it can connect to every mesh peer's "
+            "ports as this node; listen on 127.0.0.1 only, or firewall the port",
+            err=True,
+        )
     names = ", ".join(rule.name for rule in router.rules) or "none"
     workers = opts["workers"]
     server_options: dict[str, Any] = {
