@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import websockets
 from tunnelmesh.abc import Link, Packet, Transport, TransportCapabilities
+from tunnelmesh.aio.queuedlink import QueuedLink
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
 from tunnelmesh.errors import TransportError
 from tunnelmesh.proto import HandshakeCompleted, Peer, WireGuard
@@ -51,57 +52,29 @@ _MAX_RECORDS = 64
 _QUEUE = 512
 
 
-class RelayLink(Link):
+class RelayLink(QueuedLink):
     """A link to one peer through the relay (one WireGuard peer of the transport's engine)."""
 
+    kind = "relay link"
+
     def __init__(self, owner: RelayTransport, peer: Peer, mtu: int) -> None:
+        super().__init__(peer.name, mtu)
         self._owner = owner
         self.wg_peer = peer
-        self.peer = peer.name
-        self.mtu = mtu
-        self.closed = False
-        self._deliver: Callable[[Link, list[bytes]], None] | None = None
-        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue(256)
 
     def send_batch(self, datagrams: Sequence[Packet]) -> None:
         if self.closed:
-            raise TransportError(f"relay link to {self.peer} is closed")
+            raise self._closed_error()
         if datagrams:
             self._owner._send_packets(self.wg_peer, datagrams)
 
-    def set_receiver(self, deliver: Callable[[Link, list[bytes]], None] | None) -> None:
-        self._deliver = deliver
-        while deliver is not None and not self._queue.empty():
-            packets = self._queue.get_nowait()
-            if packets:
-                deliver(self, packets)
-
-    def _received(self, packets: list[bytes]) -> None:
-        if self._deliver is not None:
-            self._deliver(self, packets)
-            return
-        try:
-            self._queue.put_nowait(packets)
-        except asyncio.QueueFull:
-            self._owner.drops["link_queue_full"] += len(packets)
-
-    async def recv_batch(self) -> list[bytes]:
-        if self.closed:
-            raise TransportError(f"relay link to {self.peer} is closed")
-        packets = await self._queue.get()
-        if not packets:
-            self._queue.put_nowait([])
-            raise TransportError(f"relay link to {self.peer} is closed")
-        return packets
+    def _queue_full(self, count: int) -> None:
+        self._owner.drops["link_queue_full"] += count
 
     async def aclose(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        await super().aclose()
         if self._owner.links.get(self.wg_peer.public_key) is self:
             del self._owner.links[self.wg_peer.public_key]
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait([])
 
 
 class RelayTransport(Transport):

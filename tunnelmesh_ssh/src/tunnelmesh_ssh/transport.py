@@ -35,6 +35,7 @@ import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tunnelmesh.abc import Link, Packet, Transport, TransportCapabilities
+from tunnelmesh.aio.queuedlink import QueuedLink
 from tunnelmesh.errors import TransportError
 from tunnelmesh.identity import Identity
 
@@ -71,27 +72,25 @@ def _parse_endpoint(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class SshLink(Link):
+class SshLink(QueuedLink):
     """A link over one SSH session channel (either end)."""
 
+    kind = "ssh link"
+
     def __init__(self, peer: str, mtu: int, max_buffer: int) -> None:
-        self.peer = peer
-        self.mtu = mtu
+        super().__init__(peer, mtu, queue_size=_QUEUE)
         self.max_buffer = max_buffer
-        self.closed = False
         self.chan: Any = None
         self.conn: Any = None
         self.drops = 0
-        """Packets dropped because the channel's write buffer was full."""
+        """Packets dropped: the channel's write buffer or the receive queue was full."""
         self.rx_bytes = 0
         self.tx_bytes = 0
         self._decoder = FrameDecoder()
-        self._deliver: Callable[[Link, list[bytes]], None] | None = None
-        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue(_QUEUE)
 
     def send_batch(self, datagrams: Sequence[Packet]) -> None:
         if self.closed or self.chan is None:
-            raise TransportError(f"ssh link to {self.peer} is closed")
+            raise self._closed_error()
         if not datagrams:
             return
         if self.chan.get_write_buffer_size() > self.max_buffer:
@@ -106,48 +105,26 @@ class SshLink(Link):
             self.chan.write(data)
         except (asyncssh.Error, OSError, BrokenPipeError) as exc:
             self._lost(exc)
-            raise TransportError(f"ssh link to {self.peer} is closed: {exc}") from None
-
-    def set_receiver(self, deliver: Callable[[Link, list[bytes]], None] | None) -> None:
-        self._deliver = deliver
-        while deliver is not None and not self._queue.empty():
-            packets = self._queue.get_nowait()
-            if packets:
-                deliver(self, packets)
-
-    async def recv_batch(self) -> list[bytes]:
-        if self.closed and self._queue.empty():
-            raise TransportError(f"ssh link to {self.peer} is closed")
-        packets = await self._queue.get()
-        if not packets:
-            self._queue.put_nowait([])  # wake every other waiter too
-            raise TransportError(f"ssh link to {self.peer} is closed")
-        return packets
+            raise self._closed_error(str(exc)) from None
 
     def _data(self, data: bytes) -> None:
         self.rx_bytes += len(data)
         packets = self._decoder.feed(data)
-        if not packets:
-            return
-        if self._deliver is not None:
-            self._deliver(self, packets)
-            return
-        try:
-            self._queue.put_nowait(packets)
-        except asyncio.QueueFull:
-            self.drops += len(packets)
+        if packets:
+            self._received(packets)
 
-    def _lost(self, exc: BaseException | None = None) -> None:
-        if self.closed:
-            return
-        self.closed = True
+    def _queue_full(self, count: int) -> None:
+        self.drops += count
+
+    def _lost(self, exc: BaseException | None = None) -> bool:
+        if not super()._lost():
+            return False
         if exc is not None:
             log.info("ssh link to %s lost: %s", self.peer, exc)
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait([])
+        return True
 
     async def aclose(self) -> None:
-        self._lost()
+        await super().aclose()
         chan, self.chan = self.chan, None
         conn, self.conn = self.conn, None
         if chan is not None:

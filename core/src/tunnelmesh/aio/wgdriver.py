@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tunnelmesh.abc import Link, Packet
-from tunnelmesh.errors import TransportError
+from tunnelmesh.abc import Packet
+from tunnelmesh.aio.queuedlink import QueuedLink
 from tunnelmesh.proto import EndpointChanged, HandshakeCompleted, Peer, WireGuard
 from tunnelmesh.proto.wgmessages import TRANSPORT_OVERHEAD
 
@@ -53,59 +53,27 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class WireGuardLink(Link):
+class WireGuardLink(QueuedLink):
     """A link to one WireGuard peer over a shared :class:`WireGuardSocket`."""
 
     def __init__(self, owner: WireGuardSocket, peer: Peer, mtu: int) -> None:
+        super().__init__(peer.name, mtu)
         self._owner = owner
         self.wg_peer = peer
-        self.peer = peer.name
-        self.mtu = mtu
-        self.closed = False
-        self._deliver: Callable[[Link, list[bytes]], None] | None = None
-        self._queue: asyncio.Queue[list[bytes]] | None = None
 
     def send_batch(self, datagrams: Sequence[Packet]) -> None:
         if self.closed:
-            raise TransportError(f"link to {self.peer} is closed")
+            raise self._closed_error()
         self._owner.send_packets(self.wg_peer, datagrams)
 
-    def set_receiver(self, deliver: Callable[[Link, list[bytes]], None] | None) -> None:
-        self._deliver = deliver
-        queue = self._queue
-        if deliver is not None and queue is not None:
-            while not queue.empty():  # what arrived before the receiver was set
-                packets = queue.get_nowait()
-                if packets:
-                    deliver(self, packets)
-
-    def _received(self, packets: list[bytes]) -> None:
-        if self._deliver is not None:
-            self._deliver(self, packets)
-            return
-        if self._queue is None:
-            self._queue = asyncio.Queue(maxsize=256)
-        try:
-            self._queue.put_nowait(packets)
-        except asyncio.QueueFull:
-            self._owner.drops["link_queue_full"] += len(packets)
-
-    async def recv_batch(self) -> list[bytes]:
-        if self.closed:
-            raise TransportError(f"link to {self.peer} is closed")
-        if self._queue is None:
-            self._queue = asyncio.Queue(maxsize=256)
-        packets = await self._queue.get()
-        if not packets and self.closed:
-            raise TransportError(f"link to {self.peer} is closed")
-        return packets
+    def _queue_full(self, count: int) -> None:
+        self._owner.drops["link_queue_full"] += count
 
     async def aclose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._owner.links.pop(self.wg_peer.public_key, None)
-            if self._queue is not None:
-                self._queue.put_nowait([])
+        await super().aclose()
+        links = self._owner.links
+        if links.get(self.wg_peer.public_key) is self:
+            del links[self.wg_peer.public_key]
 
 
 class WireGuardSocket:
@@ -184,7 +152,7 @@ class WireGuardSocket:
             self._timer.cancel()
             self._timer = None
         for link in list(self.links.values()):
-            link.closed = True
+            link._lost()  # wakes a pending recv_batch
         self.links.clear()
         self.sock.close()
 

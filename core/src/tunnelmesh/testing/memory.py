@@ -15,12 +15,12 @@ the conformance suite (:mod:`tunnelmesh.testing.conformance`) is tested against:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from tunnelmesh.abc import Link, Packet, Transport, TransportCapabilities
+from tunnelmesh.aio.queuedlink import QueuedLink
 from tunnelmesh.errors import TransportError
 
 __all__ = ["MemoryLink", "MemoryNetwork", "MemoryTransport"]
@@ -37,51 +37,25 @@ class MemoryNetwork:
         return f"mem:{next(self._ids)}"
 
 
-class MemoryLink(Link):
-    """One end of an in-memory link."""
+class MemoryLink(QueuedLink):
+    """One end of an in-memory link (its queue has no limit: the double is reliable)."""
 
     def __init__(self, peer: str, mtu: int) -> None:
-        self.peer = peer
-        self.mtu = mtu
+        super().__init__(peer, mtu, queue_size=0)
         self.other: MemoryLink | None = None
-        self.closed = False
-        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
-        self._deliver: Callable[[Link, list[bytes]], None] | None = None
 
     def send_batch(self, datagrams: Sequence[Packet]) -> None:
         if self.closed:
-            raise TransportError(f"link to {self.peer} is closed")
+            raise self._closed_error()
         other = self.other
         if other is None or other.closed or not datagrams:
             return
         other._received([bytes(d) for d in datagrams if len(d) <= self.mtu])
 
-    def _received(self, packets: list[bytes]) -> None:
-        if self._deliver is not None:
-            self._deliver(self, packets)
-        else:
-            self._queue.put_nowait(packets)
-
-    def set_receiver(self, deliver: Callable[[Link, list[bytes]], None] | None) -> None:
-        self._deliver = deliver
-        while deliver is not None and not self._queue.empty():
-            packets = self._queue.get_nowait()
-            if packets:
-                deliver(self, packets)
-
-    async def recv_batch(self) -> list[bytes]:
-        if self.closed:
-            raise TransportError(f"link to {self.peer} is closed")
-        packets = await self._queue.get()
-        if not packets and self.closed:
-            raise TransportError(f"link to {self.peer} is closed")
-        return packets
-
     async def aclose(self) -> None:
         if self.closed:
             return
-        self.closed = True
-        self._queue.put_nowait([])
+        await super().aclose()
         other, self.other = self.other, None
         if other is not None:
             await other.aclose()
