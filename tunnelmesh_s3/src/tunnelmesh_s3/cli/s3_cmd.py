@@ -51,10 +51,19 @@ def s3() -> None:
 )
 @click.option(
     "--secret-key",
-    required=True,
+    default=None,
     envvar="TUNNELMESH_S3_SECRET_KEY",
     show_envvar=True,
-    help="The admin credential's secret key.",
+    help="The admin credential's secret key. On the command line other local users can read "
+    "it in the process list: prefer the environment variable or --secret-file.",
+)
+@click.option(
+    "--secret-file",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TUNNELMESH_S3_SECRET_FILE",
+    show_envvar=True,
+    help="Read the admin secret key from this file (its first line).",
 )
 @click.option(
     "--region",
@@ -78,7 +87,8 @@ def serve(
     listen: str,
     data_dir: Path,
     access_key: str,
-    secret_key: str,
+    secret_key: str | None,
+    secret_file: Path | None,
     region: str,
     domains: tuple[str, ...],
 ) -> None:
@@ -86,9 +96,13 @@ def serve(
 
     Path-style (http://HOST:PORT/BUCKET/KEY) and virtual-host-style (http://BUCKET.DOMAIN:PORT/KEY)
     addressing both work. The given credential is the admin; issue more with
-    `tunnelmesh s3 credentials --for NAME`. Stops cleanly on Ctrl-C or SIGTERM.
+    `tunnelmesh s3 credentials --for NAME`. The secret key comes from --secret-file,
+    TUNNELMESH_S3_SECRET_KEY or --secret-key, and is never printed or logged. Stops cleanly on
+    Ctrl-C or SIGTERM.
     """
     from tunnelmesh_s3.server import serve as serve_s3
+
+    secret_key = _admin_secret(secret_key, secret_file)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -108,6 +122,49 @@ def serve(
             await stop.wait()
 
     asyncio.run(main())
+
+
+def _admin_secret(secret_key: str | None, secret_file: Path | None) -> str:
+    """The admin secret from exactly one of ``--secret-key`` / ``--secret-file``.
+
+    Raises:
+        click.UsageError: neither or both given.
+        ConfigError: the file cannot be read or is empty.
+    """
+    if secret_file is not None and secret_key is not None:
+        raise click.UsageError(
+            "give the secret once: --secret-file or --secret-key (TUNNELMESH_S3_SECRET_KEY)"
+        )
+    if secret_file is not None:
+        try:
+            text = secret_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                f"cannot read the secret file: {why}", path=str(secret_file)
+            ) from None
+        lines = text.splitlines()
+        secret = lines[0].strip() if lines else ""
+        if not secret:
+            raise ConfigError("the secret file is empty", path=str(secret_file))
+        if secret_file.stat().st_mode & 0o077:
+            click.echo(
+                f"warning: {secret_file} is readable by other users; chmod 600 {secret_file}",
+                err=True,
+            )
+        return secret
+    if not secret_key:
+        raise click.UsageError(
+            "no admin secret: pass --secret-file FILE, or set TUNNELMESH_S3_SECRET_KEY"
+        )
+    source = click.get_current_context().get_parameter_source("secret_key")
+    if source == click.core.ParameterSource.COMMANDLINE:
+        click.echo(
+            "warning: --secret-key on the command line is visible to other local users in the "
+            "process list; use --secret-file or TUNNELMESH_S3_SECRET_KEY",
+            err=True,
+        )
+    return secret_key
 
 
 def _rclone(endpoint: str, region: str, ak: str, sk: str, remote: str = "tunnelmesh") -> str:
