@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from tunnelmesh.errors import ConfigError
+from tunnelmesh.logs import add_secret
 
 __all__ = [
     "Identity",
@@ -105,6 +106,14 @@ class Identity:
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self.private_key = private_key
         self.public_key = private_key.public_key()
+        add_secret(self._seed(), self.x25519_private())  # never logged (tunnelmesh.logs)
+
+    def _seed(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
 
     @classmethod
     def generate(cls) -> Identity:
@@ -211,11 +220,7 @@ class Identity:
 
     def x25519_private(self) -> bytes:
         """The X25519 private key that corresponds to this ed25519 key (32 bytes)."""
-        seed = self.private_key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        seed = self._seed()
         return bytes(nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(seed + self.public_raw))
 
     def x25519_public(self) -> bytes:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+from tunnelmesh.logs import add_secret
 
 __all__ = [
     "EVERYONE",
@@ -88,6 +89,9 @@ class IssuedCredential(msgspec.Struct, kw_only=True):
     admin: bool = False
     created: float = 0.0
     peer_id: str = ""
+
+    def __post_init__(self) -> None:
+        add_secret(self.secret_key)  # never logged (tunnelmesh.logs), issued or loaded
 
 
 class _State(msgspec.Struct, kw_only=True):

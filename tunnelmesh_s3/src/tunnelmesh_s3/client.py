@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 from tunnelmesh.errors import StorageError
+from tunnelmesh.logs import add_secret
 from yarl import URL
 
 from tunnelmesh_s3 import sigv4
@@ -68,6 +69,7 @@ class S3Client:
         self.endpoint = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc
         self.access_key, self.secret_key, self.region = access_key, secret_key, region
+        add_secret(secret_key)  # never logged (tunnelmesh.logs)
         self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 

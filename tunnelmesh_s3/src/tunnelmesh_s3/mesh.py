@@ -44,6 +44,7 @@ from tunnelmesh.coordinator.api import authenticated_peer
 from tunnelmesh.coordinator.core import ApiFailure, Coordinator
 from tunnelmesh.coordinator.store import PeerRecord
 from tunnelmesh.errors import ConfigError
+from tunnelmesh.logs import add_secret
 from tunnelmesh.storage import FilesystemStorage
 
 from tunnelmesh_s3.app import S3Config, build_app
@@ -74,6 +75,9 @@ class MeshCredential(msgspec.Struct, kw_only=True):
     created: float = 0.0
     endpoint: str = ""
     region: str = "us-east-1"
+
+    def __post_init__(self) -> None:
+        add_secret(self.secret_key)  # never logged (tunnelmesh.logs)
 
 
 class MeshS3Info(msgspec.Struct, kw_only=True):

@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 from tunnelmesh.abc import Storage
 from tunnelmesh.errors import ConfigError
+from tunnelmesh.logs import add_secret
 from tunnelmesh.storage import FilesystemStorage
 
 from tunnelmesh_s3.app import S3Config, build_app
@@ -80,6 +81,7 @@ async def serve(
             "standalone mode needs a credential: --access-key/--secret-key or "
             "TUNNELMESH_S3_ACCESS_KEY/TUNNELMESH_S3_SECRET_KEY"
         )
+    add_secret(secret_key)  # never logged (tunnelmesh.logs)
     host, port = parse_listen(listen)
     root = Path(data_dir).expanduser()
     storage = storage_cls(root / "objects")  # type: ignore[call-arg]

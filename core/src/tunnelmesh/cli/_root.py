@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from tunnelmesh import __version__
 from tunnelmesh._manager import PluginManager, make_plugin_manager
+from tunnelmesh.logs import LOG_FORMATS, setup_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -19,14 +18,6 @@ class Context:
         self.pm = pm
         self.config = config
         self.log_level = log_level
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -48,16 +39,25 @@ def setup_logging(level: str) -> None:
     show_envvar=True,
     help="How much to log.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    default="text",
+    show_default=True,
+    envvar="TUNNELMESH_LOG_FORMAT",
+    show_envvar=True,
+    help="Log lines as text, or as JSON objects (time, level, logger, message, fields).",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="tunnelmesh")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, log_level: str) -> None:
+def cli(ctx: click.Context, config: str | None, log_level: str, log_format: str) -> None:
     """tunnelmesh: a peer-to-peer encrypted mesh network.
 
     Nodes get a mesh IP on a TUN interface and talk directly to each other through encrypted
     tunnels; a coordination server does discovery, IP allocation and NAT traversal help.
     Features come from plugins: `tunnelmesh plugins` lists what is installed.
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_format.lower())
     pm = ctx.obj if isinstance(ctx.obj, PluginManager) else make_plugin_manager()
     ctx.obj = Context(pm, config, log_level)
 

@@ -17,6 +17,7 @@ from tunnelmesh.control.contexts import ContextStore
 from tunnelmesh.control.urls import normalize_server_url
 from tunnelmesh.errors import ConfigError, TunnelmeshError
 from tunnelmesh.identity import Identity, default_key_path
+from tunnelmesh.logs import add_secret
 
 
 def _hostname_label() -> str:
@@ -186,6 +187,7 @@ def join(
         raise ConfigError("no coordinator given: pass --server URL (or TUNNELMESH_SERVER)")
     if not token:
         raise ConfigError("no mesh token given: pass --token TOKEN (or TUNNELMESH_TOKEN)")
+    add_secret(token, existing.session_token if existing else None)
     url = normalize_server_url(server)
     peer_name = name or cfg.name or (existing.peer_name if existing else "") or _hostname_label()
     if key_path:

@@ -60,6 +60,7 @@ from tunnelmesh.coordinator.auth import registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, ca_proof, client_ssl_context
 from tunnelmesh.errors import TunnelmeshError
 from tunnelmesh.identity import Identity
+from tunnelmesh.logs import add_secret
 
 __all__ = ["ApiRequestError", "ControlClient", "CoordinatorUnreachable", "PeerStatus", "fetch_ca"]
 
@@ -181,6 +182,7 @@ class ControlClient:
         self.auth_token = auth_token
         self.name = name
         self.session_token = session_token
+        add_secret(auth_token, session_token)  # never logged (tunnelmesh.logs)
         self.rename = rename
         self.heartbeat_interval = heartbeat_interval
         self._endpoints = endpoints
@@ -314,6 +316,7 @@ class ControlClient:
         )
         self.registration = resp
         self.session_token = resp.session_token
+        add_secret(resp.session_token)
         self.name = resp.name
         self.heartbeat_interval = resp.heartbeat_interval
         for cb in self.on_register:

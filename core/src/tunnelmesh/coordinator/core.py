@@ -63,6 +63,7 @@ from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
 from tunnelmesh.errors import StorageError
 from tunnelmesh.identity import parse_public_key, peer_id_of, verify_signature, x25519_public_of
+from tunnelmesh.logs import add_secret
 
 __all__ = ["ApiFailure", "Coordinator"]
 
@@ -130,6 +131,7 @@ class Coordinator:
         from tunnelmesh.coordinator.store import SqliteStore
 
         self.config = config
+        add_secret(config.auth_token)  # never logged (tunnelmesh.logs)
         self.data_dir = Path(config.data_dir).expanduser()
         self.store: StateStore = store or SqliteStore(self.data_dir / "state.db")
         self.clock = clock
@@ -435,6 +437,7 @@ class Coordinator:
             first_admin = peer_id
         is_admin = peer_id == first_admin or self._is_listed_admin(name, peer_id)
         session = secrets.token_urlsafe(32)
+        add_secret(session)
         rec = PeerRecord(
             peer_id=peer_id,
             public_key=public_key,
