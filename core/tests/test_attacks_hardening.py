@@ -4,22 +4,36 @@ Each test plays one attack and checks that it is refused, bounded or harmless:
 
 * a local user reading secrets: the node key, the coordinator's state database and SQLite's
   ``-wal``/``-shm`` files (they hold the mesh CA's key) are 0600 from the first start, whatever
-  the umask; a data dir or home open to other users is refused with the fix in the message.
+  the umask; a data dir or home open to other users is refused with the fix in the message;
+* a thief of the mesh CA's key (or the coordinator's operator) vouching for other names to peers
+  that installed the CA in their trust store: the CA is name-constrained to the mesh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
+import logging
 import os
+import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tunnelmesh.config import ServerConfig
 from tunnelmesh.control import daemon
 from tunnelmesh.control.contexts import Context, ContextStore
+from tunnelmesh.coordinator.ca import COORDINATOR_NAME, MeshCa
 from tunnelmesh.coordinator.core import Coordinator
+from tunnelmesh.coordinator.store import SqliteStore
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.identity import Identity
 
@@ -124,3 +138,164 @@ def test_join_refuses_a_home_open_to_others_before_contacting_anyone(tmp_path: P
 
     asyncio.run(main())
     assert not (home / "id_ed25519").exists()
+
+
+# --- 2. the mesh CA is name-constrained ---------------------------------------------------------
+
+
+def _leaf(ca: MeshCa, *names: str) -> x509.Certificate:
+    """A leaf signed with the CA's key, as a thief of that key would make it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def _verifies(ca: MeshCa, leaf: x509.Certificate, name: str) -> bool:
+    """The cryptography (webpki-style) verifier: does a client that trusts ``ca`` accept it?"""
+    try:
+        subject: x509.verification.Subject = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        subject = x509.DNSName(name)
+    verifier = (
+        x509.verification.PolicyBuilder()
+        .store(x509.verification.Store([ca.cert]))
+        .time(dt.datetime.now(dt.UTC))
+        .build_server_verifier(subject)
+    )
+    try:
+        verifier.verify(leaf, [])
+    except x509.verification.VerificationError:
+        return False
+    return True
+
+
+def _openssl_verifies(tmp_path: Path, ca: MeshCa, leaf: x509.Certificate) -> bool:
+    (tmp_path / "ca.pem").write_text(ca.cert_pem)
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    proc = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return proc.returncode == 0
+
+
+def test_a_leaf_for_a_foreign_name_under_the_mesh_ca_is_rejected(tmp_path: Path) -> None:
+    ca = MeshCa.create("corp", mesh_cidr="10.42.0.0/16", tls_names=["coord.example.net"])
+    nc = ca.cert.extensions.get_extension_for_class(x509.NameConstraints)
+    assert nc.critical
+    accepted = ["alice.corp", "this.tm", "db.tunnelmesh", "10.42.7.9", "coord.example.net"]
+    for name in accepted:
+        assert _verifies(ca, _leaf(ca, name), name), name
+    for name in ["example.com", "corp.example.com", "192.168.1.1", "10.43.0.1", "2001:db8::1"]:
+        assert not _verifies(ca, _leaf(ca, name), name), name
+    # One foreign name among mesh names spoils the whole certificate.
+    assert not _verifies(ca, _leaf(ca, "alice.corp", "example.com"), "alice.corp")
+    if shutil.which("openssl"):
+        assert _openssl_verifies(tmp_path, ca, _leaf(ca, "alice.corp"))
+        assert not _openssl_verifies(tmp_path, ca, _leaf(ca, "example.com"))
+
+
+def test_the_coordinator_certificate_stays_inside_the_constraints(tmp_path: Path) -> None:
+    cfg = msgspec.structs.replace(
+        _server_config(tmp_path / "state"), tls_names=["coord.example.net", "203.0.113.7"]
+    )
+
+    async def main() -> None:
+        coord = Coordinator(cfg)
+        await coord.load()
+        try:
+            assert coord.ca is not None
+            cert = coord.ca.issue_server_cert(
+                ["localhost", "somehost", *cfg.tls_names], ["127.0.0.1", "192.168.1.20"]
+            )
+            leaf = x509.load_pem_x509_certificates(cert.cert_pem)[0]
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert set(san.get_values_for_type(x509.DNSName)) == {
+                COORDINATOR_NAME,
+                "localhost",
+                "coord.example.net",
+            }
+            ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+            assert ips == {"127.0.0.1", "203.0.113.7"}
+            for name in (COORDINATOR_NAME, "coord.example.net", "127.0.0.1", "203.0.113.7"):
+                assert _verifies(coord.ca, leaf, name), name
+        finally:
+            await coord.close()
+
+    asyncio.run(main())
+
+
+def test_an_old_unconstrained_ca_is_kept_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TunnelMesh CA (.tunnelmesh)")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )  # what MeshCa.create made before name constraints
+    old = MeshCa(cert, key)
+    assert old.name_constraints is None and old.permits("example.com")
+    assert _verifies(old, _leaf(old, "example.com"), "example.com")  # what constraints stop
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "state" / "state.db")
+        await store.open()
+        await store.put_meta_if_absent("mesh_ca", old.to_bytes())
+        await store.close()
+        coord = Coordinator(_server_config(tmp_path / "state"))
+        with caplog.at_level(logging.WARNING, logger="tunnelmesh.coordinator.core"):
+            await coord.load()
+        try:
+            assert coord.ca is not None and coord.ca.cert == cert  # peers pinned it: kept
+        finally:
+            await coord.close()
+
+    asyncio.run(main())
+    assert "the mesh CA has no name constraints" in caplog.text

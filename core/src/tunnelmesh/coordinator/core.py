@@ -168,11 +168,13 @@ class Coordinator:
         await self.store.open()
         blob = await self.store.get_meta(_CA_KEY)
         if blob is None:
-            blob = await self.store.put_meta_if_absent(
-                _CA_KEY, MeshCa.create(self.domain).to_bytes()
+            ca = MeshCa.create(
+                self.domain, mesh_cidr=self.config.mesh_cidr, tls_names=self.config.tls_names
             )
+            blob = await self.store.put_meta_if_absent(_CA_KEY, ca.to_bytes())
             log.info("created the mesh CA")
         self.ca = MeshCa.from_bytes(blob)
+        self._check_ca_constraints(self.ca)
         first = await self.store.get_meta(_FIRST_ADMIN_KEY)
         self._first_admin = first.decode("ascii") if first else None
         now = self.clock()
@@ -201,6 +203,22 @@ class Coordinator:
         with contextlib.suppress(StorageError):
             await self.flush()
         await self.store.close()
+
+    def _check_ca_constraints(self, ca: MeshCa) -> None:
+        if ca.name_constraints is None:
+            log.warning(
+                "the mesh CA has no name constraints (it was created by an older version): a "
+                "trust store that holds it trusts it for every name. It is kept, since every "
+                "joined peer pins it; see docs/security.md"
+            )
+            return
+        for name in self.config.tls_names:
+            if not ca.permits(name):
+                log.warning(
+                    "tls_names entry %r is outside the mesh CA's name constraints (fixed when "
+                    "the CA was created); the coordinator's certificate leaves it out",
+                    name,
+                )
 
     async def _tick_loop(self) -> None:
         last_flush = self.clock()
