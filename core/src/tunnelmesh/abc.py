@@ -494,7 +494,11 @@ class Storage(abc.ABC):
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> UploadInfo:
-        """Start a multipart upload. Raises NoSuchBucket, InvalidName."""
+        """Start a multipart upload. Raises NoSuchBucket, InvalidName.
+
+        The new upload's ID sorts (as a string) after the ID of every earlier upload of the
+        store, so that ordering uploads by ID is ordering them by initiation time.
+        """
 
     @abc.abstractmethod
     async def upload_part(
@@ -531,7 +535,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def list_multipart_uploads(self, bucket: str, *, prefix: str = "") -> list[UploadInfo]:
-        """Uploads in progress, by key then initiation time. Raises NoSuchBucket."""
+        """Uploads in progress, by key (UTF-8 byte order) then upload ID. Raises NoSuchBucket.
+
+        Upload IDs must sort (as strings) in initiation order among the uploads of one key, so
+        that this is S3's order (by key, then initiation time) and a listing can resume right
+        after an exact (key, upload ID) pair.
+        """
 
 
 class Upstream(msgspec.Struct, frozen=True):

@@ -13,6 +13,7 @@ from tunnelmesh.storage import check_bucket_name, check_key
 
 from tunnelmesh_s3.app import Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
+from tunnelmesh_s3.listing import page_buckets, page_uploads
 from tunnelmesh_s3.xmlio import document, element, encode_key, iso8601, parse_delete
 
 __all__ = ["list_buckets", "route"]
@@ -80,21 +81,44 @@ async def _not_implemented(call: Call) -> web.Response:
     )
 
 
+MAX_BUCKETS = 10_000
+"""The most buckets one ListBuckets page may ask for (``max-buckets``), as S3."""
+
+
 async def list_buckets(call: Call) -> web.Response:
-    buckets = [
-        b
-        for b in await call.storage.list_buckets()
-        if call.auth.allowed(call.principal, b.name, "read")
-    ]
+    """ListBuckets: all the buckets the caller may read, or pages of them with ``max-buckets``
+    (then ``ContinuationToken`` leads to the next page), ordered and resumed by name."""
+    p = call.params
+    prefix = p.get("prefix", "")
+    token = p.get("continuation-token")
+    max_buckets = MAX_BUCKETS
+    if "max-buckets" in p:
+        try:
+            max_buckets = int(p["max-buckets"])
+        except ValueError:
+            raise S3Error("InvalidArgument", "max-buckets must be an integer") from None
+        if not 1 <= max_buckets <= MAX_BUCKETS:
+            raise S3Error("InvalidArgument", f"max-buckets must be 1 to {MAX_BUCKETS}")
+    buckets, truncated = page_buckets(
+        [
+            b
+            for b in await call.storage.list_buckets()
+            if call.auth.allowed(call.principal, b.name, "read")
+        ],
+        prefix=prefix,
+        after=_untoken(token) if token is not None else "",
+        max_buckets=max_buckets,
+    )
     entries = "".join(
         f"<Bucket>{element('Name', b.name)}{element('CreationDate', iso8601(b.created))}</Bucket>"
         for b in buckets
     )
-    return xml(
-        document(
-            "ListAllMyBucketsResult", _owner(call.principal.name), f"<Buckets>{entries}</Buckets>"
-        )
-    )
+    parts = [_owner(call.principal.name), f"<Buckets>{entries}</Buckets>"]
+    if truncated:
+        parts.append(element("ContinuationToken", _token(buckets[-1].name)))
+    if "prefix" in p:
+        parts.append(element("Prefix", prefix))
+    return xml(document("ListAllMyBucketsResult", *parts))
 
 
 async def create_bucket(call: Call) -> web.Response:
@@ -161,6 +185,15 @@ def _max(call: Call, name: str, default: int = 1000) -> int:
     return min(value, 1000)
 
 
+def _encoding(call: Call) -> bool:
+    """Whether the listing asked for ``encoding-type=url`` (the only encoding S3 knows)."""
+    if "encoding-type" not in call.params:
+        return False
+    if call.params["encoding-type"] != "url":
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
+    return True
+
+
 def _contents(obj: ObjectInfo, url: bool, owner: str | None) -> str:
     return (
         "<Contents>"
@@ -189,9 +222,7 @@ async def list_objects(call: Call) -> web.Response:
     await call.need("read")
     p = call.params
     v2 = p.get("list-type") == "2"
-    url = p.get("encoding-type") == "url"
-    if "encoding-type" in p and not url:
-        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
+    url = _encoding(call)
     prefix, delimiter = p.get("prefix", ""), p.get("delimiter", "")
     max_keys = _max(call, "max-keys")
     if v2:
@@ -261,36 +292,41 @@ async def delete_objects(call: Call) -> web.Response:
 
 async def list_uploads(call: Call) -> web.Response:
     await call.need("read")
-    prefix = call.params.get("prefix", "")
+    p = call.params
+    url = _encoding(call)
+    prefix, delimiter = p.get("prefix", ""), p.get("delimiter", "")
+    key_marker = p.get("key-marker", "")
+    id_marker = p.get("upload-id-marker", "") if key_marker else ""
     max_uploads = _max(call, "max-uploads")
-    uploads = await call.storage.list_multipart_uploads(call.bucket, prefix=prefix)
-    key_marker = call.params.get("key-marker", "")
-    id_marker = call.params.get("upload-id-marker", "")
-    if key_marker:
-        uploads = [
-            u
-            for u in uploads
-            if u.key > key_marker or (id_marker and u.key == key_marker and u.upload_id > id_marker)
-        ]
-    truncated = len(uploads) > max_uploads
-    uploads = uploads[:max_uploads]
+    page = page_uploads(
+        await call.storage.list_multipart_uploads(call.bucket, prefix=prefix),
+        prefix=prefix,
+        delimiter=delimiter,
+        key_marker=key_marker,
+        upload_id_marker=id_marker,
+        max_uploads=max_uploads,
+    )
     parts = [
         element("Bucket", call.bucket),
-        element("KeyMarker", key_marker),
+        element("KeyMarker", encode_key(key_marker, url)),
         element("UploadIdMarker", id_marker),
-        element("Prefix", prefix),
-        element("MaxUploads", max_uploads),
-        element("IsTruncated", "true" if truncated else "false"),
+        element("Prefix", encode_key(prefix, url)),
     ]
-    if truncated and uploads:
+    if delimiter:
+        parts.append(element("Delimiter", encode_key(delimiter, url)))
+    parts.append(element("MaxUploads", max_uploads))
+    if url:
+        parts.append(element("EncodingType", "url"))
+    parts.append(element("IsTruncated", "true" if page.truncated else "false"))
+    if page.truncated:
         parts += [
-            element("NextKeyMarker", uploads[-1].key),
-            element("NextUploadIdMarker", uploads[-1].upload_id),
+            element("NextKeyMarker", encode_key(page.next_key_marker, url)),
+            element("NextUploadIdMarker", page.next_upload_id_marker),
         ]
-    for u in uploads:
+    for u in page.uploads:
         parts.append(
             "<Upload>"
-            + element("Key", u.key)
+            + element("Key", encode_key(u.key, url))
             + element("UploadId", u.upload_id)
             + _owner(call.principal.name).replace("Owner>", "Initiator>")
             + _owner(call.principal.name)
@@ -298,4 +334,8 @@ async def list_uploads(call: Call) -> web.Response:
             + element("Initiated", iso8601(u.initiated))
             + "</Upload>"
         )
+    parts += [
+        f"<CommonPrefixes>{element('Prefix', encode_key(cp, url))}</CommonPrefixes>"
+        for cp in page.prefixes
+    ]
     return xml(document("ListMultipartUploadsResult", *parts))

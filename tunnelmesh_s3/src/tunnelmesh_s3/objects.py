@@ -17,6 +17,7 @@ from tunnelmesh_s3.app import MAX_OBJECT_SIZE, Call, Handler
 from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS, Body
 from tunnelmesh_s3.buckets import UNSUPPORTED, xml
 from tunnelmesh_s3.errors import S3Error
+from tunnelmesh_s3.listing import page_parts
 from tunnelmesh_s3.xmlio import document, element, iso8601, parse_complete
 
 __all__ = ["route"]
@@ -491,9 +492,9 @@ async def list_parts(call: Call) -> web.Response:
         raise S3Error(
             "InvalidArgument", "part-number-marker and max-parts must be integers"
         ) from None
-    parts = [p for p in parts if p.number > marker]
-    truncated = len(parts) > max_parts
-    parts = parts[:max_parts]
+    if marker < 0 or max_parts < 0:
+        raise S3Error("InvalidArgument", "part-number-marker and max-parts must not be negative")
+    parts, truncated = page_parts(parts, marker=marker, max_parts=max_parts)
     body = [
         element("Bucket", call.bucket),
         element("Key", call.key),

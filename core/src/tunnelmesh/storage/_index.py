@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key BLOB NOT NULL, initiated REAL NOT NULL,
     content_type TEXT NOT NULL, meta TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, initiated);
+DROP INDEX IF EXISTS uploads_by_key;
+CREATE INDEX IF NOT EXISTS uploads_by_key_id ON uploads (bucket, key, upload_id);
 CREATE TABLE IF NOT EXISTS parts (
     upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL, size INTEGER NOT NULL,
     etag TEXT NOT NULL, mtime REAL NOT NULL, PRIMARY KEY (upload_id, number)) WITHOUT ROWID;
@@ -271,12 +272,10 @@ class Index:
         low, inclusive = raw_prefix, True
         if start_after:
             raw_after = start_after.encode("utf-8")
-            rest = start_after[len(prefix) :] if start_after.startswith(prefix) else None
-            if (
-                delimiter
-                and rest is not None
-                and rest.find(delimiter) == len(rest) - len(delimiter)
-            ):
+            at = -1
+            if delimiter and start_after.startswith(prefix):
+                at = start_after.find(delimiter, len(prefix))
+            if at >= 0 and at + len(delimiter) == len(start_after):
                 # start_after is a common prefix: skip everything under it
                 skip = upper_bound(raw_after)
                 if skip is None:
@@ -470,7 +469,7 @@ class Index:
             args.append(high)
         out = []
         for upload_id, key, initiated, content_type, meta in self.db.execute(
-            sql + " ORDER BY key, initiated", args
+            sql + " ORDER BY key, upload_id", args
         ):
             m = json.loads(meta)
             out.append(

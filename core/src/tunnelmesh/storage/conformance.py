@@ -195,6 +195,13 @@ async def check_multipart(make: Factory) -> None:
         p1, p2, p3 = b"1" * size, b"2" * size, b"3" * 100
         up = await st.create_multipart_upload("bk1", "big", content_type="x/y", metadata={"m": "1"})
         assert [u.upload_id for u in await st.list_multipart_uploads("bk1")] == [up.upload_id]
+        # several uploads of one key: by key, then initiation time (upload IDs sort that way)
+        ups = [await st.create_multipart_upload("bk1", k) for k in ("m/b", "m/a", "m/b", "m/a")]
+        listed = await st.list_multipart_uploads("bk1", prefix="m/")
+        assert [u.upload_id for u in listed] == [ups[i].upload_id for i in (1, 3, 0, 2)]
+        assert ups[1].upload_id < ups[3].upload_id and ups[0].upload_id < ups[2].upload_id
+        for u in ups:
+            await st.abort_multipart_upload("bk1", u.key, u.upload_id)
         e1 = await st.upload_part("bk1", "big", up.upload_id, 1, body(b"wrong"))
         e1 = await st.upload_part("bk1", "big", up.upload_id, 1, body(p1))  # replaces
         e2 = await st.upload_part("bk1", "big", up.upload_id, 2, body(p2))

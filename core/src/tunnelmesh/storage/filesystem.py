@@ -142,6 +142,7 @@ class FilesystemStorage(Storage):
         self._readers: dict[str, int] = {}
         self._doomed: set[str] = set()
         self._closed = False
+        self._last_upload_ns = 0
 
     # --- plumbing ---
 
@@ -494,17 +495,28 @@ class FilesystemStorage(Storage):
         headers: Mapping[str, str] | None = None,
     ) -> UploadInfo:
         check_key(key)
+        upload_id, initiated = self._new_upload_id()
         upload = UploadInfo(
-            upload_id=secrets.token_urlsafe(24),
+            upload_id=upload_id,
             bucket=bucket,
             key=key,
-            initiated=time.time(),
+            initiated=initiated,
             content_type=content_type,
             metadata=dict(metadata or {}),
             headers=dict(headers or {}),
         )
         await self._write(self._idx().create_upload, upload)
         return upload
+
+    def _new_upload_id(self) -> tuple[str, float]:
+        """A new upload ID and its initiation time; IDs sort (as strings) in initiation order.
+
+        16 hex digits of nanoseconds since the epoch (strictly increasing within this store
+        even if the clock steps back), then 24 random bytes.
+        """
+        ns = max(time.time_ns(), self._last_upload_ns + 1)
+        self._last_upload_ns = ns
+        return f"{ns:016x}{secrets.token_urlsafe(24)}", ns / 1e9
 
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, number: int, body: AsyncIterable[bytes]
