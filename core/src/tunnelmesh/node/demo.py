@@ -230,7 +230,7 @@ class MeshLab:
         host = self.lab.add_host(name, switch=nat.inside if nat is not None else None)
         behind_nat = nat is not None
         home = self.workdir / name
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)  # a home holds secrets: owner only
         peer = Peer(name, host, home, behind_nat)
         (home / "peer.yaml").write_text(
             f"name: {name}\n"
