@@ -100,6 +100,7 @@ def test_relay_between_peers_behind_symmetric_nats(lab: Lab, tmp_path: Path) -> 
 
     server_proc = b.popen(["iperf3", "-s", "-1", "-B", ip_b], stdout=subprocess.DEVNULL)
     try:
+        b.wait_listening(ip_b, 5201)  # a client started before the server listens is refused
         result = a.run(
             ["iperf3", "-c", ip_b, "-t", "2", "-J", "--connect-timeout", "5000"], timeout=30
         )

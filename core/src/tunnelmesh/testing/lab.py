@@ -251,6 +251,25 @@ class Host:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return self.popen([sys.executable, *args], env=env, **kwargs)
 
+    def wait_listening(self, address: str, port: int, timeout: float = 10.0) -> None:
+        """Wait until a TCP socket in this host listens on ``address``:``port`` (``ss -ltn``).
+
+        A server started with :meth:`popen` is not listening yet when ``popen`` returns; a
+        client started at once can be refused, above all on a loaded machine.
+
+        Raises:
+            LabError: nothing listens there within ``timeout`` seconds.
+        """
+        want = f"{address}:{port}"
+        deadline = time.monotonic() + timeout
+        while True:
+            listening = self.run(["ss", "-ltnH"], check=False).stdout.split()
+            if want in listening:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: nothing listens on {want} after {timeout} s")
+            time.sleep(0.05)
+
     def ping(self, address: str, count: int = 1, timeout: float = 1.0) -> bool:
         """Whether ``address`` answers ``count`` pings (ICMP echo), each waited for ``timeout``."""
         wait = max(1, round(timeout))
