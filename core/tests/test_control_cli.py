@@ -164,3 +164,59 @@ def test_join_errors_are_one_line(tmp_path: Path, coordinator: str) -> None:
         timeout=60,
     )
     assert proc.returncode == 1 and "cannot reach" in proc.stderr
+
+
+def _peer_names(home: Path) -> list[str]:
+    return [r["name"] for r in json.loads(tm(home, "peers", "--json").stdout)]
+
+
+def test_join_without_terminal_does_not_prompt_for_trust(tmp_path: Path, coordinator: str) -> None:
+    """No --yes/--no-trust and no terminal: the CA is not installed, and the user is told."""
+    env = env_for(tmp_path / "a")
+    del env["TUNNELMESH_NO_TRUST"]
+    env["TUNNELMESH_CA_STORE_DIR"] = str(tmp_path / "ca-store")
+    args = ["join", "--server", coordinator, "--name", "alpha", "--once"]
+    proc = subprocess.run(
+        [sys.executable, "-c", MAIN, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "not installing the mesh CA" in proc.stderr and "--yes" in proc.stderr
+    assert "joined" in proc.stdout
+    assert not (tmp_path / "ca-store").exists()
+    assert "default" in tm(tmp_path / "a", "context", "list").stdout
+
+
+def test_join_trust_is_asked_before_registering(tmp_path: Path, coordinator: str) -> None:
+    """An unanswered trust prompt (EOF on a terminal) leaves no peer on the coordinator."""
+    import pty
+
+    env = env_for(tmp_path / "ghost")
+    del env["TUNNELMESH_NO_TRUST"]
+    env["TUNNELMESH_CA_STORE_DIR"] = str(tmp_path / "ca-store")
+    args = ["join", "--server", coordinator, "--name", "ghost", "--once"]
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", MAIN, *args],
+            env=env,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        slave = -1
+        os.write(master, b"\x04")  # Ctrl-D: the prompt's read gets EOF and aborts
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert proc.returncode != 0 and "trust store" in out
+    tm(tmp_path / "b", "join", "--server", coordinator, "--name", "beta", "--once")
+    assert _peer_names(tmp_path / "b") == []  # no ghost: the aborted join never registered

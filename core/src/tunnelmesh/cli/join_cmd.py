@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -218,14 +219,10 @@ def join(
     if not once and not data_plane and (cfg.allow_exit_traffic or cfg.exit_node):
         click.echo("warning: exit node settings need the data plane (TUN); ignored", err=True)
 
+    install = _decide_trust(yes=yes, no_trust=no_trust)
+
     def trust_ca(ca_pem: str) -> Path | None:
-        if no_trust:
-            return None
-        if not yes and not click.confirm(
-            "Install the mesh CA in the system trust store (lets browsers reach "
-            "https://this.tm and other mesh services without warnings)?",
-            default=False,
-        ):
+        if not install:
             return None
         try:
             return trust.install_ca(ca_pem, ctx_name)
@@ -291,6 +288,31 @@ def join(
         _run(main())
     else:
         asyncio.run(main())
+
+
+def _decide_trust(*, yes: bool, no_trust: bool) -> bool:
+    """Whether to install the mesh CA, decided before anything is registered.
+
+    Asking after registration left a ghost peer behind when the answer never came (no terminal,
+    Ctrl-C): registered on the coordinator, but no context written here. Without a terminal
+    there is nobody to ask: the CA is not installed, and the user is told how to install it.
+    """
+    if no_trust:
+        return False
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        click.echo(
+            "not installing the mesh CA in the system trust store (no terminal to ask; "
+            "pass --yes to install it, --no-trust to not be told)",
+            err=True,
+        )
+        return False
+    return click.confirm(
+        "Install the mesh CA in the system trust store (lets browsers reach "
+        "https://this.tm and other mesh services without warnings)?",
+        default=False,
+    )
 
 
 def _with_exit_options(
