@@ -39,9 +39,11 @@ admin_peers: []
 # how often peers report in; a peer missing three heartbeats is shown offline
 heartbeat_interval: 10s
 
-# packet filter rules pushed to every peer (the most restrictive layer wins)
+# packet filter rules pushed to every peer: the "coordinator" layer of each peer's filter
+# (the most restrictive layer wins). Sent when a peer joins, and at once to every peer when
+# they change: edit this file and send SIGHUP (kill -HUP <serve pid>). Only the rules are
+# pushed; default_deny and allow_icmp are each peer's own (peer.yaml).
 filter:
-  default_deny: false
   rules: []
   #  - port: 22
   #    protocol: tcp
@@ -77,6 +79,8 @@ dns:
   enabled: true
   listen: "127.0.0.53:5353"
   cache_ttl: 300
+  # extra names of this peer (db -> db.tunnelmesh), published through the coordinator so
+  # every peer resolves them; a name another peer has is refused
   aliases: []
 
 # transports in order of preference, globally and per peer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -13,9 +14,27 @@ import msgspec
 from tunnelmesh.cli._root import Context
 from tunnelmesh.config import ServerConfig, load_server_config
 from tunnelmesh.coordinator.ca import ca_fingerprint
+from tunnelmesh.errors import TunnelmeshError
 
 
-async def _serve(cfg: ServerConfig, pm: object, duration: float | None, node: bool) -> None:
+def _reload(server: Any, load: Callable[[], ServerConfig]) -> None:
+    """SIGHUP: re-read server.yaml and apply what may change at run time."""
+    try:
+        cfg = load()
+    except TunnelmeshError as exc:
+        click.echo(f"config reload failed, keeping the running config: {exc}", err=True)
+        return
+    changed = server.reload(cfg)
+    click.echo(f"config reloaded: {', '.join(changed) or 'nothing changed'}")
+
+
+async def _serve(
+    cfg: ServerConfig,
+    pm: object,
+    duration: float | None,
+    node: bool,
+    load: Callable[[], ServerConfig] | None = None,
+) -> None:
     from tunnelmesh.coordinator.server import CoordinatorServer
 
     server = CoordinatorServer(cfg, pm=pm, node=node, notify=click.echo)
@@ -32,6 +51,8 @@ async def _serve(cfg: ServerConfig, pm: object, duration: float | None, node: bo
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if load is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload, server, load)
         if server.own_peer_ready is not None:
             # join_mesh: the coordinator's own peer must come up, or serve stops with its error.
             waiter = asyncio.ensure_future(stop.wait())
@@ -104,7 +125,7 @@ def serve(
     no_tun: bool,
     duration: float | None,
 ) -> None:
-    """Run the coordination server until SIGINT/SIGTERM.
+    """Run the coordination server until SIGINT/SIGTERM; SIGHUP re-reads the config.
 
     The coordinator allocates mesh IPs, keeps the peer list and DNS records, pushes changes to
     every peer over a WebSocket, and answers STUN so peers learn their public address. It never
@@ -115,16 +136,22 @@ def serve(
     node like `tunnelmesh join` runs (TUN with a mesh IP, transports, DNS, filter, exit
     settings from join_mesh; needs root), reachable as this.tunnelmesh / this.tm. With
     --no-tun, or when no transport plugin is installed, that peer runs the control plane only.
+
+    SIGHUP re-reads the config file and applies the filter rules (pushed to every peer at
+    once); an invalid file is reported and the running config kept.
     """
     registry = ctx.pm.build_registry()
-    cfg = load_server_config(config_path or ctx.config, registry.config_sections)
-    changes = {
-        k: v
-        for k, v in (("data_dir", data_dir), ("listen", listen), ("stun_listen", stun_listen))
-        if v
-    }
-    if changes:
-        cfg = msgspec.structs.replace(cfg, **changes)
+
+    def load() -> ServerConfig:
+        cfg = load_server_config(config_path or ctx.config, registry.config_sections)
+        changes = {
+            k: v
+            for k, v in (("data_dir", data_dir), ("listen", listen), ("stun_listen", stun_listen))
+            if v
+        }
+        return msgspec.structs.replace(cfg, **changes) if changes else cfg
+
+    cfg = load()
     node = False
     if cfg.join_mesh is not None and not no_tun:
         if registry.transports:
@@ -143,4 +170,4 @@ def serve(
                 "control plane only",
                 err=True,
             )
-    asyncio.run(_serve(cfg, ctx.pm, duration, node))
+    asyncio.run(_serve(cfg, ctx.pm, duration, node, load))

@@ -48,6 +48,7 @@ from tunnelmesh.control.messages import (
     HeartbeatAck,
     PeerInfo,
     PeersResponse,
+    PolicyRule,
     RegisterRequest,
     RegisterResponse,
     RendezvousAck,
@@ -55,7 +56,7 @@ from tunnelmesh.control.messages import (
     decode_push,
     encode,
 )
-from tunnelmesh.control.peertable import PeerChange, PeerTable, SelfRemoved
+from tunnelmesh.control.peertable import FilterRulesChanged, PeerChange, PeerTable, SelfRemoved
 from tunnelmesh.coordinator.auth import registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, ca_proof, client_ssl_context
 from tunnelmesh.errors import TunnelmeshError
@@ -92,6 +93,7 @@ class PeerStatus(msgspec.Struct, kw_only=True):
     reasons: dict[str, str] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     allow_exit_traffic: bool = False
+    aliases: list[str] = msgspec.field(default_factory=list)  # dns.aliases to publish
 
 
 async def _maybe_await(value: T | Awaitable[T]) -> T:
@@ -188,7 +190,7 @@ class ControlClient:
         self._endpoints = endpoints
         self._status = status
         self.peers_cache = Path(peers_cache) if peers_cache else None
-        self.table = PeerTable(identity.peer_id, self._load_cache())
+        self.table = PeerTable(identity.peer_id, self._load_cache(), self._load_filter_cache())
         self.registration: RegisterResponse | None = None
         self.reachable = False
         self.last_contact = 0.0
@@ -332,6 +334,7 @@ class ControlClient:
             reasons=status.reasons,
             counters=status.counters,
             allow_exit_traffic=status.allow_exit_traffic,
+            aliases=status.aliases,
         )
         ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)
         self.last_ack = ack
@@ -381,6 +384,8 @@ class ControlClient:
         for ch in changes:
             if isinstance(ch, SelfRemoved):
                 self._removed = True
+            elif isinstance(ch, FilterRulesChanged):
+                self._write_filter_cache()
             for cb in self._callbacks:
                 cb(ch)
             for q in self._queues:
@@ -508,6 +513,34 @@ class ControlClient:
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("ignoring the peers cache %s: %s", self.peers_cache, exc)
             return []
+
+    @property
+    def _filter_cache(self) -> Path | None:
+        return None if self.peers_cache is None else self.peers_cache.with_name("filter.json")
+
+    def _load_filter_cache(self) -> list[PolicyRule] | None:
+        """The coordinator's filter rules as last received: a node restarted while the
+        coordinator is away keeps enforcing them."""
+        path = self._filter_cache
+        if path is None or not path.exists():
+            return None
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=list[PolicyRule])
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("ignoring the filter rules cache %s: %s", path, exc)
+            return None
+
+    def _write_filter_cache(self) -> None:
+        path, rules = self._filter_cache, self.table.filter_rules
+        if path is None or rules is None:
+            return
+        tmp = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(encode(list(rules)))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write the filter rules cache %s: %s", path, exc)
 
     def _write_cache(self, force: bool = False) -> None:
         if self.peers_cache is None or not (self._cache_dirty or force):

@@ -17,12 +17,14 @@ __all__ = [
     "Counters",
     "DnsRecord",
     "DnsResponse",
+    "FilterRules",
     "Heartbeat",
     "HeartbeatAck",
     "PeerGone",
     "PeerInfo",
     "PeerUpserted",
     "PeersResponse",
+    "PolicyRule",
     "PushMessage",
     "RegisterRequest",
     "RegisterResponse",
@@ -113,6 +115,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     reasons: dict[str, str] = msgspec.field(default_factory=dict)
     counters: Counters = msgspec.field(default_factory=Counters)
     allow_exit_traffic: bool = False  # this peer forwards other peers' internet traffic
+    aliases: list[str] = msgspec.field(default_factory=list)  # dns.aliases: extra DNS names
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):
@@ -140,6 +143,7 @@ class PeerInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
     allow_exit_traffic: bool = False  # an exit node: clients may route internet traffic via it
+    aliases: list[str] = msgspec.field(default_factory=list)  # extra DNS names, e.g. "db"
 
 
 class PeersResponse(msgspec.Struct, kw_only=True):
@@ -201,7 +205,23 @@ class Rendezvous(msgspec.Struct, kw_only=True, tag="rendezvous", tag_field="type
     endpoints: list[str]
 
 
-PushMessage = Snapshot | PeerUpserted | PeerGone | Rendezvous
+class PolicyRule(msgspec.Struct, kw_only=True, frozen=True):
+    """One coordinator filter rule (``filter.rules`` of server.yaml), as peers receive it."""
+
+    port: int
+    protocol: str = "tcp"
+    action: str = "allow"
+    source_peer: str = ""
+
+
+class FilterRules(msgspec.Struct, kw_only=True, tag="filter_rules", tag_field="type"):
+    """The coordinator layer of every peer's packet filter: sent right after each snapshot and
+    again whenever the coordinator's rules change (the whole list each time)."""
+
+    rules: list[PolicyRule]
+
+
+PushMessage = Snapshot | PeerUpserted | PeerGone | Rendezvous | FilterRules
 
 _encoder = msgspec.json.Encoder()
 _push_decoder = msgspec.json.Decoder(PushMessage)

@@ -16,15 +16,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tunnelmesh.control.messages import (
+    FilterRules,
     PeerGone,
     PeerInfo,
     PeerUpserted,
+    PolicyRule,
     PushMessage,
     Rendezvous,
     Snapshot,
 )
 
 __all__ = [
+    "FilterRulesChanged",
     "PeerAdded",
     "PeerChange",
     "PeerChanged",
@@ -73,7 +76,16 @@ class SelfRemoved:
     name: str
 
 
-PeerChange = PeerAdded | PeerChanged | PeerRemoved | RendezvousRequested | SelfRemoved
+@dataclass(frozen=True)
+class FilterRulesChanged:
+    """The coordinator's filter rules (the coordinator layer of the packet filter) changed."""
+
+    rules: tuple[PolicyRule, ...]
+
+
+PeerChange = (
+    PeerAdded | PeerChanged | PeerRemoved | RendezvousRequested | SelfRemoved | FilterRulesChanged
+)
 
 # Fields whose change matters to the data plane or to `tunnelmesh peers`; counters do not.
 _TRACKED = (
@@ -85,6 +97,7 @@ _TRACKED = (
     "online",
     "is_coordinator",
     "allow_exit_traffic",
+    "aliases",
 )
 
 
@@ -95,11 +108,20 @@ def _differs(a: PeerInfo, b: PeerInfo) -> bool:
 class PeerTable:
     """The other peers of the mesh, by peer ID."""
 
-    def __init__(self, self_id: str = "", peers: Iterable[PeerInfo] = ()) -> None:
+    def __init__(
+        self,
+        self_id: str = "",
+        peers: Iterable[PeerInfo] = (),
+        filter_rules: Iterable[PolicyRule] | None = None,
+    ) -> None:
         self.self_id = self_id
         self.peers: dict[str, PeerInfo] = {}
         self.me: PeerInfo | None = None
         self.revision = -1
+        self.filter_rules: tuple[PolicyRule, ...] | None = (
+            None if filter_rules is None else tuple(filter_rules)
+        )
+        """The coordinator's filter rules; None until the coordinator (or a cache) told us."""
         for p in peers:
             if p.peer_id != self_id:
                 self.peers[p.peer_id] = p
@@ -126,6 +148,12 @@ class PeerTable:
             return [PeerRemoved(old)] if old is not None else []
         if isinstance(msg, Rendezvous):
             return [RendezvousRequested(msg.from_peer, msg.peer_id, tuple(msg.endpoints))]
+        if isinstance(msg, FilterRules):
+            rules = tuple(msg.rules)
+            if rules == self.filter_rules:
+                return []
+            self.filter_rules = rules
+            return [FilterRulesChanged(rules)]
         return []  # pragma: no cover - the union is exhaustive
 
     def _upsert(self, peer: PeerInfo) -> list[PeerChange]:

@@ -30,7 +30,8 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+"""One DNS label as peer names use them (lower case)."""
 
 RESERVED_NAMES = frozenset(
     {
@@ -64,7 +65,7 @@ class NameTaken(Exception):
 
 def check_name(name: str) -> str | None:
     """Why ``name`` cannot be a peer name, or None when it can."""
-    if not isinstance(name, str) or not _LABEL.match(name):
+    if not isinstance(name, str) or not LABEL.match(name):
         return (
             f"name {name!r} is not a DNS label (lower-case letters, digits and '-', "
             "1 to 63 characters, not starting or ending with '-')"

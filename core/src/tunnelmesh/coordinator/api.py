@@ -13,7 +13,7 @@ Routes (all JSON; errors are ``{"error": code, "message": text, "status": n}``):
     DELETE /api/v1/peers/{name}             session (self or admin)|token
     GET    /api/v1/dns                      session|token
     POST   /api/v1/rendezvous               session      RendezvousRequest -> RendezvousAck
-    GET    /api/v1/push                     session      WebSocket: snapshot, then changes
+    GET    /api/v1/push                     session      WebSocket: snapshot + filter rules, then changes
 
 Plugins add routes through ``tunnelmesh_register_coordinator_routes(app, coordinator)``; they
 can authenticate a request with :func:`authenticated_peer`, run a service for as long as the
@@ -241,7 +241,7 @@ async def push(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_BODY)
     await ws.prepare(request)
     snapshot = encode(Snapshot(peers=coord.peer_infos(), revision=coord.revision))
-    sub = coord.hub.attach(rec.peer_id, ws, snapshot)
+    sub = coord.hub.attach(rec.peer_id, ws, snapshot + b"\n" + coord.filter_message())
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):

@@ -32,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from tunnelmesh import __version__
-from tunnelmesh.config import ServerConfig
+from tunnelmesh.config import FilterConfig, ServerConfig
 from tunnelmesh.control.messages import (
     Counters,
     DnsRecord,
@@ -59,6 +61,12 @@ from tunnelmesh.coordinator.auth import (
 )
 from tunnelmesh.coordinator.ca import MeshCa, ServerCert
 from tunnelmesh.coordinator.liveness import Liveness
+from tunnelmesh.coordinator.policy import (
+    MAX_ALIASES,
+    accepted_aliases,
+    filter_rules,
+    filter_rules_message,
+)
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
 from tunnelmesh.errors import StorageError
@@ -304,6 +312,7 @@ class Coordinator:
             counters=rec.counters,
             version=rec.version,
             allow_exit_traffic=rec.allow_exit_traffic,
+            aliases=rec.aliases,
         )
 
     def peer_infos(self) -> list[PeerInfo]:
@@ -341,10 +350,29 @@ class Coordinator:
             DnsRecord(name=f"{r.name}.{self.domain}", ip=r.mesh_ip)
             for r in sorted(self.peers.values(), key=lambda r: r.name)
         ]
+        for r in sorted(self.peers.values(), key=lambda r: r.name):
+            out += [
+                DnsRecord(name=f"{a}.{self.domain}", ip=r.mesh_ip)
+                for a in r.aliases
+                if a not in self._by_name  # a peer's name wins over an alias
+            ]
         for ip in self.coordinator_ips():
             for suffix in dict.fromkeys((self.domain, "tunnelmesh", "tm")):
                 out.append(DnsRecord(name=f"this.{suffix}", ip=ip))
         return out
+
+    def filter_message(self) -> bytes:
+        """The push message with the coordinator's filter rules (see ``policy``)."""
+        return filter_rules_message(self.config.filter)
+
+    def set_filter(self, config: FilterConfig) -> bool:
+        """Take new filter rules (a config reload); push them to every peer when they changed."""
+        if filter_rules(config) == filter_rules(self.config.filter):
+            return False
+        self.config = msgspec.structs.replace(self.config, filter=config)
+        self.hub.broadcast(self.filter_message())
+        log.info("coordinator filter rules changed: %d rules pushed", len(config.rules))
+        return True
 
     def _announce(self, rec: PeerRecord) -> None:
         self.revision += 1
@@ -526,6 +554,11 @@ class Coordinator:
         now = self.clock()
         endpoints = _valid_endpoints(hb.endpoints)
         changed = endpoints != rec.endpoints or hb.allow_exit_traffic != rec.allow_exit_traffic
+        if hb.aliases != rec.alias_request:
+            rec.alias_request = list(hb.aliases[:MAX_ALIASES])
+            aliases = accepted_aliases(rec.alias_request, rec, self.peers.values())
+            changed = changed or aliases != rec.aliases
+            rec.aliases = aliases
         rec.endpoints = endpoints
         rec.allow_exit_traffic = hb.allow_exit_traffic
         rec.transports = dict(list(hb.transports.items())[:4096])

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from tunnelmesh.config import ServerConfig
@@ -208,6 +209,18 @@ class CoordinatorServer:
             loop = asyncio.get_running_loop()
             self.own_peer_ready = loop.create_future()
             self._peer_task = loop.create_task(self._run_own_peer())
+
+    def reload(self, config: ServerConfig) -> list[str]:
+        """Apply a re-read server config; return what changed (for a log line).
+
+        What may change at run time: ``filter`` (its rules are pushed to every peer at once).
+        Everything else (listen addresses, mesh CIDR, data dir, ...) needs a restart.
+        """
+        changed = []
+        if self.coordinator.set_filter(config.filter):
+            changed.append(f"filter rules ({len(config.filter.rules)}, pushed to every peer)")
+        self.config = msgspec.structs.replace(self.config, filter=config.filter)
+        return changed
 
     def _write_ca_file(self) -> None:
         assert self.coordinator.ca is not None

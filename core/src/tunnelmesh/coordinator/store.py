@@ -52,6 +52,8 @@ class PeerRecord(msgspec.Struct, kw_only=True):
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
     allow_exit_traffic: bool = False
+    aliases: list[str] = msgspec.field(default_factory=list)  # the accepted dns aliases
+    alias_request: list[str] = msgspec.field(default_factory=list)  # asked for; not stored
 
 
 @runtime_checkable
@@ -122,6 +124,7 @@ class _Status(msgspec.Struct, kw_only=True):
     counters: Counters = msgspec.field(default_factory=Counters)
     version: str = ""
     allow_exit_traffic: bool = False
+    aliases: list[str] = msgspec.field(default_factory=list)
 
 
 _status_enc = msgspec.json.Encoder()
@@ -138,6 +141,7 @@ def _status_of(r: PeerRecord) -> bytes:
             counters=r.counters,
             version=r.version,
             allow_exit_traffic=r.allow_exit_traffic,
+            aliases=r.aliases,
         )
     )
 
@@ -240,6 +244,7 @@ class SqliteStore:
                         counters=status.counters,
                         version=status.version,
                         allow_exit_traffic=status.allow_exit_traffic,
+                        aliases=status.aliases,
                     )
                 )
             return out

@@ -6,8 +6,10 @@ the event loop):
 * :meth:`CoordinatorBackend.apply_push`: give it every push-channel message as it arrives
   (``Snapshot`` replaces every record, ``PeerUpserted`` adds or changes one peer, ``PeerGone``
   removes one; other messages are ignored). Messages are read by attribute (``peers``,
-  ``peer.name``, ``peer.peer_id``, ``peer.mesh_ip``, optional ``peer.mesh_ip6`` and
-  ``peer.is_coordinator``), so this module does not import the control package.
+  ``peer.name``, ``peer.peer_id``, ``peer.mesh_ip``, optional ``peer.mesh_ip6``,
+  ``peer.is_coordinator`` and ``peer.aliases``), so this module does not import the control
+  package. A peer's aliases answer its addresses, except where the name is already a record
+  (a peer's name, or another peer's alias): an alias never takes a name over.
 * :meth:`~CoordinatorBackend.update`: replace every record at once, ``{name: [ip, ...]}``
   (e.g. from ``GET /api/v1/dns``), optionally with the coordinators' IPs for ``this``.
 * :meth:`~CoordinatorBackend.set` / :meth:`~CoordinatorBackend.remove`: one name.
@@ -72,6 +74,7 @@ class CoordinatorBackend(DnsBackend):
         self._reverse: dict[str, list[str]] = {}
         self._coordinators: list[str] = []
         self._ids: dict[str, str] = {}  # peer_id -> name, to follow renames
+        self._aliases: dict[str, list[str]] = {}  # peer_id -> its aliases (relative names)
         self._coordinator_names: set[str] = set()
         if records:
             self.update(records, coordinators)
@@ -127,31 +130,59 @@ class CoordinatorBackend(DnsBackend):
         peers = getattr(message, "peers", None)
         if peers is not None:
             self._ids = {}
+            self._aliases = {}
             self._coordinator_names = set()
             records: dict[str, list[str]] = {}
             for peer in peers:
                 records[peer.name] = _peer_ips(peer)
                 self._note_peer(peer)
+            for peer in peers:
+                self._add_aliases(peer, records)
             self.update(records, self._coordinator_ips(records))
             return
         peer = getattr(message, "peer", None)
         if peer is not None and hasattr(peer, "mesh_ip"):
             old = self._ids.get(getattr(peer, "peer_id", ""), peer.name)
+            self._drop_aliases(getattr(peer, "peer_id", ""))
             if old != peer.name:
                 self._names.pop(self.relative(old), None)
                 self._coordinator_names.discard(old)
             self._note_peer(peer)
-            self._names[self.relative(peer.name)] = _peer_ips(peer)
+            rel = self.relative(peer.name)
+            for held in self._aliases.values():  # a peer's name wins over an alias
+                if rel in held:
+                    held.remove(rel)
+            self._names[rel] = _peer_ips(peer)
+            self._add_aliases(peer, self._names)
             self._coordinators = self._coordinator_ips(self._names)
             self._rebuild_reverse()
             return
         name = getattr(message, "name", None)
         if name is not None and hasattr(message, "peer_id") and hasattr(message, "revision"):
+            self._drop_aliases(message.peer_id)
             self._ids.pop(message.peer_id, None)
             self._coordinator_names.discard(name)
             self._names.pop(self.relative(name), None)
             self._coordinators = self._coordinator_ips(self._names)
             self._rebuild_reverse()
+
+    def _add_aliases(self, peer: Any, records: dict[str, list[str]]) -> None:
+        """Point ``peer.aliases`` at its addresses; a name that is another record (a peer's
+        name, or an alias someone holds) is never taken over."""
+        pid = getattr(peer, "peer_id", "")
+        held: list[str] = []
+        for alias in getattr(peer, "aliases", ()) or ():
+            rel = self.relative(alias)
+            if not rel or rel in records or rel == THIS:
+                continue
+            records[rel] = _peer_ips(peer)
+            held.append(rel)
+        if pid and held:
+            self._aliases[pid] = held
+
+    def _drop_aliases(self, peer_id: str) -> None:
+        for rel in self._aliases.pop(peer_id, []) if peer_id else []:
+            self._names.pop(rel, None)
 
     def _note_peer(self, peer: Any) -> None:
         if getattr(peer, "peer_id", ""):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from tunnelmesh.config import FilterConfig, FilterRule
 
 __all__ = ["FilterService"]
+
+log = logging.getLogger(__name__)
 
 EXPIRE_INTERVAL = 5.0
 
@@ -95,12 +98,30 @@ class FilterService:
         self.engine.allow_icmp = config.allow_icmp
         self.engine.set_layer(Layer.CONFIG, [_rule_from_config(r) for r in config.rules])
 
-    def set_coordinator_rules(self, rules: Iterable[Rule | FilterRule]) -> None:
-        """Replace the coordinator layer (rules pushed by the coordinator)."""
-        self.engine.set_layer(
-            Layer.COORDINATOR,
-            [r if isinstance(r, Rule) else _rule_from_config(r) for r in rules],
-        )
+    def set_coordinator_rules(self, rules: Iterable[Rule | FilterRule | Any]) -> list[str]:
+        """Replace the coordinator layer (rules pushed by the coordinator).
+
+        ``rules`` are :class:`Rule`, config ``FilterRule`` or any object with their attributes
+        (the push message's ``PolicyRule``). A rule that is not valid (a port out of range, an
+        unknown protocol or action) is left out and logged; the others apply.
+
+        Returns:
+            Why each left-out rule was refused.
+        """
+        good: list[Rule] = []
+        refused: list[str] = []
+        for r in rules:
+            if isinstance(r, Rule):
+                good.append(r)
+                continue
+            try:
+                good.append(_rule_from_config(r))
+            except (ValueError, TypeError, AttributeError) as exc:
+                refused.append(f"{r!r}: {exc}")
+        for why in refused:
+            log.warning("coordinator filter rule ignored: %s", why)
+        self.engine.set_layer(Layer.COORDINATOR, good)
+        return refused
 
     def set_service_ports(self, ports: Iterable[tuple[str, int]]) -> None:
         """Replace the service layer: one allow rule per ``(protocol, port)`` this peer serves."""

@@ -224,6 +224,7 @@ class Node:
                 dropped=dropped,
             ),
             allow_exit_traffic=self.config.allow_exit_traffic,
+            aliases=list(self.config.dns.aliases),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -424,6 +425,7 @@ class Node:
             for peer in list(self.client.table.peers.values()):
                 self.sync.apply(PeerAdded(peer))
             self.client.add_callback(self.sync.apply)
+            self._follow_filter_rules()
             from tunnelmesh.netmon import NetworkMonitor
 
             self.netmon = NetworkMonitor(
@@ -473,6 +475,20 @@ class Node:
         self.control = server
         await self.filter_service.start()
 
+    def _follow_filter_rules(self) -> None:
+        """The coordinator layer of the filter follows the coordinator's pushes (starting from
+        the cached rules, so a restart while the coordinator is away keeps enforcing them)."""
+        from tunnelmesh.control.peertable import FilterRulesChanged
+
+        def apply(change: object) -> None:
+            if isinstance(change, FilterRulesChanged) and self.filter_service is not None:
+                self.filter_service.set_coordinator_rules(change.rules)
+                self.notify(f"coordinator filter rules: {len(change.rules)}")
+
+        if self.client.table.filter_rules is not None:
+            apply(FilterRulesChanged(self.client.table.filter_rules))
+        self.client.add_callback(apply)
+
     def _set_order(self, payload: Any) -> dict[str, Any]:
         """``node.set_order {"order": [...], "peer": name|null}``: the transport order, globally
         or for one peer (empty order with a peer: back to the global one). The admin UI's API."""
@@ -514,6 +530,8 @@ class Node:
             local_name=self.name,
         )
         dns.backend.set(self.name, [self.mesh_ip])
+        for alias in self.config.dns.aliases:
+            dns.backend.set(alias, [self.mesh_ip])
         try:
             await dns.start()
         except (OSError, TunnelmeshError) as exc:

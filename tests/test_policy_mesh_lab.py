@@ -1,0 +1,216 @@
+"""The coordinator's policy reaches real nodes: `tunnelmesh serve` and two `tunnelmesh join`
+nodes (TUN, UDP/WireGuard) in the namespace lab.
+
+* A filter rule in server.yaml is enforced by the nodes from the start (pushed on join); a
+  change of server.yaml applied with SIGHUP stops a live TCP flow between the two nodes, and
+  removing the rule lets the same connection continue. `tunnelmesh filter list` shows the
+  coordinator layer.
+* A peer's `dns.aliases` resolve on every peer (the other node's resolver and its own).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tunnelmesh_udp")
+
+from tunnelmesh.node.demo import MeshLab, NodeProcess
+from tunnelmesh.testing.lab import Host, Lab
+
+pytestmark = pytest.mark.lab
+
+BLOCKED, FLOW = 7001, 7002
+
+# A TCP echo server on each port given (beta's mesh IP).
+ECHO = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], port))
+    s.listen()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+def echo(c):
+    while data := c.recv(4096):
+        c.sendall(data)
+for p in sys.argv[2:]:
+    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+# One TCP connection; a numbered line every 0.1 s, each echoed back before the next.
+# "stalled N" once when line N's echo is late (0.5 s), "ok N" when it arrives.
+FLOW_CLIENT = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.settimeout(0.5)
+print("connected", flush=True)
+n = 0
+while True:
+    n += 1
+    s.sendall(b"%d\\n" % n)
+    got, stalled = b"", False
+    while not got.endswith(b"\\n"):
+        try:
+            chunk = s.recv(100)
+        except TimeoutError:
+            if not stalled:
+                print("stalled", n, flush=True)
+                stalled = True
+            continue
+        if not chunk:
+            print("closed", flush=True)
+            sys.exit(1)
+        got += chunk
+    print("ok", n, flush=True)
+    time.sleep(0.1)
+"""
+
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+    print("connected")
+except OSError as exc:
+    print("failed", exc)
+"""
+
+
+def connects(host: Host, ip: str, port: int) -> bool:
+    out = host.run([sys.executable, "-c", CONNECT, ip, str(port)], timeout=20).stdout
+    return out.startswith("connected")
+
+
+def set_rules(mesh: MeshLab, base: str, rules: str) -> None:
+    """Rewrite server.yaml's filter rules and tell the coordinator (SIGHUP)."""
+    mesh.server_config.write_text(base + rules)
+    coord = mesh.coordinator
+    assert coord is not None
+    start = len(coord.lines)
+    coord.proc.send_signal(signal.SIGHUP)
+    coord.wait_line("config reloaded", 10, start)
+
+
+@pytest.fixture
+def mesh(lab: Lab, tmp_path: Path) -> Iterator[tuple[MeshLab, str]]:
+    m = MeshLab(lab, tmp_path)
+    try:
+        base = m.server_config.read_text()
+        m.server_config.write_text(
+            base + f"filter:\n  rules:\n    - {{port: {BLOCKED}, action: deny}}\n"
+        )
+        for n in ("alpha", "beta"):
+            m.add_peer(n)
+        cfg = m.peers["alpha"].home / "peer.yaml"
+        cfg.write_text(cfg.read_text().replace("dns:\n", 'dns:\n  aliases: ["db", "www.alpha"]\n'))
+        m.start_coordinator()
+        for n in ("alpha", "beta"):
+            m.start_peer(n)
+        m.wait_links(timeout=30)
+        yield m, base
+    finally:
+        m.close()
+
+
+def filter_list(mesh: MeshLab, name: str) -> dict[str, object]:
+    peer = mesh.peers[name]
+    out = peer.host.run(
+        [sys.executable, "-m", "tunnelmesh", "filter", "list", "--json", "--socket",
+         str(peer.control_socket)],
+        env=mesh.env(peer.home),
+    ).stdout  # fmt: skip
+    data: dict[str, object] = json.loads(out)
+    return data
+
+
+def coordinator_rules(mesh: MeshLab, name: str) -> list[tuple[int, str]]:
+    rules = filter_list(mesh, name)["rules"]
+    assert isinstance(rules, list)
+    return sorted((r["port"], r["action"]) for r in rules if r["layer"] == "coordinator")
+
+
+def wait_for(pred: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_a_coordinator_rule_stops_a_live_flow_and_its_removal_restores_it(
+    mesh: tuple[MeshLab, str],
+) -> None:
+    m, base = mesh
+    alpha, beta = m.peers["alpha"], m.peers["beta"]
+    echo = NodeProcess(
+        "echo",
+        beta.host.python("-c", ECHO, beta.mesh_ip, str(BLOCKED), str(FLOW),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+        None,
+    )  # fmt: skip
+    echo.wait_line("ready", 20)
+    # From the start (server.yaml, pushed on join): the denied port is closed, the other open.
+    assert coordinator_rules(m, "beta") == [(BLOCKED, "deny")]
+    assert not connects(alpha.host, beta.mesh_ip, BLOCKED)
+    assert connects(alpha.host, beta.mesh_ip, FLOW)
+
+    flow = NodeProcess(
+        "flow",
+        alpha.host.python("-c", FLOW_CLIENT, beta.mesh_ip, str(FLOW),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+        None,
+    )  # fmt: skip
+    try:
+        flow.wait_line("^ok 5$", 20)
+        # Run-time change: server.yaml now denies the flow's port and no longer the other.
+        set_rules(m, base, f"filter:\n  rules:\n    - {{port: {FLOW}, action: deny}}\n")
+        mark = len(flow.lines)
+        flow.wait_line("^stalled", 10, mark)
+        wait_for(lambda: coordinator_rules(m, "beta") == [(FLOW, "deny")], 10, "rules on beta")
+        assert coordinator_rules(m, "alpha") == [(FLOW, "deny")]  # every peer has them
+        time.sleep(1.5)
+        stalled_at = len(flow.lines)
+        assert not any(line.startswith("ok") for line in flow.lines[mark + 1 : stalled_at])
+        assert connects(alpha.host, beta.mesh_ip, BLOCKED)  # the old deny is gone
+        # Removal: the same TCP connection continues.
+        set_rules(m, base, "")
+        flow.wait_line("^ok", 20, stalled_at)
+        wait_for(lambda: coordinator_rules(m, "beta") == [], 10, "rules removed on beta")
+        assert "closed" not in flow.lines
+    finally:
+        flow.stop(5)
+        echo.stop(5)
+
+
+def test_dns_aliases_resolve_on_every_peer(mesh: tuple[MeshLab, str]) -> None:
+    m, _ = mesh
+    alpha_ip = m.peers["alpha"].mesh_ip
+
+    def resolves(peer: str, name: str) -> bool:
+        out = m.peers[peer].host.run(["getent", "hosts", name], check=False).stdout
+        return out.split()[:1] == [alpha_ip]
+
+    for peer in ("alpha", "beta"):
+        for name in ("db.tunnelmesh", "www.alpha.tunnelmesh", "db.tm"):
+            wait_for(lambda: resolves(peer, name), 15, f"{name} on {peer}")  # noqa: B023
+    # dig against beta's resolver directly, too
+    out = (
+        m.peers["beta"]
+        .host.run(["dig", "+short", "@127.0.0.53", "db.tunnelmesh", "A"], check=False)
+        .stdout.split()
+    )
+    assert out == [alpha_ip]
+    # a name that is not an alias of anybody stays unknown
+    assert (
+        not m.peers["beta"].host.run(["getent", "hosts", "nosuch.tunnelmesh"], check=False).stdout
+    )
