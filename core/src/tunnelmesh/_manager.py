@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tunnelmesh._builtin.filter",
     "tunnelmesh._builtin.dns",
     "tunnelmesh._builtin.proxy",
+    "tunnelmesh._builtin.metrics",
 )
 
 

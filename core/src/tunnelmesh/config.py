@@ -165,6 +165,17 @@ class TransportConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ssh_port: int = 2222
 
 
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``metrics:``: the Prometheus endpoint (``GET /metrics``; see docs/metrics.md).
+
+    ``listen`` empty: a node listens on its mesh IP (port 9273), the coordinator on
+    127.0.0.1:9274, so neither is visible outside the mesh or the machine.
+    """
+
+    enabled: bool = True
+    listen: str = ""
+
+
 class _PeerFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = ""
     private_key: str = "~/.tunnelmesh/id_ed25519"
@@ -175,6 +186,7 @@ class _PeerFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     transports: TransportConfig = msgspec.field(default_factory=TransportConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     exit_node: str = ""
     allow_exit_traffic: bool = False
 
@@ -212,6 +224,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth_failures_burst: int = 20
     auth_failures_per_minute: float = 30.0
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     join_mesh: JoinMesh | None = None
     sections: dict[str, Any] = msgspec.field(default_factory=dict)
 

@@ -192,6 +192,9 @@ class ControlClient:
         self.peers_cache = Path(peers_cache) if peers_cache else None
         self.table = PeerTable(identity.peer_id, self._load_cache(), self._load_filter_cache())
         self.registration: RegisterResponse | None = None
+        self.heartbeat_seconds: tuple[int, float] = (0, 0.0)
+        """Acknowledged heartbeats and the seconds they took in all (metrics)."""
+        self.heartbeat_last_seconds: float | None = None
         self.reachable = False
         self.last_contact = 0.0
         self.last_ack: HeartbeatAck | None = None
@@ -336,7 +339,11 @@ class ControlClient:
             allow_exit_traffic=status.allow_exit_traffic,
             aliases=status.aliases,
         )
+        started = time.monotonic()
         ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)
+        took = time.monotonic() - started
+        self.heartbeat_seconds = (self.heartbeat_seconds[0] + 1, self.heartbeat_seconds[1] + took)
+        self.heartbeat_last_seconds = took
         self.last_ack = ack
         if ack.interval > 0:
             self.heartbeat_interval = ack.interval  # the coordinator decides the pace

@@ -166,6 +166,8 @@ class Coordinator:
         self.revision = 0
         self.stun_port = 0
         self.stats = {"registrations": 0, "refused": 0, "heartbeats": 0}
+        self.refused_by: dict[str, int] = {}
+        """Refused attempts by error code (a fixed set of strings; metrics)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._own_peer_known = asyncio.Event()
 
@@ -392,6 +394,7 @@ class Coordinator:
         """Charge a refused attempt to ``source`` and return the failure to raise."""
         self.limiter.charge(source, self.clock())
         self.stats["refused"] += 1
+        self.refused_by[failure.error] = self.refused_by.get(failure.error, 0) + 1
         return failure
 
     def check_allowance(self, source: str) -> None:

@@ -123,6 +123,8 @@ class PeerSync:
         self.link_transport: dict[str, str] = {}
         """Which transport carries each peer's packets (its active path), by peer name."""
         self.link_reason: dict[str, str] = {}
+        self.path_changes: dict[str, int] = {}
+        """Per peer: how often its active path changed (metrics)."""
         """Why that transport (or why none), by peer name, as of the last switch (the live
         reason is :meth:`reasons`)."""
         self.paths: dict[str, PeerPaths] = {}
@@ -293,6 +295,7 @@ class PeerSync:
         else:
             self.link_transport[name] = transport
         self.link_reason[name] = reason
+        self.path_changes[name] = self.path_changes.get(name, 0) + 1
 
     def ask_rendezvous(self, name: str) -> None:
         """Ask the coordinator to make ``name`` dial us (rate-limited per peer)."""

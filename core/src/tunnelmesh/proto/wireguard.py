@@ -156,6 +156,8 @@ class Peer:
         endpoint: where to send (None until configured or learned from a packet).
         persistent_keepalive: seconds between keepalives sent regardless of traffic (0 = off).
         rx_bytes / tx_bytes: transport message bytes received (authenticated) and sent.
+        rx_packets / tx_packets: transport data messages received (authenticated) and sent.
+        handshakes: handshakes completed with this peer.
         last_handshake: ``now`` of the last completed handshake, or None.
     """
 
@@ -165,6 +167,7 @@ class Peer:
         "endpoint",
         "handshake",
         "handshake_attempts",
+        "handshakes",
         "keepalive_at",
         "last_handshake",
         "last_sent_handshake",
@@ -178,9 +181,11 @@ class Peer:
         "public_key",
         "retransmit_at",
         "rx_bytes",
+        "rx_packets",
         "sent_last_minute_handshake",
         "staged",
         "tx_bytes",
+        "tx_packets",
         "zero_keys_at",
     )
 
@@ -214,6 +219,9 @@ class Peer:
         self.last_handshake: float | None = None
         self.rx_bytes = 0
         self.tx_bytes = 0
+        self.rx_packets = 0
+        self.tx_packets = 0
+        self.handshakes = 0
 
     def __repr__(self) -> str:
         return f"<Peer {self.name} endpoint={self.endpoint!r}>"
@@ -432,6 +440,7 @@ class WireGuard:
             out.append(msg)
         kp.send_counter = counter
         peer.tx_bytes += nbytes
+        peer.tx_packets += len(out)
         # timersAnyAuthenticatedPacketTraversal / Sent / DataSent
         if peer.persistent_keepalive > 0:
             peer.persistent_at = now + peer.persistent_keepalive
@@ -495,6 +504,7 @@ class WireGuard:
             return None
         peer = kp.peer
         peer.rx_bytes += len(data)
+        peer.rx_packets += 1
         if addr != peer.endpoint:
             peer.endpoint = addr
             self._events.append(EndpointChanged(peer.name, peer.public_key, addr))
@@ -691,6 +701,7 @@ class WireGuard:
         peer.handshake_attempts = 0
         peer.sent_last_minute_handshake = False
         peer.last_handshake = now
+        peer.handshakes += 1
 
     def _drop_keypair(self, kp: Keypair | None) -> None:
         if kp is not None:
