@@ -522,11 +522,15 @@ class Storage(abc.ABC):
     ) -> ObjectInfo:
         """Assemble the object from ``(number, etag)`` pairs, in ascending number order.
 
-        Parts not named are discarded. The object appears atomically.
+        Parts not named are discarded. The object appears atomically. A number listed more than
+        once (in a row) counts once, with the last ETag listed for it (as S3: a client that
+        re-sent a part lists both answers). Completing an upload that was completed already (a
+        client retrying after a lost response) returns the completed object's info again, for at
+        least a day.
 
         Raises:
-            NoSuchUpload; InvalidPart (missing part, wrong ETag, wrong order, or a part other
-            than the last smaller than :attr:`min_part_size`).
+            NoSuchUpload; InvalidPart (missing part, wrong ETag, descending order, or a part
+            other than the last smaller than :attr:`min_part_size`).
         """
 
     @abc.abstractmethod

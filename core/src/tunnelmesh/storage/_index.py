@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from tunnelmesh.abc import BucketInfo, ObjectInfo, ObjectListing, PartInfo, UploadInfo
 from tunnelmesh.errors import (
     BucketAlreadyExists,
@@ -45,6 +47,9 @@ CREATE TABLE IF NOT EXISTS uploads (
     content_type TEXT NOT NULL, meta TEXT NOT NULL);
 DROP INDEX IF EXISTS uploads_by_key;
 CREATE INDEX IF NOT EXISTS uploads_by_key_id ON uploads (bucket, key, upload_id);
+CREATE TABLE IF NOT EXISTS completed (
+    upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key BLOB NOT NULL, completed REAL NOT NULL,
+    object TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parts (
     upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL, size INTEGER NOT NULL,
     etag TEXT NOT NULL, mtime REAL NOT NULL, PRIMARY KEY (upload_id, number)) WITHOUT ROWID;
@@ -52,6 +57,9 @@ CREATE TABLE IF NOT EXISTS parts (
 
 _OBJECT_COLUMNS = "key, size, etag, mtime, content_type, meta, parts"
 _BATCH = 256
+COMPLETED_KEPT = 24 * 3600
+"""How long a completed upload's result is kept for clients that complete it again (a retry
+after a lost response): seconds."""
 
 
 def upper_bound(prefix: bytes) -> bytes | None:
@@ -182,6 +190,7 @@ class Index:
                 u for (u,) in db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (bucket,))
             ]
             freed = self._drop_uploads(uploads)
+            db.execute("DELETE FROM completed WHERE bucket=?", (bucket,))
             db.execute("DELETE FROM buckets WHERE name=?", (bucket,))
         return freed
 
@@ -393,7 +402,17 @@ class Index:
     ) -> tuple[ObjectInfo, list[str]]:
         db = self.db
         with self._write():
-            upload = self.get_upload(bucket, key, upload_id)
+            try:
+                upload = self.get_upload(bucket, key, upload_id)
+            except NoSuchUpload:
+                row = db.execute(
+                    "SELECT object FROM completed WHERE upload_id=? AND bucket=? AND key=?",
+                    (upload_id, bucket, key.encode("utf-8")),
+                ).fetchone()
+                if row is None:
+                    raise
+                # completed already: the same answer again, as S3 gives a retrying client
+                return msgspec.json.decode(row[0], type=ObjectInfo), []
             have = {
                 n: (blob, size, etag)
                 for n, blob, size, etag in db.execute(
@@ -405,8 +424,11 @@ class Index:
             segments: list[Segment] = []
             digests = hashlib.md5(usedforsecurity=False)
             numbers = [number for number, _ in wanted]
-            if any(b <= a for a, b in itertools.pairwise(numbers)):
+            if any(b < a for a, b in itertools.pairwise(numbers)):
                 raise InvalidPart("parts must be listed in ascending order", reason="order")
+            # a number listed twice (a client that re-sent a part lists both answers): the last
+            # ETag listed for it is the one that counts, as S3
+            wanted = list({number: (number, etag) for number, etag in wanted}.values())
             for i, (number, etag) in enumerate(wanted):
                 part = have.get(number)
                 if part is None or part[2] != etag.strip('"').lower():
@@ -435,6 +457,11 @@ class Index:
             db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
             db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
             raw_key = key.encode("utf-8")
+            db.execute("DELETE FROM completed WHERE completed < ?", (time.time() - COMPLETED_KEPT,))
+            db.execute(
+                "INSERT OR REPLACE INTO completed VALUES (?, ?, ?, ?, ?)",
+                (upload_id, bucket, raw_key, time.time(), msgspec.json.encode(info).decode()),
+            )
             freed += self._segments_of(bucket, raw_key)
             db.execute(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
