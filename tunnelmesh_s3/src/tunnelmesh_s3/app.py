@@ -6,7 +6,8 @@ mount. Every request goes through :func:`_handle`:
 1. find the bucket and key, path-style (``/bucket/key``) or virtual-host-style
    (``bucket.<domain>/key``), from the *raw* request target, so that no normalisation can turn
    ``/a/../b`` into another bucket's key;
-2. check the SigV4 signature (header or presigned query) against the authorizer's secret;
+2. check the SigV4 signature (header or presigned query) against the authorizer's secret, or
+   the legacy SigV2 one (:mod:`.sigv2`) that older tools and ``aws s3 presign`` of CLI v1 make;
 3. dispatch on method, bucket, key and sub-resource to :mod:`.buckets`, :mod:`.objects` or the
    JSON admin API (:mod:`.admin`, under ``/_tunnelmesh/``, a name no bucket can take);
 4. render any :class:`~tunnelmesh_s3.errors.S3Error` as S3's XML error document.
@@ -25,7 +26,7 @@ from aiohttp import web
 from tunnelmesh.abc import Storage
 from tunnelmesh.errors import NoSuchBucket, StorageError
 
-from tunnelmesh_s3 import sigv4
+from tunnelmesh_s3 import sigv2, sigv4
 from tunnelmesh_s3.auth import Action, Authorizer, Principal
 from tunnelmesh_s3.errors import S3Error, from_storage
 from tunnelmesh_s3.xmlio import error_document
@@ -191,7 +192,11 @@ async def _dispatch(
         raw_query,
         [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
     )
-    verified = sigv4.verify(req, lookup, region=config.region, now=config.clock())
+    if sigv2.is_v2(req):
+        prefix = f"/{bucket}" if _virtual(host, config) else ""
+        verified = sigv2.verify(req, lookup, now=config.clock(), bucket_prefix=prefix)
+    else:
+        verified = sigv4.verify(req, lookup, region=config.region, now=config.clock())
     call = Call(
         request,
         storage,

@@ -319,11 +319,18 @@ def verify(
             ) from None
         if algorithm != ALGORITHM:
             raise SigV4Error(code, f"X-Amz-Algorithm must be {ALGORITHM}")
-        if not 1 <= expires <= MAX_PRESIGN_EXPIRES:
-            raise SigV4Error(code, f"X-Amz-Expires must be 1 to {MAX_PRESIGN_EXPIRES} seconds")
+        if expires < 0:
+            raise SigV4Error(code, "X-Amz-Expires must be non-negative")
+        if expires > MAX_PRESIGN_EXPIRES:
+            raise SigV4Error(
+                code,
+                "X-Amz-Expires must be less than a week (in seconds); that is, the given "
+                f"X-Amz-Expires must be less than {MAX_PRESIGN_EXPIRES} seconds",
+            )
         access_key, date, scope = _parse_credential(credential, region, code)
         when = _parse_amz_date(amz)
-        if now > when + expires:
+        if expires == 0 or now > when + expires:
+            # S3's answer to a presigned URL used too late (X-Amz-Expires=0: at once)
             raise SigV4Error("AccessDenied", "Request has expired")
         if when > now + max_skew:
             raise SigV4Error("AccessDenied", "Request is not valid yet")
@@ -338,6 +345,16 @@ def verify(
         )
     if "host" not in signed:
         raise SigV4Error("AccessDenied", "the host header must be signed")
+    unsigned = sorted(
+        {name.lower() for name, _ in req.headers if name.lower().startswith("x-amz-")} - set(signed)
+    )
+    if unsigned:
+        # S3 refuses these: a man-in-the-middle could add metadata or a copy source otherwise
+        raise SigV4Error(
+            "AccessDenied",
+            "There were headers present in the request which were not signed: "
+            + ", ".join(unsigned),
+        )
     secret = lookup_secret(access_key)
     if secret is None:
         raise SigV4Error(
