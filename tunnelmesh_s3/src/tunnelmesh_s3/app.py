@@ -134,8 +134,16 @@ def build_app(
     app[STORAGE_KEY] = storage
     app[AUTH_KEY] = authorizer
     app[CONFIG_KEY] = config or S3Config()
-    app.router.add_route("*", "/{tail:.*}", _handle)
+    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
     return app
+
+
+async def _expect(request: web.Request) -> None:
+    """``Expect: 100-continue`` gets its interim response; any other expectation is ignored,
+    as S3 does (aiohttp's default answers 417)."""
+    if request.version == (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:

@@ -132,6 +132,9 @@ async def create_bucket(call: Call) -> web.Response:
         raise S3Error("InvalidBucketName", str(exc), BucketName=call.bucket) from None
     except BucketAlreadyExists:
         if call.auth.allowed(call.principal, call.bucket, "own"):
+            if call.config.region == "us-east-1":
+                # S3's us-east-1 answers a re-creation by the owner with success
+                return web.Response(headers={"Location": f"/{call.bucket}"})
             raise S3Error(
                 "BucketAlreadyOwnedByYou",
                 "Your previous request to create the named bucket succeeded and you already own it.",

@@ -95,6 +95,15 @@ def _metadata(headers: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def _without_aws_chunked(value: str) -> str:
+    """A Content-Encoding without its ``aws-chunked`` coding (how this request was framed, not
+    how the object is encoded); every other byte kept as sent (metadata round-trips exactly)."""
+    codings = value.split(",")
+    if all(c.strip().lower() != "aws-chunked" for c in codings):
+        return value
+    return ",".join(c for c in codings if c.strip().lower() != "aws-chunked").strip()
+
+
 def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
     out = {}
     for name in STORED_HEADERS:
@@ -102,8 +111,7 @@ def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if value is None:
             continue
         if name == "content-encoding":
-            # aws-chunked is how this request was framed, not how the object is encoded
-            value = ",".join(v.strip() for v in value.split(",") if v.strip() != "aws-chunked")
+            value = _without_aws_chunked(value)
             if not value:
                 continue
         out[name] = value
