@@ -155,12 +155,13 @@ def test_tls_is_verified_against_the_pinned_ca(tmp_path: Path) -> None:
 
 def test_register_gives_ip_dns_and_admin_to_first(tmp_path: Path) -> None:
     async def main() -> None:
-        async with CoordinatorServer(config(tmp_path, admin_peers=["ops-*"])) as server:
+        async with CoordinatorServer(config(tmp_path)) as server:
             a = await client(server, "alpha")
             b = await client(server, "beta")
             o = await client(server, "ops-1")
             regs = [a.registration, b.registration, o.registration]
-            assert [r.is_admin for r in regs if r] == [True, False, True]
+            # No admin_peers: the first key to register is admin (by its peer ID).
+            assert [r.is_admin for r in regs if r] == [True, False, False]
             assert a.registration and a.registration.mesh_cidr == "172.30.0.0/16"
             ips = {r.mesh_ip for r in regs if r}
             assert len(ips) == 3
@@ -169,6 +170,25 @@ def test_register_gives_ip_dns_and_admin_to_first(tmp_path: Path) -> None:
             assert names["alpha.tunnelmesh"] == a.registration.mesh_ip
             assert "this.tunnelmesh" not in names  # no coordinator peer here
             for c in (a, b, o):
+                await c.aclose()
+
+    run(main())
+
+
+def test_admin_peers_by_peer_id_or_fingerprint_replace_the_first_peer_rule(
+    tmp_path: Path,
+) -> None:
+    by_id, by_fp = Identity.generate(), Identity.generate()
+
+    async def main() -> None:
+        cfg = config(tmp_path, admin_peers=[by_id.peer_id, by_fp.fingerprint])
+        async with CoordinatorServer(cfg) as server:
+            a = await client(server, "alpha")
+            o1 = await client(server, "ops-1", by_id)
+            o2 = await client(server, "ops-2", by_fp)
+            regs = [a.registration, o1.registration, o2.registration]
+            assert [r.is_admin for r in regs if r] == [False, True, True]
+            for c in (a, o1, o2):
                 await c.aclose()
 
     run(main())
@@ -220,7 +240,7 @@ def test_bad_registrations_get_clear_4xx(tmp_path: Path) -> None:
                     ),
                 )
             )
-            cases.append((401, "bad_token", await api.call("POST", "/api/v1/register", body)))
+            cases.append((401, "token_required", await api.call("POST", "/api/v1/register", body)))
             body = await api.signed(ident, "alpha", signer=Identity.generate())
             cases.append(
                 (
@@ -354,8 +374,10 @@ def test_session_required(tmp_path: Path) -> None:
             api = Api(server)
             assert (await api.call("POST", "/api/v1/heartbeat", {}))[0] == 401
             assert (await api.call("GET", "/api/v1/peers"))[0] == 401
-            assert (await api.call("GET", "/api/v1/peers", token=TOKEN))[0] == 200
-            assert (await api.call("POST", "/api/v1/heartbeat", {}, token=TOKEN))[0] == 401
+            # The mesh join token is no credential for anything but a new key's registration.
+            assert (await api.call("GET", "/api/v1/peers", token=TOKEN))[0] == 403
+            assert (await api.call("GET", "/api/v1/dns", token=TOKEN))[0] == 403
+            assert (await api.call("POST", "/api/v1/heartbeat", {}, token=TOKEN))[0] == 403
             assert (await api.call("GET", "/health"))[0] == 200
             assert (await api.call("GET", "/no/such/path"))[0] == 404
             await api.close()
@@ -394,11 +416,12 @@ def test_restart_keeps_names_and_ips(tmp_path: Path) -> None:
     run(main())
 
 
-def test_delete_frees_name_and_ip(tmp_path: Path) -> None:
+def test_delete_frees_the_ip_and_keeps_the_name_for_its_key(tmp_path: Path) -> None:
     async def main() -> None:
         async with CoordinatorServer(config(tmp_path)) as server:
             admin = await client(server, "admin-node")
-            a = await client(server, "alpha")
+            ident = Identity.generate()
+            a = await client(server, "alpha", ident)
             b = await client(server, "beta")
             assert a.registration
             with pytest.raises(ApiRequestError) as err:  # beta is not admin
@@ -407,12 +430,14 @@ def test_delete_frees_name_and_ip(tmp_path: Path) -> None:
             ip = a.registration.mesh_ip
             await a.leave()
             assert not server.coordinator.alloc.is_used(ip)
-            again = await client(server, "alpha")
+            other = await client(server, "alpha")  # another key: the name stays alpha's
+            assert other.registration and other.registration.name == "alpha-2"
+            again = await client(server, "alpha", ident)  # the same key gets it back
             assert again.registration and again.registration.name == "alpha"
             await admin._call("DELETE", "/api/v1/peers/beta", None)
             names = {p.name for p in (await admin.list_peers()).peers}
-            assert names == {"admin-node", "alpha"}
-            for c in (admin, a, b, again):
+            assert names == {"admin-node", "alpha", "alpha-2"}
+            for c in (admin, a, b, other, again):
                 await c.aclose()
 
     run(main())

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from tunnelmesh import hookimpl
+from tunnelmesh import Policy, hookimpl, route_policy
 from tunnelmesh._manager import make_plugin_manager
 from tunnelmesh.config import JoinMesh, ServerConfig
 from tunnelmesh.control.client import ControlClient, fetch_ca
@@ -41,9 +41,9 @@ class EchoPlugin:
     def tunnelmesh_register_coordinator_routes(
         self, app: web.Application, coordinator: Any
     ) -> None:
+        @route_policy(Policy.PEER)
         async def whoami(request: web.Request) -> web.Response:
             rec = authenticated_peer(request)
-            assert rec is not None
             return web.json_response({"name": rec.name, "admin": rec.is_admin})
 
         async def service(app: web.Application) -> AsyncIterator[None]:

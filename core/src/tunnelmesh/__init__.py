@@ -23,6 +23,7 @@ from tunnelmesh.errors import (
     TransportError,
     TunnelmeshError,
 )
+from tunnelmesh.policy import Policy, route_policy
 
 try:
     __version__ = version("tunnelmesh")
@@ -37,10 +38,12 @@ __all__ = [
     "PROJECT_NAME",
     "ConfigError",
     "PluginError",
+    "Policy",
     "ProtocolError",
     "StorageError",
     "TransportError",
     "TunnelmeshError",
     "__version__",
     "hookimpl",
+    "route_policy",
 ]

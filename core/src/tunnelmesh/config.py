@@ -208,6 +208,25 @@ class PeerConfig(_PeerFields, forbid_unknown_fields=True, kw_only=True):
     sections: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+_PEER_ID = re.compile(r"^[0-9a-f]{16}$")
+_SSH_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+
+
+def admin_entry_problem(entry: str) -> str | None:
+    """None when ``entry`` can be an ``admin_peers`` entry, else why not.
+
+    An entry names a key, never a name: a 16-hex-digit peer ID (``tunnelmesh status``) or the
+    ``SHA256:`` fingerprint of the peer's ed25519 key as ``ssh-keygen -lf KEY.pub`` prints it.
+    """
+    if _PEER_ID.match(entry) or _SSH_FINGERPRINT.match(entry):
+        return None
+    return (
+        "not a peer ID (16 hex digits) or a SHA256: key fingerprint; names and globs are not "
+        "accepted, because a name can be registered by another key (give the peer ID from "
+        "`tunnelmesh status` or `ssh-keygen -lf ~/.tunnelmesh/id_ed25519.pub`)"
+    )
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The coordination server's configuration (``server.yaml``)."""
 
@@ -244,6 +263,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("auth_failures_burst must be >= 1 and auth_failures_per_minute >= 0")
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
+        for i, entry in enumerate(self.admin_peers):
+            reason = admin_entry_problem(entry)
+            if reason is not None:
+                raise ValueError(f"admin_peers[{i}] {entry!r}: {reason}")
 
 
 def _error_from_validation(exc: msgspec.ValidationError, path: str, prefix: str) -> ConfigError:

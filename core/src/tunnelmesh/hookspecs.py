@@ -131,12 +131,19 @@ def tunnelmesh_register_coordinator_routes(app: Any, coordinator: Any) -> None:
     """Add HTTP (and WebSocket) routes to the coordination server.
 
     Called once, when the coordinator builds its web application, before it starts serving.
+    Every handler declares who may call it with ``@tunnelmesh.route_policy(Policy....)``; the
+    coordinator refuses to start when a route has no policy, and checks the caller against it
+    before the handler runs (``tunnelmesh.coordinator.api.authenticated_peer(request)`` then
+    returns the calling peer).
 
     :param app: the coordinator's ``aiohttp.web.Application``; add routes to ``app.router``.
-    :param coordinator: the running coordinator, for its state store and peer registry.
+    :param coordinator: the running coordinator, for its state store, peer registry and
+        groups (``coordinator.groups``).
     :return: ignored.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       Each route must declare a policy (issue 11).
     """
 
 

@@ -31,6 +31,7 @@ from tunnelmesh.logs import add_secret
 __all__ = [
     "Identity",
     "default_key_path",
+    "fingerprint_of",
     "parse_public_key",
     "peer_id_of",
     "tunnelmesh_home",
@@ -60,6 +61,20 @@ def peer_id_of(public_key: Ed25519PublicKey | bytes) -> str:
     """The 16-hex-digit peer ID of a public key (SHA-256 of the raw key, first 8 bytes)."""
     raw = public_key if isinstance(public_key, bytes) else _raw_public(public_key)
     return hashlib.sha256(raw).digest()[:8].hex()
+
+
+def fingerprint_of(public_openssh: str) -> str:
+    """``SHA256:...`` of an OpenSSH public key line, exactly as ``ssh-keygen -lf`` prints it.
+
+    Raises:
+        ValueError: not an OpenSSH public key line.
+    """
+    try:
+        blob = base64.b64decode(public_openssh.split()[1], validate=True)
+    except (IndexError, ValueError):
+        raise ValueError("not an OpenSSH public key line ('ssh-ed25519 AAAA...')") from None
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+    return f"SHA256:{digest}"
 
 
 def x25519_public_of(public_key: Ed25519PublicKey | bytes) -> bytes:
@@ -210,9 +225,7 @@ class Identity:
     @property
     def fingerprint(self) -> str:
         """``SHA256:...`` as ``ssh-keygen -l`` prints it."""
-        blob = base64.b64decode(self.public_openssh.split()[1])
-        digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
-        return f"SHA256:{digest}"
+        return fingerprint_of(self.public_openssh)
 
     def sign(self, data: bytes) -> bytes:
         """An ed25519 signature of ``data`` (64 bytes)."""

@@ -2,8 +2,8 @@
 
 Added to the coordinator by the plugin's ``tunnelmesh_register_coordinator_routes`` hook::
 
-    GET /api/v1/relay         session token   WebSocket (binary messages, see relay.proto)
-    GET /api/v1/relay/stats   mesh token or an admin peer's session: per-peer counters (JSON)
+    GET /api/v1/relay         peer    WebSocket (binary messages, see relay.proto)
+    GET /api/v1/relay/stats   admin   per-peer counters (JSON)
 
 A peer authenticates the WebSocket upgrade with its coordinator session token (the
 ``Authorization: Bearer`` header the control API uses), so its relay name is the name it
@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import WSMsgType, web
+from tunnelmesh import Policy, route_policy
 from tunnelmesh.coordinator.api import authenticated_peer
 
 from tunnelmesh_relay.proto import (
@@ -190,10 +191,10 @@ class RelayHub:
 RELAY_HUB_KEY = web.AppKey("relay_hub", RelayHub)
 
 
+@route_policy(Policy.PEER)
 async def relay_ws(request: web.Request) -> web.StreamResponse:
     hub = request.app[RELAY_HUB_KEY]
     rec = authenticated_peer(request)
-    assert rec is not None
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_MESSAGE, compress=False)
     await ws.prepare(request)
     conn = hub.attach(rec.name, ws)
@@ -210,11 +211,9 @@ async def relay_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+@route_policy(Policy.ADMIN)
 async def relay_stats(request: web.Request) -> web.Response:
     hub = request.app[RELAY_HUB_KEY]
-    rec = authenticated_peer(request, allow_token=True)
-    if rec is not None and not rec.is_admin:
-        raise web.HTTPForbidden(text="relay statistics are for admins")
     return web.json_response(hub.stats())
 
 

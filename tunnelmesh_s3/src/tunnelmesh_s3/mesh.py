@@ -18,9 +18,9 @@ is deleted. SigV4 signatures are compared in constant time.
 
 Routes (JSON; errors as the coordinator's ``{"error", "message", "status"}``)::
 
-    GET    /api/v1/s3                     session|token   {endpoint, region, listening}
-    POST   /api/v1/s3/credentials         session         {rotate?} -> the caller's credential
-    DELETE /api/v1/s3/credentials/{name}  session (self or admin)|token   revoke a peer's keys
+    GET    /api/v1/s3                     peer            {endpoint, region, listening}
+    POST   /api/v1/s3/credentials         peer            {rotate?} -> the caller's credential
+    DELETE /api/v1/s3/credentials/{name}  self-or-admin   revoke a peer's keys
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from tunnelmesh import Policy, route_policy
 from tunnelmesh.abc import Storage
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator.api import authenticated_peer
@@ -330,13 +331,13 @@ class MeshS3Service:
 
     # --- coordinator routes ------------------------------------------------------------------
 
+    @route_policy(Policy.PEER)
     async def handle_info(self, request: web.Request) -> web.Response:
-        authenticated_peer(request, allow_token=True)
         return _json(self.info())
 
+    @route_policy(Policy.PEER)
     async def handle_credentials(self, request: web.Request) -> web.Response:
         rec = authenticated_peer(request)
-        assert rec is not None
         raw = await request.read()
         try:
             req = msgspec.json.decode(raw, type=CredentialRequest) if raw else CredentialRequest()
@@ -358,14 +359,12 @@ class MeshS3Service:
             )
         )
 
+    @route_policy(Policy.SELF_OR_ADMIN, target="name")
     async def handle_revoke(self, request: web.Request) -> web.Response:
-        caller = authenticated_peer(request, allow_token=True)
         name = request.match_info["name"]
         rec = self.coordinator.peer_by_name(name)
         if rec is None:
             raise ApiFailure(404, "no_such_peer", f"no peer named {name!r}")
-        if caller is not None and caller.peer_id != rec.peer_id and not caller.is_admin:
-            raise ApiFailure(403, "forbidden", "only the peer itself or an admin can revoke keys")
         revoked = await self.authorizer.revoke_peer(rec.peer_id)
         return web.json_response({"status": "ok", "peer": name, "revoked": revoked})
 

@@ -33,7 +33,9 @@ domain: "tunnelmesh"
 # state (SQLite database, mesh CA); a restart with the same directory loses nothing
 data_dir: "/var/lib/tunnelmesh"
 
-# peers (by name) that are admins besides the first peer to join
+# admin peers, by key: peer IDs (tunnelmesh status) or SHA256: fingerprints as
+# `ssh-keygen -lf ~/.tunnelmesh/id_ed25519.pub` prints them; never names or globs.
+# Empty: the first peer to join is admin. Re-read on SIGHUP (removing an entry demotes).
 admin_peers: []
 
 # how often peers report in; a peer missing three heartbeats is shown offline

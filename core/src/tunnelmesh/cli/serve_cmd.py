@@ -137,7 +137,8 @@ def serve(
     settings from join_mesh; needs root), reachable as this.tunnelmesh / this.tm. With
     --no-tun, or when no transport plugin is installed, that peer runs the control plane only.
 
-    SIGHUP re-reads the config file and applies the filter rules (pushed to every peer at
+    SIGHUP re-reads the config file and applies admin_peers (an entry removed demotes that
+    peer at once) and the filter rules (pushed to every peer at
     once); an invalid file is reported and the running config kept.
     """
     registry = ctx.pm.build_registry()

@@ -1,25 +1,36 @@
 """The coordinator's HTTPS API (aiohttp): thin handlers over :class:`Coordinator`.
 
-Routes (all JSON; errors are ``{"error": code, "message": text, "status": n}``)::
+Routes (all JSON; errors are ``{"error": code, "message": text, "status": n}``); the policy
+column is what :func:`tunnelmesh.route_policy` declares on each handler::
 
-    GET    /health                          -
-    GET    /ca.crt                          -            the mesh CA (PEM)
-    GET    /api/v1/ca?nonce=N               -            CA + HMAC proof (first contact)
-    POST   /api/v1/register/challenge       -            {nonce, expires_in}
-    POST   /api/v1/register                 mesh token   RegisterRequest -> RegisterResponse
-    POST   /api/v1/heartbeat                session      Heartbeat -> HeartbeatAck
-    GET    /api/v1/peers                    session|token
-    GET    /api/v1/peers/{name}             session|token
-    DELETE /api/v1/peers/{name}             session (self or admin)|token
-    GET    /api/v1/dns                      session|token
-    POST   /api/v1/rendezvous               session      RendezvousRequest -> RendezvousAck
-    GET    /api/v1/push                     session      WebSocket: snapshot + filter rules, then changes
+    GET    /health                          public
+    GET    /ca.crt                          public       the mesh CA (PEM)
+    GET    /api/v1/ca?nonce=N               public       CA + HMAC proof (first contact)
+    POST   /api/v1/register/challenge       public       {nonce, expires_in}
+    POST   /api/v1/register                 join         RegisterRequest -> RegisterResponse
+    POST   /api/v1/heartbeat                peer         Heartbeat -> HeartbeatAck
+    GET    /api/v1/peers                    peer
+    GET    /api/v1/peers/{name}             peer
+    DELETE /api/v1/peers/{name}             self-or-admin
+    DELETE /api/v1/names/{name}             admin        free a name a deleted key held
+    POST   /api/v1/token/rotate             admin        -> {"token": new join token}
+    GET    /api/v1/groups                   peer         every group and its peer IDs
+    POST   /api/v1/groups                   admin        {"name"} create
+    DELETE /api/v1/groups/{group}           admin
+    POST   /api/v1/groups/{group}/members   admin        {"add": [...], "remove": [...]}
+    GET    /api/v1/dns                      peer
+    POST   /api/v1/rendezvous               peer         RendezvousRequest -> RendezvousAck
+    GET    /api/v1/push                     peer         WebSocket: snapshot + filter rules, then changes
 
-Plugins add routes through ``tunnelmesh_register_coordinator_routes(app, coordinator)``; they
-can authenticate a request with :func:`authenticated_peer`, run a service for as long as the
-coordinator runs with aiohttp's ``app.cleanup_ctx`` (started before the API listens, stopped when
-the coordinator stops), and learn the coordinator's own mesh IP with
-``await coordinator.wait_own_mesh_ip()``.
+Every route declares its policy (:mod:`tunnelmesh.policy`) and :func:`build_app` refuses a
+route without one; the ``_authorize`` middleware checks the caller before the handler runs.
+The mesh join token is no credential here: it only lets a new key register.
+
+Plugins add routes through ``tunnelmesh_register_coordinator_routes(app, coordinator)``,
+decorating each handler with ``@tunnelmesh.route_policy(...)``; the handler gets the caller
+with :func:`authenticated_peer`, can run a service for as long as the coordinator runs with
+aiohttp's ``app.cleanup_ctx`` (started before the API listens, stopped when the coordinator
+stops), and learn the coordinator's own mesh IP with ``await coordinator.wait_own_mesh_ip()``.
 """
 
 from __future__ import annotations
@@ -47,13 +58,17 @@ from tunnelmesh.control.messages import (
 from tunnelmesh.coordinator.auth import CHALLENGE_TTL
 from tunnelmesh.coordinator.ca import ca_proof
 from tunnelmesh.coordinator.core import ApiFailure, Coordinator
+from tunnelmesh.coordinator.groups import GroupError
 from tunnelmesh.coordinator.store import PeerRecord
+from tunnelmesh.errors import PluginError
+from tunnelmesh.policy import Policy, policy_of, route_policy
 
-__all__ = ["COORDINATOR_KEY", "authenticated_peer", "build_app"]
+__all__ = ["COORDINATOR_KEY", "authenticated_peer", "build_app", "route_table"]
 
 log = logging.getLogger(__name__)
 
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
+_CALLER = web.RequestKey("tunnelmesh_caller", PeerRecord)
 MAX_BODY = 64 * 1024
 
 _register_dec = msgspec.json.Decoder(RegisterRequest)
@@ -97,30 +112,78 @@ def _bearer(request: web.Request) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-def authenticated_peer(request: web.Request, *, allow_token: bool = False) -> PeerRecord | None:
-    """The peer a request's session token belongs to.
+def authenticated_peer(request: web.Request) -> PeerRecord:
+    """The peer a request's session token belongs to (the mesh join token is none).
 
-    Returns None when ``allow_token`` and the request carries the mesh auth token instead (an
-    operator). Charges the source's failure allowance on a bad credential.
+    Charges the source's failure allowance on a bad credential.
 
     Raises:
-        ApiFailure: 401 without a valid session token (or mesh token when allowed), 429 when the
-            source is over its failure allowance.
+        ApiFailure: 401 without a valid session token, 429 when the source is over its
+            failure allowance.
     """
+    known: PeerRecord | None = request.get(_CALLER)
+    if known is not None:
+        return known
     coord = request.app[COORDINATOR_KEY]
     source = _source(request)
     coord.check_allowance(source)
     bearer = _bearer(request)
-    if bearer:
-        rec = coord.peer_by_session(bearer)
-        if rec is not None:
-            return rec
-        if allow_token and coord.token_ok(bearer):
-            return None
-    raise coord.refuse(
-        source,
-        ApiFailure(401, "unauthorized", "missing or unknown session token; register (join) again"),
-    )
+    rec = coord.peer_by_session(bearer) if bearer else None
+    if rec is None and coord.token_ok(bearer):
+        raise coord.refuse(
+            source,
+            ApiFailure(
+                403,
+                "token_not_credential",
+                "the mesh join token only registers a new key; it grants nothing else",
+            ),
+        )
+    if rec is None:
+        raise coord.refuse(
+            source,
+            ApiFailure(
+                401, "unauthorized", "missing or unknown session token; register (join) again"
+            ),
+        )
+    request[_CALLER] = rec
+    return rec
+
+
+@web.middleware
+async def _authorize(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Check the caller against the matched route's declared :class:`~tunnelmesh.Policy`."""
+    match = request.match_info
+    if match.http_exception is not None:  # no route: 404/405 as aiohttp says
+        raise match.http_exception
+    declared = policy_of(match.handler)
+    if declared is None:  # build_app refuses these; a route added later is refused here
+        log.error("refused %s %s: the route declares no policy", request.method, request.path)
+        raise ApiFailure(403, "no_policy", "this route declares no access policy")
+    policy = declared.policy
+    if policy in (Policy.PUBLIC, Policy.JOIN):
+        return await handler(request)  # type: ignore[no-any-return]
+    coord = request.app[COORDINATOR_KEY]
+    rec = authenticated_peer(request)
+    if policy is Policy.ADMIN and not coord.is_admin(rec):
+        raise coord.refuse(_source(request), ApiFailure(403, "forbidden", "admins only"))
+    if policy is Policy.SELF_OR_ADMIN and not coord.is_admin(rec):
+        target = coord.peer_by_name(match.get(declared.target, ""))
+        if target is None or target.peer_id != rec.peer_id:
+            raise coord.refuse(
+                _source(request),
+                ApiFailure(403, "forbidden", "only the peer itself or an admin may do this"),
+            )
+    return await handler(request)  # type: ignore[no-any-return]
+
+
+def route_table(app: web.Application) -> list[tuple[str, str, Policy | None]]:
+    """``(method, path, policy)`` of every route of ``app`` (None: no policy declared)."""
+    out = []
+    for route in app.router.routes():
+        info = route.resource.canonical if route.resource is not None else "?"
+        found = policy_of(route.handler)
+        out.append((route.method, info, found.policy if found else None))
+    return out
 
 
 async def _body(request: web.Request, decoder: msgspec.json.Decoder[Any]) -> Any:
@@ -137,11 +200,13 @@ async def _body(request: web.Request, decoder: msgspec.json.Decoder[Any]) -> Any
         raise ApiFailure(400, "malformed", f"request body is not JSON: {exc}") from None
 
 
+@route_policy(Policy.PUBLIC)
 async def health(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     return web.json_response({"status": "ok", "version": __version__, "peers": len(coord.peers)})
 
 
+@route_policy(Policy.PUBLIC)
 async def ca_crt(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     assert coord.ca is not None
@@ -152,6 +217,7 @@ async def ca_crt(request: web.Request) -> web.Response:
     )
 
 
+@route_policy(Policy.PUBLIC)
 async def ca_with_proof(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     assert coord.ca is not None
@@ -159,9 +225,10 @@ async def ca_with_proof(request: web.Request) -> web.Response:
     if not 16 <= len(nonce) <= 128:
         raise ApiFailure(400, "malformed", "nonce must be 16 to 128 characters")
     pem = coord.ca.cert_pem
-    return _json(CaResponse(ca_pem=pem, proof=ca_proof(coord.config.auth_token, nonce, pem)))
+    return _json(CaResponse(ca_pem=pem, proof=ca_proof(coord.auth_token, nonce, pem)))
 
 
+@route_policy(Policy.PUBLIC)
 async def challenge(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     nonce = coord.issue_challenge(_source(request))
@@ -170,6 +237,7 @@ async def challenge(request: web.Request) -> web.Response:
     )
 
 
+@route_policy(Policy.JOIN)
 async def register(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     source = _source(request)
@@ -182,62 +250,60 @@ async def register(request: web.Request) -> web.Response:
     return _json(resp)
 
 
+@route_policy(Policy.PEER)
 async def heartbeat(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     rec = authenticated_peer(request)
-    assert rec is not None
     hb = await _body(request, _heartbeat_dec)
     peername = request.transport.get_extra_info("peername") if request.transport else None
     observed = f"{peername[0]}:{peername[1]}" if peername else (request.remote or "")
     return _json(coord.heartbeat(rec, hb, observed))
 
 
+@route_policy(Policy.PEER)
 async def list_peers(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    authenticated_peer(request, allow_token=True)
     return _json(PeersResponse(peers=coord.peer_infos(), revision=coord.revision))
 
 
+@route_policy(Policy.PEER)
 async def get_peer(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    authenticated_peer(request, allow_token=True)
     rec = coord.peer_by_name(request.match_info["name"])
     if rec is None:
         raise ApiFailure(404, "no_such_peer", f"no peer named {request.match_info['name']!r}")
     return _json(coord.info(rec))
 
 
+@route_policy(Policy.SELF_OR_ADMIN)
 async def delete_peer(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    caller = authenticated_peer(request, allow_token=True)
     name = request.match_info["name"]
     rec = coord.peer_by_name(name)
     if rec is None:
         raise ApiFailure(404, "no_such_peer", f"no peer named {name!r}")
-    if caller is not None and caller.peer_id != rec.peer_id and not caller.is_admin:
-        raise ApiFailure(403, "forbidden", "only the peer itself or an admin can delete a peer")
     await coord.delete(rec)
     return web.json_response({"status": "ok", "deleted": name})
 
 
+@route_policy(Policy.PEER)
 async def dns(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    authenticated_peer(request, allow_token=True)
     return _json(DnsResponse(records=coord.dns_records()))
 
 
+@route_policy(Policy.PEER)
 async def rendezvous(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     rec = authenticated_peer(request)
-    assert rec is not None
     req = await _body(request, _rendezvous_dec)
     return _json(coord.rendezvous(rec, req))
 
 
+@route_policy(Policy.PEER)
 async def push(request: web.Request) -> web.StreamResponse:
     coord = request.app[COORDINATOR_KEY]
     rec = authenticated_peer(request)
-    assert rec is not None
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_BODY)
     await ws.prepare(request)
     snapshot = encode(Snapshot(peers=coord.peer_infos(), revision=coord.revision))
@@ -251,9 +317,93 @@ async def push(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+@route_policy(Policy.ADMIN)
+async def release_name(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    name = request.match_info["name"]
+    owner = await coord.release_name(name)
+    return web.json_response({"status": "ok", "released": name, "peer_id": owner})
+
+
+@route_policy(Policy.ADMIN)
+async def rotate_token(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    token = await coord.rotate_token()
+    return web.json_response({"status": "ok", "token": token})
+
+
+def _group_failure(exc: GroupError) -> ApiFailure:
+    return ApiFailure(exc.status, exc.error, exc.message)
+
+
+def _group_json(coord: Coordinator, name: str) -> dict[str, Any]:
+    members = sorted(coord.groups.members(name))
+    names = {pid: coord.peers[pid].name for pid in members if pid in coord.peers}
+    return {"name": name, "members": members, "names": names}
+
+
+@route_policy(Policy.PEER)
+async def list_groups(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    return web.json_response({"groups": [_group_json(coord, n) for n in coord.groups.names()]})
+
+
+class _GroupCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class _GroupChange(msgspec.Struct, forbid_unknown_fields=True):
+    add: list[str] = msgspec.field(default_factory=list)
+    remove: list[str] = msgspec.field(default_factory=list)
+
+
+_group_create_dec = msgspec.json.Decoder(_GroupCreate)
+_group_change_dec = msgspec.json.Decoder(_GroupChange)
+
+
+@route_policy(Policy.ADMIN)
+async def create_group(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    req = await _body(request, _group_create_dec)
+    try:
+        await coord.groups.create(req.name)
+    except GroupError as exc:
+        raise _group_failure(exc) from None
+    return web.json_response(_group_json(coord, req.name), status=201)
+
+
+@route_policy(Policy.ADMIN)
+async def delete_group(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    name = request.match_info["group"]
+    try:
+        await coord.groups.delete(name)
+    except GroupError as exc:
+        raise _group_failure(exc) from None
+    return web.json_response({"status": "ok", "deleted": name})
+
+
+@route_policy(Policy.ADMIN)
+async def change_group(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    name = request.match_info["group"]
+    req = await _body(request, _group_change_dec)
+    add = [coord.resolve_peer(x) for x in req.add]
+    remove = [coord.resolve_peer(x, known_only=False) for x in req.remove]
+    try:
+        await coord.groups.change(name, add=add, remove=remove)
+    except GroupError as exc:
+        raise _group_failure(exc) from None
+    return web.json_response(_group_json(coord, name))
+
+
 def build_app(coord: Coordinator, pm: Any = None) -> web.Application:
-    """The aiohttp application, with plugin routes added through the hook."""
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    """The aiohttp application, with plugin routes added through the hook.
+
+    Raises:
+        PluginError: a route (a plugin's) declares no policy.
+    """
+    app = web.Application(middlewares=[_errors, _authorize], client_max_size=MAX_BODY)
     app[COORDINATOR_KEY] = coord
     r = app.router
     r.add_get("/health", health)
@@ -265,9 +415,21 @@ def build_app(coord: Coordinator, pm: Any = None) -> web.Application:
     r.add_get("/api/v1/peers", list_peers)
     r.add_get("/api/v1/peers/{name}", get_peer)
     r.add_delete("/api/v1/peers/{name}", delete_peer)
+    r.add_delete("/api/v1/names/{name}", release_name)
+    r.add_post("/api/v1/token/rotate", rotate_token)
+    r.add_get("/api/v1/groups", list_groups)
+    r.add_post("/api/v1/groups", create_group)
+    r.add_delete("/api/v1/groups/{group}", delete_group)
+    r.add_post("/api/v1/groups/{group}/members", change_group)
     r.add_get("/api/v1/dns", dns)
     r.add_post("/api/v1/rendezvous", rendezvous)
     r.add_get("/api/v1/push", push)
     if pm is not None:
         pm.hook.tunnelmesh_register_coordinator_routes(app=app, coordinator=coord)
+    missing = [f"{m} {path}" for m, path, policy in route_table(app) if policy is None]
+    if missing:
+        raise PluginError(
+            f"coordinator route(s) without an access policy: {', '.join(missing)}; decorate "
+            "each handler with @tunnelmesh.route_policy(Policy...)"
+        )
     return app

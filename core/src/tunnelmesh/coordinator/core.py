@@ -21,7 +21,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import fnmatch
 import hashlib
 import ipaddress
 import logging
@@ -60,6 +59,7 @@ from tunnelmesh.coordinator.auth import (
     token_matches,
 )
 from tunnelmesh.coordinator.ca import MeshCa, ServerCert
+from tunnelmesh.coordinator.groups import GroupBook
 from tunnelmesh.coordinator.liveness import Liveness
 from tunnelmesh.coordinator.policy import (
     MAX_ALIASES,
@@ -70,7 +70,13 @@ from tunnelmesh.coordinator.policy import (
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
 from tunnelmesh.errors import StorageError
-from tunnelmesh.identity import parse_public_key, peer_id_of, verify_signature, x25519_public_of
+from tunnelmesh.identity import (
+    fingerprint_of,
+    parse_public_key,
+    peer_id_of,
+    verify_signature,
+    x25519_public_of,
+)
 from tunnelmesh.logs import add_secret
 
 __all__ = ["ApiFailure", "Coordinator"]
@@ -79,6 +85,7 @@ log = logging.getLogger(__name__)
 
 _CA_KEY = "mesh_ca"
 _FIRST_ADMIN_KEY = "first_admin"
+_TOKEN_KEY = "auth_token"
 
 
 @dataclass
@@ -162,6 +169,15 @@ class Coordinator:
         self._by_session: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._first_admin: str | None = None
+        self._names: dict[str, str] = {}  # reserved name -> peer ID (live peers and tombstones)
+        self._admin_entries: frozenset[str] = frozenset(config.admin_peers)
+        self._token = config.auth_token
+        self.groups = GroupBook(
+            self.store,
+            admins=lambda: [p.peer_id for p in self.peers.values() if self.is_admin(p)],
+            everyone=lambda: list(self.peers),
+            clock=self.clock,
+        )
         self._lock = asyncio.Lock()
         self.revision = 0
         self.stun_port = 0
@@ -187,8 +203,14 @@ class Coordinator:
         self._check_ca_constraints(self.ca)
         first = await self.store.get_meta(_FIRST_ADMIN_KEY)
         self._first_admin = first.decode("ascii") if first else None
+        rotated = await self.store.get_meta(_TOKEN_KEY)
+        if rotated is not None:
+            self._token = rotated.decode("utf-8")
+        self._names = await self.store.load_names()
+        await self.groups.load()
         now = self.clock()
         for rec in await self.store.load_peers():
+            rec.is_admin = self.is_admin(rec)
             self._index(rec)
             if self.alloc.contains(rec.mesh_ip):
                 self.alloc.mark_used(rec.mesh_ip)
@@ -291,7 +313,35 @@ class Coordinator:
         return None if pid is None else self.peers.get(pid)
 
     def token_ok(self, token: str) -> bool:
-        return token_matches(self.config.auth_token, token)
+        """True when ``token`` is the current mesh join token (constant time)."""
+        return bool(token) and token_matches(self._token, token)
+
+    @property
+    def auth_token(self) -> str:
+        """The current mesh join token (``server.yaml``'s, or the last rotated one)."""
+        return self._token
+
+    def name_owner(self, name: str) -> str | None:
+        """The peer ID a name is reserved for (a live peer's, or a tombstone's), or None."""
+        return self._names.get(name)
+
+    def is_admin(self, rec: PeerRecord) -> bool:
+        """Whether ``rec``'s key is an admin now (``admin_peers``, else the first peer).
+
+        Keyed by the peer's key only: ``admin_peers`` holds peer IDs and ``SHA256:`` key
+        fingerprints; the first peer to register is admin only while ``admin_peers`` is empty.
+        """
+        return self._admin_key(rec.peer_id, rec.public_key, self._first_admin)
+
+    def _admin_key(self, peer_id: str, public_key: str, first_admin: str | None) -> bool:
+        if not self._admin_entries:
+            return peer_id == first_admin
+        if peer_id in self._admin_entries:
+            return True
+        try:
+            return fingerprint_of(public_key) in self._admin_entries
+        except ValueError:
+            return False
 
     # --- views -----------------------------------------------------------------------------
 
@@ -402,31 +452,37 @@ class Coordinator:
         if wait > 0:
             raise ApiFailure(429, "rate_limited", "too many failed attempts; try later", wait)
 
-    def _is_listed_admin(self, name: str, peer_id: str) -> bool:
-        for entry in self.config.admin_peers:
-            if entry == peer_id or fnmatch.fnmatchcase(name, entry):
-                return True
-        return False
-
     async def register(self, req: RegisterRequest, token: str, source: str) -> RegisterResponse:
         """Check and apply one registration.
 
+        A key that is registered (a live peer) proves itself with its signature alone; only a
+        new key needs the mesh join token (``token``, empty when none was sent).
+
         Raises:
             ApiFailure: 401 bad token/challenge/signature, 400 malformed, 403 reserved name,
-                409 name taken (when ``rename`` is false), 429 over the allowance, 503 store.
+                409 name reserved for another key (when ``rename`` is false), 429 over the
+                allowance, 503 store.
         """
         self.check_allowance(source)
         now = self.clock()
-        if not self.token_ok(token):
-            raise self.refuse(source, ApiFailure(401, "bad_token", "the mesh auth token is wrong"))
         try:
-            nonce = _b64(req.nonce, "nonce")
-            signature = _b64(req.signature, "signature")
-            endpoints = _valid_endpoints(req.endpoints)
             try:
                 pub = parse_public_key(req.public_key)
             except ValueError as exc:
                 raise ApiFailure(400, "malformed", str(exc)) from None
+            known = peer_id_of(pub.public_bytes_raw()) in self.peers
+            if not known and not self.token_ok(token):
+                if not token:
+                    raise ApiFailure(
+                        401,
+                        "token_required",
+                        "this key has not joined this mesh: its first registration needs the "
+                        "mesh join token",
+                    )
+                raise ApiFailure(401, "bad_token", "the mesh auth token is wrong")
+            nonce = _b64(req.nonce, "nonce")
+            signature = _b64(req.signature, "signature")
+            endpoints = _valid_endpoints(req.endpoints)
             if len(req.version) > 64:
                 raise ApiFailure(400, "malformed", "version is too long")
             if not self.challenges.redeem(nonce, now):
@@ -437,7 +493,7 @@ class Coordinator:
                 )
             public_key = " ".join(req.public_key.split()[:2])
             message = registration_message(
-                nonce, req.name, req.public_key, token_binding(self.config.auth_token, nonce)
+                nonce, req.name, req.public_key, token_binding(token, nonce)
             )
             if not verify_signature(pub, signature, message):
                 raise ApiFailure(
@@ -459,18 +515,24 @@ class Coordinator:
         raw = parse_public_key(public_key).public_bytes_raw()
         peer_id = peer_id_of(raw)
         old = self.peers.get(peer_id)
-        holder = self._by_name.get(req.name)
-        if holder is None or holder == peer_id:
+
+        def free(n: str) -> bool:
+            return self._names.get(n, peer_id) == peer_id and self._by_name.get(n, peer_id) == (
+                peer_id
+            )
+
+        if free(req.name):
             name = req.name
         elif req.rename:
-            name = suffixed_name(
-                req.name, lambda n: self._by_name.get(n) in (None, peer_id) and not check_name(n)
-            )
+            name = suffixed_name(req.name, lambda n: free(n) and not check_name(n))
         else:
+            owner = self._names.get(req.name) or self._by_name.get(req.name)
+            gone = "" if owner in self.peers else " (that peer left; the name stays its own)"
             raise ApiFailure(
                 409,
                 "name_taken",
-                f"name {req.name!r} belongs to another key; choose another name",
+                f"name {req.name!r} is reserved for another key, peer {owner}{gone}; choose "
+                f"another name, or an admin frees it with: tunnelmesh peers release {req.name}",
             )
         allocated = None
         if old is not None and self.alloc.contains(old.mesh_ip):
@@ -482,9 +544,9 @@ class Coordinator:
                 raise ApiFailure(507, "mesh_full", str(exc)) from None
             mesh_ip = allocated
         first_admin = self._first_admin
-        if first_admin is None and not self.peers:
-            first_admin = peer_id
-        is_admin = peer_id == first_admin or self._is_listed_admin(name, peer_id)
+        if first_admin is None and not self.peers and not self._admin_entries:
+            first_admin = peer_id  # the first key is admin only when admin_peers names none
+        is_admin = self._admin_key(peer_id, public_key, first_admin)
         session = secrets.token_urlsafe(32)
         add_secret(session)
         rec = PeerRecord(
@@ -520,6 +582,7 @@ class Coordinator:
                 503, "store_unavailable", "the coordinator cannot save state"
             ) from None
         self._first_admin = first_admin
+        self._names[name] = peer_id
         if old is not None:
             self._unindex(old)
         self._index(rec)
@@ -578,7 +641,7 @@ class Coordinator:
         )
 
     async def delete(self, rec: PeerRecord) -> None:
-        """Remove a peer: frees its name and IP, tells every peer."""
+        """Remove a peer: frees its IP, tells every peer; its name stays reserved for its key."""
         async with self._lock:
             if self.peers.get(rec.peer_id) is not rec:
                 return
@@ -596,6 +659,87 @@ class Coordinator:
             self.hub.broadcast(
                 encode(PeerGone(peer_id=rec.peer_id, name=rec.name, revision=self.revision))
             )
+
+    def resolve_peer(self, who: str, *, known_only: bool = True) -> str:
+        """The peer ID for ``who``: a peer ID, or the name of a registered peer.
+
+        With ``known_only`` a peer ID must belong to a registered peer or hold a reserved name.
+
+        Raises:
+            ApiFailure: 404 no such peer.
+        """
+        rec = self.peer_by_name(who)
+        if rec is not None:
+            return rec.peer_id
+        is_id = len(who) == 16 and all(c in "0123456789abcdef" for c in who)
+        if is_id and (not known_only or who in self.peers or who in self._names.values()):
+            return who
+        raise ApiFailure(404, "no_such_peer", f"no peer named or with the ID {who!r}")
+
+    async def release_name(self, name: str) -> str:
+        """Free a name reserved for a key that left (``tunnelmesh peers release``).
+
+        Returns:
+            The peer ID the name was reserved for.
+
+        Raises:
+            ApiFailure: 404 not reserved, 409 a live peer holds it (delete the peer first).
+        """
+        async with self._lock:
+            owner = self._names.get(name)
+            if owner is None:
+                raise ApiFailure(404, "not_reserved", f"no key holds the name {name!r}")
+            if self._by_name.get(name) is not None:
+                raise ApiFailure(
+                    409,
+                    "name_in_use",
+                    f"peer {name!r} is registered; delete it first (tunnelmesh peers delete)",
+                )
+            try:
+                await self.store.release_name(name)
+            except StorageError as exc:
+                raise ApiFailure(503, "store_unavailable", str(exc)) from None
+            del self._names[name]
+            log.info("released the name %s (was reserved for %s)", name, owner)
+            return owner
+
+    async def rotate_token(self, new: str | None = None) -> str:
+        """Replace the mesh join token (kept in the state store); joined peers are untouched.
+
+        Returns:
+            The new token.
+        """
+        token = new or secrets.token_hex(32)
+        if len(token) < 16:
+            raise ApiFailure(400, "malformed", "a token has at least 16 characters")
+        try:
+            await self.store.put_meta(_TOKEN_KEY, token.encode("utf-8"))
+        except StorageError as exc:
+            raise ApiFailure(503, "store_unavailable", str(exc)) from None
+        self._token = token
+        log.info("the mesh join token was rotated")
+        return token
+
+    def apply_config(self, config: ServerConfig) -> list[str]:
+        """Take ``admin_peers`` from a reloaded config (the filter goes through set_filter).
+
+        Admin flags are recomputed at once, so an entry removed demotes that peer now.
+
+        Returns:
+            The names of the peers whose admin flag changed.
+        """
+        self.config = msgspec.structs.replace(self.config, admin_peers=config.admin_peers)
+        self._admin_entries = frozenset(config.admin_peers)
+        changed = []
+        for rec in list(self.peers.values()):
+            admin = self.is_admin(rec)
+            if admin != rec.is_admin:
+                rec.is_admin = admin
+                changed.append(rec.name)
+                self._announce(rec)
+        if changed:
+            log.info("admin changed by the reloaded config: %s", ", ".join(sorted(changed)))
+        return sorted(changed)
 
     def rendezvous(self, rec: PeerRecord, req: RendezvousRequest) -> RendezvousAck:
         """Relay a hole-punch request to ``req.to`` over its push channel."""

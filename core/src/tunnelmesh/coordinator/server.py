@@ -213,13 +213,19 @@ class CoordinatorServer:
     def reload(self, config: ServerConfig) -> list[str]:
         """Apply a re-read server config; return what changed (for a log line).
 
-        What may change at run time: ``filter`` (its rules are pushed to every peer at once).
-        Everything else (listen addresses, mesh CIDR, data dir, ...) needs a restart.
+        What may change at run time: ``filter`` (its rules are pushed to every peer at once)
+        and ``admin_peers`` (an entry removed demotes that peer at once). Everything else
+        (listen addresses, mesh CIDR, data dir, ...) needs a restart.
         """
         changed = []
         if self.coordinator.set_filter(config.filter):
             changed.append(f"filter rules ({len(config.filter.rules)}, pushed to every peer)")
-        self.config = msgspec.structs.replace(self.config, filter=config.filter)
+        admins = self.coordinator.apply_config(config)
+        if admins:
+            changed.append(f"admin flag of {', '.join(admins)}")
+        self.config = msgspec.structs.replace(
+            self.config, filter=config.filter, admin_peers=config.admin_peers
+        )
         return changed
 
     def _write_ca_file(self) -> None:
@@ -238,7 +244,7 @@ class CoordinatorServer:
             server=self.url,
             identity=self._join_identity,
             ca_pem=self.coordinator.ca.cert_pem,
-            auth_token=self.config.auth_token,
+            auth_token=self.coordinator.auth_token,
             name=cfg.name or socket.gethostname().split(".")[0].lower(),
         )
         ready = self.own_peer_ready
@@ -291,7 +297,7 @@ class CoordinatorServer:
         jm = self.config.join_mesh
         assert jm is not None and self._join_identity is not None
         fields = {f: getattr(jm, f) for f in jm.__struct_fields__}
-        cfg = PeerConfig(**fields, server=self.url, auth_token=self.config.auth_token)
+        cfg = PeerConfig(**fields, server=self.url, auth_token=self.coordinator.auth_token)
         cfg = msgspec.structs.replace(cfg, name=resp.name)
         # Its STUN query would go to this very host: nothing to learn, so none.
         node_ctx = msgspec.structs.replace(ctx, stun_port=0)

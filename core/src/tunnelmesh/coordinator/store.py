@@ -2,11 +2,21 @@
 
 :class:`StateStore` is everything the coordinator asks of its database: load the peers, write
 one peer (one transaction), delete one, write a batch of liveness updates, and keep a few named
-blobs (the mesh CA). :class:`SqliteStore` implements it with the standard library's sqlite3 in
+blobs (the mesh CA), the names reserved for keys (tombstones) and the groups.
+:class:`SqliteStore` implements it with the standard library's sqlite3 in
 a single worker thread, WAL journal and ``synchronous=FULL`` (a registration acknowledged to a
 peer survives a power cut). A networked database for several coordinators implements the same
 protocol; uniqueness of key, name and IP is enforced by the database, so a lost race between
 two coordinators surfaces as :class:`StoreConflict` instead of two peers sharing an IP.
+
+Names belong to keys: :meth:`StateStore.put_peer` records ``name -> peer_id`` in the ``names``
+table in the same transaction, and that row stays when the peer is deleted (a tombstone), so the
+name can never be registered by another key until an admin releases it
+(:meth:`StateStore.release_name`).
+
+Schema versions: the database's ``PRAGMA user_version`` says which :data:`MIGRATIONS` have run;
+:meth:`SqliteStore.open` runs the missing ones in order, each in one transaction, so a state
+directory of an older release is upgraded at start (and a newer one is refused).
 """
 
 from __future__ import annotations
@@ -24,13 +34,21 @@ from tunnelmesh.control.messages import Counters
 from tunnelmesh.errors import StorageError
 from tunnelmesh.private_files import PRIVATE_UMASK, ensure_private_dir, private_umask
 
-__all__ = ["PeerRecord", "SqliteStore", "StateStore", "StoreConflict"]
+__all__ = ["MIGRATIONS", "Group", "PeerRecord", "SqliteStore", "StateStore", "StoreConflict"]
 
 T = TypeVar("T")
 
 
 class StoreConflict(StorageError):
     """A write broke a uniqueness rule (public key, name or mesh IP already held)."""
+
+
+class Group(msgspec.Struct, kw_only=True):
+    """A named set of peers, by peer ID (a peer's name can change, its key cannot)."""
+
+    name: str
+    members: list[str] = msgspec.field(default_factory=list)
+    created_at: float = 0.0
 
 
 class PeerRecord(msgspec.Struct, kw_only=True):
@@ -76,8 +94,11 @@ class StateStore(Protocol):
     async def put_peer(self, record: PeerRecord) -> None:
         """Insert or replace the peer ``record.peer_id`` in one transaction.
 
+        Also reserves ``record.name`` for ``record.peer_id`` (kept after a delete).
+
         Raises:
-            StoreConflict: another peer holds the name or the mesh IP.
+            StoreConflict: another peer holds the name or the mesh IP, or the name is
+                reserved for another key.
         """
 
     async def delete_peer(self, peer_id: str) -> bool:
@@ -92,11 +113,29 @@ class StateStore(Protocol):
     async def get_meta(self, key: str) -> bytes | None:
         """A named blob, or None."""
 
+    async def load_names(self) -> dict[str, str]:
+        """Every reserved name and the peer ID it belongs to (live peers and tombstones)."""
+
+    async def release_name(self, name: str) -> bool:
+        """Forget the reservation of ``name`` unless a live peer holds it; True when freed."""
+
+    async def load_groups(self) -> list[Group]:
+        """Every group."""
+
+    async def put_group(self, group: Group) -> None:
+        """Create or replace one group."""
+
+    async def delete_group(self, name: str) -> bool:
+        """Remove a group; True when it existed."""
+
     async def put_meta_if_absent(self, key: str, value: bytes) -> bytes:
         """Store ``value`` under ``key`` unless a value is there; return the stored value."""
 
+    async def put_meta(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``, replacing what was there."""
 
-_SCHEMA = """
+
+_SCHEMA_V0 = """
 CREATE TABLE IF NOT EXISTS peers (
     peer_id TEXT PRIMARY KEY,
     public_key TEXT NOT NULL UNIQUE,
@@ -115,6 +154,25 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+_SCHEMA_V1 = """
+CREATE TABLE names (
+    name TEXT PRIMARY KEY,
+    peer_id TEXT NOT NULL
+);
+INSERT OR IGNORE INTO names (name, peer_id) SELECT name, peer_id FROM peers;
+CREATE TABLE groups (
+    name TEXT PRIMARY KEY,
+    members BLOB NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL DEFAULT 0
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V0, _SCHEMA_V1)
+"""SQL run to reach schema version ``i + 1`` from version ``i`` (``PRAGMA user_version``).
+
+Version 1 reserves every existing peer's name for its key and adds the groups table.
+"""
+
 
 class _Status(msgspec.Struct, kw_only=True):
     endpoints: list[str] = msgspec.field(default_factory=list)
@@ -129,6 +187,28 @@ class _Status(msgspec.Struct, kw_only=True):
 
 _status_enc = msgspec.json.Encoder()
 _status_dec = msgspec.json.Decoder(_Status)
+_members_dec = msgspec.json.Decoder(list[str])
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to ``len(MIGRATIONS)``, one transaction per step."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StorageError(
+            f"state store {path} has schema version {version}, newer than this tunnelmesh "
+            f"knows ({len(MIGRATIONS)}): upgrade tunnelmesh"
+        )
+    for target in range(version + 1, len(MIGRATIONS) + 1):
+        # executescript commits first; BEGIN ... COMMIT around each step keeps it atomic.
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]}\n"
+                f"PRAGMA user_version = {target};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 def _status_of(r: PeerRecord) -> bytes:
@@ -198,7 +278,7 @@ class SqliteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
-                conn.executescript(_SCHEMA)
+                _migrate(conn, self.path)
             return conn
 
         try:
@@ -207,6 +287,10 @@ class SqliteStore:
             self._pool.shutdown(wait=False)
             self._pool = None
             raise StorageError(f"cannot open state store {self.path}: {exc}") from exc
+        except StorageError:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            raise
 
     async def close(self) -> None:
         if self._conn is None or self._pool is None:
@@ -269,6 +353,15 @@ class SqliteStore:
             with conn:  # one transaction: all or nothing
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(
+                    "INSERT INTO names (name, peer_id) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+                    (record.name, record.peer_id),
+                )
+                owner = conn.execute(
+                    "SELECT peer_id FROM names WHERE name = ?", (record.name,)
+                ).fetchone()
+                if owner[0] != record.peer_id:
+                    raise StoreConflict(f"name {record.name!r} is reserved for peer {owner[0]}")
+                conn.execute(
                     "INSERT INTO peers (peer_id, public_key, name, mesh_ip, is_admin, "
                     "is_coordinator, session_hash, created_at, last_seen, status) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(peer_id) DO UPDATE SET "
@@ -322,6 +415,70 @@ class SqliteStore:
                 )
                 row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
                 return bytes(row[0])
+
+        return await self._run(q)
+
+    async def put_meta(self, key: str, value: bytes) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+
+        await self._run(q)
+
+    async def load_names(self) -> dict[str, str]:
+        def q(conn: sqlite3.Connection) -> dict[str, str]:
+            return dict(conn.execute("SELECT name, peer_id FROM names").fetchall())
+
+        return await self._run(q)
+
+    async def release_name(self, name: str) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.execute(
+                    "DELETE FROM names WHERE name = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM peers WHERE peers.name = names.name)",
+                    (name,),
+                )
+                return cur.rowcount > 0
+
+        return await self._run(q)
+
+    async def load_groups(self) -> list[Group]:
+        def q(conn: sqlite3.Connection) -> list[Group]:
+            rows = conn.execute(
+                "SELECT name, members, created_at FROM groups ORDER BY name"
+            ).fetchall()
+            return [
+                Group(name=r[0], members=_members_dec.decode(r[1]), created_at=r[2]) for r in rows
+            ]
+
+        return await self._run(q)
+
+    async def put_group(self, group: Group) -> None:
+        row = (group.name, _status_enc.encode(sorted(set(group.members))), group.created_at)
+
+        def q(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO groups (name, members, created_at) VALUES (?,?,?) "
+                    "ON CONFLICT(name) DO UPDATE SET members=excluded.members",
+                    row,
+                )
+
+        await self._run(q)
+
+    async def delete_group(self, name: str) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                return conn.execute("DELETE FROM groups WHERE name = ?", (name,)).rowcount > 0
 
         return await self._run(q)
 
