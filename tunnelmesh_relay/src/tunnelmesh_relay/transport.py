@@ -20,17 +20,16 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import websockets
-from tunnelmesh.abc import Link, Packet, Transport, TransportCapabilities
-from tunnelmesh.aio.queuedlink import QueuedLink
+from tunnelmesh.abc import Link, Transport, TransportCapabilities
+from tunnelmesh.aio.wgsession import WireGuardLink, WireGuardSession
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
 from tunnelmesh.errors import TransportError
-from tunnelmesh.proto import HandshakeCompleted, Peer, WireGuard
+from tunnelmesh.proto import HandshakeCompleted, WireGuard
 from tunnelmesh.proto.wgcrypto import x25519_public_from_ed25519
 from tunnelmesh.proto.wgmessages import REKEY_TIMEOUT
 
@@ -43,38 +42,13 @@ from tunnelmesh_relay.proto import (
     split_records,
 )
 
-__all__ = ["RelayLink", "RelayTransport"]
+__all__ = ["RelayTransport"]
 
 log = logging.getLogger(__name__)
 
 RELAY_PATH = "/api/v1/relay"
 _MAX_RECORDS = 64
 _QUEUE = 512
-
-
-class RelayLink(QueuedLink):
-    """A link to one peer through the relay (one WireGuard peer of the transport's engine)."""
-
-    kind = "relay link"
-
-    def __init__(self, owner: RelayTransport, peer: Peer, mtu: int) -> None:
-        super().__init__(peer.name, mtu)
-        self._owner = owner
-        self.wg_peer = peer
-
-    def send_batch(self, datagrams: Sequence[Packet]) -> None:
-        if self.closed:
-            raise self._closed_error()
-        if datagrams:
-            self._owner._send_packets(self.wg_peer, datagrams)
-
-    def _queue_full(self, count: int) -> None:
-        self._owner.drops["link_queue_full"] += count
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        if self._owner.links.get(self.wg_peer.public_key) is self:
-            del self._owner.links[self.wg_peer.public_key]
 
 
 class RelayTransport(Transport):
@@ -117,7 +91,16 @@ class RelayTransport(Transport):
         self._token = session_token
         self._ssl = client_ssl_context(ca_pem) if scheme == "wss" else None
         self._server_hostname = server_hostname
-        self.links: dict[bytes, RelayLink] = {}
+        self.session = WireGuardSession(
+            self.engine,
+            self._queue_records,
+            mtu=mtu,
+            on_link=self._incoming,
+            on_event=self._event,
+            announce_dialled=False,
+            link_kind="relay link",
+        )
+        self.links = self.session.links
         self.drops = self.engine.drops
         self.stats = {"tx_messages": 0, "rx_messages": 0, "connects": 0}
         self._on_link: Callable[[Link], None] | None = None
@@ -128,8 +111,6 @@ class RelayTransport(Transport):
         self._out: asyncio.Queue[bytes] = asyncio.Queue(_QUEUE)
         self._waiters: dict[bytes, asyncio.Future[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._closed = False
         self.last_error = ""
 
@@ -177,7 +158,7 @@ class RelayTransport(Transport):
         self._on_link = on_link
         if self._runner is None:
             self._loop = loop = asyncio.get_running_loop()
-            self.engine.wall_offset = time.time() - loop.time()
+            self.session.start(loop)
             self._runner = loop.create_task(self._run(), name="tm-relay")
             self._writer = loop.create_task(self._write_loop(), name="tm-relay-writer")
 
@@ -255,22 +236,24 @@ class RelayTransport(Transport):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._runner = self._writer = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         for link in list(self.links.values()):
             await link.aclose()
+        self.session.close()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(TransportError("relay transport is closed"))
 
     # --- links ------------------------------------------------------------------------------
 
-    def link_for(self, peer: Peer) -> RelayLink:
-        link = self.links.get(peer.public_key)
-        if link is None:
-            link = self.links[peer.public_key] = RelayLink(self, peer, self.mtu)
-        return link
+    def _incoming(self, link: WireGuardLink) -> None:
+        if self._on_link is not None:
+            self._on_link(link)
+
+    def _event(self, event: object) -> None:
+        if isinstance(event, HandshakeCompleted):
+            fut = self._waiters.get(event.public_key)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     async def dial(self, peer: str, endpoints: Sequence[str], *, public_key: bytes = b"") -> Link:
         """Handshake with ``peer`` through the relay (``endpoints`` are not needed).
@@ -291,9 +274,7 @@ class RelayTransport(Transport):
         if not self.engine.has_session(wg_peer, loop.time()):
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters[wg_peer.public_key] = fut
-            wg_peer.last_sent_handshake = None
-            self.engine.initiate(wg_peer, loop.time())
-            self._after()
+            self.session.initiate(wg_peer)
             try:
                 # the engine retransmits after REKEY_TIMEOUT; wait for one retransmission too
                 await asyncio.wait_for(fut, self.handshake_timeout)
@@ -301,18 +282,15 @@ class RelayTransport(Transport):
                 raise TransportError(f"relay: no handshake with {peer}") from None
             finally:
                 self._waiters.pop(wg_peer.public_key, None)
-        return self.link_for(wg_peer)
+        return self.session.link_for(wg_peer)
 
     # --- data path --------------------------------------------------------------------------
 
-    def _send_packets(self, peer: Peer, packets: Sequence[Packet]) -> None:
-        assert self._loop is not None
-        msgs = self.engine.encrypt_batch(peer, packets, self._loop.time())
-        if msgs:
-            self._queue_records(peer.name, msgs)
-        self._after()
-
-    def _queue_records(self, dest: str, records: list[bytes]) -> None:
+    def _queue_records(self, records: list[bytes], dest: object) -> None:
+        """The session's transmit: WireGuard messages to the peer named ``dest``."""
+        if not isinstance(dest, str):
+            self.drops["relay_bad_name"] += 1
+            return
         put = self._out.put_nowait
         for i in range(0, len(records), _MAX_RECORDS):
             try:
@@ -340,57 +318,4 @@ class RelayTransport(Transport):
         except RelayFormatError:
             self.drops["relay_malformed"] += 1
             return
-        assert self._loop is not None
-        now = self._loop.time()
-        receive = self.engine.receive_datagram
-        per_peer: dict[Peer, list[bytes]] = {}
-        for rec in records:
-            result = receive(rec, name, now)
-            if result is not None:
-                peer, packet = result
-                per_peer.setdefault(peer, []).append(packet)
-        for peer, packets in per_peer.items():
-            link = self.links.get(peer.public_key)
-            if link is None:
-                link = self.link_for(peer)
-                if self._on_link is not None:
-                    self._on_link(link)
-            link._received(packets)
-        self._after()
-
-    def _after(self) -> None:
-        """Send what the engine queued, hand out events, re-arm the timer."""
-        engine = self.engine
-        out = engine.datagrams_to_send()
-        if out:
-            by_dest: dict[str, list[bytes]] = {}
-            for data, addr in out:
-                if isinstance(addr, str):
-                    by_dest.setdefault(addr, []).append(data)
-            for dest, records in by_dest.items():
-                self._queue_records(dest, records)
-        while (event := engine.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted):
-                fut = self._waiters.get(event.public_key)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-                peer = engine.peers.get(event.public_key)
-                if peer is not None and peer.public_key not in self.links:
-                    link = self.link_for(peer)
-                    if self._on_link is not None and not event.initiator:
-                        self._on_link(link)
-        deadline = engine.get_timer()
-        if deadline != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._timer_at = deadline
-            if deadline is not None and self._loop is not None:
-                self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        assert self._loop is not None
-        self.engine.handle_timer(self._loop.time())
-        self._after()
+        self.session.receive(records, name)

@@ -24,11 +24,13 @@ from typing import Any
 
 from tunnelmesh import stun as stun_codec
 from tunnelmesh.abc import Link, Transport, TransportCapabilities
-from tunnelmesh.aio.wgdriver import WireGuardLink, WireGuardSocket, parse_endpoint
+from tunnelmesh.aio.wgsession import WireGuardLink
 from tunnelmesh.errors import TransportError
 from tunnelmesh.proto import WireGuard
 from tunnelmesh.proto.wgcrypto import x25519_public_from_ed25519
 from tunnelmesh.proto.wgmessages import REKEY_TIMEOUT
+
+from tunnelmesh_udp.wgsocket import WireGuardSocket, parse_endpoint
 
 __all__ = ["UdpTransport"]
 
@@ -187,9 +189,7 @@ class UdpTransport(Transport):
                 wg_peer.endpoint = parse_endpoint(endpoint)
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters[wg_peer.public_key] = fut
-            wg_peer.last_sent_handshake = None
-            self.engine.initiate(wg_peer, loop.time())
-            self._socket._after()
+            self._socket.session.initiate(wg_peer)
             try:
                 await asyncio.wait_for(fut, REKEY_TIMEOUT)
                 break

@@ -1,5 +1,8 @@
 """Thin asyncio drivers around the sans-IO cores of :mod:`tunnelmesh.proto`.
 
-* :mod:`tunnelmesh.aio.wgdriver` -- the WireGuard engine over one UDP socket (batches,
-  UDP GSO/GRO), shared by every transport that seals packets with WireGuard.
+* :mod:`tunnelmesh.aio.wgsession` -- the WireGuard engine, its links, events and timer, for any
+  carrier: it knows no socket and sends through a transmit callable (the UDP socket of
+  ``tunnelmesh_udp``, the relay's WebSocket).
+* :mod:`tunnelmesh.aio.queuedlink` -- the receive side every link shares (push to a receiver or
+  queue for ``recv_batch``, close semantics).
 """
