@@ -104,6 +104,8 @@ class ProxyContext:
         self.now = self.loop.time()
         self.closing = False
         self.connections: set[ClientConnection] = set()
+        self.requests: dict[tuple[str, str], int] = {}
+        """Requests by (kind: http/upgrade/connect, result: routed/no_route); metrics."""
         kinds: dict[bytes, tuple[int, str]] = {n: (_HOP, "") for n in HOP_BY_HOP}
         kinds[b"connection"] = (_CONNECTION, "")
         kinds[b"upgrade"] = (_UPGRADE, "")
@@ -317,11 +319,14 @@ class ClientConnection(asyncio.Protocol):
             names = self._conn_tokens - {b"close", b"keep-alive", b"upgrade"}
             if names:
                 lines = [ln for ln in lines if ln.partition(b":")[0].lower() not in names]
+        kind = "connect" if req.connect else "upgrade" if req.upgrade else "http"
         try:
             req.upstream = upstream = self.ctx.router.route(self._route)
         except ValueError as exc:
             req.error = str(exc)
+            self._count(kind, "no_route")
         else:
+            self._count(kind, "routed")
             head = [method, b" ", origin_form(self._url), b" HTTP/1.1\r\n", *lines]
             if not self._has_host:
                 head.append(_host_header(upstream))
@@ -340,6 +345,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.queue.append(req)
             self._pause(_QUEUE)
+
+    def _count(self, kind: str, result: str) -> None:
+        requests = self.ctx.requests
+        requests[(kind, result)] = requests.get((kind, result), 0) + 1
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing

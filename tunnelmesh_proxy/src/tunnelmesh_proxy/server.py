@@ -81,6 +81,7 @@ class ProxyServer:
         self.ctx: ProxyContext | None = None
         self.servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self._collector: Any = None
 
     @property
     def addresses(self) -> list[Address]:
@@ -96,6 +97,12 @@ class ProxyServer:
         """Serve on already bound and listening sockets (see :func:`bind_sockets`)."""
         loop = asyncio.get_running_loop()
         ctx = self.ctx = ProxyContext(self.router, **self.options)
+        from tunnelmesh.metrics import add_collector
+
+        from tunnelmesh_proxy.metrics import ProxyCollector
+
+        self._collector = ProxyCollector(ctx)
+        add_collector(self._collector)  # on the process's /metrics while the proxy runs
         for sock in sockets:
             server = await loop.create_server(
                 lambda: ClientConnection(ctx), sock=sock, backlog=1024
@@ -121,6 +128,11 @@ class ProxyServer:
         ctx = self.ctx
         for server in self.servers:
             server.close()
+        if self._collector is not None:
+            from tunnelmesh.metrics import remove_collector
+
+            remove_collector(self._collector)
+            self._collector = None
         if ctx is None:
             return
         ctx.closing = True

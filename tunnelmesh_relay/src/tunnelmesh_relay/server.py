@@ -228,7 +228,15 @@ def add_routes(app: web.Application, coordinator: Any) -> RelayHub | None:
     app.router.add_get("/api/v1/relay", relay_ws)
     app.router.add_get("/api/v1/relay/stats", relay_stats)
 
+    from tunnelmesh.metrics import add_collector, remove_collector
+
+    from tunnelmesh_relay.metrics import RelayCollector
+
+    collector = RelayCollector(hub)
+    add_collector(collector)  # on the coordinator's /metrics while the hub lives
+
     async def close_hub(_app: web.Application) -> None:
+        remove_collector(collector)
         await hub.close()
 
     app.on_shutdown.append(close_hub)

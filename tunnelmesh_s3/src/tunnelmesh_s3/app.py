@@ -15,6 +15,7 @@ mount. Every request goes through :func:`_handle`:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import secrets
 import time
@@ -29,6 +30,7 @@ from tunnelmesh.errors import NoSuchBucket, StorageError
 from tunnelmesh_s3 import sigv2, sigv4
 from tunnelmesh_s3.auth import Action, Authorizer, Principal
 from tunnelmesh_s3.errors import S3Error, from_storage
+from tunnelmesh_s3.metrics import S3Stats
 from tunnelmesh_s3.xmlio import error_document
 
 __all__ = ["MAX_OBJECT_SIZE", "Call", "S3Config", "build_app"]
@@ -92,6 +94,9 @@ Handler = Callable[[Call], Awaitable[web.StreamResponse]]
 STORAGE_KEY = web.AppKey("storage", Storage)
 AUTH_KEY = web.AppKey("authorizer", Authorizer)
 CONFIG_KEY = web.AppKey("s3config", S3Config)
+STATS_KEY = web.AppKey("s3stats", S3Stats)
+# The handler that serves the request of this task (metrics); _handle sets and reads it.
+_operation: contextvars.ContextVar[str] = contextvars.ContextVar("s3_operation")
 
 
 def split_target(host: str, raw_path: str, domains: Sequence[str]) -> tuple[str, str]:
@@ -135,6 +140,21 @@ def build_app(
     app[AUTH_KEY] = authorizer
     app[CONFIG_KEY] = config or S3Config()
     app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
+    from tunnelmesh.metrics import add_collector, remove_collector
+
+    from tunnelmesh_s3.metrics import S3Collector
+
+    stats = app[STATS_KEY] = S3Stats()
+    collector = S3Collector(stats)
+
+    async def serve_metrics(_app: web.Application) -> None:
+        add_collector(collector)  # on the process's /metrics while the app runs
+
+    async def stop_metrics(_app: web.Application) -> None:
+        remove_collector(collector)
+
+    app.on_startup.append(serve_metrics)
+    app.on_cleanup.append(stop_metrics)
     return app
 
 
@@ -147,6 +167,7 @@ async def _expect(request: web.Request) -> None:
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
+    _operation.set("unrouted")
     request_id = secrets.token_hex(8).upper()
     raw_path, _, raw_query = request.raw_path.partition("?")
     try:
@@ -159,6 +180,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         if type(exc) is StorageError:
             log.exception("storage failure on %s %s", request.method, raw_path)
         response = _error(request, from_storage(exc), raw_path, request_id)
+    request.app[STATS_KEY].count(_operation.get(), response.status)
     if not response.prepared:
         response.headers["x-amz-request-id"] = request_id
         response.headers.setdefault("Server", "tunnelmesh-s3")
@@ -220,6 +242,7 @@ async def _dispatch(
     if config.admin_api and raw_path.startswith(ADMIN_PREFIX) and not _virtual(host, config):
         from tunnelmesh_s3 import admin
 
+        _operation.set("admin")
         return await admin.handle(call, unquote_to_bytes(raw_path[len(ADMIN_PREFIX) :]).decode())
     from tunnelmesh_s3 import buckets, objects
 
@@ -237,6 +260,7 @@ async def _dispatch(
             Method=request.method,
             ResourceType="BUCKET" if not key else "OBJECT",
         )
+    _operation.set(handler.__name__)
     try:
         return await handler(call)
     except StorageError as exc:
