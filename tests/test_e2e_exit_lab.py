@@ -1,7 +1,7 @@
 """Exit nodes end to end with real `tunnelmesh serve`/`join` processes in the namespace lab.
 
-The "internet" host sits on a switch only the exit is plugged into, so the client can reach it
-only through the exit. Checked: the page arrives through the exit and the web server sees the
+The "internet" host sits behind a router that only the exit's LAN reaches, so the client can
+reach it only through the exit. Checked: the page arrives through the exit and the web server sees the
 exit's address (masquerade); mesh pings stay direct (the exit forwards none of them); stopping
 the client restores its routing table exactly, also after a SIGKILL and a restart; a peer that
 does not allow exit traffic is refused (error line, no routes); the exit undoes its NAT and
@@ -135,10 +135,13 @@ def test_exit_node_end_to_end(lab: Lab, mesh: MeshLab) -> None:
     exit_peer, client = mesh.peers["exit"], mesh.peers["client"]
     with (exit_peer.home / "peer.yaml").open("a") as f:
         f.write("allow_exit_traffic: true\n")  # the config key; the client uses the CLI flag
-    far = lab.add_switch("far")
-    lab.connect(exit_peer.host, far)
-    far_address = exit_peer.host.addresses[next(reversed(exit_peer.host.addresses))]
-    internet = lab.add_internet(switch=far)
+    # The exit's uplink: its LAN (10.77.n.0/24) behind a router (a NAT) to the "internet"
+    # (198.51.100.0/24, a range an exit forwards to: not private, not the exit's own LAN).
+    inet = lab.add_switch("inet", "198.51.100.0/24")
+    router = lab.add_nat("router", outside=inet)
+    lab.connect(exit_peer.host, router.inside)
+    far_address = router.outside_address  # what the internet sees of the exit's traffic
+    internet = lab.add_internet(switch=inet)
     echo = internet.python("-c", ECHO, internet.address, str(ECHO_PORT), stdout=subprocess.PIPE)
     wait_for_line(echo, "ready", timeout=15)
     echo_url = f"http://{internet.address}:{ECHO_PORT}/"
@@ -158,7 +161,7 @@ def test_exit_node_end_to_end(lab: Lab, mesh: MeshLab) -> None:
     mesh.wait_links(timeout=30)
     assert f"{mesh.coord_host.address} " in our_routes(client.host) + " "  # coordinator bypass
     assert fetch(client.host, internet.url) == INTERNET_PAGE
-    assert fetch(client.host, echo_url) == far_address  # the server sees the exit's address
+    assert fetch(client.host, echo_url) == far_address  # the server sees the exit's uplink
     n = 4 << 20  # bulk both ways through the exit (TCP segments coalesced on each side)
     bulk = client.host.run([sys.executable, "-c", BULK, echo_url, str(n)], timeout=60).stdout
     lines = bulk.splitlines()

@@ -63,10 +63,11 @@ def curl_ok(host: Host, url: str) -> bool:
 
 def test_exit_node_routes_and_masquerade(lab: Lab, tmp_path: Path) -> None:
     c = lab.add_host("c")  # the client, on the wan
-    e = lab.add_host("e")  # the exit, on the wan and on the "internet" side
-    far = lab.add_switch("far")
-    lab.connect(e, far)
-    internet = lab.add_internet(switch=far)
+    e = lab.add_host("e")  # the exit, on the wan and on a LAN behind a router to the "internet"
+    inet = lab.add_switch("inet", "198.51.100.0/24")  # not private: an exit forwards there
+    router = lab.add_nat("router", outside=inet)
+    lab.connect(e, router.inside)
+    internet = lab.add_internet(switch=inet)
     assert c.route_get(internet.address) is None  # only the exit can get there
 
     keys = {"c": KeyPair(), "e": KeyPair()}
@@ -107,7 +108,11 @@ def test_exit_node_routes_and_masquerade(lab: Lab, tmp_path: Path) -> None:
     try:
         assert c.ping(MESH["e"], count=2, timeout=2)
         routes_kw = {"tun": "tm0", "bypass": [e.address]}
-        gateway_kw = {"mesh_cidr": "10.206.0.0/24", "state_dir": str(tmp_path / "e-state")}
+        gateway_kw = {
+            "mesh_cidr": "10.206.0.0/24",
+            "tun": "tm0",
+            "state_dir": str(tmp_path / "e-state"),
+        }
 
         client = hold(c, "routes", **routes_kw)
         table = c.run(["ip", "route", "show", "proto", "211"]).stdout

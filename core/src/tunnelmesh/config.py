@@ -28,6 +28,7 @@ from tunnelmesh.registry import ConfigSection
 __all__ = [
     "DnsConfig",
     "Duration",
+    "ExitConfig",
     "FilterConfig",
     "FilterRule",
     "JoinMesh",
@@ -176,6 +177,43 @@ class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     listen: str = ""
 
 
+class ExitConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What an exit node (``allow_exit_traffic``) forwards; see docs/exitnode.md.
+
+    Attributes:
+        allowed_peers: the peers whose internet traffic it forwards, by peer ID (16 hex
+            digits, ``tunnelmesh peers --json``) or OpenSSH public key; empty: every peer.
+            Names are refused: a name can change hands, a key cannot.
+        allow_lan: also forward to private, CGNAT, link-local (169.254.169.254), loopback and
+            the exit's own LAN destinations (default: dropped).
+    """
+
+    allowed_peers: list[str] = msgspec.field(default_factory=list)
+    allow_lan: bool = False
+
+    def __post_init__(self) -> None:
+        ids = []
+        for entry in self.allowed_peers:
+            text = entry.strip() if isinstance(entry, str) else ""
+            if re.fullmatch(r"[0-9a-f]{16}", text):
+                ids.append(text)
+                continue
+            if text.startswith("ssh-ed25519 "):
+                from tunnelmesh.identity import parse_public_key, peer_id_of
+
+                try:
+                    ids.append(peer_id_of(parse_public_key(text)))
+                    continue
+                except ValueError as exc:
+                    raise ValueError(f"exit.allowed_peers: {exc}") from None
+            raise ValueError(
+                f"exit.allowed_peers: {entry!r} is not a peer ID (16 hex digits) or an "
+                "ssh-ed25519 public key; names are not accepted (a name can change hands, a "
+                "key cannot): `tunnelmesh peers --json` shows each peer_id"
+            )
+        self.allowed_peers = list(dict.fromkeys(ids))
+
+
 class _PeerFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = ""
     private_key: str = "~/.tunnelmesh/id_ed25519"
@@ -189,6 +227,7 @@ class _PeerFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     exit_node: str = ""
     allow_exit_traffic: bool = False
+    exit: ExitConfig = msgspec.field(default_factory=ExitConfig)
 
     def __post_init__(self) -> None:
         _check_label(self.name, "name")

@@ -18,8 +18,21 @@ to the exit (as in the original).
 Exit (``allow_exit_traffic: true``), :class:`ExitGateway`:
 
 * ``net.ipv4.ip_forward = 1`` (the previous value is kept in a state file);
-* an nftables table of its own, ``ip tunnelmesh_exit``, that masquerades packets from the mesh
-  CIDR to anything outside it. Removing the table removes everything we added.
+* an nftables table of its own, ``ip tunnelmesh_exit``, with
+
+  - a ``forward`` chain that passes only what comes in on the TUN device from an allowed
+    client's mesh IP (the whole mesh, or ``exit.allowed_peers``) and goes out another device,
+    and the replies (conntrack) back to the mesh. Unless ``allow_lan``, destinations in
+    :data:`BLOCKED_RANGES` (private, CGNAT, loopback, link-local including
+    169.254.169.254, multicast, reserved) and the exit's own LAN prefixes are dropped. When
+    the exit turned ``ip_forward`` on, the chain's policy is ``drop``: the host forwards
+    nothing else (no host-wide side effect); a host that forwarded already keeps doing so;
+  - unless ``allow_lan``, an ``input`` chain that drops packets from the TUN device to this
+    host's non-mesh addresses (the exit's LAN address is not a way into the LAN either);
+  - a ``postrouting`` NAT chain that masquerades packets from the mesh CIDR to anything
+    outside it.
+
+  Removing the table removes everything we added.
 
 :meth:`ExitGateway.restore` deletes the table and puts ``ip_forward`` back;
 :meth:`ExitGateway.recover` does the same from the state file a crashed daemon left. Both
@@ -39,7 +52,15 @@ from pathlib import Path
 
 from tunnelmesh.errors import TunnelmeshError
 
-__all__ = ["NFT_TABLE", "ROUTE_PROTO", "ExitGateway", "ExitNodeError", "ExitRoutes"]
+__all__ = [
+    "BLOCKED_RANGES",
+    "NFT_TABLE",
+    "ROUTE_PROTO",
+    "ExitGateway",
+    "ExitNodeError",
+    "ExitRoutes",
+    "lan_prefixes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +192,48 @@ class ExitRoutes:
         self.restore()
 
 
+BLOCKED_RANGES = (
+    "0.0.0.0/8",  # "this network"
+    "10.0.0.0/8",  # RFC 1918
+    "100.64.0.0/10",  # CGNAT (RFC 6598)
+    "127.0.0.0/8",  # loopback
+    "169.254.0.0/16",  # link-local, with the cloud metadata address 169.254.169.254
+    "172.16.0.0/12",  # RFC 1918
+    "192.0.0.0/24",  # IETF protocol assignments
+    "192.168.0.0/16",  # RFC 1918
+    "198.18.0.0/15",  # benchmarking
+    "224.0.0.0/4",  # multicast
+    "240.0.0.0/4",  # reserved, and the broadcast address
+)
+"""Destinations an exit never forwards to unless ``allow_lan``: private, shared, loopback,
+link-local, multicast and reserved IPv4 space (the exit's own LAN prefixes are added)."""
+
+
+def lan_prefixes(run: Runner, *, exclude: Iterable[str] = ()) -> list[str]:
+    """The IPv4 prefixes of this host's interfaces (``ip -j -4 addr show``), except the
+    devices in ``exclude`` and loopback."""
+    out = run(["ip", "-j", "-4", "addr", "show"], None)
+    skip = set(exclude) | {"lo"}
+    prefixes: dict[str, None] = {}
+    for link in json.loads(out or "[]"):
+        if link.get("ifname") in skip:
+            continue
+        for a in link.get("addr_info", []):
+            if a.get("family") == "inet" and "local" in a:
+                net = ipaddress.IPv4Network(f"{a['local']}/{a.get('prefixlen', 32)}", strict=False)
+                prefixes[str(net)] = None
+    return list(prefixes)
+
+
 class ExitGateway:
-    """The exit's forwarding and masquerade; see the module docstring.
+    """The exit's forwarding, its forward filter and masquerade; see the module docstring.
 
     Args:
         mesh_cidr: the mesh's IPv4 network; its packets to elsewhere are masqueraded.
+        tun: the mesh's TUN device: the only one whose packets are forwarded for clients.
+        clients: the mesh IPs whose packets may leave through the exit; None: the whole mesh.
+        allow_lan: also forward to private, link-local, loopback and the exit's own LAN
+            destinations (:data:`BLOCKED_RANGES` and :func:`lan_prefixes`).
         state_dir: where the previous ``ip_forward`` value is kept while applied.
         proc_sys: the ``/proc/sys`` directory (a test can point it elsewhere).
         run: command runner ``(argv, stdin) -> stdout``.
@@ -185,28 +243,101 @@ class ExitGateway:
         self,
         mesh_cidr: str,
         *,
+        tun: str = "tun-mesh0",
+        clients: Iterable[str] | None = None,
+        allow_lan: bool = False,
         state_dir: str | os.PathLike[str] = "/run/tunnelmesh",
         proc_sys: str | os.PathLike[str] = "/proc/sys",
         run: Runner = run_command,
     ) -> None:
         self.mesh = ipaddress.IPv4Network(mesh_cidr, strict=False)
+        self.tun = tun
+        self.clients = None if clients is None else sorted(set(clients))
+        self.allow_lan = allow_lan
         self.state = Path(state_dir) / "exit-gateway.json"
         self.ip_forward = Path(proc_sys) / "net/ipv4/ip_forward"
         self.run = run
         self.applied = False
+        self.forward_policy = "drop"
+        """``drop`` when the exit turned forwarding on (so it forwards nothing but its
+        clients' traffic), ``accept`` when the host forwarded already (left as it was)."""
+        self.blocked: list[str] = []
+
+    def _blocked(self) -> list[str]:
+        if self.allow_lan:
+            return []
+        nets = [ipaddress.IPv4Network(n) for n in BLOCKED_RANGES]
+        try:
+            lans = lan_prefixes(self.run, exclude=[self.tun])
+        except (ExitNodeError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "cannot read this host's LAN prefixes (%s); private ranges still blocked", exc
+            )
+            lans = []
+        nets += [ipaddress.IPv4Network(n) for n in lans]
+        return [str(n) for n in ipaddress.collapse_addresses(nets)]
 
     def ruleset(self) -> str:
+        """The nftables script (atomic: the table is replaced as a whole)."""
         net = str(self.mesh)
-        return (
-            f"table ip {NFT_TABLE} {{}}\n"
-            f"delete table ip {NFT_TABLE}\n"
-            f"table ip {NFT_TABLE} {{\n"
-            "  chain postrouting {\n"
-            "    type nat hook postrouting priority srcnat; policy accept;\n"
-            f"    ip saddr {net} ip daddr != {net} masquerade\n"
-            "  }\n"
-            "}\n"
-        )
+        tun = json.dumps(self.tun)  # a quoted nft string
+        clients = net if self.clients is None else ", ".join(self.clients)
+        lines = [
+            f"table ip {NFT_TABLE} {{}}",
+            f"delete table ip {NFT_TABLE}",
+            f"table ip {NFT_TABLE} {{",
+        ]
+        if clients:
+            lines += ["  set clients {", "    type ipv4_addr; flags interval;",
+                      f"    elements = {{ {clients} }}", "  }"]  # fmt: skip
+        if self.blocked:
+            lines += ["  set blocked {", "    type ipv4_addr; flags interval;",
+                      f"    elements = {{ {', '.join(self.blocked)} }}", "  }"]  # fmt: skip
+        lines += [
+            "  chain forward {",
+            f"    type filter hook forward priority filter - 1; policy {self.forward_policy};",
+            f"    iifname {tun} oifname {tun} drop",
+        ]
+        if self.blocked:
+            lines.append(f"    iifname {tun} ip daddr @blocked drop")
+        if clients:
+            lines.append(f"    iifname {tun} ip saddr @clients accept")
+        lines += [
+            f"    iifname {tun} drop",
+            f"    oifname {tun} ip daddr {net} ct state established,related accept",
+            f"    oifname {tun} drop",
+            "  }",
+        ]
+        if not self.allow_lan:
+            lines += [
+                "  chain input {",
+                "    type filter hook input priority filter - 1; policy accept;",
+                f"    iifname {tun} ip daddr != {net} drop",
+                "  }",
+            ]
+        lines += [
+            "  chain postrouting {",
+            "    type nat hook postrouting priority srcnat; policy accept;",
+            f"    ip saddr {net} ip daddr != {net} masquerade",
+            "  }",
+            "}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def set_clients(self, clients: Iterable[str] | None) -> bool:
+        """Change the mesh IPs allowed out (None: the whole mesh); while applied the table is
+        replaced at once (one nftables transaction). Returns whether anything changed.
+
+        Raises:
+            ExitNodeError: nftables refused the new table (the old one stays).
+        """
+        wanted = None if clients is None else sorted(set(clients))
+        if wanted == self.clients:
+            return False
+        self.clients = wanted
+        if self.applied:
+            self.run(["nft", "-f", "-"], self.ruleset())
+        return True
 
     def apply(self) -> None:
         """Enable forwarding and masquerading.
@@ -216,6 +347,8 @@ class ExitGateway:
         """
         self.recover()
         previous = self.ip_forward.read_text().strip()
+        self.forward_policy = "accept" if previous == "1" else "drop"
+        self.blocked = self._blocked()
         self.state.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state.with_suffix(".tmp")
         tmp.write_text(json.dumps({"ip_forward": previous}))
@@ -227,7 +360,11 @@ class ExitGateway:
             self.recover()
             raise ExitNodeError(f"cannot set up the exit: {exc}") from None
         self.applied = True
-        log.info("exit gateway: forwarding and masquerading %s", self.mesh)
+        log.info(
+            "exit gateway: forwarding and masquerading %s (%s)",
+            "the whole mesh" if self.clients is None else ", ".join(self.clients) or "nobody",
+            "LAN allowed" if self.allow_lan else f"not to {len(self.blocked)} private/LAN ranges",
+        )
 
     def restore(self) -> None:
         """Remove the table and put ``ip_forward`` back. Idempotent."""

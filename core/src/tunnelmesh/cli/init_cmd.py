@@ -105,6 +105,14 @@ filter:
 exit_node: ""
 # let other peers use this one as their exit
 allow_exit_traffic: false
+# what an exit forwards (only with allow_exit_traffic)
+exit:
+  # the peers that may use it, by peer ID (tunnelmesh peers --json) or ssh-ed25519 key;
+  # empty: every peer. Names are refused (a name can change hands, a key cannot).
+  allowed_peers: []
+  # also forward to private, CGNAT, link-local (169.254.169.254), loopback and this host's
+  # own LAN addresses (default: dropped, so clients reach the internet but not your LAN)
+  allow_lan: false
 """
 
 

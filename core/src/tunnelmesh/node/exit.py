@@ -12,8 +12,12 @@ On every node
     node allows exit traffic, so a node never forwards for others by accident.
 
 On an exit (``allow_exit_traffic: true`` / ``--allow-exit-traffic``)
-    :class:`~tunnelmesh.exitnode.ExitGateway` (``ip_forward`` and an nftables masquerade of the
-    mesh CIDR) while the node runs; the heartbeats publish ``allow_exit_traffic`` so clients
+    :class:`~tunnelmesh.exitnode.ExitGateway` (``ip_forward``, an nftables forward chain that
+    passes only clients' traffic from the TUN device to the uplink, never to private or LAN
+    destinations unless ``exit.allow_lan``, and a masquerade of the mesh CIDR) while the node
+    runs. With ``exit.allowed_peers`` (peer IDs) only those peers are clients: the guard drops
+    the others' packets for outside the mesh (by the key-authenticated link they came from),
+    and the forward chain passes only their mesh IPs (kept up to date as peers change); the heartbeats publish ``allow_exit_traffic`` so clients
     (and ``tunnelmesh peers``) know. Packets from a client to the internet pass the guard, are
     written to the TUN device, and the kernel forwards and masquerades them; the replies come
     back to the TUN device addressed to the client's mesh IP and are routed to the client.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -75,6 +80,7 @@ class ExitGuard(PacketFilter):
         mesh_cidr: str,
         *,
         allow: bool = False,
+        clients: set[str] | None = None,
         stats: MutableMapping[str, int] | None = None,
     ) -> None:
         net = ipaddress.ip_network(mesh_cidr, strict=False)
@@ -86,6 +92,9 @@ class ExitGuard(PacketFilter):
         self.mask = int(net.netmask)
         self.whole_bytes = net.prefixlen % 8 == 0
         self.allow = allow
+        self.clients = clients
+        """On an exit: the peers (names, as the forwarder's links are keyed) whose traffic
+        for outside the mesh passes; None: every peer."""
         self.stats: MutableMapping[str, int] = stats if stats is not None else {}
         self._warned: set[str] = set()
 
@@ -99,7 +108,7 @@ class ExitGuard(PacketFilter):
         return int.from_bytes(pkt[start : start + size], "big") & self.mask == self.net
 
     def verdicts(self, packets: Sequence[Any], peer: str, inbound: bool) -> list[bool]:
-        if not inbound or self.allow:
+        if not inbound or (self.allow and (self.clients is None or peer in self.clients)):
             return [True] * len(packets)
         if self.whole_bytes and self.version == 4:  # the usual case, inlined (hot path)
             pre, end = self.prefix, 16 + len(self.prefix)
@@ -112,11 +121,18 @@ class ExitGuard(PacketFilter):
             self.stats["dropped_not_exit"] = self.stats.get("dropped_not_exit", 0) + dropped
             if peer not in self._warned:
                 self._warned.add(peer)
-                log.warning(
-                    "peer %s sends traffic for outside the mesh, but this node is not an exit "
-                    "(allow_exit_traffic / --allow-exit-traffic): dropped",
-                    peer,
-                )
+                if self.allow:
+                    log.warning(
+                        "peer %s sends traffic for outside the mesh, but is not in "
+                        "exit.allowed_peers: dropped",
+                        peer,
+                    )
+                else:
+                    log.warning(
+                        "peer %s sends traffic for outside the mesh, but this node is not an "
+                        "exit (allow_exit_traffic / --allow-exit-traffic): dropped",
+                        peer,
+                    )
         return out
 
 
@@ -176,9 +192,23 @@ class ExitService:
         if state_dir is None:
             sock = cfg.control_socket or "/run/tunnelmesh.sock"
             state_dir = Path(str(sock) + ".state")
-        self.gateway = ExitGateway(self.mesh_cidr, state_dir=state_dir, proc_sys=proc_sys, run=run)
+        self.allowed_ids: list[str] | None = list(cfg.exit.allowed_peers) or None
+        """``exit.allowed_peers`` as peer IDs; None: every peer may use this exit."""
+        self.gateway = ExitGateway(
+            self.mesh_cidr,
+            tun=cfg.tun.name,
+            clients=None if self.allowed_ids is None else [],
+            allow_lan=cfg.exit.allow_lan,
+            state_dir=state_dir,
+            proc_sys=proc_sys,
+            run=run,
+        )
         self.routes = ExitRoutes(cfg.tun.name, run=run)
-        self.guard = ExitGuard(self.mesh_cidr, allow=self.allow)
+        self.guard = ExitGuard(
+            self.mesh_cidr, allow=self.allow, clients=None if self.allowed_ids is None else set()
+        )
+        self._clients_wake = asyncio.Event()
+        self._clients_task: asyncio.Task[None] | None = None
         self.coordinator_ips = list(coordinator_ips) if coordinator_ips is not None else None
         self.state = "off"
         """``off`` (no exit wanted), ``missing`` (not in the mesh), ``refused``, ``routed``."""
@@ -205,13 +235,24 @@ class ExitService:
             self.guard.stats = forwarder.stats
             forwarder.filters.insert(0, self.guard)
         if self.allow:
+            if self.allowed_ids is not None:
+                self.gateway.set_clients(self._refresh_clients())  # not applied yet: no nft
             try:
                 await asyncio.to_thread(self._locked, self.gateway.apply)
             except ExitNodeError as exc:
                 raise TunnelmeshError(f"allow_exit_traffic: {exc}") from None
-            self.node.notify(
-                f"exit node: forwarding and masquerading traffic from {self.mesh_cidr}"
+            who = (
+                f"{self.mesh_cidr}"
+                if self.allowed_ids is None
+                else f"{len(self.allowed_ids)} allowed peers (exit.allowed_peers)"
             )
+            lan = "" if self.gateway.allow_lan else "; not to private or LAN addresses"
+            self.node.notify(f"exit node: forwarding and masquerading traffic from {who}{lan}")
+            if self.allowed_ids is not None:
+                self.node.client.add_callback(lambda change: self._clients_wake.set())
+                self._clients_task = asyncio.get_running_loop().create_task(
+                    self._follow_clients(), name="tm-exit-clients"
+                )
         if self.exit_name:
             if self.coordinator_ips is None:
                 self.coordinator_ips = await self._resolve_coordinator()
@@ -226,10 +267,11 @@ class ExitService:
             self._closed = True
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._clients_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.exit_name:
             await asyncio.to_thread(self._quiet, self.routes.restore)
             self.exit_allowed = False
@@ -265,6 +307,36 @@ class ExitService:
             log.warning("cannot resolve the coordinator %s for the exit bypass: %s", host, exc)
             return []
         return list(dict.fromkeys(str(i[4][0]) for i in infos))
+
+    # --- the exit side: allowed clients -------------------------------------------------------
+
+    def _known_peers(self) -> list[Any]:
+        sync = self.node.sync
+        if sync is not None and sync.peers:
+            return list(sync.peers.values())
+        return list(self.node.client.table.peers.values())
+
+    def _refresh_clients(self) -> list[str]:
+        """Point the guard at the allowed peers' names; return their mesh IPs (for the
+        gateway). A peer is allowed by its key (peer ID), whatever its name."""
+        allowed = set(self.allowed_ids or ())
+        peers = [p for p in self._known_peers() if p.peer_id in allowed]
+        self.guard.clients = {p.name for p in peers}
+        return sorted(p.mesh_ip for p in peers if p.mesh_ip)
+
+    async def _follow_clients(self) -> None:
+        while not self._closed:
+            await self._clients_wake.wait()
+            self._clients_wake.clear()
+            ips = self._refresh_clients()
+            try:
+                await asyncio.to_thread(
+                    self._locked, functools.partial(self.gateway.set_clients, ips)
+                )
+            except ExitNodeError as exc:
+                log.warning("exit: cannot update the allowed clients: %s", exc)
+                await asyncio.sleep(2.0)
+                self._clients_wake.set()
 
     # --- the client side ---------------------------------------------------------------------
 
@@ -368,6 +440,9 @@ class ExitService:
         """For ``node.status``."""
         return {
             "allow_exit_traffic": self.allow,
+            "allowed_peers": self.allowed_ids,
+            "allow_lan": self.gateway.allow_lan,
+            "clients": sorted(self.guard.clients) if self.guard.clients is not None else None,
             "exit_node": self.exit_name,
             "state": self.state,
             "bypass": sorted(self.routes.bypass),
