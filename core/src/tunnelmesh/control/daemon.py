@@ -23,8 +23,8 @@ from tunnelmesh.control.client import ControlClient, fetch_ca
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import RegisterResponse
 from tunnelmesh.coordinator.ca import ca_fingerprint
-from tunnelmesh.coordinator.server import local_addresses
 from tunnelmesh.errors import TunnelmeshError
+from tunnelmesh.hostaddrs import local_addresses
 from tunnelmesh.identity import Identity
 from tunnelmesh.private_files import ensure_private_dir
 

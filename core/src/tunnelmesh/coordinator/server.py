@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import socket
 import ssl
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,32 +42,11 @@ from tunnelmesh.coordinator.core import Coordinator
 from tunnelmesh.coordinator.store import StateStore
 from tunnelmesh.coordinator.stun_server import StunServer, start_stun_server
 from tunnelmesh.errors import ConfigError, TunnelmeshError
+from tunnelmesh.hostaddrs import local_addresses
 
 __all__ = ["CoordinatorServer", "local_addresses"]
 
 log = logging.getLogger(__name__)
-
-_SIOCGIFADDR = 0x8915
-
-
-def local_addresses() -> list[str]:
-    """This host's IPv4 interface addresses (best effort; Linux ioctl), loopback included."""
-    out: list[str] = ["127.0.0.1"]
-    try:
-        names = [n for _, n in socket.if_nameindex()]
-    except OSError:
-        names = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for name in names:
-            try:
-                req = struct.pack("256s", name.encode()[:15])
-                res = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)
-            except OSError:
-                continue
-            addr = socket.inet_ntoa(res[20:24])
-            if addr not in out:
-                out.append(addr)
-    return out
 
 
 class CoordinatorServer:

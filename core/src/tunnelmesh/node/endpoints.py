@@ -13,35 +13,13 @@ node has no route to at all are left out (a peer's LAN address behind a NAT, see
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import socket
-import struct
 from collections.abc import Callable, Iterable, Sequence
 
+from tunnelmesh.hostaddrs import interface_networks
+
 __all__ = ["interface_networks", "local_endpoints", "order_endpoints", "routable"]
-
-_SIOCGIFADDR = 0x8915
-_SIOCGIFNETMASK = 0x891B
-
-
-def interface_networks() -> list[ipaddress.IPv4Interface]:
-    """Every IPv4 address of this host's interfaces with its prefix (loopback included)."""
-    out: list[ipaddress.IPv4Interface] = []
-    try:
-        names = [n for _, n in socket.if_nameindex()]
-    except OSError:
-        return out
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for name in names:
-            req = struct.pack("256s", name.encode()[:15])
-            try:
-                addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)[20:24])
-                mask = socket.inet_ntoa(fcntl.ioctl(s.fileno(), _SIOCGIFNETMASK, req)[20:24])
-            except OSError:
-                continue
-            out.append(ipaddress.IPv4Interface(f"{addr}/{mask}"))
-    return out
 
 
 def local_endpoints(
