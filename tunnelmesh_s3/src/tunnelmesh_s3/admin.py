@@ -29,8 +29,8 @@ from aiohttp import web
 from tunnelmesh.errors import BucketAlreadyExists, InvalidName
 from tunnelmesh.storage import check_bucket_name
 
-from tunnelmesh_s3.app import Call
 from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer, Share
+from tunnelmesh_s3.call import Call
 from tunnelmesh_s3.errors import S3Error
 
 __all__ = ["ShareRequest", "handle"]

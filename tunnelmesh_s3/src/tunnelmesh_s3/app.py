@@ -19,16 +19,17 @@ import contextvars
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from tunnelmesh.abc import Storage
-from tunnelmesh.errors import NoSuchBucket, StorageError
+from tunnelmesh.errors import StorageError
 
 from tunnelmesh_s3 import sigv2, sigv4
-from tunnelmesh_s3.auth import Action, Authorizer, Principal
+from tunnelmesh_s3.auth import Authorizer, Principal
+from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
 from tunnelmesh_s3.metrics import S3Stats
 from tunnelmesh_s3.xmlio import error_document
@@ -36,9 +37,6 @@ from tunnelmesh_s3.xmlio import error_document
 __all__ = ["MAX_OBJECT_SIZE", "Call", "S3Config", "build_app"]
 
 log = logging.getLogger(__name__)
-
-MAX_OBJECT_SIZE = 5 * 1024**3
-"""The largest single PUT or part, as S3 (multipart objects may be larger)."""
 
 ADMIN_PREFIX = "/_tunnelmesh/"
 
@@ -59,37 +57,6 @@ class S3Config:
     admin_api: bool = True
     clock: Callable[[], float] = time.time
 
-
-@dataclass
-class Call:
-    """One authenticated S3 request, as handlers see it."""
-
-    request: web.Request
-    storage: Storage
-    auth: Authorizer
-    config: S3Config
-    principal: Principal
-    verified: sigv4.Verified
-    bucket: str
-    key: str
-    params: dict[str, str] = field(default_factory=dict)
-    request_id: str = ""
-
-    async def need(self, action: Action, bucket: str | None = None) -> None:
-        """Raise AccessDenied (or NoSuchBucket) unless the caller may ``action`` the bucket."""
-        bucket = self.bucket if bucket is None else bucket
-        if self.auth.allowed(self.principal, bucket, action):
-            return
-        try:
-            await self.storage.head_bucket(bucket)
-        except NoSuchBucket:
-            raise S3Error(
-                "NoSuchBucket", "The specified bucket does not exist", BucketName=bucket
-            ) from None
-        raise S3Error("AccessDenied", "Access Denied")
-
-
-Handler = Callable[[Call], Awaitable[web.StreamResponse]]
 
 STORAGE_KEY = web.AppKey("storage", Storage)
 AUTH_KEY = web.AppKey("authorizer", Authorizer)

@@ -11,7 +11,7 @@ from tunnelmesh.abc import ObjectInfo
 from tunnelmesh.errors import BucketAlreadyExists, InvalidName, NoSuchBucket, StorageError
 from tunnelmesh.storage import check_bucket_name, check_key
 
-from tunnelmesh_s3.app import Call, Handler
+from tunnelmesh_s3.call import Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
 from tunnelmesh_s3.listing import page_buckets, page_uploads
 from tunnelmesh_s3.xmlio import document, element, encode_key, iso8601, parse_delete

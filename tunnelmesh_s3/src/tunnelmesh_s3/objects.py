@@ -13,9 +13,9 @@ from tunnelmesh.abc import ObjectInfo
 from tunnelmesh.errors import NoSuchKey
 from tunnelmesh.storage import check_key
 
-from tunnelmesh_s3.app import MAX_OBJECT_SIZE, Call, Handler
 from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS, Body
 from tunnelmesh_s3.buckets import UNSUPPORTED, xml
+from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call, Handler
 from tunnelmesh_s3.errors import S3Error
 from tunnelmesh_s3.listing import page_parts
 from tunnelmesh_s3.xmlio import document, element, iso8601, parse_complete
