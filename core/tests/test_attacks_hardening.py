@@ -6,12 +6,17 @@ Each test plays one attack and checks that it is refused, bounded or harmless:
   ``-wal``/``-shm`` files (they hold the mesh CA's key) are 0600 from the first start, whatever
   the umask; a data dir or home open to other users is refused with the fix in the message;
 * a thief of the mesh CA's key (or the coordinator's operator) vouching for other names to peers
-  that installed the CA in their trust store: the CA is name-constrained to the mesh.
+  that installed the CA in their trust store: the CA is name-constrained to the mesh;
+* floods: challenge requests are charged to their source and never evict another source's
+  challenge; heartbeats are paced per peer and their pushes coalesced; endpoints a peer
+  announces must be unicast IP:port (a clear 400, counted, nothing changed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -31,9 +36,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tunnelmesh.config import ServerConfig
 from tunnelmesh.control import daemon
 from tunnelmesh.control.contexts import Context, ContextStore
+from tunnelmesh.control.messages import Heartbeat, RegisterRequest
+from tunnelmesh.coordinator.auth import registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, MeshCa
-from tunnelmesh.coordinator.core import Coordinator
-from tunnelmesh.coordinator.store import SqliteStore
+from tunnelmesh.coordinator.core import HEARTBEAT_BURST, PUSH_COALESCE, ApiFailure, Coordinator
+from tunnelmesh.coordinator.store import PeerRecord, SqliteStore
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.identity import Identity
 
@@ -299,3 +306,153 @@ def test_an_old_unconstrained_ca_is_kept_with_a_warning(
 
     asyncio.run(main())
     assert "the mesh CA has no name constraints" in caplog.text
+
+
+# --- 4. bounded under abuse ---------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _request(ident: Identity, name: str, nonce: bytes, endpoints: list[str]) -> RegisterRequest:
+    msg = registration_message(nonce, name, ident.public_openssh, token_binding(TOKEN, nonce))
+    return RegisterRequest(
+        name=name,
+        public_key=ident.public_openssh,
+        nonce=base64.b64encode(nonce).decode(),
+        signature=base64.b64encode(ident.sign(msg)).decode(),
+        endpoints=endpoints,
+    )
+
+
+async def _coordinator(tmp_path: Path, clock: _Clock) -> Coordinator:
+    coord = Coordinator(_server_config(tmp_path / "state"), clock=clock)
+    await coord.load()
+    return coord
+
+
+async def _join(coord: Coordinator, name: str, source: str = "192.0.2.1") -> PeerRecord:
+    ident = Identity.generate()
+    nonce = coord.issue_challenge(source)
+    resp = await coord.register(_request(ident, name, nonce, []), TOKEN, source)
+    return coord.peers[resp.peer_id]
+
+
+def test_a_challenge_flood_from_one_source_does_not_stop_another_sources_registration(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        clock = _Clock()
+        coord = await _coordinator(tmp_path, clock)
+        try:
+            genuine = Identity.generate()
+            nonce = coord.issue_challenge("192.0.2.10")
+            # 100,000 challenge requests from one source, more than the whole book holds
+            # (the book used to forget the oldest nonce of anybody: the genuine one first).
+            limited = 0
+            for _ in range(100_000):
+                try:
+                    coord.issue_challenge("203.0.113.66")
+                except ApiFailure as f:
+                    assert f.status == 429
+                    limited += 1
+            assert limited > 99_000  # charged: the flooder is soon over its allowance
+            assert coord.challenges.outstanding("203.0.113.66") <= coord.challenges.per_source
+            assert len(coord.challenges) <= coord.challenges.per_source + 1
+            resp = await coord.register(
+                _request(genuine, "genuine", nonce, []), TOKEN, "192.0.2.10"
+            )
+            assert resp.name == "genuine"
+            # An IPv6 flooder is one source per /64, whatever address of it it uses.
+            for i in range(1, 1000):
+                with contextlib.suppress(ApiFailure):
+                    coord.issue_challenge(f"2001:db8:66:1::{i:x}")
+            assert coord.challenges.outstanding("2001:db8:66:1::/64") <= 8
+        finally:
+            await coord.close()
+
+    asyncio.run(main())
+
+
+def test_a_heartbeat_flood_is_rate_limited_and_pushed_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = _Clock()
+        coord = await _coordinator(tmp_path, clock)
+        pushed: list[bytes] = []
+        coord.hub.broadcast = lambda data, exclude=None: pushed.append(data)  # type: ignore[method-assign]
+        try:
+            rec = await _join(coord, "flooder")
+            pushed.clear()
+            accepted = refused = 0
+            for i in range(1000):  # every heartbeat announces different endpoints
+                hb = Heartbeat(endpoints=[f"198.51.100.{i % 250 + 1}:{1000 + i}"])
+                try:
+                    coord.heartbeat(rec, hb, "198.51.100.1:1")
+                    accepted += 1
+                except ApiFailure as f:
+                    assert f.status == 429 and f.retry_after > 0
+                    refused += 1
+            assert accepted == HEARTBEAT_BURST and refused == 1000 - accepted
+            assert coord.stats["heartbeats_limited"] == refused
+            assert coord.liveness.heap_size() <= 2
+            await asyncio.sleep(PUSH_COALESCE * 4)
+            assert len(pushed) == 1  # ten changes, one push: the record as it is now
+            assert rec.endpoints[0].encode() in pushed[0]
+            clock.now += 60.0  # the allowance refills: a normal pace is never refused
+            for _ in range(5):
+                coord.heartbeat(rec, Heartbeat(endpoints=rec.endpoints), "198.51.100.1:1")
+                clock.now += float(coord.config.heartbeat_interval)
+        finally:
+            await coord.close()
+
+    asyncio.run(main())
+
+
+BAD_ENDPOINTS = [
+    "127.0.0.1:51820",  # loopback: the peers would send to themselves
+    "[::1]:51820",
+    "0.0.0.0:51820",  # unspecified
+    "[::]:51820",
+    "224.0.0.1:51820",  # multicast
+    "[ff02::1]:51820",
+    "255.255.255.255:51820",  # broadcast
+    "192.0.2.1:0",  # port 0
+    "192.0.2.1:65536",
+    "example.com:51820",  # a name, not an address
+    "192.0.2.1",
+    "::1:51820",  # IPv6 without brackets
+    "[::ffff:127.0.0.1]:51820",  # loopback in disguise
+]
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
+def test_announced_endpoints_must_be_unicast_ip_port(tmp_path: Path, endpoint: str) -> None:
+    async def main() -> None:
+        clock = _Clock()
+        coord = await _coordinator(tmp_path, clock)
+        try:
+            rec = await _join(coord, "peer")
+            good = ["192.0.2.7:51820", "[2001:db8::7]:51820", "10.1.2.3:1"]
+            coord.heartbeat(rec, Heartbeat(endpoints=good), "192.0.2.7:1")
+            before = coord.stats["bad_endpoints"]
+            with pytest.raises(ApiFailure) as err:
+                coord.heartbeat(rec, Heartbeat(endpoints=[good[0], endpoint]), "192.0.2.7:1")
+            assert err.value.status == 400 and err.value.error == "bad_endpoint"
+            assert repr(endpoint) in err.value.message
+            assert coord.stats["bad_endpoints"] == before + 1
+            assert rec.endpoints == good  # nothing changed
+            with pytest.raises(ApiFailure) as err:  # registration refuses it too (charged)
+                ident = Identity.generate()
+                nonce = coord.issue_challenge("192.0.2.8")
+                await coord.register(_request(ident, "other", nonce, [endpoint]), TOKEN, "x")
+            assert err.value.status == 400 and coord.stats["bad_endpoints"] == before + 2
+            assert coord.peer_by_name("other") is None
+        finally:
+            await coord.close()
+
+    asyncio.run(main())

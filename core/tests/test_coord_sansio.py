@@ -15,6 +15,7 @@ from tunnelmesh.coordinator.alloc import (
 )
 from tunnelmesh.coordinator.auth import (
     ChallengeBook,
+    ChallengesExhausted,
     FailureLimiter,
     registration_message,
     token_binding,
@@ -32,7 +33,7 @@ def _counter_random() -> ChallengeBook:
 
 def test_challenge_is_single_use() -> None:
     book = _counter_random()
-    nonce = book.issue(now=100.0)
+    nonce, _ = book.issue(now=100.0)
     assert book.peek(nonce, 100.0)
     assert book.redeem(nonce, now=101.0)
     assert not book.redeem(nonce, now=101.0)
@@ -40,7 +41,7 @@ def test_challenge_is_single_use() -> None:
 
 def test_challenge_expires() -> None:
     book = _counter_random()
-    nonce = book.issue(now=100.0)
+    nonce, _ = book.issue(now=100.0)
     assert not book.redeem(nonce, now=160.5)
 
 
@@ -48,12 +49,20 @@ def test_unknown_challenge_refused() -> None:
     assert not _counter_random().redeem(b"\x00" * 32, now=0.0)
 
 
-def test_challenge_book_is_bounded() -> None:
-    book = ChallengeBook(max_pending=3)
-    nonces = [book.issue(now=1.0) for _ in range(5)]
-    assert len(book) == 3
-    assert not book.redeem(nonces[0], 1.0)
-    assert book.redeem(nonces[-1], 1.0)
+def test_challenge_book_is_bounded_without_evicting_other_sources() -> None:
+    # It used to forget the oldest nonce of anybody: a flood evicted genuine challenges.
+    book = ChallengeBook(max_pending=3, per_source=2)
+    genuine, evicted = book.issue(now=1.0, source="10.0.0.1")
+    assert not evicted
+    flood = [book.issue(now=1.0, source="10.6.6.6") for _ in range(5)]
+    assert [e for _, e in flood] == [False, False, True, True, True]  # its own oldest go
+    assert len(book) == 3 and book.outstanding("10.6.6.6") == 2
+    assert not book.redeem(flood[0][0], 1.0)
+    assert book.redeem(flood[-1][0], 1.0)
+    book.issue(now=1.0, source="10.6.6.6")
+    with pytest.raises(ChallengesExhausted):  # full of others' nonces: refused, none evicted
+        book.issue(now=1.0, source="10.9.9.9")
+    assert book.redeem(genuine, 1.0)
 
 
 def test_expired_challenges_are_forgotten_on_issue() -> None:

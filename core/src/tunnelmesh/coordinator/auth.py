@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
     "ChallengeBook",
+    "ChallengesExhausted",
     "FailureLimiter",
     "registration_message",
     "token_binding",
@@ -65,47 +66,88 @@ def registration_message(nonce: bytes, name: str, public_key: str, binding: byte
     )
 
 
+class ChallengesExhausted(Exception):
+    """The challenge book is full of other sources' unexpired nonces (try again later)."""
+
+
 @dataclass
 class ChallengeBook:
     """Outstanding registration nonces: each one is valid once, for ``ttl`` seconds.
 
-    The book holds at most ``max_pending`` nonces; issuing past that forgets the oldest, so a
-    flood of challenge requests costs bounded memory.
+    Every nonce is charged to the source that asked for it (a :func:`~tunnelmesh.coordinator.
+    limits.source_key`). A source holds at most ``per_source`` unexpired nonces: asking for
+    more forgets that source's own oldest one, never another source's. The whole book holds at
+    most ``max_pending``; when it is full of other sources' nonces, :meth:`issue` refuses
+    (:class:`ChallengesExhausted`) rather than evict one. So a flood of challenge requests from
+    one source costs bounded memory and cannot cancel anybody else's registration.
     """
 
     ttl: float = CHALLENGE_TTL
     max_pending: int = 65536
+    per_source: int = 8
     random: Callable[[int], bytes] = os.urandom
-    _pending: OrderedDict[bytes, float] = field(default_factory=OrderedDict, repr=False)
+    _pending: OrderedDict[bytes, tuple[float, str]] = field(default_factory=OrderedDict, repr=False)
+    _by_source: dict[str, deque[bytes]] = field(default_factory=dict, repr=False)
 
-    def issue(self, now: float) -> bytes:
-        """A fresh nonce, valid until ``now + ttl``."""
+    def issue(self, now: float, source: str = "") -> tuple[bytes, bool]:
+        """A fresh nonce for ``source``, valid until ``now + ttl``.
+
+        Returns:
+            The nonce, and whether issuing it forgot one of ``source``'s own older nonces
+            (the caller may count that against the source).
+
+        Raises:
+            ChallengesExhausted: ``max_pending`` nonces of other sources are outstanding.
+        """
         self._expire(now)
+        mine = self._by_source.get(source)
+        evicted = False
+        if mine is not None and len(mine) >= self.per_source:
+            self._drop(mine[0])
+            evicted = True
+        elif len(self._pending) >= self.max_pending:
+            if not mine:
+                raise ChallengesExhausted("too many registrations in progress; try again later")
+            self._drop(mine[0])
+            evicted = True
         nonce = self.random(NONCE_SIZE)
-        self._pending[nonce] = now + self.ttl
-        while len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
-        return nonce
+        self._pending[nonce] = (now + self.ttl, source)
+        self._by_source.setdefault(source, deque()).append(nonce)
+        return nonce, evicted
 
     def redeem(self, nonce: bytes, now: float) -> bool:
         """Use up ``nonce``; True when it was issued here, unused and unexpired."""
-        expiry = self._pending.pop(nonce, None)
-        return expiry is not None and now <= expiry
+        entry = self._pending.get(nonce)
+        if entry is None:
+            return False
+        self._drop(nonce)
+        return now <= entry[0]
 
     def peek(self, nonce: bytes, now: float) -> bool:
         """True when ``nonce`` could be redeemed now, without using it up."""
-        expiry = self._pending.get(nonce)
-        return expiry is not None and now <= expiry
+        entry = self._pending.get(nonce)
+        return entry is not None and now <= entry[0]
 
     def __len__(self) -> int:
         return len(self._pending)
 
+    def outstanding(self, source: str) -> int:
+        """How many unexpired nonces ``source`` holds (as of the last issue)."""
+        return len(self._by_source.get(source, ()))
+
+    def _drop(self, nonce: bytes) -> None:
+        _, source = self._pending.pop(nonce)
+        mine = self._by_source[source]
+        mine.remove(nonce)
+        if not mine:
+            del self._by_source[source]
+
     def _expire(self, now: float) -> None:
         while self._pending:
-            nonce, expiry = next(iter(self._pending.items()))
+            nonce, (expiry, _) = next(iter(self._pending.items()))
             if expiry >= now:
                 break
-            del self._pending[nonce]
+            self._drop(nonce)
 
 
 @dataclass

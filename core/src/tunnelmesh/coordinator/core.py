@@ -53,6 +53,7 @@ from tunnelmesh.control.messages import (
 from tunnelmesh.coordinator.alloc import AllocationError, IpAllocator, check_name, suffixed_name
 from tunnelmesh.coordinator.auth import (
     ChallengeBook,
+    ChallengesExhausted,
     FailureLimiter,
     registration_message,
     token_binding,
@@ -60,6 +61,7 @@ from tunnelmesh.coordinator.auth import (
 )
 from tunnelmesh.coordinator.ca import MeshCa, ServerCert
 from tunnelmesh.coordinator.groups import GroupBook
+from tunnelmesh.coordinator.limits import RateLimiter, source_key
 from tunnelmesh.coordinator.liveness import Liveness
 from tunnelmesh.coordinator.policy import (
     MAX_ALIASES,
@@ -84,6 +86,10 @@ __all__ = ["ApiFailure", "Coordinator"]
 log = logging.getLogger(__name__)
 
 _CA_KEY = "mesh_ca"
+HEARTBEAT_BURST = 10.0
+RENDEZVOUS_BURST = 5.0
+PUSH_COALESCE = 0.05
+"""Seconds heartbeat-caused changes of one peer wait, so a burst becomes one push."""
 _FIRST_ADMIN_KEY = "first_admin"
 _TOKEN_KEY = "auth_token"
 
@@ -112,12 +118,42 @@ def _b64(text: str, what: str) -> bytes:
         raise ApiFailure(400, "malformed", f"{what} is not valid base64") from None
 
 
+def endpoint_problem(ep: str) -> str | None:
+    """Why ``ep`` is not an endpoint other peers may be sent to (None: it is).
+
+    An endpoint is ``IP:port`` (``[IPv6]:port``) of a unicast address: not loopback, multicast,
+    unspecified or reserved (the IPv4 broadcast), and a port from 1 to 65535. Anything else
+    would point other peers' traffic at themselves or at a whole network.
+    """
+    if not isinstance(ep, str) or len(ep) > 64:
+        return "is not IP:port"
+    host, sep, port = ep.rpartition(":")
+    if not sep or not port.isdigit():
+        return "is not IP:port"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return "is not IP:port (write an IPv6 address as [addr]:port)"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "is not IP:port (host names are not endpoints)"
+    if not 0 < int(port) < 65536:
+        return "has no valid port (1 to 65535)"
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
+        return "is not a unicast address (loopback, multicast, unspecified or broadcast)"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return "is an IPv4-mapped IPv6 address (announce the IPv4 address)"
+    return None
+
+
 def _valid_endpoints(endpoints: list[str]) -> list[str]:
     if len(endpoints) > 16:
         raise ApiFailure(400, "malformed", "at most 16 endpoints")
     for ep in endpoints:
-        if not isinstance(ep, str) or len(ep) > 64 or ":" not in ep:
-            raise ApiFailure(400, "malformed", f"endpoint {ep!r} is not host:port")
+        why = endpoint_problem(ep)
+        if why is not None:
+            raise ApiFailure(400, "bad_endpoint", f"endpoint {ep!r} {why}")
     return list(endpoints)
 
 
@@ -161,6 +197,15 @@ class Coordinator:
             burst=config.auth_failures_burst, per_minute=config.auth_failures_per_minute
         )
         self.hub = PushHub()
+        interval = float(config.heartbeat_interval)
+        # A peer heartbeats once per interval, sooner when its endpoints change: a burst of
+        # HEARTBEAT_BURST, then 4 per interval on average. More is refused (429).
+        self.heartbeat_pace = RateLimiter(4.0 / max(interval, 0.01), HEARTBEAT_BURST)
+        # Hole-punch requests per (asker, target) pair: enough to re-dial, never a flood that
+        # fills the target's push queue.
+        self.rendezvous_pace = RateLimiter(1.0, RENDEZVOUS_BURST)
+        self._pending_push: set[str] = set()
+        self._push_timer: asyncio.TimerHandle | None = None
         self.ca: MeshCa | None = None
         self.server_cert: ServerCert | None = None
         self.peers: dict[str, PeerRecord] = {}
@@ -181,9 +226,17 @@ class Coordinator:
         self._lock = asyncio.Lock()
         self.revision = 0
         self.stun_port = 0
-        self.stats = {"registrations": 0, "refused": 0, "heartbeats": 0}
         self.refused_by: dict[str, int] = {}
         """Refused attempts by error code (a fixed set of strings; metrics)."""
+        self.stats = {
+            "registrations": 0,
+            "refused": 0,
+            "heartbeats": 0,
+            "heartbeats_limited": 0,
+            "rendezvous_limited": 0,
+            "bad_endpoints": 0,
+            "pushes_coalesced": 0,
+        }
         self._tasks: list[asyncio.Task[None]] = []
         self._own_peer_known = asyncio.Event()
 
@@ -225,6 +278,9 @@ class Coordinator:
         self._tasks.append(loop.create_task(self._tick_loop()))
 
     async def close(self) -> None:
+        if self._push_timer is not None:
+            self._push_timer.cancel()
+            self._push_timer = None
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -427,8 +483,28 @@ class Coordinator:
         return True
 
     def _announce(self, rec: PeerRecord) -> None:
+        self._pending_push.discard(rec.peer_id)  # this push carries the latest record
         self.revision += 1
         self.hub.broadcast(encode(PeerUpserted(peer=self.info(rec), revision=self.revision)))
+
+    def _announce_soon(self, rec: PeerRecord) -> None:
+        """Push ``rec`` within PUSH_COALESCE seconds: every change of the peer meanwhile
+        rides on the same push (its record as it is then)."""
+        if rec.peer_id in self._pending_push:
+            self.stats["pushes_coalesced"] += 1
+            return
+        self._pending_push.add(rec.peer_id)
+        if self._push_timer is None:
+            loop = asyncio.get_running_loop()
+            self._push_timer = loop.call_later(PUSH_COALESCE, self._flush_pushes)
+
+    def _flush_pushes(self) -> None:
+        self._push_timer = None
+        pending, self._pending_push = self._pending_push, set()
+        for peer_id in sorted(pending):
+            rec = self.peers.get(peer_id)
+            if rec is not None:  # deleted meanwhile: its PeerGone went out already
+                self._announce(rec)
 
     # --- registration ------------------------------------------------------------------------
 
@@ -438,13 +514,21 @@ class Coordinator:
         wait = self.limiter.retry_after(source, now)
         if wait > 0:
             raise ApiFailure(429, "rate_limited", "too many failed attempts; try later", wait)
-        return self.challenges.issue(now)
+        try:
+            nonce, evicted = self.challenges.issue(now, source_key(source))
+        except ChallengesExhausted as exc:
+            raise ApiFailure(503, "busy", str(exc), 5.0) from None
+        if evicted:  # more challenges than it redeems: charged like a failed attempt
+            self.limiter.charge(source, now)
+        return nonce
 
     def refuse(self, source: str, failure: ApiFailure) -> ApiFailure:
         """Charge a refused attempt to ``source`` and return the failure to raise."""
         self.limiter.charge(source, self.clock())
         self.stats["refused"] += 1
         self.refused_by[failure.error] = self.refused_by.get(failure.error, 0) + 1
+        if failure.error == "bad_endpoint":
+            self.stats["bad_endpoints"] += 1
         return failure
 
     def check_allowance(self, source: str) -> None:
@@ -616,9 +700,23 @@ class Coordinator:
     # --- peer operations -------------------------------------------------------------------
 
     def heartbeat(self, rec: PeerRecord, hb: Heartbeat, observed: str) -> HeartbeatAck:
-        """Record a heartbeat; pushes the peer when its endpoints, exit flag or online state changed."""
+        """Record a heartbeat; pushes the peer when its endpoints, exit flag or online state changed.
+
+        Raises:
+            ApiFailure: 429 when the peer heartbeats faster than its allowance (burst
+                HEARTBEAT_BURST, then 4 per interval), 400 for an endpoint that is not a unicast
+                IP:port (counted in ``stats``); nothing changes then.
+        """
         now = self.clock()
-        endpoints = _valid_endpoints(hb.endpoints)
+        wait = self.heartbeat_pace.take(rec.peer_id, now)
+        if wait > 0:
+            self.stats["heartbeats_limited"] += 1
+            raise ApiFailure(429, "rate_limited", "heartbeats too frequent; slow down", wait)
+        try:
+            endpoints = _valid_endpoints(hb.endpoints)
+        except ApiFailure:
+            self.stats["bad_endpoints"] += 1
+            raise
         changed = endpoints != rec.endpoints or hb.allow_exit_traffic != rec.allow_exit_traffic
         if hb.aliases != rec.alias_request:
             rec.alias_request = list(hb.aliases[:MAX_ALIASES])
@@ -634,8 +732,10 @@ class Coordinator:
         rec.last_seen = now
         self._dirty.add(rec.peer_id)
         self.stats["heartbeats"] += 1
-        if self.liveness.seen(rec.peer_id, now) or changed:
-            self._announce(rec)
+        if self.liveness.seen(rec.peer_id, now):
+            self._announce(rec)  # back online: at once
+        elif changed:
+            self._announce_soon(rec)
         return HeartbeatAck(
             interval=float(self.config.heartbeat_interval), server_time=now, observed_addr=observed
         )
@@ -651,6 +751,8 @@ class Coordinator:
                 raise ApiFailure(503, "store_unavailable", str(exc)) from None
             self._unindex(rec)
             self._dirty.discard(rec.peer_id)
+            self._pending_push.discard(rec.peer_id)
+            self.heartbeat_pace.forget(rec.peer_id)
             if self.alloc.contains(rec.mesh_ip):
                 self.alloc.release(rec.mesh_ip)
             self.liveness.forget(rec.peer_id)
@@ -746,7 +848,15 @@ class Coordinator:
         target = self.peer_by_name(req.to)
         if target is None:
             raise ApiFailure(404, "no_such_peer", f"no peer named {req.to!r}")
-        endpoints = _valid_endpoints(req.endpoints) or rec.endpoints
+        wait = self.rendezvous_pace.take(f"{rec.peer_id}>{target.peer_id}", self.clock())
+        if wait > 0:
+            self.stats["rendezvous_limited"] += 1
+            raise ApiFailure(429, "rate_limited", f"too many rendezvous with {req.to!r}", wait)
+        try:
+            endpoints = _valid_endpoints(req.endpoints) or rec.endpoints
+        except ApiFailure:
+            self.stats["bad_endpoints"] += 1
+            raise
         msg = Rendezvous(from_peer=rec.name, peer_id=rec.peer_id, endpoints=endpoints)
         delivered = self.hub.send_to(target.peer_id, encode(msg))
         return RendezvousAck(delivered=delivered, peer_endpoints=target.endpoints)

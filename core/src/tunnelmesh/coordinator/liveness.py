@@ -8,6 +8,10 @@ second); nothing here reads a clock.
 
     unknown --seen--> online --(no heartbeat for misses*interval)--> offline --seen--> online
        any  --forget--> unknown
+
+The deadline heap holds one live entry per online peer (``_scheduled`` says which): a heartbeat
+only moves ``last_seen``, and an entry that comes due early is pushed back to the peer's real
+deadline. So a peer that heartbeats a thousand times a second costs one entry, not a thousand.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Liveness:
     _last_seen: dict[str, float] = field(default_factory=dict, repr=False)
     _online: set[str] = field(default_factory=set, repr=False)
     _heap: list[tuple[float, str]] = field(default_factory=list, repr=False)
+    _scheduled: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def timeout(self) -> float:
@@ -57,14 +62,16 @@ class Liveness:
         self._last_seen[peer_id] = last_seen
         if last_seen + self.timeout > now:
             self._online.add(peer_id)
-            heapq.heappush(self._heap, (last_seen + self.timeout, peer_id))
+            self._schedule(peer_id, last_seen + self.timeout)
         else:
             self._online.discard(peer_id)
+            self._scheduled.pop(peer_id, None)
 
     def seen(self, peer_id: str, now: float) -> list[PeerOnline]:
         """A heartbeat from ``peer_id``; returns ``[PeerOnline]`` if it was not online."""
         self._last_seen[peer_id] = now
-        heapq.heappush(self._heap, (now + self.timeout, peer_id))
+        if peer_id not in self._scheduled:
+            self._schedule(peer_id, now + self.timeout)
         if peer_id in self._online:
             return []
         self._online.add(peer_id)
@@ -74,32 +81,52 @@ class Liveness:
         """The peer left the mesh; no events for it any more."""
         self._last_seen.pop(peer_id, None)
         self._online.discard(peer_id)
+        self._scheduled.pop(peer_id, None)  # its heap entry is stale from now on
+
+    def _schedule(self, peer_id: str, deadline: float) -> None:
+        self._scheduled[peer_id] = deadline
+        heapq.heappush(self._heap, (deadline, peer_id))
+
+    def _due(self, deadline: float, peer_id: str) -> float | None:
+        """The real deadline of the heap entry ``(deadline, peer_id)``, or None if stale."""
+        if self._scheduled.get(peer_id) != deadline or peer_id not in self._online:
+            return None
+        last = self._last_seen.get(peer_id)
+        return None if last is None else last + self.timeout
 
     def poll(self, now: float) -> list[PeerOffline]:
         """Events for peers whose heartbeats stopped before ``now``."""
         events: list[PeerOffline] = []
         while self._heap and self._heap[0][0] <= now:
-            _, peer_id = heapq.heappop(self._heap)
-            last = self._last_seen.get(peer_id)
-            if last is None or peer_id not in self._online:
+            deadline, peer_id = heapq.heappop(self._heap)
+            due = self._due(deadline, peer_id)
+            if due is None:
                 continue
-            if last + self.timeout <= now:
+            del self._scheduled[peer_id]
+            if due <= now:
                 self._online.discard(peer_id)
-                events.append(PeerOffline(peer_id, last))
+                events.append(PeerOffline(peer_id, self._last_seen[peer_id]))
+            else:
+                self._schedule(peer_id, due)  # heartbeats moved it: back in at the real one
         return events
 
     def next_deadline(self) -> float | None:
         """When ``poll`` may next produce an event (None: no peer is online)."""
         while self._heap:
             deadline, peer_id = self._heap[0]
-            last = self._last_seen.get(peer_id)
-            if peer_id in self._online and last is not None and last + self.timeout == deadline:
+            due = self._due(deadline, peer_id)
+            if due is None:
+                heapq.heappop(self._heap)
+            elif due > deadline:
+                heapq.heappop(self._heap)
+                self._schedule(peer_id, due)
+            else:
                 return deadline
-            if peer_id not in self._online or last is None or last + self.timeout > deadline:
-                heapq.heappop(self._heap)  # stale entry: a later heartbeat superseded it
-                continue
-            return deadline  # pragma: no cover - last + timeout < deadline cannot happen
         return None
+
+    def heap_size(self) -> int:
+        """Entries in the deadline heap, live and stale (tests check that it stays bounded)."""
+        return len(self._heap)
 
     def is_online(self, peer_id: str) -> bool:
         return peer_id in self._online
