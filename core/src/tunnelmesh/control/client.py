@@ -57,6 +57,7 @@ from tunnelmesh.control.messages import (
     encode,
 )
 from tunnelmesh.control.peertable import FilterRulesChanged, PeerChange, PeerTable, SelfRemoved
+from tunnelmesh.control.urls import endpoint_problem
 from tunnelmesh.coordinator.auth import registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, ca_proof, client_ssl_context
 from tunnelmesh.errors import TunnelmeshError
@@ -290,7 +291,10 @@ class ControlClient:
     async def _current_endpoints(self) -> list[str]:
         if self._endpoints is None:
             return []
-        return list(await _maybe_await(self._endpoints()))
+        # What the coordinator would refuse (a loopback address that STUN reflects when the
+        # coordinator runs on this host, say) is left out rather than losing the heartbeat.
+        eps = list(await _maybe_await(self._endpoints()))
+        return [e for e in eps if endpoint_problem(e) is None]
 
     async def register(self) -> RegisterResponse:
         """Prove the key and the token to the coordinator; returns the mesh IP and session.
@@ -360,7 +364,8 @@ class ControlClient:
 
     async def rendezvous(self, to: str, endpoints: list[str] | None = None) -> RendezvousAck:
         """Ask the coordinator to tell ``to`` to punch towards us (our endpoints by default)."""
-        req = RendezvousRequest(to=to, endpoints=endpoints or [])
+        eps = [e for e in endpoints or [] if endpoint_problem(e) is None]
+        req = RendezvousRequest(to=to, endpoints=eps)
         return await self._call("POST", "/api/v1/rendezvous", RendezvousAck, body=req)
 
     async def leave(self) -> None:

@@ -1,4 +1,4 @@
-"""Parsing ``host:port`` listen addresses and coordinator URLs."""
+"""Parsing ``host:port`` listen addresses, coordinator URLs, and checking peer endpoints."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from urllib.parse import urlsplit
 
 from tunnelmesh.errors import ConfigError
 
-__all__ = ["DEFAULT_API_PORT", "DEFAULT_STUN_PORT", "normalize_server_url", "split_hostport"]
+__all__ = [
+    "DEFAULT_API_PORT",
+    "DEFAULT_STUN_PORT",
+    "endpoint_problem",
+    "normalize_server_url",
+    "split_hostport",
+]
 
 DEFAULT_API_PORT = 8443
 DEFAULT_STUN_PORT = 3478
@@ -76,3 +82,32 @@ def normalize_server_url(url: str) -> str:
     except ValueError:
         pass
     return f"https://{host}:{port}"
+
+
+def endpoint_problem(ep: str) -> str | None:
+    """Why ``ep`` is not an endpoint other peers may be sent to (None: it is).
+
+    An endpoint is ``IP:port`` (``[IPv6]:port``) of a unicast address: not loopback, multicast,
+    unspecified or reserved (the IPv4 broadcast), and a port from 1 to 65535. Anything else
+    would point other peers' traffic at themselves or at a whole network.
+    """
+    if not isinstance(ep, str) or len(ep) > 64:
+        return "is not IP:port"
+    host, sep, port = ep.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()):
+        return "is not IP:port"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return "is not IP:port (write an IPv6 address as [addr]:port)"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "is not IP:port (host names are not endpoints)"
+    if not 0 < int(port) < 65536:
+        return "has no valid port (1 to 65535)"
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
+        return "is not a unicast address (loopback, multicast, unspecified or broadcast)"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return "is an IPv4-mapped IPv6 address (announce the IPv4 address)"
+    return None

@@ -50,6 +50,7 @@ from tunnelmesh.control.messages import (
     RendezvousRequest,
     encode,
 )
+from tunnelmesh.control.urls import endpoint_problem
 from tunnelmesh.coordinator.alloc import AllocationError, IpAllocator, check_name, suffixed_name
 from tunnelmesh.coordinator.auth import (
     ChallengeBook,
@@ -116,35 +117,6 @@ def _b64(text: str, what: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ApiFailure(400, "malformed", f"{what} is not valid base64") from None
-
-
-def endpoint_problem(ep: str) -> str | None:
-    """Why ``ep`` is not an endpoint other peers may be sent to (None: it is).
-
-    An endpoint is ``IP:port`` (``[IPv6]:port``) of a unicast address: not loopback, multicast,
-    unspecified or reserved (the IPv4 broadcast), and a port from 1 to 65535. Anything else
-    would point other peers' traffic at themselves or at a whole network.
-    """
-    if not isinstance(ep, str) or len(ep) > 64:
-        return "is not IP:port"
-    host, sep, port = ep.rpartition(":")
-    if not sep or not port.isdigit():
-        return "is not IP:port"
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        return "is not IP:port (write an IPv6 address as [addr]:port)"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return "is not IP:port (host names are not endpoints)"
-    if not 0 < int(port) < 65536:
-        return "has no valid port (1 to 65535)"
-    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
-        return "is not a unicast address (loopback, multicast, unspecified or broadcast)"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return "is an IPv4-mapped IPv6 address (announce the IPv4 address)"
-    return None
 
 
 def _valid_endpoints(endpoints: list[str]) -> list[str]:
