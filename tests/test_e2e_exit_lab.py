@@ -189,6 +189,11 @@ def test_exit_node_end_to_end(lab: Lab, mesh: MeshLab) -> None:
     )
     flags = {p["name"]: p.get("allow_exit_traffic", False) for p in listed}
     assert flags == {"exit": True, "other": False}
+    # the exit's key is pinned in the client's context (a name can change hands, a key cannot)
+    exit_id = next(p["peer_id"] for p in listed if p["name"] == "exit")
+    contexts = json.loads((client.home / "contexts.json").read_text())["contexts"]
+    assert [c["exit_pins"] for c in contexts.values()] == [{"exit": exit_id}]
+    assert any(f"pinned to its key (peer ID {exit_id})" in line for line in node.lines)
     status = client.status()["exit"]
     assert status["state"] == "routed" and status["exit_node"] == "exit"
 

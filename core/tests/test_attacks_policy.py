@@ -171,3 +171,101 @@ def test_the_guard_on_an_exit_without_allowed_peers_passes_every_peer() -> None:
     guard = ExitGuard(MESH, allow=True)
     outside = bytes([0x45]) + bytes(11) + bytes([10, 42, 0, 6]) + bytes([8, 8, 8, 8])
     assert guard.verdicts([outside], "anyone", True) == [True]
+
+
+# --- exit pinning ----------------------------------------------------------------------------
+
+ID_EXIT, ID_OTHER = "e1e1e1e1e1e1e1e1", "0bad0bad0bad0bad"
+
+
+class Store:
+    def __init__(self) -> None:
+        self.puts: list[dict[str, str]] = []
+
+    def put(self, ctx: Any, activate: bool = True) -> None:
+        self.puts.append(dict(ctx.exit_pins))
+
+
+def pinned_node(tmp_path: Path, pins: dict[str, str] | None = None, **cfg: Any) -> FakeNode:
+    node = FakeNode(tmp_path, **cfg)
+    node.context.exit_pins = dict(pins or {})  # type: ignore[attr-defined]
+    node.store = Store()  # type: ignore[attr-defined]
+    return node
+
+
+def exit_peer(name: str, peer_id: str, ip: str = "10.42.0.2") -> Any:
+    return msgspec.structs.replace(
+        peer(name, ip, ["192.0.2.2:2223"], exit_ok=True), peer_id=peer_id
+    )
+
+
+def test_a_peer_posing_under_the_exits_name_with_another_key_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        run = Nft()
+        node = pinned_node(tmp_path, exit_node="e")
+        svc = service(node, run, tmp_path, coordinator_ips=[])
+        await svc.start()
+        node.upsert(exit_peer("e", ID_EXIT))
+        await until(lambda: svc.state == "routed")
+        # resolved once, pinned, and kept in the context for the next start
+        assert svc.pin_id == ID_EXIT and node.context.exit_pins == {"e": ID_EXIT}  # type: ignore[attr-defined]
+        assert node.store.puts == [{"e": ID_EXIT}]  # type: ignore[attr-defined]
+        assert any("pinned to its key" in line for line in node.lines)
+        assert "0.0.0.0/0" in node.routes.peers["e"].mesh_ips
+
+        # the exit is deleted and another key registers its name, allowing exit traffic
+        node.sync.peers.pop("e")
+        node.routes.remove_peer("e")
+        node.upsert(exit_peer("e", ID_OTHER, ip="10.42.0.66"))
+        await until(lambda: svc.state == "wrong_key")
+        refusal = [line for line in node.lines if "now has another key" in line]
+        assert len(refusal) == 1, node.lines
+        assert ID_OTHER in refusal[0] and ID_EXIT in refusal[0] and "posing" in refusal[0]
+        assert f"--exit-node {ID_OTHER}" in refusal[0]  # how to accept a real key change
+        assert "0.0.0.0/0" not in node.routes.peers["e"].mesh_ips
+        assert node.routes.lookup(bytes([8, 8, 8, 8])) is None  # nothing goes to the impostor
+        assert not svc.routes.applied and run.calls[-1] == "ip -4 route flush proto 211"
+        assert node.context.exit_pins == {"e": ID_EXIT}  # type: ignore[attr-defined]
+
+        # the real exit comes back under another name: it is followed by its key
+        node.upsert(exit_peer("e-2", ID_EXIT, ip="10.42.0.2"))
+        await until(lambda: svc.state == "routed")
+        assert node.routes.lookup(bytes([8, 8, 8, 8])).name == "e-2"  # type: ignore[union-attr]
+        assert "0.0.0.0/0" not in node.routes.peers["e"].mesh_ips
+        await svc.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_restarted_client_refuses_the_impostor_from_the_start(tmp_path: Path) -> None:
+    async def main() -> None:
+        run = Nft()
+        node = pinned_node(tmp_path, {"e": ID_EXIT}, exit_node="e")
+        node.upsert(exit_peer("e", ID_OTHER))
+        svc = service(node, run, tmp_path, coordinator_ips=[])
+        await svc.start()
+        await until(lambda: svc.state == "wrong_key")
+        assert not run.routes()  # never routed, not even briefly
+        assert svc.describe()["exit_peer_id"] == ID_EXIT
+        await svc.aclose()
+
+    asyncio.run(main())
+
+
+def test_exit_node_given_as_a_peer_id_is_that_key_whatever_its_name(tmp_path: Path) -> None:
+    async def main() -> None:
+        run = Nft()
+        node = pinned_node(tmp_path, exit_node=ID_EXIT)
+        node.upsert(exit_peer(ID_EXIT[:4], ID_OTHER))  # a name-alike is not it
+        svc = service(node, run, tmp_path, coordinator_ips=[])
+        await svc.start()
+        node.client.table.revision = 1
+        node.callbacks[-1](None)
+        await until(lambda: svc.state == "missing")
+        node.upsert(exit_peer("gateway", ID_EXIT, ip="10.42.0.9"))
+        await until(lambda: svc.state == "routed")
+        assert node.routes.lookup(bytes([8, 8, 8, 8])).name == "gateway"  # type: ignore[union-attr]
+        assert node.store.puts == []  # type: ignore[attr-defined]  # nothing to pin: given
+        await svc.aclose()
+
+    asyncio.run(main())

@@ -123,10 +123,11 @@ def _hostname_label() -> str:
 )
 @click.option(
     "--exit-node",
-    metavar="NAME",
+    metavar="NAME|PEER_ID",
     envvar="TUNNELMESH_EXIT_NODE",
     show_envvar=True,
-    help="Route internet traffic through this peer (an exit node); mesh traffic stays direct.",
+    help="Route internet traffic through this peer (an exit node); mesh traffic stays direct. "
+    "A name is pinned to the key it has the first time; a peer ID is that key.",
 )
 @click.option(
     "--duration",
@@ -167,7 +168,9 @@ def join(
 
     Exit nodes: --allow-exit-traffic makes this node an exit (IP forwarding and NAT while it
     runs); --exit-node NAME sends this node's internet traffic through the peer NAME (which
-    must allow it). Both are undone on exit, and after a crash at the next start.
+    must allow it). The exit's key is pinned when the name is first resolved (kept in the
+    context): a peer under that name with another key is refused. Both are undone on exit,
+    and after a crash at the next start.
 
     Example: tunnelmesh join --server coord.example.com --token $TOKEN --context work
     """

@@ -35,6 +35,8 @@ class Context(msgspec.Struct, kw_only=True):
     trusted_ca_path: str = ""  # where the CA was installed in the system trust store, if it was
     is_admin: bool = False
     stun_port: int = 0
+    exit_pins: dict[str, str] = msgspec.field(default_factory=dict)
+    """Exit node name -> the peer ID it had when this client first used it (exit pinning)."""
 
 
 class _File(msgspec.Struct, kw_only=True):

@@ -45,6 +45,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import re
 import socket
 import threading
 from collections.abc import MutableMapping, Sequence
@@ -62,6 +63,7 @@ __all__ = ["DEFAULT_ROUTE", "ExitGuard", "ExitService", "bypass_addresses"]
 log = logging.getLogger(__name__)
 
 DEFAULT_ROUTE = "0.0.0.0/0"
+PEER_ID = re.compile(r"[0-9a-f]{16}")
 
 
 class ExitGuard(PacketFilter):
@@ -188,6 +190,14 @@ class ExitService:
         self.exit_name = cfg.exit_node
         if self.exit_name and self.exit_name == node.name:
             raise TunnelmeshError(f"exit_node {self.exit_name!r} is this node itself")
+        self.by_id = bool(PEER_ID.fullmatch(self.exit_name))
+        """``exit_node`` was given as a peer ID: the exit is that key, whatever its name."""
+        pins = getattr(node.context, "exit_pins", None) or {}
+        self.pin_id: str | None = self.exit_name if self.by_id else pins.get(self.exit_name)
+        """The exit's peer ID: given, or pinned the first time the name was resolved."""
+        self.impostor: Any = None
+        """A peer that has the exit's name but not its pinned key (refused)."""
+        self._route_name = ""
         self.mesh_cidr = str(ipaddress.ip_network(node.mesh_cidr, strict=False))
         if state_dir is None:
             sock = cfg.control_socket or "/run/tunnelmesh.sock"
@@ -340,35 +350,78 @@ class ExitService:
 
     # --- the client side ---------------------------------------------------------------------
 
-    def _exit_peer(self) -> Any:
+    def _peer_named(self, name: str) -> Any:
         sync = self.node.sync
-        if sync is not None and self.exit_name in sync.peers:
-            return sync.peers[self.exit_name]
-        return self.node.client.table.by_name(self.exit_name)
+        if sync is not None and name in sync.peers:
+            return sync.peers[name]
+        return self.node.client.table.by_name(name)
+
+    def _peer_with_id(self, peer_id: str) -> Any:
+        sync = self.node.sync
+        for p in sync.peers.values() if sync is not None else ():
+            if p.peer_id == peer_id:
+                return p
+        return self.node.client.table.peers.get(peer_id)
+
+    def _pin(self, peer: Any) -> None:
+        """Remember the exit's key for its name (in the context: a restart keeps it)."""
+        self.pin_id = peer.peer_id
+        ctx = self.node.context
+        pins = getattr(ctx, "exit_pins", None)
+        if isinstance(pins, dict):
+            pins[self.exit_name] = peer.peer_id
+            store = getattr(self.node, "store", None)
+            if store is not None:
+                try:
+                    store.put(ctx, activate=False)
+                except (TunnelmeshError, OSError) as exc:
+                    log.warning("cannot save the exit node's key in the context: %s", exc)
+        self.node.notify(
+            f"exit node {self.exit_name!r} pinned to its key (peer ID {peer.peer_id}): another "
+            "key under that name will be refused"
+        )
+
+    def _exit_peer(self) -> Any:
+        """The exit (the pinned key, whatever its name now), or None. Pins a name at its first
+        resolution; notes a peer that holds the name with another key in :attr:`impostor`."""
+        named = None if self.by_id else self._peer_named(self.exit_name)
+        if self.pin_id is None:
+            if named is not None:
+                self._pin(named)
+            self.impostor = None
+            return named
+        self.impostor = named if named is not None and named.peer_id != self.pin_id else None
+        return self._peer_with_id(self.pin_id)
 
     def _on_change(self, change: object) -> None:
         self._wake.set()
 
     def _on_route(self, route: PeerRoute) -> None:
-        if route.name == self.exit_name:
+        if route.name in (self.exit_name, self._route_name):
             self._sync_route()
             self._wake.set()
 
+    def _is_pinned(self, name: str) -> bool:
+        peer = self._peer_named(name)
+        return peer is not None and self.pin_id is not None and peer.peer_id == self.pin_id
+
     def _sync_route(self) -> None:
-        """The exit peer's routing-table entry has ``0.0.0.0/0`` exactly while it is allowed."""
+        """The exit peer's routing-table entry has ``0.0.0.0/0`` exactly while it is allowed,
+        and only when the entry's peer is the pinned key (never a peer posing under its name)."""
         table = self.node.routes
-        route = table.peers.get(self.exit_name)
-        if route is None:
-            return
-        has = DEFAULT_ROUTE in route.mesh_ips
-        if has == self.exit_allowed:
-            return
-        ips = [ip for ip in route.mesh_ips if ip != DEFAULT_ROUTE]
-        if self.exit_allowed:
-            ips.append(DEFAULT_ROUTE)
-        table.set_peer(
-            route.name, public_key=route.public_key, mesh_ips=ips, endpoints=route.endpoints
-        )
+        for name in dict.fromkeys((self._route_name, self.exit_name)):
+            route = table.peers.get(name) if name else None
+            if route is None:
+                continue
+            want = self.exit_allowed and name == self._route_name and self._is_pinned(name)
+            if (DEFAULT_ROUTE in route.mesh_ips) == want:
+                continue
+            ips = [ip for ip in route.mesh_ips if ip != DEFAULT_ROUTE]
+            if want:
+                ips.append(DEFAULT_ROUTE)
+            table.set_peer(
+                route.name, public_key=route.public_key, mesh_ips=ips, endpoints=route.endpoints
+            )
 
     def wanted_bypass(self) -> list[str]:
         """The coordinator's and every peer's underlay addresses."""
@@ -398,19 +451,30 @@ class ExitService:
                 self._wake.set()
 
     async def _reconcile(self) -> None:
+        if self.node.client.table.revision < 0 and self._peer_named(self.exit_name) is None:
+            return  # no peer list from the coordinator yet (a fresh join): wait for it
         peer = self._exit_peer()
         name = self.exit_name
-        if peer is None and self.node.client.table.revision < 0:
-            return  # no peer list from the coordinator yet (a fresh join): wait for it
         if peer is None or not peer.allow_exit_traffic:
             state = "missing" if peer is None else "refused"
+            if peer is None and self.impostor is not None:
+                state = "wrong_key"
             if self.routes.applied:
                 await asyncio.to_thread(self._locked, self.routes.restore)
             self.exit_allowed = False
             self._sync_route()
             if state != self.state:
                 self.state = state
-                if state == "missing":
+                if state == "wrong_key":
+                    other = self.impostor.peer_id
+                    self.node.notify(
+                        f"error: exit node {name!r} now has another key (peer ID {other}); "
+                        f"this client pinned {self.pin_id} when it first used that name, so a "
+                        "peer may be posing as the exit: refused, internet traffic is not "
+                        "routed through it. If the exit really has a new key, use "
+                        f"--exit-node {other}"
+                    )
+                elif state == "missing":
                     self.node.notify(
                         f"warning: exit node {name!r} is not in the mesh (yet); internet "
                         "traffic is not routed through it"
@@ -422,6 +486,7 @@ class ExitService:
                     )
             return
         self.exit_allowed = True
+        self._route_name = peer.name
         self._sync_route()
         bypass = self.wanted_bypass()
         if not self.routes.applied:
@@ -432,7 +497,7 @@ class ExitService:
         if self.state != "routed":
             self.state = "routed"
             self.node.notify(
-                f"exit node: internet traffic via {name} ({peer.mesh_ip}); bypassing "
+                f"exit node: internet traffic via {peer.name} ({peer.mesh_ip}); bypassing "
                 f"{', '.join(self.routes.bypass) or 'nothing'}"
             )
 
@@ -444,6 +509,7 @@ class ExitService:
             "allow_lan": self.gateway.allow_lan,
             "clients": sorted(self.guard.clients) if self.guard.clients is not None else None,
             "exit_node": self.exit_name,
+            "exit_peer_id": self.pin_id or "",
             "state": self.state,
             "bypass": sorted(self.routes.bypass),
             "dropped_not_exit": int(self.guard.stats.get("dropped_not_exit", 0)),
