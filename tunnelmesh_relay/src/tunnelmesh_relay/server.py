@@ -10,8 +10,10 @@ A peer authenticates the WebSocket upgrade with its coordinator session token (t
 registered under. A second connection under the same name replaces the first (a restarted
 node). Each message from a peer is checked (a SEND to a named peer, records that are WireGuard
 messages), charged to the sender's token bucket, counted, and queued for the destination's
-writer; a full queue drops. The relay never holds a key: it cannot read or forge what it
-forwards, and it forwards nothing else.
+writer; a full queue drops. A message to a name without a relay link is answered with
+UNREACHED, at most once a second per destination; each connection remembers that for its 64
+most recent destinations only, so frames to random names cost no memory. The relay never holds
+a key: it cannot read or forge what it forwards, and it forwards nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +48,12 @@ __all__ = ["RELAY_HUB_KEY", "RelayConfig", "RelayHub", "add_routes"]
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1024 * 1024
+UNREACHED_INTERVAL = 1.0
+"""A sender hears UNREACHED for one destination at most this often (seconds)."""
+MAX_UNREACHED = 64
+"""Destinations per connection remembered for that; the least recently told go first."""
+MAX_COUNTED = 65536
+"""Counters of at most this many peer names are kept; disconnected ones go first."""
 
 
 class RelayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -72,6 +81,9 @@ class _Conn:
         self.ws = ws
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
         self.writer: asyncio.Task[None] | None = None
+        self.unreached: OrderedDict[str, float] = OrderedDict()
+        """When this peer was last told each destination is UNREACHED (at most
+        MAX_UNREACHED, least recently told first); it goes with the connection."""
 
     async def write_loop(self) -> None:
         ws, queue = self.ws, self.queue
@@ -99,7 +111,6 @@ class RelayHub:
         self.tap: Callable[[str, str, bytes], None] | None = None
         """Tests: called with ``(source, destination, message as delivered)`` for every
         forwarded message, to show what the relay can see."""
-        self._unreached_sent: dict[tuple[str, str], float] = {}
 
     def counters_for(self, name: str) -> PeerCounters:
         c = self.counters.get(name)
@@ -151,14 +162,21 @@ class RelayHub:
 
     def _tell_unreached(self, source: str, dest: str, now: float) -> None:
         conn = self.conns.get(source)
-        last = self._unreached_sent.get((source, dest), -1e9)
-        if conn is None or now - last < 1.0:
+        if conn is None:
             return
-        self._unreached_sent[(source, dest)] = now
+        told = conn.unreached
+        last = told.get(dest)
+        if last is not None and now - last < UNREACHED_INTERVAL:
+            return
+        told[dest] = now
+        told.move_to_end(dest)
+        if len(told) > MAX_UNREACHED:
+            told.popitem(last=False)
         with contextlib.suppress(asyncio.QueueFull, RelayFormatError):
             conn.queue.put_nowait(encode_message(UNREACHED, dest, ()))
 
     def attach(self, name: str, ws: web.WebSocketResponse) -> _Conn:
+        self._trim()
         old = self.conns.get(name)
         conn = _Conn(name, ws, self.config.queue)
         self.conns[name] = conn
@@ -167,6 +185,15 @@ class RelayHub:
             log.info("relay: %s reconnected; closing its previous connection", name)
             asyncio.get_running_loop().create_task(old.ws.close())
         return conn
+
+    def _trim(self) -> None:
+        """Forget the counters and buckets of disconnected names past MAX_COUNTED."""
+        excess = len(self.counters) - MAX_COUNTED
+        if excess <= 0:
+            return
+        for n in [n for n in self.counters if n not in self.conns][:excess]:
+            del self.counters[n]
+            self.buckets.pop(n, None)
 
     def detach(self, conn: _Conn) -> None:
         if self.conns.get(conn.name) is conn:

@@ -12,7 +12,7 @@ failure allowances          source                           ``max_sources`` (au
 heartbeat pace              peer ID                          :class:`RateLimiter` ``max_keys``
 rendezvous pace             peer ID                          :class:`RateLimiter` ``max_keys``
 pending pushes              peer ID                          registered peers
-relay "unreached" notices   (source, destination)            entries of the last second, capped
+relay "unreached" notices   destination, per connection      64 per relay connection
 ==========================  ===============================  ======================================
 
 Sources are keyed by :func:`source_key`: an IPv4 address, or the /64 an IPv6 address is in
