@@ -105,3 +105,38 @@ def test_an_address_change_fires_once_debounced(lab: Lab, tmp_path: Path) -> Non
     assert took < 2.0
     out, _ = proc.communicate(timeout=15)
     assert "fired 1" in out, out
+
+
+def test_closing_right_after_an_event_ends_the_monitor() -> None:
+    """An event that arrives as the monitor is closed must not swallow the close.
+
+    The exit client's stop removes its routes (netlink events) just before it closes the
+    monitor; a ``wait_for`` on Python 3.11 returns the finished wait instead of raising the
+    cancellation, and the monitor ran on, so the node's stop never ended.
+    """
+    import asyncio
+
+    from tunnelmesh.netmon import NetworkMonitor
+
+    async def main() -> bool:
+        mon = NetworkMonitor(lambda: None, debounce=1.0, max_delay=2.0)
+
+        async def no_netlink() -> None:
+            await asyncio.Event().wait()
+
+        mon._read = no_netlink  # type: ignore[method-assign]
+        mon._ready.set()
+        await mon.start()
+        await asyncio.sleep(0)
+        event = ("RTM_DELROUTE", {"table": 254, "index": 2}, {"RTA_DST": "100.64.0.3"})
+        mon.feed(*event)  # a burst begins: the monitor now waits with a deadline
+        await asyncio.sleep(0.01)
+        mon.feed(*event)  # the next route goes away, and the node closes the monitor
+        closing = asyncio.ensure_future(mon.aclose())
+        done, _ = await asyncio.wait({closing}, timeout=3.0)
+        if not done and mon._task is not None:
+            mon._task.cancel()  # once more, so that this test itself ends
+            await asyncio.wait({closing}, timeout=3.0)
+        return bool(done)
+
+    assert asyncio.run(main())

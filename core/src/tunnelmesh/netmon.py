@@ -163,6 +163,7 @@ class NetworkMonitor:
         """Times ``on_change`` ran."""
         self._task: asyncio.Task[None] | None = None
         self._thread_stop: Any = None
+        self._closing = False
         self._kick = asyncio.Event()
         self._ready = asyncio.Event()
 
@@ -196,12 +197,16 @@ class NetworkMonitor:
     async def _run(self) -> None:
         reader = asyncio.get_running_loop().create_task(self._read(), name="tm-netmon-read")
         try:
-            while True:
+            while not self._closing:
                 deadline = self.debouncer.deadline()
                 loop = asyncio.get_running_loop()
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the finished
+                # wait when an event and the close's cancellation come in the same loop turn
+                # (an exit client removing its routes just before it closes the monitor), and
+                # the monitor then ran on, holding up the node's stop for good.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), timeout)
+                    async with asyncio.timeout_at(deadline):
+                        await self._kick.wait()
                 self._kick.clear()
                 if self.debouncer.due(loop.time()):
                     self.fired += 1
@@ -291,6 +296,7 @@ class NetworkMonitor:
                 main.call_soon_threadsafe(self._ready.set)
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -472,8 +472,11 @@ class ControlClient:
                 log.warning("%s (keeping the %d known peers)", exc, len(self.table.peers))
                 wait = min(self.heartbeat_interval, 2.0)
             self._write_cache()
+            # asyncio.timeout, not wait_for: on Python 3.11 a wake-up in the same loop turn as
+            # the stop's cancellation made wait_for swallow the cancellation (see netmon).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait * (0.9 + 0.2 * random.random()))
+                async with asyncio.timeout(wait * (0.9 + 0.2 * random.random())):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _push_loop(self) -> None:

@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tunnelmesh.abc import Link, PacketFilter, Transport
+from tunnelmesh.aio.stopping import bounded_step
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.client import ControlClient, PeerStatus
 from tunnelmesh.control.contexts import Context, ContextStore
@@ -109,6 +110,9 @@ class Node:
         self.identity = identity
         self.pm = pm
         self.notify = notify or (lambda line: None)
+        self._notify_given = notify is not None
+        self.stopping = ""
+        """The stop step under way; empty when not stopping."""
         self.name = context.peer_name
         self.mesh_ip = context.mesh_ip
         self.mesh_cidr = context.mesh_cidr or f"{context.mesh_ip}/32"
@@ -558,12 +562,17 @@ class Node:
         finally:
             for t in (runner, waiter):
                 t.cancel()
-            for t in (runner, waiter):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await bounded_step(
+                "the control loop", _finish(runner, waiter), report=self._report_stop
+            )
 
     async def aclose(self) -> None:
-        """Stop everything that was started, in reverse order. Idempotent."""
+        """Stop everything that was started, in reverse order. Idempotent.
+
+        Every step is bounded (:func:`~tunnelmesh.aio.stopping.bounded_step`): a slow one is
+        named in a "stopping: waiting for ..." line after 2 s and left behind after 4 s, so
+        the steps after it (routes, the system resolver, the TUN device) are still undone.
+        """
         if self._closed:
             return
         self._closed = True
@@ -572,26 +581,45 @@ class Node:
                 self.pm.hook.tunnelmesh_node_stopping(node=self)
             except Exception:
                 log.exception("a tunnelmesh_node_stopping hook failed")
+        steps: list[tuple[str, Any]] = []
+        if self.netmon is not None:  # first: undoing the exit routes is no network change
+            steps.append(("the network monitor", self.netmon.aclose))
         if self.exit is not None:
-            await self.exit.aclose()
-        if self.netmon is not None:
-            await self.netmon.aclose()
+            steps.append(("the exit node (routes, NAT)", self.exit.aclose))
         if self.sync is not None:
-            await self.sync.aclose()
+            steps.append(("the peer sync", self.sync.aclose))
         if self.forwarder is not None:
-            self.forwarder.stop()
+            steps.append(("the forwarder", _as_async(self.forwarder.stop)))
         for t in reversed(self.transports):
-            with contextlib.suppress(Exception):
-                await t.aclose()
+            steps.append((f"the {getattr(t, 'name', type(t).__name__)} transport", t.aclose))
         if self.dns is not None:
-            with contextlib.suppress(Exception):
-                await self.dns.aclose()
+            steps.append(("the DNS resolver", self.dns.aclose))
         if self.filter_service is not None:
-            with contextlib.suppress(Exception):
-                await self.filter_service.aclose()
+            steps.append(("the packet filter", self.filter_service.aclose))
         if self.control is not None:
-            with contextlib.suppress(Exception):
-                await self.control.aclose()
+            steps.append(("the control socket", self.control.aclose))
         if self.tun is not None:
-            self.tun.close()
-        await self.client.aclose()
+            steps.append(("the TUN device", _as_async(self.tun.close)))
+        steps.append(("the coordinator client", self.client.aclose))
+        for what, close in steps:
+            self.stopping = what
+            await bounded_step(what, close(), report=self._report_stop)
+        self.stopping = ""
+
+    def _report_stop(self, line: str) -> None:
+        if self._notify_given:
+            self.notify(line)
+        else:
+            log.warning("%s", line)
+
+
+def _as_async(fn: Callable[[], object]) -> Callable[[], Any]:
+    async def run() -> None:
+        fn()
+
+    return run
+
+
+async def _finish(*tasks: asyncio.Task[Any]) -> None:
+    """Wait for cancelled tasks to end (their own errors were reported where they ran)."""
+    await asyncio.gather(*tasks, return_exceptions=True)
