@@ -21,6 +21,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -43,6 +44,12 @@ from tunnelmesh.coordinator.core import HEARTBEAT_BURST, PUSH_COALESCE, ApiFailu
 from tunnelmesh.coordinator.store import PeerRecord, SqliteStore
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.identity import Identity
+from tunnelmesh.proto import WireGuard
+from tunnelmesh.proto.ratelimit import (
+    PACKETS_BURSTABLE,
+    PACKETS_PER_SECOND,
+    HandshakeRateLimiter,
+)
 
 TOKEN = "attack-token-0123456789abcdef"
 
@@ -456,3 +463,93 @@ def test_announced_endpoints_must_be_unicast_ip_port(tmp_path: Path, endpoint: s
             await coord.close()
 
     asyncio.run(main())
+
+
+# --- 5. handshake initiations are rate-limited per source under load (sans-IO) ------------------
+
+
+def test_the_handshake_limiter_paces_each_source_like_wireguard_go() -> None:
+    lim = HandshakeRateLimiter()
+    a, a_other_port, b = ("192.0.2.1", 51820), ("192.0.2.1", 40000), ("192.0.2.2", 51820)
+    assert [lim.allow(a, 10.0) for _ in range(7)] == [True] * PACKETS_BURSTABLE + [False] * 2
+    assert not lim.allow(a_other_port, 10.0)  # another port of the same host: same source
+    assert lim.allow(b, 10.0)  # another host has its own bucket
+    assert lim.allow(a, 10.0 + 1 / PACKETS_PER_SECOND)  # one more every 50 ms
+    assert not lim.allow(a, 10.0 + 1 / PACKETS_PER_SECOND)
+    # An IPv6 host is one source across its /64.
+    v6 = [(f"2001:db8:1:2::{i:x}", 51820) for i in range(1, 10)]
+    assert [lim.allow(addr, 20.0) for addr in v6] == [True] * PACKETS_BURSTABLE + [False] * 4
+    assert lim.allow(("2001:db8:1:3::1", 51820), 20.0)
+    # Idle sources are forgotten (their buckets would be full again anyway).
+    lim.allow(b, 30.0)
+    assert len(lim) == 1
+
+
+def test_a_full_limiter_refuses_new_sources_rather_than_forgetting_old_ones() -> None:
+    lim = HandshakeRateLimiter(max_entries=3)
+    for i in range(3):
+        assert lim.allow((f"198.51.100.{i}", 1), 0.0)
+    assert not lim.allow(("203.0.113.9", 1), 0.0)  # a flood of new addresses cannot
+    assert lim.refused_new == 1  # reset the buckets of the sources already tracked
+    for _ in range(PACKETS_BURSTABLE - 1):
+        assert lim.allow(("198.51.100.0", 1), 0.0)
+    assert not lim.allow(("198.51.100.0", 1), 0.0)
+    assert lim.allow(("203.0.113.9", 1), 2.0)  # once the idle ones are gone there is room
+
+
+def _engines() -> tuple[WireGuard, WireGuard, WireGuard]:
+    rng = random.Random(7)
+    responder = WireGuard(rng.randbytes(32), rng=rng.randbytes, wall_offset=1.7e9)
+    genuine = WireGuard(rng.randbytes(32), rng=rng.randbytes, wall_offset=1.7e9)
+    flooder = WireGuard(rng.randbytes(32), rng=rng.randbytes, wall_offset=1.7e9)
+    responder.add_peer(genuine.public_key, name="genuine", endpoint=("10.0.0.1", 51820))
+    for engine in (genuine, flooder):
+        engine.add_peer(responder.public_key, name="responder", endpoint=("10.0.0.2", 51820))
+    return responder, genuine, flooder
+
+
+def _cookie_for(engine: WireGuard, responder: WireGuard, addr: tuple[str, int]) -> bytes:
+    """Run the cookie exchange from ``addr``; return the engine's initiation, now with mac2."""
+    peer = engine.peer_by_name("responder")
+    assert peer is not None
+    engine.initiate(peer, 0.0)
+    [(init, _)] = engine.datagrams_to_send()
+    responder.receive_datagram(init, addr, 0.0)
+    [(reply, to)] = responder.datagrams_to_send()
+    assert to == addr and len(reply) == 64
+    engine.receive_datagram(reply, ("10.0.0.2", 51820), 0.0)
+    return peer.cookie.add_macs(init, 0.0)
+
+
+def test_an_initiation_flood_with_a_valid_cookie_gets_20_a_second_of_curve25519_work() -> None:
+    responder, genuine, flooder = _engines()
+    responder.force_under_load = True
+    flood_addr = ("203.0.113.66", 40000)
+    flood = _cookie_for(flooder, responder, flood_addr)
+    assert flood[-16:] != bytes(16)  # it can receive at its address: mac2 is valid
+    seconds, per_second = 3, 1000
+    for i in range(seconds * per_second):
+        responder.receive_datagram(flood, flood_addr, 0.0 + i / per_second)
+    responder.datagrams_to_send()
+    processed = responder.drops["bad_handshake"]  # initiations that cost a Curve25519 DH
+    assert responder.drops["ratelimited"] == seconds * per_second - processed
+    assert processed <= PACKETS_BURSTABLE + seconds * PACKETS_PER_SECOND + 1
+    # A genuine peer elsewhere still gets through, under the same load.
+    genuine_addr = ("10.0.0.1", 51820)
+    retry = _cookie_for(genuine, responder, genuine_addr)
+    responder.receive_datagram(retry, genuine_addr, float(seconds))
+    [(resp, to)] = responder.datagrams_to_send()
+    assert len(resp) == 92 and to == genuine_addr
+
+
+def test_out_of_load_nothing_is_rate_limited() -> None:
+    responder, _, flooder = _engines()
+    responder.under_load_threshold = 10**9
+    peer = flooder.peer_by_name("responder")
+    assert peer is not None
+    flooder.initiate(peer, 0.0)
+    [(init, _)] = flooder.datagrams_to_send()
+    for i in range(200):
+        responder.receive_datagram(init, ("203.0.113.66", 40000), i * 0.001)
+    assert responder.drops["ratelimited"] == 0
+    assert responder.drops["bad_handshake"] == 200  # each one was looked at

@@ -6,6 +6,7 @@ Nothing in this package imports asyncio or socket or reads the clock (STYLE.md s
   with wireguard-go and the Linux kernel;
 * :mod:`tunnelmesh.proto.noise` -- the Noise_IKpsk2 handshake messages;
 * :mod:`tunnelmesh.proto.cookie` -- mac1/mac2 and cookie replies;
+* :mod:`tunnelmesh.proto.ratelimit` -- the per-source handshake rate limit under load;
 * :mod:`tunnelmesh.proto.replay` -- the RFC 6479 anti-replay window;
 * :mod:`tunnelmesh.proto.wgcrypto` -- HASH, MAC, HMAC, KDF, AEAD, XAEAD, DH, TAI64N, and the
   ed25519 to X25519 key conversion;

@@ -51,6 +51,12 @@ REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT, initiate once. A keypair 
 receives after REJECT_AFTER_TIME or REJECT_AFTER_MESSAGES. Initiations are sent at most once per
 REKEY_TIMEOUT; a responder drops an initiation whose TAI64N timestamp is not newer than the last
 one from that peer (replay) or that comes within 20 ms of the previous one (flood).
+
+Under load (more than ``under_load_threshold`` handshake messages a second, and for a second
+after) a handshake message needs a valid mac2 (else it gets a cookie reply), and then passes its
+source's token bucket (:class:`~tunnelmesh.proto.ratelimit.HandshakeRateLimiter`: 20 a second,
+5 at once, per source IP or IPv6 /64) before any Curve25519 work, as in wireguard-go; the rest
+is dropped as ``"ratelimited"``.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ from tunnelmesh.proto.events import (
     KeysZeroed,
 )
 from tunnelmesh.proto.noise import Handshake, HandshakeState, StaticIdentity
+from tunnelmesh.proto.ratelimit import HandshakeRateLimiter
 from tunnelmesh.proto.replay import ReplayWindow
 from tunnelmesh.proto.wgcrypto import CryptoError, dh, tai64n
 from tunnelmesh.proto.wgmessages import (
@@ -277,6 +284,8 @@ class WireGuard:
         self._keypairs: dict[int, Keypair] = {}
         self._handshakes: dict[int, Peer] = {}
         self._checker = CookieChecker(self.public_key, rng)
+        self.handshake_limiter = HandshakeRateLimiter()
+        """Per-source pace of handshake messages, applied only under load."""
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
         self._load_window = 0.0
@@ -562,14 +571,19 @@ class WireGuard:
         return self.force_under_load or now < self._under_load_until
 
     def _check_macs(self, data: bytes, sender_index: int, addr: Address, now: float) -> bool:
-        """mac1 always; under load mac2 too, answering a cookie reply when it is missing."""
+        """mac1 always; under load mac2 too (answering a cookie reply when it is missing), then
+        the source's handshake rate (:mod:`tunnelmesh.proto.ratelimit`), as wireguard-go does."""
         if not self._checker.check_mac1(data):
             self.drops["bad_mac1"] += 1
             return False
-        if self._under_load(now) and not self._checker.check_mac2(data, addr, now):
-            self.drops["cookie_sent"] += 1
-            self._out.append((self._checker.create_reply(data, sender_index, addr, now), addr))
-            return False
+        if self._under_load(now):
+            if not self._checker.check_mac2(data, addr, now):
+                self.drops["cookie_sent"] += 1
+                self._out.append((self._checker.create_reply(data, sender_index, addr, now), addr))
+                return False
+            if not self.handshake_limiter.allow(addr, now):
+                self.drops["ratelimited"] += 1
+                return False
         return True
 
     def _receive_initiation(self, data: bytes, addr: Address, now: float) -> None:
