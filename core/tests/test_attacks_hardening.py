@@ -38,9 +38,10 @@ from tunnelmesh.config import ServerConfig
 from tunnelmesh.control import daemon
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import Heartbeat, RegisterRequest
-from tunnelmesh.coordinator.auth import registration_message, token_binding
+from tunnelmesh.coordinator.auth import FailureLimiter, registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, MeshCa
 from tunnelmesh.coordinator.core import HEARTBEAT_BURST, PUSH_COALESCE, ApiFailure, Coordinator
+from tunnelmesh.coordinator.push import MAX_QUEUED_BYTES, PushHub
 from tunnelmesh.coordinator.store import PeerRecord, SqliteStore
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.identity import Identity
@@ -553,3 +554,56 @@ def test_out_of_load_nothing_is_rate_limited() -> None:
         responder.receive_datagram(init, ("203.0.113.66", 40000), i * 0.001)
     assert responder.drops["ratelimited"] == 0
     assert responder.drops["bad_handshake"] == 200  # each one was looked at
+
+
+class _StuckWs:
+    """A push channel whose peer never reads: every send waits forever."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def send_str(self, data: str) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _ReadingWs:
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def send_str(self, data: str) -> None:
+        self.received += data.count("\n") + 1
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_peer_that_never_reads_its_push_channel_costs_bounded_memory() -> None:
+    async def main() -> None:
+        hub = PushHub()
+        stuck, reading = _StuckWs(), _ReadingWs()
+        sub = hub.attach("stuck", stuck, b"snapshot")  # type: ignore[arg-type]
+        hub.attach("reading", reading, b"snapshot")  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        record = b"x" * 64 * 1024  # a peer record as large as a heartbeat can make it
+        peak = 0
+        for _ in range(400):  # 25 MiB of changes
+            hub.broadcast(record)
+            peak = max(peak, sub.queued_bytes)
+            await asyncio.sleep(0)
+        assert peak <= MAX_QUEUED_BYTES
+        assert not hub.is_connected("stuck")  # closed: it starts again from a snapshot
+        assert hub.is_connected("reading") and reading.received == 401
+        await hub.close()
+
+    asyncio.run(main())
+
+
+def test_failed_attempts_from_one_ipv6_64_share_one_allowance() -> None:
+    lim = FailureLimiter(burst=5, per_minute=1.0)
+    for i in range(5):
+        lim.charge(f"2001:db8:7:7::{i + 1:x}", 0.0)
+    assert lim.retry_after("2001:db8:7:7::beef", 0.0) > 0  # a new address of the same /64
+    assert lim.retry_after("2001:db8:7:8::1", 0.0) == 0  # the next /64 is another source

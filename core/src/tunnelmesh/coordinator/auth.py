@@ -25,6 +25,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tunnelmesh.coordinator.limits import source_key
+
 __all__ = [
     "ChallengeBook",
     "ChallengesExhausted",
@@ -158,9 +160,10 @@ class _Bucket:
 
 @dataclass
 class FailureLimiter:
-    """Per-source allowance of failed attempts (a token bucket per source address).
+    r"""Per-source allowance of failed attempts (a token bucket per source address).
 
-    A source may fail ``burst`` times in a row; after that one more failure is allowed every
+    Sources are :func:`~tunnelmesh.coordinator.limits.source_key`\ s: an IPv6 host cannot start
+    afresh from each address of its /64. A source may fail ``burst`` times in a row; after that one more failure is allowed every
     ``60 / per_minute`` seconds. Successful attempts cost nothing. At most ``max_sources``
     sources are tracked; the least recently charged is forgotten first.
     """
@@ -180,7 +183,7 @@ class FailureLimiter:
 
     def retry_after(self, source: str, now: float) -> float:
         """0 when ``source`` may try now, else the seconds until it may."""
-        bucket = self._refilled(source, now)
+        bucket = self._refilled(source_key(source), now)
         if bucket.tokens >= 1.0:
             return 0.0
         if self.per_minute <= 0:
@@ -189,6 +192,7 @@ class FailureLimiter:
 
     def charge(self, source: str, now: float) -> None:
         """Record one failed attempt from ``source``."""
+        source = source_key(source)
         bucket = self._refilled(source, now)
         bucket.tokens = max(0.0, bucket.tokens - 1.0)
         self._buckets[source] = bucket

@@ -9,6 +9,7 @@ table                       key                              bound
 registration challenges     nonce, charged to its source     ``per_source`` each, ``max_pending``
                                                              in all (auth.ChallengeBook)
 failure allowances          source                           ``max_sources`` (auth.FailureLimiter)
+push queues                 peer ID                          4,096 messages or 8 MiB (push)
 heartbeat pace              peer ID                          :class:`RateLimiter` ``max_keys``
 rendezvous pace             peer ID                          :class:`RateLimiter` ``max_keys``
 pending pushes              peer ID                          registered peers

@@ -3,8 +3,9 @@
 Each subscriber has a bounded queue and one writer task. A writer sends everything queued in one
 WebSocket text frame, messages separated by newlines, so a burst of changes (a hundred peers
 joining at once) costs one frame per subscriber rather than a hundred. A subscriber whose queue
-fills up (it stopped reading) is closed; its peer reconnects and starts again from a snapshot,
-so no change is ever silently lost.
+fills up (it stopped reading: 4,096 messages or 8 MiB) is closed; its peer reconnects and starts
+again from a snapshot, so no change is ever silently lost, and a peer that never reads costs the
+coordinator bounded memory.
 """
 
 from __future__ import annotations
@@ -19,33 +20,53 @@ __all__ = ["PushHub", "Subscriber"]
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED_BYTES = 8 * 1024 * 1024
+"""What a subscriber that stopped reading may hold queued before it is closed (bytes)."""
+
 
 class Subscriber:
     """One peer's push WebSocket."""
 
-    def __init__(self, peer_id: str, ws: web.WebSocketResponse, max_queue: int) -> None:
+    def __init__(
+        self,
+        peer_id: str,
+        ws: web.WebSocketResponse,
+        max_queue: int,
+        max_bytes: int = MAX_QUEUED_BYTES,
+    ) -> None:
         self.peer_id = peer_id
         self.ws = ws
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(max_queue)
         self.task: asyncio.Task[None] | None = None
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
 
     def offer(self, data: bytes) -> bool:
-        """Queue one message; False when the queue is full (the subscriber is too slow)."""
+        """Queue one message; False when the queue is full, in messages or in bytes (the
+        subscriber is too slow). A message into an empty queue always fits (the snapshot)."""
+        if self.queued_bytes and self.queued_bytes + len(data) > self.max_bytes:
+            return False
         try:
             self.queue.put_nowait(data)
         except asyncio.QueueFull:
             return False
+        self.queued_bytes += len(data)
         return True
+
+    def _taken(self, item: bytes | None) -> bytes | None:
+        if item is not None:
+            self.queued_bytes -= len(item)
+        return item
 
     async def writer(self) -> None:
         try:
             while True:
-                item = await self.queue.get()
+                item = self._taken(await self.queue.get())
                 if item is None:
                     return
                 batch = [item]
                 while not self.queue.empty():
-                    more = self.queue.get_nowait()
+                    more = self._taken(self.queue.get_nowait())
                     if more is None:
                         await self.ws.send_str(b"\n".join(batch).decode("utf-8"))
                         return
