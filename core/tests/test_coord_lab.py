@@ -178,3 +178,31 @@ def test_standard_stun_client_through_nat(lab: Lab, tmp_path: Path) -> None:
     ours = client.run([sys.executable, "-c", code], timeout=30).stdout
     assert f"('{nat.outside_address}', 40123)" in ours
     stop(server)
+
+
+@pytest.mark.lab
+def test_serve_says_what_it_binds_and_the_urls_for_peers(lab: Lab, tmp_path: Path) -> None:
+    """The default listen (all addresses) is printed as such, with the URLs peers should use,
+    and a peer joins with the printed URL."""
+    coord, peer = lab.add_host("coord"), lab.add_host("peer")
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text(
+        f'auth_token: "{TOKEN}"\nlisten: "0.0.0.0:8443"\nstun_listen: "0.0.0.0:3478"\n'
+        f'data_dir: "{tmp_path / "state"}"\n'
+    )
+    home = tmp_path / "coord-home"
+    proc = coord.python(
+        "-c", MAIN, "serve", "-c", str(cfg), env=env_for(home), stdout=subprocess.PIPE
+    )
+    first = wait_for_line(proc, "coordinator listening", timeout=30)
+    assert "0.0.0.0:8443" in first and "127.0.0.1" not in first, first
+    assert "STUN on udp 0.0.0.0:3478" in first, first
+    urls = wait_for_line(proc, "peers join with", timeout=5)
+    assert f"https://{coord.address}:8443" in urls and "127.0.0.1" not in urls, urls
+    args = ["join", "--server", f"https://{coord.address}:8443", "--name", "peer", "--once"]
+    out = peer.run(
+        [sys.executable, "-c", MAIN, *args],
+        env=env_for(tmp_path / "peer-home"),
+        timeout=60,
+    ).stdout
+    assert "joined" in out

@@ -41,7 +41,10 @@ async def _serve(
     await server.start()
     try:
         assert server.coordinator.ca is not None
-        click.echo(f"coordinator listening on {server.url} (STUN udp port {server.stun_port})")
+        api, stun = server.bound()
+        every = " (every address of this host)" if server.wildcard else ""
+        click.echo(f"coordinator listening on {api}{every}, STUN on udp {stun}")
+        click.echo(f"peers join with --server {' or '.join(server.peer_urls())}")
         click.echo(f"mesh CA SHA-256 fingerprint {ca_fingerprint(server.coordinator.ca.cert_pem)}")
         click.echo(
             f"state in {server.coordinator.data_dir}; {len(server.coordinator.peers)} peers",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -106,6 +107,32 @@ class CoordinatorServer:
         """A URL that reaches this server from this host."""
         host = self._host if self._host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return f"https://{join_hostport(host, self.api_port)}"
+
+    @property
+    def wildcard(self) -> bool:
+        """Whether the API listens on every address of the host (``0.0.0.0`` / ``::``)."""
+        return self._host in ("0.0.0.0", "::", "")
+
+    def bound(self) -> tuple[str, str]:
+        """What the API and STUN sockets are bound to, ``host:port`` each."""
+        stun_host, _ = split_hostport(self.config.stun_listen, DEFAULT_STUN_PORT)
+        return (
+            join_hostport(self._host or "0.0.0.0", self.api_port),
+            join_hostport(stun_host or "0.0.0.0", self.stun_port),
+        )
+
+    def peer_urls(self) -> list[str]:
+        """The URLs peers should use: the bound address, or on a wildcard listen every
+        address of this host outside loopback and the mesh (loopback when there is none)."""
+        if not self.wildcard:
+            return [self.url]
+        mesh = ipaddress.ip_network(self.config.mesh_cidr, strict=False)
+        hosts = [
+            a
+            for a in local_addresses()
+            if not ipaddress.ip_address(a).is_loopback and ipaddress.ip_address(a) not in mesh
+        ]
+        return [f"https://{join_hostport(h, self.api_port)}" for h in hosts] or [self.url]
 
     def _cert_names(self) -> tuple[list[str], list[str]]:
         names = ["localhost", socket.gethostname(), *self.config.tls_names]
