@@ -164,3 +164,25 @@ def test_make_plugin_manager_loads_installed_distributions() -> None:
     for name, info in pm.infos.items():
         assert info.status in {"loaded", "blocked", "failed"}, name
     assert sys.modules["tunnelmesh._manager"]
+
+
+def test_build_registry_runs_only_the_kinds_asked_for() -> None:
+    calls: list[str] = []
+
+    class Plugin:
+        @hookimpl
+        def tunnelmesh_register_transports(self, registry: Any) -> None:
+            calls.append("transports")
+
+        @hookimpl
+        def tunnelmesh_register_proxy_rules(self, registry: Any) -> None:
+            calls.append("proxy_rules")
+
+    pm = PluginManager()
+    pm.register(Plugin(), name="p")
+    pm.build_registry("proxy_rules")
+    assert calls == ["proxy_rules"]
+    pm.build_registry()
+    assert calls == ["proxy_rules", "transports", "proxy_rules"]
+    with pytest.raises(ValueError, match="no registry kind"):
+        pm.build_registry("proxy_rule")

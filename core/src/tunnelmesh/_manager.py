@@ -72,6 +72,17 @@ def _split_env(var: str) -> set[str] | None:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
+REGISTRY_KINDS = (
+    "config_sections",
+    "transports",
+    "filters",
+    "dns_backends",
+    "storage",
+    "proxy_rules",
+)
+"""What :meth:`PluginManager.build_registry` can build, in the order the hooks run."""
+
+
 class PluginManager(pluggy.PluginManager):
     """A pluggy manager that remembers what it loaded, blocked and failed to load."""
 
@@ -156,18 +167,25 @@ class PluginManager(pluggy.PluginManager):
         if isinstance(registry, Registry):
             registry.current_plugin = "?"
 
-    def build_registry(self) -> Registry:
-        """Run every ``tunnelmesh_register_*`` hook that takes a registry; return the result."""
+    def build_registry(self, *kinds: str) -> Registry:
+        """Run the ``tunnelmesh_register_*`` hooks that take a registry; return the result.
+
+        Args:
+            kinds: only these registries (``"proxy_rules"``, ``"transports"``, ...; the hook
+                names without ``tunnelmesh_register_``); none: all of them. Plugins import
+                what they register inside their hooks, so a process that needs only proxy
+                rules does not import every transport.
+
+        Raises:
+            ValueError: an unknown kind.
+        """
+        unknown = set(kinds) - set(REGISTRY_KINDS)
+        if unknown:
+            raise ValueError(f"no registry kind {sorted(unknown)}; known: {REGISTRY_KINDS}")
         registry = Registry()
-        for hook_name in (
-            "tunnelmesh_register_config_sections",
-            "tunnelmesh_register_transports",
-            "tunnelmesh_register_filters",
-            "tunnelmesh_register_dns_backends",
-            "tunnelmesh_register_storage",
-            "tunnelmesh_register_proxy_rules",
-        ):
-            self.call_each(hook_name, registry=registry)
+        for kind in REGISTRY_KINDS:
+            if not kinds or kind in kinds:
+                self.call_each(f"tunnelmesh_register_{kind}", registry=registry)
         return registry
 
 

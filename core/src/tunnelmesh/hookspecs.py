@@ -118,11 +118,16 @@ def tunnelmesh_register_commands(cli: click.Group) -> None:
     """Add click commands or groups to the ``tunnelmesh`` command line.
 
     Called once, when the CLI is built. Every option should have a ``TUNNELMESH_*`` envvar.
+    Name commands by import path with
+    ``tunnelmesh.cli.lazy.add_lazy_command(cli, name, "module:attribute", one_line_help)``:
+    the module is then imported only when the command is used, not by ``tunnelmesh --help``
+    or by other commands. ``cli.add_command(cmd)`` works too, but imports the command at start.
 
-    :param cli: the root group; call ``cli.add_command(cmd)``.
+    :param cli: the root group (a :class:`tunnelmesh.cli.lazy.LazyGroup`).
     :return: ignored.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1 commands by import path (``add_lazy_command``).
     """
 
 

@@ -51,7 +51,7 @@ def _registered_rules(ctx: click.Context) -> list[type[ProxyRule]]:
         from tunnelmesh._manager import make_plugin_manager
 
         pm = make_plugin_manager()
-    return list(pm.build_registry().proxy_rules.values())
+    return list(pm.build_registry("proxy_rules").proxy_rules.values())
 
 
 @click.group(invoke_without_command=True)

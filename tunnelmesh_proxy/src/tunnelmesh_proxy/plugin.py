@@ -21,7 +21,12 @@ def tunnelmesh_register_proxy_rules(registry: Registry) -> None:
 
 @hookimpl
 def tunnelmesh_register_commands(cli: click.Group) -> None:
-    """``tunnelmesh proxy`` (serve), ``tunnelmesh proxy shim build``, ``tunnelmesh proxy run``."""
-    from tunnelmesh_proxy.cli import proxy
+    from tunnelmesh.cli.lazy import add_lazy_command  # the command itself is imported on use
 
-    cli.add_command(proxy)
+    """``tunnelmesh proxy`` (serve), ``tunnelmesh proxy shim build``, ``tunnelmesh proxy run``."""
+    add_lazy_command(
+        cli,
+        "proxy",
+        "tunnelmesh_proxy.cli:proxy",
+        "Header-routed reverse proxy: one port reaches the services of every workspace.",
+    )

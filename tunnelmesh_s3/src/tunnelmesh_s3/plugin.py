@@ -14,10 +14,26 @@ if TYPE_CHECKING:
 
 @hookimpl
 def tunnelmesh_register_commands(cli: click.Group) -> None:
-    from tunnelmesh_s3.cli import buckets, s3, share
+    from tunnelmesh.cli.lazy import add_lazy_command  # the command itself is imported on use
 
-    for command in (s3, buckets, share):
-        cli.add_command(command)
+    for name, import_path, short_help in (
+        (
+            "s3",
+            "tunnelmesh_s3.cli.s3_cmd:s3",
+            "S3-compatible object storage: the standalone server and credentials.",
+        ),
+        (
+            "buckets",
+            "tunnelmesh_s3.cli.buckets_cmd:buckets",
+            "List, create and delete buckets; list, upload and download objects.",
+        ),
+        (
+            "share",
+            "tunnelmesh_s3.cli.share_cmd:share",
+            "File shares: a bucket shared with chosen peers, to mount or sync with S3 tools.",
+        ),
+    ):
+        add_lazy_command(cli, name, import_path, short_help)
 
 
 @hookimpl

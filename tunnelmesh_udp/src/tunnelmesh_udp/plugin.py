@@ -20,6 +20,8 @@ def tunnelmesh_register_transports(registry: Registry) -> None:
 
 @hookimpl
 def tunnelmesh_register_commands(cli: click.Group) -> None:
-    from tunnelmesh_udp.cli import udp
+    from tunnelmesh.cli.lazy import add_lazy_command  # the command itself is imported on use
 
-    cli.add_command(udp)
+    add_lazy_command(
+        cli, "udp", "tunnelmesh_udp.cli:udp", "The WireGuard-compatible UDP transport."
+    )

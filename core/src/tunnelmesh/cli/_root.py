@@ -6,6 +6,7 @@ import click
 
 from tunnelmesh import __version__
 from tunnelmesh._manager import PluginManager, make_plugin_manager
+from tunnelmesh.cli.lazy import LazyGroup
 from tunnelmesh.logs import LOG_FORMATS, setup_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -62,44 +63,72 @@ def cli(ctx: click.Context, config: str | None, log_level: str, log_format: str)
     ctx.obj = Context(pm, config, log_level)
 
 
-def build_cli(pm: PluginManager | None = None) -> click.Group:
-    """Return the root group with core commands and every plugin's commands added."""
-    from tunnelmesh.cli import (
-        context_cmd,
-        demo_cmd,
-        dns_cmd,
-        filter_cmd,
-        init_cmd,
-        join_cmd,
-        leave_cmd,
-        peers_cmd,
-        plugins_cmd,
-        serve_cmd,
-        status_cmd,
-    )
+CORE_COMMANDS: dict[str, tuple[str, str]] = {
+    # name: ("module:attribute", the one-line help --help lists; a test keeps it the command's)
+    "plugins": (
+        "tunnelmesh.cli.plugins_cmd:plugins",
+        "List installed plugins with their version, status and hooks.",
+    ),
+    "init": (
+        "tunnelmesh.cli.init_cmd:init",
+        "Write commented example config files (server.yaml and/or peer.yaml).",
+    ),
+    "serve": (
+        "tunnelmesh.cli.serve_cmd:serve",
+        "Run the coordination server until SIGINT/SIGTERM; SIGHUP re-reads the config.",
+    ),
+    "join": (
+        "tunnelmesh.cli.join_cmd:join",
+        "Join a mesh: register this node, then keep it online until SIGINT/SIGTERM.",
+    ),
+    "context": (
+        "tunnelmesh.cli.context_cmd:context",
+        "Manage contexts: one per mesh joined (stored in ~/.tunnelmesh/contexts.json; "
+        "TUNNELMESH_HOME moves it).",
+    ),
+    "status": (
+        "tunnelmesh.cli.status_cmd:status",
+        "Show this node's name, mesh IP, whether the coordinator is reachable, how many peers "
+        "are online and which transports are in use.",
+    ),
+    "peers": (
+        "tunnelmesh.cli.peers_cmd:peers",
+        "List the mesh's peers: name, mesh IP, online, exit, transport, RTT, traffic, last "
+        "seen, why.",
+    ),
+    "leave": (
+        "tunnelmesh.cli.leave_cmd:leave",
+        "Leave the mesh: the coordinator frees this node's name and mesh IP.",
+    ),
+    "filter": (
+        "tunnelmesh.cli.filter_cmd:filter_group",
+        "Show and change the running daemon's packet filter (needs root).",
+    ),
+    "dns": ("tunnelmesh.cli.dns_cmd:dns", "The built-in mesh DNS resolver."),
+    "demo": (
+        "tunnelmesh.cli.demo_cmd:demo",
+        "Run a coordinator and three peers in network namespaces (one behind a NAT).",
+    ),
+}
+"""Core's commands, imported only when used (:mod:`tunnelmesh.cli.lazy`)."""
 
+
+def build_cli(pm: PluginManager | None = None) -> click.Group:
+    """Return the root group with core commands and every plugin's commands added.
+
+    Commands are named by import path and imported when they are used, so building the group
+    (and ``tunnelmesh --help``) imports none of them.
+    """
     if pm is None:
         pm = make_plugin_manager()
-    root = click.Group(
+    root = LazyGroup(
         name=cli.name,
         callback=cli.callback,
         params=list(cli.params),
         help=cli.help,
         context_settings=dict(cli.context_settings),
     )
-    for cmd in (plugins_cmd.plugins, init_cmd.init):
-        root.add_command(cmd)
-    for cmd in (
-        serve_cmd.serve,
-        join_cmd.join,
-        context_cmd.context,
-        status_cmd.status,
-        peers_cmd.peers,
-        leave_cmd.leave,
-    ):
-        root.add_command(cmd)
-    root.add_command(filter_cmd.filter_group)
-    root.add_command(dns_cmd.dns)
-    root.add_command(demo_cmd.demo)
+    for name, (import_path, short_help) in CORE_COMMANDS.items():
+        root.add_lazy_command(name, import_path, short_help)
     pm.hook.tunnelmesh_register_commands(cli=root)
     return root
