@@ -163,7 +163,6 @@ class TransportConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     order: list[str] = msgspec.field(default_factory=lambda: ["udp", "ssh", "relay"])
     per_peer: dict[str, list[str]] = msgspec.field(default_factory=dict)
     udp_port: int = 2223
-    ssh_port: int = 2222
 
 
 class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

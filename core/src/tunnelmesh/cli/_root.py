@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
+from click.core import ParameterSource
 
 from tunnelmesh import __version__
 from tunnelmesh._manager import PluginManager, make_plugin_manager
@@ -10,6 +13,18 @@ from tunnelmesh.cli.lazy import LazyGroup
 from tunnelmesh.logs import LOG_FORMATS, setup_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def apply_config_log_level(level: str | None) -> None:
+    """A config file's ``log_level``, unless ``--log-level``/``TUNNELMESH_LOG_LEVEL`` was given."""
+    if not level:
+        return
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        source = ctx.find_root().get_parameter_source("log_level")
+        if source not in (None, ParameterSource.DEFAULT):
+            return
+    logging.getLogger().setLevel(level.upper())
 
 
 class Context:

@@ -41,6 +41,24 @@ admin_peers: []
 # how often peers report in; a peer missing three heartbeats is shown offline
 heartbeat_interval: 10s
 
+# log level (debug, info, warning, error); null: --log-level / TUNNELMESH_LOG_LEVEL (info)
+log_level: null
+
+# extra names and addresses in the coordinator's TLS certificate (it always has localhost,
+# 127.0.0.1 and coordinator.tunnelmesh.invalid); name the mesh CA may vouch for: set before
+# the first start (see docs/control-plane.md)
+tls_names: []
+
+# refused registrations cost their source address one unit of a bucket this big, refilled
+# at this rate (an IPv6 source: its /64)
+auth_failures_burst: 20
+auth_failures_per_minute: 30.0
+
+# Prometheus GET /metrics; listen "" = 127.0.0.1:9274 (see docs/metrics.md)
+metrics:
+  enabled: true
+  listen: ""
+
 # packet filter rules pushed to every peer: the "coordinator" layer of each peer's filter
 # (the most restrictive layer wins). Sent when a peer joins, and at once to every peer when
 # they change: edit this file and send SIGHUP (kill -HUP <serve pid>). Only the rules are
@@ -51,7 +69,8 @@ filter:
   #    protocol: tcp
   #    action: allow
 
-# uncomment to make the coordinator a mesh peer too (server-as-client)
+# uncomment to make the coordinator a mesh peer too (server-as-client); any key of
+# peer.yaml (tunnelmesh init --peer) may go below it, except server and auth_token
 # join_mesh:
 #   name: "coordinator"
 #   dns:
@@ -73,10 +92,20 @@ auth_token: ""
 # this node's identity (ed25519, OpenSSH format); created when missing
 private_key: "~/.tunnelmesh/id_ed25519"
 
+# where `tunnelmesh filter` and `tunnelmesh status` reach the running node (a Unix socket)
+control_socket: "/run/tunnelmesh.sock"
+
+# how often this peer reports to the coordinator
+heartbeat_interval: 10s
+
+# log level (debug, info, warning, error); null: --log-level / TUNNELMESH_LOG_LEVEL (info)
+log_level: null
+
 tun:
   name: "tun-mesh0"
   mtu: 1420
 
+# the mesh resolver (see docs/dns.md)
 dns:
   enabled: true
   listen: "127.0.0.53:5353"
@@ -84,22 +113,37 @@ dns:
   # extra names of this peer (db -> db.tunnelmesh), published through the coordinator so
   # every peer resolves them; a name another peer has is refused
   aliases: []
+  # where other names go (ip[:port]); empty: the name servers of /etc/resolv.conf
+  upstreams: []
+  upstream_timeout: 2s
+  # false: other names get REFUSED
+  forward: true
+  # how the system resolver is pointed at this one: auto, resolved, resolv.conf or off
+  system: auto
 
-# transports in order of preference, globally and per peer
+# transports in order of preference, globally and per peer; udp_port is the UDP
+# (WireGuard) port, and the SSH transport listens on the same number over TCP
 transports:
   order: [udp, ssh, relay]
   per_peer: {{}}
   udp_port: 2223
-  ssh_port: 2222
 
+# the packet filter (see docs/filter.md)
 filter:
   default_deny: false
   allow_icmp: true
+  # size bound of the connection-tracking table
+  max_flows: 65536
   rules: []
   #  - port: 3306
   #    protocol: tcp
   #    action: deny
   #    source_peer: untrusted-node
+
+# Prometheus GET /metrics; listen "" = this node's mesh IP, port 9273 (see docs/metrics.md)
+metrics:
+  enabled: true
+  listen: ""
 
 # route internet traffic through this peer (split tunnel); "" = off
 exit_node: ""

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import click
 
-from tunnelmesh.cli._root import Context
+from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import PeerConfig, load_peer_config
 from tunnelmesh.control.contexts import Context as MeshContext
 from tunnelmesh.control.contexts import ContextStore
@@ -180,6 +180,7 @@ def join(
         raise click.UsageError("--yes and --no-trust contradict each other")
     store = ContextStore()
     cfg = load_peer_config(config_path or ctx.config)
+    apply_config_log_level(cfg.log_level)
     cfg = _with_exit_options(cfg, allow_exit_traffic, exit_node)
     ctx_name = context_name or store.active or "default"
     existing = None

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import msgspec
 
-from tunnelmesh.cli._root import Context
+from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import ServerConfig, load_server_config
 from tunnelmesh.coordinator.ca import ca_fingerprint
 from tunnelmesh.errors import TunnelmeshError
@@ -156,6 +156,7 @@ def serve(
         return msgspec.structs.replace(cfg, **changes) if changes else cfg
 
     cfg = load()
+    apply_config_log_level(cfg.log_level)
     node = False
     if cfg.join_mesh is not None and not no_tun:
         if registry.transports:
