@@ -29,9 +29,8 @@ pytest.importorskip("tunnelmesh_udp")
 from tunnelmesh.node.demo import NETNS_ETC, MeshLab, NodeProcess
 from tunnelmesh.testing.lab import Host, Lab
 
-pytestmark = pytest.mark.lab
-
 ROUNDS = int(os.environ.get("TUNNELMESH_EXIT_STOP_ROUNDS", "5"))
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(120 + 20 * ROUNDS)]  # a round takes ~6 s
 STOP_BOUND = 5.0
 ORIGINAL = "# the namespace's own resolver config\nnameserver 127.0.0.1\noptions timeout:1\n"
 

@@ -112,6 +112,8 @@ def test_join_peers_status_leave(tmp_path: Path, coordinator: str) -> None:
             return any(r["name"] == "alpha" and r["online"] for r in rows)
 
         assert poll(alpha_online)
+        rows = json.loads(tm(b, "peers", "--json").stdout)  # the whole mesh, this node marked
+        assert {(r["name"], r["self"]) for r in rows} == {("alpha", False), ("beta", True)}
         table = tm(b, "peers").stdout
         assert table.splitlines()[0].split()[:3] == ["NAME", "MESH", "IP"]
         assert "alpha" in table and ip_a in table
@@ -167,7 +169,7 @@ def test_join_errors_are_one_line(tmp_path: Path, coordinator: str) -> None:
 
 
 def _peer_names(home: Path) -> list[str]:
-    return [r["name"] for r in json.loads(tm(home, "peers", "--json").stdout)]
+    return [r["name"] for r in json.loads(tm(home, "peers", "--json").stdout) if not r["self"]]
 
 
 def test_join_without_terminal_does_not_prompt_for_trust(tmp_path: Path, coordinator: str) -> None:

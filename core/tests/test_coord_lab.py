@@ -81,10 +81,11 @@ def start_peer(host: Host, coord: Host, home: Path) -> tuple[subprocess.Popen[st
 
 
 def peers_json(host: Host, home: Path) -> list[dict[str, object]]:
+    """The other peers, as `tunnelmesh peers --json` on ``host`` lists them."""
     out = host.run(
         [sys.executable, "-c", MAIN, "peers", "--json"], env=env_for(home), timeout=60
     ).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+    return [p for p in json.loads(out) if not p["self"]]  # the other peers
 
 
 def online_names(host: Host, home: Path) -> set[str]:

@@ -66,6 +66,9 @@ def fetch_peers(ctx: MeshContext, store: ContextStore) -> tuple[list[PeerInfo], 
 def peers(context_name: str | None, as_json: bool) -> None:
     """List the mesh's peers: name, mesh IP, online, exit, transport, RTT, traffic, last seen, why.
 
+    --json lists the whole mesh, this node included, each peer with "self" (true for this
+    node).
+
     EXIT says whether the peer is an exit node (it allows exit traffic: --exit-node NAME).
 
     TRANSPORT, RTT and WHY are this node's view of the path to each peer (as its daemon last
@@ -79,8 +82,9 @@ def peers(context_name: str | None, as_json: bool) -> None:
     rows, live = fetch_peers(ctx, store)
     me = next((p for p in rows if p.peer_id == ctx.peer_id), None)
     others = [p for p in rows if p.peer_id != ctx.peer_id]
-    if as_json:
-        click.echo(json.dumps(msgspec.to_builtins(others), indent=2))
+    if as_json:  # the whole mesh, this node included and marked "self"
+        listed = [{**msgspec.to_builtins(p), "self": p.peer_id == ctx.peer_id} for p in rows]
+        click.echo(json.dumps(listed, indent=2))
         return
     if not live:
         click.echo("coordinator unreachable: showing the last known peers", err=True)
