@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tunnelmesh._builtin.dns",
     "tunnelmesh._builtin.proxy",
     "tunnelmesh._builtin.metrics",
+    "tunnelmesh._builtin.systemd",
 )
 
 

@@ -124,6 +124,14 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
         "tunnelmesh.cli.demo_cmd:demo",
         "Run a coordinator and three peers in network namespaces (one behind a NAT).",
     ),
+    "service": (
+        "tunnelmesh.cli.service_cmd:service",
+        "Install and manage tunnelmesh as a systemd service (see docs/service.md).",
+    ),
+    "cleanup": (
+        "tunnelmesh.cli.cleanup_cmd:cleanup",
+        "Remove the routes, nftables table, ip_forward and resolver changes a crashed node left.",
+    ),
 }
 """Core's commands, imported only when used (:mod:`tunnelmesh.cli.lazy`)."""
 

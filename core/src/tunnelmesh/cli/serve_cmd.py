@@ -15,6 +15,7 @@ from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import ServerConfig, load_server_config
 from tunnelmesh.coordinator.ca import ca_fingerprint
 from tunnelmesh.errors import TunnelmeshError
+from tunnelmesh.service import sdnotify
 
 
 def _reload(server: Any, load: Callable[[], ServerConfig]) -> None:
@@ -64,8 +65,15 @@ async def _serve(
             waiter.cancel()
             if server.own_peer_ready.done():
                 click.echo(server.own_peer_ready.result())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
+        # systemd (Type=notify): ready now; the watchdog is fed while the loop turns
+        sdnotify.notify("READY=1", f"STATUS=coordinator listening on {server.url}")
+        dog = asyncio.ensure_future(sdnotify.watchdog(lambda: True))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+        finally:
+            dog.cancel()
+            sdnotify.notify("STOPPING=1")
     finally:
         await server.stop()
         click.echo("coordinator stopped")
