@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import msgspec
 import pytest
 from cryptography import x509
@@ -36,12 +37,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tunnelmesh.config import ServerConfig
 from tunnelmesh.control import daemon
+from tunnelmesh.control.client import ControlClient
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import Heartbeat, RegisterRequest
 from tunnelmesh.coordinator.auth import FailureLimiter, registration_message, token_binding
-from tunnelmesh.coordinator.ca import COORDINATOR_NAME, MeshCa
+from tunnelmesh.coordinator.ca import COORDINATOR_NAME, MeshCa, client_ssl_context
 from tunnelmesh.coordinator.core import HEARTBEAT_BURST, PUSH_COALESCE, ApiFailure, Coordinator
 from tunnelmesh.coordinator.push import MAX_QUEUED_BYTES, PushHub
+from tunnelmesh.coordinator.server import CoordinatorServer
 from tunnelmesh.coordinator.store import PeerRecord, SqliteStore
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.identity import Identity
@@ -607,3 +610,42 @@ def test_failed_attempts_from_one_ipv6_64_share_one_allowance() -> None:
         lim.charge(f"2001:db8:7:7::{i + 1:x}", 0.0)
     assert lim.retry_after("2001:db8:7:7::beef", 0.0) > 0  # a new address of the same /64
     assert lim.retry_after("2001:db8:7:8::1", 0.0) == 0  # the next /64 is another source
+
+
+def test_over_the_api_a_challenge_flood_from_one_address_leaves_another_free(
+    tmp_path: Path,
+) -> None:
+    """The same attack end to end: the flooder at 127.0.0.2, a genuine peer at 127.0.0.1."""
+
+    async def main() -> None:
+        cfg = msgspec.structs.replace(
+            _server_config(tmp_path / "state"), listen="127.0.0.1:0", stun_listen="127.0.0.1:0"
+        )
+        async with CoordinatorServer(cfg, run_join_mesh=False) as server:
+            assert server.coordinator.ca is not None
+            ca_pem = server.coordinator.ca.cert_pem
+            ssl_ctx = client_ssl_context(ca_pem)
+            flooder = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), ssl=ssl_ctx)
+            statuses = []
+            async with aiohttp.ClientSession(connector=flooder) as http:
+                for _ in range(100):
+                    async with http.post(
+                        server.url + "/api/v1/register/challenge",
+                        server_hostname=COORDINATOR_NAME,
+                    ) as resp:
+                        statuses.append(resp.status)
+            free = server.coordinator.challenges.per_source + cfg.auth_failures_burst
+            assert statuses[:free] == [200] * free
+            assert statuses.count(429) >= 100 - free - 2  # (its allowance refills 0.5 a second)
+            assert server.coordinator.challenges.outstanding("127.0.0.2") <= 8
+            async with ControlClient(
+                server=server.url,
+                identity=Identity.generate(),
+                ca_pem=ca_pem,
+                auth_token=TOKEN,
+                name="genuine",
+            ) as client:
+                resp = await client.register()  # from 127.0.0.1: untouched by the flood
+            assert resp.name == "genuine"
+
+    asyncio.run(main())
