@@ -42,7 +42,14 @@ from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import Heartbeat, RegisterRequest
 from tunnelmesh.coordinator.auth import FailureLimiter, registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, MeshCa, client_ssl_context
-from tunnelmesh.coordinator.core import HEARTBEAT_BURST, PUSH_COALESCE, ApiFailure, Coordinator
+from tunnelmesh.coordinator.core import (
+    HEARTBEAT_BURST,
+    MAX_NAMES_PER_KEY,
+    PUSH_COALESCE,
+    REGISTER_BURST,
+    ApiFailure,
+    Coordinator,
+)
 from tunnelmesh.coordinator.push import MAX_QUEUED_BYTES, PushHub
 from tunnelmesh.coordinator.server import CoordinatorServer
 from tunnelmesh.coordinator.store import PeerRecord, SqliteStore
@@ -330,8 +337,10 @@ class _Clock:
         return self.now
 
 
-def _request(ident: Identity, name: str, nonce: bytes, endpoints: list[str]) -> RegisterRequest:
-    msg = registration_message(nonce, name, ident.public_openssh, token_binding(TOKEN, nonce))
+def _request(
+    ident: Identity, name: str, nonce: bytes, endpoints: list[str], token: str = TOKEN
+) -> RegisterRequest:
+    msg = registration_message(nonce, name, ident.public_openssh, token_binding(token, nonce))
     return RegisterRequest(
         name=name,
         public_key=ident.public_openssh,
@@ -647,5 +656,57 @@ def test_over_the_api_a_challenge_flood_from_one_address_leaves_another_free(
             ) as client:
                 resp = await client.register()  # from 127.0.0.1: untouched by the flood
             assert resp.name == "genuine"
+
+    asyncio.run(main())
+
+
+def test_a_peer_renaming_itself_again_and_again_reserves_at_most_four_names(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        clock = _Clock()
+        coord = await _coordinator(tmp_path, clock)
+        try:
+            ident = Identity.generate()
+            other = await _join(coord, "bystander")
+            for i in range(30):  # re-registrations under new names: the signature alone
+                nonce = coord.issue_challenge("192.0.2.5")
+                token = TOKEN if i == 0 else ""
+                req = _request(ident, f"alias-{i}", nonce, [], token)
+                await coord.register(req, token, "192.0.2.5")
+                clock.now += 10.0  # its registration pace: one every 10 s after a burst
+            mine = [n for n, pid in coord._names.items() if pid == ident.peer_id]
+            assert len(mine) == MAX_NAMES_PER_KEY
+            assert "alias-29" in mine and "alias-0" not in mine
+            assert coord.name_owner("bystander") == other.peer_id  # others' names untouched
+            dump = "\n".join(await coord.store.dump())  # type: ignore[attr-defined]
+            assert "alias-0" not in dump and "alias-29" in dump
+        finally:
+            await coord.close()
+
+    asyncio.run(main())
+
+
+def test_a_key_registering_in_a_loop_is_paced(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = _Clock()
+        coord = await _coordinator(tmp_path, clock)
+        try:
+            ident = Identity.generate()
+            statuses = []
+            for _ in range(15):
+                nonce = coord.issue_challenge("192.0.2.6")
+                try:
+                    await coord.register(_request(ident, "looper", nonce, []), TOKEN, "192.0.2.6")
+                    statuses.append(200)
+                except ApiFailure as f:
+                    statuses.append(f.status)
+            assert statuses == [200] * int(REGISTER_BURST) + [429] * (15 - int(REGISTER_BURST))
+            assert coord.stats["registrations_limited"] == 15 - int(REGISTER_BURST)
+            clock.now += 10.0
+            nonce = coord.issue_challenge("192.0.2.6")
+            await coord.register(_request(ident, "looper", nonce, []), TOKEN, "192.0.2.6")
+        finally:
+            await coord.close()
 
     asyncio.run(main())

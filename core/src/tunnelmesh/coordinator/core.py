@@ -90,6 +90,10 @@ _CA_KEY = "mesh_ca"
 HEARTBEAT_BURST = 10.0
 RENDEZVOUS_BURST = 5.0
 PUSH_COALESCE = 0.05
+REGISTER_BURST, REGISTER_RATE = 10.0, 0.1
+"""Registrations of one key: 10 at once, then one every 10 s (each is an fsync)."""
+MAX_NAMES_PER_KEY = 4
+"""Names reserved for one key: its current name and the last three it renamed away from."""
 """Seconds heartbeat-caused changes of one peer wait, so a burst becomes one push."""
 _FIRST_ADMIN_KEY = "first_admin"
 _TOKEN_KEY = "auth_token"
@@ -176,6 +180,7 @@ class Coordinator:
         # Hole-punch requests per (asker, target) pair: enough to re-dial, never a flood that
         # fills the target's push queue.
         self.rendezvous_pace = RateLimiter(1.0, RENDEZVOUS_BURST)
+        self.register_pace = RateLimiter(REGISTER_RATE, REGISTER_BURST)  # per key
         self._pending_push: set[str] = set()
         self._push_timer: asyncio.TimerHandle | None = None
         self.ca: MeshCa | None = None
@@ -208,6 +213,7 @@ class Coordinator:
             "rendezvous_limited": 0,
             "bad_endpoints": 0,
             "pushes_coalesced": 0,
+            "registrations_limited": 0,
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._own_peer_known = asyncio.Event()
@@ -517,7 +523,8 @@ class Coordinator:
         Raises:
             ApiFailure: 401 bad token/challenge/signature, 400 malformed, 403 reserved name,
                 409 name reserved for another key (when ``rename`` is false), 429 over the
-                allowance, 503 store.
+                allowance or when the key registers too often (REGISTER_BURST, then one every
+                10 s), 503 store.
         """
         self.check_allowance(source)
         now = self.clock()
@@ -561,6 +568,10 @@ class Coordinator:
                 raise ApiFailure(status, "bad_name", reason)
         except ApiFailure as failure:
             raise self.refuse(source, failure) from None
+        wait = self.register_pace.take(peer_id_of(pub.public_bytes_raw()), now)
+        if wait > 0:
+            self.stats["registrations_limited"] += 1
+            raise ApiFailure(429, "rate_limited", "too many registrations; try later", wait)
 
         async with self._lock:
             return await self._apply_registration(req, public_key, endpoints, now)
@@ -639,6 +650,7 @@ class Coordinator:
             ) from None
         self._first_admin = first_admin
         self._names[name] = peer_id
+        await self._forget_old_names(peer_id, name)
         if old is not None:
             self._unindex(old)
         self._index(rec)
@@ -668,6 +680,19 @@ class Coordinator:
             coordinator_ips=self.coordinator_ips(),
             stun_port=self.stun_port,
         )
+
+    async def _forget_old_names(self, peer_id: str, current: str) -> None:
+        """Keep at most MAX_NAMES_PER_KEY names reserved for ``peer_id``: a key that renames
+        itself again and again must not grow the names table without bound. The oldest of its
+        former names go (its own choice to leave them; another key's names are never touched)."""
+        held = [n for n, pid in self._names.items() if pid == peer_id and n != current]
+        for n in held[: max(0, len(held) - (MAX_NAMES_PER_KEY - 1))]:
+            try:
+                await self.store.release_name(n)
+            except StorageError as exc:
+                log.warning("cannot release the former name %s of %s: %s", n, peer_id, exc)
+                return
+            del self._names[n]
 
     # --- peer operations -------------------------------------------------------------------
 

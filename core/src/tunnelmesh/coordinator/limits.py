@@ -11,6 +11,8 @@ registration challenges     nonce, charged to its source     ``per_source`` each
 failure allowances          source                           ``max_sources`` (auth.FailureLimiter)
 push queues                 peer ID                          4,096 messages or 8 MiB (push)
 heartbeat pace              peer ID                          :class:`RateLimiter` ``max_keys``
+registration pace           peer ID                          :class:`RateLimiter` ``max_keys``
+reserved names              name, per key                    4 per key (core.MAX_NAMES_PER_KEY)
 rendezvous pace             peer ID                          :class:`RateLimiter` ``max_keys``
 pending pushes              peer ID                          registered peers
 relay "unreached" notices   destination, per connection      64 per relay connection
