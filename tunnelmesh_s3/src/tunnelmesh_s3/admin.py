@@ -29,7 +29,7 @@ from aiohttp import web
 from tunnelmesh.errors import BucketAlreadyExists, InvalidName
 from tunnelmesh.storage import check_bucket_name
 
-from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer, Share
+from tunnelmesh_s3.auth import GROUP_PREFIX, BucketAcl, FileAuthorizer, Share
 from tunnelmesh_s3.call import Call
 from tunnelmesh_s3.errors import S3Error
 
@@ -60,21 +60,40 @@ async def _decode(call: Call, type_: type[Any]) -> Any:
         raise S3Error("InvalidArgument", f"bad JSON body: {exc}") from None
 
 
-def _share_view(share: Share, acl: BucketAcl | None) -> dict[str, Any]:
+def _share_view(auth: FileAuthorizer, share: Share, acl: BucketAcl | None) -> dict[str, Any]:
     return {
         "name": share.name,
         "description": share.description,
-        "owner": share.owner,
+        "owner": auth.display([share.owner])[0],
         "created": share.created,
-        "read": acl.read if acl else [],
-        "write": acl.write if acl else [],
+        "read": auth.display(acl.read) if acl else [],
+        "write": auth.display(acl.write) if acl else [],
     }
 
 
-def _check_grantees(auth: FileAuthorizer, req: ShareRequest) -> None:
-    unknown = auth.unknown_grantees([*req.read, *req.write])
-    if unknown:
-        raise S3Error("InvalidArgument", f"no peer named {', '.join(sorted(set(unknown)))}")
+def _acl_view(auth: FileAuthorizer, acl: BucketAcl | None) -> dict[str, Any]:
+    acl = acl or BucketAcl(owner="")
+    return {
+        "owner": auth.display([acl.owner])[0] if acl.owner else "",
+        "read": auth.display(acl.read),
+        "write": auth.display(acl.write),
+    }
+
+
+def _grants(auth: FileAuthorizer, req: ShareRequest) -> tuple[list[str], list[str]]:
+    """The request's grantees checked and resolved to what the ACL stores (peer IDs on a mesh).
+
+    Raises:
+        S3Error: a grantee names no peer (or no group).
+    """
+    unknown = sorted(set(auth.unknown_grantees([*req.read, *req.write])))
+    peers = [n for n in unknown if not n.startswith(GROUP_PREFIX)]
+    groups = [n[len(GROUP_PREFIX) :] for n in unknown if n.startswith(GROUP_PREFIX)]
+    why = [f"no peer named {', '.join(peers)}"] if peers else []
+    why += [f"no group named {', '.join(groups)}"] if groups else []
+    if why:
+        raise S3Error("InvalidArgument", "; ".join(why))
+    return auth.resolve_grantees(req.read), auth.resolve_grantees(req.write)
 
 
 async def handle(call: Call, path: str) -> web.Response:
@@ -84,11 +103,14 @@ async def handle(call: Call, path: str) -> web.Response:
     method = call.request.method
     kind, _, name = path.partition("/")
     if (kind, name, method) == ("whoami", "", "GET"):
-        return _json({"principal": call.principal.name, "admin": call.principal.admin})
+        who: dict[str, Any] = {"principal": call.principal.name, "admin": call.principal.admin}
+        if call.principal.peer_id:
+            who["peer_id"] = call.principal.peer_id
+        return _json(who)
     if kind == "shares" and not name and method == "GET":
         return _json(
             [
-                _share_view(s, auth.acl(s.name))
+                _share_view(auth, s, auth.acl(s.name))
                 for s in auth.shares()
                 if auth.allowed(call.principal, s.name, "read")
             ]
@@ -98,21 +120,15 @@ async def handle(call: Call, path: str) -> web.Response:
     if kind == "acl" and name:
         await call.need("own", name)
         if method == "GET":
-            acl = auth.acl(name)
-            return _json(acl or BucketAcl(owner=""))
+            return _json(_acl_view(auth, auth.acl(name)))
         if method == "PUT":
-            grants = await _decode(call, ShareRequest)
-            _check_grantees(auth, grants)
+            read, write = _grants(auth, await _decode(call, ShareRequest))
             acl = auth.acl(name)
             await auth.set_acl(
                 name,
-                BucketAcl(
-                    owner=acl.owner if acl else call.principal.name,
-                    read=grants.read,
-                    write=grants.write,
-                ),
+                BucketAcl(owner=acl.owner if acl else call.principal.key, read=read, write=write),
             )
-            return _json(auth.acl(name))
+            return _json(_acl_view(auth, auth.acl(name)))
     if kind == "credentials" and not name:
         if not call.principal.admin:
             raise S3Error("AccessDenied", "only admins manage credentials")
@@ -152,10 +168,10 @@ async def _share(call: Call, auth: FileAuthorizer, name: str, method: str) -> we
         if share is None:
             raise S3Error("NoSuchBucket", f"no share named {name}", BucketName=name)
         await call.need("read", name)
-        return _json(_share_view(share, auth.acl(name)))
+        return _json(_share_view(auth, share, auth.acl(name)))
     if method == "PUT":
         req = await _decode(call, ShareRequest)
-        _check_grantees(auth, req)
+        read, write = _grants(auth, req)
         try:
             await call.storage.create_bucket(name)
             await auth.bucket_created(call.principal, name)
@@ -164,15 +180,15 @@ async def _share(call: Call, auth: FileAuthorizer, name: str, method: str) -> we
             await call.need("own", name)
             created = False
         acl = auth.acl(name)
-        owner = acl.owner if acl else call.principal.name
+        owner = acl.owner if acl else call.principal.key
         new = Share(
             name=name,
             owner=owner,
             created=share.created if share else time.time(),
             description=req.description or (share.description if share else ""),
         )
-        await auth.put_share(new, BucketAcl(owner=owner, read=req.read, write=req.write))
-        return _json(_share_view(new, auth.acl(name)), status=201 if created else 200)
+        await auth.put_share(new, BucketAcl(owner=owner, read=read, write=write))
+        return _json(_share_view(auth, new, auth.acl(name)), status=201 if created else 200)
     if method == "DELETE":
         if share is None:
             raise S3Error("NoSuchBucket", f"no share named {name}", BucketName=name)

@@ -11,7 +11,14 @@ Rules of :class:`FileAuthorizer` (and the ones the coordinator should keep):
 * an admin principal may do anything;
 * a bucket's owner may read, write, and change or delete the bucket;
 * a ``write`` grant implies ``read``; a grant to ``"*"`` is to every authenticated principal;
+  a grant to ``"group:NAME"`` is to the members of that group (on a mesh: the coordinator's
+  groups, by peer ID);
 * a bucket without an ACL (created behind the service's back) is admin-only.
+
+Owners and grantees are principal *keys* (:attr:`Principal.key`): on a mesh the peer ID (a
+name can be released and taken by another key; a key cannot), standalone the principal name.
+The admin API takes and shows names; :meth:`Authorizer.resolve_grantees` and
+:meth:`Authorizer.display` translate.
 
 Secrets are random (:func:`secrets.token_urlsafe`), never derived from anything public.
 """
@@ -23,6 +30,7 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +39,7 @@ from tunnelmesh.logs import add_secret
 
 __all__ = [
     "EVERYONE",
+    "GROUP_PREFIX",
     "Action",
     "Authorizer",
     "BucketAcl",
@@ -45,11 +54,21 @@ EVERYONE = "*"
 _KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
+GROUP_PREFIX = "group:"
+
+
 class Principal(msgspec.Struct, frozen=True):
-    """An authenticated caller: a peer name (or ``admin`` in standalone mode)."""
+    """An authenticated caller: a peer (its current name and its peer ID) on a mesh, or a
+    principal name (``admin``, ...) in standalone mode."""
 
     name: str
     admin: bool = False
+    peer_id: str = ""
+
+    @property
+    def key(self) -> str:
+        """What owners and grants name: the peer ID on a mesh, else the name."""
+        return self.peer_id or self.name
 
 
 class BucketAcl(msgspec.Struct, kw_only=True):
@@ -59,12 +78,13 @@ class BucketAcl(msgspec.Struct, kw_only=True):
     read: list[str] = msgspec.field(default_factory=list)
     write: list[str] = msgspec.field(default_factory=list)
 
-    def allows(self, principal: Principal, action: Action) -> bool:
-        if principal.admin or principal.name == self.owner:
+    def allows(self, principal: Principal, action: Action, groups: Iterable[str] = ()) -> bool:
+        """Whether ``principal`` (a member of ``groups``) may ``action`` the bucket."""
+        if principal.admin or principal.key == self.owner:
             return True
         if action == "own":
             return False
-        names = {principal.name, EVERYONE}
+        names = {principal.key, EVERYONE, *(GROUP_PREFIX + g for g in groups)}
         if action == "write":
             return bool(names & set(self.write))
         return bool(names & (set(self.read) | set(self.write)))
@@ -95,6 +115,7 @@ class IssuedCredential(msgspec.Struct, kw_only=True):
 
 
 class _State(msgspec.Struct, kw_only=True):
+    keyed_by: str = ""  # "peer_id" once a mesh's owners and grants are peer IDs (migrated)
     credentials: dict[str, IssuedCredential] = msgspec.field(default_factory=dict)
     acls: dict[str, BucketAcl] = msgspec.field(default_factory=dict)
     shares: dict[str, Share] = msgspec.field(default_factory=dict)
@@ -117,6 +138,18 @@ class Authorizer(abc.ABC):
 
     def unknown_grantees(self, names: list[str]) -> list[str]:
         """The names in a grant that name nobody (``*`` always names everyone). Default: none."""
+        return []
+
+    def resolve_grantees(self, names: list[str]) -> list[str]:
+        """Grantees as given (names, ``*``, ``group:NAME``) to what ACLs store. Default: as is."""
+        return list(dict.fromkeys(names))
+
+    def display(self, keys: list[str]) -> list[str]:
+        """What ACLs store back to what people read (names). Default: as is."""
+        return list(keys)
+
+    def groups_of(self, principal: Principal) -> list[str]:
+        """The groups ``principal`` is in (for ``group:NAME`` grants). Default: none."""
         return []
 
     @abc.abstractmethod
@@ -175,7 +208,7 @@ class FileAuthorizer(Authorizer):
         if principal.admin:
             return True
         acl = self._state.acls.get(bucket)
-        return acl is not None and acl.allows(principal, action)
+        return acl is not None and acl.allows(principal, action, self.groups_of(principal))
 
     def shares(self) -> list[Share]:
         return sorted(self._state.shares.values(), key=lambda s: s.name)
@@ -194,7 +227,7 @@ class FileAuthorizer(Authorizer):
 
     async def bucket_created(self, principal: Principal, bucket: str) -> None:
         async with self._lock:
-            self._state.acls[bucket] = BucketAcl(owner=principal.name)
+            self._state.acls[bucket] = BucketAcl(owner=principal.key)
             await self._save()
 
     async def bucket_deleted(self, bucket: str) -> None:

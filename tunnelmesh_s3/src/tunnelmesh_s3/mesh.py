@@ -13,8 +13,16 @@ the mesh IP, the listen address, ``this.<domain>`` and the coordinator's ``tls_n
 Credentials: each peer asks for its own with its session token (``tunnelmesh s3 credentials``).
 The secret is random (never derived from anything public), kept with the grants in
 ``<s3 data_dir>/auth.json`` (mode 0600), and bound to the peer's ID: the principal is the peer's
-current name, admins are the coordinator's admin peers, and the key stops working when the peer
-is deleted. SigV4 signatures are compared in constant time.
+current name with its peer ID, admins are the coordinator's admin peers, and the key stops
+working when the peer is deleted. SigV4 signatures are compared in constant time.
+
+Identity is the key: bucket owners and grants are stored as peer IDs (``group:NAME`` for the
+coordinator's groups, ``*`` for every peer), so a peer that registers a released name gets
+nothing of what the name's old key owned or was granted. The admin API and the CLI take and
+show names; they are translated at the moment of the grant. A state file from before (owners
+and grants by name) is migrated at start: each name that a registered peer holds becomes its
+peer ID; a name nobody holds is dropped from grants (and an owner nobody holds makes the bucket
+admin-only).
 
 Routes (JSON; errors as the coordinator's ``{"error", "message", "status"}``)::
 
@@ -49,7 +57,13 @@ from tunnelmesh.logs import add_secret
 from tunnelmesh.storage import FilesystemStorage
 
 from tunnelmesh_s3.app import S3Config, build_app
-from tunnelmesh_s3.auth import EVERYONE, FileAuthorizer, IssuedCredential, Principal
+from tunnelmesh_s3.auth import (
+    EVERYONE,
+    GROUP_PREFIX,
+    FileAuthorizer,
+    IssuedCredential,
+    Principal,
+)
 from tunnelmesh_s3.config import S3Section
 
 __all__ = [
@@ -107,10 +121,87 @@ class CoordinatorAuthorizer(FileAuthorizer):
         rec = self.coordinator.peers.get(cred.peer_id)
         if rec is None or cred.created < rec.created_at:
             return None  # the peer was deleted (and maybe joined again): its key died with it
-        return cred.secret_key, Principal(rec.name, admin=rec.is_admin)
+        return cred.secret_key, Principal(rec.name, admin=rec.is_admin, peer_id=rec.peer_id)
+
+    # --- grants by key ---
+
+    def _group_exists(self, entry: str) -> bool:
+        groups = getattr(self.coordinator, "groups", None)
+        name = entry[len(GROUP_PREFIX) :]
+        return groups is not None and bool(name) and groups.exists(name)
+
+    def _peer_id_of(self, entry: str) -> str | None:
+        """The peer ID a grantee names: a registered peer's ID, or a peer name."""
+        if entry in self.coordinator.peers:
+            return entry
+        rec = self.coordinator.peer_by_name(entry)
+        return rec.peer_id if rec is not None else None
 
     def unknown_grantees(self, names: list[str]) -> list[str]:
-        return [n for n in names if n != EVERYONE and self.coordinator.peer_by_name(n) is None]
+        return [
+            n
+            for n in names
+            if n != EVERYONE
+            and not (n.startswith(GROUP_PREFIX) and self._group_exists(n))
+            and self._peer_id_of(n) is None
+        ]
+
+    def resolve_grantees(self, names: list[str]) -> list[str]:
+        out: list[str] = []
+        for n in names:
+            key = n if n == EVERYONE or n.startswith(GROUP_PREFIX) else self._peer_id_of(n)
+            if key is not None and key not in out:
+                out.append(key)
+        return out
+
+    def display(self, keys: list[str]) -> list[str]:
+        peers = self.coordinator.peers
+        return [peers[k].name if k in peers else k for k in keys]
+
+    def groups_of(self, principal: Principal) -> list[str]:
+        groups = getattr(self.coordinator, "groups", None)
+        if groups is None or not principal.peer_id:
+            return []
+        return list(groups.of(principal.peer_id))
+
+    async def migrate_to_peer_ids(self) -> int:
+        """Turn owners and grants stored by name (before identity was the key) into peer IDs;
+        returns how many entries changed. Runs once (the state file records it)."""
+        async with self._lock:
+            state = self._state
+            if state.keyed_by == "peer_id":
+                return 0
+            changed = 0
+
+            def key_of(entry: str, *, grant: bool) -> str | None:
+                nonlocal changed
+                if entry == EVERYONE or entry in self.coordinator.peers:
+                    return entry
+                if grant and entry.startswith(GROUP_PREFIX):
+                    return entry
+                rec = self.coordinator.peer_by_name(entry)
+                changed += 1
+                if rec is None:
+                    log.warning("s3: %r names no registered peer; dropped from the grants", entry)
+                    return None
+                return rec.peer_id
+
+            for bucket, acl in state.acls.items():
+                owner = key_of(acl.owner, grant=False) if acl.owner else ""
+                if owner is None:
+                    log.warning(
+                        "s3: bucket %s: its owner %r is gone: admin-only", bucket, acl.owner
+                    )
+                acl.owner = owner or ""
+                acl.read = [k for e in acl.read if (k := key_of(e, grant=True)) is not None]
+                acl.write = [k for e in acl.write if (k := key_of(e, grant=True)) is not None]
+            for share in state.shares.values():
+                share.owner = key_of(share.owner, grant=False) or ""
+            state.keyed_by = "peer_id"
+            await self._save()
+        if changed:
+            log.info("s3: %d owners and grants migrated from names to peer IDs", changed)
+        return changed
 
     def credentials_of(self, peer_id: str) -> list[IssuedCredential]:
         return [c for c in self._state.credentials.values() if c.peer_id == peer_id]
@@ -256,6 +347,7 @@ class MeshS3Service:
         removed = await self.authorizer.forget_deleted_peers()
         if removed:
             log.info("s3: dropped %d credentials of deleted peers", removed)
+        await self.authorizer.migrate_to_peer_ids()
         config = S3Config(region=self.section.region, domains=())
         self._runner = web.AppRunner(
             build_app(storage, self.authorizer, config), access_log=None, handle_signals=False

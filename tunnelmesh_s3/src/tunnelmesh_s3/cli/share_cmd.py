@@ -35,7 +35,8 @@ def _show(s: dict[str, Any]) -> str:
     multiple=True,
     envvar="TUNNELMESH_SHARE_PEERS",
     show_envvar=True,
-    help="Peer that may read and write ('*' for every peer); repeatable.",
+    help="Who may read and write: a peer (name or peer ID; stored by key), 'group:NAME' (a "
+    "coordinator group) or '*' (every peer); repeatable.",
 )
 @click.option(
     "--reader",
@@ -43,7 +44,7 @@ def _show(s: dict[str, Any]) -> str:
     multiple=True,
     envvar="TUNNELMESH_SHARE_READERS",
     show_envvar=True,
-    help="Peer that may only read ('*' for every peer); repeatable.",
+    help="Who may only read: a peer, 'group:NAME' or '*'; repeatable.",
 )
 @click.option(
     "--description",
