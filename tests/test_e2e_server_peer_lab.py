@@ -30,6 +30,13 @@ from tunnelmesh.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
 
+# An A query to a resolver (dnslib, a core dependency): the addresses answered, one a line.
+ASK = """
+import sys
+from dnslib import DNSRecord
+reply = DNSRecord.parse(DNSRecord.question(sys.argv[2]).send(sys.argv[1], 53, timeout=3))
+print("\\n".join(str(r.rdata) for r in reply.rr) or "none")
+"""
 ORIGINAL = "# the namespace's own resolver config\nnameserver 127.0.0.1\noptions timeout:1\n"
 
 
@@ -115,6 +122,10 @@ def test_coordinator_is_a_mesh_peer_and_the_system_resolver_is_restored(
     for name in ("this.tunnelmesh", "this.tm", "coord.tunnelmesh"):
         got = mesh.ping("beta", name, count=1)
         assert got is not None and got[0] == coord_ip, (name, got)
+    # ... and through the coordinator's own resolver, on the coordinator
+    for name in ("this.tm", "this.tunnelmesh", "coord.tunnelmesh"):
+        got = mesh.coord_host.run([sys.executable, "-c", ASK, "127.0.0.53", name]).stdout.split()
+        assert got == [coord_ip], (name, got)
     beta_ip = mesh.peers["beta"].mesh_ip
     assert mesh.coord_host.ping(beta_ip, count=2, timeout=2)
     listed = json.loads(

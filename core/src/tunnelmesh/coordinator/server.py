@@ -312,6 +312,7 @@ class CoordinatorServer:
             identity=self._join_identity,
             pm=self.pm,
             notify=self.notify,
+            coordinator=True,
         )
         node.client.registration = resp
         self.node = node

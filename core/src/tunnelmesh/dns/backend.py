@@ -108,9 +108,13 @@ class CoordinatorBackend(DnsBackend):
             self._coordinators = [_ip(ip) for ip in coordinators]
         self._rebuild_reverse()
 
-    def set(self, name: str, ips: Iterable[str]) -> None:
-        """Add or replace one name's addresses."""
+    def set(self, name: str, ips: Iterable[str], *, coordinator: bool = False) -> None:
+        """Add or replace one name's addresses; ``coordinator``: it is a coordinator's peer
+        (its addresses join ``this``; the node sets its own record so when it is one)."""
         self._names[self.relative(name)] = [_ip(ip) for ip in ips]
+        if coordinator:
+            self._coordinator_names.add(name)
+            self._coordinators = self._coordinator_ips(self._names)
         self._rebuild_reverse()
 
     def remove(self, name: str) -> bool:

@@ -91,6 +91,8 @@ class Node:
         pm: the plugin manager (transports, filters, node hooks); None: no plugins.
         client: a control client to use instead of building one (tests).
         notify: called with human-readable progress lines (``tunnelmesh join`` prints them).
+        coordinator: this node is the coordinator's own peer (``join_mesh:``): its resolver
+            answers ``this`` with its own mesh IP first.
     """
 
     def __init__(
@@ -103,8 +105,10 @@ class Node:
         pm: Any = None,
         client: ControlClient | None = None,
         notify: Callable[[str], None] | None = None,
+        coordinator: bool = False,
     ) -> None:
         self.config = config
+        self.coordinator = coordinator
         self.context = context
         self.store = store
         self.identity = identity
@@ -533,7 +537,7 @@ class Node:
             networks=[self.mesh_cidr],
             local_name=self.name,
         )
-        dns.backend.set(self.name, [self.mesh_ip])
+        dns.backend.set(self.name, [self.mesh_ip], coordinator=self.coordinator)
         for alias in self.config.dns.aliases:
             dns.backend.set(alias, [self.mesh_ip])
         try:
