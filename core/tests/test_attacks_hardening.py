@@ -25,6 +25,7 @@ import random
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -710,3 +711,25 @@ def test_a_key_registering_in_a_loop_is_paced(tmp_path: Path) -> None:
             await coord.close()
 
     asyncio.run(main())
+
+
+def test_serve_refuses_a_data_dir_open_to_others_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "state"
+    data.mkdir()
+    data.chmod(0o755)
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f'auth_token: "{TOKEN}"\nlisten: "127.0.0.1:0"\nstun_listen: "127.0.0.1:0"\n'
+        f'data_dir: "{data}"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunnelmesh", "serve", "--config", str(config), "--no-tun"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TUNNELMESH_HOME": str(tmp_path / "home")},
+    )
+    assert proc.returncode != 0
+    assert f"chmod 700 {data}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(data.iterdir()) == []
