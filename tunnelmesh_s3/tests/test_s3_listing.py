@@ -405,3 +405,31 @@ def test_list_buckets_pages(s3: Any) -> None:
             args["ContinuationToken"] = r["ContinuationToken"]
         assert seen == ["pg-a", "pg-b", "pg-c", "pg-d"]
     assert len(s3.list_buckets()["Buckets"]) >= 4  # no max-buckets: one page of all
+
+
+def test_list_object_versions_pages_like_list_objects(s3: Any) -> None:
+    """Buckets are never versioned: each object is its one version, "null", the latest."""
+    bucket = _new_bucket(s3)
+    objects = ["a", "b/1", "b/2", "c", "é/x", "é/y", "z"]
+    for key in objects:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"v")
+    for delimiter in ("", "/"):
+        model = model_keys(objects, "", delimiter)
+        for size in range(1, len(model) + 2):
+            pages = []
+            args: dict[str, Any] = {"Bucket": bucket, "Delimiter": delimiter, "MaxKeys": size}
+            for _ in range(len(model) + 2):
+                r = s3.list_object_versions(**args)
+                assert all(
+                    v["VersionId"] == "null" and v["IsLatest"] for v in r.get("Versions", [])
+                )
+                entries = [("key", v["Key"]) for v in r.get("Versions", [])]
+                entries += [("prefix", p["Prefix"]) for p in r.get("CommonPrefixes", [])]
+                entries.sort(key=lambda e: e[1].encode("utf-8"))
+                pages.append((entries, r["IsTruncated"]))
+                if not r["IsTruncated"]:
+                    break
+                args["KeyMarker"] = r["NextKeyMarker"]
+                if "NextVersionIdMarker" in r:
+                    args["VersionIdMarker"] = r["NextVersionIdMarker"]
+            check_pages(pages, size, model)

@@ -39,7 +39,6 @@ UNSUPPORTED = {
     "requestPayment",
     "tagging",
     "website",
-    "versions",
 }
 
 
@@ -62,6 +61,8 @@ def route(call: Call) -> Handler | None:
             return get_versioning
         if "uploads" in params:
             return list_uploads
+        if "versions" in params:
+            return list_versions
         return list_objects
     if method == "PUT" and not params:
         return create_bucket
@@ -268,6 +269,57 @@ async def list_objects(call: Call) -> web.Response:
         for cp in page.prefixes
     ]
     return xml(document("ListBucketResult", *parts))
+
+
+async def list_versions(call: Call) -> web.Response:
+    """ListObjectVersions of a bucket that was never versioned (versioning is not implemented):
+    each object is its one version, ``null``, the latest. Ordered and resumed like ListObjects
+    (``version-id-marker`` can only be ``null``, so a page resumes after ``key-marker``)."""
+    await call.need("read")
+    p = call.params
+    url = _encoding(call)
+    prefix, delimiter = p.get("prefix", ""), p.get("delimiter", "")
+    key_marker = p.get("key-marker", "")
+    max_keys = _max(call, "max-keys")
+    acl = getattr(call.auth, "acl", lambda b: None)(call.bucket)
+    owner = acl.owner if acl is not None else "admin"
+    page = await call.storage.list_objects(
+        call.bucket, prefix=prefix, delimiter=delimiter, start_after=key_marker, max_keys=max_keys
+    )
+    parts = [
+        element("Name", call.bucket),
+        element("Prefix", encode_key(prefix, url)),
+        element("KeyMarker", encode_key(key_marker, url)),
+        element("VersionIdMarker", p.get("version-id-marker", "") if key_marker else ""),
+        element("MaxKeys", max_keys),
+    ]
+    if delimiter:
+        parts.append(element("Delimiter", encode_key(delimiter, url)))
+    if url:
+        parts.append(element("EncodingType", "url"))
+    parts.append(element("IsTruncated", "true" if page.truncated else "false"))
+    if page.truncated:
+        parts.append(element("NextKeyMarker", encode_key(page.next_marker, url)))
+        if page.objects and page.objects[-1].key == page.next_marker:
+            parts.append(element("NextVersionIdMarker", "null"))
+    parts += [
+        "<Version>"
+        + element("Key", encode_key(o.key, url))
+        + element("VersionId", "null")
+        + element("IsLatest", "true")
+        + element("LastModified", iso8601(o.last_modified))
+        + element("ETag", f'"{o.etag}"')
+        + element("Size", o.size)
+        + _owner(owner)
+        + element("StorageClass", "STANDARD")
+        + "</Version>"
+        for o in page.objects
+    ]
+    parts += [
+        f"<CommonPrefixes>{element('Prefix', encode_key(cp, url))}</CommonPrefixes>"
+        for cp in page.prefixes
+    ]
+    return xml(document("ListVersionsResult", *parts))
 
 
 async def delete_objects(call: Call) -> web.Response:

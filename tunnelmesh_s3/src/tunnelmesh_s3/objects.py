@@ -43,11 +43,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 def route(call: Call) -> Handler | None:
     method, params = call.request.method, call.params
-    if (
-        (UNSUPPORTED - {"versions"}) & params.keys()
-        or "retention" in params
-        or "legal-hold" in params
-    ):
+    if UNSUPPORTED & params.keys() or "retention" in params or "legal-hold" in params:
         return _not_implemented
     try:
         check_key(call.key)
