@@ -256,7 +256,7 @@ def test_aws_cli_v1_presign_makes_a_url_this_server_accepts(s3: Any, running: Ru
 
 def test_expired_presigned_url_is_403_request_has_expired(s3: Any) -> None:
     s3.put_object(Bucket="compat", Key="exp", Body=b"x")
-    for expires in (1, 0):
+    for expires in (1, 0, -1000):
         url = s3.generate_presigned_url(
             "get_object", Params={"Bucket": "compat", "Key": "exp"}, ExpiresIn=expires
         )
@@ -267,7 +267,46 @@ def test_expired_presigned_url_is_403_request_has_expired(s3: Any) -> None:
         assert b"<Code>AccessDenied</Code>" in body and b"Request has expired" in body
 
 
+def test_presigned_url_valid_longer_than_a_week_is_400(s3: Any) -> None:
+    url = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "compat", "Key": "exp"}, ExpiresIn=604801
+    )
+    status, body = fetch(url)
+    assert status == 400 and b"AuthorizationQueryParametersError" in body
+
+
+def test_signature_covers_header_bytes_as_sent(s3: Any) -> None:
+    """botocore sends a non-ASCII metadata value as UTF-8 and signs those bytes."""
+
+    def utf8_metadata(**kwargs: Any) -> None:
+        kwargs["params"]["headers"]["x-amz-meta-meta1"] = "Hello World\xe9"
+
+    s3.meta.events.register("before-call.s3.PutObject", utf8_metadata)
+    try:
+        s3.put_object(Bucket="compat", Key="utf8-meta", Body=b"x")
+    finally:
+        s3.meta.events.unregister("before-call.s3.PutObject", utf8_metadata)
+    # http.client reads header bytes as Latin-1: these are the UTF-8 bytes that were sent
+    got = s3.head_object(Bucket="compat", Key="utf8-meta")["Metadata"]["meta1"]
+    assert got.encode("latin-1") == "Hello World\xe9".encode()
+
+
 # --- requests and responses ---
+
+
+def test_100_continue_only_after_the_signature_checks(s3: Any, running: Running) -> None:
+    import socket
+
+    def interim(headers: dict[str, str]) -> bytes:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            lines = ["PUT /compat/continued HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+            sock.sendall("\r\n".join(lines).encode() + b"\r\n\r\n")
+            return sock.recv(4096)
+
+    base = {"Host": f"127.0.0.1:{running.port}", "Content-Length": "4", "Expect": "100-continue"}
+    assert interim(base).startswith(b"HTTP/1.1 403")  # refused before the body is sent
+    signed = v4_headers(running, "PUT", "/compat/continued", b"body")
+    assert interim({**base, **signed}).startswith(b"HTTP/1.1 100 Continue")
 
 
 def test_expect_header_other_than_100_continue_is_ignored(s3: Any, running: Running) -> None:
@@ -277,18 +316,24 @@ def test_expect_header_other_than_100_continue_is_ignored(s3: Any, running: Runn
     assert (status, body) == (200, b"x")
 
 
-def test_list_objects_echoes_prefix_url_encoded_only_with_encoding_type_url(
+def test_list_objects_echoes_prefix_url_encoded_only_in_v2_with_encoding_type_url(
     s3: Any, running: Running
 ) -> None:
-    s3.put_object(Bucket="compat", Key="a b+c/é", Body=b"x")
+    """AWS encodes Prefix only in ListObjectsV2 (botocore decodes it there and only there:
+    botocore always asks for encoding-type=url, so a v1 Prefix encoded reached users as %0A)."""
+    s3.put_object(Bucket="compat", Key="a b+c/é\n", Body=b"x")
+    raw, encoded = b"<Prefix>a b+c/\xc3\xa9\n</Prefix>", b"<Prefix>a%20b%2Bc/%C3%A9%0A</Prefix>"
     for query, prefix in [
-        ("prefix=a%20b%2Bc%2F%C3%A9", b"<Prefix>a b+c/\xc3\xa9</Prefix>"),
-        ("encoding-type=url&prefix=a%20b%2Bc%2F%C3%A9", b"<Prefix>a%20b%2Bc/%C3%A9</Prefix>"),
-        ("list-type=2&prefix=a%20b%2Bc%2F%C3%A9", b"<Prefix>a b+c/\xc3\xa9</Prefix>"),
+        ("prefix=a%20b%2Bc%2F%C3%A9%0A", raw),
+        ("encoding-type=url&prefix=a%20b%2Bc%2F%C3%A9%0A", raw),
+        ("list-type=2&prefix=a%20b%2Bc%2F%C3%A9%0A", raw),
+        ("list-type=2&encoding-type=url&prefix=a%20b%2Bc%2F%C3%A9%0A", encoded),
     ]:
         target = f"/compat?{query}"
         status, body, _ = send(running, "GET", target, v4_headers(running, "GET", target))
-        assert status == 200 and prefix in body, body
+        assert status == 200 and prefix in body, (query, body)
+    assert s3.list_objects(Bucket="compat", Prefix="a b+c/é\n")["Prefix"] == "a b+c/é\n"
+    assert s3.list_objects_v2(Bucket="compat", Prefix="a b+c/é\n")["Prefix"] == "a b+c/é\n"
 
 
 def test_content_encoding_and_metadata_round_trip_byte_exact(s3: Any, running: Running) -> None:
@@ -406,3 +451,35 @@ def test_sigv2_virtual_host_request_signs_the_bucket(s3: Any, running: Running) 
             running, "GET", target, {**aws.headers, "Host": f"other.localhost:{running.port}"}
         )
         assert status == 403
+
+
+def test_get_object_attributes(s3: Any) -> None:
+    s3.put_object(Bucket="compat", Key="attrs", Body=b"12345", ChecksumAlgorithm="SHA256")
+    got = s3.get_object_attributes(
+        Bucket="compat",
+        Key="attrs",
+        ObjectAttributes=["ETag", "ObjectSize", "StorageClass", "Checksum"],
+    )
+    head = s3.head_object(Bucket="compat", Key="attrs", ChecksumMode="ENABLED")
+    assert got["ETag"] == head["ETag"].strip('"') and got["ObjectSize"] == 5
+    assert got["StorageClass"] == "STANDARD"
+    assert got["Checksum"]["ChecksumSHA256"] == head["ChecksumSHA256"]
+    with pytest.raises(ClientError) as err:
+        s3.get_object_attributes(Bucket="compat", Key="attrs", ObjectAttributes=["Nope"])
+    assert code(err) == "InvalidArgument"
+
+
+def test_upload_part_copy_range_outside_the_source_is_invalid_range(s3: Any) -> None:
+    s3.put_object(Bucket="compat", Key="five", Body=b"12345")
+    uid = s3.create_multipart_upload(Bucket="compat", Key="copied")["UploadId"]
+    with pytest.raises(ClientError) as err:
+        s3.upload_part_copy(
+            Bucket="compat",
+            Key="copied",
+            UploadId=uid,
+            PartNumber=1,
+            CopySource={"Bucket": "compat", "Key": "five"},
+            CopySourceRange="bytes=0-21",
+        )
+    assert code(err) == "InvalidRange"
+    s3.abort_multipart_upload(Bucket="compat", Key="copied", UploadId=uid)

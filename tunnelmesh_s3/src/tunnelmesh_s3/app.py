@@ -106,7 +106,8 @@ def build_app(
     app[STORAGE_KEY] = storage
     app[AUTH_KEY] = authorizer
     app[CONFIG_KEY] = config or S3Config()
-    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
+    # [\s\S]: a key may hold a newline, which "." does not match
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _handle, expect_handler=_expect)
     from tunnelmesh.metrics import add_collector, remove_collector
 
     from tunnelmesh_s3.metrics import S3Collector
@@ -126,11 +127,15 @@ def build_app(
 
 
 async def _expect(request: web.Request) -> None:
-    """``Expect: 100-continue`` gets its interim response; any other expectation is ignored,
-    as S3 does (aiohttp's default answers 417)."""
+    """Nothing before authentication: ``100-continue`` is answered once the signature checked
+    (:func:`_continue`), so that a refused upload is never sent; any other expectation is
+    ignored, as S3 does (aiohttp's default handler answers it 417)."""
+
+
+async def _continue(request: web.Request) -> None:
     if request.version == (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        request.writer.output_size = 0  # the interim response is not part of the body count
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -187,13 +192,19 @@ async def _dispatch(
         request.method,
         raw_path,
         raw_query,
-        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
+        # decoded so that encoding back (utf-8, surrogateescape) gives the bytes as sent: the
+        # signature covers those bytes, whatever their charset (clients send UTF-8 metadata)
+        [
+            (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for k, v in request.raw_headers
+        ],
     )
     if sigv2.is_v2(req):
         prefix = f"/{bucket}" if _virtual(host, config) else ""
         verified = sigv2.verify(req, lookup, now=config.clock(), bucket_prefix=prefix)
     else:
         verified = sigv4.verify(req, lookup, region=config.region, now=config.clock())
+    await _continue(request)
     call = Call(
         request,
         storage,

@@ -243,7 +243,9 @@ async def list_objects(call: Call) -> web.Response:
     )
     parts = [
         element("Name", call.bucket),
-        element("Prefix", encode_key(prefix, url)),
+        # v1 echoes Prefix as sent even with encoding-type=url (AWS; botocore decodes it only
+        # for v2), v2 encodes it
+        element("Prefix", encode_key(prefix, url and v2)),
     ]
     if delimiter:
         parts.append(element("Delimiter", encode_key(delimiter, url)))

@@ -37,13 +37,16 @@ RESPONSE_OVERRIDES = {
     "response-content-disposition": "Content-Disposition",
     "response-content-encoding": "Content-Encoding",
 }
+OBJECT_UNSUPPORTED = frozenset({"legal-hold", "restore", "retention", "select", "torrent"})
+"""Object sub-resources answered NotImplemented (never ignored: a GET must not pass for one)."""
+ATTRIBUTES = frozenset({"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"})
 DEFAULT_TYPE = "binary/octet-stream"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def route(call: Call) -> Handler | None:
     method, params = call.request.method, call.params
-    if UNSUPPORTED & params.keys() or "retention" in params or "legal-hold" in params:
+    if (UNSUPPORTED | OBJECT_UNSUPPORTED) & params.keys():
         return _not_implemented
     try:
         check_key(call.key)
@@ -62,6 +65,8 @@ def route(call: Call) -> Handler | None:
     if method in ("GET", "HEAD"):
         if method == "GET" and upload:
             return list_parts
+        if method == "GET" and "attributes" in params:
+            return get_attributes
         return get_object
     if method == "DELETE":
         return abort_upload if upload else delete_object
@@ -299,6 +304,41 @@ async def put_object(call: Call) -> web.Response:
     return web.Response(headers={"ETag": f'"{info.etag}"', **_checksum_headers(body.checksums)})
 
 
+async def get_attributes(call: Call) -> web.Response:
+    """GetObjectAttributes: the attributes named in ``x-amz-object-attributes``."""
+    await call.need("read")
+    wanted = {
+        a.strip() for a in call.request.headers.get("x-amz-object-attributes", "").split(",")
+    } - {""}
+    if not wanted or wanted - ATTRIBUTES:
+        raise S3Error(
+            "InvalidArgument",
+            "x-amz-object-attributes must name some of " + ", ".join(sorted(ATTRIBUTES)),
+        )
+    info = await call.storage.head_object(call.bucket, call.key)
+    body = []
+    if "ETag" in wanted:
+        body.append(element("ETag", info.etag))
+    if "Checksum" in wanted and info.checksums:
+        body.append(
+            "<Checksum>"
+            + "".join(
+                element(f"Checksum{alg.upper()}", value)
+                for alg, value in sorted(info.checksums.items())
+            )
+            + "</Checksum>"
+        )
+    if "ObjectParts" in wanted and info.parts:
+        body.append(f"<ObjectParts>{element('TotalPartsCount', info.parts)}</ObjectParts>")
+    if "StorageClass" in wanted:
+        body.append(element("StorageClass", "STANDARD"))
+    if "ObjectSize" in wanted:
+        body.append(element("ObjectSize", info.size))
+    response = xml(document("GetObjectAttributesResponse", *body))
+    response.headers["Last-Modified"] = email.utils.formatdate(info.last_modified, usegmt=True)
+    return response
+
+
 async def get_object(call: Call) -> web.StreamResponse:
     await call.need("read")
     request = call.request
@@ -459,16 +499,16 @@ async def upload_part_copy(call: Call) -> web.Response:
         start, end = 0, info.size
         if (spec := call.request.headers.get("x-amz-copy-source-range")) is not None:
             m = _RANGE.match(spec.strip())
-            if (
-                m is None
-                or not m.group(1)
-                or not m.group(2)
-                or int(m.group(2)) >= info.size
-                or int(m.group(1)) > int(m.group(2))
-            ):
+            if m is None or not m.group(1) or not m.group(2) or int(m.group(1)) > int(m.group(2)):
                 raise S3Error(
                     "InvalidArgument",
-                    "The x-amz-copy-source-range value must be bytes=first-last within the object",
+                    "The x-amz-copy-source-range value must be of the form bytes=first-last",
+                )
+            if int(m.group(2)) >= info.size:
+                raise S3Error(
+                    "InvalidRange",
+                    "The x-amz-copy-source-range is outside the source object",
+                    status=400,
                 )
             start, end = int(m.group(1)), int(m.group(2)) + 1
         part = await call.storage.upload_part(

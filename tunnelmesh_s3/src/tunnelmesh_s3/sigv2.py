@@ -143,7 +143,9 @@ def string_to_sign(
 
 
 def _sign(secret: str, text: str) -> str:
-    digest = hmac.digest(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha1)
+    digest = hmac.digest(
+        secret.encode("utf-8"), text.encode("utf-8", "surrogateescape"), hashlib.sha1
+    )
     return base64.b64encode(digest).decode("ascii")
 
 

@@ -135,7 +135,8 @@ def canonical_request(
 
 
 def string_to_sign(amz: str, scope: str, creq: str) -> str:
-    return f"{ALGORITHM}\n{amz}\n{scope}\n{hashlib.sha256(creq.encode()).hexdigest()}"
+    digest = hashlib.sha256(creq.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{ALGORITHM}\n{amz}\n{scope}\n{digest}"
 
 
 @lru_cache(maxsize=1024)
@@ -174,7 +175,8 @@ class Request:
         method: the HTTP method.
         raw_path: the path exactly as on the request line (still percent-encoded).
         raw_query: the query string exactly as sent, without ``?``.
-        headers: every header line as (name, value), repeated names repeated.
+        headers: every header line as (name, value), repeated names repeated; bytes that are
+            not UTF-8 decoded with ``surrogateescape`` (what is signed is the bytes as sent).
     """
 
     method: str
@@ -319,8 +321,6 @@ def verify(
             ) from None
         if algorithm != ALGORITHM:
             raise SigV4Error(code, f"X-Amz-Algorithm must be {ALGORITHM}")
-        if expires < 0:
-            raise SigV4Error(code, "X-Amz-Expires must be non-negative")
         if expires > MAX_PRESIGN_EXPIRES:
             raise SigV4Error(
                 code,
@@ -329,8 +329,8 @@ def verify(
             )
         access_key, date, scope = _parse_credential(credential, region, code)
         when = _parse_amz_date(amz)
-        if expires == 0 or now > when + expires:
-            # S3's answer to a presigned URL used too late (X-Amz-Expires=0: at once)
+        if expires <= 0 or now > when + expires:
+            # S3's answer to a presigned URL used too late (a lifetime of 0 or less: at once)
             raise SigV4Error("AccessDenied", "Request has expired")
         if when > now + max_skew:
             raise SigV4Error("AccessDenied", "Request is not valid yet")
