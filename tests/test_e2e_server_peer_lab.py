@@ -105,7 +105,9 @@ def test_coordinator_is_a_mesh_peer_and_the_system_resolver_is_restored(
     yaml = alpha.home / "peer.yaml"
     yaml.write_text(yaml.read_text().replace('system: "off"', 'system: "resolv.conf"'))
     resolv = NETNS_ETC / alpha.host.ns / "resolv.conf"
-    backup = Path(str(resolv) + ".tunnelmesh-orig")
+    # the backup goes to the node's state directory: beside the file, `ip netns exec` (which
+    # bind-mounts every file of /etc/netns/<ns>/) warned about it at every command
+    backup = alpha.home / "dns" / (str(resolv).strip("/").replace("/", "_") + ".tunnelmesh-orig")
     resolv.write_text(ORIGINAL)
     alpha_env = {"TUNNELMESH_RESOLV_CONF": str(resolv)}
 
@@ -141,6 +143,8 @@ def test_coordinator_is_a_mesh_peer_and_the_system_resolver_is_restored(
     # alpha's system resolver points at its mesh resolver for as long as it runs
     assert backup.read_text() == ORIGINAL
     assert "nameserver 127.0.0.53" in resolv.read_text()
+    assert sorted(p.name for p in resolv.parent.iterdir()) == ["resolv.conf"]
+    assert alpha.host.run(["true"]).stderr == ""  # no warning from `ip netns exec`
     out = alpha.host.run(["getent", "hosts", "this.tm"]).stdout
     assert out.split()[0] == coord_ip
     mesh.stop_peer("alpha")

@@ -296,10 +296,19 @@ def test_resolv_conf_fallback_restores_and_recovers(tmp_path: Path) -> None:
         "resolved_dir": tmp_path / "none",
         "resolv_conf": conf,
         "run": Runner(),
+        "backup_dir": tmp_path / "state",
     }
     sysdns = SystemDns("10.42.0.1:53", **kw)  # type: ignore[arg-type]
     assert sysdns.apply() == "resolv.conf"
     assert "nameserver 10.42.0.1" in conf.read_text() and not conf.is_symlink()
+    # the backup is in the state directory, never beside the file (`ip netns exec` mounts
+    # every file of /etc/netns/<ns>/, and warned about one it could not)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "real-resolv.conf",
+        "resolv.conf",
+        "state",
+    ]
+    assert sysdns.backup.parent == tmp_path / "state" and sysdns.backup.is_symlink()
     assert sysdns.original_upstreams() == [("10.0.0.1", 53)]
     sysdns.restore()
     assert conf.is_symlink() and conf.read_text() == "nameserver 10.0.0.1\n"
@@ -308,6 +317,14 @@ def test_resolv_conf_fallback_restores_and_recovers(tmp_path: Path) -> None:
     crashed_again = SystemDns("10.42.0.1:53", **kw)  # type: ignore[arg-type]
     assert crashed_again.recover() is True
     assert conf.is_symlink() and target.read_text() == "nameserver 10.0.0.1\n"
+    assert list((tmp_path / "state").iterdir()) == []
+    # a backup where earlier versions put it (beside the file) is recovered too
+    conf.unlink()
+    conf.write_text("nameserver 10.42.0.1\n")
+    Path(str(conf) + ".tunnelmesh-orig").write_text("nameserver 10.0.0.9\n")
+    assert SystemDns("10.42.0.1:53", **kw).recover() is True  # type: ignore[arg-type]
+    assert conf.read_text() == "nameserver 10.0.0.9\n"
+    assert not Path(str(conf) + ".tunnelmesh-orig").exists()
 
 
 def test_without_resolved_and_not_port_53_nothing_is_touched(tmp_path: Path) -> None:

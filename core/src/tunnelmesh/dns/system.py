@@ -13,9 +13,11 @@ Two ways, chosen by ``mode`` (``auto`` picks the first that works):
     The documented fallback without systemd-resolved. resolv.conf cannot name a port or a
     domain, so this needs the resolver on port 53 and sends *every* name to it (the resolver
     forwards non-mesh names to the servers the original file listed, see
-    :meth:`SystemDns.original_upstreams`). The original file (or symlink) is moved to
-    ``<path>.tunnelmesh-orig`` and put back on exit; a backup left by a crash is restored
-    first. Other setups (NetworkManager's dnsmasq, a local unbound) can instead forward the
+    :meth:`SystemDns.original_upstreams`). The original file (or symlink) is copied to the
+    state directory (``$TUNNELMESH_HOME/dns/``, not next to the file: ``ip netns exec`` bind-
+    mounts every file of ``/etc/netns/<ns>/`` and warned about a backup there) and put back
+    on exit; a backup left by a crash is restored first. A resolv.conf that is a mount point
+    (``ip netns exec`` mounts ``/etc/netns/<ns>/resolv.conf`` over it) is rewritten in place. Other setups (NetworkManager's dnsmasq, a local unbound) can instead forward the
     mesh domains to the resolver themselves; ``docs/dns.md`` shows how.
 
 ``off``
@@ -26,6 +28,8 @@ Every path and the command runner are parameters, so tests never touch the real 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -70,6 +74,8 @@ class SystemDns:
         resolv_conf: the resolv.conf path (default: ``$TUNNELMESH_RESOLV_CONF``, else
             ``/etc/resolv.conf``; tests point it at a file of their own).
         run: runs a command, raising :class:`DnsError` when it fails.
+        backup_dir: where the original resolv.conf is kept while it is replaced (default:
+            ``$TUNNELMESH_HOME/dns``).
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class SystemDns:
         resolved_dir: str | os.PathLike[str] = "/run/systemd/resolve",
         resolv_conf: str | os.PathLike[str] | None = None,
         run: Runner = _run,
+        backup_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.server = server
         self.link = link
@@ -93,7 +100,14 @@ class SystemDns:
         if resolv_conf is None:
             resolv_conf = os.environ.get("TUNNELMESH_RESOLV_CONF") or "/etc/resolv.conf"
         self.resolv_conf = Path(resolv_conf)
-        self.backup = Path(str(resolv_conf) + BACKUP_SUFFIX)
+        if backup_dir is None:
+            from tunnelmesh.identity import tunnelmesh_home
+
+            backup_dir = tunnelmesh_home() / "dns"
+        flat = str(self.resolv_conf.absolute()).strip("/").replace("/", "_")
+        self.backup = Path(backup_dir) / (flat + BACKUP_SUFFIX)
+        self.legacy_backup = Path(str(resolv_conf) + BACKUP_SUFFIX)
+        """Where versions before 0.1 kept the backup (recovered too)."""
         self.run = run
         self.applied: str | None = None
 
@@ -108,7 +122,12 @@ class SystemDns:
 
     def original_upstreams(self) -> list[tuple[str, int]]:
         """The name servers the system used before :meth:`apply` (for forwarding)."""
-        return read_resolv_conf(self.backup if self.backup.exists() else self.resolv_conf)
+        src = self.resolv_conf
+        if self.backup.is_symlink():  # a relative target is relative to resolv.conf's folder
+            src = self.resolv_conf.parent / os.readlink(self.backup)
+        elif self.backup.exists():
+            src = self.backup
+        return read_resolv_conf(src)
 
     def apply(self) -> str:
         """Point the system at the resolver; return the mode used (``off`` when none).
@@ -151,11 +170,53 @@ class SystemDns:
 
     def recover(self) -> bool:
         """Put back a resolv.conf backup left behind (by a crash); return whether there was one."""
+        if self.legacy_backup.exists() or self.legacy_backup.is_symlink():
+            os.replace(self.legacy_backup, self.resolv_conf)
+            log.info("restored %s from %s", self.resolv_conf, self.legacy_backup)
+            return True
         if not (self.backup.exists() or self.backup.is_symlink()):
             return False
-        os.replace(self.backup, self.resolv_conf)
+        if self.backup.is_symlink():
+            self._put(link=os.readlink(self.backup))
+        else:
+            self._put(data=self.backup.read_bytes(), mode=self.backup.stat().st_mode & 0o7777)
+        self.backup.unlink()
         log.info("restored %s from %s", self.resolv_conf, self.backup)
         return True
+
+    def _put(self, *, data: bytes = b"", mode: int = 0o644, link: str | None = None) -> None:
+        """Make resolv.conf hold ``data`` (or be a symlink to ``link``): a new file renamed
+        over it, or, when it is a mount point (rename says EBUSY), rewritten in place."""
+        tmp = self.resolv_conf.with_name(self.resolv_conf.name + ".tunnelmesh-new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if link is not None:
+            os.symlink(link, tmp)
+        else:
+            tmp.write_bytes(data)
+            tmp.chmod(mode)
+        try:
+            os.replace(tmp, self.resolv_conf)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                tmp.unlink()
+                raise
+            content = tmp.read_bytes()  # through the link: the file it names
+            tmp.unlink()
+            with open(self.resolv_conf, "wb") as f:
+                f.write(content)
+
+    def _save(self) -> None:
+        """Copy resolv.conf (file or symlink) to the backup, atomically."""
+        self.backup.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.backup.with_name(self.backup.name + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if self.resolv_conf.is_symlink():
+            os.symlink(os.readlink(self.resolv_conf), tmp)
+        else:
+            shutil.copy2(self.resolv_conf, tmp)
+        os.replace(tmp, self.backup)
 
     def _apply_resolved(self) -> None:
         if not self.resolved_available():
@@ -175,11 +236,9 @@ class SystemDns:
             )
         text = (
             "# Written by tunnelmesh while it runs; the original is "
-            f"{self.backup.name} and comes back on exit.\n"
+            f"{self.backup} and comes back on exit.\n"
             f"nameserver {host}\n"
         )
-        tmp = self.resolv_conf.with_name(self.resolv_conf.name + ".tunnelmesh-new")
-        tmp.write_text(text, encoding="utf-8")
         if self.resolv_conf.exists() or self.resolv_conf.is_symlink():
-            os.replace(self.resolv_conf, self.backup)  # keeps a symlink a symlink
-        os.replace(tmp, self.resolv_conf)
+            self._save()  # keeps a symlink a symlink
+        self._put(data=text.encode())
