@@ -118,3 +118,44 @@ def test_dig_resolves_every_peer_forwards_and_sees_joins(lab: Lab) -> None:
     assert out.startswith("1234") and int(out[4:], 16) & 0xF == 1  # FORMERR to the last one
     assert dig(client, server, "peer0.tunnelmesh") == [PEERS["peer0"]]
     assert proc.poll() is None
+
+
+AUTO_WITHOUT_RESOLVED = """
+import asyncio, sys
+from tunnelmesh.config import DnsConfig
+from tunnelmesh.dns import DnsService
+from tunnelmesh.dns.system import SystemDns
+
+async def main():
+    conf = sys.argv[1]
+    cfg = DnsConfig()  # the defaults: listen 127.0.0.53:5353, system auto
+    system = SystemDns(cfg.listen, mode=cfg.system, resolvectl=None, resolv_conf=conf,
+                       backup_dir=sys.argv[2])  # resolvectl=None: no systemd-resolved
+    dns = DnsService.from_config(cfg, system=system, networks=["10.42.0.0/16"])
+    dns.backend.set("alpha", ["10.42.0.2"])
+    await dns.start()
+    print("mode", system.applied, "serving %s:%d" % dns.server.address, flush=True)
+    await asyncio.sleep(float(sys.argv[3]))
+    await dns.aclose()
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_auto_without_resolved_makes_names_work_with_the_defaults(lab: Lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With the default listen (port 5353, for resolved's stub) and ``system: auto`` on a host
+    without systemd-resolved, the resolver takes port 53 and resolv.conf points at it."""
+    host = lab.add_host("node")
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.1\n")
+    proc = host.python(
+        "-c", AUTO_WITHOUT_RESOLVED, str(conf), str(tmp_path / "state"), "6",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    line = wait_for_line(proc, "mode", timeout=20)
+    assert line.split() == ["mode", "resolv.conf", "serving", "127.0.0.53:53"], line
+    assert conf.read_text().splitlines()[-1] == "nameserver 127.0.0.53"
+    assert dig(host, "127.0.0.53", "alpha.tunnelmesh") == ["10.42.0.2"]
+    wait_for_line(proc, "stopped", timeout=20)  # the script stops by itself after 6 s
+    assert conf.read_text() == "nameserver 192.0.2.1\n"

@@ -22,6 +22,7 @@ from tunnelmesh.dns.backend import DEFAULT_DOMAINS, CoordinatorBackend
 from tunnelmesh.dns.resolver import MeshResolver
 from tunnelmesh.dns.server import DnsServer
 from tunnelmesh.dns.system import SystemDns
+from tunnelmesh.errors import DnsError
 
 if TYPE_CHECKING:
     from tunnelmesh.config import DnsConfig
@@ -76,7 +77,16 @@ class DnsService:
         return cls(backend, server, system)
 
     async def start(self) -> None:
-        await self.server.start()
+        system = self.system
+        if (
+            system is not None
+            and system.mode == "auto"
+            and self.server.listen[1] != 53
+            and not system.resolved_available()
+        ):
+            await self._start_on_port_53(system)
+        else:
+            await self.server.start()
         if self.system is not None:
             try:
                 mode = self.system.apply()
@@ -84,6 +94,28 @@ class DnsService:
             except Exception:
                 await self.server.aclose()
                 raise
+
+    async def _start_on_port_53(self, system: SystemDns) -> None:
+        """``system: auto`` without systemd-resolved: resolv.conf cannot name a port, so the
+        resolver serves port 53 of its address instead of ``listen``'s (the default 5353 is
+        for resolved's stub, which holds port 53 where it runs). When port 53 is taken,
+        ``listen`` is kept and the system resolver left alone (a warning says so)."""
+        host, port = self.server.listen
+        self.server.listen = (host, 53)
+        try:
+            await self.server.start()
+        except DnsError as exc:
+            log.warning("no systemd-resolved, and %s:53 cannot be used: %s", host, exc)
+            self.server.listen = (host, port)
+            await self.server.start()
+            return
+        self.server.upstreams = [u for u in self.server.upstreams if u != (host, 53)]
+        system.server = f"[{host}]:53" if ":" in host else f"{host}:53"
+        log.info(
+            "no systemd-resolved: the resolver serves %s (not port %d) for resolv.conf",
+            system.server,
+            port,
+        )
 
     async def aclose(self) -> None:
         if self.system is not None:
