@@ -140,6 +140,20 @@ def coordinator_rules(mesh: MeshLab, name: str) -> list[tuple[int, str]]:
     return sorted((r["port"], r["action"]) for r in rules if r["layer"] == "coordinator")
 
 
+def source_peers(mesh: MeshLab, name: str) -> list[str]:
+    rules = filter_list(mesh, name)["rules"]
+    assert isinstance(rules, list)
+    return [r["source_peer"] for r in rules if r["layer"] == "coordinator"]
+
+
+def peer_id(mesh: MeshLab, on: str, name: str) -> str:
+    peer = mesh.peers[on]
+    out = peer.host.run(
+        [sys.executable, "-m", "tunnelmesh", "peers", "--json"], env=mesh.env(peer.home)
+    ).stdout
+    return str(next(p["peer_id"] for p in json.loads(out) if p["name"] == name))
+
+
 def wait_for(pred: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not pred():  # type: ignore[operator]
@@ -161,6 +175,7 @@ def test_a_coordinator_rule_stops_a_live_flow_and_its_removal_restores_it(
     echo.wait_line("ready", 20)
     # From the start (server.yaml, pushed on join): the denied port is closed, the other open.
     assert coordinator_rules(m, "beta") == [(BLOCKED, "deny")]
+    assert coordinator_rules(m, "alpha") == [(BLOCKED, "deny")]  # every peer has them
     assert not connects(alpha.host, beta.mesh_ip, BLOCKED)
     assert connects(alpha.host, beta.mesh_ip, FLOW)
 
@@ -172,12 +187,20 @@ def test_a_coordinator_rule_stops_a_live_flow_and_its_removal_restores_it(
     )  # fmt: skip
     try:
         flow.wait_line("^ok 5$", 20)
-        # Run-time change: server.yaml now denies the flow's port and no longer the other.
-        set_rules(m, base, f"filter:\n  rules:\n    - {{port: {FLOW}, action: deny}}\n")
+        # Run-time change: server.yaml now denies the flow's port to alpha's key (rules name
+        # peers by peer ID) and no longer denies the other port.
+        alpha_id = peer_id(m, "beta", "alpha")
+        set_rules(
+            m,
+            base,
+            f"filter:\n  rules:\n    - {{port: {FLOW}, action: deny, source_peer: {alpha_id}}}\n",
+        )
         mark = len(flow.lines)
         flow.wait_line("^stalled", 10, mark)
         wait_for(lambda: coordinator_rules(m, "beta") == [(FLOW, "deny")], 10, "rules on beta")
-        assert coordinator_rules(m, "alpha") == [(FLOW, "deny")]  # every peer has them
+        assert coordinator_rules(m, "alpha") == []  # about alpha as a source: nothing there
+        # on beta the key is shown by the name it has there
+        assert source_peers(m, "beta") == ["alpha"]
         time.sleep(1.5)
         stalled_at = len(flow.lines)
         assert not any(line.startswith("ok") for line in flow.lines[mark + 1 : stalled_at])

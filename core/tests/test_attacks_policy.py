@@ -269,3 +269,44 @@ def test_exit_node_given_as_a_peer_id_is_that_key_whatever_its_name(tmp_path: Pa
         await svc.aclose()
 
     asyncio.run(main())
+
+
+# --- coordinator filter rules name source peers by key ---------------------------------------
+
+
+def test_coordinator_rules_name_source_peers_by_key_not_by_name(tmp_path: Path) -> None:
+    from tunnelmesh.config import FilterConfig, FilterRule, ServerConfig
+    from tunnelmesh.control.messages import PolicyRule
+    from tunnelmesh.filter import FilterService
+    from tunnelmesh.filter.craft import SYN, tcp
+
+    def server(source_peer: str) -> ServerConfig:
+        rule = FilterRule(port=22, source_peer=source_peer)
+        return ServerConfig(auth_token="t" * 16, filter=FilterConfig(rules=[rule]))
+
+    with pytest.raises(ValueError, match="source_peer 'alice': not a peer ID"):
+        server("alice")
+    assert server(ID_EXIT).filter.rules[0].source_peer == ID_EXIT
+
+    # On a node: default deny; the coordinator allows ssh from alice's key only.
+    service = FilterService()
+    service.engine.default_deny = True
+    rules = [PolicyRule(port=22, source_peer=ID_EXIT)]
+    names = {ID_EXIT: "alice"}
+    service.set_coordinator_rules(rules, names.get)
+    syn = [tcp("10.42.0.5", "10.42.0.1", 40000, 22, SYN)]
+    assert service.engine.verdicts(syn, "alice", True) == [True]
+    # alice's key is renamed "alice-laptop": the rule follows the key
+    names[ID_EXIT] = "alice-laptop"
+    service.set_coordinator_rules(rules, names.get)
+    syn = [tcp("10.42.0.5", "10.42.0.1", 40001, 22, SYN)]
+    assert service.engine.verdicts(syn, "alice-laptop", True) == [True]
+    # another key registers "alice" (the name was released): it gets nothing
+    names[ID_OTHER] = "alice"
+    service.set_coordinator_rules(rules, names.get)
+    syn = [tcp("10.42.0.6", "10.42.0.1", 40002, 22, SYN)]
+    assert service.engine.verdicts(syn, "alice", True) == [False]
+    # the key leaves the mesh: its rule matches nobody (and is not applied to a name)
+    del names[ID_EXIT]
+    service.set_coordinator_rules(rules, names.get)
+    assert [r.layer for r in service.engine.stats(0).rules] == []

@@ -45,13 +45,13 @@ def test_filter_rules_come_with_the_snapshot_and_follow_a_reload(tmp_path: Path)
             assert a.table.filter_rules == (PolicyRule(port=8080, action="deny"),)
             # A reload with the same rules pushes nothing; a change reaches every peer at once.
             assert server.reload(cfg) == []
-            allow = FilterRule(port=22, source_peer="beta")
+            allow = FilterRule(port=22, source_peer="0123456789abcdef")
             changed = server.reload(
                 msgspec.structs.replace(cfg, filter=FilterConfig(rules=[allow]))
             )
             assert changed == ["filter rules (1, pushed to every peer)"]
             await until(lambda: len(_rules(seen)) == 2)
-            assert _rules(seen)[-1] == (PolicyRule(port=22, source_peer="beta"),)
+            assert _rules(seen)[-1] == (PolicyRule(port=22, source_peer="0123456789abcdef"),)
             # Removing every rule is a change too (an empty coordinator layer).
             server.reload(msgspec.structs.replace(cfg, filter=FilterConfig()))
             await until(lambda: len(_rules(seen)) == 3)

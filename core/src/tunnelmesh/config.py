@@ -305,6 +305,13 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             reason = admin_entry_problem(entry)
             if reason is not None:
                 raise ValueError(f"admin_peers[{i}] {entry!r}: {reason}")
+        for i, rule in enumerate(self.filter.rules):
+            if rule.source_peer and not _PEER_ID.match(rule.source_peer):
+                raise ValueError(
+                    f"filter.rules[{i}].source_peer {rule.source_peer!r}: not a peer ID (16 hex "
+                    "digits); the coordinator's rules name peers by key, because a name can be "
+                    "registered by another key (`tunnelmesh peers --json` shows each peer_id)"
+                )
 
 
 def _error_from_validation(exc: msgspec.ValidationError, path: str, prefix: str) -> ConfigError:

@@ -62,7 +62,8 @@ metrics:
 # packet filter rules pushed to every peer: the "coordinator" layer of each peer's filter
 # (the most restrictive layer wins). Sent when a peer joins, and at once to every peer when
 # they change: edit this file and send SIGHUP (kill -HUP <serve pid>). Only the rules are
-# pushed; default_deny and allow_icmp are each peer's own (peer.yaml).
+# pushed; default_deny and allow_icmp are each peer's own (peer.yaml). source_peer is a
+# peer ID (tunnelmesh peers --json), never a name.
 filter:
   rules: []
   #  - port: 22

@@ -98,12 +98,22 @@ class FilterService:
         self.engine.allow_icmp = config.allow_icmp
         self.engine.set_layer(Layer.CONFIG, [_rule_from_config(r) for r in config.rules])
 
-    def set_coordinator_rules(self, rules: Iterable[Rule | FilterRule | Any]) -> list[str]:
+    def set_coordinator_rules(
+        self,
+        rules: Iterable[Rule | FilterRule | Any],
+        peer_name: Callable[[str], str | None] | None = None,
+    ) -> list[str]:
         """Replace the coordinator layer (rules pushed by the coordinator).
 
         ``rules`` are :class:`Rule`, config ``FilterRule`` or any object with their attributes
         (the push message's ``PolicyRule``). A rule that is not valid (a port out of range, an
         unknown protocol or action) is left out and logged; the others apply.
+
+        Args:
+            peer_name: the coordinator names a rule's source peer by its peer ID; this maps
+                it to the name the forwarder knows that key by now (None: no such peer here,
+                and the rule is left out until it is: call again when the peers change).
+                Without it, ``source_peer`` is taken as a name.
 
         Returns:
             Why each left-out rule was refused.
@@ -111,13 +121,17 @@ class FilterService:
         good: list[Rule] = []
         refused: list[str] = []
         for r in rules:
-            if isinstance(r, Rule):
-                good.append(r)
-                continue
             try:
-                good.append(_rule_from_config(r))
+                rule = r if isinstance(r, Rule) else _rule_from_config(r)
             except (ValueError, TypeError, AttributeError) as exc:
                 refused.append(f"{r!r}: {exc}")
+                continue
+            if rule.source_peer and peer_name is not None:
+                name = peer_name(rule.source_peer)
+                if name is None:
+                    continue  # that key is not in the mesh (here): the rule matches nobody
+                rule = msgspec.structs.replace(rule, source_peer=name)
+            good.append(rule)
         for why in refused:
             log.warning("coordinator filter rule ignored: %s", why)
         self.engine.set_layer(Layer.COORDINATOR, good)

@@ -485,16 +485,31 @@ class Node:
 
     def _follow_filter_rules(self) -> None:
         """The coordinator layer of the filter follows the coordinator's pushes (starting from
-        the cached rules, so a restart while the coordinator is away keeps enforcing them)."""
-        from tunnelmesh.control.peertable import FilterRulesChanged
+        the cached rules, so a restart while the coordinator is away keeps enforcing them).
 
-        def apply(change: object) -> None:
-            if isinstance(change, FilterRulesChanged) and self.filter_service is not None:
-                self.filter_service.set_coordinator_rules(change.rules)
-                self.notify(f"coordinator filter rules: {len(change.rules)}")
+        The coordinator names a rule's source peer by its peer ID; the forwarder knows peers
+        by name, so each such rule is applied to the name that key has now, and re-applied
+        when peers come, go or rename: a peer that takes a name with another key never gets
+        the rules of the name's former key."""
+        from tunnelmesh.control.peertable import FilterRulesChanged, PeerChange
 
-        if self.client.table.filter_rules is not None:
-            apply(FilterRulesChanged(self.client.table.filter_rules))
+        table = self.client.table
+
+        def peer_name(peer_id: str) -> str | None:
+            info = table.peers.get(peer_id)
+            return info.name if info is not None else None
+
+        def apply(change: PeerChange | None) -> None:
+            rules = table.filter_rules
+            if self.filter_service is None or rules is None:
+                return
+            if isinstance(change, FilterRulesChanged):
+                self.notify(f"coordinator filter rules: {len(rules)}")
+            elif not any(r.source_peer for r in rules):
+                return  # a peer change matters only to rules about a source peer
+            self.filter_service.set_coordinator_rules(rules, peer_name)
+
+        apply(None)
         self.client.add_callback(apply)
 
     def _set_order(self, payload: Any) -> dict[str, Any]:
