@@ -55,3 +55,15 @@ def test_readme_plugin_table_matches_the_catalog() -> None:
         if line.startswith("| `")
     }
     assert rows == {p["name"]: p["dist"] for p in catalog}
+
+
+def test_examples_are_not_installed_in_the_development_environment() -> None:
+    """`uv sync --all-packages` once installed plugins/example_transport, and every node of the
+    development environment then ran the example TCP transport as a real one. Examples are
+    installed only where asked for (the downstream nox session, from their own directory)."""
+    from importlib.metadata import entry_points
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        members = tomllib.load(f)["tool"]["uv"]["workspace"]["members"]
+    assert not [m for m in members if m.startswith("plugins/")], members
+    assert "example_tcp" not in {ep.name for ep in entry_points(group="tunnelmesh")}
