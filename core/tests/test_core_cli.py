@@ -174,3 +174,25 @@ def test_console_script_runs() -> None:
         check=True,
     )
     assert out.stdout.startswith("tunnelmesh, version ")
+
+
+def test_init_asks_for_default_deny_or_takes_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunnelmesh.cli import init_cmd
+
+    def deny(out: Path) -> bool:
+        return load_config(out / "peer.yaml", PeerConfig).filter.default_deny
+
+    result = CliRunner().invoke(  # no terminal: not asked, false, and said
+        build_cli(PluginManager()), ["init", "--peer", "-o", str(tmp_path / "a")]
+    )
+    assert result.exit_code == 0 and "filter.default_deny: false (no terminal" in result.output
+    assert deny(tmp_path / "a") is False
+    assert run(PluginManager(), "init", "--peer", "--default-deny", "-o", str(tmp_path / "b"))
+    assert deny(tmp_path / "b") is True
+    monkeypatch.setattr(init_cmd, "_interactive", lambda: True)
+    result = CliRunner().invoke(
+        build_cli(PluginManager()), ["init", "--peer", "-o", str(tmp_path / "c")], input="y\n"
+    )
+    assert "filter.default_deny" in result.output and deny(tmp_path / "c") is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 from pathlib import Path
 
 import click
@@ -131,7 +132,9 @@ transports:
 
 # the packet filter (see docs/filter.md)
 filter:
-  default_deny: false
+  # true: drop new inbound connections from other peers unless a rule allows them (the
+  # default is false, see docs/filter.md for why; tunnelmesh init asks)
+  default_deny: {default_deny}
   allow_icmp: true
   # size bound of the connection-tracking table
   max_flows: 65536
@@ -167,6 +170,26 @@ def _sanitised_hostname() -> str:
     return name[:63] or "node"
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _ask_default_deny() -> bool:
+    """filter.default_deny for a new peer.yaml: asked on a terminal, else false (and said)."""
+    if not _interactive():
+        click.echo(
+            "filter.default_deny: false (no terminal to ask; --default-deny drops inbound "
+            "connections from other peers that no filter rule allows)",
+            err=True,
+        )
+        return False
+    return click.confirm(
+        "Drop inbound connections from other mesh peers unless a filter rule allows them "
+        "(filter.default_deny; pings still pass)?",
+        default=False,
+    )
+
+
 def _write(path: Path, text: str, force: bool) -> None:
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
@@ -195,6 +218,15 @@ def _write(path: Path, text: str, force: bool) -> None:
     help="Write peer.yaml.",
 )
 @click.option(
+    "--default-deny/--no-default-deny",
+    "default_deny",
+    default=None,
+    envvar="TUNNELMESH_INIT_DEFAULT_DENY",
+    show_envvar=True,
+    help="peer.yaml's filter.default_deny; without either flag init asks (on a terminal) "
+    "or writes false and says so.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
@@ -212,7 +244,7 @@ def _write(path: Path, text: str, force: bool) -> None:
     show_envvar=True,
     help="Overwrite existing files.",
 )
-def init(server: bool, peer: bool, output: Path, force: bool) -> None:
+def init(server: bool, peer: bool, default_deny: bool | None, output: Path, force: bool) -> None:
     """Write commented example config files (server.yaml and/or peer.yaml).
 
     The server file gets a fresh random auth_token. Files are created with mode 0600 because
@@ -228,9 +260,17 @@ def init(server: bool, peer: bool, output: Path, force: bool) -> None:
             force,
         )
     if peer:
+        if (output / "peer.yaml").exists() and not force:  # refused before anything is asked
+            raise ConfigError(f"{output / 'peer.yaml'} exists; pass --force to overwrite it")
+        if default_deny is None:
+            default_deny = _ask_default_deny()
         _write(
             output / "peer.yaml",
-            PEER_TEMPLATE.format(name=output / "peer.yaml", hostname=_sanitised_hostname()),
+            PEER_TEMPLATE.format(
+                name=output / "peer.yaml",
+                hostname=_sanitised_hostname(),
+                default_deny="true" if default_deny else "false",
+            ),
             force,
         )
         from tunnelmesh.identity import Identity, default_key_path
