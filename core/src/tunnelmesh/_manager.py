@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tunnelmesh._builtin.proxy",
     "tunnelmesh._builtin.metrics",
     "tunnelmesh._builtin.systemd",
+    "tunnelmesh._builtin.benchmark",
 )
 
 

@@ -213,6 +213,18 @@ class ExitConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         self.allowed_peers = list(dict.fromkeys(ids))
 
 
+class BenchmarkConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``benchmark:``: the listener ``tunnelmesh benchmark`` measures against (docs/benchmark.md),
+    TCP and UDP on the node's mesh IP. Off unless enabled."""
+
+    enabled: bool = False
+    port: int = 9998
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"benchmark.port must be 1..65535, got {self.port}")
+
+
 class _PeerFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = ""
     private_key: str = "~/.tunnelmesh/id_ed25519"
@@ -224,6 +236,7 @@ class _PeerFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     transports: TransportConfig = msgspec.field(default_factory=TransportConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    benchmark: BenchmarkConfig = msgspec.field(default_factory=BenchmarkConfig)
     exit_node: str = ""
     allow_exit_traffic: bool = False
     exit: ExitConfig = msgspec.field(default_factory=ExitConfig)

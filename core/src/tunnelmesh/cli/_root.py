@@ -128,6 +128,10 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
         "tunnelmesh.cli.service_cmd:service",
         "Install and manage tunnelmesh as a systemd service (see docs/service.md).",
     ),
+    "benchmark": (
+        "tunnelmesh.cli.benchmark_cmd:benchmark",
+        "Measure throughput, round trip and loss to PEER through the mesh.",
+    ),
     "cleanup": (
         "tunnelmesh.cli.cleanup_cmd:cleanup",
         "Remove the routes, nftables table, ip_forward and resolver changes a crashed node left.",

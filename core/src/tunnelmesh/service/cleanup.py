@@ -11,6 +11,8 @@ things the same way:
 * the system resolver: a ``resolv.conf`` swapped for the mesh resolver is put back from its
   backup (:meth:`~tunnelmesh.dns.system.SystemDns.recover`); systemd-resolved's per-link
   settings vanished with the TUN device;
+* the loss table of a ``tunnelmesh benchmark --loss`` run that was killed
+  (``inet tunnelmesh_bench``);
 * a control socket file nobody listens on any more.
 
 A node that is still running is never touched: cleanup refuses while its control socket
@@ -87,6 +89,14 @@ def cleanup(cfg: PeerConfig, *, mesh_cidr: str = "0.0.0.0/0") -> list[str]:
                 done.append("removed the nftables table ip tunnelmesh_exit")
         except (ExitNodeError, OSError) as exc:
             log.warning("exit gateway: %s", exc)
+
+    if _has("nft"):  # a `tunnelmesh benchmark --loss` killed mid-run
+        from tunnelmesh.impair import NFT_TABLE as BENCH_TABLE
+
+        with contextlib.suppress(ExitNodeError):
+            run_command(["nft", "list", "table", "inet", BENCH_TABLE])
+            run_command(["nft", "delete", "table", "inet", BENCH_TABLE])
+            done.append(f"removed the nftables table inet {BENCH_TABLE} (benchmark loss)")
 
     if cfg.dns.enabled and cfg.dns.system != "off":
         dns = SystemDns(cfg.dns.listen, link=cfg.tun.name, mode=cfg.dns.system)
