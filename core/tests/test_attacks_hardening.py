@@ -40,7 +40,7 @@ from tunnelmesh.config import ServerConfig
 from tunnelmesh.control import daemon
 from tunnelmesh.control.client import ControlClient
 from tunnelmesh.control.contexts import Context, ContextStore
-from tunnelmesh.control.messages import Heartbeat, RegisterRequest
+from tunnelmesh.control.messages import Heartbeat, RegisterRequest, RendezvousRequest
 from tunnelmesh.coordinator.auth import FailureLimiter, registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, MeshCa, client_ssl_context
 from tunnelmesh.coordinator.core import (
@@ -733,3 +733,34 @@ def test_serve_refuses_a_data_dir_open_to_others_in_one_line(tmp_path: Path) -> 
     assert f"chmod 700 {data}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(data.iterdir()) == []
+
+
+def test_rendezvous_requests_at_one_peer_are_paced(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = _Clock()
+        coord = await _coordinator(tmp_path, clock)
+        sent: list[tuple[str, bytes]] = []
+        coord.hub.send_to = lambda pid, data: sent.append((pid, data)) or True  # type: ignore[method-assign]
+        try:
+            asker = await _join(coord, "asker")
+            target = await _join(coord, "target")
+            other = await _join(coord, "other")
+            statuses = []
+            for _ in range(100):
+                try:
+                    coord.rendezvous(asker, RendezvousRequest(to="target"))
+                    statuses.append(200)
+                except ApiFailure as f:
+                    statuses.append(f.status)
+            assert statuses.count(200) == 5 and statuses.count(429) == 95
+            assert coord.stats["rendezvous_limited"] == 95
+            assert [pid for pid, _ in sent] == [target.peer_id] * 5  # the target's queue is spared
+            coord.rendezvous(asker, RendezvousRequest(to="other"))  # another pair: its own pace
+            coord.rendezvous(target, RendezvousRequest(to="asker"))
+            clock.now += 1.0
+            coord.rendezvous(asker, RendezvousRequest(to="target"))  # one a second after that
+            assert len(sent) == 8 and sent[5][0] == other.peer_id
+        finally:
+            await coord.close()
+
+    asyncio.run(main())
