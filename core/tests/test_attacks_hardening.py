@@ -56,6 +56,7 @@ from tunnelmesh.coordinator.server import CoordinatorServer
 from tunnelmesh.coordinator.store import PeerRecord, SqliteStore
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.identity import Identity
+from tunnelmesh.metrics.coordinator import CoordinatorCollector
 from tunnelmesh.proto import WireGuard
 from tunnelmesh.proto.ratelimit import (
     PACKETS_BURSTABLE,
@@ -420,6 +421,13 @@ def test_a_heartbeat_flood_is_rate_limited_and_pushed_once(tmp_path: Path) -> No
                     refused += 1
             assert accepted == HEARTBEAT_BURST and refused == 1000 - accepted
             assert coord.stats["heartbeats_limited"] == refused
+            limited = {
+                s.labels["limit"]: s.value
+                for m in CoordinatorCollector(coord).samples()
+                if m.name == "tunnelmesh_coordinator_limited"
+                for s in m.samples
+            }
+            assert limited["heartbeat_pace"] == refused  # what an operator sees in /metrics
             assert coord.liveness.heap_size() <= 2
             await asyncio.sleep(PUSH_COALESCE * 4)
             assert len(pushed) == 1  # ten changes, one push: the record as it is now

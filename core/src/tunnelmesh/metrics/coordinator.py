@@ -15,6 +15,15 @@ from tunnelmesh.metrics.base import Family, FamilyCollector
 __all__ = ["CoordinatorCollector"]
 
 
+_LIMITS = (
+    ("heartbeat_pace", "heartbeats_limited"),
+    ("rendezvous_pace", "rendezvous_limited"),
+    ("registration_pace", "registrations_limited"),
+    ("bad_endpoint", "bad_endpoints"),
+)
+"""``limit`` label values and the coordinator's ``stats`` keys behind them."""
+
+
 class CoordinatorCollector(FamilyCollector):
     """Reads a coordinator's counters, peer table and liveness when scraped."""
 
@@ -28,6 +37,18 @@ class CoordinatorCollector(FamilyCollector):
         ),
         Family(
             "tunnelmesh_coordinator_heartbeats_total", "counter", "Heartbeats accepted from peers."
+        ),
+        Family(
+            "tunnelmesh_coordinator_limited_total",
+            "counter",
+            "Requests a limit refused: heartbeats, rendezvous and registrations over their pace, "
+            "endpoints that are not unicast IP:port.",
+            ("limit",),
+        ),
+        Family(
+            "tunnelmesh_coordinator_pushes_coalesced_total",
+            "counter",
+            "Peer changes that rode on a push already pending for that peer.",
         ),
         Family(
             "tunnelmesh_coordinator_peers",
@@ -79,6 +100,13 @@ class CoordinatorCollector(FamilyCollector):
         hb = fam("tunnelmesh_coordinator_heartbeats_total")
         hb.add_metric([], c.stats.get("heartbeats", 0))
         yield hb
+        limited = fam("tunnelmesh_coordinator_limited_total")
+        for limit, key in _LIMITS:
+            limited.add_metric([limit], c.stats.get(key, 0))
+        yield limited
+        coalesced = fam("tunnelmesh_coordinator_pushes_coalesced_total")
+        coalesced.add_metric([], c.stats.get("pushes_coalesced", 0))
+        yield coalesced
         peers = fam("tunnelmesh_coordinator_peers")
         online_m = fam("tunnelmesh_coordinator_peer_online")
         seen = fam("tunnelmesh_coordinator_peer_last_seen_seconds")
