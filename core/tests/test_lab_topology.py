@@ -122,3 +122,22 @@ def test_teardown_kills_processes_that_ignore_sigterm(lab_factory: Callable[...,
     wait_for_line(stubborn, "up")
     lab.close()
     assert stubborn.returncode == -9
+
+
+@pytest.mark.lab
+def test_every_host_has_its_own_resolv_conf() -> None:
+    """A program in the lab that rewrites /etc/resolv.conf (a node's dns.system) changes its
+    namespace's file, never the machine's; the files go with the lab."""
+    from pathlib import Path
+
+    from tunnelmesh.testing.lab import LAB_RESOLV_CONF, NETNS_ETC
+
+    machine = Path("/etc/resolv.conf").read_bytes()
+    with Lab() as lab:
+        host = lab.add_host("a")
+        assert host.run(["cat", "/etc/resolv.conf"]).stdout == LAB_RESOLV_CONF
+        host.run("echo 'nameserver 127.0.0.53' > /etc/resolv.conf")
+        assert (NETNS_ETC / host.ns / "resolv.conf").read_text() == "nameserver 127.0.0.53\n"
+        ns = host.ns
+    assert Path("/etc/resolv.conf").read_bytes() == machine
+    assert not (NETNS_ETC / ns).exists()

@@ -15,6 +15,7 @@ import itertools
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -173,6 +174,7 @@ def reap_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
                 continue
             stale_runs.add(run_id)
         remove_namespace(ns, grace=0.2)
+        shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)  # its own resolv.conf
         reaped.append(ns)
         (REGISTRY_DIR / run_id).unlink(missing_ok=True)
     if REGISTRY_DIR.is_dir():

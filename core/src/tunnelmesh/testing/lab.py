@@ -85,12 +85,14 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from tunnelmesh.errors import LabError
@@ -116,6 +118,10 @@ INSIDE_CIDR_FORMAT = "10.77.{}.0/24"
 SWITCH_CIDR_FORMAT = "10.78.{}.0/24"
 """Networks of extra switches added without a CIDR."""
 INTERNET_PAGE = "tunnelmesh lab internet: hello\n"
+
+NETNS_ETC = Path("/etc/netns")
+"""``ip netns exec NS`` bind-mounts each file of ``/etc/netns/NS/`` over the one in ``/etc``."""
+LAB_RESOLV_CONF = "# a tunnelmesh lab namespace's own resolver config\nnameserver 127.0.0.1\n"
 """The body the internet host serves on every path."""
 PUBLIC_PROBES = ("1.1.1.1", "8.8.8.8", "9.9.9.9", "2606:4700:4700::1111", "2001:4860:4860::8888")
 """Public addresses no lab namespace may have a route to."""
@@ -432,6 +438,9 @@ class Lab:
                 _netns.remove_namespace(ns)
             except Exception as exc:
                 problems.append(f"removing {ns}: {exc!r}")
+            shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            NETNS_ETC.rmdir()  # only when empty: nothing else uses it then
         left = set(self._namespaces) & set(_netns.list_namespaces())
         self._namespaces = sorted(left)
         if left:
@@ -453,6 +462,12 @@ class Lab:
         _netns.run_command(["ip", "netns", "add", ns])
         self._namespaces.append(ns)
         _netns.run_command(["ip", "-n", ns, "link", "set", "lo", "up"])
+        # Its own /etc/resolv.conf (`ip netns exec` mounts this file over it): a program in the
+        # lab that points the system resolver somewhere (a node's dns.system) changes this
+        # file, never the machine's.
+        etc = NETNS_ETC / ns
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(LAB_RESOLV_CONF)
         return ns
 
     def add_switch(self, name: str, cidr: str | None = None) -> Switch:
