@@ -149,6 +149,12 @@ metrics:
   enabled: true
   listen: ""
 
+# the listener `tunnelmesh benchmark` measures against, TCP and UDP on this node's mesh IP
+# (see docs/benchmark.md); off unless enabled
+benchmark:
+  enabled: false
+  port: 9998
+
 # route internet traffic through this peer (split tunnel); "" = off
 exit_node: ""
 # let other peers use this one as their exit
