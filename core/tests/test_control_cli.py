@@ -139,18 +139,8 @@ def test_join_peers_status_leave(tmp_path: Path, coordinator: str) -> None:
 def test_join_errors_are_one_line(tmp_path: Path, coordinator: str) -> None:
     env_home = tmp_path / "c"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            MAIN,
-            "join",
-            "--server",
-            coordinator,
-            "--token",
-            "wrong-token-wrong-token",
-            "--once",
-        ],
-        env=env_for(env_home),
+        [sys.executable, "-c", MAIN, "join", "--server", coordinator, "--once"],
+        env=dict(env_for(env_home), TUNNELMESH_TOKEN="wrong-token-wrong-token"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -222,3 +212,196 @@ def test_join_trust_is_asked_before_registering(tmp_path: Path, coordinator: str
     assert proc.returncode != 0 and "trust store" in out
     tm(tmp_path / "b", "join", "--server", coordinator, "--name", "beta", "--once")
     assert _peer_names(tmp_path / "b") == []  # no ghost: the aborted join never registered
+
+
+# --- where the join token comes from (issue 11) -----------------------------------------------
+
+
+def _without_token(home: Path) -> dict[str, str]:
+    env = env_for(home)
+    del env["TUNNELMESH_TOKEN"]
+    return env
+
+
+def test_token_on_the_command_line_leaves_the_running_process_argv(
+    tmp_path: Path, coordinator: str
+) -> None:
+    """`join --token T` re-execs itself with T in its environment: /proc/PID/cmdline has no T."""
+    args = ["join", "--server", coordinator, "--token", TOKEN, "--name", "argv", "--no-tun"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN, *args, "--duration", "60"],
+        env=_without_token(tmp_path / "a"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_line(proc, r"joined .*")
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"join" in cmdline and b"--server" in cmdline
+        assert not any(TOKEN.encode() in arg for arg in cmdline), cmdline
+        assert b"--token" not in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    ctx_file = (tmp_path / "a" / "contexts.json").read_text()
+    assert TOKEN not in ctx_file and "auth_token" not in ctx_file
+
+
+def test_token_file_first_join_then_no_token_again(tmp_path: Path, coordinator: str) -> None:
+    home = tmp_path / "a"
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    args = ["join", "--server", coordinator, "--name", "alpha", "--once"]
+    proc = subprocess.run(
+        [sys.executable, "-c", MAIN, *args, "--token-file", str(token_file)],
+        env=_without_token(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "joined" in proc.stdout, proc.stderr
+    assert TOKEN not in (home / "contexts.json").read_text()
+    # the same key joins again with its signature alone: no token anywhere
+    proc = subprocess.run(
+        [sys.executable, "-c", MAIN, "join", "--once"],
+        env=_without_token(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "joined" in proc.stdout and "as alpha" in proc.stdout, (
+        proc.stderr
+    )
+
+
+def test_first_join_without_token_and_terminal_says_how(tmp_path: Path, coordinator: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", MAIN, "join", "--server", coordinator, "--once"],
+        env=_without_token(tmp_path / "a"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("tunnelmesh: error: no mesh join token")
+    assert "--token-file" in proc.stderr and "TUNNELMESH_TOKEN" in proc.stderr
+
+
+def test_first_join_prompts_for_the_token_on_a_terminal(tmp_path: Path, coordinator: str) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", MAIN, "join", "--server", coordinator, "--once"],
+            env=_without_token(tmp_path / "a"),
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # no controlling terminal: getpass reads the pty (stdin)
+        )
+        os.close(slave)
+        slave = -1
+        assert proc.stderr is not None
+        prompt = b""
+        while not prompt.endswith(b": "):  # getpass flushes input typed before its prompt
+            char = proc.stderr.read(1)
+            assert char, prompt
+            prompt += char
+        os.write(master, TOKEN.encode() + b"\n")
+        out_b, err_b = proc.communicate(timeout=30)
+        out, err = out_b.decode(), prompt.decode() + err_b.decode()
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert proc.returncode == 0, err
+    assert "mesh join token" in err and "joined" in out
+    assert TOKEN not in out and TOKEN not in err
+
+
+def test_old_contexts_lose_their_stored_token(tmp_path: Path) -> None:
+    from tunnelmesh.control.contexts import ContextStore
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "contexts.json").write_text(
+        json.dumps(
+            {
+                "active": "work",
+                "contexts": {
+                    "work": {"name": "work", "server": "https://c:8443", "auth_token": TOKEN}
+                },
+            }
+        )
+    )
+    store = ContextStore(home)
+    assert store.get("work").server == "https://c:8443"
+    text = (home / "contexts.json").read_text()
+    assert TOKEN not in text and "auth_token" not in text
+
+
+# --- admin commands: peers delete/release, group, token rotate (issue 11) ----------------------
+
+
+def test_admin_commands_and_what_a_peer_may_not_do(tmp_path: Path, coordinator: str) -> None:
+    admin, beta, new = tmp_path / "admin", tmp_path / "beta", tmp_path / "new"
+    assert (
+        "(admin)" in tm(admin, "join", "--server", coordinator, "--name", "boss", "--once").stdout
+    )
+    tm(beta, "join", "--server", coordinator, "--name", "beta", "--once")
+    beta_id = json.loads(tm(beta, "status", "--json").stdout)["peer_id"]
+
+    refused = tm(beta, "peers", "delete", "boss", check=False)
+    assert refused.returncode == 1 and "403" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert tm(beta, "group", "create", "ops", check=False).returncode == 1
+    assert tm(beta, "token", "rotate", check=False).returncode == 1
+
+    tm(admin, "group", "create", "ops")
+    tm(admin, "group", "add", "ops", "beta")
+    groups = {g["name"]: g for g in json.loads(tm(beta, "group", "list", "--json").stdout)}
+    assert groups["ops"]["members"] == [beta_id]  # stored by peer ID
+    assert set(groups) == {"admins", "everyone", "ops"}
+
+    new_token = tmp_path / "new-token"
+    tm(admin, "token", "rotate", "--write-to", str(new_token))
+    assert stat_mode(new_token) == 0o600
+    fresh = new_token.read_text().strip()
+    assert fresh != TOKEN
+    # a new key with the old token is refused; with the new one it joins
+    old = tm(new, "join", "--server", coordinator, "--name", "newbie", "--once", check=False)
+    assert old.returncode == 1
+    env = dict(env_for(new), TUNNELMESH_TOKEN=fresh)
+    proc = subprocess.run(
+        [sys.executable, "-c", MAIN, "join", "--server", coordinator, "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # beta joined before the rotation: it re-registers with its key alone
+    rejoin = tm(beta, "join", "--once")
+    assert "as beta" in rejoin.stdout
+
+    tm(admin, "peers", "delete", "beta")
+    taken = tm(tmp_path / "thief", "join", "--server", coordinator, "--name", "beta", "--once",
+               check=False)  # fmt: skip
+    assert taken.returncode == 1  # the old token no longer joins anyone
+    env = dict(env_for(tmp_path / "thief"), TUNNELMESH_TOKEN=fresh)
+    args = ["join", "--server", coordinator, "--name", "beta", "--once"]
+    proc = subprocess.run(
+        [sys.executable, "-c", MAIN, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "registered as 'beta-2'" in proc.stdout, proc.stderr
+    assert "released beta" in tm(admin, "peers", "release", "beta").stdout
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

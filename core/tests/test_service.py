@@ -54,7 +54,6 @@ def joined(home: Path) -> Identity:
             mesh_ip="10.99.0.2",
             mesh_cidr="10.99.0.0/16",
             session_token=SESSION,
-            auth_token=TOKEN,
             ca_path=str(ca),
             key_path=str(home / "id_ed25519"),
         )
@@ -129,7 +128,9 @@ def test_join_unit_is_valid_hardened_and_secret_free(
         assert (f.stat().st_mode & 0o777) == (0o700 if f.is_dir() else 0o600), f
     # the service's copy works on its own: its context, key and config
     copy = ContextStore(state).get("work")
-    assert copy.auth_token == TOKEN and copy.key_path == "/var/lib/tunnelmesh-work/id_ed25519"
+    # no join token either: the service's key re-registers with its signature alone
+    assert copy.key_path == "/var/lib/tunnelmesh-work/id_ed25519"
+    assert "auth_token" not in (state / "contexts.json").read_text()
     assert Identity.load(state / "id_ed25519").peer_id == joined.peer_id
     assert "control_socket: /run/tunnelmesh-work/node.sock" in (state / "peer.yaml").read_text()
 

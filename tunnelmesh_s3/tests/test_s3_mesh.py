@@ -166,7 +166,6 @@ def join(coord: CoordinatorThread, tmp: Path, name: str, identity: Identity | No
         peer_id=resp.peer_id,
         mesh_ip=resp.mesh_ip,
         session_token=resp.session_token,
-        auth_token=TOKEN,
         ca_path=str(home / "ca.crt"),
         is_admin=resp.is_admin,
     )

@@ -113,7 +113,15 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "leave": (
         "tunnelmesh.cli.leave_cmd:leave",
-        "Leave the mesh: the coordinator frees this node's name and mesh IP.",
+        "Leave the mesh: the coordinator frees this node's mesh IP.",
+    ),
+    "token": (
+        "tunnelmesh.cli.token_cmd:token_group",
+        "The mesh join token: it lets a new key join, and nothing else.",
+    ),
+    "group": (
+        "tunnelmesh.cli.group_cmd:group_group",
+        "Groups of peers (kept by peer ID) that S3 buckets and shares can grant to.",
     ),
     "filter": (
         "tunnelmesh.cli.filter_cmd:filter_group",

@@ -22,7 +22,7 @@ def list_() -> None:
     store = ContextStore()
     names = store.names()
     if not names:
-        click.echo("no contexts; join a mesh with: tunnelmesh join --server URL --token T")
+        click.echo("no contexts; join a mesh with: tunnelmesh join --server URL --token-file FILE")
         return
     rows = [("", "NAME", "SERVER", "PEER", "MESH IP")]
     for n in names:
@@ -57,7 +57,7 @@ def show(name: str | None, as_json: bool) -> None:
     store = ContextStore()
     c = store.get(name)
     data = msgspec.to_builtins(c)
-    for secret in ("session_token", "auth_token"):
+    for secret in ("session_token",):
         data[secret] = "(set)" if data.get(secret) else ""
     data["active"] = c.name == store.active
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import click
+from click.core import ParameterSource
 
 from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import PeerConfig, load_peer_config
@@ -51,7 +53,17 @@ def _hostname_label() -> str:
     metavar="TOKEN",
     envvar="TUNNELMESH_TOKEN",
     show_envvar=True,
-    help="The mesh auth token (from the coordinator's server.yaml).",
+    help="The mesh join token, only for a first join. On the command line it is visible to "
+    "local users until join moves it into its environment and restarts itself: prefer "
+    "--token-file, TUNNELMESH_TOKEN or the prompt.",
+)
+@click.option(
+    "--token-file",
+    metavar="PATH",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="TUNNELMESH_TOKEN_FILE",
+    show_envvar=True,
+    help="Read the mesh join token from this file (first line).",
 )
 @click.option(
     "--context",
@@ -143,6 +155,7 @@ def join(
     config_path: str | None,
     server: str | None,
     token: str | None,
+    token_file: Path | None,
     context_name: str | None,
     name: str | None,
     key_path: str | None,
@@ -161,10 +174,12 @@ def join(
     installed plugins (UDP: WireGuard), the packet filter and the DNS resolver; this needs root.
     With --no-tun (or when no transport plugin is installed) only the control plane runs.
 
-    Registration proves possession of this node's ed25519 key (a signed challenge) and of the
-    mesh token. Before the token is used, the coordinator must prove it knows the token too
-    (an HMAC over its CA certificate); the CA is then pinned in the context. Joining again with
-    the same key keeps the same mesh IP. Without --server/--token the stored context is used.
+    Registration proves possession of this node's ed25519 key (a signed challenge); a key the
+    coordinator does not know yet also needs the mesh join token, from --token-file,
+    TUNNELMESH_TOKEN or a prompt (hidden input). Before the token is used, the coordinator must
+    prove it knows the token too (an HMAC over its CA certificate); the CA is then pinned in
+    the context, which never stores the token. Joining again with the same key needs no token
+    and keeps the same mesh IP. Without --server the stored context is used.
 
     Exit nodes: --allow-exit-traffic makes this node an exit (IP forwarding and NAT while it
     runs); --exit-node NAME sends this node's internet traffic through the peer NAME (which
@@ -172,9 +187,13 @@ def join(
     context): a peer under that name with another key is refused. Both are undone on exit,
     and after a crash at the next start.
 
-    Example: tunnelmesh join --server coord.example.com --token $TOKEN --context work
+    Example: tunnelmesh join --server coord.example.com --token-file token.txt --context work
     """
     from tunnelmesh.control import daemon, trust
+
+    click_ctx = click.get_current_context()
+    if token and click_ctx.get_parameter_source("token") == ParameterSource.COMMANDLINE:
+        _restart_without_token_in_argv(token)
 
     if yes and no_trust:
         raise click.UsageError("--yes and --no-trust contradict each other")
@@ -187,13 +206,14 @@ def join(
     if ctx_name in store.names():
         existing = store.get(ctx_name)
     server = server or cfg.server or (existing.server if existing else "")
-    token = token or cfg.auth_token or (existing.auth_token if existing else "")
     if not server:
         raise ConfigError("no coordinator given: pass --server URL (or TUNNELMESH_SERVER)")
-    if not token:
-        raise ConfigError("no mesh token given: pass --token TOKEN (or TUNNELMESH_TOKEN)")
-    add_secret(token, existing.session_token if existing else None)
     url = normalize_server_url(server)
+    pinned_ca = _pinned_ca(existing, url)
+    token = token or _read_token_file(token_file) or cfg.auth_token
+    if not token and not pinned_ca:
+        token = _prompt_token()
+    add_secret(token, existing.session_token if existing else None)
     peer_name = name or cfg.name or (existing.peer_name if existing else "") or _hostname_label()
     if key_path:
         key = Path(key_path).expanduser()
@@ -248,6 +268,7 @@ def join(
                 trust=trust_ca,
                 rename=not no_rename,
                 config_path=str(Path(config_path).resolve()) if config_path else "",
+                pinned_ca=pinned_ca,
             )
         except CoordinatorUnreachable as exc:
             # A node that already belongs to this mesh starts from its stored context and
@@ -292,6 +313,83 @@ def join(
         _run(main())
     else:
         asyncio.run(main())
+
+
+def _restart_without_token_in_argv(token: str) -> None:
+    """Move a ``--token`` given on the command line into the environment and re-exec.
+
+    /proc/PID/cmdline is readable by every local user; the environment is not. The restarted
+    process reads the token from TUNNELMESH_TOKEN, so its argv never holds it. When this
+    process's own argv does not hold the token (an in-process caller), nothing is done.
+    """
+    argv = scrub_token(list(sys.orig_argv), token)
+    if argv is None:
+        return
+    click.echo(
+        "warning: --token on the command line is visible to local users; join moved it to "
+        "its environment and restarted (use --token-file or TUNNELMESH_TOKEN)",
+        err=True,
+    )
+    env = dict(os.environ, TUNNELMESH_TOKEN=token)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
+def scrub_token(argv: list[str], token: str) -> list[str] | None:
+    """``argv`` without the ``--token``/``-t`` option holding ``token``; None when absent."""
+    out: list[str] = []
+    found = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--token", "-t") and i + 1 < len(argv) and argv[i + 1] == token:
+            found = True
+            i += 2
+            continue
+        if arg in (f"--token={token}", f"-t{token}"):
+            found = True
+            i += 1
+            continue
+        out.append(arg)
+        i += 1
+    return out if found else None
+
+
+def _pinned_ca(existing: MeshContext | None, url: str) -> str:
+    """The CA pinned by an earlier join to ``url`` ("" when there is none)."""
+    if existing is None or existing.server != url or not existing.ca_path:
+        return ""
+    try:
+        return Path(existing.ca_path).read_text(encoding="ascii")
+    except OSError:
+        return ""
+
+
+def _read_token_file(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file: {exc.strerror}", path=str(path)) from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ConfigError("the token file is empty", path=str(path))
+    return token
+
+
+def _prompt_token() -> str:
+    """Ask for the token with hidden input; without a terminal, say how to give it."""
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "no mesh join token: this key has not joined this mesh yet; give the token with "
+            "--token-file PATH or TUNNELMESH_TOKEN (there is no terminal to ask on)"
+        )
+    token = str(click.prompt("mesh join token", hide_input=True, err=True)).strip()
+    if not token:
+        raise ConfigError("no mesh join token given")
+    return token
 
 
 def _decide_trust(*, yes: bool, no_trust: bool) -> bool:

@@ -27,10 +27,12 @@ from tunnelmesh.errors import TunnelmeshError
     help="Keep the context file entry (default: delete it).",
 )
 def leave(context_name: str | None, keep_context: bool) -> None:
-    """Leave the mesh: the coordinator frees this node's name and mesh IP.
+    """Leave the mesh: the coordinator frees this node's mesh IP.
 
-    Also removes the mesh CA from the system trust store if `join` installed it. The node key
-    is kept (joining again later gives the same IP if it is still free).
+    The name stays reserved for this node's key: joining again with the same key takes it back
+    (and the same IP if it is still free); another key gets it only after an admin runs
+    `tunnelmesh peers release NAME`. A key that left needs the mesh join token to join again.
+    Also removes the mesh CA from the system trust store if `join` installed it.
     """
     from tunnelmesh.control import daemon, trust
 
@@ -43,7 +45,9 @@ def leave(context_name: str | None, keep_context: bool) -> None:
             await client.leave()
 
     asyncio.run(main())
-    click.echo(f"{ctx.peer_name} left {ctx.server}; {ctx.mesh_ip} is free")
+    click.echo(
+        f"{ctx.peer_name} left {ctx.server}; {ctx.mesh_ip} is free, the name stays this key's"
+    )
     if ctx.trusted_ca_path:
         try:
             trust.remove_ca(ctx.trusted_ca_path)

@@ -1,4 +1,4 @@
-"""``tunnelmesh peers``: the mesh's peers as a table."""
+"""``tunnelmesh peers``: the mesh's peers as a table; ``peers delete|release`` for admins."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 import click
 import msgspec
 
+from tunnelmesh.cli._api import api_call
 from tunnelmesh.cli._options import context_option, json_option
 from tunnelmesh.control.contexts import Context as MeshContext
 from tunnelmesh.control.contexts import ContextStore
@@ -60,14 +61,18 @@ def fetch_peers(ctx: MeshContext, store: ContextStore) -> tuple[list[PeerInfo], 
             return [], False
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @context_option
 @json_option()
-def peers(context_name: str | None, as_json: bool) -> None:
+@click.pass_context
+def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> None:
     """List the mesh's peers: name, mesh IP, online, exit, transport, RTT, traffic, last seen, why.
 
     --json lists the whole mesh, this node included, each peer with "self" (true for this
     node).
+
+    Subcommands: delete NAME (the peer itself or an admin), release NAME (admins: free the
+    name a departed key held).
 
     EXIT says whether the peer is an exit node (it allows exit traffic: --exit-node NAME).
 
@@ -77,6 +82,8 @@ def peers(context_name: str | None, as_json: bool) -> None:
     reported sending/receiving. When the coordinator is unreachable the last known list is
     shown and marked as such.
     """
+    if click_ctx.invoked_subcommand is not None:
+        return
     store = ContextStore()
     ctx = store.get(context_name)
     rows, live = fetch_peers(ctx, store)
@@ -116,3 +123,28 @@ def peers(context_name: str | None, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@peers.command()
+@context_option
+@click.argument("name")
+def delete(context_name: str | None, name: str) -> None:
+    """Remove peer NAME from the mesh (itself or an admin).
+
+    Its mesh IP is freed; its name stays reserved for its key (see `peers release`).
+    """
+    api_call(context_name, "DELETE", f"/api/v1/peers/{name}")
+    click.echo(f"deleted peer {name}; the name stays reserved for its key")
+
+
+@peers.command()
+@context_option
+@click.argument("name")
+def release(context_name: str | None, name: str) -> None:
+    """Free NAME, reserved for a key that left, so another key may take it (admins only).
+
+    Names belong to keys: after a peer leaves or is deleted its name stays reserved for its
+    key, and only this frees it. A name a registered peer holds is refused (delete it first).
+    """
+    got = api_call(context_name, "DELETE", f"/api/v1/names/{name}")
+    click.echo(f"released {name} (was reserved for peer {got['peer_id']})")

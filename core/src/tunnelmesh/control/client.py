@@ -153,7 +153,8 @@ class ControlClient:
         server: the coordinator URL (``https://host:port``).
         identity: this node's key.
         ca_pem: the mesh CA (from :func:`fetch_ca` or the stored context).
-        auth_token: the mesh token; needed to register (again).
+        auth_token: the mesh join token; needed only for a key the coordinator does not know
+            (forgotten after the first successful registration).
         name: the name to register with.
         session_token: a session from an earlier registration (skips registering).
         endpoints: a callable returning this node's endpoints (``host:port``), sync or async.
@@ -297,14 +298,20 @@ class ControlClient:
         return [e for e in eps if endpoint_problem(e) is None]
 
     async def register(self) -> RegisterResponse:
-        """Prove the key and the token to the coordinator; returns the mesh IP and session.
+        """Prove the key (and, for a new key, the token) to the coordinator.
+
+        A key the coordinator knows registers with its signature alone, so ``auth_token`` may
+        be empty then; after a successful registration the client forgets the token (a known
+        key never needs it again).
+
+        Returns:
+            The mesh IP, name and session.
 
         Raises:
-            ApiRequestError: refused (wrong token 401, name taken 409, ...).
+            ApiRequestError: refused (401 ``token_required`` for a new key without the token,
+                wrong token 401, name reserved for another key 409, ...).
             CoordinatorUnreachable: no answer.
         """
-        if not self.auth_token:
-            raise TunnelmeshError("registering needs the mesh auth token (--token)")
         ch = await self._call("POST", "/api/v1/register/challenge", ChallengeResponse, token="")
         nonce = base64.b64decode(ch.nonce)
         public_key = self.identity.public_openssh
@@ -323,6 +330,7 @@ class ControlClient:
         resp = await self._call(
             "POST", "/api/v1/register", RegisterResponse, token=self.auth_token, body=req
         )
+        self.auth_token = ""
         self.registration = resp
         self.session_token = resp.session_token
         add_secret(resp.session_token)
@@ -369,8 +377,17 @@ class ControlClient:
         return await self._call("POST", "/api/v1/rendezvous", RendezvousAck, body=req)
 
     async def leave(self) -> None:
-        """Delete this node from the mesh (frees its name and IP)."""
+        """Delete this node from the mesh (frees its IP; the name stays reserved for its key)."""
         await self._call("DELETE", f"/api/v1/peers/{self.name}", None)
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Call any coordinator route with this peer's session; the decoded JSON answer.
+
+        Raises:
+            ApiRequestError: refused (403 when the route is for admins, ...).
+            CoordinatorUnreachable: no answer.
+        """
+        return await self._call(method, path, Any, body=body)
 
     # --- change events ---------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 A context remembers what ``tunnelmesh join`` learnt (coordinator URL, pinned CA, name, mesh
 IP, session) so that ``status``, ``peers``, ``leave`` and a restarted ``join`` work without
-asking again. One context is *active*; commands use it unless given ``--context``.
+asking again. It never holds the mesh join token: a registered key re-registers with its
+signature alone. A contexts file written by an older release that still holds tokens is
+rewritten without them when it is read. One context is *active*; commands use it unless given ``--context``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ class Context(msgspec.Struct, kw_only=True):
     mesh_cidr: str = ""
     domain: str = "tunnelmesh"
     session_token: str = ""
-    auth_token: str = ""
     ca_path: str = ""
     key_path: str = ""
     config_path: str = ""
@@ -60,9 +61,18 @@ class ContextStore:
         except OSError as exc:
             raise ConfigError(f"cannot read: {exc.strerror}", path=str(self.path)) from None
         try:
-            return msgspec.json.decode(raw, type=_File)
+            data = msgspec.json.decode(raw, type=_File)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ConfigError(f"corrupt contexts file: {exc}", path=str(self.path)) from None
+        if b'"auth_token"' in raw:  # an older release kept the join token here: drop it
+            self._data = data
+            try:
+                self._write()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot drop the stored join token: {exc.strerror}", path=str(self.path)
+                ) from None
+        return data
 
     def _write(self) -> None:
         with private_umask():

@@ -23,7 +23,7 @@ from tunnelmesh.control.client import ControlClient, fetch_ca
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import RegisterResponse
 from tunnelmesh.coordinator.ca import ca_fingerprint
-from tunnelmesh.errors import TunnelmeshError
+from tunnelmesh.errors import ConfigError, TunnelmeshError
 from tunnelmesh.hostaddrs import local_addresses
 from tunnelmesh.identity import Identity
 from tunnelmesh.private_files import ensure_private_dir
@@ -100,10 +100,15 @@ async def join(
     trust: Callable[[str], Path | None] | None = None,
     rename: bool = True,
     config_path: str = "",
+    pinned_ca: str = "",
 ) -> JoinResult:
     """Register with the coordinator and write the context.
 
     Args:
+        token: the mesh join token, or "" to re-register a key the coordinator knows.
+        pinned_ca: the CA pinned by an earlier join to this server; when given it is trusted
+            as it is (the coordinator is not asked to prove the token, which may have been
+            rotated since).
         trust: called with the CA PEM after a successful registration; returns where the CA was
             installed in the system trust store, or None when it was not.
 
@@ -112,7 +117,12 @@ async def join(
     """
     ensure_private_dir(store.home, "the tunnelmesh home (TUNNELMESH_HOME)")
     identity, created = Identity.load_or_create(key_path)
-    ca_pem = await fetch_ca(server, token)
+    if pinned_ca:  # pinned at the first join: trusted over any proof
+        ca_pem = pinned_ca
+    elif token:
+        ca_pem = await fetch_ca(server, token)
+    else:
+        raise ConfigError("no mesh token and no pinned CA: the first join needs the token")
     ctx_dir = store.context_dir(context_name)
     async with ControlClient(
         server=server,
@@ -139,7 +149,6 @@ async def join(
         mesh_cidr=reg.mesh_cidr,
         domain=reg.domain,
         session_token=reg.session_token,
-        auth_token=token,
         ca_path=str(ca_path),
         key_path=str(key_path),
         config_path=config_path,
@@ -182,7 +191,6 @@ def client_for(
         server=ctx.server,
         identity=ident,
         ca_pem=ca_pem,
-        auth_token=ctx.auth_token,
         name=ctx.peer_name,
         session_token=ctx.session_token,
         endpoints=endpoints,

@@ -350,7 +350,6 @@ class CoordinatorServer:
                 mesh_cidr=resp.mesh_cidr,
                 domain=resp.domain,
                 session_token=resp.session_token,
-                auth_token=self.config.auth_token,
                 ca_path=str(ca_path),
                 key_path=str(Path(self.config.join_mesh.private_key).expanduser()),
                 is_admin=resp.is_admin,

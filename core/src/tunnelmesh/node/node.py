@@ -167,7 +167,6 @@ class Node:
             server=ctx.server,
             identity=self.identity,
             ca_pem=ca_pem,
-            auth_token=ctx.auth_token,
             name=ctx.peer_name,
             session_token=ctx.session_token,
             endpoints=self.endpoints,
