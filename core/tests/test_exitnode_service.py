@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.messages import PeerInfo
@@ -294,3 +295,24 @@ def test_the_exit_flag_travels_heartbeat_coordinator_push_and_survives_a_restart
             assert again.coordinator.peer_by_name("e").allow_exit_traffic  # type: ignore[union-attr]
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_exit_node_this_is_the_coordinators_peer(tmp_path: Path) -> None:
+    """`--exit-node this` (as `this.tm` names it) routes through the coordinator's own peer."""
+
+    async def main() -> None:
+        run = FakeRunner()
+        node = FakeNode(tmp_path, exit_node="this")
+        svc = service(node, run, tmp_path)
+        await svc.start()
+        node.upsert(peer("m", "10.42.0.3", ["192.0.2.3:2223"], exit_ok=True))  # not it
+        coord = msgspec.structs.replace(
+            peer("coord", "10.42.0.1", ["192.0.2.1:2223"], exit_ok=True), is_coordinator=True
+        )
+        node.upsert(coord)
+        await until(lambda: svc.state == "routed")
+        assert node.routes.lookup(bytes([8, 8, 8, 8])).name == "coord"  # type: ignore[union-attr]
+        assert any("internet traffic via coord" in line for line in node.lines)
+        await svc.aclose()
+
+    asyncio.run(main())

@@ -352,6 +352,13 @@ class ExitService:
 
     def _peer_named(self, name: str) -> Any:
         sync = self.node.sync
+        if name == "this":  # the coordinator's own peer (join_mesh:), as this.tm names it
+            peers = sync.peers.values() if sync is not None else ()
+            found = next((p for p in peers if p.is_coordinator), None)
+            if found is None:
+                table = self.node.client.table.peers.values()
+                found = next((p for p in table if p.is_coordinator), None)
+            return found
         if sync is not None and name in sync.peers:
             return sync.peers[name]
         return self.node.client.table.by_name(name)
