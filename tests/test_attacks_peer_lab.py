@@ -6,13 +6,16 @@ On that LAN: a file server and, routed by the exit, the cloud metadata address
 169.254.169.254. A client that routes its traffic through the exit reaches the internet host,
 but not the LAN host, not 169.254.169.254 and not the exit's own LAN address, while the exit
 itself reaches all of them (so what stops the client is the exit's forward chain). With
-`exit.allow_lan: true` the LAN is reachable again (the checks can fail). Stopping the exit
-removes its table and puts `ip_forward` back.
+`exit.allow_lan: true` the LAN is reachable again (the checks can fail). With
+`exit.allowed_peers` listing the client's key it gets out; listing only another key, the exit
+drops its packets. Stopping the exit removes its table and puts `ip_forward` back.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +107,33 @@ def test_an_exit_client_reaches_the_internet_but_not_the_exits_lan(lab: Lab, mes
     poll(lambda: fetch(client.host, lan_url) == LAN_PAGE, 30, "the LAN with allow_lan")
     assert fetch(client.host, metadata_url) == LAN_PAGE
     assert fetch(client.host, internet.url) == INTERNET_PAGE
+
+    # exit.allowed_peers: by key. The client's key listed: it gets out; another key only: its
+    # packets are dropped by the exit (counted), the internet no longer answers it.
+    listed = json.loads(
+        client.host.run(
+            [sys.executable, "-m", "tunnelmesh", "peers", "--json"], env=mesh.env(client.home)
+        ).stdout
+    )
+    client_id = next(p["peer_id"] for p in listed if p["name"] == "client")
+    exit_mesh_url = f"http://{exit_peer.mesh_ip}:8088/"
+    for allowed, works in (([client_id], True), (["0123456789abcdef"], False)):
+        mesh.stop_peer("exit")
+        config.write_text(
+            base + f"allow_exit_traffic: true\nexit:\n  allowed_peers: {json.dumps(allowed)}\n"
+        )
+        mesh.start_peer("exit")
+        mesh.wait_links(timeout=30)
+        if works:
+            poll(lambda: fetch(client.host, internet.url) == INTERNET_PAGE, 30, "allowed client")
+            assert exit_peer.status()["exit"]["clients"] == ["client"]
+        else:
+            # the exit is up and linked (mesh traffic passes) ...
+            poll(lambda: fetch(client.host, exit_mesh_url) == "the exit itself\n", 30, "exit")
+            # ... but drops the client's internet traffic (the guard counts it)
+            assert fetch(client.host, internet.url).startswith("failed")
+            status = exit_peer.status()["exit"]
+            assert status["clients"] == [] and status["dropped_not_exit"] > 0
     mesh.stop_peer("client")
     mesh.stop_peer("exit")
     assert "tunnelmesh_exit" not in exit_peer.host.run(["nft", "list", "tables"]).stdout
