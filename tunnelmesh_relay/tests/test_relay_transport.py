@@ -245,3 +245,23 @@ def test_a_peer_that_leaves_or_changes_keys_loses_its_link(tmp_path: Path) -> No
             await b.aclose()
 
     run(main())
+
+
+def test_a_network_change_reconnects_at_once(tmp_path: Path) -> None:
+    """The node's network monitor tells the transport; it does not wait for its 20 s ping
+    timeout to find the old connection dead, and the links carry on."""
+
+    async def main() -> None:
+        async with RelayMesh(tmp_path, ["a", "b"]) as mesh:
+            a, b, link, incoming = await linked(mesh)
+            a.network_changed()
+            await until(lambda: a.stats["connects"] == 2 and a.connected, timeout=5.0)
+            assert a.stats["network_changes"] == 1
+            got: list[bytes] = []
+            incoming[0].set_receiver(lambda _l, pkts: got.extend(pkts))
+            link.send_batch([make_packet(9, 300)])
+            await until(lambda: got[-1:] == [make_packet(9, 300)])
+            await a.aclose()
+            await b.aclose()
+
+    run(main())

@@ -174,6 +174,15 @@ class Transport(abc.ABC):
         """Measure the path to ``peer``; None when it cannot be measured (the default)."""
         return None
 
+    def network_changed(self) -> None:  # noqa: B027 - optional: the default does nothing
+        """The host's underlay network changed (an address or route came or went; the node's
+        network monitor calls it, debounced). A transport holding a connection that may now
+        be dead (a relay's WebSocket) re-establishes it at once instead of waiting for its own
+        timeouts. Never blocks; the default ignores it.
+
+        .. versionadded:: 0.1
+        """
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop listening and close every link. Idempotent."""

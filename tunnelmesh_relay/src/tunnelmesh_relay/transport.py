@@ -102,10 +102,11 @@ class RelayTransport(Transport):
         )
         self.links = self.session.links
         self.drops = self.engine.drops
-        self.stats = {"tx_messages": 0, "rx_messages": 0, "connects": 0}
+        self.stats = {"tx_messages": 0, "rx_messages": 0, "connects": 0, "network_changes": 0}
         self._on_link: Callable[[Link], None] | None = None
         self._ws: Any = None
         self._connected = asyncio.Event()
+        self._now = asyncio.Event()  # reconnect now (the network changed)
         self._runner: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._out: asyncio.Queue[bytes] = asyncio.Queue(_QUEUE)
@@ -209,8 +210,25 @@ class RelayTransport(Transport):
                 self._connected.clear()
             if self._closed:
                 return
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            if self._now.is_set():  # the network changed: reconnect at once, backoff reset
+                self._now.clear()
+                delay = 0.5
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay * (0.8 + 0.4 * random.random())):
+                    await self._now.wait()
+            self._now.clear()
             delay = min(delay * 2, 10.0)
+
+    def network_changed(self) -> None:
+        """The node's network monitor saw the underlay change: the WebSocket's TCP path may be
+        dead (a new address, another uplink), and its ping timeout would notice only after
+        20 s. Drop it and reconnect at once (sessions live in the engine and carry on)."""
+        self.stats["network_changes"] += 1
+        self._now.set()
+        ws = self._ws
+        if ws is not None:
+            ws.transport.abort()
 
     async def _write_loop(self) -> None:
         out = self._out

@@ -353,6 +353,11 @@ class Node:
         self.notify(f"network changed: local endpoints {', '.join(eps) or '-'}")
         self.endpoints()  # drops a reflexive address learnt on the old network
         self.client.network_changed()
+        for transport in self.transports:
+            try:
+                transport.network_changed()
+            except Exception:
+                log.exception("transport %s: network_changed failed", transport.name)
         if self.sync is not None:
             self.sync.network_changed()
         # the reflexive address, asked from the UDP transport's own socket
