@@ -258,3 +258,32 @@ def test_a_new_key_or_removal_closes_the_links_of_the_old_key() -> None:
             await client.aclose()
 
     run(main())
+
+
+def test_traffic_is_counted_per_peer_and_kept_after_links_close() -> None:
+    """The node's counters (heartbeats, `tunnelmesh peers`) read `traffic()`: SSH links have no
+    WireGuard engine to count for them."""
+
+    async def main() -> None:
+        async with Pair() as p:
+            p.server.update_peer("a", public_key=p.a.public_raw)
+            client = SshTransport(p.a, "a", listen="127.0.0.1:0")
+            assert client.traffic() == {}
+            link = await client.dial("b", [p.endpoint], public_key=p.b.public_raw)
+            link.send_batch([make_packet(1, 1000), make_packet(2, 500)])
+            for _ in range(200):
+                if p.incoming:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(await p.incoming[0].recv_batch()) >= 1
+            rx, tx = client.traffic()["b"]
+            assert tx >= 1500 and rx == 0
+            for _ in range(200):
+                if p.server.traffic().get("a", (0, 0))[0] >= 1500:
+                    break
+                await asyncio.sleep(0.01)
+            assert p.server.traffic()["a"][0] >= 1500
+            await client.aclose()
+            assert client.traffic()["b"] == (rx, tx)  # closed links still count
+
+    run(main())

@@ -174,6 +174,15 @@ class Transport(abc.ABC):
         """Measure the path to ``peer``; None when it cannot be measured (the default)."""
         return None
 
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Bytes received and sent per peer name, ``(rx, tx)``, since the transport started
+        (links that closed included), for a transport whose links are not sealed by a
+        WireGuard engine (``self.engine``, which the node reads itself). The default: none.
+
+        .. versionadded:: 0.1
+        """
+        return {}
+
     def network_changed(self) -> None:  # noqa: B027 - optional: the default does nothing
         """The host's underlay network changed (an address or route came or went; the node's
         network monitor calls it, debounced). A transport holding a connection that may now

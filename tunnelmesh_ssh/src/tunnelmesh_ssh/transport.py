@@ -265,6 +265,7 @@ class SshTransport(Transport):
         self._server_conns: set[_Server] = set()
         self._on_link: Callable[[Link], None] | None = None
         self._links: set[SshLink] = set()
+        self._gone: dict[str, tuple[int, int]] = {}  # byte counts of links no longer held
         self._closed = False
 
     @classmethod
@@ -291,8 +292,22 @@ class SshTransport(Transport):
         if old is not None and old != self._keys.get(peer):
             # Links authenticated with the old key (or of a peer that left) must not outlive it.
             for link in [lk for lk in self._links if lk.peer == peer]:
-                self._links.discard(link)
+                self._forget(link)
                 asyncio.get_running_loop().create_task(link.aclose())
+
+    def _forget(self, link: SshLink) -> None:
+        """Drop a link, keeping its byte counts in the totals of :meth:`traffic`."""
+        self._links.discard(link)
+        rx, tx = self._gone.get(link.peer, (0, 0))
+        self._gone[link.peer] = (rx + link.rx_bytes, tx + link.tx_bytes)
+
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Bytes received and sent per peer (framing included), closed links counted too."""
+        out = dict(self._gone)
+        for link in self._links:
+            rx, tx = out.get(link.peer, (0, 0))
+            out[link.peer] = (rx + link.rx_bytes, tx + link.tx_bytes)
+        return out
 
     async def listen(self, on_link: Callable[[Link], None]) -> None:
         if self._closed:
@@ -412,7 +427,9 @@ class SshTransport(Transport):
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
-        links, self._links = self._links, set()
+        links = list(self._links)
+        for link in links:
+            self._forget(link)
         for link in links:
             await link.aclose()
         for server in list(self._server_conns):

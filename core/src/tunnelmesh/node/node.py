@@ -219,6 +219,10 @@ class Node:
             for peer in getattr(engine, "peers", {}).values():
                 rx_bytes += getattr(peer, "rx_bytes", 0)
                 tx_bytes += getattr(peer, "tx_bytes", 0)
+            if engine is None:  # links not sealed by a WireGuard engine (SSH)
+                for rx, tx in t.traffic().values():
+                    rx_bytes += rx
+                    tx_bytes += tx
         return PeerStatus(
             transports=transports,
             rtt_ms=rtt,
@@ -255,8 +259,8 @@ class Node:
                     else "",
                     "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else "",
                     "handshake": last is not None,
-                    "rx_bytes": getattr(wg_peer, "rx_bytes", 0),
-                    "tx_bytes": getattr(wg_peer, "tx_bytes", 0),
+                    "rx_bytes": getattr(wg_peer or route.link, "rx_bytes", 0),
+                    "tx_bytes": getattr(wg_peer or route.link, "tx_bytes", 0),
                     "reason": paths.reason if paths is not None else "",
                     "rtt_ms": paths.rtt_ms() if paths is not None else None,
                     "paths": paths.describe()["paths"] if paths is not None else {},
