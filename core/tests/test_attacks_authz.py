@@ -287,3 +287,49 @@ def test_removing_an_admin_entry_demotes_at_reload(tmp_path: Path) -> None:
                 await c.aclose()
 
     run(main())
+
+
+# --- device approval ------------------------------------------------------------------------
+
+
+def test_a_new_key_waits_for_approval_and_sees_nothing_meanwhile(tmp_path: Path) -> None:
+    boss = Identity.generate()
+
+    async def main() -> None:
+        cfg = config(tmp_path, admin_peers=[boss.fingerprint], approve_new_peers=True)
+        async with CoordinatorServer(cfg) as server:
+            coord = server.coordinator
+            admin = await client(server, "boss", boss)
+            assert admin.registration and not admin.registration.pending  # admins never wait
+            newbie_key = Identity.generate()
+            newbie = await client(server, "newbie", newbie_key)
+            assert newbie.registration and newbie.registration.pending
+            with pytest.raises(ApiRequestError) as err:
+                await newbie.list_peers()
+            assert err.value.status == 403 and err.value.error == "pending_approval"
+            assert "tunnelmesh peers approve newbie" in err.value.message
+            assert [p.name for p in (await admin.list_peers()).peers] == ["boss"]
+            assert "newbie.tunnelmesh" not in {r.name for r in coord.dns_records()}
+            assert not coord.groups.contains("everyone", newbie_key.peer_id)
+            pending = await admin.request("GET", "/api/v1/pending")
+            assert pending["pending"][0]["fingerprint"] == newbie_key.fingerprint
+            # another waiting key cannot approve anyone, not even itself
+            other = await client(server, "other")
+            for who in ("newbie", "other"):
+                with pytest.raises(ApiRequestError) as err:
+                    await other.request("POST", f"/api/v1/peers/{who}/approve")
+                assert err.value.status == 403
+            await admin.request("POST", "/api/v1/peers/newbie/approve")
+            again = await client(server, "newbie", newbie_key)  # signature only, now admitted
+            assert again.registration and not again.registration.pending
+            assert {p.name for p in (await again.list_peers()).peers} == {"boss", "newbie"}
+            # an approved, ordinary peer cannot approve the other one either
+            with pytest.raises(ApiRequestError) as err:
+                await again.request("POST", "/api/v1/peers/other/approve")
+            assert err.value.status == 403
+            for c in (admin, newbie, other, again):
+                await c.aclose()
+        async with CoordinatorServer(cfg) as server:  # approval and waiting are stored
+            assert [r.name for r in server.coordinator.pending_peers()] == ["other"]
+
+    run(main())

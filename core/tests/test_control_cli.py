@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -405,3 +406,62 @@ def test_admin_commands_and_what_a_peer_may_not_do(tmp_path: Path, coordinator: 
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_device_approval_and_sighup_demotion(tmp_path: Path) -> None:
+    """approve_new_peers: a new key's join waits until an admin approves it; removing the
+    admin's entry from admin_peers and sending SIGHUP to `serve` demotes it at once."""
+    from tunnelmesh.identity import Identity
+
+    admin_home, new_home = tmp_path / "admin", tmp_path / "new"
+    admin_home.mkdir(mode=0o700)
+    boss = Identity.generate()
+    boss.save(admin_home / "id_ed25519")
+    cfg = tmp_path / "server.yaml"
+    base = (
+        f'auth_token: "{TOKEN}"\nlisten: "127.0.0.1:0"\nstun_listen: "127.0.0.1:0"\n'
+        f'data_dir: "{tmp_path / "state"}"\napprove_new_peers: true\n'
+    )
+    cfg.write_text(base + f'admin_peers: ["{boss.fingerprint}"]\n')
+    serve = subprocess.Popen(
+        [sys.executable, "-c", MAIN, "serve", "-c", str(cfg), "--duration", "120"],
+        env=env_for(tmp_path / "coord-home"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    waiting = None
+    try:
+        url = wait_line(serve, r"https://127\.0\.0\.1:\d+")
+        out = tm(admin_home, "join", "--server", url, "--name", "boss", "--once").stdout
+        assert "(admin)" in out
+        once = tm(new_home, "join", "--server", url, "--name", "newbie", "--once")
+        assert "waits for an admin's approval" in once.stderr and "joined" not in once.stdout
+        assert "newbie" in tm(admin_home, "peers", "pending").stdout
+        waiting = subprocess.Popen(  # a join that waits, signature only (no token needed)
+            [sys.executable, "-c", MAIN, "join", "--no-tun", "--duration", "60"],
+            env=dict(env_for(new_home), TUNNELMESH_TOKEN=""),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert waiting.stderr is not None
+        assert "waiting..." in waiting.stderr.readline()
+        assert "approved newbie" in tm(admin_home, "peers", "approve", "newbie").stdout
+        assert "joined" in wait_line(waiting, r"joined .*")
+        assert "newbie" in tm(admin_home, "peers").stdout
+
+        cfg.write_text(base + f'admin_peers: ["{Identity.generate().peer_id}"]\n')
+        serve.send_signal(signal.SIGHUP)
+        assert "admin flag of boss" in wait_line(serve, r"config reloaded.*")
+        refused = tm(admin_home, "peers", "pending", check=False)
+        assert refused.returncode == 1 and "403" in refused.stderr
+    finally:
+        for proc in (waiting, serve):
+            if proc is None:
+                continue
+            proc.terminate()
+            proc.wait(timeout=20)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()

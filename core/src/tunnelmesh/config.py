@@ -288,6 +288,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     domain: str = "tunnelmesh"
     data_dir: str = "/var/lib/tunnelmesh"
     admin_peers: list[str] = msgspec.field(default_factory=list)
+    approve_new_peers: bool = False
     heartbeat_interval: Duration = Duration(10.0)
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     tls_names: list[str] = msgspec.field(default_factory=list)

@@ -39,6 +39,10 @@ data_dir: "/var/lib/tunnelmesh"
 # Empty: the first peer to join is admin. Re-read on SIGHUP (removing an entry demotes).
 admin_peers: []
 
+# device approval: a new key waits (sees nothing, is seen by nobody) until an admin runs
+# `tunnelmesh peers approve NAME`; admin keys never wait
+approve_new_peers: false
+
 # how often peers report in; a peer missing three heartbeats is shown offline
 heartbeat_interval: 10s
 

@@ -269,6 +269,7 @@ def join(
                 rename=not no_rename,
                 config_path=str(Path(config_path).resolve()) if config_path else "",
                 pinned_ca=pinned_ca,
+                on_pending=lambda reg: _say_pending(reg, wait=not once),
             )
         except CoordinatorUnreachable as exc:
             # A node that already belongs to this mesh starts from its stored context and
@@ -290,6 +291,8 @@ def join(
             click.echo(f"created key {key} ({result.identity.fingerprint})")
         if reg.renamed:
             click.echo(f"name {peer_name!r} belongs to another key; registered as {reg.name!r}")
+        if reg.pending:  # --once: the context is written; join again once approved
+            return
         admin = " (admin)" if reg.is_admin else ""
         click.echo(
             f"joined {url} as {reg.name}{admin}: mesh IP {reg.mesh_ip}, "
@@ -354,6 +357,17 @@ def scrub_token(argv: list[str], token: str) -> list[str] | None:
         out.append(arg)
         i += 1
     return out if found else None
+
+
+def _say_pending(reg: Any, *, wait: bool) -> bool:
+    """approve_new_peers: say that this key waits for an admin; whether to wait here."""
+    click.echo(
+        f"registered as {reg.name} (peer ID {reg.peer_id}); this key waits for an admin's "
+        f"approval: tunnelmesh peers approve {reg.name}"
+        + ("; waiting..." if wait else "; run join again once approved"),
+        err=True,
+    )
+    return wait
 
 
 def _pinned_ca(existing: MeshContext | None, url: str) -> str:

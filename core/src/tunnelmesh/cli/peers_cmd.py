@@ -71,8 +71,8 @@ def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> 
     --json lists the whole mesh, this node included, each peer with "self" (true for this
     node).
 
-    Subcommands: delete NAME (the peer itself or an admin), release NAME (admins: free the
-    name a departed key held).
+    Subcommands: delete NAME (the peer itself or an admin); for admins: release NAME (free
+    the name a departed key held), pending and approve NAME (approve_new_peers).
 
     EXIT says whether the peer is an exit node (it allows exit traffic: --exit-node NAME).
 
@@ -148,3 +148,34 @@ def release(context_name: str | None, name: str) -> None:
     """
     got = api_call(context_name, "DELETE", f"/api/v1/names/{name}")
     click.echo(f"released {name} (was reserved for peer {got['peer_id']})")
+
+
+@peers.command()
+@context_option
+@click.argument("name")
+def approve(context_name: str | None, name: str) -> None:
+    """Admit NAME, a new key waiting for approval (approve_new_peers; admins only).
+
+    The waiting `tunnelmesh join` notices within seconds and comes up.
+    """
+    got = api_call(context_name, "POST", f"/api/v1/peers/{name}/approve")
+    click.echo(f"approved {name} (peer ID {got['peer_id']})")
+
+
+@peers.command()
+@context_option
+@json_option()
+def pending(context_name: str | None, as_json: bool) -> None:
+    """List the keys waiting for approval: name, peer ID, key fingerprint (admins only).
+
+    Compare the fingerprint with `ssh-keygen -lf ~/.tunnelmesh/id_ed25519.pub` on the new
+    machine before approving it.
+    """
+    rows = api_call(context_name, "GET", "/api/v1/pending")["pending"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no key waits for approval")
+    for r in rows:
+        click.echo(f"{r['name']}  {r['peer_id']}  {r['fingerprint']}")

@@ -48,6 +48,7 @@ def status(context_name: str | None, as_json: bool) -> None:
     click.echo(
         f"name:         {ctx.peer_name} ({info['dns_name']}){' [admin]' if ctx.is_admin else ''}"
     )
+    click.echo(f"peer ID:      {ctx.peer_id} (admin_peers takes it)")
     click.echo(f"mesh IP:      {ctx.mesh_ip}")
     click.echo(f"coordinator:  {ctx.server} ({'reachable' if live else 'UNREACHABLE'})")
     if live and me is None:

@@ -101,6 +101,8 @@ async def join(
     rename: bool = True,
     config_path: str = "",
     pinned_ca: str = "",
+    on_pending: Callable[[RegisterResponse], bool] | None = None,
+    approval_poll: float = 3.0,
 ) -> JoinResult:
     """Register with the coordinator and write the context.
 
@@ -111,6 +113,9 @@ async def join(
             rotated since).
         trust: called with the CA PEM after a successful registration; returns where the CA was
             installed in the system trust store, or None when it was not.
+        on_pending: called when the coordinator answers that this key waits for an admin's
+            approval (``approve_new_peers``); True waits (re-registering every
+            ``approval_poll`` seconds) until approved, False writes the context as it is.
 
     Raises:
         TunnelmeshError: the coordinator cannot be reached, cannot prove the token, or refuses.
@@ -133,6 +138,10 @@ async def join(
         rename=rename,
     ) as client:
         reg = await client.register()
+        if reg.pending and on_pending is not None and on_pending(reg):
+            while reg.pending:  # approve_new_peers: ask again (signature only) until admitted
+                await asyncio.sleep(approval_poll)
+                reg = await client.register()
     ctx_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_path = ctx_dir / "ca.crt"
     ca_path.write_text(ca_pem, encoding="ascii")

@@ -89,6 +89,7 @@ class RegisterResponse(msgspec.Struct, kw_only=True):
     renamed: bool = False
     coordinator_ips: list[str] = msgspec.field(default_factory=list)
     stun_port: int = 0  # the coordinator's STUN (RFC 5389) UDP port, 0 = none
+    pending: bool = False  # approve_new_peers: this key waits for an admin's approval
 
 
 class Counters(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -12,6 +12,8 @@ column is what :func:`tunnelmesh.route_policy` declares on each handler::
     GET    /api/v1/peers                    peer
     GET    /api/v1/peers/{name}             peer
     DELETE /api/v1/peers/{name}             self-or-admin
+    POST   /api/v1/peers/{name}/approve     admin        admit a key (approve_new_peers)
+    GET    /api/v1/pending                  admin        keys waiting for approval
     DELETE /api/v1/names/{name}             admin        free a name a deleted key held
     POST   /api/v1/token/rotate             admin        -> {"token": new join token}
     GET    /api/v1/groups                   peer         every group and its peer IDs
@@ -61,6 +63,7 @@ from tunnelmesh.coordinator.core import ApiFailure, Coordinator
 from tunnelmesh.coordinator.groups import GroupError
 from tunnelmesh.coordinator.store import PeerRecord
 from tunnelmesh.errors import PluginError
+from tunnelmesh.identity import fingerprint_of
 from tunnelmesh.policy import Policy, policy_of, route_policy
 
 __all__ = ["COORDINATOR_KEY", "authenticated_peer", "build_app", "route_table"]
@@ -144,6 +147,12 @@ def authenticated_peer(request: web.Request) -> PeerRecord:
             ApiFailure(
                 401, "unauthorized", "missing or unknown session token; register (join) again"
             ),
+        )
+    if rec.pending:
+        raise ApiFailure(
+            403,
+            "pending_approval",
+            f"this key waits for an admin's approval: tunnelmesh peers approve {rec.name}",
         )
     request[_CALLER] = rec
     return rec
@@ -270,7 +279,7 @@ async def list_peers(request: web.Request) -> web.Response:
 async def get_peer(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     rec = coord.peer_by_name(request.match_info["name"])
-    if rec is None:
+    if rec is None or rec.pending:
         raise ApiFailure(404, "no_such_peer", f"no peer named {request.match_info['name']!r}")
     return _json(coord.info(rec))
 
@@ -315,6 +324,36 @@ async def push(request: web.Request) -> web.StreamResponse:
     finally:
         coord.hub.detach(sub)
     return ws
+
+
+@route_policy(Policy.ADMIN)
+async def approve_peer(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    name = request.match_info["name"]
+    rec = coord.peer_by_name(name)
+    if rec is None:
+        raise ApiFailure(404, "no_such_peer", f"no peer named {name!r}")
+    if not await coord.approve(rec):
+        raise ApiFailure(409, "not_pending", f"peer {name!r} does not wait for approval")
+    return web.json_response({"status": "ok", "approved": name, "peer_id": rec.peer_id})
+
+
+@route_policy(Policy.ADMIN)
+async def pending_peers(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    return web.json_response(
+        {
+            "pending": [
+                {
+                    "name": r.name,
+                    "peer_id": r.peer_id,
+                    "fingerprint": fingerprint_of(r.public_key),
+                    "created_at": r.created_at,
+                }
+                for r in coord.pending_peers()
+            ]
+        }
+    )
 
 
 @route_policy(Policy.ADMIN)
@@ -415,6 +454,8 @@ def build_app(coord: Coordinator, pm: Any = None) -> web.Application:
     r.add_get("/api/v1/peers", list_peers)
     r.add_get("/api/v1/peers/{name}", get_peer)
     r.add_delete("/api/v1/peers/{name}", delete_peer)
+    r.add_post("/api/v1/peers/{name}/approve", approve_peer)
+    r.add_get("/api/v1/pending", pending_peers)
     r.add_delete("/api/v1/names/{name}", release_name)
     r.add_post("/api/v1/token/rotate", rotate_token)
     r.add_get("/api/v1/groups", list_groups)

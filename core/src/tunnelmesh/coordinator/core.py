@@ -197,7 +197,7 @@ class Coordinator:
         self.groups = GroupBook(
             self.store,
             admins=lambda: [p.peer_id for p in self.peers.values() if self.is_admin(p)],
-            everyone=lambda: list(self.peers),
+            everyone=lambda: [r.peer_id for r in self._visible()],
             clock=self.clock,
         )
         self._lock = asyncio.Lock()
@@ -402,7 +402,15 @@ class Coordinator:
         )
 
     def peer_infos(self) -> list[PeerInfo]:
-        return [self.info(r) for r in sorted(self.peers.values(), key=lambda r: r.name)]
+        """Every approved peer (a key waiting for approval is shown to nobody)."""
+        return [self.info(r) for r in self._visible()]
+
+    def _visible(self) -> list[PeerRecord]:
+        return sorted((r for r in self.peers.values() if not r.pending), key=lambda r: r.name)
+
+    def pending_peers(self) -> list[PeerRecord]:
+        """Keys that registered and wait for an admin (``approve_new_peers``), by name."""
+        return sorted((r for r in self.peers.values() if r.pending), key=lambda r: r.name)
 
     def own_mesh_ip(self) -> str | None:
         """The mesh IP of this coordinator's own peer (``join_mesh``), or None until it has
@@ -432,11 +440,8 @@ class Coordinator:
 
     def dns_records(self) -> list[DnsRecord]:
         """``<name>.<domain>`` for every peer; ``this.<domain>``/``this.tm`` for coordinators."""
-        out = [
-            DnsRecord(name=f"{r.name}.{self.domain}", ip=r.mesh_ip)
-            for r in sorted(self.peers.values(), key=lambda r: r.name)
-        ]
-        for r in sorted(self.peers.values(), key=lambda r: r.name):
+        out = [DnsRecord(name=f"{r.name}.{self.domain}", ip=r.mesh_ip) for r in self._visible()]
+        for r in self._visible():
             out += [
                 DnsRecord(name=f"{a}.{self.domain}", ip=r.mesh_ip)
                 for a in r.aliases
@@ -462,6 +467,8 @@ class Coordinator:
 
     def _announce(self, rec: PeerRecord) -> None:
         self._pending_push.discard(rec.peer_id)  # this push carries the latest record
+        if rec.pending:
+            return  # a key waiting for approval is announced once it is approved
         self.revision += 1
         self.hub.broadcast(encode(PeerUpserted(peer=self.info(rec), revision=self.revision)))
 
@@ -614,6 +621,9 @@ class Coordinator:
         if first_admin is None and not self.peers and not self._admin_entries:
             first_admin = peer_id  # the first key is admin only when admin_peers names none
         is_admin = self._admin_key(peer_id, public_key, first_admin)
+        # approve_new_peers: a new key waits for an admin (an admin key never waits: someone
+        # must be able to approve); a known key keeps its state.
+        pending = old.pending if old else self.config.approve_new_peers and not is_admin
         session = secrets.token_urlsafe(32)
         add_secret(session)
         rec = PeerRecord(
@@ -632,6 +642,7 @@ class Coordinator:
             reasons=old.reasons if old else {},
             counters=old.counters if old else Counters(),
             version=req.version,
+            pending=pending,
         )
         try:
             if first_admin is not None and first_admin != self._first_admin:
@@ -658,12 +669,13 @@ class Coordinator:
         self.liveness.seen(peer_id, now)
         self.stats["registrations"] += 1
         log.info(
-            "%s %s (%s) at %s%s",
+            "%s %s (%s) at %s%s%s",
             "re-registered" if old else "registered",
             name,
             peer_id,
             mesh_ip,
             " [admin]" if is_admin else "",
+            " [waits for approval: tunnelmesh peers approve]" if pending else "",
         )
         self._announce(rec)
         return RegisterResponse(
@@ -679,7 +691,28 @@ class Coordinator:
             renamed=name != req.name,
             coordinator_ips=self.coordinator_ips(),
             stun_port=self.stun_port,
+            pending=pending,
         )
+
+    async def approve(self, rec: PeerRecord) -> bool:
+        """Admit a key that waits for approval; False when it was not waiting.
+
+        Raises:
+            ApiFailure: 503 the store cannot save it.
+        """
+        async with self._lock:
+            if not rec.pending or self.peers.get(rec.peer_id) is not rec:
+                return False
+            approved = msgspec.structs.replace(rec, pending=False)
+            try:
+                await self.store.put_peer(approved)
+            except StorageError as exc:
+                raise ApiFailure(503, "store_unavailable", str(exc)) from None
+            self._unindex(rec)
+            self._index(approved)
+            log.info("approved %s (%s)", rec.name, rec.peer_id)
+            self._announce(approved)
+            return True
 
     async def _forget_old_names(self, peer_id: str, current: str) -> None:
         """Keep at most MAX_NAMES_PER_KEY names reserved for ``peer_id``: a key that renames
@@ -843,7 +876,7 @@ class Coordinator:
     def rendezvous(self, rec: PeerRecord, req: RendezvousRequest) -> RendezvousAck:
         """Relay a hole-punch request to ``req.to`` over its push channel."""
         target = self.peer_by_name(req.to)
-        if target is None:
+        if target is None or target.pending:
             raise ApiFailure(404, "no_such_peer", f"no peer named {req.to!r}")
         wait = self.rendezvous_pace.take(f"{rec.peer_id}>{target.peer_id}", self.clock())
         if wait > 0:

@@ -72,6 +72,7 @@ class PeerRecord(msgspec.Struct, kw_only=True):
     allow_exit_traffic: bool = False
     aliases: list[str] = msgspec.field(default_factory=list)  # the accepted dns aliases
     alias_request: list[str] = msgspec.field(default_factory=list)  # asked for; not stored
+    pending: bool = False  # approve_new_peers: registered, waiting for an admin
 
 
 @runtime_checkable
@@ -167,10 +168,15 @@ CREATE TABLE groups (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V0, _SCHEMA_V1)
+_SCHEMA_V2 = """
+ALTER TABLE peers ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V0, _SCHEMA_V1, _SCHEMA_V2)
 """SQL run to reach schema version ``i + 1`` from version ``i`` (``PRAGMA user_version``).
 
-Version 1 reserves every existing peer's name for its key and adds the groups table.
+Version 1 reserves every existing peer's name for its key and adds the groups table; version 2
+adds the ``pending`` flag (``approve_new_peers``; existing peers are approved).
 """
 
 
@@ -305,7 +311,7 @@ class SqliteStore:
         def q(conn: sqlite3.Connection) -> list[PeerRecord]:
             rows = conn.execute(
                 "SELECT peer_id, public_key, name, mesh_ip, is_admin, is_coordinator, "
-                "session_hash, created_at, last_seen, status FROM peers ORDER BY name"
+                "session_hash, created_at, last_seen, status, pending FROM peers ORDER BY name"
             ).fetchall()
             out = []
             for row in rows:
@@ -329,6 +335,7 @@ class SqliteStore:
                         version=status.version,
                         allow_exit_traffic=status.allow_exit_traffic,
                         aliases=status.aliases,
+                        pending=bool(row[10]),
                     )
                 )
             return out
@@ -347,6 +354,7 @@ class SqliteStore:
             record.created_at,
             record.last_seen,
             _status_of(record),
+            int(record.pending),
         )
 
         def q(conn: sqlite3.Connection) -> None:
@@ -363,13 +371,14 @@ class SqliteStore:
                     raise StoreConflict(f"name {record.name!r} is reserved for peer {owner[0]}")
                 conn.execute(
                     "INSERT INTO peers (peer_id, public_key, name, mesh_ip, is_admin, "
-                    "is_coordinator, session_hash, created_at, last_seen, status) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(peer_id) DO UPDATE SET "
+                    "is_coordinator, session_hash, created_at, last_seen, status, pending) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(peer_id) DO UPDATE SET "
                     "public_key=excluded.public_key, name=excluded.name, "
                     "mesh_ip=excluded.mesh_ip, is_admin=excluded.is_admin, "
                     "is_coordinator=excluded.is_coordinator, "
                     "session_hash=excluded.session_hash, created_at=excluded.created_at, "
-                    "last_seen=excluded.last_seen, status=excluded.status",
+                    "last_seen=excluded.last_seen, status=excluded.status, "
+                    "pending=excluded.pending",
                     row,
                 )
 
