@@ -1,6 +1,10 @@
 """Attacks on the peer side of the trust model, refused, with real `serve`/`join` processes in
 the namespace lab (issue 11). Unit versions: core/tests/test_attacks_policy.py.
 
+Exit pinning: a client pins its exit's key; when the exit has left, an admin has released its
+name and another key registers under it as an exit, the client refuses it with the reason
+(also after a restart of the client) and routes nothing to it.
+
 The exit sits on a LAN (10.77.n.0/24) behind a router to the "internet" (198.51.100.0/24).
 On that LAN: a file server and, routed by the exit, the cloud metadata address
 169.254.169.254. A client that routes its traffic through the exit reaches the internet host,
@@ -23,8 +27,8 @@ import pytest
 
 pytest.importorskip("tunnelmesh_udp")
 
-from test_e2e_exit_lab import fetch, poll, start_join
-from tunnelmesh.node.demo import MeshLab
+from test_e2e_exit_lab import fetch, our_routes, poll, start_join
+from tunnelmesh.node.demo import MeshLab, NodeProcess
 from tunnelmesh.testing.lab import INTERNET_PAGE, Lab, wait_for_line
 
 pytestmark = pytest.mark.lab
@@ -138,3 +142,50 @@ def test_an_exit_client_reaches_the_internet_but_not_the_exits_lan(lab: Lab, mes
     mesh.stop_peer("exit")
     assert "tunnelmesh_exit" not in exit_peer.host.run(["nft", "list", "tables"]).stdout
     lab.check_isolation()
+
+
+def test_a_peer_posing_under_the_exits_name_is_refused_by_its_client(mesh: MeshLab) -> None:
+    for name in ("ops", "exit", "client", "imp"):
+        mesh.add_peer(name)
+    exit_peer, client, imp = mesh.peers["exit"], mesh.peers["client"], mesh.peers["imp"]
+    with (exit_peer.home / "peer.yaml").open("a") as f:
+        f.write("allow_exit_traffic: true\n")
+    config = imp.home / "peer.yaml"  # the impostor: another key, the exit's name
+    config.write_text(
+        config.read_text().replace("name: imp\n", "name: exit\n") + "allow_exit_traffic: true\n"
+    )
+    mesh.start_coordinator()
+    mesh.start_peer("ops")  # the first peer: the mesh's admin
+    mesh.start_peer("exit")
+    node = start_join(mesh, "client", "--exit-node", "exit")
+    node.wait_line(r"exit node: internet traffic via exit", 30)
+    pinned = client.status()["exit"]["exit_peer_id"]
+    assert pinned and any(f"pinned to its key (peer ID {pinned})" in x for x in node.lines)
+
+    # the exit leaves; an admin releases its name; another key registers it, as an exit
+    mesh.stop_peer("exit")
+    admin = mesh.peers["ops"]
+    for cmd in (["delete", "exit"], ["release", "exit"]):
+        admin.host.run(
+            [sys.executable, "-m", "tunnelmesh", "peers", *cmd], env=mesh.env(admin.home)
+        )
+    mark = len(node.lines)
+    proc = imp.host.python(
+        "-m", "tunnelmesh", "-c", str(config), "join", "--server", mesh.server_url,
+        "--name", "exit", env=mesh.env(imp.home),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    imp.node = NodeProcess("imp", proc, mesh.echo)
+    imp.node.wait_line("node up:", 60)
+    line = node.wait_line(r"error: exit node 'exit' now has another key", 30, mark).string
+    assert pinned in line and "posing" in line and "--exit-node" in line
+    status = client.status()["exit"]
+    assert status["state"] == "wrong_key" and status["exit_peer_id"] == pinned
+    poll(lambda: our_routes(client.host) == "", 10, "the client's exit routes removed")
+
+    # a restart of the client keeps the pin: refused from the start, never routed
+    mesh.stop_peer("client")
+    node = start_join(mesh, "client", "--exit-node", "exit")
+    node.wait_line(r"error: exit node 'exit' now has another key", 30)
+    assert not any("internet traffic via" in x for x in node.lines)
+    assert our_routes(client.host) == ""

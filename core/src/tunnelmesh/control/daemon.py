@@ -146,8 +146,12 @@ async def join(
     ca_path = ctx_dir / "ca.crt"
     ca_path.write_text(ca_pem, encoding="ascii")
     old_trusted = ""
+    old_pins: dict[str, str] = {}
     with contextlib.suppress(TunnelmeshError):
-        old_trusted = store.get(context_name).trusted_ca_path
+        old = store.get(context_name)
+        old_trusted = old.trusted_ca_path
+        if old.server == server:
+            old_pins = dict(old.exit_pins)  # exit keys pinned on this mesh stay pinned
     trusted = trust(ca_pem) if trust else None
     ctx = Context(
         name=context_name,
@@ -164,6 +168,7 @@ async def join(
         trusted_ca_path=str(trusted) if trusted else old_trusted,
         is_admin=reg.is_admin,
         stun_port=reg.stun_port,
+        exit_pins=old_pins,
     )
     store.put(ctx)
     log.debug("CA fingerprint %s", ca_fingerprint(ca_pem))
