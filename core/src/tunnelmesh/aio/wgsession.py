@@ -238,22 +238,11 @@ class WireGuardSession:
     ) -> int:
         """Open datagrams from ``addr`` into ``per_peer`` (packets grouped by peer).
 
-        Call :meth:`deliver` with ``per_peer`` once the carrier's batch is read. Returns how
+        One engine call per carrier read (:meth:`~tunnelmesh.proto.WireGuard.receive_batch`);
+        call :meth:`deliver` with ``per_peer`` once the carrier's batch is read. Returns how
         many datagrams were fed to the engine.
         """
-        receive = self.engine.receive_datagram  # looked up per batch: UdpTransport.stun wraps it
-        count = 0
-        for data in datagrams:
-            count += 1
-            result = receive(data, addr, now)
-            if result is not None:
-                peer, packet = result
-                lst = per_peer.get(peer)
-                if lst is None:
-                    per_peer[peer] = [packet]
-                else:
-                    lst.append(packet)
-        return count
+        return self.engine.receive_batch(datagrams, addr, now, per_peer)
 
     def deliver(self, per_peer: dict[Peer, list[bytes]]) -> None:
         """Hand each peer's packets to its link in one call, then :meth:`after`."""

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -512,8 +512,47 @@ class WireGuard:
             self.drops["replay"] += 1
             return None
         peer = kp.peer
-        peer.rx_bytes += len(data)
-        peer.rx_packets += 1
+        self._data_received(peer, kp, addr, now, len(data), 1, 1 if plain else 0)
+        if not plain:
+            return None  # keepalive
+        return self._inner(peer, plain)
+
+    def _inner(self, peer: Peer, plain: bytes) -> tuple[Peer, bytes] | None:
+        """``(peer, IP packet)`` with WireGuard's padding cut off; None (counted) if malformed."""
+        version = plain[0] >> 4
+        n = len(plain)
+        if version == 4:
+            if n < 20:
+                self.drops["bad_inner"] += 1
+                return None
+            size = (plain[2] << 8) | plain[3]
+            if size < 20:  # a total length shorter than the header: nothing to hand on
+                self.drops["bad_inner"] += 1
+                return None
+        elif version == 6:
+            if n < 40:
+                self.drops["bad_inner"] += 1
+                return None
+            size = 40 + ((plain[4] << 8) | plain[5])
+        else:
+            self.drops["bad_inner"] += 1
+            return None
+        if size > n:
+            self.drops["bad_inner"] += 1
+            return None
+        if size < n:
+            plain = plain[:size]
+        return peer, plain
+
+    def _data_received(
+        self, peer: Peer, kp: Keypair, addr: Address, now: float, nbytes: int, count: int, data: int
+    ) -> None:
+        """``count`` transport messages of ``kp`` (``data`` of them not keepalives, ``nbytes`` in
+        all) authenticated from ``addr``: counters, roaming and the receive timers, as
+        wireguard-go runs them per message (running them once for a run of messages of one
+        keypair gives the same state: ``now`` and ``addr`` are the same for all of them)."""
+        peer.rx_bytes += nbytes
+        peer.rx_packets += count
         if addr != peer.endpoint:
             peer.endpoint = addr
             self._events.append(EndpointChanged(peer.name, peer.public_key, addr))
@@ -531,33 +570,109 @@ class WireGuard:
         if peer.persistent_keepalive > 0:
             peer.persistent_at = now + peer.persistent_keepalive
         peer.new_handshake_at = None
-        if not plain:
-            return None  # keepalive
-        if peer.keepalive_at is None:
-            peer.keepalive_at = now + KEEPALIVE_TIMEOUT
-        else:
-            peer.need_another_keepalive = True
-        version = plain[0] >> 4
-        n = len(plain)
-        if version == 4:
-            if n < 20:
-                self.drops["bad_inner"] += 1
-                return None
-            size = (plain[2] << 8) | plain[3]
-        elif version == 6:
-            if n < 40:
-                self.drops["bad_inner"] += 1
-                return None
-            size = 40 + ((plain[4] << 8) | plain[5])
-        else:
-            self.drops["bad_inner"] += 1
-            return None
-        if size > n:
-            self.drops["bad_inner"] += 1
-            return None
-        if size < n:
-            plain = plain[:size]
-        return peer, plain
+        if data:
+            if peer.keepalive_at is None:
+                peer.keepalive_at = now + KEEPALIVE_TIMEOUT
+                if data > 1:
+                    peer.need_another_keepalive = True
+            else:
+                peer.need_another_keepalive = True
+
+    def receive_batch(
+        self,
+        datagrams: Iterable[bytes],
+        addr: Address,
+        now: float,
+        per_peer: dict[Peer, list[bytes]],
+    ) -> int:
+        """Feed UDP payloads received from ``addr``; IP packets go to ``per_peer[peer]``.
+
+        The result is the same as :meth:`receive_datagram` on each datagram in order (the
+        tests check it), in one call: a run of transport messages of one current keypair is
+        opened in a tight loop and its counters and timers are updated once at the end of the
+        run. Anything else (handshakes, a keypair's first message, drops) takes the per-datagram
+        path. Returns how many datagrams were fed.
+        """
+        keypairs = self._keypairs
+        drops = self.drops
+        run_kp: Keypair | None = None
+        run_index = b""
+        run_bytes = run_count = run_data = 0
+        run_out: list[bytes] = []
+        count = 0
+        for data in datagrams:
+            count += 1
+            n = len(data)
+            if n >= MESSAGE_DATA_MIN_SIZE and data[0] == MESSAGE_DATA and data[1:4] == b"\0\0\0":
+                index = data[4:8]
+                if run_kp is not None and index == run_index:
+                    kp: Keypair | None = run_kp
+                else:
+                    kp = keypairs.get(int.from_bytes(index, "little"))
+                    if (
+                        kp is not None
+                        and now - kp.created < REJECT_AFTER_TIME
+                        and kp is not kp.peer.next
+                    ):
+                        if run_kp is not None:
+                            self._end_run(
+                                run_kp, addr, now, run_bytes, run_count, run_data, run_out, per_peer
+                            )
+                        run_kp, run_index = kp, index
+                        run_bytes = run_count = run_data = 0
+                        run_out = []
+                    else:
+                        kp = None
+                if kp is not None:
+                    ctr = data[8:16]
+                    try:
+                        plain = kp.recv.decrypt(_NONCE_PREFIX + ctr, data[16:], None)
+                    except InvalidTag:
+                        drops["bad_tag"] += 1
+                        continue
+                    if not kp.replay.check(int.from_bytes(ctr, "little"), REJECT_AFTER_MESSAGES):
+                        drops["replay"] += 1
+                        continue
+                    run_bytes += n
+                    run_count += 1
+                    if plain:
+                        run_data += 1
+                        inner = self._inner(kp.peer, plain)
+                        if inner is not None:
+                            run_out.append(inner[1])
+                    continue
+            # the per-datagram path, after the run so far (its effects come first)
+            if run_kp is not None:
+                self._end_run(run_kp, addr, now, run_bytes, run_count, run_data, run_out, per_peer)
+                run_kp = None
+            result = self.receive_datagram(data, addr, now)
+            if result is not None:
+                per_peer.setdefault(result[0], []).append(result[1])
+        if run_kp is not None:
+            self._end_run(run_kp, addr, now, run_bytes, run_count, run_data, run_out, per_peer)
+        return count
+
+    def _end_run(
+        self,
+        kp: Keypair,
+        addr: Address,
+        now: float,
+        nbytes: int,
+        count: int,
+        data: int,
+        packets: list[bytes],
+        per_peer: dict[Peer, list[bytes]],
+    ) -> None:
+        if not count:
+            return
+        peer = kp.peer
+        self._data_received(peer, kp, addr, now, nbytes, count, data)
+        if packets:
+            lst = per_peer.get(peer)
+            if lst is None:
+                per_peer[peer] = packets
+            else:
+                lst.extend(packets)
 
     # --- handshake messages ----------------------------------------------------------------------
 
