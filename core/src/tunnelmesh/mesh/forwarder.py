@@ -6,9 +6,11 @@ routed by its destination address through the :class:`~tunnelmesh.mesh.routing.R
 ``verdicts()`` call per group, never a pluggy hook) and goes to the peer's link in one
 ``send_batch``.
 
-Inbound: a link pushes a batch (:meth:`Forwarder.deliver`); every packet whose inner source
-address does not belong to that peer is dropped as spoofed (WireGuard's cryptokey routing),
-the rest pass the filters and are written to the TUN device. With ``vnet_hdr`` (a TUN device
+Inbound: a link pushes a batch (:meth:`Forwarder.deliver`); in one pass over it, path probes
+(IPv4 protocol :data:`PROBE_PROTOCOL`, :mod:`tunnelmesh.node.paths`) are taken out for
+:attr:`Forwarder.probe_sink`, and every packet whose inner source address does not belong to
+that peer is dropped as spoofed (WireGuard's cryptokey routing); the rest pass the filters and
+are written to the TUN device. With ``vnet_hdr`` (a TUN device
 opened with IFF_VNET_HDR), TCP segments of one flow are first coalesced into super-packets
 (:mod:`tunnelmesh.mesh.offload`).
 
@@ -20,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tunnelmesh.abc import Link, PacketFilter
 from tunnelmesh.mesh.offload import coalesce_ipv4_tcp, split_tso
 from tunnelmesh.mesh.routing import PeerRoute, RoutingTable
 
-__all__ = ["Forwarder"]
+__all__ = ["PROBE_PROTOCOL", "Forwarder"]
+
+PROBE_PROTOCOL = 253
+"""The IPv4 protocol number of path probes (RFC 3692's experimental 253); never on the TUN."""
 
 
 class Forwarder:
@@ -61,6 +66,8 @@ class Forwarder:
         self.filters = list(filters)
         self.batch = batch
         self.stats: defaultdict[str, int] = defaultdict(int)
+        self.probe_sink: Callable[[Link, list[bytes]], None] | None = None
+        """Gets the path probes of each received batch (None: probes are ordinary packets)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -168,20 +175,37 @@ class Forwarder:
     def deliver(self, link: Link, packets: list[bytes]) -> None:
         """Check and write packets received from ``link.peer`` to the TUN device."""
         stats = self.stats
+        sink = self.probe_sink
         route = self.routes.peers.get(link.peer)
-        if route is None:
+        if route is None and sink is None:
             stats["dropped_unknown_peer"] += len(packets)
             return
         by_ip = self.routes.by_ip
         lookup = self.routes.lookup
         good = []
+        probes: list[bytes] | None = None
         for pkt in packets:
-            version = pkt[0] >> 4
-            src = pkt[12:16] if version == 4 else pkt[8:24]
+            if pkt[0] >> 4 == 4:
+                if pkt[9] == PROBE_PROTOCOL and sink is not None:
+                    if probes is None:
+                        probes = [pkt]
+                    else:
+                        probes.append(pkt)
+                    continue
+                src = pkt[12:16]
+            else:
+                src = pkt[8:24]
+            if route is None:
+                stats["dropped_unknown_peer"] += 1
+                continue
             if (by_ip.get(src) or lookup(src)) is not route:
                 stats["dropped_spoofed"] += 1
                 continue
             good.append(pkt)
+        if probes is not None and sink is not None:
+            sink(link, probes)
+        if route is None:
+            return
         if self.filters and good:
             good = self._filter(good, route.name, True)
         fd = self.fd

@@ -419,10 +419,12 @@ class Node:
                 notify=self.notify,
                 local_key=self.identity.public_raw,
                 deliver=self.forwarder.deliver,
+                probes_in_deliver=True,
                 local_ip=self.mesh_ip,
                 transport_order=[t.name for t in self.transports],
                 per_peer=self.config.transports.per_peer,
             )
+            self.forwarder.probe_sink = self.sync.probes_received
             for t in self.transports:
                 try:
                     await t.listen(functools.partial(self._on_link, t))

@@ -9,11 +9,13 @@ points the routing table at the chosen link. One ``loop.call_at`` timer per peer
 Probes travel *inside* the links, so every transport (WireGuard over UDP, SSH channel,
 relayed WireGuard) is measured the same way, end to end: a probe is a small IPv4 packet from
 this node's mesh IP to the peer's, IP protocol 253 (RFC 3692, experimentation), payload
-``TMPR`` + kind + token + sequence number. The other node's link receiver (this module, on
-its side) answers a request on the *same* link and never hands probes to the TUN device;
-answers come back to the selector as RTT samples, unanswered probes as losses. Every link of
-a peer, active or not, gets this receiver, and its other packets go to the forwarder, so a
-peer that still sends on another path (while both ends switch) is heard.
+``TMPR`` + kind + token + sequence number. The other node answers a request on the *same*
+link and never hands probes to the TUN device; answers come back to the selector as RTT
+samples, unanswered probes as losses. Every link of a peer, active or not, delivers to the
+forwarder, which takes the probes out in its one pass over each batch
+(:attr:`~tunnelmesh.mesh.forwarder.Forwarder.probe_sink` -> :meth:`PeerPaths.probes_received`),
+so a peer that still sends on another path (while both ends switch) is heard. Without a
+forwarder (no ``probes_in_deliver``), this module's own receiver separates them.
 
 Links stay open when they are not the active path: a UDP path that broke is still probed (so
 the node notices when it works again) and WireGuard re-handshakes on its own; an SSH or relay
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from tunnelmesh.abc import Link, Transport
 from tunnelmesh.errors import TransportError
+from tunnelmesh.mesh.forwarder import PROBE_PROTOCOL
 from tunnelmesh.node.negotiate import Dial, NegotiationSettings, PathSelector, Probe, Switched
 
 if TYPE_CHECKING:
@@ -41,8 +44,6 @@ __all__ = ["PROBE_PROTOCOL", "PeerPaths", "parse_probe", "probe_packet"]
 
 log = logging.getLogger(__name__)
 
-PROBE_PROTOCOL = 253
-"""IP protocol number of probe packets (RFC 3692: for experimentation and testing)."""
 MAGIC = b"TMPR"
 REQUEST, REPLY = 1, 2
 _PAYLOAD = struct.Struct("!4sB3x4sI")
@@ -152,7 +153,8 @@ class PeerPaths:
         held = self.links.setdefault(transport.name, [])
         if link not in held:
             held.append(link)  # a crossing second link is kept open and listened to
-        link.set_receiver(self._receiver)
+        sync = self.sync
+        link.set_receiver(sync.deliver if sync.probes_in_deliver else self._receiver)
         if self.selector.active == transport.name and self._link_of(transport.name) is link:
             self.sync.attach_active(self.name, link)
         self.selector.link_up(transport.name, self.loop.time())
@@ -176,6 +178,11 @@ class PeerPaths:
             deliver = self.sync.deliver
             if deliver is not None:
                 deliver(link, packets)
+
+    def probes_received(self, link: Link, probes: list[bytes]) -> None:
+        """Probes the forwarder took out of a batch from ``link``."""
+        for p in probes:
+            self._probe_received(link, p)
 
     def _probe_received(self, link: Link, packet: bytes) -> None:
         parsed = parse_probe(packet)

@@ -81,6 +81,9 @@ class PeerSync:
             :func:`~tunnelmesh.node.endpoints.order_endpoints` with ``exclude``), for tests.
         deliver: ``(link, packets)``: where packets received on any link go (the forwarder's
             ``deliver``); None drops them (tests).
+        probes_in_deliver: ``deliver`` separates path probes itself and passes them to
+            :meth:`probes_received` (the forwarder's ``probe_sink``): links then deliver
+            straight to it, one pass per batch.
         local_ip: this node's mesh IPv4 address (the source of probes).
         transport_order: the global transport order (default: the order of ``transports``).
         per_peer: transport order per peer name.
@@ -100,6 +103,7 @@ class PeerSync:
         local_key: bytes = b"",
         order: Callable[[Sequence[str]], list[str]] | None = None,
         deliver: Callable[[Link, list[bytes]], None] | None = None,
+        probes_in_deliver: bool = False,
         local_ip: str = "",
         transport_order: Sequence[str] | None = None,
         per_peer: Mapping[str, Sequence[str]] | None = None,
@@ -109,6 +113,9 @@ class PeerSync:
         self.transports = list(transports)
         self._attach = attach
         self.deliver = deliver
+        self.probes_in_deliver = probes_in_deliver and deliver is not None
+        """``deliver`` takes path probes out itself and hands them to :meth:`probes_received`
+        (the forwarder does), so links deliver to it directly."""
         self.local_ip = local_ip
         self.exclude = list(exclude)
         self.dns = dns
@@ -283,6 +290,12 @@ class PeerSync:
         if self._closed or link.peer not in self.routes.peers:
             return
         self._paths(link.peer).link_arrived(transport, link)
+
+    def probes_received(self, link: Link, probes: list[bytes]) -> None:
+        """Path probes received on ``link`` (from the forwarder): to that peer's paths."""
+        paths = self.paths.get(link.peer)
+        if paths is not None and not self._closed:
+            paths.probes_received(link, probes)
 
     def attach_active(self, name: str, link: Link) -> None:
         """``link`` carries peer ``name``'s packets from now on (called by PeerPaths)."""
