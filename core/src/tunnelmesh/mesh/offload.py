@@ -69,9 +69,14 @@ def coalesce_ipv4_tcp(packets: list[bytes]) -> list[bytes]:
             continue
         hl = 20 + thl
         size = len(p) - hl
-        key_ip = p[12:24]  # addresses and ports
-        key_tcp = p[28:32]  # ack number
-        options = p[40:hl]
+        # what every following segment must share with the first, in as few slices as can be
+        # (this loop runs once per received packet): version/IHL, TOS, fragment bits, TTL and
+        # protocol; addresses and ports; ACK number and data offset; the options
+        tos = p[1]
+        head = p[6:10]
+        key_ip = p[12:24]
+        key_tcp = p[28:33]
+        options = p[40:hl] if hl > 40 else None
         seq = int.from_bytes(p[24:28], "big") + size
         total = len(p)
         payloads = [p[hl:]]
@@ -79,17 +84,19 @@ def coalesce_ipv4_tcp(packets: list[bytes]) -> list[bytes]:
         j = i + 1
         while j < n:
             q = packets[j]
+            qsize = len(q) - hl
             if (
-                q[12:24] != key_ip
-                or _candidate(q) != thl
-                or q[28:32] != key_tcp
-                or q[40:hl] != options
+                qsize <= 0
+                or q[0] != 0x45
+                or q[1] != tos
+                or (q[33] & ~_PSH) != _ACK
+                or q[6:10] != head
+                or q[12:24] != key_ip
+                or q[28:33] != key_tcp
+                or (options is not None and q[40:hl] != options)
                 or int.from_bytes(q[24:28], "big") != seq & 0xFFFFFFFF
-                or q[1] != p[1]
-                or q[8] != p[8]
             ):
                 break
-            qsize = len(q) - hl
             if qsize > size or total + qsize > _MAX_TOTAL:
                 break
             payloads.append(q[hl:])
