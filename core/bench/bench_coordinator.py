@@ -43,7 +43,7 @@ def start_coordinator(
     cfg.write_text(
         f'auth_token: "{TOKEN}"\nlisten: "127.0.0.1:0"\nstun_listen: "127.0.0.1:0"\n'
         f'data_dir: "{state / "state"}"\nheartbeat_interval: {interval}\n'
-        "auth_failures_burst: 100000\n"
+        "auth_failures_burst: 100000\njoins_burst: 100000\n"
     )
     env = dict(
         os.environ,

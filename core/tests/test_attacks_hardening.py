@@ -772,3 +772,39 @@ def test_rendezvous_requests_at_one_peer_are_paced(tmp_path: Path) -> None:
             await coord.close()
 
     asyncio.run(main())
+
+
+def test_a_token_holder_minting_keys_from_one_source_is_paced(tmp_path: Path) -> None:
+    """Each key that joins and leaves keeps its name reserved (a row for good): a source may
+    join ``joins_burst`` new keys at once, then ``joins_per_minute``."""
+
+    async def main() -> None:
+        clock = _Clock()
+        cfg = msgspec.structs.replace(
+            _server_config(tmp_path / "state"), joins_burst=3, joins_per_minute=6.0
+        )
+        coord = Coordinator(cfg, clock=clock)
+        await coord.load()
+        try:
+            keys = [Identity.generate() for _ in range(10)]
+            statuses = []
+            for i, ident in enumerate(keys):
+                nonce = coord.issue_challenge("198.51.100.9")
+                try:
+                    req = _request(ident, f"minted-{i}", nonce, [])
+                    await coord.register(req, TOKEN, "198.51.100.9")
+                    statuses.append(200)
+                except ApiFailure as f:
+                    statuses.append(f.status)
+            assert statuses == [200] * 3 + [429] * 7
+            assert coord.stats["registrations_limited"] == 7
+            await _join(coord, "elsewhere", source="192.0.2.77")  # another source: its own pace
+            nonce = coord.issue_challenge("198.51.100.9")  # a known key is no new join
+            req = _request(keys[0], "minted-0", nonce, [], token="")
+            await coord.register(req, "", "198.51.100.9")
+            clock.now += 10.0  # then one new key every 10 s (6 a minute)
+            await _join(coord, "minted-late", source="198.51.100.9")
+        finally:
+            await coord.close()
+
+    asyncio.run(main())

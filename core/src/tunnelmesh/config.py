@@ -294,6 +294,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tls_names: list[str] = msgspec.field(default_factory=list)
     auth_failures_burst: int = 20
     auth_failures_per_minute: float = 30.0
+    joins_burst: int = 100
+    joins_per_minute: float = 20.0
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     join_mesh: JoinMesh | None = None
@@ -313,6 +315,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _check_label(self.domain, "domain")
         if self.auth_failures_burst < 1 or self.auth_failures_per_minute < 0:
             raise ValueError("auth_failures_burst must be >= 1 and auth_failures_per_minute >= 0")
+        if self.joins_burst < 1 or self.joins_per_minute < 0:
+            raise ValueError("joins_burst must be >= 1 and joins_per_minute >= 0")
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
         for i, entry in enumerate(self.admin_peers):

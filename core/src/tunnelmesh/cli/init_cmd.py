@@ -59,6 +59,11 @@ tls_names: []
 auth_failures_burst: 20
 auth_failures_per_minute: 30.0
 
+# new keys joining from one source address (an IPv6 source: its /64): this many at once, then
+# this many a minute; each leaves a name reserved for its key when it goes
+joins_burst: 100
+joins_per_minute: 20.0
+
 # Prometheus GET /metrics; listen "" = 127.0.0.1:9274 (see docs/metrics.md)
 metrics:
   enabled: true

@@ -181,6 +181,8 @@ class Coordinator:
         # fills the target's push queue.
         self.rendezvous_pace = RateLimiter(1.0, RENDEZVOUS_BURST)
         self.register_pace = RateLimiter(REGISTER_RATE, REGISTER_BURST)  # per key
+        # New keys per source: each one that leaves keeps its name reserved (a database row).
+        self.join_pace = RateLimiter(config.joins_per_minute / 60.0, float(config.joins_burst))
         self._pending_push: set[str] = set()
         self._push_timer: asyncio.TimerHandle | None = None
         self.ca: MeshCa | None = None
@@ -530,8 +532,9 @@ class Coordinator:
         Raises:
             ApiFailure: 401 bad token/challenge/signature, 400 malformed, 403 reserved name,
                 409 name reserved for another key (when ``rename`` is false), 429 over the
-                allowance or when the key registers too often (REGISTER_BURST, then one every
-                10 s), 503 store.
+                allowance, when the key registers too often (REGISTER_BURST, then one every
+                10 s) or its source joins new keys too often (``joins_burst``, then
+                ``joins_per_minute``), 503 store.
         """
         self.check_allowance(source)
         now = self.clock()
@@ -576,6 +579,8 @@ class Coordinator:
         except ApiFailure as failure:
             raise self.refuse(source, failure) from None
         wait = self.register_pace.take(peer_id_of(pub.public_bytes_raw()), now)
+        if wait == 0 and not known:
+            wait = self.join_pace.take(source_key(source), now)
         if wait > 0:
             self.stats["registrations_limited"] += 1
             raise ApiFailure(429, "rate_limited", "too many registrations; try later", wait)
