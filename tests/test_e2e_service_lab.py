@@ -216,6 +216,12 @@ def test_cleanup_after_kill9_restores_exactly(mesh: MeshLab, tmp_path: Path) -> 
     assert exit_state(exit_peer.host).endswith("--\n1\n")
     assert "Written by tunnelmesh" in resolv.read_text()
 
+    from tunnelmesh.service.cleanup import node_running, other_sockets
+
+    others = [o for o in other_sockets() if node_running(o)]
+    if others:  # cleanup rightly leaves shared routes/NAT to a running node of this machine
+        pytest.skip(f"a tunnelmesh node outside the lab runs on this machine: {others}")
+
     def cleanup(peer: Peer, env: dict[str, str]) -> str:
         proc = peer.host.run(
             [sys.executable, "-m", "tunnelmesh", "-c", str(peer.home / "peer.yaml"), "cleanup"],

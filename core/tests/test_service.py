@@ -270,3 +270,53 @@ def test_watchdog_pings_while_alive_only(notify_socket: socket.socket) -> None:
     except TimeoutError:
         pass
     assert 2 <= len(got) <= 5 and set(got) == {b"WATCHDOG=1"}, got
+
+
+# --- cleanup (what touches no system state; the lab test does the rest) ---------------------
+
+
+def test_cleanup_refuses_while_the_node_runs(tmp_path: Path) -> None:
+    from tunnelmesh.config import PeerConfig
+    from tunnelmesh.service.cleanup import CleanupError, cleanup
+
+    sock_path = tmp_path / "node.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    try:
+        with pytest.raises(CleanupError, match="the node is running"):
+            cleanup(PeerConfig(control_socket=str(sock_path)))
+    finally:
+        listener.close()
+
+
+def test_cleanup_of_a_coordinator_without_a_node(tmp_path: Path, home: Path) -> None:
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text(f'auth_token: "{TOKEN}"\ndata_dir: "{tmp_path / "data"}"\n')
+    code, out = cli("-c", str(cfg), "cleanup", "--mode", "serve")
+    assert code == 0, out
+    assert "no join_mesh" in out and "nothing to undo" in out
+
+
+def test_cleanup_leaves_shared_state_to_another_running_node(tmp_path: Path) -> None:
+    from tunnelmesh.config import DnsConfig, PeerConfig
+    from tunnelmesh.service.cleanup import cleanup
+
+    other = tmp_path / "other.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(other))
+    listener.listen(1)
+    stale = tmp_path / "dead.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale))  # a socket file nobody listens on
+    dead.close()
+    try:
+        done = cleanup(
+            PeerConfig(control_socket=str(stale), dns=DnsConfig(enabled=False)),
+            others=[str(other)],
+        )
+    finally:
+        listener.close()
+    assert done[0].startswith(f"another tunnelmesh node runs ({other})"), done
+    assert done[1:] == [f"removed the stale control socket {stale}"]
+    assert not stale.exists()

@@ -630,7 +630,6 @@ class Coordinator:
         # must be able to approve); a known key keeps its state.
         pending = old.pending if old else self.config.approve_new_peers and not is_admin
         session = secrets.token_urlsafe(32)
-        add_secret(session)
         rec = PeerRecord(
             peer_id=peer_id,
             public_key=public_key,

@@ -16,7 +16,9 @@ things the same way:
 * a control socket file nobody listens on any more.
 
 A node that is still running is never touched: cleanup refuses while its control socket
-answers. The TUN device needs nothing: it disappears with the process that created it.
+answers. Routes marked ``proto 211``, the exit table and ``ip_forward`` are shared by all nodes
+of a host; while another node runs (another context's service: ``/run/tunnelmesh-*/node.sock``
+answers), only this node's own resolver change and socket are undone. The TUN device needs nothing: it disappears with the process that created it.
 """
 
 from __future__ import annotations
@@ -51,13 +53,21 @@ def node_running(control_socket: str) -> bool:
     return True
 
 
-def cleanup(cfg: PeerConfig, *, mesh_cidr: str = "0.0.0.0/0") -> list[str]:
+def other_sockets() -> list[str]:
+    """Control sockets of other nodes on this host: the default one and the services' ones."""
+    import glob
+
+    return ["/run/tunnelmesh.sock", *sorted(glob.glob("/run/tunnelmesh-*/node.sock"))]
+
+
+def cleanup(
+    cfg: PeerConfig, *, mesh_cidr: str = "0.0.0.0/0", others: list[str] | None = None
+) -> list[str]:
     """Undo a dead node's routes, NAT, forwarding and resolver change; return what was done.
 
     Raises:
         CleanupError: the node is still running (its control socket answers).
     """
-    from tunnelmesh.dns.system import SystemDns
     from tunnelmesh.exitnode import ExitGateway, ExitNodeError, ExitRoutes, run_command
 
     sock = cfg.control_socket or "/run/tunnelmesh.sock"
@@ -66,6 +76,17 @@ def cleanup(cfg: PeerConfig, *, mesh_cidr: str = "0.0.0.0/0") -> list[str]:
             f"the node is running (its control socket {sock} answers): stop it first"
         )
     done: list[str] = []
+    running = [o for o in (other_sockets() if others is None else others) if o != sock]
+    running = [o for o in running if node_running(o)]
+    if running:
+        # routes (proto 211), the exit table and ip_forward are shared by every node of this
+        # host: another running node (another context's service) still uses them
+        done.append(
+            f"another tunnelmesh node runs ({', '.join(running)}): exit routes, NAT and "
+            "ip_forward are shared with it and left alone"
+        )
+        _resolver_and_socket(cfg, sock, done)
+        return done
 
     routes = run_command(["ip", "-4", "route", "show", "proto", "211"]) if _has("ip") else ""
     if routes.strip():
@@ -98,6 +119,14 @@ def cleanup(cfg: PeerConfig, *, mesh_cidr: str = "0.0.0.0/0") -> list[str]:
             run_command(["nft", "delete", "table", "inet", BENCH_TABLE])
             done.append(f"removed the nftables table inet {BENCH_TABLE} (benchmark loss)")
 
+    _resolver_and_socket(cfg, sock, done)
+    return done
+
+
+def _resolver_and_socket(cfg: PeerConfig, sock: str, done: list[str]) -> None:
+    """This node's own leftovers: its resolv.conf swap and its control socket file."""
+    from tunnelmesh.dns.system import SystemDns
+
     if cfg.dns.enabled and cfg.dns.system != "off":
         dns = SystemDns(cfg.dns.listen, link=cfg.tun.name, mode=cfg.dns.system)
         try:
@@ -105,12 +134,10 @@ def cleanup(cfg: PeerConfig, *, mesh_cidr: str = "0.0.0.0/0") -> list[str]:
                 done.append(f"restored {dns.resolv_conf} from {dns.backup.name}")
         except OSError as exc:
             log.warning("resolver: %s", exc)
-
     if Path(sock).is_socket():
         with contextlib.suppress(OSError):
             Path(sock).unlink()
             done.append(f"removed the stale control socket {sock}")
-    return done
 
 
 def _has(tool: str) -> bool:
