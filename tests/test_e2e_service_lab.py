@@ -154,7 +154,9 @@ def test_ready_only_after_registration_then_watchdog(mesh: MeshLab, tmp_path: Pa
         assert sock.checks == [(True, True)], sock.checks  # registered, TUN up: at READY
         status = sock.messages[i][1]
         assert "STATUS=node alice up, mesh IP " in status, status
-        time.sleep(2.2)
+        deadline = time.monotonic() + 20  # pings every 0.5 s; bounded wait, not a timing test
+        while sock.count("WATCHDOG=1", after=i) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert sock.count("WATCHDOG=1", after=i) >= 3, sock.messages
         mesh.stop_peer("alice")
         sock.wait("STOPPING=1", 10, after=i)
