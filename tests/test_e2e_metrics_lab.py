@@ -88,10 +88,11 @@ def test_node_and_coordinator_metrics(mesh: MeshLab) -> None:
     promtool_check(text)
     s = samples(text)
     peer = (("peer", "bob"),)
-    assert s[("tunnelmesh_peer_transmit_packets_total", peer)] >= 5
-    assert s[("tunnelmesh_peer_receive_packets_total", peer)] >= 5
-    assert s[("tunnelmesh_peer_receive_bytes_total", peer)] > 0
-    assert s[("tunnelmesh_peer_handshakes_total", peer)] >= 1
+    udp = (("peer", "bob"), ("transport", "udp"))
+    assert s[("tunnelmesh_peer_transmit_packets_total", udp)] >= 5
+    assert s[("tunnelmesh_peer_receive_packets_total", udp)] >= 5
+    assert s[("tunnelmesh_peer_receive_bytes_total", udp)] > 0
+    assert s[("tunnelmesh_peer_handshakes_total", udp)] >= 1
     assert s[("tunnelmesh_peer_up", peer)] == 1
     assert s[("tunnelmesh_peer_transport", (("peer", "bob"), ("transport", "udp")))] == 1
     assert s[("tunnelmesh_peer_path_changes_total", peer)] >= 1

@@ -20,6 +20,7 @@ from tunnelmesh.metrics.base import Family, FamilyCollector
 __all__ = ["NodeCollector"]
 
 _PEER = ("peer",)
+_PEER_TRANSPORT = ("peer", "transport")
 
 # The resolver's counters that are outcomes of a query (the rest are queries and cache hits).
 _DNS_RESULTS = ("answered", "nxdomain", "forwarded", "formerr", "refused", "servfail", "dropped")
@@ -90,43 +91,43 @@ class NodeCollector(FamilyCollector):
             "tunnelmesh_peer_receive_bytes_total",
             "counter",
             "WireGuard transport bytes received from the peer (authenticated).",
-            _PEER,
+            _PEER_TRANSPORT,
         ),
         Family(
             "tunnelmesh_peer_transmit_bytes_total",
             "counter",
             "WireGuard transport bytes sent to the peer (handshakes included).",
-            _PEER,
+            _PEER_TRANSPORT,
         ),
         Family(
             "tunnelmesh_peer_receive_packets_total",
             "counter",
             "WireGuard data messages received from the peer (authenticated).",
-            _PEER,
+            _PEER_TRANSPORT,
         ),
         Family(
             "tunnelmesh_peer_transmit_packets_total",
             "counter",
             "WireGuard data messages sent to the peer.",
-            _PEER,
+            _PEER_TRANSPORT,
         ),
         Family(
             "tunnelmesh_peer_handshakes_total",
             "counter",
             "WireGuard handshakes completed with the peer.",
-            _PEER,
+            _PEER_TRANSPORT,
         ),
         Family(
             "tunnelmesh_peer_handshake_attempts",
             "gauge",
             "Handshake initiations sent since the last completed one (0: none pending).",
-            _PEER,
+            _PEER_TRANSPORT,
         ),
         Family(
             "tunnelmesh_peer_last_handshake_age_seconds",
             "gauge",
             "Seconds since the last completed handshake with the peer.",
-            _PEER,
+            _PEER_TRANSPORT,
         ),
         Family(
             "tunnelmesh_forwarder_packets_total",
@@ -249,32 +250,32 @@ class NodeCollector(FamilyCollector):
                 ms = paths.rtt_ms() if paths is not None else None
                 if ms is not None:
                     rtt.add_metric([name], ms / 1000.0)
-            p = wg_peers.get(name)
-            if p is None:
-                continue
-            wg["tunnelmesh_peer_receive_bytes_total"].add_metric([name], p.rx_bytes)
-            wg["tunnelmesh_peer_transmit_bytes_total"].add_metric([name], p.tx_bytes)
-            wg["tunnelmesh_peer_receive_packets_total"].add_metric([name], p.rx_packets)
-            wg["tunnelmesh_peer_transmit_packets_total"].add_metric([name], p.tx_packets)
-            wg["tunnelmesh_peer_handshakes_total"].add_metric([name], p.handshakes)
-            wg["tunnelmesh_peer_handshake_attempts"].add_metric([name], p.handshake_attempts)
-            if p.last_handshake is not None:
-                # the engine's clock is the loop's (monotonic)
-                age = max(0.0, now - p.last_handshake)
-                wg["tunnelmesh_peer_last_handshake_age_seconds"].add_metric([name], age)
+            for tname, p in wg_peers.get(name, []):
+                labels = [name, tname]
+                wg["tunnelmesh_peer_receive_bytes_total"].add_metric(labels, p.rx_bytes)
+                wg["tunnelmesh_peer_transmit_bytes_total"].add_metric(labels, p.tx_bytes)
+                wg["tunnelmesh_peer_receive_packets_total"].add_metric(labels, p.rx_packets)
+                wg["tunnelmesh_peer_transmit_packets_total"].add_metric(labels, p.tx_packets)
+                wg["tunnelmesh_peer_handshakes_total"].add_metric(labels, p.handshakes)
+                wg["tunnelmesh_peer_handshake_attempts"].add_metric(labels, p.handshake_attempts)
+                if p.last_handshake is not None:
+                    # the engines' clock is the event loop's (monotonic)
+                    age = max(0.0, now - p.last_handshake)
+                    wg["tunnelmesh_peer_last_handshake_age_seconds"].add_metric(labels, age)
         yield from (online, upm, transport, changes, rtt, *wg.values())
 
-    def _wireguard_peers(self) -> dict[str, Any]:
-        """WireGuard peers by mesh name (the UDP transport names them so)."""
-        out: dict[str, Any] = {}
-        engines = [getattr(t, "engine", None) for t in self.node.transports]
-        for name in self.node.routes.peers:
-            for engine in engines:
-                by_name = getattr(engine, "peer_by_name", None)
-                p = by_name(name) if callable(by_name) else None
+    def _wireguard_peers(self) -> dict[str, list[tuple[str, Any]]]:
+        """Per mesh name, the WireGuard peer of every transport that keeps one (udp and relay
+        each run their own engine and session; their engines name peers by mesh name)."""
+        out: dict[str, list[tuple[str, Any]]] = {}
+        for t in self.node.transports:
+            by_name = getattr(getattr(t, "engine", None), "peer_by_name", None)
+            if not callable(by_name):
+                continue
+            for name in self.node.routes.peers:
+                p = by_name(name)
                 if p is not None and hasattr(p, "rx_packets"):
-                    out[name] = p
-                    break
+                    out.setdefault(name, []).append((t.name, p))
         return out
 
     def _forwarder(self) -> Iterable[Metric]:
