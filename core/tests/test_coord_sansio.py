@@ -33,7 +33,7 @@ def _counter_random() -> ChallengeBook:
 
 def test_challenge_is_single_use() -> None:
     book = _counter_random()
-    nonce, _ = book.issue(now=100.0)
+    nonce = book.issue(now=100.0)
     assert book.peek(nonce, 100.0)
     assert book.redeem(nonce, now=101.0)
     assert not book.redeem(nonce, now=101.0)
@@ -41,7 +41,7 @@ def test_challenge_is_single_use() -> None:
 
 def test_challenge_expires() -> None:
     book = _counter_random()
-    nonce, _ = book.issue(now=100.0)
+    nonce = book.issue(now=100.0)
     assert not book.redeem(nonce, now=160.5)
 
 
@@ -52,17 +52,19 @@ def test_unknown_challenge_refused() -> None:
 def test_challenge_book_is_bounded_without_evicting_other_sources() -> None:
     # It used to forget the oldest nonce of anybody: a flood evicted genuine challenges.
     book = ChallengeBook(max_pending=3, per_source=2)
-    genuine, evicted = book.issue(now=1.0, source="10.0.0.1")
-    assert not evicted
-    flood = [book.issue(now=1.0, source="10.6.6.6") for _ in range(5)]
-    assert [e for _, e in flood] == [False, False, True, True, True]  # its own oldest go
+    genuine = book.issue(now=1.0, source="10.0.0.1")
+    flood = [book.issue(now=1.0, source="10.6.6.6") for _ in range(2)]
+    with pytest.raises(ChallengesExhausted) as err:  # its quota: refused, nothing forgotten
+        book.issue(now=1.0, source="10.6.6.6")
+    assert err.value.mine and err.value.retry_after == pytest.approx(60.0)
     assert len(book) == 3 and book.outstanding("10.6.6.6") == 2
-    assert not book.redeem(flood[0][0], 1.0)
-    assert book.redeem(flood[-1][0], 1.0)
-    book.issue(now=1.0, source="10.6.6.6")
-    with pytest.raises(ChallengesExhausted):  # full of others' nonces: refused, none evicted
+    assert book.redeem(flood[0], 1.0)  # a redeemed nonce frees its slot
+    flood.append(book.issue(now=1.0, source="10.6.6.6"))
+    with pytest.raises(ChallengesExhausted) as err:  # full of others' nonces: refused
         book.issue(now=1.0, source="10.9.9.9")
-    assert book.redeem(genuine, 1.0)
+    assert not err.value.mine
+    assert book.redeem(genuine, 1.0) and book.redeem(flood[-1], 1.0)
+    assert book.issue(now=62.0, source="10.9.9.9")  # the unused ones expired
 
 
 def test_expired_challenges_are_forgotten_on_issue() -> None:

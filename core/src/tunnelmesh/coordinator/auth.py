@@ -69,7 +69,19 @@ def registration_message(nonce: bytes, name: str, public_key: str, binding: byte
 
 
 class ChallengesExhausted(Exception):
-    """The challenge book is full of other sources' unexpired nonces (try again later)."""
+    """No nonce now: the source holds ``per_source`` unredeemed ones (``mine`` is True), or the
+    book is full of other sources' (False). Try again once some are used or expired.
+
+    Args:
+        message: what happened.
+        mine: whether the source's own quota is the reason.
+        retry_after: seconds until the source's oldest nonce expires (``mine``), else 0.
+    """
+
+    def __init__(self, message: str, *, mine: bool, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.mine = mine
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -77,45 +89,44 @@ class ChallengeBook:
     """Outstanding registration nonces: each one is valid once, for ``ttl`` seconds.
 
     Every nonce is charged to the source that asked for it (a :func:`~tunnelmesh.coordinator.
-    limits.source_key`). A source holds at most ``per_source`` unexpired nonces: asking for
-    more forgets that source's own oldest one, never another source's. The whole book holds at
-    most ``max_pending``; when it is full of other sources' nonces, :meth:`issue` refuses
-    (:class:`ChallengesExhausted`) rather than evict one. So a flood of challenge requests from
-    one source costs bounded memory and cannot cancel anybody else's registration.
+    limits.source_key`). A source holds at most ``per_source`` unredeemed, unexpired nonces;
+    past that, and when the whole book holds ``max_pending``, :meth:`issue` refuses
+    (:class:`ChallengesExhausted`). No nonce is ever forgotten to make room, not even the
+    source's own: registrations in flight (many peers behind one NAT) are never broken, and a
+    flood of challenge requests from one source costs bounded memory and cancels nobody's.
     """
 
     ttl: float = CHALLENGE_TTL
     max_pending: int = 65536
-    per_source: int = 8
+    per_source: int = 64
     random: Callable[[int], bytes] = os.urandom
     _pending: OrderedDict[bytes, tuple[float, str]] = field(default_factory=OrderedDict, repr=False)
     _by_source: dict[str, deque[bytes]] = field(default_factory=dict, repr=False)
 
-    def issue(self, now: float, source: str = "") -> tuple[bytes, bool]:
+    def issue(self, now: float, source: str = "") -> bytes:
         """A fresh nonce for ``source``, valid until ``now + ttl``.
 
-        Returns:
-            The nonce, and whether issuing it forgot one of ``source``'s own older nonces
-            (the caller may count that against the source).
-
         Raises:
-            ChallengesExhausted: ``max_pending`` nonces of other sources are outstanding.
+            ChallengesExhausted: ``source`` holds ``per_source`` nonces, or the book is full.
         """
         self._expire(now)
         mine = self._by_source.get(source)
-        evicted = False
         if mine is not None and len(mine) >= self.per_source:
-            self._drop(mine[0])
-            evicted = True
-        elif len(self._pending) >= self.max_pending:
-            if not mine:
-                raise ChallengesExhausted("too many registrations in progress; try again later")
-            self._drop(mine[0])
-            evicted = True
+            oldest = self._pending[mine[0]][0]
+            raise ChallengesExhausted(
+                f"{len(mine)} registration challenges of this address are unused; use them or "
+                "let them expire",
+                mine=True,
+                retry_after=max(0.0, oldest - now),
+            )
+        if len(self._pending) >= self.max_pending:
+            raise ChallengesExhausted(
+                "too many registrations in progress; try again later", mine=False
+            )
         nonce = self.random(NONCE_SIZE)
         self._pending[nonce] = (now + self.ttl, source)
         self._by_source.setdefault(source, deque()).append(nonce)
-        return nonce, evicted
+        return nonce
 
     def redeem(self, nonce: bytes, now: float) -> bool:
         """Use up ``nonce``; True when it was issued here, unused and unexpired."""

@@ -502,12 +502,13 @@ class Coordinator:
         if wait > 0:
             raise ApiFailure(429, "rate_limited", "too many failed attempts; try later", wait)
         try:
-            nonce, evicted = self.challenges.issue(now, source_key(source))
+            return self.challenges.issue(now, source_key(source))
         except ChallengesExhausted as exc:
-            raise ApiFailure(503, "busy", str(exc), 5.0) from None
-        if evicted:  # more challenges than it redeems: charged like a failed attempt
+            if not exc.mine:
+                raise ApiFailure(503, "busy", str(exc), 5.0) from None
+            # More challenges than it redeems: charged like a failed attempt.
             self.limiter.charge(source, now)
-        return nonce
+            raise ApiFailure(429, "rate_limited", str(exc), max(1.0, exc.retry_after)) from None
 
     def refuse(self, source: str, failure: ApiFailure) -> ApiFailure:
         """Charge a refused attempt to ``source`` and return the failure to raise."""
