@@ -37,12 +37,14 @@ ADDRS = [
 
 
 class Nft(FakeRunner):
-    """Records the nft scripts; answers `ip -j -4 addr show` with :data:`ADDRS`."""
+    """Records the nft scripts; answers `ip -j -4 addr show` with :attr:`addrs`."""
+
+    addrs: list[dict[str, Any]] = ADDRS
 
     def __call__(self, cmd: Sequence[str], stdin: str | None) -> str:
         out = super().__call__(cmd, stdin)
         if list(cmd[:4]) == ["ip", "-j", "-4", "addr"]:
-            return json.dumps(ADDRS)
+            return json.dumps(self.addrs)
         return out
 
     def scripts(self) -> list[str]:
@@ -92,6 +94,28 @@ def test_the_exit_drops_private_link_local_loopback_and_its_own_lan(tmp_path: Pa
     assert 'iifname "tm0" ip daddr != 10.42.0.0/16 drop' in script
     # The rules come before the masquerade's table is live: one atomic script.
     assert script.index("chain forward") < script.index("masquerade")
+
+
+def test_the_exit_follows_its_lan_when_the_hosts_addresses_change(tmp_path: Path) -> None:
+    async def main() -> None:
+        run = Nft()
+        node = FakeNode(tmp_path, allow_exit_traffic=True)
+        svc = service(node, run, tmp_path)
+        await svc.start()
+        assert "203.0.113.0/24" in elements(run.scripts()[-1], "blocked")
+        await svc.network_changed()  # nothing changed: the table stays
+        assert len(run.scripts()) == 1
+        # the exit moved to another network: its new LAN is dropped, the old one no longer
+        run.addrs = [
+            {"ifname": "eth0", "addr_info": [{"family": "inet", "local": "198.51.100.9",
+                                              "prefixlen": 24}]},
+        ]  # fmt: skip
+        await svc.network_changed()
+        blocked = elements(run.scripts()[-1], "blocked")
+        assert "198.51.100.0/24" in blocked and "203.0.113.0/24" not in blocked
+        await svc.aclose()
+
+    asyncio.run(main())
 
 
 def test_a_host_that_forwarded_already_keeps_forwarding(tmp_path: Path) -> None:

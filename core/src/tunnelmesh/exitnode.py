@@ -24,9 +24,10 @@ Exit (``allow_exit_traffic: true``), :class:`ExitGateway`:
     client's mesh IP (the whole mesh, or ``exit.allowed_peers``) and goes out another device,
     and the replies (conntrack) back to the mesh. Unless ``allow_lan``, destinations in
     :data:`BLOCKED_RANGES` (private, CGNAT, loopback, link-local including
-    169.254.169.254, multicast, reserved) and the exit's own LAN prefixes are dropped. When
-    the exit turned ``ip_forward`` on, the chain's policy is ``drop``: the host forwards
-    nothing else (no host-wide side effect); a host that forwarded already keeps doing so;
+    169.254.169.254, multicast, reserved) and the exit's own LAN prefixes (read again when
+    the host's addresses change) are dropped. When the exit turned ``ip_forward`` on, the
+    chain's policy is ``drop``: the host forwards nothing else (no host-wide side effect); a
+    host that forwarded already keeps doing so;
   - unless ``allow_lan``, an ``input`` chain that drops packets from the TUN device to this
     host's non-mesh addresses (the exit's LAN address is not a way into the LAN either);
   - a ``postrouting`` NAT chain that masquerades packets from the mesh CIDR to anything
@@ -323,6 +324,21 @@ class ExitGateway:
             "}",
         ]
         return "\n".join(lines) + "\n"
+
+    def refresh_lan(self) -> bool:
+        """Read this host's LAN prefixes again (its addresses changed); while applied, replace
+        the table when the blocked destinations changed. Returns whether they did.
+
+        Raises:
+            ExitNodeError: nftables refused the new table (the old one stays).
+        """
+        blocked = self._blocked()
+        if blocked == self.blocked:
+            return False
+        self.blocked = blocked
+        if self.applied:
+            self.run(["nft", "-f", "-"], self.ruleset())
+        return True
 
     def set_clients(self, clients: Iterable[str] | None) -> bool:
         """Change the mesh IPs allowed out (None: the whole mesh); while applied the table is

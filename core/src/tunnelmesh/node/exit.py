@@ -318,6 +318,21 @@ class ExitService:
             return []
         return list(dict.fromkeys(str(i[4][0]) for i in infos))
 
+    async def network_changed(self) -> None:
+        """The host's addresses changed: an exit re-reads its own LAN prefixes (dropped
+        destinations unless ``exit.allow_lan``)."""
+        if not self.allow or self._closed or not self.gateway.applied:
+            return
+        try:
+            changed = await asyncio.to_thread(self._locked, self.gateway.refresh_lan)
+        except ExitNodeError as exc:
+            log.warning("exit: cannot update the blocked LAN prefixes: %s", exc)
+            return
+        if changed:
+            log.info(
+                "exit: LAN prefixes changed; not forwarding to %s", ", ".join(self.gateway.blocked)
+            )
+
     # --- the exit side: allowed clients -------------------------------------------------------
 
     def _known_peers(self) -> list[Any]:

@@ -364,6 +364,8 @@ class Node:
                 log.exception("transport %s: network_changed failed", transport.name)
         if self.sync is not None:
             self.sync.network_changed()
+        if self.exit is not None:
+            await self.exit.network_changed()  # an exit's own LAN prefixes may have changed
         # the reflexive address, asked from the UDP transport's own socket
         udp = next((t for t in self.transports if callable(getattr(t, "stun", None))), None)
         server = await self._stun_server() if udp is not None else None
