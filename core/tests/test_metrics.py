@@ -166,6 +166,34 @@ def test_node_collector_reads_a_node_without_a_data_plane() -> None:
     assert "tunnelmesh_node_info" in fams and "tunnelmesh_coordinator_reachable" in fams
 
 
+def test_heartbeat_histogram_buckets_are_cumulative() -> None:
+    from tunnelmesh.control.client import HEARTBEAT_BUCKETS
+
+    per_bucket = [0] * len(HEARTBEAT_BUCKETS)
+    per_bucket[0], per_bucket[3] = 2, 1  # two under 5 ms, one under 50 ms; one over 10 s
+    node = SimpleNamespace(
+        name="alpha",
+        started_at=0.0,
+        client=SimpleNamespace(
+            reachable=True, heartbeat_seconds=(4, 12.07), heartbeat_buckets=per_bucket
+        ),
+        network_changes=0,
+        sync=None,
+        routes=SimpleNamespace(peers={}),
+        transports=[],
+        forwarder=None,
+        filter_service=None,
+        dns=None,
+    )
+    text = exposition(NodeCollector(node), extra=False).decode()
+    assert 'tunnelmesh_heartbeat_duration_seconds_bucket{le="0.005"} 2.0' in text
+    assert 'tunnelmesh_heartbeat_duration_seconds_bucket{le="0.05"} 3.0' in text
+    assert 'tunnelmesh_heartbeat_duration_seconds_bucket{le="10.0"} 3.0' in text
+    assert 'tunnelmesh_heartbeat_duration_seconds_bucket{le="+Inf"} 4.0' in text
+    assert "tunnelmesh_heartbeat_duration_seconds_count 4.0" in text
+    check(text.encode())
+
+
 def test_bad_listen_is_a_config_error() -> None:
     from tunnelmesh.errors import ConfigError
 
@@ -227,6 +255,7 @@ def test_coordinator_metrics_over_loopback(tmp_path: Path) -> None:
             try:
                 await c.register()
                 await c.heartbeat()
+                assert c.heartbeat_seconds[0] == 1 and sum(c.heartbeat_buckets) == 1
                 with pytest.raises(Exception, match=r"bad_token|401"):
                     await bad.register()
             finally:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import hmac
 import inspect
@@ -65,6 +66,9 @@ from tunnelmesh.identity import Identity
 from tunnelmesh.logs import add_secret
 
 __all__ = ["ApiRequestError", "ControlClient", "CoordinatorUnreachable", "PeerStatus", "fetch_ca"]
+
+HEARTBEAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of the heartbeat round-trip histogram (metrics)."""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -195,6 +199,8 @@ class ControlClient:
         self.table = PeerTable(identity.peer_id, self._load_cache(), self._load_filter_cache())
         self.registration: RegisterResponse | None = None
         self.heartbeat_seconds: tuple[int, float] = (0, 0.0)
+        self.heartbeat_buckets = [0] * len(HEARTBEAT_BUCKETS)
+        """Acknowledged heartbeats per duration bucket (not cumulative; metrics)."""
         """Acknowledged heartbeats and the seconds they took in all (metrics)."""
         self.heartbeat_last_seconds: float | None = None
         self.reachable = False
@@ -355,6 +361,9 @@ class ControlClient:
         ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)
         took = time.monotonic() - started
         self.heartbeat_seconds = (self.heartbeat_seconds[0] + 1, self.heartbeat_seconds[1] + took)
+        i = bisect.bisect_left(HEARTBEAT_BUCKETS, took)
+        if i < len(HEARTBEAT_BUCKETS):
+            self.heartbeat_buckets[i] += 1
         self.heartbeat_last_seconds = took
         self.last_ack = ack
         if ack.interval > 0:

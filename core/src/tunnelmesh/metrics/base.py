@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
@@ -43,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["counter", "gauge", "summary"]
+Kind = Literal["counter", "gauge", "summary", "histogram"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class FamilyCollector:
             return CounterMetricFamily(f.name.removesuffix("_total"), f.help, labels=labels)
         if f.kind == "gauge":
             return GaugeMetricFamily(f.name, f.help, labels=labels)
+        if f.kind == "histogram":
+            return HistogramMetricFamily(f.name, f.help, labels=labels)
         return SummaryMetricFamily(f.name, f.help, labels=labels)
 
     def samples(self) -> Iterable[Metric]:

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from tunnelmesh import __version__
+from tunnelmesh.control.client import HEARTBEAT_BUCKETS
 from tunnelmesh.metrics.base import Family, FamilyCollector
 
 __all__ = ["NodeCollector"]
@@ -49,7 +50,7 @@ class NodeCollector(FamilyCollector):
         ),
         Family(
             "tunnelmesh_heartbeat_duration_seconds",
-            "summary",
+            "histogram",
             "Heartbeat round trips to the coordinator (acknowledged ones).",
         ),
         Family(
@@ -194,8 +195,14 @@ class NodeCollector(FamilyCollector):
         reach.add_metric([], 1.0 if client.reachable else 0.0)
         yield reach
         count, total = getattr(client, "heartbeat_seconds", (0, 0.0))
+        per_bucket = getattr(client, "heartbeat_buckets", None) or [0] * len(HEARTBEAT_BUCKETS)
         hb = fam("tunnelmesh_heartbeat_duration_seconds")
-        hb.add_metric([], count_value=count, sum_value=total)
+        cumulative, buckets = 0, []
+        for bound, n in zip(HEARTBEAT_BUCKETS, per_bucket, strict=True):
+            cumulative += n
+            buckets.append((repr(bound), cumulative))
+        buckets.append(("+Inf", count))
+        hb.add_metric([], buckets=buckets, sum_value=total)
         yield hb
         last = getattr(client, "heartbeat_last_seconds", None)
         if last is not None:
