@@ -465,3 +465,14 @@ def test_device_approval_and_sighup_demotion(tmp_path: Path) -> None:
             for stream in (proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
+
+
+def test_scrub_token_removes_every_spelling_and_nothing_else() -> None:
+    from tunnelmesh.cli.join_cmd import scrub_token
+
+    t = "s3cret-token-0123456789"
+    base = ["python", "-c", "code", "join", "--name", "a"]
+    for spelled in (["--token", t], ["-t", t], [f"--token={t}"], [f"-t{t}"]):
+        assert scrub_token([*base, *spelled, "--once"], t) == [*base, "--once"]
+    assert scrub_token([*base, "--once"], t) is None  # not on this command line: no re-exec
+    assert scrub_token([*base, "--name", t], t) is None  # only the token option's value
