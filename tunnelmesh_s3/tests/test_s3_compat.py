@@ -464,6 +464,23 @@ def test_get_object_attributes(s3: Any) -> None:
     assert got["ETag"] == head["ETag"].strip('"') and got["ObjectSize"] == 5
     assert got["StorageClass"] == "STANDARD"
     assert got["Checksum"]["ChecksumSHA256"] == head["ChecksumSHA256"]
+    uid = s3.create_multipart_upload(Bucket="compat", Key="attrs-mp")["UploadId"]
+    parts = [
+        {
+            "PartNumber": n,
+            "ETag": s3.upload_part(
+                Bucket="compat", Key="attrs-mp", UploadId=uid, PartNumber=n, Body=body
+            )["ETag"],
+        }
+        for n, body in ((1, b"a" * (5 * MiB)), (2, b"b"))
+    ]
+    s3.complete_multipart_upload(
+        Bucket="compat", Key="attrs-mp", UploadId=uid, MultipartUpload={"Parts": parts}
+    )
+    got = s3.get_object_attributes(
+        Bucket="compat", Key="attrs-mp", ObjectAttributes=["ObjectParts"]
+    )
+    assert got["ObjectParts"]["TotalPartsCount"] == 2
     with pytest.raises(ClientError) as err:
         s3.get_object_attributes(Bucket="compat", Key="attrs", ObjectAttributes=["Nope"])
     assert code(err) == "InvalidArgument"
@@ -483,3 +500,50 @@ def test_upload_part_copy_range_outside_the_source_is_invalid_range(s3: Any) -> 
         )
     assert code(err) == "InvalidRange"
     s3.abort_multipart_upload(Bucket="compat", Key="copied", UploadId=uid)
+
+
+def test_get_object_part_number_returns_that_part(s3: Any) -> None:
+    sizes = [5 * MiB, 5 * MiB, 1000]
+    data = b"".join(bytes([65 + i]) * size for i, size in enumerate(sizes))
+    uid = s3.create_multipart_upload(Bucket="compat", Key="by-part")["UploadId"]
+    with pytest.raises(ClientError) as err:  # not an object until completed
+        s3.get_object(Bucket="compat", Key="by-part", PartNumber=1)
+    assert code(err) == "NoSuchKey"
+    parts, at = [], 0
+    for n, size in enumerate(sizes, 1):
+        body = data[at : at + size]
+        at += size
+        etag = s3.upload_part(
+            Bucket="compat", Key="by-part", UploadId=uid, PartNumber=n, Body=body
+        )["ETag"]
+        parts.append({"PartNumber": n, "ETag": etag})
+    done = s3.complete_multipart_upload(
+        Bucket="compat", Key="by-part", UploadId=uid, MultipartUpload={"Parts": parts}
+    )
+    at = 0
+    for n, size in enumerate(sizes, 1):
+        head = s3.head_object(Bucket="compat", Key="by-part", PartNumber=n)
+        got = s3.get_object(Bucket="compat", Key="by-part", PartNumber=n)
+        assert head["PartsCount"] == got["PartsCount"] == 3 and got["ETag"] == done["ETag"]
+        assert head["ContentLength"] == got["ContentLength"] == size
+        assert got["Body"].read() == data[at : at + size]
+        at += size
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="compat", Key="by-part", PartNumber=4)
+    assert code(err) == "InvalidPart"
+    attrs = s3.get_object_attributes(
+        Bucket="compat",
+        Key="by-part",
+        ObjectAttributes=["ObjectParts"],
+        MaxParts=1,
+        PartNumberMarker=1,
+    )["ObjectParts"]
+    assert attrs["TotalPartsCount"] == 3 and attrs["IsTruncated"]
+    assert attrs["NextPartNumberMarker"] == 2
+    assert [(p["PartNumber"], p["Size"]) for p in attrs["Parts"]] == [(2, 5 * MiB)]
+    # an object stored whole is its own part 1
+    s3.put_object(Bucket="compat", Key="whole", Body=b"body")
+    assert s3.get_object(Bucket="compat", Key="whole", PartNumber=1)["Body"].read() == b"body"
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="compat", Key="whole", PartNumber=2)
+    assert code(err) == "InvalidPart"

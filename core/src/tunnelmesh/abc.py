@@ -251,6 +251,8 @@ class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
         checksums: full-object checksums given by the writer, algorithm (``crc32``,
             ``crc32c``, ``sha1``, ``sha256``) to its base64 value.
         parts: the number of parts of a multipart object, 0 for an object stored in one piece.
+        part_sizes: the sizes of those parts in order, as :meth:`Storage.head_object` and
+            :meth:`Storage.open_object` report them (listings may leave it empty).
     """
 
     key: str
@@ -262,6 +264,7 @@ class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
     headers: Mapping[str, str] = msgspec.field(default_factory=dict)
     checksums: Mapping[str, str] = msgspec.field(default_factory=dict)
     parts: int = 0
+    part_sizes: Sequence[int] = ()
 
 
 class BucketInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import CIMultiDict
-from tunnelmesh.abc import ObjectInfo
+from tunnelmesh.abc import ObjectInfo, PartInfo
 from tunnelmesh.errors import NoSuchKey
 from tunnelmesh.storage import check_key
 
@@ -176,6 +176,26 @@ def _check_conditions(
     return None
 
 
+def _span(call: Call, info: ObjectInfo) -> tuple[int, int] | None:
+    """[start, end) that a GET or HEAD asks for: its ``partNumber`` or its ``Range``."""
+    raw = call.params.get("partNumber")
+    if raw is None:
+        return _range(call.request.headers.get("Range"), info.size)
+    if "Range" in call.request.headers:
+        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000")
+    number = int(raw)
+    if not info.parts:  # stored in one piece: it is its own part 1
+        if number != 1:
+            raise S3Error("InvalidPart", "The requested partnumber is not satisfiable")
+        return None
+    if number > len(info.part_sizes):
+        raise S3Error("InvalidPart", "The requested partnumber is not satisfiable")
+    start = sum(info.part_sizes[: number - 1])
+    return start, start + info.part_sizes[number - 1]
+
+
 def _range(header: str | None, size: int) -> tuple[int, int] | None:
     """[start, end) of a ``Range: bytes=`` header, None for the whole object.
 
@@ -329,7 +349,31 @@ async def get_attributes(call: Call) -> web.Response:
             + "</Checksum>"
         )
     if "ObjectParts" in wanted and info.parts:
-        body.append(f"<ObjectParts>{element('TotalPartsCount', info.parts)}</ObjectParts>")
+        try:
+            marker = int(call.request.headers.get("x-amz-part-number-marker", "0") or 0)
+            max_parts = min(int(call.request.headers.get("x-amz-max-parts", "1000")), 1000)
+        except ValueError:
+            raise S3Error(
+                "InvalidArgument", "max-parts and part-number-marker are integers"
+            ) from None
+        sizes = [
+            PartInfo(number=n, size=size, etag="", last_modified=0)
+            for n, size in enumerate(info.part_sizes, 1)
+        ]
+        page, truncated = page_parts(sizes, marker=max(marker, 0), max_parts=max(max_parts, 0))
+        body.append(
+            "<ObjectParts>"
+            + element("PartsCount", info.parts)
+            + element("PartNumberMarker", marker)
+            + (element("NextPartNumberMarker", page[-1].number) if page else "")
+            + element("MaxParts", max_parts)
+            + element("IsTruncated", "true" if truncated else "false")
+            + "".join(
+                f"<Part>{element('PartNumber', p.number)}{element('Size', p.size)}</Part>"
+                for p in page
+            )
+            + "</ObjectParts>"
+        )
     if "StorageClass" in wanted:
         body.append(element("StorageClass", "STANDARD"))
     if "ObjectSize" in wanted:
@@ -352,7 +396,7 @@ async def get_object(call: Call) -> web.StreamResponse:
         status = _check_conditions(request.headers, info)
         if status is not None:
             return _condition_response(info, status)
-        span = _range(request.headers.get("Range"), info.size)
+        span = _span(call, info)
         headers = _object_headers(info, checksums=want_checksums and span is None)
         _apply_overrides(call, headers)
         start, end = span if span is not None else (0, info.size)
@@ -396,7 +440,7 @@ def _head_response(call: Call, info: ObjectInfo, want_checksums: bool) -> web.Re
         return _condition_response(info, 304)
     if status == 412:
         return web.Response(status=412, headers={"x-amz-error-code": "PreconditionFailed"})
-    span = _range(call.request.headers.get("Range"), info.size)
+    span = _span(call, info)
     headers = _object_headers(info, checksums=want_checksums and span is None)
     _apply_overrides(call, headers)
     length = info.size

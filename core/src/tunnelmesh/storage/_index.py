@@ -261,7 +261,11 @@ class Index:
         if row is None:
             self._need_bucket(bucket)
             raise NoSuchKey(f"no such key: {bucket}/{key}")
-        return _object_info(row), [(blob, size) for blob, size in json.loads(row[7])]
+        segments = [(blob, size) for blob, size in json.loads(row[7])]
+        info = _object_info(row)
+        if info.parts:  # a multipart object keeps one segment per part
+            info = msgspec.structs.replace(info, part_sizes=[size for _, size in segments])
+        return info, segments
 
     def delete_object(self, bucket: str, key: str) -> tuple[bool, list[str]]:
         raw_key = key.encode("utf-8")

@@ -234,6 +234,7 @@ async def check_multipart(make: Factory) -> None:
         md5s = bytes.fromhex(e1.etag) + bytes.fromhex(e3.etag)
         assert info.etag == hashlib.md5(md5s, usedforsecurity=False).hexdigest() + "-2"
         assert (info.size, info.parts, info.content_type) == (size + 100, 2, "x/y")
+        assert list((await st.head_object("bk1", "big")).part_sizes) == [size, 100]
         assert dict((await st.head_object("bk1", "big")).metadata) == {"m": "1"}
         assert await read_all(st, "bk1", "big") == p1 + p3
         assert await read_all(st, "bk1", "big", size - 2, size + 2) == b"1133"
