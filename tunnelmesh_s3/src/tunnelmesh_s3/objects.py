@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import re
 from collections.abc import Callable, Mapping
 from urllib.parse import unquote
@@ -21,6 +22,8 @@ from tunnelmesh_s3.listing import page_parts
 from tunnelmesh_s3.xmlio import document, element, iso8601, parse_complete
 
 __all__ = ["route"]
+
+log = logging.getLogger(__name__)
 
 STORED_HEADERS = (
     "cache-control",
@@ -406,9 +409,13 @@ async def get_object(call: Call) -> web.StreamResponse:
         response.content_length = end - start
         response.headers["x-amz-request-id"] = call.request_id
         await response.prepare(request)
-        async for chunk in reader.stream(start, end):
-            await response.write(chunk)
-        await response.write_eof()
+        try:
+            async for chunk in reader.stream(start, end):
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            # the client went away mid-body (a reader that stops early): nothing to answer
+            log.debug("GET %s/%s: the client closed the connection", call.bucket, call.key)
         return response
     finally:
         await reader.aclose()
