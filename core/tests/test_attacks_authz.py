@@ -333,3 +333,39 @@ def test_a_new_key_waits_for_approval_and_sees_nothing_meanwhile(tmp_path: Path)
             assert [r.name for r in server.coordinator.pending_peers()] == ["other"]
 
     run(main())
+
+
+def test_a_rotated_token_outlives_a_restart_and_joined_peers_stay(tmp_path: Path) -> None:
+    ident = Identity.generate()
+
+    async def main() -> None:
+        cfg = config(tmp_path)
+        async with CoordinatorServer(cfg) as server:
+            admin = await client(server, "boss")
+            old = await client(server, "old", ident)
+            got = await admin.request("POST", "/api/v1/token/rotate")
+            new_token = got["token"]
+            assert new_token != TOKEN and server.coordinator.token_ok(new_token)
+            assert not server.coordinator.token_ok(TOKEN)
+            await old.heartbeat()  # a joined peer is not disturbed
+            for c in (admin, old):
+                await c.aclose()
+        async with CoordinatorServer(cfg) as server:  # server.yaml still has the old token
+            coord = server.coordinator
+            assert coord.token_ok(new_token) and not coord.token_ok(TOKEN)
+            api = Api(server)
+            body = await api.signed(Identity.generate(), "late")
+            status, answer = await api.call("POST", "/api/v1/register", body, token=TOKEN)
+            assert status == 401 and answer["error"] == "bad_token"
+            await api.close()
+            back = ControlClient(  # a joined key needs no token at all
+                server=server.url,
+                identity=ident,
+                ca_pem=coord.ca.cert_pem if coord.ca else "",
+                name="old",
+            )
+            reg = await back.register()
+            assert reg.name == "old"
+            await back.aclose()
+
+    run(main())

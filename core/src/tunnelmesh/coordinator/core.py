@@ -239,6 +239,12 @@ class Coordinator:
         rotated = await self.store.get_meta(_TOKEN_KEY)
         if rotated is not None:
             self._token = rotated.decode("utf-8")
+            add_secret(self._token)
+            if not token_matches(self._token, self.config.auth_token):
+                log.info(
+                    "the join token was rotated (tunnelmesh token rotate): server.yaml's "
+                    "auth_token is not used"
+                )
         self._names = await self.store.load_names()
         await self.groups.load()
         now = self.clock()
@@ -853,6 +859,7 @@ class Coordinator:
             await self.store.put_meta(_TOKEN_KEY, token.encode("utf-8"))
         except StorageError as exc:
             raise ApiFailure(503, "store_unavailable", str(exc)) from None
+        add_secret(token)  # never in a log line
         self._token = token
         log.info("the mesh join token was rotated")
         return token
