@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["await_chain", "bounded_step"]
+__all__ = ["await_chain", "bounded_step", "finish"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ def await_chain(task: asyncio.Future[Any]) -> str:
             continue
         # the innermost coroutine awaits a future (seen as its iterator): the task's waiter
         obj, waiter = waiter, None
+        pending = [c for c in getattr(obj, "_children", ()) if not c.done()]
+        if pending:  # asyncio.gather: follow what it still waits for
+            parts.append(f"gather ({len(pending)} pending)")
+            obj = pending[0]
+            continue
         if obj is not None and not isinstance(obj, asyncio.Task):
             parts.append(repr(obj)[:200])
             break
@@ -76,3 +81,8 @@ async def bounded_step(
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.warning("stopping %s failed: %s", what, exc, exc_info=exc)
     return True
+
+
+async def finish(*tasks: asyncio.Future[Any]) -> None:
+    """Wait for (cancelled) tasks to end; their own errors were reported where they ran."""
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tunnelmesh import stun
+from tunnelmesh.aio.stopping import bounded_step, finish
 from tunnelmesh.control.client import ControlClient, fetch_ca
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import RegisterResponse
@@ -68,8 +69,12 @@ async def stun_query(
     try:
         for _ in range(attempts):
             transport.sendto(request, (host, port))
+            # asyncio.timeout, not wait_for(shield(...)): on Python 3.11 that wait_for swallowed
+            # the caller's cancellation, so a `join --no-tun` heartbeat loop stopped in here
+            # ran on after SIGTERM (most stops hung).
             with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(answer), timeout)
+                async with asyncio.timeout(timeout):
+                    return await asyncio.shield(answer)
         return None
     finally:
         transport.close()
@@ -247,7 +252,10 @@ async def run_daemon(client: ControlClient, *, duration: float | None = None) ->
                 loop.remove_signal_handler(sig)
         for t in (runner, waiter):
             t.cancel()
-        for t in (runner, waiter):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await client.aclose()
+        # Bounded, as the node's stop: a slow step is named with where it waits.
+        await bounded_step("the control loop", finish(runner, waiter), report=_report_stop)
+        await bounded_step("the coordinator client", client.aclose(), report=_report_stop)
+
+
+def _report_stop(line: str) -> None:
+    log.warning("%s", line)

@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tunnelmesh.abc import Link, PacketFilter, Transport
-from tunnelmesh.aio.stopping import bounded_step
+from tunnelmesh.aio.stopping import bounded_step, finish
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.client import ControlClient, PeerStatus
 from tunnelmesh.control.contexts import Context, ContextStore
@@ -593,9 +593,7 @@ class Node:
         finally:
             for t in (runner, waiter):
                 t.cancel()
-            await bounded_step(
-                "the control loop", _finish(runner, waiter), report=self._report_stop
-            )
+            await bounded_step("the control loop", finish(runner, waiter), report=self._report_stop)
 
     async def aclose(self) -> None:
         """Stop everything that was started, in reverse order. Idempotent.
@@ -649,8 +647,3 @@ def _as_async(fn: Callable[[], object]) -> Callable[[], Any]:
         fn()
 
     return run
-
-
-async def _finish(*tasks: asyncio.Task[Any]) -> None:
-    """Wait for cancelled tasks to end (their own errors were reported where they ran)."""
-    await asyncio.gather(*tasks, return_exceptions=True)
