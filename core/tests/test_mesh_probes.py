@@ -54,6 +54,9 @@ def test_probes_go_to_the_sink_and_never_to_the_tun() -> None:
         assert got == [("b", [probe, probe])]
         assert _read_all(r) == [data, v6]
         assert fw.stats["dropped_spoofed"] == 1 and fw.stats["rx_packets"] == 2
+        # a short packet from an authenticated peer (an SSH frame can be 1 byte) is dropped
+        fw.deliver(link, [b"\x45\x00\x00\x05\x00", b"\x45"])
+        assert fw.stats["dropped_spoofed"] == 3 and _read_all(r) == []
         # a peer the routing table does not know: its probes still reach the sink
         fw.deliver(FakeLink("stranger"), [probe, data])
         assert got[-1] == ("stranger", [probe])

@@ -142,9 +142,11 @@ def test_close_ends_every_link_and_wakes_a_pending_receive() -> None:
     async def main() -> None:
         p = Pair()
         link: Link = p.a.link_for(p.peer_b)
+        links = p.a.links  # the dict a transport holds as its own ``links``
         waiter = asyncio.create_task(link.recv_batch())
         await asyncio.sleep(0)
         p.a.close()
+        assert p.a.links is links and not links
         with pytest.raises(TransportError, match="test link to b is closed"):
             await asyncio.wait_for(waiter, 1.0)
         with pytest.raises(TransportError):

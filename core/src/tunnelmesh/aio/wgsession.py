@@ -118,8 +118,9 @@ class WireGuardSession:
             self._timer.cancel()
             self._timer = None
         self._timer_at = None
-        links, self.links = self.links, {}
-        for link in links.values():
+        links = list(self.links.values())
+        self.links.clear()  # in place: transports hold this dict as their ``links``
+        for link in links:
             link._lost()
 
     def now(self) -> float:

@@ -32,6 +32,7 @@ __all__ = ["PROBE_PROTOCOL", "Forwarder"]
 
 PROBE_PROTOCOL = 253
 """The IPv4 protocol number of path probes (RFC 3692's experimental 253); never on the TUN."""
+_PROBE = bytes([PROBE_PROTOCOL])
 
 
 class Forwarder:
@@ -186,7 +187,7 @@ class Forwarder:
         probes: list[bytes] | None = None
         for pkt in packets:
             if pkt[0] >> 4 == 4:
-                if pkt[9] == PROBE_PROTOCOL and sink is not None:
+                if pkt[9:10] == _PROBE and sink is not None:  # a slice: short packets drop below
                     if probes is None:
                         probes = [pkt]
                     else:
