@@ -1,14 +1,36 @@
 """The single exception tree of tunnelmesh.
 
+Every error tunnelmesh raises on purpose is a :class:`TunnelmeshError`. The classes of this module
+are the trunk; the indented names with a module beside them are defined in that module (or in a
+plugin) and derive from the trunk. ``also ValueError`` marks an error that a pure parser raises
+where Python code expects a ValueError, so it subclasses both. ``tests/test_repo_error_tree.py``
+fails when a class of the tree is missing from this drawing, or when the code raises a built-in
+exception that its allow-list does not name with a reason.
+
 ::
 
     TunnelmeshError                 anything tunnelmesh raises on purpose
     ├── ConfigError                 a config file or option is wrong (names file, key, reason)
     ├── PluginError                 a plugin failed to load, or two plugins claim one name
     ├── TransportError              connect, handshake, link closed, timeouts
+    ├── TunError                    tunnelmesh.tun: the TUN device cannot be made or set up
+    ├── NodeError                   tunnelmesh.node.node: the node cannot start
+    ├── ExitNodeError               tunnelmesh.exitnode: exit routes or NAT cannot be set up
+    ├── ImpairmentError             tunnelmesh.impair: a tc impairment cannot be applied
+    ├── ControlError                tunnelmesh.control_socket: a control request failed
+    ├── CoordinatorUnreachable      tunnelmesh.control.client: no answer (network, TLS, timeout)
+    ├── ApiRequestError             tunnelmesh.control.client: the coordinator refused a request
+    ├── ServiceError                tunnelmesh.service.systemd: the service cannot be managed
+    ├── CleanupError                tunnelmesh.service.cleanup: cleanup cannot run now
     ├── ProtocolError               a peer broke a protocol
     │   ├── LocalProtocolError      we were asked to do something the protocol forbids
     │   └── RemoteProtocolError     the peer sent something the protocol forbids
+    │       ├── CryptoError         tunnelmesh.proto.wgcrypto: zero DH result, AEAD tag mismatch
+    │       ├── StunParseError      tunnelmesh.stun: not a STUN message (also ValueError)
+    │       ├── RouteError          tunnelmesh.proxyrules: a bad routing header (also ValueError)
+    │       ├── RelayFormatError    tunnelmesh_relay.proto: a bad relay message (also ValueError)
+    │       ├── HeadTooLarge        tunnelmesh_proxy.client: a request head over the limit
+    │       └── SigV4Error          tunnelmesh_s3.sigv4: a request failed S3 authentication
     ├── StorageError                a storage backend failed
     │   ├── NoSuchBucket            the bucket does not exist
     │   ├── NoSuchKey               the object does not exist
@@ -16,9 +38,21 @@
     │   ├── BucketAlreadyExists     create_bucket of an existing name
     │   ├── BucketNotEmpty          delete_bucket of a bucket that holds objects
     │   ├── InvalidName             a bucket name or object key the backend refuses
-    │   └── InvalidPart             a multipart completion names a missing or mismatched part
+    │   ├── InvalidPart             a multipart completion names a missing or mismatched part
+    │   ├── S3ClientError           tunnelmesh_s3.client: the server answered an S3 error
+    │   └── StateStoreError         the coordinator's state store (SQLite) failed
+    │       └── StoreConflict       tunnelmesh.coordinator.store: name or mesh IP already held
+    ├── CoordinatorError            the coordinator refused a request or could not serve it
+    │   ├── ApiFailure              tunnelmesh.coordinator.core: an HTTP status, code, sentence
+    │   ├── GroupError              tunnelmesh.coordinator.groups: a refused group change
+    │   ├── AllocationError         tunnelmesh.coordinator.alloc: the mesh range is full
+    │   ├── NameTaken               tunnelmesh.coordinator.alloc: the name has another key
+    │   └── ChallengesExhausted     tunnelmesh.coordinator.auth: no room for a new nonce
+    ├── S3Error                     tunnelmesh_s3.errors: an S3 error response (code, status)
+    ├── MeshS3Error                 tunnelmesh_s3.meshclient: the coordinator refused S3 access
     ├── DnsError                    a DNS backend failed
     └── LabError                    the namespace test lab could not build or run something
+        └── ImpairmentUnsupported   tunnelmesh.testing.lab: a netem option this kernel lacks
 
 The CLI prints a :class:`TunnelmeshError` as one line without a traceback; any other exception
 is a bug and keeps its traceback.
@@ -30,6 +64,7 @@ __all__ = [
     "BucketAlreadyExists",
     "BucketNotEmpty",
     "ConfigError",
+    "CoordinatorError",
     "DnsError",
     "InvalidName",
     "InvalidPart",
@@ -41,6 +76,7 @@ __all__ = [
     "PluginError",
     "ProtocolError",
     "RemoteProtocolError",
+    "StateStoreError",
     "StorageError",
     "TransportError",
     "TunnelmeshError",
@@ -131,6 +167,14 @@ class InvalidPart(StorageError):
     def __init__(self, message: str, *, reason: str = "missing") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class StateStoreError(StorageError):
+    """The coordinator's state store failed (it cannot be opened, read or written)."""
+
+
+class CoordinatorError(TunnelmeshError):
+    """The coordinator refused a request or could not serve it."""
 
 
 class DnsError(TunnelmeshError):

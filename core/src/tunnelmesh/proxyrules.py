@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from tunnelmesh.abc import ProxyRule, Upstream
+from tunnelmesh.errors import RemoteProtocolError
 
 __all__ = [
     "NO_ROUTE",
@@ -39,7 +40,7 @@ _U16 = re.compile(r"\+?[0-9]+")
 _PEER_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-class RouteError(ValueError):
+class RouteError(RemoteProtocolError, ValueError):
     """A routing header is malformed; the message is the plain-text body of the 400."""
 
 

@@ -32,6 +32,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+from tunnelmesh.errors import RemoteProtocolError
+
 __all__ = [
     "BINDING_ERROR",
     "BINDING_REQUEST",
@@ -71,7 +73,7 @@ _FAMILY_V6 = 0x02
 Address = tuple[str, int]
 
 
-class StunParseError(ValueError):
+class StunParseError(RemoteProtocolError, ValueError):
     """A datagram is not a well-formed STUN message."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import httptools
 from tunnelmesh.abc import Upstream
+from tunnelmesh.errors import RemoteProtocolError
 
 from tunnelmesh_proxy.http1 import (
     HOP_BY_HOP,
@@ -119,7 +120,7 @@ class ProxyContext:
         self.header_kinds = kinds
 
 
-class HeadTooLarge(Exception):
+class HeadTooLarge(RemoteProtocolError):
     """A request head (or trailer section) is over ``ProxyContext.max_head`` bytes."""
 
 

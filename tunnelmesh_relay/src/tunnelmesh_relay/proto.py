@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+from tunnelmesh.errors import RemoteProtocolError
+
 __all__ = [
     "RECV",
     "SEND",
@@ -46,7 +48,7 @@ MAX_RECORD = 65535
 _WG_SIZES = {1: (148, 148), 2: (92, 92), 3: (64, 64), 4: (32, 65535)}
 
 
-class RelayFormatError(ValueError):
+class RelayFormatError(RemoteProtocolError, ValueError):
     """A relay message is malformed (the relay drops it and counts it)."""
 
 

@@ -15,6 +15,7 @@ from tunnelmesh.errors import (
     NoSuchKey,
     NoSuchUpload,
     StorageError,
+    TunnelmeshError,
 )
 
 __all__ = ["STATUS", "S3Error", "from_storage"]
@@ -54,7 +55,7 @@ STATUS: dict[str, int] = {
 }
 
 
-class S3Error(Exception):
+class S3Error(TunnelmeshError):
     """An S3 error response.
 
     Args:

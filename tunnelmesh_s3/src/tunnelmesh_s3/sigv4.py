@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
+from tunnelmesh.errors import RemoteProtocolError
+
 __all__ = [
     "ALGORITHM",
     "EMPTY_SHA256",
@@ -59,7 +61,7 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _STREAMING_MODES = (STREAMING, STREAMING_TRAILER, STREAMING_UNSIGNED_TRAILER)
 
 
-class SigV4Error(Exception):
+class SigV4Error(RemoteProtocolError):
     """A request failed authentication; ``code`` is the S3 error code to answer with."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunnelmesh.errors import LabError
 from tunnelmesh.proto.wgcrypto import public_key_of
 
 __all__ = ["KeyPair", "start_static_node", "start_wireguard_go", "stop_process", "wait_ready"]
@@ -97,7 +98,7 @@ def start_wireguard_go(
     deadline = time.monotonic() + 10
     while not sock.exists():
         if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError(f"wireguard-go did not create {sock}")
+            raise LabError(f"wireguard-go did not create {sock}")
         time.sleep(0.05)
     keyfile = workdir / f"{ifname}.key"
     keyfile.write_text(key.private_b64 + "\n")

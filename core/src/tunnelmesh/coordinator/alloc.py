@@ -19,6 +19,8 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 
+from tunnelmesh.errors import CoordinatorError
+
 __all__ = [
     "RESERVED_NAMES",
     "AllocationError",
@@ -55,11 +57,11 @@ RESERVED_NAMES = frozenset(
 )
 
 
-class AllocationError(Exception):
+class AllocationError(CoordinatorError):
     """The mesh range has no free address."""
 
 
-class NameTaken(Exception):
+class NameTaken(CoordinatorError):
     """The name belongs to another key."""
 
 

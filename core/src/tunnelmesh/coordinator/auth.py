@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tunnelmesh.coordinator.limits import source_key
+from tunnelmesh.errors import CoordinatorError
 
 __all__ = [
     "ChallengeBook",
@@ -68,7 +69,7 @@ def registration_message(nonce: bytes, name: str, public_key: str, binding: byte
     )
 
 
-class ChallengesExhausted(Exception):
+class ChallengesExhausted(CoordinatorError):
     """No nonce now: the source holds ``per_source`` unredeemed ones (``mine`` is True), or the
     book is full of other sources' (False). Try again once some are used or expired.
 

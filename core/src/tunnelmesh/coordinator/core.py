@@ -72,7 +72,7 @@ from tunnelmesh.coordinator.policy import (
 )
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
-from tunnelmesh.errors import StorageError
+from tunnelmesh.errors import CoordinatorError, StorageError
 from tunnelmesh.identity import (
     fingerprint_of,
     parse_public_key,
@@ -100,7 +100,7 @@ _TOKEN_KEY = "auth_token"
 
 
 @dataclass
-class ApiFailure(Exception):
+class ApiFailure(CoordinatorError):
     """A request refused with an HTTP status, a short code and a sentence for humans."""
 
     status: int

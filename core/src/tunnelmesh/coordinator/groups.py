@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from tunnelmesh.coordinator.store import Group, StateStore
+from tunnelmesh.errors import CoordinatorError
 
 __all__ = ["BUILTIN_GROUPS", "GroupBook", "GroupError", "check_group_name"]
 
@@ -35,7 +36,7 @@ MAX_GROUPS = 4096
 MAX_MEMBERS = 65536
 
 
-class GroupError(Exception):
+class GroupError(CoordinatorError):
     """A refused group change: ``status`` is the HTTP status, ``error`` a short code."""
 
     def __init__(self, status: int, error: str, message: str) -> None:

@@ -31,7 +31,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from tunnelmesh.control.messages import Counters
-from tunnelmesh.errors import StorageError
+from tunnelmesh.errors import StateStoreError, StorageError
 from tunnelmesh.private_files import PRIVATE_UMASK, ensure_private_dir, private_umask
 
 __all__ = ["MIGRATIONS", "Group", "PeerRecord", "SqliteStore", "StateStore", "StoreConflict"]
@@ -39,7 +39,7 @@ __all__ = ["MIGRATIONS", "Group", "PeerRecord", "SqliteStore", "StateStore", "St
 T = TypeVar("T")
 
 
-class StoreConflict(StorageError):
+class StoreConflict(StateStoreError):
     """A write broke a uniqueness rule (public key, name or mesh IP already held)."""
 
 
@@ -200,7 +200,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the schema to ``len(MIGRATIONS)``, one transaction per step."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise StorageError(
+        raise StateStoreError(
             f"state store {path} has schema version {version}, newer than this tunnelmesh "
             f"knows ({len(MIGRATIONS)}): upgrade tunnelmesh"
         )
@@ -246,7 +246,7 @@ class SqliteStore:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None or self._pool is None:
-            raise StorageError("state store is not open")
+            raise StateStoreError("state store is not open")
         conn = self._conn
 
         def call() -> T:
@@ -255,7 +255,7 @@ class SqliteStore:
             except sqlite3.IntegrityError as exc:
                 raise StoreConflict(f"state store conflict: {exc}") from None
             except sqlite3.Error as exc:
-                raise StorageError(f"state store {self.path}: {exc}") from exc
+                raise StateStoreError(f"state store {self.path}: {exc}") from exc
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
@@ -292,7 +292,7 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             self._pool.shutdown(wait=False)
             self._pool = None
-            raise StorageError(f"cannot open state store {self.path}: {exc}") from exc
+            raise StateStoreError(f"cannot open state store {self.path}: {exc}") from exc
         except StorageError:
             self._pool.shutdown(wait=False)
             self._pool = None

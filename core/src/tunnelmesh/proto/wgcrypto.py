@@ -28,6 +28,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from tunnelmesh.errors import RemoteProtocolError
+
 __all__ = [
     "CONSTRUCTION",
     "IDENTIFIER",
@@ -65,7 +67,7 @@ _TAI64_BASE = 0x400000000000000A
 _WHITENER_MASK = 0x1000000 - 1
 
 
-class CryptoError(Exception):
+class CryptoError(RemoteProtocolError):
     """A DH result was zero or an AEAD tag did not verify (never escapes the engine)."""
 
 
