@@ -196,3 +196,21 @@ def test_init_asks_for_default_deny_or_takes_the_flag(
         build_cli(PluginManager()), ["init", "--peer", "-o", str(tmp_path / "c")], input="y\n"
     )
     assert "filter.default_deny" in result.output and deny(tmp_path / "c") is True
+
+
+def test_init_server_join_mesh_example_works_once_uncommented(tmp_path: Path) -> None:
+    """The commented ``join_mesh:`` block of ``init --server`` is a name the coordinator takes.
+
+    Uncommented as written it used ``name: "coordinator"``, a reserved name: ``serve`` then
+    stopped with "403 bad_name: name 'coordinator' is reserved".
+    """
+    from tunnelmesh.coordinator.alloc import check_name
+
+    assert run(PluginManager(), "init", "--server", "-o", str(tmp_path))
+    text = (tmp_path / "server.yaml").read_text()
+    block = text[text.index("# join_mesh:") :]
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
+    (tmp_path / "server.yaml").write_text(text[: text.index("# join_mesh:")] + uncommented)
+    config = load_config(tmp_path / "server.yaml", ServerConfig)
+    assert config.join_mesh is not None
+    assert check_name(config.join_mesh.name) is None

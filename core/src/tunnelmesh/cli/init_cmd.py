@@ -83,7 +83,7 @@ filter:
 # uncomment to make the coordinator a mesh peer too (server-as-client); any key of
 # peer.yaml (tunnelmesh init --peer) may go below it, except server and auth_token
 # join_mesh:
-#   name: "coordinator"
+#   name: "coord"            # any peer name but a reserved one (coordinator, this, admin, ...)
 #   dns:
 #     enabled: true
 """
