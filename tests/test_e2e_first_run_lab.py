@@ -63,6 +63,8 @@ def test_first_run_path_with_quick_start_settings_only(lab: Lab, tmp_path: Path)
         f"exec {TM} serve -c server.yaml'",
     )
     token = wait_for_line(server, "auth_token", 60).split('"')[1]
+    # the log line says what is bound too (it said https://127.0.0.1:8443)
+    assert "https://0.0.0.0:8443," in wait_for_line(server, "coordinator API on", 60)
     wait_for_line(server, "coordinator listening on 0.0.0.0:8443", 60)
     urls = wait_for_line(server, "peers join with", 10)
     url = re.search(r"https://\S+", urls).group(0)  # type: ignore[union-attr]

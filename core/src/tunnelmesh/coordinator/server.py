@@ -203,10 +203,11 @@ class CoordinatorServer:
         self.stun_port = self._stun.port
         coord.stun_port = self.stun_port
         coord.start_background()
+        api_bound, stun_bound = self.bound()
         log.info(
-            "coordinator API on %s, STUN on udp %s, %d peers",
-            self.url,
-            join_hostport(stun_host, self.stun_port),
+            "coordinator API on https://%s, STUN on udp %s, %d peers",
+            api_bound,
+            stun_bound,
             len(coord.peers),
         )
         if self.run_join_mesh:
