@@ -454,6 +454,9 @@ def test_device_approval_and_sighup_demotion(tmp_path: Path) -> None:
         cfg.write_text(base + f'admin_peers: ["{Identity.generate().peer_id}"]\n')
         serve.send_signal(signal.SIGHUP)
         assert "admin flag of boss" in wait_line(serve, r"config reloaded.*")
+        # status tells what the coordinator says now, not the flag of the last registration
+        assert not json.loads(tm(admin_home, "status", "--json").stdout)["admin"]
+        assert "[admin]" not in tm(admin_home, "status").stdout
         refused = tm(admin_home, "peers", "pending", check=False)
         assert refused.returncode == 1 and "403" in refused.stderr
     finally:

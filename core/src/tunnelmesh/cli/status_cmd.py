@@ -25,6 +25,9 @@ def status(context_name: str | None, as_json: bool) -> None:
     others = [p for p in rows if p.peer_id != ctx.peer_id]
     online = sum(1 for p in others if p.online)
     transports = collections.Counter(me.transports.values()) if me else collections.Counter()
+    # the coordinator's word when it answers (admin_peers changes on SIGHUP); else the flag of
+    # the last registration
+    admin = me.is_admin if me is not None else ctx.is_admin
     info = {
         "context": ctx.name,
         "name": ctx.peer_name,
@@ -35,7 +38,7 @@ def status(context_name: str | None, as_json: bool) -> None:
         "coordinator_reachable": live,
         "registered": me is not None if live else None,
         "online": me.online if me else None,
-        "admin": ctx.is_admin,
+        "admin": admin,
         "peers_online": online,
         "peers_total": len(others),
         "transports": dict(transports),
@@ -45,9 +48,7 @@ def status(context_name: str | None, as_json: bool) -> None:
         return
     used = ", ".join(f"{k} ({v})" for k, v in sorted(transports.items())) or "none reported"
     click.echo(f"context:      {ctx.name}")
-    click.echo(
-        f"name:         {ctx.peer_name} ({info['dns_name']}){' [admin]' if ctx.is_admin else ''}"
-    )
+    click.echo(f"name:         {ctx.peer_name} ({info['dns_name']}){' [admin]' if admin else ''}")
     click.echo(f"peer ID:      {ctx.peer_id} (admin_peers takes it)")
     click.echo(f"mesh IP:      {ctx.mesh_ip}")
     click.echo(f"coordinator:  {ctx.server} ({'reachable' if live else 'UNREACHABLE'})")
