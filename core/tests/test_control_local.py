@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
@@ -82,3 +83,35 @@ def test_split_hostport() -> None:
     assert split_hostport("host", 7) == ("host", 7)
     with pytest.raises(ConfigError):
         split_hostport("h:99999", 1)
+
+
+def test_stopping_the_client_loops_survives_a_swallowed_cancellation() -> None:
+    """A loop that loses one cancellation (Python 3.11: a timeout in the same loop turn) is
+    cancelled again, so the client's run() ends instead of waiting forever."""
+    from tunnelmesh.control.client import _cancel_and_wait
+
+    async def main() -> list[str]:
+        ended: list[str] = []
+
+        async def swallows_once() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                ended.append("swallower")
+
+        async def plain() -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                ended.append("plain")
+
+        tasks = [asyncio.create_task(swallows_once()), asyncio.create_task(plain())]
+        await asyncio.sleep(0)
+        await asyncio.wait_for(_cancel_and_wait(tasks), 5)
+        return sorted(ended)
+
+    assert asyncio.run(main()) == ["plain", "swallower"]
