@@ -258,6 +258,16 @@ def test_coordinator_metrics_over_loopback(tmp_path: Path) -> None:
                 assert c.heartbeat_seconds[0] == 1 and sum(c.heartbeat_buckets) == 1
                 with pytest.raises(Exception, match=r"bad_token|401"):
                     await bad.register()
+                # the join token as a credential, an unknown session: denied, and not counted
+                # as registrations (they were, as refused ones)
+                session = c.session_token
+                c.session_token = TOKEN
+                with pytest.raises(Exception, match=r"token_not_credential"):
+                    await c.request("DELETE", "/api/v1/peers/alpha")
+                c.session_token = "not-a-session"
+                with pytest.raises(Exception, match=r"401"):
+                    await c.request("GET", "/api/v1/peers")
+                c.session_token = session
             finally:
                 await c.aclose()
                 await bad.aclose()
@@ -266,6 +276,11 @@ def test_coordinator_metrics_over_loopback(tmp_path: Path) -> None:
         reg = "tunnelmesh_coordinator_registrations"
         assert value(fams, reg, "_total", result="registered") == 1
         assert value(fams, reg, "_total", result="refused", reason="bad_token") == 1
+        reasons = {x.labels.get("reason") for x in fams[reg].samples}
+        assert not reasons & {"unauthorized", "token_not_credential"}, reasons
+        denied = "tunnelmesh_coordinator_denied"
+        assert value(fams, denied, "_total", reason="unauthorized") == 1
+        assert value(fams, denied, "_total", reason="token_not_credential") == 1
         assert value(fams, "tunnelmesh_coordinator_heartbeats", "_total") == 1
         assert value(fams, "tunnelmesh_coordinator_peer_online", peer="alpha") == 1
         assert value(fams, "tunnelmesh_coordinator_peers", state="online") == 1

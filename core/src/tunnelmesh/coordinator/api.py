@@ -140,6 +140,7 @@ def authenticated_peer(request: web.Request) -> PeerRecord:
                 "token_not_credential",
                 "the mesh join token only registers a new key; it grants nothing else",
             ),
+            registration=False,
         )
     if rec is None:
         raise coord.refuse(
@@ -147,6 +148,7 @@ def authenticated_peer(request: web.Request) -> PeerRecord:
             ApiFailure(
                 401, "unauthorized", "missing or unknown session token; register (join) again"
             ),
+            registration=False,
         )
     if rec.pending:
         raise ApiFailure(
@@ -174,13 +176,16 @@ async def _authorize(request: web.Request, handler: Any) -> web.StreamResponse:
     coord = request.app[COORDINATOR_KEY]
     rec = authenticated_peer(request)
     if policy is Policy.ADMIN and not coord.is_admin(rec):
-        raise coord.refuse(_source(request), ApiFailure(403, "forbidden", "admins only"))
+        raise coord.refuse(
+            _source(request), ApiFailure(403, "forbidden", "admins only"), registration=False
+        )
     if policy is Policy.SELF_OR_ADMIN and not coord.is_admin(rec):
         target = coord.peer_by_name(match.get(declared.target, ""))
         if target is None or target.peer_id != rec.peer_id:
             raise coord.refuse(
                 _source(request),
                 ApiFailure(403, "forbidden", "only the peer itself or an admin may do this"),
+                registration=False,
             )
     return await handler(request)  # type: ignore[no-any-return]
 

@@ -206,6 +206,7 @@ class Coordinator:
         self.revision = 0
         self.stun_port = 0
         self.refused_by: dict[str, int] = {}
+        self.denied_by: dict[str, int] = {}  # other routes: 401/403 by error code (a few codes)
         """Refused attempts by error code (a fixed set of strings; metrics)."""
         self.stats = {
             "registrations": 0,
@@ -516,9 +517,16 @@ class Coordinator:
             self.limiter.charge(source, now)
             raise ApiFailure(429, "rate_limited", str(exc), max(1.0, exc.retry_after)) from None
 
-    def refuse(self, source: str, failure: ApiFailure) -> ApiFailure:
-        """Charge a refused attempt to ``source`` and return the failure to raise."""
+    def refuse(self, source: str, failure: ApiFailure, *, registration: bool = True) -> ApiFailure:
+        """Charge a refused attempt to ``source`` and return the failure to raise.
+
+        ``registration=False``: a request refused for its credential or role (401, 403) on
+        another route; counted in ``denied_by``, not as a refused registration.
+        """
         self.limiter.charge(source, self.clock())
+        if not registration:
+            self.denied_by[failure.error] = self.denied_by.get(failure.error, 0) + 1
+            return failure
         self.stats["refused"] += 1
         self.refused_by[failure.error] = self.refused_by.get(failure.error, 0) + 1
         if failure.error == "bad_endpoint":

@@ -36,6 +36,13 @@ class CoordinatorCollector(FamilyCollector):
             ("result", "reason"),
         ),
         Family(
+            "tunnelmesh_coordinator_denied_total",
+            "counter",
+            "Requests to other routes refused for their credential or role, by error code "
+            "(unauthorized, token_not_credential, forbidden).",
+            ("reason",),
+        ),
+        Family(
             "tunnelmesh_coordinator_heartbeats_total", "counter", "Heartbeats accepted from peers."
         ),
         Family(
@@ -97,6 +104,10 @@ class CoordinatorCollector(FamilyCollector):
         if rest > 0:  # refusals counted before reasons were (none today)
             regs.add_metric(["refused", "other"], rest)
         yield regs
+        denied = fam("tunnelmesh_coordinator_denied_total")
+        for code, n in sorted(dict(getattr(c, "denied_by", {})).items()):
+            denied.add_metric([code], n)
+        yield denied
         hb = fam("tunnelmesh_coordinator_heartbeats_total")
         hb.add_metric([], c.stats.get("heartbeats", 0))
         yield hb
