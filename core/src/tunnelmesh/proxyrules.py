@@ -27,6 +27,7 @@ __all__ = [
     "PeerLookup",
     "RouteError",
     "parse_port",
+    "parse_u16",
     "resolver_lookup",
 ]
 
@@ -44,7 +45,7 @@ class RouteError(RemoteProtocolError, ValueError):
     """A routing header is malformed; the message is the plain-text body of the 400."""
 
 
-def _u16(text: str) -> int | None:
+def parse_u16(text: str) -> int | None:
     """Parse like Rust's ``u16::from_str``: optional ``+``, decimal digits, at most 65535."""
     if _U16.fullmatch(text) is None:
         return None
@@ -63,7 +64,7 @@ def parse_port(raw: str) -> int:
     text = raw.strip()
     if not text:
         raise RouteError("header value cannot be empty")
-    port = _u16(text)
+    port = parse_u16(text)
     if not port:  # None, or 0: refused here although cmux's parser lets 0 through (spec s.12)
         raise RouteError("invalid port in X-Cmux-Port-Internal")
     return port

@@ -48,7 +48,7 @@ def mesh_exposure(router: Router, addresses: list[tuple[str, int]]) -> list[str]
 def _registered_rules(ctx: click.Context) -> list[type[ProxyRule]]:
     pm = getattr(ctx.find_root().obj, "pm", None)
     if pm is None:
-        from tunnelmesh._manager import make_plugin_manager
+        from tunnelmesh.manager import make_plugin_manager
 
         pm = make_plugin_manager()
     return list(pm.build_registry("proxy_rules").proxy_rules.values())

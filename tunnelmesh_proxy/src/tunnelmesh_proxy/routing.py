@@ -24,7 +24,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from tunnelmesh.abc import ProxyRule, Upstream
-from tunnelmesh.proxyrules import NO_ROUTE, NOT_VISIBLE, PORT_HEADER, RouteError, _u16, parse_port
+from tunnelmesh.proxyrules import (
+    NO_ROUTE,
+    NOT_VISIBLE,
+    PORT_HEADER,
+    RouteError,
+    parse_port,
+    parse_u16,
+)
 
 __all__ = ["CmuxRule", "Router", "match_host", "workspace_ip"]
 
@@ -68,7 +75,7 @@ def match_host(host: str) -> tuple[str, int] | None:
     workspace, dash, port_text = name[:-10].rpartition("-")
     if not dash or not workspace:
         return None
-    port = _u16(port_text)
+    port = parse_u16(port_text)
     if port is None:
         return None
     return workspace, port

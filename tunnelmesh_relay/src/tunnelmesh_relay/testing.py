@@ -15,7 +15,7 @@ from typing import Any
 
 from tunnelmesh.config import ServerConfig
 from tunnelmesh.control.client import ControlClient, fetch_ca
-from tunnelmesh.coordinator.server import CoordinatorServer
+from tunnelmesh.coordinator import CoordinatorServer
 from tunnelmesh.identity import Identity
 
 from tunnelmesh_relay import plugin
@@ -63,7 +63,7 @@ class RelayMesh:
         self.ca_pem = ""
 
     async def __aenter__(self) -> RelayMesh:
-        from tunnelmesh._manager import make_plugin_manager
+        from tunnelmesh.manager import make_plugin_manager
 
         pm = make_plugin_manager(entry_points=False, builtins=False)
         pm.register(plugin, "relay")

@@ -49,9 +49,8 @@ from aiohttp import web
 from tunnelmesh import Policy, route_policy
 from tunnelmesh.abc import Storage
 from tunnelmesh.control.urls import join_hostport, split_hostport
+from tunnelmesh.coordinator import ApiFailure, Coordinator, PeerRecord
 from tunnelmesh.coordinator.api import authenticated_peer
-from tunnelmesh.coordinator.core import ApiFailure, Coordinator
-from tunnelmesh.coordinator.store import PeerRecord
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.logs import add_secret
 from tunnelmesh.storage import FilesystemStorage
