@@ -563,3 +563,24 @@ def test_join_mesh_makes_the_coordinator_a_peer(
             await p.aclose()
 
     run(main())
+
+
+def test_join_mesh_default_key_follows_tunnelmesh_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``join_mesh.private_key`` left at its default is ``$TUNNELMESH_HOME/id_ed25519``, as for
+    ``join`` (it was ``$HOME/.tunnelmesh/id_ed25519`` while the context went to
+    ``$TUNNELMESH_HOME``)."""
+    monkeypatch.setenv("TUNNELMESH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+
+    async def main() -> None:
+        async with CoordinatorServer(config(tmp_path, join_mesh=JoinMesh(name="hub"))) as server:
+            await until(lambda: (tmp_path / "home" / "contexts.json").exists())
+            ctx = ContextStore(tmp_path / "home").get("hub")
+            assert ctx.key_path == str(tmp_path / "home" / "id_ed25519")
+            assert server.coordinator.peer_by_name("hub") is not None
+
+    run(main())
+    assert (tmp_path / "home" / "id_ed25519").exists()
+    assert not (tmp_path / "user").exists()

@@ -53,6 +53,18 @@ def default_key_path() -> Path:
     return tunnelmesh_home() / DEFAULT_KEY_NAME
 
 
+DEFAULT_PRIVATE_KEY = "~/.tunnelmesh/id_ed25519"
+"""The ``private_key`` a config has when it sets none."""
+
+
+def configured_key_path(private_key: str) -> Path:
+    """The key file a config's ``private_key`` names: left at its default, the key follows
+    ``TUNNELMESH_HOME`` (:func:`default_key_path`), as everything else in ``~/.tunnelmesh``."""
+    if private_key == DEFAULT_PRIVATE_KEY:
+        return default_key_path()
+    return Path(private_key).expanduser()
+
+
 def _raw_public(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 

@@ -19,7 +19,7 @@ from tunnelmesh.control.contexts import Context as MeshContext
 from tunnelmesh.control.contexts import ContextStore
 from tunnelmesh.control.urls import normalize_server_url
 from tunnelmesh.errors import ConfigError, TunnelmeshError
-from tunnelmesh.identity import Identity, default_key_path
+from tunnelmesh.identity import Identity, configured_key_path
 from tunnelmesh.logs import add_secret
 
 
@@ -219,10 +219,8 @@ def join(
         key = Path(key_path).expanduser()
     elif existing and existing.key_path:
         key = Path(existing.key_path)
-    elif cfg.private_key != "~/.tunnelmesh/id_ed25519":
-        key = Path(cfg.private_key).expanduser()
     else:
-        key = default_key_path()
+        key = configured_key_path(cfg.private_key)
 
     data_plane = False
     if not once and not no_tun:

@@ -44,6 +44,7 @@ from tunnelmesh.coordinator.store import StateStore
 from tunnelmesh.coordinator.stun_server import StunServer, start_stun_server
 from tunnelmesh.errors import ConfigError, TunnelmeshError
 from tunnelmesh.hostaddrs import local_addresses
+from tunnelmesh.identity import configured_key_path
 
 __all__ = ["CoordinatorServer", "local_addresses"]
 
@@ -89,7 +90,7 @@ class CoordinatorServer:
 
             assert config.join_mesh is not None
             self._join_identity, _ = Identity.load_or_create(
-                Path(config.join_mesh.private_key).expanduser()
+                configured_key_path(config.join_mesh.private_key)
             )
             keys.add(self._join_identity.public_openssh)
         self.coordinator = Coordinator(config, store=store, pm=pm, coordinator_keys=keys)
@@ -352,7 +353,7 @@ class CoordinatorServer:
                 domain=resp.domain,
                 session_token=resp.session_token,
                 ca_path=str(ca_path),
-                key_path=str(Path(self.config.join_mesh.private_key).expanduser()),
+                key_path=str(configured_key_path(self.config.join_mesh.private_key)),
                 is_admin=resp.is_admin,
                 stun_port=resp.stun_port,
             )
