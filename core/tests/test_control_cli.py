@@ -22,6 +22,20 @@ TOKEN = "cli-test-token-0123456789abcdef"
 MAIN = "import sys; from tunnelmesh.cli import main; sys.exit(main())"
 
 
+def stop(proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    """SIGTERM ``proc`` and wait; a stop that hangs fails the test but never leaks the process."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 def env_for(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -86,10 +100,7 @@ def coordinator(tmp_path: Path) -> Iterator[str]:
     try:
         yield wait_line(proc, r"https://127\.0\.0\.1:\d+")
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        stop(proc)
 
 
 def test_join_peers_status_leave(tmp_path: Path, coordinator: str) -> None:
@@ -243,10 +254,7 @@ def test_token_on_the_command_line_leaves_the_running_process_argv(
         assert not any(TOKEN.encode() in arg for arg in cmdline), cmdline
         assert b"--token" not in cmdline
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        stop(proc)
     ctx_file = (tmp_path / "a" / "contexts.json").read_text()
     assert TOKEN not in ctx_file and "auth_token" not in ctx_file
 
@@ -463,11 +471,7 @@ def test_device_approval_and_sighup_demotion(tmp_path: Path) -> None:
         for proc in (waiting, serve):
             if proc is None:
                 continue
-            proc.terminate()
-            proc.wait(timeout=20)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            stop(proc)
 
 
 def test_scrub_token_removes_every_spelling_and_nothing_else() -> None:
