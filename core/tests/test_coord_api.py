@@ -584,3 +584,30 @@ def test_join_mesh_default_key_follows_tunnelmesh_home(
     run(main())
     assert (tmp_path / "home" / "id_ed25519").exists()
     assert not (tmp_path / "user").exists()
+    assert (tmp_path / "home" / "contexts").stat().st_mode & 0o777 == 0o700
+
+
+def test_join_makes_the_contexts_directory_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``contexts/`` (made as a parent of ``contexts/<name>``) is 0700 whatever the umask; it
+    was 0755, while docs/security.md promises directories 0700."""
+    from tunnelmesh.control import daemon
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+
+    async def main() -> None:
+        async with CoordinatorServer(config(tmp_path)) as server:
+            await daemon.join(
+                server=server.url,
+                token=TOKEN,
+                context_name="m",
+                name="n",
+                key_path=home / "id_ed25519",
+                store=ContextStore(home),
+            )
+
+    run(main())
+    for d in (home / "contexts", home / "contexts" / "m"):
+        assert d.stat().st_mode & 0o777 == 0o700, d

@@ -27,7 +27,7 @@ from tunnelmesh.coordinator.ca import ca_fingerprint
 from tunnelmesh.errors import ConfigError, TunnelmeshError
 from tunnelmesh.hostaddrs import local_addresses
 from tunnelmesh.identity import Identity
-from tunnelmesh.private_files import ensure_private_dir
+from tunnelmesh.private_files import ensure_private_dir, private_umask
 
 __all__ = ["JoinResult", "client_for", "join", "run_daemon", "stun_query"]
 
@@ -147,7 +147,8 @@ async def join(
             while reg.pending:  # approve_new_peers: ask again (signature only) until admitted
                 await asyncio.sleep(approval_poll)
                 reg = await client.register()
-    ctx_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with private_umask():  # contexts/ too (parents=True made it 0755)
+        ctx_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_path = ctx_dir / "ca.crt"
     ca_path.write_text(ca_pem, encoding="ascii")
     old_trusted = ""

@@ -45,6 +45,7 @@ from tunnelmesh.coordinator.stun_server import StunServer, start_stun_server
 from tunnelmesh.errors import ConfigError, TunnelmeshError
 from tunnelmesh.hostaddrs import local_addresses
 from tunnelmesh.identity import configured_key_path
+from tunnelmesh.private_files import private_umask
 
 __all__ = ["CoordinatorServer", "local_addresses"]
 
@@ -339,7 +340,8 @@ class CoordinatorServer:
         try:
             store = ContextStore()
             ctx_dir = store.context_dir(resp.name)
-            ctx_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with private_umask():  # contexts/ too (parents=True made it 0755)
+                ctx_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             ca_path = ctx_dir / "ca.crt"
             ca_path.write_text(self.coordinator.ca.cert_pem, encoding="ascii")
             assert self.config.join_mesh is not None
