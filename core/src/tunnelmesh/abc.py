@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgspec
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tunnelmesh.config import PeerConfig, ServerConfig
+    from tunnelmesh.coordinator.ca import MeshCa
+    from tunnelmesh.coordinator.store import PeerRecord
+
 __all__ = [
     "BucketInfo",
+    "CoordinatorView",
     "DnsBackend",
     "Link",
+    "NodeView",
     "ObjectInfo",
     "ObjectListing",
     "ObjectReader",
@@ -621,3 +630,67 @@ class ProxyRule(abc.ABC):
             ValueError: the rule recognises its header but the value is malformed; the proxy
                 answers 400 with ``str(exc)`` as the plain-text body.
         """
+
+
+# --- what hooks receive -----------------------------------------------------------------------
+
+
+class CoordinatorView(Protocol):
+    """The running coordinator as ``tunnelmesh_register_coordinator_routes`` hands it to a plugin.
+
+    A plugin types its ``coordinator`` argument with this and uses nothing else of it; the
+    coordinator (:class:`tunnelmesh.coordinator.Coordinator`) satisfies it (mypy checks that
+    where the hook is called).
+    """
+
+    @property
+    def config(self) -> ServerConfig:
+        """The server configuration; a plugin's own section is ``config.sections[name]``."""
+
+    @property
+    def data_dir(self) -> Path:
+        """The coordinator's state folder; a plugin keeps its files in a subfolder of it."""
+
+    @property
+    def domain(self) -> str:
+        """The mesh's DNS domain."""
+
+    @property
+    def pm(self) -> Any:
+        """The plugin manager (``build_registry(kind)``), or None in a bare test coordinator."""
+
+    @property
+    def ca(self) -> MeshCa | None:
+        """The mesh CA, once the coordinator is loaded."""
+
+    @property
+    def peers(self) -> dict[str, PeerRecord]:
+        """Registered peers by peer ID (read only: a plugin never writes the registry)."""
+
+    def peer_by_name(self, name: str) -> PeerRecord | None:
+        """The peer registered under ``name``, or None."""
+
+    def own_mesh_ip(self) -> str | None:
+        """The mesh IP of the coordinator's own peer (``join_mesh``), or None until it has one."""
+
+    async def wait_own_mesh_ip(self) -> str:
+        """Wait until the coordinator's own peer is registered; return its mesh IP."""
+
+
+class NodeView(Protocol):
+    """The running node as ``tunnelmesh_node_started`` and ``tunnelmesh_node_stopping`` hand it.
+
+    :class:`tunnelmesh.node.node.Node` satisfies it (mypy checks that where the hooks are called).
+    """
+
+    @property
+    def name(self) -> str:
+        """This peer's name in the mesh."""
+
+    @property
+    def mesh_ip(self) -> str:
+        """This peer's mesh IP address."""
+
+    @property
+    def config(self) -> PeerConfig:
+        """The peer configuration; a plugin's own section is ``config.sections[name]``."""

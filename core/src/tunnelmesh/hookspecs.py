@@ -16,13 +16,15 @@ Rules for plugin authors:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
     import click
+    from aiohttp import web
 
+    from tunnelmesh.abc import CoordinatorView, NodeView
     from tunnelmesh.registry import Registry
 
 hookspec = pluggy.HookspecMarker("tunnelmesh")
@@ -132,7 +134,9 @@ def tunnelmesh_register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def tunnelmesh_register_coordinator_routes(app: Any, coordinator: Any) -> None:
+def tunnelmesh_register_coordinator_routes(
+    app: web.Application, coordinator: CoordinatorView
+) -> None:
     """Add HTTP (and WebSocket) routes to the coordination server.
 
     Called once, when the coordinator builds its web application, before it starts serving.
@@ -142,8 +146,8 @@ def tunnelmesh_register_coordinator_routes(app: Any, coordinator: Any) -> None:
     returns the calling peer).
 
     :param app: the coordinator's ``aiohttp.web.Application``; add routes to ``app.router``.
-    :param coordinator: the running coordinator, for its state store, peer registry and
-        groups (``coordinator.groups``).
+    :param coordinator: the running coordinator as a :class:`tunnelmesh.abc.CoordinatorView`:
+        its configuration, data folder, domain, CA and peer registry (read only).
     :return: ignored.
 
     .. versionadded:: 0.1
@@ -156,10 +160,11 @@ def tunnelmesh_register_coordinator_routes(app: Any, coordinator: Any) -> None:
 
 
 @hookspec
-def tunnelmesh_node_started(node: Any) -> None:
+def tunnelmesh_node_started(node: NodeView) -> None:
     """Notification: a mesh node finished starting (TUN up, transports listening).
 
-    :param node: the running node.
+    :param node: the running node as a :class:`tunnelmesh.abc.NodeView` (name, mesh IP,
+        configuration).
     :return: ignored.
 
     .. versionadded:: 0.1
@@ -167,10 +172,11 @@ def tunnelmesh_node_started(node: Any) -> None:
 
 
 @hookspec
-def tunnelmesh_node_stopping(node: Any) -> None:
+def tunnelmesh_node_stopping(node: NodeView) -> None:
     """Notification: a mesh node is about to stop; release what the plugin holds.
 
-    :param node: the running node.
+    :param node: the running node as a :class:`tunnelmesh.abc.NodeView` (name, mesh IP,
+        configuration).
     :return: ignored.
 
     .. versionadded:: 0.1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tunnelmesh import hookimpl
 
 if TYPE_CHECKING:
+    from aiohttp import web
+    from tunnelmesh.abc import CoordinatorView
     from tunnelmesh.registry import Registry
 
 
@@ -25,7 +27,9 @@ def tunnelmesh_register_config_sections(registry: Registry) -> None:
 
 
 @hookimpl
-def tunnelmesh_register_coordinator_routes(app: Any, coordinator: Any) -> None:
+def tunnelmesh_register_coordinator_routes(
+    app: web.Application, coordinator: CoordinatorView
+) -> None:
     from tunnelmesh_relay.server import add_routes
 
     add_routes(app, coordinator)

@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 from tunnelmesh import Policy, route_policy
+from tunnelmesh.abc import CoordinatorView
 from tunnelmesh.coordinator.api import authenticated_peer
 
 from tunnelmesh_relay.proto import (
@@ -244,7 +245,7 @@ async def relay_stats(request: web.Request) -> web.Response:
     return web.json_response(hub.stats())
 
 
-def add_routes(app: web.Application, coordinator: Any) -> RelayHub | None:
+def add_routes(app: web.Application, coordinator: CoordinatorView) -> RelayHub | None:
     """Add the relay routes (unless ``relay.enabled`` is false); return the hub."""
     sections = getattr(getattr(coordinator, "config", None), "sections", {}) or {}
     config = sections.get("relay") or RelayConfig()

@@ -47,9 +47,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from tunnelmesh import Policy, route_policy
-from tunnelmesh.abc import Storage
+from tunnelmesh.abc import CoordinatorView, Storage
 from tunnelmesh.control.urls import join_hostport, split_hostport
-from tunnelmesh.coordinator import ApiFailure, Coordinator, PeerRecord
+from tunnelmesh.coordinator import ApiFailure, PeerRecord
 from tunnelmesh.coordinator.api import authenticated_peer
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.logs import add_secret
@@ -109,7 +109,7 @@ class CoordinatorAuthorizer(FileAuthorizer):
 
     issues_by_name = False
 
-    def __init__(self, path: str | Path, coordinator: Coordinator) -> None:
+    def __init__(self, path: str | Path, coordinator: CoordinatorView) -> None:
         super().__init__(path)
         self.coordinator = coordinator
 
@@ -274,7 +274,7 @@ class MeshS3Service:
         section: the ``s3:`` config section.
     """
 
-    def __init__(self, coordinator: Coordinator, section: S3Section) -> None:
+    def __init__(self, coordinator: CoordinatorView, section: S3Section) -> None:
         self.coordinator = coordinator
         self.section = section
         self.root = Path(section.data_dir or coordinator.data_dir / "s3").expanduser()
@@ -308,7 +308,7 @@ class MeshS3Service:
         pm = self.coordinator.pm
         if pm is None:
             return FilesystemStorage
-        backends = pm.build_registry().storage
+        backends = pm.build_registry("storage").storage
         try:
             return backends[self.section.storage]  # type: ignore[no-any-return]
         except KeyError:
@@ -469,7 +469,7 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 SERVICE_KEY = web.AppKey("s3_service", MeshS3Service)
 
 
-def install(app: web.Application, coordinator: Coordinator) -> MeshS3Service | None:
+def install(app: web.Application, coordinator: CoordinatorView) -> MeshS3Service | None:
     """Add the S3 service and its routes to a coordinator's app when ``s3.enabled``.
 
     Raises:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tunnelmesh import hookimpl
 
 if TYPE_CHECKING:
     import click
     from aiohttp import web
+    from tunnelmesh.abc import CoordinatorView
     from tunnelmesh.registry import Registry
 
 
@@ -44,7 +45,9 @@ def tunnelmesh_register_config_sections(registry: Registry) -> None:
 
 
 @hookimpl
-def tunnelmesh_register_coordinator_routes(app: web.Application, coordinator: Any) -> None:
+def tunnelmesh_register_coordinator_routes(
+    app: web.Application, coordinator: CoordinatorView
+) -> None:
     """With ``s3: {enabled: true}``: the S3 service and the per-peer credentials routes."""
     from tunnelmesh_s3.mesh import install
 

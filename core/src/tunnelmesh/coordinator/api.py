@@ -45,6 +45,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from tunnelmesh import __version__
+from tunnelmesh.abc import CoordinatorView
 from tunnelmesh.control.messages import (
     ApiError,
     CaResponse,
@@ -471,7 +472,8 @@ def build_app(coord: Coordinator, pm: Any = None) -> web.Application:
     r.add_post("/api/v1/rendezvous", rendezvous)
     r.add_get("/api/v1/push", push)
     if pm is not None:
-        pm.hook.tunnelmesh_register_coordinator_routes(app=app, coordinator=coord)
+        view: CoordinatorView = coord  # mypy: the coordinator is what the hook promises
+        pm.hook.tunnelmesh_register_coordinator_routes(app=app, coordinator=view)
     missing = [f"{m} {path}" for m, path, policy in route_table(app) if policy is None]
     if missing:
         raise PluginError(

@@ -525,7 +525,7 @@ def run_demo(
         raise TunnelmeshError(f"tunnelmesh demo: {why}")
     from tunnelmesh._manager import make_plugin_manager
 
-    if not make_plugin_manager().build_registry().transports:
+    if not make_plugin_manager().build_registry("transports").transports:
         raise TunnelmeshError(
             "tunnelmesh demo needs a transport plugin: pip install 'tunnelmesh[udp]'"
         )

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tunnelmesh.abc import Link, PacketFilter, Transport
+from tunnelmesh.abc import Link, NodeView, PacketFilter, Transport
 from tunnelmesh.aio.stopping import bounded_step, finish
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.client import ControlClient, PeerStatus
@@ -466,7 +466,8 @@ class Node:
             f"(port {self.udp_port}); endpoints: {', '.join(self.endpoints()) or '-'}"
         )
         if self.pm is not None:
-            self.pm.hook.tunnelmesh_node_started(node=self)
+            view: NodeView = self  # mypy: the node is what the hook promises
+            self.pm.hook.tunnelmesh_node_started(node=view)
 
     def _on_link(self, transport: Transport, link: Link) -> None:
         if self.sync is not None:
