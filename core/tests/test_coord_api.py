@@ -611,3 +611,40 @@ def test_join_makes_the_contexts_directory_private(
     run(main())
     for d in (home / "contexts", home / "contexts" / "m"):
         assert d.stat().st_mode & 0o777 == 0o700, d
+
+
+def test_a_join_waiting_for_approval_outlasts_the_registration_pace(tmp_path: Path) -> None:
+    """A waiting join polls faster than a key may register (10, then one per 10 s): a 429
+    makes it wait longer, not give up (it stopped with "429 rate_limited" after ~40 s)."""
+    from tunnelmesh.control import daemon
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+
+    async def main() -> None:
+        async with CoordinatorServer(config(tmp_path, approve_new_peers=True)) as server:
+            coord = server.coordinator
+            first = await client(server, "boss")  # the first key is admin and never waits
+            waiting = asyncio.ensure_future(
+                daemon.join(
+                    server=server.url,
+                    token=TOKEN,
+                    context_name="m",
+                    name="newbie",
+                    key_path=home / "id_ed25519",
+                    store=ContextStore(home),
+                    on_pending=lambda reg: True,
+                    approval_poll=0.01,
+                    limited_backoff=0.05,
+                )
+            )
+            await until(lambda: coord.stats["registrations_limited"] >= 2 or waiting.done())
+            assert not waiting.done(), waiting.exception()
+            rec = coord.peer_by_name("newbie")
+            assert rec is not None and rec.pending
+            assert await coord.approve(rec)
+            result = await asyncio.wait_for(waiting, 10)
+            assert result.context.peer_name == "newbie"
+            await first.aclose()
+
+    run(main())

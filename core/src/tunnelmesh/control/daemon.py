@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from tunnelmesh import stun
 from tunnelmesh.aio.stopping import bounded_step, finish
-from tunnelmesh.control.client import ControlClient, fetch_ca
+from tunnelmesh.control.client import ApiRequestError, ControlClient, fetch_ca
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import RegisterResponse
 from tunnelmesh.coordinator.ca import ca_fingerprint
@@ -108,6 +108,7 @@ async def join(
     pinned_ca: str = "",
     on_pending: Callable[[RegisterResponse], bool] | None = None,
     approval_poll: float = 3.0,
+    limited_backoff: float = 10.0,
 ) -> JoinResult:
     """Register with the coordinator and write the context.
 
@@ -121,6 +122,8 @@ async def join(
         on_pending: called when the coordinator answers that this key waits for an admin's
             approval (``approve_new_peers``); True waits (re-registering every
             ``approval_poll`` seconds) until approved, False writes the context as it is.
+        limited_backoff: how long a waiting join pauses when the coordinator answers 429
+            (a key may register 10 times, then once every 10 s): it keeps waiting.
 
     Raises:
         TunnelmeshError: the coordinator cannot be reached, cannot prove the token, or refuses.
@@ -144,9 +147,16 @@ async def join(
     ) as client:
         reg = await client.register()
         if reg.pending and on_pending is not None and on_pending(reg):
+            pause = approval_poll
             while reg.pending:  # approve_new_peers: ask again (signature only) until admitted
-                await asyncio.sleep(approval_poll)
-                reg = await client.register()
+                await asyncio.sleep(pause)
+                try:
+                    reg = await client.register()
+                    pause = approval_poll
+                except ApiRequestError as exc:
+                    if exc.status != 429:
+                        raise
+                    pause = limited_backoff  # over the per-key pace: ask less often
     with private_umask():  # contexts/ too (parents=True made it 0755)
         ctx_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_path = ctx_dir / "ca.crt"
