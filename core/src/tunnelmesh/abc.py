@@ -21,8 +21,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tunnelmesh.config import PeerConfig, ServerConfig
+    from tunnelmesh.control.client import ControlClient
+    from tunnelmesh.control.contexts import Context
     from tunnelmesh.coordinator.ca import MeshCa
     from tunnelmesh.coordinator.store import PeerRecord
+    from tunnelmesh.identity import Identity
 
 __all__ = [
     "BucketInfo",
@@ -40,6 +43,7 @@ __all__ = [
     "Storage",
     "Transport",
     "TransportCapabilities",
+    "TransportHost",
     "UploadInfo",
     "Upstream",
 ]
@@ -155,6 +159,17 @@ class Transport(abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[TransportCapabilities] = TransportCapabilities()
+
+    @classmethod
+    def from_node(cls, node: TransportHost) -> Transport:
+        """Build this transport for a running node (the node calls it for each registered one).
+
+        By default ``cls(node.x25519_private_key, listen=node.listen_address,
+        mtu=node.config.tun.mtu)``; a transport whose constructor differs overrides this. A
+        TypeError here makes the node skip the transport with a warning.
+        """
+        factory: Callable[..., Transport] = cls
+        return factory(node.x25519_private_key, listen=node.listen_address, mtu=node.config.tun.mtu)
 
     @abc.abstractmethod
     async def listen(self, on_link: Callable[[Link], None]) -> None:
@@ -694,3 +709,30 @@ class NodeView(Protocol):
     @property
     def config(self) -> PeerConfig:
         """The peer configuration; a plugin's own section is ``config.sections[name]``."""
+
+
+class TransportHost(NodeView, Protocol):
+    """What :meth:`Transport.from_node` may read of the node that builds its transports.
+
+    :class:`tunnelmesh.node.node.Node` satisfies it (mypy checks that where transports are built).
+    """
+
+    @property
+    def identity(self) -> Identity:
+        """The node's ed25519 identity."""
+
+    @property
+    def x25519_private_key(self) -> bytes:
+        """The node's WireGuard (X25519) private key, derived from its identity."""
+
+    @property
+    def listen_address(self) -> str:
+        """``host:port`` the node's transports listen on (the configured port)."""
+
+    @property
+    def context(self) -> Context:
+        """The mesh this node joined (coordinator URL, CA file)."""
+
+    @property
+    def client(self) -> ControlClient:
+        """The node's control-plane client (its session with the coordinator)."""

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import websockets
-from tunnelmesh.abc import Link, Transport, TransportCapabilities
+from tunnelmesh.abc import Link, Transport, TransportCapabilities, TransportHost
 from tunnelmesh.aio.wgsession import WireGuardLink, WireGuardSession
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
 from tunnelmesh.errors import TransportError
@@ -116,7 +116,7 @@ class RelayTransport(Transport):
         self.last_error = ""
 
     @classmethod
-    def from_node(cls, node: Any) -> RelayTransport:
+    def from_node(cls, node: TransportHost) -> RelayTransport:
         """Build from a running node: its key, its coordinator, its session."""
         from pathlib import Path
 

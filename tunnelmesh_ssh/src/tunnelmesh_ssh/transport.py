@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from tunnelmesh.abc import Link, Packet, Transport, TransportCapabilities
+from tunnelmesh.abc import Link, Packet, Transport, TransportCapabilities, TransportHost
 from tunnelmesh.aio.queuedlink import QueuedLink
 from tunnelmesh.errors import TransportError
 from tunnelmesh.identity import Identity
@@ -269,7 +269,7 @@ class SshTransport(Transport):
         self._closed = False
 
     @classmethod
-    def from_node(cls, node: Any) -> SshTransport:
+    def from_node(cls, node: TransportHost) -> SshTransport:
         """Build from a running node: its identity and name, TCP on the UDP port's number."""
         return cls(node.identity, node.name, listen=node.listen_address, mtu=node.config.tun.mtu)
 

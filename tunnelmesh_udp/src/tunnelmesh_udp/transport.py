@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunnelmesh import stun as stun_codec
-from tunnelmesh.abc import Link, Transport, TransportCapabilities
+from tunnelmesh.abc import Link, Transport, TransportCapabilities, TransportHost
 from tunnelmesh.aio.wgsession import WireGuardLink
 from tunnelmesh.errors import TransportError
 from tunnelmesh.proto import WireGuard
@@ -74,7 +74,7 @@ class UdpTransport(Transport):
         """Handshakes completed so far (either side initiating)."""
 
     @classmethod
-    def from_node(cls, node: Any) -> UdpTransport:
+    def from_node(cls, node: TransportHost) -> UdpTransport:
         """Build from a running node: its key, ``0.0.0.0:<udp_port>``, MTU, 25 s keepalives."""
         return cls(
             node.x25519_private_key,

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tunnelmesh.abc import Link, NodeView, PacketFilter, Transport
+from tunnelmesh.abc import Link, NodeView, PacketFilter, Transport, TransportHost
 from tunnelmesh.aio.stopping import bounded_step, finish
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.client import ControlClient, PeerStatus
@@ -296,16 +296,10 @@ class Node:
         names = [n for n in order if n in registry.transports]
         names += sorted(n for n in registry.transports if n not in names)
         out: list[Transport] = []
+        host: TransportHost = self  # mypy: the node is what from_node may read
         for name in names:
-            cls = registry.transports[name]
-            factory = getattr(cls, "from_node", None)
             try:
-                if callable(factory):
-                    t = factory(self)
-                else:
-                    t = cls(
-                        self.x25519_private_key, listen=self.listen_address, mtu=self.config.tun.mtu
-                    )
+                t = registry.transports[name].from_node(host)
             except TypeError as exc:
                 log.warning("transport %s cannot be built for a node (%s); skipped", name, exc)
                 continue

@@ -24,9 +24,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from tunnelmesh.abc import Link, Transport, TransportCapabilities
+from tunnelmesh.abc import Link, Transport, TransportCapabilities, TransportHost
 from tunnelmesh.errors import TransportError
 from tunnelmesh.identity import x25519_public_of
 from tunnelmesh.proto import HandshakeCompleted, Peer, WireGuard
@@ -162,7 +162,7 @@ class TcpTransport(Transport):
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
-    def from_node(cls, node: Any) -> TcpTransport:
+    def from_node(cls, node: TransportHost) -> TcpTransport:
         """How a tunnelmesh node builds it: its key, TCP on the UDP port number plus one."""
         host, _, port = node.listen_address.rpartition(":")
         return cls(node.x25519_private_key, listen=f"{host}:{int(port) + 1}", port_offset=1)

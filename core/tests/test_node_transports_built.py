@@ -1,0 +1,83 @@
+"""The node builds every registered transport through ``Transport.from_node`` (no getattr probe):
+the default constructor call, an override reading the node as a ``TransportHost``, and a
+transport that cannot be built for a node is skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+from tunnelmesh.abc import Link, Transport, TransportHost
+from tunnelmesh.config import PeerConfig
+from tunnelmesh.control.contexts import Context, ContextStore
+from tunnelmesh.identity import Identity
+from tunnelmesh.node import Node
+from tunnelmesh.registry import Registry
+
+
+class _Base(Transport):
+    async def listen(self, on_link: Callable[[Link], None]) -> None:
+        pass
+
+    async def dial(self, peer: str, endpoints: Sequence[str], *, public_key: bytes = b"") -> Link:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Default(_Base):
+    """Built by the default ``from_node``: the UDP transport's constructor arguments."""
+
+    name = "default"
+
+    def __init__(self, private_key: bytes, *, listen: str, mtu: int) -> None:
+        self.args = (private_key, listen, mtu)
+
+
+class Custom(_Base):
+    """Overrides ``from_node`` and reads the node through the protocol."""
+
+    name = "custom"
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+
+    @classmethod
+    def from_node(cls, node: TransportHost) -> Custom:
+        return cls(f"{node.name}@{node.context.server}/{node.identity.peer_id}")
+
+
+class Unbuildable(_Base):
+    """Its constructor takes none of the default arguments: skipped with a warning."""
+
+    name = "unbuildable"
+
+    def __init__(self, something: object) -> None:
+        self.something = something
+
+
+def test_transports_are_built_by_from_node(tmp_path: Path) -> None:
+    ctx = Context(name="t", server="https://127.0.0.1:1", peer_name="a", mesh_ip="10.42.0.1")
+    identity = Identity.generate()
+    node = Node(
+        PeerConfig(name="a"),
+        context=ctx,
+        store=ContextStore(tmp_path),
+        identity=identity,
+        client=SimpleNamespace(),  # type: ignore[arg-type]
+    )
+    registry = Registry()
+    for cls in (Default, Custom, Unbuildable):
+        registry.add_transport(cls)
+
+    built = {t.name: t for t in node._build_transports(registry)}
+
+    assert sorted(built) == ["custom", "default"]
+    default = built["default"]
+    assert isinstance(default, Default)
+    assert default.args == (node.x25519_private_key, node.listen_address, node.config.tun.mtu)
+    custom = built["custom"]
+    assert isinstance(custom, Custom)
+    assert custom.who == f"a@https://127.0.0.1:1/{identity.peer_id}"
