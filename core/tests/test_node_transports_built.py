@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-from tunnelmesh.abc import Link, Transport, TransportHost
+from tunnelmesh.abc import Link, StunProber, Transport, TransportHost
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.identity import Identity
@@ -81,3 +81,18 @@ def test_transports_are_built_by_from_node(tmp_path: Path) -> None:
     custom = built["custom"]
     assert isinstance(custom, Custom)
     assert custom.who == f"a@https://127.0.0.1:1/{identity.peer_id}"
+
+
+class Prober(_Base):
+    name = "prober"
+
+    async def stun(
+        self, host: str, port: int, *, timeout: float = 1.0, attempts: int = 3
+    ) -> tuple[str, int] | None:
+        return ("192.0.2.1", 4242)
+
+
+def test_a_transport_with_stun_is_a_stun_prober() -> None:
+    """What the node asks after a network change (it used to probe with getattr)."""
+    assert isinstance(Prober(), StunProber)
+    assert not isinstance(Custom("x"), StunProber)

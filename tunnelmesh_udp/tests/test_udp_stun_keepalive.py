@@ -7,6 +7,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from tunnelmesh.abc import StunProber
 from tunnelmesh.identity import Identity
 from tunnelmesh.stun import StunResponder
 from tunnelmesh_udp.transport import UdpTransport
@@ -69,3 +70,10 @@ def test_mesh_nodes_keep_nat_mappings_open_with_keepalives() -> None:
         assert plain.engine.peer_by_name("beta").persistent_keepalive == 0  # type: ignore[union-attr]
 
     asyncio.run(main())
+
+
+def test_the_node_finds_the_udp_transport_as_a_stun_prober() -> None:
+    """The node asks ``isinstance(t, StunProber)`` for the transport that learns the reflexive
+    address after a network change; the UDP transport is one."""
+    t = UdpTransport(Identity.generate().x25519_private(), listen="127.0.0.1:0")
+    assert isinstance(t, StunProber)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
@@ -41,6 +41,7 @@ __all__ = [
     "PathQuality",
     "ProxyRule",
     "Storage",
+    "StunProber",
     "Transport",
     "TransportCapabilities",
     "TransportHost",
@@ -736,3 +737,20 @@ class TransportHost(NodeView, Protocol):
     @property
     def client(self) -> ControlClient:
         """The node's control-plane client (its session with the coordinator)."""
+
+
+@runtime_checkable
+class StunProber(Protocol):
+    """A transport that asks a STUN server for the reflexive address of its own socket (UDP).
+
+    The node asks the first transport that is one (``isinstance``) after the network changed.
+    """
+
+    async def stun(
+        self, host: str, port: int, *, timeout: float = 1.0, attempts: int = 3
+    ) -> tuple[str, int] | None:
+        """The address the STUN server saw this transport's socket at; None when none answered.
+
+        Raises:
+            TransportError: the transport is not listening.
+        """

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tunnelmesh.abc import Link, NodeView, PacketFilter, Transport, TransportHost
+from tunnelmesh.abc import Link, NodeView, PacketFilter, StunProber, Transport, TransportHost
 from tunnelmesh.aio.stopping import bounded_step, finish
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.client import ControlClient, PeerStatus
@@ -361,12 +361,12 @@ class Node:
         if self.exit is not None:
             await self.exit.network_changed()  # an exit's own LAN prefixes may have changed
         # the reflexive address, asked from the UDP transport's own socket
-        udp = next((t for t in self.transports if callable(getattr(t, "stun", None))), None)
+        udp = next((t for t in self.transports if isinstance(t, StunProber)), None)
         server = await self._stun_server() if udp is not None else None
         if udp is None or server is None:
             return
         try:
-            mapped = await udp.stun(server[0], server[1], timeout=0.5, attempts=3)  # type: ignore[attr-defined]
+            mapped = await udp.stun(server[0], server[1], timeout=0.5, attempts=3)
         except TunnelmeshError:
             return
         if mapped is not None:
