@@ -243,3 +243,20 @@ def test_the_scan_finds_what_it_looks_for() -> None:
     classes = exception_classes(files)
     assert {cls for _, cls in classes} == {"TunnelmeshError", "A", "B", "C"}
     assert tree_members(classes) == {"TunnelmeshError", "A", "B"}
+
+
+def test_the_coordinator_state_store_has_its_own_branch() -> None:
+    """The coordinator's store fails with StateStoreError, not the object storage's StorageError:
+    a coordinator module that catches StorageError would miss every state-store failure."""
+    assert not issubclass(errors.StateStoreError, errors.StorageError)
+    coordinator = ROOT / "core" / "src" / "tunnelmesh" / "coordinator"
+    named = sorted(
+        path.name
+        for path in coordinator.rglob("*.py")
+        if any(
+            isinstance(node, ast.Name | ast.alias)
+            and (getattr(node, "id", None) or getattr(node, "name", None)) == "StorageError"
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    )
+    assert not named, f"catch StateStoreError around the state store, not StorageError: {named}"

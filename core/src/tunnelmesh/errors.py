@@ -31,7 +31,7 @@ exception that its allow-list does not name with a reason.
     │       ├── RelayFormatError    tunnelmesh_relay.proto: a bad relay message (also ValueError)
     │       ├── HeadTooLarge        tunnelmesh_proxy.client: a request head over the limit
     │       └── SigV4Error          tunnelmesh_s3.sigv4: a request failed S3 authentication
-    ├── StorageError                a storage backend failed
+    ├── StorageError                an object-storage backend (S3's) failed
     │   ├── NoSuchBucket            the bucket does not exist
     │   ├── NoSuchKey               the object does not exist
     │   ├── NoSuchUpload            the multipart upload does not exist (completed or aborted)
@@ -39,9 +39,9 @@ exception that its allow-list does not name with a reason.
     │   ├── BucketNotEmpty          delete_bucket of a bucket that holds objects
     │   ├── InvalidName             a bucket name or object key the backend refuses
     │   ├── InvalidPart             a multipart completion names a missing or mismatched part
-    │   ├── S3ClientError           tunnelmesh_s3.client: the server answered an S3 error
-    │   └── StateStoreError         the coordinator's state store (SQLite) failed
-    │       └── StoreConflict       tunnelmesh.coordinator.store: name or mesh IP already held
+    │   └── S3ClientError           tunnelmesh_s3.client: the server answered an S3 error
+    ├── StateStoreError             the coordinator's state store (SQLite) failed
+    │   └── StoreConflict           tunnelmesh.coordinator.store: name or mesh IP already held
     ├── CoordinatorError            the coordinator refused a request or could not serve it
     │   ├── ApiFailure              tunnelmesh.coordinator.core: an HTTP status, code, sentence
     │   ├── GroupError              tunnelmesh.coordinator.groups: a refused group change
@@ -129,7 +129,7 @@ class RemoteProtocolError(ProtocolError):
 
 
 class StorageError(TunnelmeshError):
-    """A storage backend failed."""
+    """An object-storage backend (the S3 service's, :class:`tunnelmesh.abc.Storage`) failed."""
 
 
 class NoSuchBucket(StorageError):
@@ -169,7 +169,7 @@ class InvalidPart(StorageError):
         self.reason = reason
 
 
-class StateStoreError(StorageError):
+class StateStoreError(TunnelmeshError):
     """The coordinator's state store failed (it cannot be opened, read or written)."""
 
 

@@ -72,7 +72,7 @@ from tunnelmesh.coordinator.policy import (
 )
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
-from tunnelmesh.errors import CoordinatorError, StorageError
+from tunnelmesh.errors import CoordinatorError, StateStoreError
 from tunnelmesh.identity import (
     fingerprint_of,
     parse_public_key,
@@ -275,7 +275,7 @@ class Coordinator:
                 await t
         self._tasks.clear()
         await self.hub.close()
-        with contextlib.suppress(StorageError):
+        with contextlib.suppress(StateStoreError):
             await self.flush()
         await self.store.close()
 
@@ -313,7 +313,7 @@ class Coordinator:
                 last_flush = now
                 try:
                     await self.flush()
-                except StorageError as exc:
+                except StateStoreError as exc:
                     log.error("cannot save peer liveness: %s", exc)
 
     async def flush(self) -> None:
@@ -324,7 +324,7 @@ class Coordinator:
         batch = [self.peers[i] for i in ids if i in self.peers]
         try:
             await self.store.put_liveness(batch)
-        except StorageError:
+        except StateStoreError:
             self._dirty |= ids
             raise
 
@@ -671,7 +671,7 @@ class Coordinator:
             if allocated:
                 self.alloc.release(allocated)
             raise ApiFailure(409, "conflict", str(exc)) from None
-        except StorageError as exc:
+        except StateStoreError as exc:
             if allocated:
                 self.alloc.release(allocated)
             log.error("registration of %s not saved: %s", name, exc)
@@ -725,7 +725,7 @@ class Coordinator:
             approved = msgspec.structs.replace(rec, pending=False)
             try:
                 await self.store.put_peer(approved)
-            except StorageError as exc:
+            except StateStoreError as exc:
                 raise ApiFailure(503, "store_unavailable", str(exc)) from None
             self._unindex(rec)
             self._index(approved)
@@ -741,7 +741,7 @@ class Coordinator:
         for n in held[: max(0, len(held) - (MAX_NAMES_PER_KEY - 1))]:
             try:
                 await self.store.release_name(n)
-            except StorageError as exc:
+            except StateStoreError as exc:
                 log.warning("cannot release the former name %s of %s: %s", n, peer_id, exc)
                 return
             del self._names[n]
@@ -796,7 +796,7 @@ class Coordinator:
                 return
             try:
                 await self.store.delete_peer(rec.peer_id)
-            except StorageError as exc:
+            except StateStoreError as exc:
                 raise ApiFailure(503, "store_unavailable", str(exc)) from None
             self._unindex(rec)
             self._dirty.discard(rec.peer_id)
@@ -848,7 +848,7 @@ class Coordinator:
                 )
             try:
                 await self.store.release_name(name)
-            except StorageError as exc:
+            except StateStoreError as exc:
                 raise ApiFailure(503, "store_unavailable", str(exc)) from None
             del self._names[name]
             log.info("released the name %s (was reserved for %s)", name, owner)
@@ -865,7 +865,7 @@ class Coordinator:
             raise ApiFailure(400, "malformed", "a token has at least 16 characters")
         try:
             await self.store.put_meta(_TOKEN_KEY, token.encode("utf-8"))
-        except StorageError as exc:
+        except StateStoreError as exc:
             raise ApiFailure(503, "store_unavailable", str(exc)) from None
         add_secret(token)  # never in a log line
         self._token = token

@@ -161,7 +161,7 @@ class CoordinatorServer:
 
         Raises:
             ConfigError: a port cannot be bound, or the data dir or home is open to other users.
-            StorageError: the state store cannot be opened.
+            StateStoreError: the state store cannot be opened.
         """
         coord = self.coordinator
         self._shrink_tls_buffers()

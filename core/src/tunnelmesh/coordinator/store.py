@@ -31,7 +31,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from tunnelmesh.control.messages import Counters
-from tunnelmesh.errors import StateStoreError, StorageError
+from tunnelmesh.errors import StateStoreError
 from tunnelmesh.private_files import PRIVATE_UMASK, ensure_private_dir, private_umask
 
 __all__ = ["MIGRATIONS", "Group", "PeerRecord", "SqliteStore", "StateStore", "StoreConflict"]
@@ -83,7 +83,7 @@ class StateStore(Protocol):
         """Connect and create the schema when missing.
 
         Raises:
-            StorageError: the database cannot be opened.
+            StateStoreError: the database cannot be opened.
         """
 
     async def close(self) -> None:
@@ -269,7 +269,7 @@ class SqliteStore:
 
         Raises:
             ConfigError: the directory is group/world-accessible or cannot be created.
-            StorageError: the database cannot be opened.
+            StateStoreError: the database cannot be opened.
         """
         ensure_private_dir(self.path.parent, "the coordinator's data dir")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tm-state")
@@ -293,7 +293,7 @@ class SqliteStore:
             self._pool.shutdown(wait=False)
             self._pool = None
             raise StateStoreError(f"cannot open state store {self.path}: {exc}") from exc
-        except StorageError:
+        except StateStoreError:
             self._pool.shutdown(wait=False)
             self._pool = None
             raise
