@@ -648,3 +648,31 @@ def test_a_join_waiting_for_approval_outlasts_the_registration_pace(tmp_path: Pa
             await first.aclose()
 
     run(main())
+
+
+def test_the_coordinators_own_peer_never_waits_for_approval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``approve_new_peers`` and ``admin_peers`` naming someone else, the ``join_mesh``
+    peer (a key the operator configured in server.yaml) is admitted at once; it waited as
+    pending, so the coordinator's own node never came up until an admin approved it."""
+    monkeypatch.setenv("TUNNELMESH_HOME", str(tmp_path / "home"))
+
+    async def main() -> None:
+        cfg = config(
+            tmp_path,
+            join_mesh=JoinMesh(name="hub", private_key=str(tmp_path / "coord_key")),
+            approve_new_peers=True,
+            admin_peers=[Identity.generate().peer_id],
+        )
+        async with CoordinatorServer(cfg) as server:
+            await until(lambda: server.coordinator.peer_by_name("hub") is not None)
+            hub = server.coordinator.peer_by_name("hub")
+            assert hub is not None and hub.is_coordinator and not hub.is_admin
+            assert not hub.pending
+            p = await client(server, "alpha")  # an ordinary new key still waits
+            rec = server.coordinator.peer_by_name("alpha")
+            assert rec is not None and rec.pending
+            await p.aclose()
+
+    run(main())

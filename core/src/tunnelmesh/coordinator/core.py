@@ -642,8 +642,11 @@ class Coordinator:
             first_admin = peer_id  # the first key is admin only when admin_peers names none
         is_admin = self._admin_key(peer_id, public_key, first_admin)
         # approve_new_peers: a new key waits for an admin (an admin key never waits: someone
-        # must be able to approve); a known key keeps its state.
-        pending = old.pending if old else self.config.approve_new_peers and not is_admin
+        # must be able to approve; nor does this coordinator's own join_mesh key, which the
+        # operator configured); a known key keeps its state.
+        pending = (
+            old.pending if old else self.config.approve_new_peers and not is_admin
+        ) and public_key not in self.coordinator_keys
         session = secrets.token_urlsafe(32)
         rec = PeerRecord(
             peer_id=peer_id,
