@@ -3,7 +3,10 @@
 Nothing in this package imports asyncio or socket or reads the clock (STYLE.md section 4).
 
 * :mod:`tunnelmesh.proto.wireguard` -- the WireGuard engine (:class:`WireGuard`), byte-exact
-  with wireguard-go and the Linux kernel;
+  with wireguard-go and the Linux kernel; its parts by what they do:
+  :mod:`~tunnelmesh.proto.wgpeer` (peer and keypair state), :mod:`~tunnelmesh.proto.wghandshake`
+  (handshake messages and sessions), :mod:`~tunnelmesh.proto.wgdata` (the data path),
+  :mod:`~tunnelmesh.proto.wgtimers` (timers);
 * :mod:`tunnelmesh.proto.noise` -- the Noise_IKpsk2 handshake messages;
 * :mod:`tunnelmesh.proto.cookie` -- mac1/mac2 and cookie replies;
 * :mod:`tunnelmesh.proto.ratelimit` -- the per-source handshake rate limit under load;
