@@ -676,3 +676,32 @@ def test_the_coordinators_own_peer_never_waits_for_approval(
             await p.aclose()
 
     run(main())
+
+
+def test_join_mesh_keeps_the_key_it_had_in_home_before_tunnelmesh_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An install from before d5a61b7 has its join_mesh key in ``$HOME/.tunnelmesh``: with
+    ``TUNNELMESH_HOME`` elsewhere and no key there, the coordinator keeps that key (same peer ID,
+    same name, not ``hub-2``) and says once where it is and how to move it; no new key is made."""
+    monkeypatch.setenv("TUNNELMESH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    old_key = tmp_path / "user" / ".tunnelmesh" / "id_ed25519"
+    old = Identity.generate()
+    old.save(old_key)
+
+    async def main() -> None:
+        async with CoordinatorServer(config(tmp_path, join_mesh=JoinMesh(name="hub"))) as server:
+            await until(lambda: (tmp_path / "home" / "contexts.json").exists())
+            ctx = ContextStore(tmp_path / "home").get("hub")
+            assert ctx.key_path == str(old_key)
+            assert ctx.peer_id == old.peer_id
+            peer = server.coordinator.peer_by_name("hub")
+            assert peer is not None
+
+    with caplog.at_level("WARNING"):
+        run(main())
+    assert not (tmp_path / "home" / "id_ed25519").exists()
+    moves = [r.getMessage() for r in caplog.records if f"mv {old_key}" in r.getMessage()]
+    assert len(moves) == 1, caplog.text
+    assert str(tmp_path / "home") in moves[0]

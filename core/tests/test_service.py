@@ -186,6 +186,26 @@ def test_serve_unit(tmp_path: Path, home: Path) -> None:
     assert files(root) == before
 
 
+def test_serve_install_takes_the_join_mesh_key_from_before_tunnelmesh_home(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A default ``join_mesh.private_key`` whose key is still in ``$HOME/.tunnelmesh`` (an
+    install from before it followed ``TUNNELMESH_HOME``): the service gets that key, not none."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    old = tmp_path / "user" / ".tunnelmesh" / "id_ed25519"
+    Identity.generate().save(old)
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text(
+        f'auth_token: "{TOKEN}"\ndata_dir: "{tmp_path / "coord-data"}"\njoin_mesh:\n  name: coord\n'
+    )
+    root = fake_root(tmp_path)
+    code, out = cli("service", "install", "--mode", "serve", "--root", str(root), "-c", str(cfg))
+    assert code == 0, out
+    state = root / "var/lib/tunnelmesh-server"
+    assert (state / "id_ed25519").read_bytes() == old.read_bytes()
+    assert not (home / "id_ed25519").exists()
+
+
 @pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs on this host")
 def test_without_systemd_one_clear_line(tmp_path: Path) -> None:
     env = {**os.environ, "TUNNELMESH_HOME": str(tmp_path)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -32,6 +33,7 @@ __all__ = [
     "Identity",
     "default_key_path",
     "fingerprint_of",
+    "join_mesh_key_path",
     "parse_public_key",
     "peer_id_of",
     "tunnelmesh_home",
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 DEFAULT_KEY_NAME = "id_ed25519"
+
+log = logging.getLogger(__name__)
 
 
 def tunnelmesh_home() -> Path:
@@ -63,6 +67,32 @@ def configured_key_path(private_key: str) -> Path:
     if private_key == DEFAULT_PRIVATE_KEY:
         return default_key_path()
     return Path(private_key).expanduser()
+
+
+def join_mesh_key_path(private_key: str) -> Path:
+    """The key of ``serve``'s own peer (``join_mesh.private_key``).
+
+    As :func:`configured_key_path`, except for an install from before the default key followed
+    ``TUNNELMESH_HOME``: when ``private_key`` is the default, ``$TUNNELMESH_HOME`` has no key and
+    ``$HOME/.tunnelmesh`` has one, that old key stays in use (a new key would make the
+    coordinator's peer a new peer under another name) and a warning says how to move it.
+    """
+    key = configured_key_path(private_key)
+    if private_key != DEFAULT_PRIVATE_KEY or key.exists():
+        return key
+    old = Path(DEFAULT_PRIVATE_KEY).expanduser()
+    if old == key or not old.exists():
+        return key
+    files = f"{old} {old}.pub" if Path(f"{old}.pub").exists() else str(old)
+    log.warning(
+        "join_mesh: using the key %s (no key in %s, where a default private_key now lives); "
+        "to move it there: mv %s %s/",
+        old,
+        key.parent,
+        files,
+        key.parent,
+    )
+    return old
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:

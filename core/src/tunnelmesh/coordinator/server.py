@@ -44,7 +44,7 @@ from tunnelmesh.coordinator.store import StateStore
 from tunnelmesh.coordinator.stun_server import StunServer, start_stun_server
 from tunnelmesh.errors import ConfigError, TunnelmeshError
 from tunnelmesh.hostaddrs import local_addresses
-from tunnelmesh.identity import configured_key_path
+from tunnelmesh.identity import join_mesh_key_path
 from tunnelmesh.private_files import private_umask
 
 __all__ = ["CoordinatorServer", "local_addresses"]
@@ -85,14 +85,14 @@ class CoordinatorServer:
         self.own_peer_ready: asyncio.Future[str] | None = None
         """Resolves with a line once the own peer registered (and its node is up), or fails."""
         self._join_identity = None
+        self._join_key_path: Path | None = None
         keys: set[str] = set()
         if self.run_join_mesh:
             from tunnelmesh.identity import Identity
 
             assert config.join_mesh is not None
-            self._join_identity, _ = Identity.load_or_create(
-                configured_key_path(config.join_mesh.private_key)
-            )
+            self._join_key_path = join_mesh_key_path(config.join_mesh.private_key)
+            self._join_identity, _ = Identity.load_or_create(self._join_key_path)
             keys.add(self._join_identity.public_openssh)
         self.coordinator = Coordinator(config, store=store, pm=pm, coordinator_keys=keys)
         self._runner: web.AppRunner | None = None
@@ -355,7 +355,7 @@ class CoordinatorServer:
                 domain=resp.domain,
                 session_token=resp.session_token,
                 ca_path=str(ca_path),
-                key_path=str(configured_key_path(self.config.join_mesh.private_key)),
+                key_path=str(self._join_key_path),
                 is_admin=resp.is_admin,
                 stun_port=resp.stun_port,
             )

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from tunnelmesh.errors import ConfigError, TunnelmeshError
-from tunnelmesh.identity import configured_key_path
+from tunnelmesh.identity import join_mesh_key_path
 
 __all__ = [
     "ServiceError",
@@ -310,7 +310,7 @@ def install_serve(
     if cfg.join_mesh is not None:
         jm = dict(data.get("join_mesh") or {})
         jm["control_socket"] = f"/run/{name}/node.sock"
-        key_src = configured_key_path(cfg.join_mesh.private_key)
+        key_src = join_mesh_key_path(cfg.join_mesh.private_key)
         if key_src.exists():
             _private_file(state / "id_ed25519", key_src.read_bytes())
             jm["private_key"] = str(runtime_state / "id_ed25519")
