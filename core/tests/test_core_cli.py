@@ -214,3 +214,25 @@ def test_init_server_join_mesh_example_works_once_uncommented(tmp_path: Path) ->
     config = load_config(tmp_path / "server.yaml", ServerConfig)
     assert config.join_mesh is not None
     assert check_name(config.join_mesh.name) is None
+
+
+def test_init_peer_filter_example_names_its_source_by_peer_id(tmp_path: Path) -> None:
+    """The commented filter rule of ``init --peer``, uncommented, names its source peer by a
+    peer ID (a name can be released to another key, which would then get the rule); it used
+    ``source_peer: untrusted-node``."""
+    import re
+
+    assert run(PluginManager(), "init", "--peer", "-o", str(tmp_path)).exit_code == 0
+    text = (tmp_path / "peer.yaml").read_text()
+    lines = text.splitlines()
+    at = lines.index("  rules: []")
+    example = []
+    for line in lines[at + 1 :]:
+        if not line.startswith("  #"):
+            break
+        example.append("  " + line.removeprefix("  #").removeprefix(" "))
+    lines[at : at + 1 + len(example)] = ["  rules:", *example]
+    (tmp_path / "peer.yaml").write_text("\n".join(lines) + "\n")
+    peer = load_config(tmp_path / "peer.yaml", PeerConfig)
+    [rule] = peer.filter.rules
+    assert re.fullmatch(r"[0-9a-f]{16}", rule.source_peer), rule

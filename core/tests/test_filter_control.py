@@ -255,3 +255,35 @@ def test_service_from_config_and_layers() -> None:
     assert not service.engine.decide("tcp", 25, "alpha")
     service.set_coordinator_rules([FilterRule(port=80, action="deny")])
     assert not service.engine.decide("tcp", 80, "alpha")
+
+
+def test_config_rules_take_a_peer_id_and_follow_that_key() -> None:
+    """A peer's own rule may name its source by peer ID (as the peer.yaml template shows): it
+    applies to the name that key has now, and a key that takes the name later gets nothing."""
+    key, other = "3f2a9c0d1e4b5a67", "0123456789abcdef"
+    cfg = FilterConfig(rules=[FilterRule(port=3306, action="deny", source_peer=key)])
+    service = FilterService.from_config(cfg, local_name="me")
+    syn = tcp("10.42.0.5", "10.42.0.1", 40000, 3306, SYN)
+    names = {key: "db-client"}
+    service.follow_peers(names.get)
+    assert service.engine.verdicts([syn], "db-client", True) == [False]
+    assert service.engine.verdicts([syn], "alpha", True) == [True]
+    # the key is renamed: the rule follows it
+    names[key] = "db-client-2"
+    service.follow_peers(names.get)
+    syn = tcp("10.42.0.5", "10.42.0.1", 40001, 3306, SYN)
+    assert service.engine.verdicts([syn], "db-client-2", True) == [False]
+    # another key registers the old name: it is not denied
+    names[other] = "db-client"
+    service.follow_peers(names.get)
+    syn = tcp("10.42.0.6", "10.42.0.1", 40002, 3306, SYN)
+    assert service.engine.verdicts([syn], "db-client", True) == [True]
+    # the key leaves: its rule matches nobody
+    del names[key]
+    service.follow_peers(names.get)
+    assert service.engine.layer_rules(Layer.CONFIG) == []
+    # a name still works as before
+    named = FilterService.from_config(
+        FilterConfig(rules=[FilterRule(port=22, action="deny", source_peer="beta")])
+    )
+    assert not named.engine.decide("tcp", 22, "beta")

@@ -151,7 +151,7 @@ filter:
   #  - port: 3306
   #    protocol: tcp
   #    action: deny
-  #    source_peer: untrusted-node
+  #    source_peer: 3f2a9c0d1e4b5a67   # a peer ID (tunnelmesh peers --json); "" = any peer
 
 # Prometheus GET /metrics; listen "" = this node's mesh IP, port 9273 (see docs/metrics.md)
 metrics:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ __all__ = ["FilterService"]
 log = logging.getLogger(__name__)
 
 EXPIRE_INTERVAL = 5.0
+
+
+_PEER_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def _rule_from_config(rule: FilterRule) -> Rule:
@@ -75,6 +79,8 @@ class FilterService:
         self.engine = engine if engine is not None else PortFilter(clock=clock)
         self.local_name = local_name
         self.clock = clock
+        self._config_rules: list[Rule] = []
+        self._peer_name: Callable[[str], str | None] | None = None
         self._own_server: ControlServer | None = None
         self._expirer: asyncio.Task[None] | None = None
 
@@ -96,7 +102,28 @@ class FilterService:
         """(Re)load the config layer and the default policy from a ``filter:`` section."""
         self.engine.default_deny = config.default_deny
         self.engine.allow_icmp = config.allow_icmp
-        self.engine.set_layer(Layer.CONFIG, [_rule_from_config(r) for r in config.rules])
+        self._config_rules = [_rule_from_config(r) for r in config.rules]
+        self._set_config_layer()
+
+    def follow_peers(self, peer_name: Callable[[str], str | None]) -> None:
+        """Apply the config layer's rules whose ``source_peer`` is a peer ID (16 hex digits) to
+        the name ``peer_name`` gives that key now (None: not in the mesh, the rule matches
+        nobody). Call again when peers come, go or rename. Until the first call such rules
+        match nobody; a ``source_peer`` that is not a peer ID is taken as a name."""
+        self._peer_name = peer_name
+        if any(_PEER_ID.fullmatch(r.source_peer) for r in self._config_rules):
+            self._set_config_layer()
+
+    def _set_config_layer(self) -> None:
+        rules: list[Rule] = []
+        for rule in self._config_rules:
+            if _PEER_ID.fullmatch(rule.source_peer):
+                name = self._peer_name(rule.source_peer) if self._peer_name else None
+                if name is None:
+                    continue
+                rule = msgspec.structs.replace(rule, source_peer=name)
+            rules.append(rule)
+        self.engine.set_layer(Layer.CONFIG, rules)
 
     def set_coordinator_rules(
         self,

@@ -475,6 +475,7 @@ class Node:
         from tunnelmesh.filter import FilterService
 
         self.filter_service = FilterService.from_config(self.config.filter, local_name=self.name)
+        self.filter_service.follow_peers(self._peer_name)  # before the first packet
         path = self.config.control_socket
         if not path:
             await self.filter_service.start()
@@ -490,6 +491,11 @@ class Node:
         self.control = server
         await self.filter_service.start()
 
+    def _peer_name(self, peer_id: str) -> str | None:
+        """The name the key ``peer_id`` has in the peer table now (None: not in the mesh)."""
+        info = self.client.table.peers.get(peer_id)
+        return info.name if info is not None else None
+
     def _follow_filter_rules(self) -> None:
         """The coordinator layer of the filter follows the coordinator's pushes (starting from
         the cached rules, so a restart while the coordinator is away keeps enforcing them).
@@ -497,18 +503,19 @@ class Node:
         The coordinator names a rule's source peer by its peer ID; the forwarder knows peers
         by name, so each such rule is applied to the name that key has now, and re-applied
         when peers come, go or rename: a peer that takes a name with another key never gets
-        the rules of the name's former key."""
+        the rules of the name's former key. peer.yaml rules whose source is a peer ID follow
+        the peer changes the same way."""
         from tunnelmesh.control.peertable import FilterRulesChanged, PeerChange
 
         table = self.client.table
-
-        def peer_name(peer_id: str) -> str | None:
-            info = table.peers.get(peer_id)
-            return info.name if info is not None else None
+        peer_name = self._peer_name
 
         def apply(change: PeerChange | None) -> None:
+            if self.filter_service is None:
+                return
+            self.filter_service.follow_peers(peer_name)  # peer.yaml rules by peer ID
             rules = table.filter_rules
-            if self.filter_service is None or rules is None:
+            if rules is None:
                 return
             if isinstance(change, FilterRulesChanged):
                 self.notify(f"coordinator filter rules: {len(rules)}")
