@@ -32,6 +32,7 @@ __all__ = [
     "CoordinatorView",
     "DnsBackend",
     "Link",
+    "LocalFiles",
     "NodeView",
     "ObjectInfo",
     "ObjectListing",
@@ -365,6 +366,25 @@ class ObjectReader(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """An :class:`ObjectReader` whose bytes are plain files on this machine (optional).
+
+    A server may then send them with ``sendfile`` instead of :meth:`ObjectReader.stream`.
+    Backends whose data is not in local files do not implement it.
+    """
+
+    def local_files(self) -> Sequence[tuple[str, int]]:
+        """The object's bytes as ``(path, length)`` files, in order, each read from offset 0.
+
+        The files stay readable and unchanged until the reader is closed.
+
+        Raises:
+            StorageError: the reader is closed.
+        """
+        ...
 
 
 class Storage(abc.ABC):
