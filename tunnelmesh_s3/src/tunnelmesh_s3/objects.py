@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import CIMultiDict
-from tunnelmesh.abc import ObjectInfo, PartInfo
+from tunnelmesh.abc import LocalFiles, ObjectInfo, ObjectReader, PartInfo
 from tunnelmesh.errors import NoSuchKey
 from tunnelmesh.storage import check_key
 
@@ -410,8 +411,7 @@ async def get_object(call: Call) -> web.StreamResponse:
         response.headers["x-amz-request-id"] = call.request_id
         await response.prepare(request)
         try:
-            async for chunk in reader.stream(start, end):
-                await response.write(chunk)
+            await _send_body(request, response, reader, start, end)
             await response.write_eof()
         except ConnectionError:
             # the client went away mid-body (a reader that stops early): nothing to answer
@@ -419,6 +419,44 @@ async def get_object(call: Call) -> web.StreamResponse:
         return response
     finally:
         await reader.aclose()
+
+
+async def _send_body(
+    request: web.Request, response: web.StreamResponse, reader: ObjectReader, start: int, end: int
+) -> None:
+    """Send bytes [start, end) of the object: ``sendfile`` from its files when the backend keeps
+    it in local files (:class:`~tunnelmesh.abc.LocalFiles`), else the reader's stream.
+
+    The reader stays open meanwhile, so its files stay whole and unchanged (the backend frees
+    an overwritten or deleted object's files only after its last reader closes).
+    """
+    files = reader.local_files() if isinstance(reader, LocalFiles) else None
+    transport = request.transport
+    if files is None or transport is None:
+        async for chunk in reader.stream(start, end):
+            await response.write(chunk)
+        return
+    await _sendfile(asyncio.get_running_loop(), transport, files, start, end)
+
+
+async def _sendfile(
+    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.Transport,
+    files: Sequence[tuple[str, int]],
+    start: int,
+    end: int,
+) -> None:
+    offset = 0
+    for path, length in files:
+        first, last = max(start - offset, 0), min(end - offset, length)
+        offset += length
+        if first >= last:
+            continue
+        with open(path, "rb") as f:  # a local open: no waiting on the network
+            if transport.is_closing():
+                raise ConnectionResetError("the client closed the connection")
+            # asyncio copies in a thread where the transport cannot sendfile (TLS)
+            await loop.sendfile(transport, f, first, last - first)
 
 
 def _apply_overrides(call: Call, headers: CIMultiDict[str]) -> None:
