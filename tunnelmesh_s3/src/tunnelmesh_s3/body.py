@@ -13,11 +13,12 @@ Memory is bounded by one network read plus, for signed chunks, one chunk.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -26,6 +27,10 @@ from tunnelmesh_s3 import sigv4
 from tunnelmesh_s3.errors import S3Error
 
 __all__ = ["CHECKSUM_ALGORITHMS", "Body"]
+
+HASH_BATCH = 1024 * 1024
+"""A body's digests are computed in a thread, a batch of this many bytes at a time, while the
+next batch arrives; a body smaller than one batch is hashed on the event loop (no thread hop)."""
 
 
 class _Hasher(Protocol):
@@ -155,12 +160,19 @@ class Body:
         self.size += len(data)
         if self.size > self.max_size:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
-        if self._md5 is not None:
-            self._md5.update(data)
-        for hasher in self._hashers.values():
-            hasher.update(data)
+
+    def _digests(self) -> list[_Hasher]:
+        """The hashers every piece goes through (the SHA-256 only without aws-chunked, where
+        the raw bytes are the pieces)."""
+        hashers: list[_Hasher] = [h for h in (self._sha256, self._md5) if h is not None]
+        return hashers + list(self._hashers.values())
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        hashers = self._digests()
+        batch: list[bytes] = []
+        batched = 0
+        hashing: asyncio.Future[None] | None = None
+        loop = asyncio.get_running_loop()
         async for raw in self.request.content.iter_any():
             if self._decoder is not None:
                 try:
@@ -168,12 +180,21 @@ class Body:
                 except sigv4.SigV4Error as exc:
                     raise S3Error(exc.code, exc.message) from None
             else:
-                if self._sha256 is not None:
-                    self._sha256.update(raw)
                 pieces = [raw]
             for piece in pieces:
                 self._account(piece)
+                if hashers:
+                    batch.append(piece)
+                    batched += len(piece)
                 yield piece
+            if batched >= HASH_BATCH:
+                if hashing is not None:
+                    await hashing
+                hashing = loop.run_in_executor(None, _update, hashers, batch)
+                batch, batched = [], 0
+        if hashing is not None:
+            await hashing
+        _update(hashers, batch)
         # A failed check raises into the backend while it is still writing: nothing is stored.
         self._finish()
 
@@ -211,6 +232,13 @@ class Body:
                     f"The {alg.upper()} you specified did not match the calculated checksum.",
                 )
             self.checksums[alg] = computed
+
+
+def _update(hashers: Sequence[_Hasher], pieces: Sequence[bytes]) -> None:
+    # in a thread for large batches: hashlib releases the GIL for data over 2 KiB
+    for hasher in hashers:
+        for piece in pieces:
+            hasher.update(piece)
 
 
 def _int(value: str, name: str) -> int:
