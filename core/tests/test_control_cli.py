@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -510,6 +511,74 @@ def test_a_control_plane_only_join_stops_on_one_sigterm(tmp_path: Path, coordina
                 proc.wait(5)
             assert proc.stdout is not None
             proc.stdout.close()
-        # -15: the signal came before the handlers were installed (nothing to undo yet)
-        assert proc.returncode in (0, -15), err.read_text()
+        # the handlers are installed before joining (it was -15 when the signal came first)
+        assert proc.returncode == 0, err.read_text()
         assert "stopping:" not in err.read_text(), err.read_text()
+
+
+def test_a_sigterm_while_join_registers_stops_it_cleanly(tmp_path: Path) -> None:
+    """A SIGTERM that reached `join` before its signal handlers (installed only after
+    registering) killed it with the default action (-15, no cleanup). The coordinator here
+    accepts the connection and never answers, so `join` is still registering when the SIGTERM
+    comes, at once."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    port = listener.getsockname()[1]
+    args = ["join", "--server", f"https://127.0.0.1:{port}", "--name", "early", "--no-tun"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN, *args],
+        env=env_for(tmp_path / "h"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        conn, _ = listener.accept()  # join is in its first request now
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+        conn.close()
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert "stopped before joining" in err, err
+    assert "Traceback" not in err, err
+
+
+def test_a_sigterm_before_the_event_loop_stops_join_cleanly(tmp_path: Path) -> None:
+    """Before its event loop runs, `join` reads its token file: a SIGTERM there ends it with
+    "stopped (SIGTERM)" and status 0, not the default action's -15. The token file is a FIFO,
+    so the moment `join` reads it is known (a non-blocking open for writing succeeds)."""
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    args = ["join", "--server", "https://127.0.0.1:9", "--token-file", str(fifo), "--no-tun"]
+    env = env_for(tmp_path / "h")
+    env.pop("TUNNELMESH_TOKEN")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    writer = -1
+    try:
+        deadline = time.monotonic() + 20
+        while writer < 0 and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody reads it yet
+                time.sleep(0.02)
+        assert writer >= 0, "join never opened its token file"
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if writer >= 0:
+            os.close(writer)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert "stopped (SIGTERM)" in err, err

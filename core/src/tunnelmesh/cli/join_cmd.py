@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import click
 from click.core import ParameterSource
 
+from tunnelmesh.aio.stopping import finish
 from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import PeerConfig, load_peer_config
 from tunnelmesh.control.contexts import Context as MeshContext
@@ -195,125 +196,147 @@ def join(
     if token and click_ctx.get_parameter_source("token") == ParameterSource.COMMANDLINE:
         _restart_without_token_in_argv(token)
 
-    if yes and no_trust:
-        raise click.UsageError("--yes and --no-trust contradict each other")
-    store = ContextStore()
-    cfg = load_peer_config(config_path or ctx.config)
-    apply_config_log_level(cfg.log_level)
-    cfg = _with_exit_options(cfg, allow_exit_traffic, exit_node)
-    ctx_name = context_name or store.active or "default"
-    existing = None
-    if ctx_name in store.names():
-        existing = store.get(ctx_name)
-    server = server or cfg.server or (existing.server if existing else "")
-    if not server:
-        raise ConfigError("no coordinator given: pass --server URL (or TUNNELMESH_SERVER)")
-    url = normalize_server_url(server)
-    pinned_ca = _pinned_ca(existing, url)
-    token = token or _read_token_file(token_file) or cfg.auth_token
-    if not token and not pinned_ca:
-        token = _prompt_token()
-    add_secret(token, existing.session_token if existing else None)
-    peer_name = name or cfg.name or (existing.peer_name if existing else "") or _hostname_label()
-    if key_path:
-        key = Path(key_path).expanduser()
-    elif existing and existing.key_path:
-        key = Path(existing.key_path)
-    else:
-        key = configured_key_path(cfg.private_key)
-
-    data_plane = False
-    if not once and not no_tun:
-        transports = ctx.pm.build_registry().transports
-        if transports:
-            from tunnelmesh.node import can_create_tun
-
-            why = can_create_tun()
-            if why is not None:
-                raise TunnelmeshError(f"{why} (or pass --no-tun for the control plane only)")
-            data_plane = True
+    # From here on a SIGTERM runs the cleanup path, however early it comes: before the event
+    # loop it raises (nothing was changed yet), then the loop's handler sets `stop`.
+    with _EarlySigterm() as early:
+        if yes and no_trust:
+            raise click.UsageError("--yes and --no-trust contradict each other")
+        store = ContextStore()
+        cfg = load_peer_config(config_path or ctx.config)
+        apply_config_log_level(cfg.log_level)
+        cfg = _with_exit_options(cfg, allow_exit_traffic, exit_node)
+        ctx_name = context_name or store.active or "default"
+        existing = None
+        if ctx_name in store.names():
+            existing = store.get(ctx_name)
+        server = server or cfg.server or (existing.server if existing else "")
+        if not server:
+            raise ConfigError("no coordinator given: pass --server URL (or TUNNELMESH_SERVER)")
+        url = normalize_server_url(server)
+        pinned_ca = _pinned_ca(existing, url)
+        token = token or _read_token_file(token_file) or cfg.auth_token
+        if not token and not pinned_ca:
+            token = _prompt_token()
+        add_secret(token, existing.session_token if existing else None)
+        peer_name = (
+            name or cfg.name or (existing.peer_name if existing else "") or _hostname_label()
+        )
+        if key_path:
+            key = Path(key_path).expanduser()
+        elif existing and existing.key_path:
+            key = Path(existing.key_path)
         else:
+            key = configured_key_path(cfg.private_key)
+
+        data_plane = False
+        if not once and not no_tun:
+            transports = ctx.pm.build_registry().transports
+            if transports:
+                from tunnelmesh.node import can_create_tun
+
+                why = can_create_tun()
+                if why is not None:
+                    raise TunnelmeshError(f"{why} (or pass --no-tun for the control plane only)")
+                data_plane = True
+            else:
+                click.echo(
+                    "no transport plugin is loaded (pip install 'tunnelmesh[udp]'): "
+                    "running the control plane only",
+                    err=True,
+                )
+        if not once and not data_plane and (cfg.allow_exit_traffic or cfg.exit_node):
+            click.echo("warning: exit node settings need the data plane (TUN); ignored", err=True)
+
+        install = _decide_trust(yes=yes, no_trust=no_trust)
+
+        def trust_ca(ca_pem: str) -> Path | None:
+            if not install:
+                return None
+            try:
+                return trust.install_ca(ca_pem, ctx_name)
+            except TunnelmeshError as exc:
+                click.echo(f"warning: CA not installed: {exc}", err=True)
+                return None
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            handled = _add_stop_handlers(loop, stop)
+            try:
+                await joined(stop)
+            finally:
+                for sig in handled:
+                    loop.remove_signal_handler(sig)
+                early.arm()
+
+        async def joined(stop: asyncio.Event) -> None:
+            from tunnelmesh.control.client import CoordinatorUnreachable
+
+            try:
+                result = await _unless_stopped(
+                    stop,
+                    daemon.join(
+                        server=url,
+                        token=token,
+                        context_name=ctx_name,
+                        name=peer_name,
+                        key_path=key,
+                        store=store,
+                        trust=trust_ca,
+                        rename=not no_rename,
+                        config_path=str(Path(config_path).resolve()) if config_path else "",
+                        pinned_ca=pinned_ca,
+                        on_pending=lambda reg: _say_pending(reg, wait=not once),
+                    ),
+                )
+            except CoordinatorUnreachable as exc:
+                # A node that already belongs to this mesh starts from its stored context and
+                # cached peers, and forwards to them until the coordinator is back.
+                if not (data_plane and existing and existing.session_token and existing.mesh_ip):
+                    raise
+                if existing.server != url or existing.peer_name != peer_name:
+                    raise
+                click.echo(f"warning: {exc}", err=True)
+                resumed = _Resumed(existing, None, Identity.load(key))
+                click.echo(
+                    f"coordinator unreachable; resuming context {ctx_name!r} as {existing.peer_name}: "
+                    f"mesh IP {existing.mesh_ip}, with the cached peers"
+                )
+                await _run_node(ctx, cfg, resumed, store, duration, stop)
+                return
+            if result is None:
+                click.echo("stopped before joining", err=True)
+                return
+            reg = result.registration
+            if result.key_created:
+                click.echo(f"created key {key} ({result.identity.fingerprint})")
+            if reg.renamed:
+                click.echo(f"name {peer_name!r} belongs to another key; registered as {reg.name!r}")
+            if reg.pending:  # --once: the context is written; join again once approved
+                return
+            admin = " (admin)" if reg.is_admin else ""
             click.echo(
-                "no transport plugin is loaded (pip install 'tunnelmesh[udp]'): "
-                "running the control plane only",
-                err=True,
+                f"joined {url} as {reg.name}{admin}: mesh IP {reg.mesh_ip}, "
+                f"{reg.name}.{reg.domain}; context {ctx_name!r}"
             )
-    if not once and not data_plane and (cfg.allow_exit_traffic or cfg.exit_node):
-        click.echo("warning: exit node settings need the data plane (TUN); ignored", err=True)
-
-    install = _decide_trust(yes=yes, no_trust=no_trust)
-
-    def trust_ca(ca_pem: str) -> Path | None:
-        if not install:
-            return None
-        try:
-            return trust.install_ca(ca_pem, ctx_name)
-        except TunnelmeshError as exc:
-            click.echo(f"warning: CA not installed: {exc}", err=True)
-            return None
-
-    async def main() -> None:
-        from tunnelmesh.control.client import CoordinatorUnreachable
-
-        try:
-            result = await daemon.join(
-                server=url,
-                token=token,
-                context_name=ctx_name,
-                name=peer_name,
-                key_path=key,
-                store=store,
-                trust=trust_ca,
-                rename=not no_rename,
-                config_path=str(Path(config_path).resolve()) if config_path else "",
-                pinned_ca=pinned_ca,
-                on_pending=lambda reg: _say_pending(reg, wait=not once),
+            if result.context.trusted_ca_path:
+                click.echo(f"mesh CA trusted via {result.context.trusted_ca_path}")
+            if once:
+                return
+            if data_plane:
+                await _run_node(ctx, cfg, result, store, duration, stop)
+                return
+            client = daemon.client_for(
+                result.context, store, udp_port=cfg.transports.udp_port, identity=result.identity
             )
-        except CoordinatorUnreachable as exc:
-            # A node that already belongs to this mesh starts from its stored context and
-            # cached peers, and forwards to them until the coordinator is back.
-            if not (data_plane and existing and existing.session_token and existing.mesh_ip):
-                raise
-            if existing.server != url or existing.peer_name != peer_name:
-                raise
-            click.echo(f"warning: {exc}", err=True)
-            resumed = _Resumed(existing, None, Identity.load(key))
-            click.echo(
-                f"coordinator unreachable; resuming context {ctx_name!r} as {existing.peer_name}: "
-                f"mesh IP {existing.mesh_ip}, with the cached peers"
-            )
-            await _run_node(ctx, cfg, resumed, store, duration)
-            return
-        reg = result.registration
-        if result.key_created:
-            click.echo(f"created key {key} ({result.identity.fingerprint})")
-        if reg.renamed:
-            click.echo(f"name {peer_name!r} belongs to another key; registered as {reg.name!r}")
-        if reg.pending:  # --once: the context is written; join again once approved
-            return
-        admin = " (admin)" if reg.is_admin else ""
-        click.echo(
-            f"joined {url} as {reg.name}{admin}: mesh IP {reg.mesh_ip}, "
-            f"{reg.name}.{reg.domain}; context {ctx_name!r}"
-        )
-        if result.context.trusted_ca_path:
-            click.echo(f"mesh CA trusted via {result.context.trusted_ca_path}")
-        if once:
-            return
+            client.registration = reg
+            click.echo("running; Ctrl-C to stop", err=True)
+            await daemon.run_daemon(client, duration=duration, stop=stop)
+
         if data_plane:
-            await _run_node(ctx, cfg, result, store, duration)
-            return
-        client = daemon.client_for(
-            result.context, store, udp_port=cfg.transports.udp_port, identity=result.identity
-        )
-        client.registration = reg
-        click.echo("running; Ctrl-C to stop", err=True)
-        await daemon.run_daemon(client, duration=duration)
-
-    if data_plane:
-        _run(main())
-    else:
-        asyncio.run(main())
+            _run(main())
+        else:
+            asyncio.run(main())
 
 
 def _restart_without_token_in_argv(token: str) -> None:
@@ -448,6 +471,79 @@ def _with_exit_options(
     return msgspec.structs.replace(cfg, **changes)
 
 
+class _Terminated(BaseException):
+    """SIGTERM before ``join``'s event loop handles it (a BaseException, as KeyboardInterrupt:
+    no ``except Exception`` on the way may swallow it)."""
+
+
+class _EarlySigterm:
+    """``join``'s SIGTERM handler outside its event loop.
+
+    The default action killed a ``join`` that got SIGTERM before the loop's handlers were
+    installed (while it registered), with no cleanup. Here such a SIGTERM raises
+    :class:`_Terminated`, which unwinds (nothing was changed yet: the TUN device, routes and
+    resolver come after the loop's handlers) and ends ``join`` with "stopped" and status 0.
+    Not in the main thread (an in-process caller) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self._old: Any = None
+        self._armed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    def arm(self) -> None:
+        """(Re)install the handler: the loop's ``remove_signal_handler`` leaves SIG_DFL."""
+        if self._armed:
+            signal.signal(signal.SIGTERM, self._handler)
+
+    def __enter__(self) -> _EarlySigterm:
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            return self
+        self._armed = True
+        return self
+
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+        if self._armed:
+            signal.signal(signal.SIGTERM, self._old)
+        if typ is not None and issubclass(typ, _Terminated):
+            click.echo("stopped (SIGTERM)", err=True)
+            return True
+        return False
+
+
+def _add_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[int]:
+    """SIGINT and SIGTERM set ``stop``; the signals handled (none off the main thread)."""
+    handled: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            continue
+        handled.append(sig)
+    return handled
+
+
+async def _unless_stopped(stop: asyncio.Event, coro: Any) -> Any:
+    """``coro``'s result, or None when ``stop`` is set first (``coro`` is then cancelled)."""
+    task = asyncio.ensure_future(coro)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+        await finish(waiter)
+    if not task.done() or task.cancelled():
+        await finish(task)
+        return None
+    return task.result()
+
+
 class _Resumed(NamedTuple):
     context: MeshContext
     registration: None
@@ -466,7 +562,12 @@ def _run(coro: Any) -> None:
 
 
 async def _run_node(
-    ctx: Context, cfg: PeerConfig, result: Any, store: ContextStore, duration: float | None
+    ctx: Context,
+    cfg: PeerConfig,
+    result: Any,
+    store: ContextStore,
+    duration: float | None,
+    stop: asyncio.Event,
 ) -> None:
     from tunnelmesh.node import Node
 
@@ -480,16 +581,10 @@ async def _run_node(
     )
     if result.registration is not None:
         node.client.registration = result.registration
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
         click.echo("running; Ctrl-C to stop", err=True)
         await node.run(stop, duration)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         await node.aclose()
         click.echo("node stopped")

@@ -238,15 +238,22 @@ def client_for(
     return client
 
 
-async def run_daemon(client: ControlClient, *, duration: float | None = None) -> None:
+async def run_daemon(
+    client: ControlClient, *, duration: float | None = None, stop: asyncio.Event | None = None
+) -> None:
     """Run ``client`` until SIGINT/SIGTERM, ``duration`` seconds, or removal from the mesh.
+
+    Args:
+        stop: set by the caller's own signal handlers; without it this installs SIGINT and
+            SIGTERM handlers for the run.
 
     Raises:
         TunnelmeshError: this node was removed, or the coordinator refuses it.
     """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    own_handlers = stop is None
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM) if own_handlers else ():
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     runner = asyncio.create_task(client.run())
@@ -258,7 +265,7 @@ async def run_daemon(client: ControlClient, *, duration: float | None = None) ->
         if runner in done:
             runner.result()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM) if own_handlers else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         for t in (runner, waiter):
