@@ -9,7 +9,10 @@ bodies, so the client spends little CPU):
 * PUT and GET throughput of 1 MiB objects (16 in flight) and 256 MiB objects (one at a time);
 * small-object (4 KiB) PUT and GET operations per second with 16 parallel clients;
 * the same directory's raw speed: write+fsync and read of the same sizes, with 16 threads for
-  the small files.
+  the small files;
+* nginx beside it when ``nginx`` is installed (``--nginx PATH`` to name it, ``--no-nginx`` to
+  skip): the same client and workloads, PUT to its WebDAV module (``dav_methods PUT``) and GET as
+  static files (``sendfile on``), started on 127.0.0.1 in the same directory and stopped by PID.
 
 Reads on both sides come from the page cache when the data fits in memory (nothing drops
 caches). Every loop is bounded by a count; the whole run writes about 1.5 GiB (0.3 with --quick).
@@ -19,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import grp
 import os
+import pwd
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -80,10 +86,12 @@ def raw_bench(root: Path, size: int, count: int, threads: int) -> tuple[float, f
 
 
 class Client:
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.session, self.port = session, port
+    def __init__(self, session: aiohttp.ClientSession, port: int, sign: bool = True) -> None:
+        self.session, self.port, self.sign = session, port, sign
 
     def _headers(self, method: str, path: str) -> dict[str, str]:
+        if not self.sign:
+            return {}
         headers = {"host": f"127.0.0.1:{self.port}"}
         sigv4.sign_headers(
             method, path, "", headers, access_key=AK, secret=SK, region="us-east-1", now=time.time()
@@ -96,7 +104,7 @@ class Client:
             f"http://127.0.0.1:{self.port}{path}", data=data, headers=self._headers("PUT", path)
         ) as r:
             await r.read()
-            assert r.status == 200, (r.status, await r.text())
+            assert r.status in (200, 201, 204), (r.status, await r.text())
 
     async def get(self, path: str) -> int:
         n = 0
@@ -121,15 +129,19 @@ async def run_parallel(n: int, parallel: int, op: Callable[[int], Awaitable[obje
     return time.perf_counter() - t
 
 
-async def s3_bench(port: int, quick: bool) -> dict[str, tuple[float, float, str]]:
+async def s3_bench(
+    port: int, quick: bool, sign: bool = True
+) -> dict[str, tuple[float, float, str]]:
+    """The workloads against the server on ``port`` (``sign``: S3; else plain HTTP, nginx)."""
     results: dict[str, tuple[float, float, str]] = {}
     conn = aiohttp.TCPConnector(limit=32)
     async with aiohttp.ClientSession(connector=conn) as session:
-        c = Client(session, port)
-        async with session.put(
-            f"http://127.0.0.1:{port}/bench", headers=c._headers("PUT", "/bench")
-        ) as r:
-            assert r.status in (200, 409), r.status
+        c = Client(session, port, sign)
+        if sign:
+            async with session.put(
+                f"http://127.0.0.1:{port}/bench", headers=c._headers("PUT", "/bench")
+            ) as r:
+                assert r.status in (200, 409), r.status
         plans = [
             ("1 MiB x16", MiB, 32 if quick else 128, 16),
             ("256 MiB x1", 256 * MiB, 1 if quick else 2, 1),
@@ -150,10 +162,71 @@ async def s3_bench(port: int, quick: bool) -> dict[str, tuple[float, float, str]
     return results
 
 
+NGINX_CONF = """\
+user {user} {group};
+worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_max_body_size 0;
+    client_body_temp_path {base}/body;
+    proxy_temp_path {base}/proxy;
+    fastcgi_temp_path {base}/fastcgi;
+    uwsgi_temp_path {base}/uwsgi;
+    scgi_temp_path {base}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {base}/root;
+        location / {{ dav_methods PUT; create_full_put_path on; }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nginx_bench(nginx: str, base: Path, quick: bool) -> dict[str, tuple[float, float, str]]:
+    """The workloads against nginx (one worker) serving ``base``; started and stopped by PID."""
+    (base / "root" / "bench").mkdir(parents=True)
+    port = free_port()
+    conf = base / "nginx.conf"
+    # workers as this process's user (else root's nginx runs them as nobody, who cannot write)
+    user, group = pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+    conf.write_text(NGINX_CONF.format(base=base, port=port, user=user, group=group))
+    proc = subprocess.Popen(
+        [nginx, "-e", str(base / "error.log"), "-c", str(conf), "-g", "daemon off;"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx did not start (see {base}/error.log)") from None
+                time.sleep(0.05)
+        return asyncio.run(s3_bench(port, quick, sign=False))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", type=Path, help="directory to measure (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="smaller counts (for CI smoke runs)")
+    ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx", help="nginx")
+    ap.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="tm-s3-bench-", dir=args.dir))
     try:
@@ -190,6 +263,9 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(30)
+        nginx: dict[str, tuple[float, float, str]] = {}
+        if not args.no_nginx and os.access(args.nginx, os.X_OK):
+            nginx = nginx_bench(args.nginx, base / "nginx", quick)
         counts = {
             "1 MiB x16": 32 if quick else 128,
             "256 MiB x1": 1 if quick else 2,
@@ -201,7 +277,8 @@ def main() -> int:
             f" load {os.getloadavg()[0]:.1f}"
         )
         print(
-            f"{'workload':<12} {'S3 PUT':>12} {'raw write':>12} {'S3 GET':>12} {'raw read':>12}  unit"
+            f"{'workload':<12} {'S3 PUT':>10} {'nginx PUT':>10} {'raw write':>10}"
+            f" {'S3 GET':>10} {'nginx GET':>10} {'raw read':>10}  unit"
         )
         for label, (put, get, unit) in s3.items():
             w, r = raw[label]
@@ -209,7 +286,14 @@ def main() -> int:
             size = sizes[label]
             rw = n * size / w if size else n / w
             rr = n * size / r if size else n / r
-            print(f"{label:<12} {put:>12.1f} {rw:>12.1f} {get:>12.1f} {rr:>12.1f}  {unit}")
+            nput, nget = (
+                (f"{v:>10.1f}" for v in nginx[label][:2]) if nginx else ("-".rjust(10),) * 2
+            )
+            print(
+                f"{label:<12} {put:>10.1f} {nput} {rw:>10.1f} {get:>10.1f} {nget} {rr:>10.1f}  {unit}"
+            )
+        if not nginx:
+            print("(nginx: not measured)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
