@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from tunnelmesh.config import JoinMesh, ServerConfig
 from tunnelmesh.control.client import ApiRequestError, ControlClient, fetch_ca
-from tunnelmesh.control.contexts import ContextStore
+from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.peertable import PeerAdded, PeerChanged, PeerRemoved, RendezvousRequested
 from tunnelmesh.coordinator.auth import registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
@@ -683,16 +683,21 @@ def test_join_mesh_keeps_the_key_it_had_in_home_before_tunnelmesh_home(
 ) -> None:
     """An install from before d5a61b7 has its join_mesh key in ``$HOME/.tunnelmesh``: with
     ``TUNNELMESH_HOME`` elsewhere and no key there, the coordinator keeps that key (same peer ID,
-    same name, not ``hub-2``) and says once where it is and how to move it; no new key is made."""
+    same name, not ``hub-2``) and says once where it is and how to move it; no new key is made.
+    Such an install is known by its context in ``$TUNNELMESH_HOME`` naming the old key."""
     monkeypatch.setenv("TUNNELMESH_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     old_key = tmp_path / "user" / ".tunnelmesh" / "id_ed25519"
     old = Identity.generate()
     old.save(old_key)
+    (tmp_path / "home").mkdir(mode=0o700)
+    ContextStore(tmp_path / "home").put(
+        Context(name="hub", server="https://127.0.0.1:1", key_path=str(old_key)), activate=False
+    )
 
     async def main() -> None:
         async with CoordinatorServer(config(tmp_path, join_mesh=JoinMesh(name="hub"))) as server:
-            await until(lambda: (tmp_path / "home" / "contexts.json").exists())
+            await until(lambda: ContextStore(tmp_path / "home").get("hub").peer_id != "")
             ctx = ContextStore(tmp_path / "home").get("hub")
             assert ctx.key_path == str(old_key)
             assert ctx.peer_id == old.peer_id
@@ -705,3 +710,24 @@ def test_join_mesh_keeps_the_key_it_had_in_home_before_tunnelmesh_home(
     moves = [r.getMessage() for r in caplog.records if f"mv {old_key}" in r.getMessage()]
     assert len(moves) == 1, caplog.text
     assert str(tmp_path / "home") in moves[0]
+
+
+def test_join_mesh_takes_no_key_from_home_that_no_context_here_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key in ``$HOME/.tunnelmesh`` that no context in ``$TUNNELMESH_HOME`` names (another
+    node's, say a ``join`` without ``TUNNELMESH_HOME``) is not the coordinator's: it gets its own
+    key in ``$TUNNELMESH_HOME``."""
+    monkeypatch.setenv("TUNNELMESH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    other = Identity.generate()
+    other.save(tmp_path / "user" / ".tunnelmesh" / "id_ed25519")
+
+    async def main() -> None:
+        async with CoordinatorServer(config(tmp_path, join_mesh=JoinMesh(name="hub"))):
+            await until(lambda: (tmp_path / "home" / "contexts.json").exists())
+            ctx = ContextStore(tmp_path / "home").get("hub")
+            assert ctx.key_path == str(tmp_path / "home" / "id_ed25519")
+            assert ctx.peer_id != other.peer_id
+
+    run(main())

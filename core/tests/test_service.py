@@ -194,6 +194,7 @@ def test_serve_install_takes_the_join_mesh_key_from_before_tunnelmesh_home(
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     old = tmp_path / "user" / ".tunnelmesh" / "id_ed25519"
     Identity.generate().save(old)
+    ContextStore(home).put(Context(name="coord", server="https://c:1", key_path=str(old)))
     cfg = tmp_path / "server.yaml"
     cfg.write_text(
         f'auth_token: "{TOKEN}"\ndata_dir: "{tmp_path / "coord-data"}"\njoin_mesh:\n  name: coord\n'
