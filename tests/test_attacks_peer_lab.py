@@ -134,6 +134,9 @@ def test_an_exit_client_reaches_the_internet_but_not_the_exits_lan(lab: Lab, mes
         else:
             # the exit is up and linked (mesh traffic passes) ...
             poll(lambda: fetch(client.host, exit_mesh_url) == "the exit itself\n", 30, "exit")
+            # ... and the client routes through it again (until then its packets stop at the
+            # client, and the exit has nothing to count)
+            poll(lambda: client.status()["exit"]["state"] == "routed", 30, "client routed")
             # ... but drops the client's internet traffic (the guard counts it)
             assert fetch(client.host, internet.url).startswith("failed")
             status = exit_peer.status()["exit"]
