@@ -33,7 +33,6 @@ __all__ = [
     "Identity",
     "default_key_path",
     "fingerprint_of",
-    "join_mesh_key_path",
     "parse_public_key",
     "peer_id_of",
     "tunnelmesh_home",
@@ -67,46 +66,6 @@ def configured_key_path(private_key: str) -> Path:
     if private_key == DEFAULT_PRIVATE_KEY:
         return default_key_path()
     return Path(private_key).expanduser()
-
-
-def join_mesh_key_path(private_key: str) -> Path:
-    """The key of ``serve``'s own peer (``join_mesh.private_key``).
-
-    As :func:`configured_key_path`, except for an install from before the default key followed
-    ``TUNNELMESH_HOME``: when ``private_key`` is the default, ``$TUNNELMESH_HOME`` has no key,
-    ``$HOME/.tunnelmesh`` has one and a context in ``$TUNNELMESH_HOME`` names it (the
-    coordinator's own context, as such an install wrote it), that old key stays in use (a new
-    key would make the coordinator's peer a new peer under another name) and a warning says
-    how to move it. A key in ``$HOME/.tunnelmesh`` that no context here names (another node's,
-    a ``join`` without ``TUNNELMESH_HOME``) is not taken.
-    """
-    key = configured_key_path(private_key)
-    if private_key != DEFAULT_PRIVATE_KEY or key.exists():
-        return key
-    old = Path(DEFAULT_PRIVATE_KEY).expanduser()
-    if old == key or not old.exists() or not _context_uses(key.parent, old):
-        return key
-    files = f"{old} {old}.pub" if Path(f"{old}.pub").exists() else str(old)
-    log.warning(
-        "join_mesh: using the key %s (no key in %s, where a default private_key now lives); "
-        "to move it there: mv %s %s/",
-        old,
-        key.parent,
-        files,
-        key.parent,
-    )
-    return old
-
-
-def _context_uses(home: Path, key: Path) -> bool:
-    """Whether a context in ``home``'s contexts file has ``key`` as its key."""
-    from tunnelmesh.control.contexts import ContextStore
-
-    try:
-        store = ContextStore(home)
-        return any(store.get(name).key_path == str(key) for name in store.names())
-    except (ConfigError, OSError):
-        return False
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:

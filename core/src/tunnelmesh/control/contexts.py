@@ -9,16 +9,19 @@ rewritten without them when it is read. One context is *active*; commands use it
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import msgspec
 
 from tunnelmesh.errors import ConfigError
-from tunnelmesh.identity import tunnelmesh_home
+from tunnelmesh.identity import DEFAULT_PRIVATE_KEY, configured_key_path, tunnelmesh_home
 from tunnelmesh.private_files import private_umask
 
-__all__ = ["Context", "ContextStore"]
+__all__ = ["Context", "ContextStore", "join_mesh_key_path"]
+
+log = logging.getLogger(__name__)
 
 
 class Context(msgspec.Struct, kw_only=True):
@@ -129,3 +132,41 @@ class ContextStore:
     def context_dir(self, name: str) -> Path:
         """A directory for one context's files (pinned CA, peers cache)."""
         return self.home / "contexts" / name
+
+
+def join_mesh_key_path(private_key: str) -> Path:
+    """The key of ``serve``'s own peer (``join_mesh.private_key``).
+
+    As :func:`configured_key_path`, except for an install from before the default key followed
+    ``TUNNELMESH_HOME``: when ``private_key`` is the default, ``$TUNNELMESH_HOME`` has no key,
+    ``$HOME/.tunnelmesh`` has one and a context in ``$TUNNELMESH_HOME`` names it (the
+    coordinator's own context, as such an install wrote it), that old key stays in use (a new
+    key would make the coordinator's peer a new peer under another name) and a warning says
+    how to move it. A key in ``$HOME/.tunnelmesh`` that no context here names (another node's,
+    a ``join`` without ``TUNNELMESH_HOME``) is not taken.
+    """
+    key = configured_key_path(private_key)
+    if private_key != DEFAULT_PRIVATE_KEY or key.exists():
+        return key
+    old = Path(DEFAULT_PRIVATE_KEY).expanduser()
+    if old == key or not old.exists() or not _context_uses(key.parent, old):
+        return key
+    files = f"{old} {old}.pub" if Path(f"{old}.pub").exists() else str(old)
+    log.warning(
+        "join_mesh: using the key %s (no key in %s, where a default private_key now lives); "
+        "to move it there: mv %s %s/",
+        old,
+        key.parent,
+        files,
+        key.parent,
+    )
+    return old
+
+
+def _context_uses(home: Path, key: Path) -> bool:
+    """Whether a context in ``home``'s contexts file has ``key`` as its key."""
+    try:
+        store = ContextStore(home)
+        return any(store.get(name).key_path == str(key) for name in store.names())
+    except (ConfigError, OSError):
+        return False

@@ -32,6 +32,7 @@ import msgspec
 from aiohttp import web
 
 from tunnelmesh.config import ServerConfig
+from tunnelmesh.control.contexts import join_mesh_key_path
 from tunnelmesh.control.urls import (
     DEFAULT_API_PORT,
     DEFAULT_STUN_PORT,
@@ -44,7 +45,6 @@ from tunnelmesh.coordinator.store import StateStore
 from tunnelmesh.coordinator.stun_server import StunServer, start_stun_server
 from tunnelmesh.errors import ConfigError, TunnelmeshError
 from tunnelmesh.hostaddrs import local_addresses
-from tunnelmesh.identity import join_mesh_key_path
 from tunnelmesh.private_files import private_umask
 
 __all__ = ["CoordinatorServer", "local_addresses"]

@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 import yaml
 
+from tunnelmesh.control.contexts import join_mesh_key_path
 from tunnelmesh.errors import ConfigError, TunnelmeshError
-from tunnelmesh.identity import join_mesh_key_path
 
 __all__ = [
     "ServiceError",
