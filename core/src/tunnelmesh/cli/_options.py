@@ -24,3 +24,16 @@ def json_option(help: str = "Print JSON instead of a table.") -> Callable[[F], F
     return click.option(
         "--json", "as_json", is_flag=True, envvar="TUNNELMESH_JSON", show_envvar=True, help=help
     )
+
+
+def config_option(help: str) -> Callable[[F], F]:
+    """``-c/--config PATH`` (TUNNELMESH_CONFIG) into the ``config_path`` parameter."""
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        metavar="PATH",
+        envvar="TUNNELMESH_CONFIG",
+        show_envvar=True,
+        help=help,
+    )

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import click
 
+from tunnelmesh.cli._options import config_option
 from tunnelmesh.cli._root import Context
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    metavar="PATH",
-    envvar="TUNNELMESH_CONFIG",
-    show_envvar=True,
-    help="The node's config (peer.yaml; with --mode serve: server.yaml, its join_mesh:).",
-)
+@config_option("The node's config (peer.yaml; with --mode serve: server.yaml, its join_mesh:).")
 @click.option(
     "--mode",
     type=click.Choice(["join", "serve"]),

@@ -14,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 from tunnelmesh.aio.stopping import finish
+from tunnelmesh.cli._options import config_option
 from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import PeerConfig, load_peer_config
 from tunnelmesh.control.contexts import Context as MeshContext
@@ -31,15 +32,7 @@ def _hostname_label() -> str:
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    metavar="PATH",
-    envvar="TUNNELMESH_CONFIG",
-    show_envvar=True,
-    help="Peer config (default: ~/.tunnelmesh/config.yaml, ...).",
-)
+@config_option("Peer config (default: ~/.tunnelmesh/config.yaml, ...).")
 @click.option(
     "-s",
     "--server",

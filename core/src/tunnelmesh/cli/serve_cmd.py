@@ -11,6 +11,7 @@ from typing import Any
 import click
 import msgspec
 
+from tunnelmesh.cli._options import config_option
 from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import ServerConfig, load_server_config
 from tunnelmesh.coordinator.ca import ca_fingerprint
@@ -80,15 +81,7 @@ async def _serve(
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    metavar="PATH",
-    envvar="TUNNELMESH_CONFIG",
-    show_envvar=True,
-    help="Server config (default: ./server.yaml).",
-)
+@config_option("Server config (default: ./server.yaml).")
 @click.option(
     "--data-dir",
     metavar="DIR",

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tunnelmesh.cli._options import config_option
 from tunnelmesh.cli._root import Context
 from tunnelmesh.errors import TunnelmeshError
 
@@ -87,15 +88,7 @@ def service() -> None:
 
 @service.command()
 @_which
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    metavar="PATH",
-    envvar="TUNNELMESH_CONFIG",
-    show_envvar=True,
-    help="join: the peer config (default: the context's); serve: server.yaml (required).",
-)
+@config_option("join: the peer config (default: the context's); serve: server.yaml (required).")
 @click.option(
     "--no-start",
     is_flag=True,
