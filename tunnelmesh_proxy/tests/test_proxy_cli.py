@@ -244,8 +244,7 @@ def test_entry_point_loads_and_registers_rules_in_order() -> None:
     registry = make_plugin_manager().build_registry()
     names = list(registry.proxy_rules)
     assert names.index("mesh") < names.index("cmux")
-    assert registry.provided_by("proxy") == {"proxy rule": ["cmux"]}
-    assert registry.provided_by("builtin.proxy") == {"proxy rule": ["mesh"]}
+    assert registry.provided_by("proxy") == {"proxy rule": ["cmux", "mesh"]}
 
 
 def test_peers_file_feeds_the_mesh_rule(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -321,8 +320,8 @@ def test_mesh_rule_on_a_non_loopback_address_warns(
 
 
 def test_mesh_exposure_names_only_non_loopback_addresses() -> None:
-    from tunnelmesh.proxyrules import MeshPeerRule
     from tunnelmesh_proxy.cli import mesh_exposure
+    from tunnelmesh_proxy.mesh import MeshPeerRule
     from tunnelmesh_proxy.routing import CmuxRule, Router
 
     addrs = [("0.0.0.0", 8080), ("127.0.0.1", 8080), ("::1", 8081), ("::", 8082)]

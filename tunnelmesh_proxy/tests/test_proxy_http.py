@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from tunnelmesh.proxyrules import MeshPeerRule
+from tunnelmesh_proxy.mesh import MeshPeerRule
 from tunnelmesh_proxy.routing import CmuxRule, Router
 from tunnelmesh_proxy.server import ProxyServer
 from tunnelmesh_proxy.testing import (

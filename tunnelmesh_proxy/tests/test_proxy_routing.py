@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 from tunnelmesh.abc import ProxyRule, Upstream
-from tunnelmesh.proxyrules import (
-    NO_ROUTE,
-    HostsFileLookup,
-    MeshPeerRule,
-    RouteError,
-    parse_port,
-    resolver_lookup,
-)
+from tunnelmesh_proxy.headers import NO_ROUTE, RouteError, parse_port
 from tunnelmesh_proxy.http1 import connection_tokens, error_response, origin_form
 from tunnelmesh_proxy.listen import dedupe, parse_address, parse_listen
+from tunnelmesh_proxy.mesh import HostsFileLookup, MeshPeerRule, resolver_lookup
 from tunnelmesh_proxy.routing import CmuxRule, Router, match_host, workspace_ip
 
 PORT = "x-cmux-port-internal"

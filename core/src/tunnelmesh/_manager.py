@@ -39,7 +39,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "tunnelmesh._builtin.storage",
     "tunnelmesh._builtin.filter",
     "tunnelmesh._builtin.dns",
-    "tunnelmesh._builtin.proxy",
     "tunnelmesh._builtin.metrics",
     "tunnelmesh._builtin.systemd",
     "tunnelmesh._builtin.benchmark",
@@ -157,7 +156,7 @@ class PluginManager(pluggy.PluginManager):
         Used for the registration hooks so that the registry knows which plugin is registering
         (a duplicate name is reported with both plugins' names). Plugins are called in
         registration order, built-ins first, then installed plugins sorted by entry-point name,
-        so what a built-in registers (core's proxy mesh rule, say) comes first.
+        so what a built-in registers (core's filters and DNS backends, say) comes first.
         """
         caller = getattr(self.hook, hook_name)
         registry = kwargs.get("registry")

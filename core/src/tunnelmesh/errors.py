@@ -27,7 +27,7 @@ exception that its allow-list does not name with a reason.
     │   └── RemoteProtocolError     the peer sent something the protocol forbids
     │       ├── CryptoError         tunnelmesh.proto.wgcrypto: zero DH result, AEAD tag mismatch
     │       ├── StunParseError      tunnelmesh.stun: not a STUN message (also ValueError)
-    │       ├── RouteError          tunnelmesh.proxyrules: a bad routing header (also ValueError)
+    │       ├── RouteError          tunnelmesh_proxy.headers: a bad routing header (also ValueError)
     │       ├── RelayFormatError    tunnelmesh_relay.proto: a bad relay message (also ValueError)
     │       ├── HeadTooLarge        tunnelmesh_proxy.client: a request head over the limit
     │       └── SigV4Error          tunnelmesh_s3.sigv4: a request failed S3 authentication

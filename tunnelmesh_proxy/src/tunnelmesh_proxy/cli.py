@@ -14,9 +14,9 @@ from typing import Any
 import click
 from tunnelmesh.abc import ProxyRule
 from tunnelmesh.control.urls import join_hostport
-from tunnelmesh.proxyrules import HostsFileLookup, PeerLookup, resolver_lookup
 
 from tunnelmesh_proxy import listen as listen_mod
+from tunnelmesh_proxy.mesh import HostsFileLookup, PeerLookup, resolver_lookup
 from tunnelmesh_proxy.routing import Router
 
 __all__ = ["build_router", "mesh_exposure", "proxy"]

@@ -11,11 +11,16 @@ if TYPE_CHECKING:
     from tunnelmesh.registry import Registry
 
 
-@hookimpl
+@hookimpl(tryfirst=True)
 def tunnelmesh_register_proxy_rules(registry: Registry) -> None:
-    """The cmux rules; core's mesh rule (X-Tunnelmesh-Peer, ``builtin.proxy``) is asked first."""
+    """The mesh rule (X-Tunnelmesh-Peer, asked first), then the cmux rules.
+
+    ``tryfirst``: these are registered before any other plugin's rules, so asked before them.
+    """
+    from tunnelmesh_proxy.mesh import MeshPeerRule
     from tunnelmesh_proxy.routing import CmuxRule
 
+    registry.add_proxy_rule(MeshPeerRule)
     registry.add_proxy_rule(CmuxRule)
 
 

@@ -1,8 +1,7 @@
 """Routing rules of the proxy: which upstream a request goes to (sans-IO, no sockets).
 
-Rules are asked in registration order. Core's ``mesh`` rule
-(:class:`tunnelmesh.proxyrules.MeshPeerRule`, ``X-Tunnelmesh-Peer: NAME``) comes first, being a
-built-in; then this plugin's:
+Rules are asked in registration order. This plugin registers first (``tryfirst``): its ``mesh``
+rule (:class:`tunnelmesh_proxy.mesh.MeshPeerRule`, ``X-Tunnelmesh-Peer: NAME``), then:
 
 ``cmux`` (:class:`CmuxRule`), the cmux-proxy rules (``/work/shared/spec/proxy.md`` section 2-3)
     * port: ``X-Cmux-Port-Internal`` (1-65535), else the port of a
@@ -24,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from tunnelmesh.abc import ProxyRule, Upstream
-from tunnelmesh.proxyrules import (
+
+from tunnelmesh_proxy.headers import (
     NO_ROUTE,
     NOT_VISIBLE,
     PORT_HEADER,

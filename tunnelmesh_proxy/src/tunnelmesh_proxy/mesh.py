@@ -1,10 +1,9 @@
-"""Routing primitives shared by reverse-proxy rules, and core's mesh rule.
+"""The mesh rule: ``X-Tunnelmesh-Peer: NAME`` (with ``X-Cmux-Port-Internal: PORT``) sends a
+request to that mesh peer's IP.
 
-``X-Tunnelmesh-Peer: NAME`` (with ``X-Cmux-Port-Internal: PORT``) sends a request to that mesh
-peer's IP (:class:`MeshPeerRule`, registered by the built-in plugin ``builtin.proxy`` so it is asked
-before any plugin's rules) when the proxy is told to (``mesh`` in the rule options, ``tunnelmesh
-proxy --mesh``): it is off by default. The proxy itself is the ``tunnelmesh-proxy`` distribution; it and
-any third-party rule use :func:`parse_port` and :class:`RouteError` from here.
+:class:`MeshPeerRule` is registered by this plugin before its cmux rules (and ``tryfirst``, so
+before any other plugin's rules), and only routes when the proxy is told to (``mesh`` in the
+rule options, ``tunnelmesh proxy --mesh``): it is off by default.
 """
 
 from __future__ import annotations
@@ -16,58 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from tunnelmesh.abc import ProxyRule, Upstream
-from tunnelmesh.errors import RemoteProtocolError
 
-__all__ = [
-    "NO_ROUTE",
-    "PEER_HEADER",
-    "PORT_HEADER",
-    "HostsFileLookup",
-    "MeshPeerRule",
-    "PeerLookup",
-    "RouteError",
-    "parse_port",
-    "parse_u16",
-    "resolver_lookup",
-]
+from tunnelmesh_proxy.headers import NO_ROUTE, PEER_HEADER, PORT_HEADER, RouteError, parse_port
 
-PORT_HEADER = "x-cmux-port-internal"
-PEER_HEADER = "x-tunnelmesh-peer"
-NO_ROUTE = "missing required header: X-Cmux-Port-Internal"
+__all__ = ["HostsFileLookup", "MeshPeerRule", "PeerLookup", "resolver_lookup"]
 
-# hyper's HeaderValue::to_str accepts tab and visible ASCII (0x20-0x7e) only.
-NOT_VISIBLE = re.compile(r"[^\t\x20-\x7e]")
-_U16 = re.compile(r"\+?[0-9]+")
 _PEER_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-class RouteError(RemoteProtocolError, ValueError):
-    """A routing header is malformed; the message is the plain-text body of the 400."""
-
-
-def parse_u16(text: str) -> int | None:
-    """Parse like Rust's ``u16::from_str``: optional ``+``, decimal digits, at most 65535."""
-    if _U16.fullmatch(text) is None:
-        return None
-    value = int(text)
-    return value if value <= 0xFFFF else None
-
-
-def parse_port(raw: str) -> int:
-    """The port named by an ``X-Cmux-Port-Internal`` value.
-
-    Raises:
-        RouteError: not visible ASCII, empty after trimming, not a decimal 1-65535.
-    """
-    if NOT_VISIBLE.search(raw):
-        raise RouteError("invalid header value (not UTF-8)")
-    text = raw.strip()
-    if not text:
-        raise RouteError("header value cannot be empty")
-    port = parse_u16(text)
-    if not port:  # None, or 0: refused here although cmux's parser lets 0 through (spec s.12)
-        raise RouteError("invalid port in X-Cmux-Port-Internal")
-    return port
 
 
 PeerLookup = Callable[[str], "str | None"]
