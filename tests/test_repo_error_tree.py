@@ -49,6 +49,7 @@ ALLOWED_RAISES: dict[tuple[str, str], str] = {
         "the client went away before a sendfile: what aiohttp and asyncio raise for a reader "
         "that closed, so the GET handler ends quietly on it as on their own"
     ),
+    ("core/src/tunnelmesh/aio/wgsocket.py", "ValueError"): _ARGUMENT + " (parse host:port)",
     ("core/src/tunnelmesh/_manager.py", "ValueError"): _ARGUMENT + " (an unknown registry kind)",
     ("core/src/tunnelmesh/benchmark.py", "ValueError"): _ARGUMENT + " (parse_size, a click type)",
     ("core/src/tunnelmesh/benchmark.py", "ConnectionError"): (
@@ -108,9 +109,6 @@ ALLOWED_RAISES: dict[tuple[str, str], str] = {
     ("tunnelmesh_ssh/src/tunnelmesh_ssh/proto.py", "ValueError"): _ARGUMENT + " (a frame's size)",
     ("tunnelmesh_udp/src/tunnelmesh_udp/__init__.py", "AttributeError"): _MODULE_GETATTR,
     ("tunnelmesh_udp/src/tunnelmesh_udp/static.py", "SystemExit"): _CLI_EXIT,
-    ("tunnelmesh_udp/src/tunnelmesh_udp/wgsocket.py", "ValueError"): (
-        _ARGUMENT + " (parse host:port)"
-    ),
 }
 
 # Exception classes outside the tree on purpose: (file, class) -> why.

@@ -6,28 +6,14 @@ They work with any host object that has ``run``, ``popen`` and ``python`` like
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from tunnelmesh.errors import LabError
-from tunnelmesh.proto.wgcrypto import public_key_of
+from tunnelmesh.testing.wireguard import KeyPair, start_wireguard_go, stop_process
 
 __all__ = ["KeyPair", "start_static_node", "start_wireguard_go", "stop_process", "wait_ready"]
-
-
-class KeyPair:
-    """An X25519 key pair with ``wg``-style base64 forms."""
-
-    def __init__(self, private: bytes | None = None) -> None:
-        self.private = private or os.urandom(32)
-        self.public = public_key_of(self.private)
-        self.private_b64 = base64.b64encode(self.private).decode()
-        self.public_b64 = base64.b64encode(self.public).decode()
 
 
 def start_static_node(
@@ -70,56 +56,3 @@ def wait_ready(proc: subprocess.Popen[str], timeout: float = 20) -> None:
     from tunnelmesh.testing.lab import wait_for_line
 
     wait_for_line(proc, "tunnelmesh-udp ready", timeout=timeout)
-
-
-def start_wireguard_go(
-    host: Any,
-    workdir: Path,
-    *,
-    ifname: str,
-    key: KeyPair,
-    address: str,
-    listen_port: int,
-    peer_public_b64: str,
-    allowed_ips: str,
-    endpoint: str | None = None,
-) -> subprocess.Popen[str]:
-    """Start Debian's wireguard-go in the foreground in ``host`` and configure it with ``wg``.
-
-    ``ifname`` must be unique on the machine: the UAPI socket directory /var/run/wireguard is
-    shared by every namespace.
-    """
-    proc: subprocess.Popen[str] = host.popen(
-        ["env", "LOG_LEVEL=error", "wireguard-go", "-f", ifname],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    sock = Path(f"/var/run/wireguard/{ifname}.sock")
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise LabError(f"wireguard-go did not create {sock}")
-        time.sleep(0.05)
-    keyfile = workdir / f"{ifname}.key"
-    keyfile.write_text(key.private_b64 + "\n")
-    keyfile.chmod(0o600)
-    cmd = ["wg", "set", ifname, "private-key", str(keyfile), "listen-port", str(listen_port)]
-    cmd += ["peer", peer_public_b64, "allowed-ips", allowed_ips]
-    if endpoint:
-        cmd += ["endpoint", endpoint]
-    host.run(cmd)
-    host.run(["ip", "addr", "add", address, "dev", ifname])
-    host.run(["ip", "link", "set", ifname, "up"])
-    return proc
-
-
-def stop_process(proc: subprocess.Popen[str], timeout: float = 5.0) -> str:
-    """SIGTERM a process started by the helpers above, wait, and return its remaining output."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out or ""

@@ -25,12 +25,11 @@ from typing import Any
 from tunnelmesh import stun as stun_codec
 from tunnelmesh.abc import Link, Transport, TransportCapabilities, TransportHost
 from tunnelmesh.aio.wgsession import WireGuardLink
+from tunnelmesh.aio.wgsocket import WireGuardSocket, parse_endpoint
 from tunnelmesh.errors import TransportError
 from tunnelmesh.proto import WireGuard
 from tunnelmesh.proto.wgcrypto import x25519_public_from_ed25519
 from tunnelmesh.proto.wgmessages import REKEY_TIMEOUT
-
-from tunnelmesh_udp.wgsocket import WireGuardSocket, parse_endpoint
 
 __all__ = ["UdpTransport"]
 

@@ -10,8 +10,8 @@ import struct
 
 import pytest
 import uvloop
+from tunnelmesh.aio.wgsocket import WireGuardSocket
 from tunnelmesh.proto import WireGuard
-from tunnelmesh_udp.wgsocket import WireGuardSocket
 
 WALL = 1_700_000_000.0
 
