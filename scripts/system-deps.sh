@@ -5,7 +5,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-core_pkgs=(iproute2 nftables iputils-ping iperf3 ca-certificates gcc wireguard-go wireguard-tools coturn openssh-client dnsutils dnsperf dnsmasq-base tcpdump prometheus docker-compose)
+# postgresql: the throwaway test cluster of tunnelmesh.testing.postgres (state store tests)
+core_pkgs=(iproute2 nftables iputils-ping iperf3 ca-certificates gcc wireguard-go wireguard-tools coturn openssh-client dnsutils dnsperf dnsmasq-base tcpdump prometheus docker-compose postgresql)
 mapfile -t plugin_pkgs < <(python3 - "$here/plugins/catalog.toml" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:

@@ -51,7 +51,7 @@ exception that its allow-list does not name with a reason.
     ├── S3Error                     tunnelmesh_s3.errors: an S3 error response (code, status)
     ├── MeshS3Error                 tunnelmesh_s3.meshclient: the coordinator refused S3 access
     ├── DnsError                    a DNS backend failed
-    └── LabError                    the namespace test lab could not build or run something
+    └── LabError                    a test lab (namespaces, a throwaway PostgreSQL) failed
         └── ImpairmentUnsupported   tunnelmesh.testing.lab: a netem option this kernel lacks
 
 The CLI prints a :class:`TunnelmeshError` as one line without a traceback; any other exception
@@ -182,4 +182,4 @@ class DnsError(TunnelmeshError):
 
 
 class LabError(TunnelmeshError):
-    """The namespace test lab could not build or run something."""
+    """A test lab (the namespace lab, a throwaway PostgreSQL) could not build or run something."""

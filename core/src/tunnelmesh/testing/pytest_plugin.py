@@ -3,7 +3,9 @@
 Loaded automatically wherever ``tunnelmesh`` is installed (``pytest11`` entry point). It defines
 no autouse fixtures: a test opts in by using a fixture or the marker. Fixtures: ``lab`` (one
 :class:`~tunnelmesh.testing.lab.Lab` per test, torn down also when the test fails) and
-``lab_factory`` (several labs per test).
+``lab_factory`` (several labs per test), ``postgres_cluster`` (a throwaway PostgreSQL server
+per session, :mod:`tunnelmesh.testing.postgres`) and ``postgres_dsn`` (a fresh database on it per
+test).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tunnelmesh.testing import lab_unavailable_reason
 
 if TYPE_CHECKING:
     from tunnelmesh.testing.lab import Lab
+    from tunnelmesh.testing.postgres import PostgresCluster
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,3 +77,37 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session (:mod:`tunnelmesh.testing.postgres`).
+
+    Skips, with the reason, where PostgreSQL is not installed.
+    """
+    from tunnelmesh.testing.postgres import PostgresCluster, postgres_unavailable_reason
+
+    reason = postgres_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = PostgresCluster()  # its own temporary directory, reachable by its user
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """The connection string of a fresh database on ``postgres_cluster``, dropped after."""
+    import secrets
+
+    if not postgres_cluster.running():  # a test before stopped it on purpose
+        postgres_cluster.start()
+    name = f"tm_{secrets.token_hex(6)}"
+    dsn = postgres_cluster.create_database(name)
+    yield dsn
+    if not postgres_cluster.running():
+        postgres_cluster.start()
+    postgres_cluster.drop_database(name)
