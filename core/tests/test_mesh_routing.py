@@ -110,3 +110,107 @@ def test_outbound_routes_groups_and_filters(pipe: tuple[int, int]) -> None:
     assert len(lb.sent) == 2 and lc.sent == []
     assert fwd.stats["dropped_filter"] == 1
     assert fwd.stats["dropped_no_route"] == 1
+
+
+def test_a_route_via_a_concentrator_follows_its_link() -> None:
+    t = RoutingTable()
+    phone = t.set_peer("phone", mesh_ips=["10.42.0.50"], via="conc")  # before its carrier
+    assert phone.link is None
+    t.set_peer("conc", mesh_ips=["10.42.0.9"])
+    first, second = FakeLink("conc"), FakeLink("conc")
+    t.set_link("conc", first)
+    assert phone.link is first
+    t.set_link("conc", second)  # the concentrator's path changed: the client follows
+    assert phone.link is second and t.peers["conc"].link is second
+    t.set_peer("phone", mesh_ips=["10.42.0.50"], via="conc")  # an unchanged update keeps it
+    assert phone.link is second
+    t.remove_peer("conc")
+    assert phone.link is None and t.lookup(socket.inet_aton("10.42.0.50")) is phone
+    t.set_peer("conc", mesh_ips=["10.42.0.9"])
+    t.set_link("conc", first)
+    assert phone.link is first
+    t.set_peer("phone", mesh_ips=["10.42.0.50"], client=True)  # now served here: own link
+    assert phone.link is None and phone.client and phone.via == ""
+
+
+class Recorder(PacketFilter):
+    name = "recorder"
+
+    def __init__(self, deny: str = "") -> None:
+        self.seen: list[tuple[str, bool, int]] = []
+        self.deny = deny
+
+    def verdicts(self, packets: Sequence[Packet], peer: str, inbound: bool) -> list[bool]:
+        self.seen.append((peer, inbound, len(packets)))
+        return [peer != self.deny for _ in packets]
+
+
+def test_a_clients_source_is_accepted_from_its_concentrator_only(pipe: tuple[int, int]) -> None:
+    """On a peer that is not the concentrator: the phone's address arrives from the
+    concentrator's link and passes the filters under the phone's name; from another peer it is
+    spoofed; the peer's packets to the phone leave on the concentrator's link."""
+    r, w = pipe
+    table = _table()
+    table.set_peer("conc", mesh_ips=["10.42.0.9"])
+    table.set_peer("phone", mesh_ips=["10.42.0.50"], via="conc")
+    recorder = Recorder(deny="phone")
+    fwd = Forwarder(w, table, [recorder])
+    conc, b = FakeLink("conc"), FakeLink("b")
+    fwd.attach(conc)
+    fwd.attach(b)
+    from_conc = ip4("10.42.0.9", "10.42.0.1")
+    from_phone = ip4("10.42.0.50", "10.42.0.1")
+    fwd.deliver(conc, [from_conc, from_phone, from_conc])
+    assert recorder.seen == [("conc", True, 2), ("phone", True, 1)]
+    assert fwd.stats["dropped_filter"] == 1  # the rule denying the phone
+    assert os.read(r, 4096) == from_conc + from_conc
+    recorder.deny = ""
+    fwd.deliver(conc, [from_phone])
+    assert os.read(r, 4096) == from_phone
+    fwd.deliver(b, [from_phone])  # the phone's address from b: spoofed
+    assert fwd.stats["dropped_spoofed"] == 1 and fwd.stats["rx_packets"] == 3
+    # outbound: the phone's address goes to the concentrator's link, filtered as the phone
+    out_r, out_w = os.pipe()
+    try:
+        os.set_blocking(out_r, False)
+        fwd_out = Forwarder(out_r, table, [recorder])
+        os.write(out_w, ip4("10.42.0.1", "10.42.0.50"))
+        fwd_out._on_tun_readable()
+    finally:
+        os.close(out_r)
+        os.close(out_w)
+    assert conc.sent == [ip4("10.42.0.1", "10.42.0.50")]
+    assert recorder.seen[-1] == ("phone", False, 1)
+
+
+def test_a_concentrator_relays_between_its_clients_and_the_mesh(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    table = _table()  # b 10.42.0.2, c 10.42.0.3; this node is 10.42.0.1
+    table.set_peer("phone", mesh_ips=["10.42.0.50"], client=True)
+    table.set_peer("laptop", mesh_ips=["10.42.0.51"], via="c")  # a client of concentrator c
+    recorder = Recorder()
+    fwd = Forwarder(w, table, [recorder])
+    fwd.relay = True
+    phone, b, c = FakeLink("phone"), FakeLink("b"), FakeLink("c")
+    for link in (phone, b, c):
+        fwd.attach(link)
+    to_b = ip4("10.42.0.50", "10.42.0.2")
+    to_me = ip4("10.42.0.50", "10.42.0.1")
+    to_laptop = ip4("10.42.0.50", "10.42.0.51")
+    spoofed = ip4("10.42.0.2", "10.42.0.3")  # the phone may only source its own address
+    fwd.deliver(phone, [to_b, to_me, to_laptop, spoofed, to_b])
+    assert b.sent == [to_b, to_b] and c.sent == [to_laptop]
+    assert os.read(r, 4096) == to_me
+    assert recorder.seen == [("phone", True, 1)]  # only what is for this node is filtered here
+    assert fwd.stats["relayed"] == 3 and fwd.stats["dropped_spoofed"] == 1
+    # from the mesh to the phone: relayed; between two mesh peers: never (it goes to the TUN)
+    back = ip4("10.42.0.2", "10.42.0.50")
+    b_to_c = ip4("10.42.0.2", "10.42.0.3")
+    fwd.deliver(b, [back, b_to_c])
+    laptop_to_phone = ip4("10.42.0.51", "10.42.0.50")
+    fwd.deliver(c, [laptop_to_phone])
+    assert phone.sent == [back, laptop_to_phone]
+    assert c.sent == [to_laptop] and os.read(r, 4096) == b_to_c
+    table.set_link("phone", None)  # the client went away: counted, not sent
+    fwd.deliver(b, [back])
+    assert fwd.stats["dropped_no_link"] == 1 and phone.sent == [back, laptop_to_phone]

@@ -9,8 +9,10 @@ routed by its destination address through the :class:`~tunnelmesh.mesh.routing.R
 Inbound: a link pushes a batch (:meth:`Forwarder.deliver`); in one pass over it, path probes
 (IPv4 protocol :data:`PROBE_PROTOCOL`, :mod:`tunnelmesh.node.paths`) are taken out for
 :attr:`Forwarder.probe_sink`, and every packet whose inner source address does not belong to
-that peer is dropped as spoofed (WireGuard's cryptokey routing); the rest pass the filters and
-are written to the TUN device. With ``vnet_hdr`` (a TUN device
+that peer (or to a WireGuard client it carries, see :mod:`tunnelmesh.mesh.routing`) is dropped
+as spoofed (WireGuard's cryptokey routing); the rest pass the filters and are written to the TUN
+device. On a WireGuard concentrator (:attr:`Forwarder.relay`) the packets between its clients
+and the mesh are sent on to their destination's link without touching the TUN device. With ``vnet_hdr`` (a TUN device
 opened with IFF_VNET_HDR), TCP segments of one flow are first coalesced into super-packets
 (:mod:`tunnelmesh.mesh.offload`).
 
@@ -67,6 +69,9 @@ class Forwarder:
         self.filters = list(filters)
         self.batch = batch
         self.stats: defaultdict[str, int] = defaultdict(int)
+        self.relay = False
+        """This node serves WireGuard clients (a concentrator): received packets between a
+        client and another route go on to that route (:meth:`_relay`) instead of the TUN."""
         self.probe_sink: Callable[[Link, list[bytes]], None] | None = None
         """Gets the path probes of each received batch (None: probes are ordinary packets)."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -174,7 +179,13 @@ class Forwarder:
     # --- inbound --------------------------------------------------------------------------------
 
     def deliver(self, link: Link, packets: list[bytes]) -> None:
-        """Check and write packets received from ``link.peer`` to the TUN device."""
+        """Check and write packets received from ``link.peer`` to the TUN device.
+
+        A source address must belong to the link's peer, or to a route carried ``via`` it (a
+        WireGuard client behind that concentrator; its packets pass the filters under the
+        client's name). On a concentrator (:attr:`relay`) the packets between a client and the
+        mesh go on to their destination's link instead (:meth:`_relay`).
+        """
         stats = self.stats
         sink = self.probe_sink
         route = self.routes.peers.get(link.peer)
@@ -184,6 +195,7 @@ class Forwarder:
         by_ip = self.routes.by_ip
         lookup = self.routes.lookup
         good = []
+        carried: dict[PeerRoute, list[bytes]] | None = None
         probes: list[bytes] | None = None
         for pkt in packets:
             if pkt[0] >> 4 == 4:
@@ -199,16 +211,38 @@ class Forwarder:
             if route is None:
                 stats["dropped_unknown_peer"] += 1
                 continue
-            if (by_ip.get(src) or lookup(src)) is not route:
-                stats["dropped_spoofed"] += 1
+            source = by_ip.get(src) or lookup(src)
+            if source is not route:
+                if source is None or source.via != route.name:
+                    stats["dropped_spoofed"] += 1
+                    continue
+                if carried is None:
+                    carried = {source: [pkt]}
+                elif source in carried:
+                    carried[source].append(pkt)
+                else:
+                    carried[source] = [pkt]
                 continue
             good.append(pkt)
         if probes is not None and sink is not None:
             sink(link, probes)
         if route is None:
             return
-        if self.filters and good:
-            good = self._filter(good, route.name, True)
+        if self.relay:
+            good = self._relay(route, good)
+            if carried is not None:
+                for source, pkts in carried.items():
+                    carried[source] = self._relay(source, pkts)
+        if self.filters:
+            if good:
+                good = self._filter(good, route.name, True)
+            if carried is not None:
+                for source, pkts in carried.items():
+                    if pkts:
+                        good += self._filter(pkts, source.name, True)
+        elif carried is not None:
+            for pkts in carried.values():
+                good += pkts
         fd = self.fd
         write = os.write
         if self.vnet_hdr:
@@ -225,3 +259,41 @@ class Forwarder:
             except OSError:
                 stats["tun_write_error"] += 1
         stats["rx_packets"] += count
+
+    def _relay(self, source: PeerRoute, packets: list[bytes]) -> list[bytes]:
+        """On a concentrator: send on the packets between a WireGuard client and the mesh.
+
+        A packet whose destination is another route goes to that route's link when its source
+        or its destination is a client of this node (the concentrator relays for its clients
+        only, never between two mesh peers); such packets skip this node's filters, which guard
+        its own services (the destination filters them, with the client as the source). The
+        rest, for this node, is returned for the TUN device.
+        """
+        by_ip = self.routes.by_ip
+        lookup = self.routes.lookup
+        stats = self.stats
+        mine: list[bytes] = []
+        out: dict[PeerRoute, list[bytes]] = {}
+        for pkt in packets:
+            dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
+            target = by_ip.get(dst) or lookup(dst)
+            if target is None or target is source or not (target.client or source.client):
+                mine.append(pkt)
+                continue
+            group = out.get(target)
+            if group is None:
+                out[target] = [pkt]
+            else:
+                group.append(pkt)
+        for target, group in out.items():
+            link = target.link
+            if link is None:
+                stats["dropped_no_link"] += len(group)
+                continue
+            try:
+                link.send_batch(group)
+            except Exception:
+                stats["dropped_link_error"] += len(group)
+                continue
+            stats["relayed"] += len(group)
+        return mine

@@ -5,6 +5,8 @@ coordinator's push channel, or from a static configuration)::
 
     table.set_peer(name, public_key=..., mesh_ips=["10.42.0.7"], endpoints=["192.0.2.7:2223"])
     table.set_link(name, link)     # a transport opened a link to that peer
+    table.set_peer("phone", mesh_ips=["10.42.0.50"], via="conc")   # carried by peer "conc"
+    table.set_peer("phone", mesh_ips=["10.42.0.50"], client=True)  # on "conc" itself
     table.remove_peer(name)        # drops its routes and forgets its link
     table.subscribe(callback)      # callback(route) after every set_peer / remove_peer
 
@@ -12,6 +14,13 @@ coordinator's push channel, or from a static configuration)::
 (``10.42.7.0/24``, WireGuard-style allowed IPs, checked longest prefix first, only when the
 host lookup misses). The same table answers "which peer owns this source address", which the
 forwarder uses to drop spoofed packets.
+
+WireGuard clients (``tunnelmesh_wg``) are routes too, named after the client. On the node that
+serves a client (its concentrator) the route is marked ``client``: its link is the
+concentrator's link to that client, and the forwarder relays between the client and the mesh.
+On every other node the route has ``via=<concentrator name>``: it always uses the
+concentrator's link (kept in step by :meth:`RoutingTable.set_link`), and the forwarder accepts
+the client's source address from that concentrator only.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class PeerRoute:
     """What the data plane knows of one peer."""
 
-    __slots__ = ("endpoints", "link", "mesh_ips", "name", "public_key")
+    __slots__ = ("client", "endpoints", "link", "mesh_ips", "name", "public_key", "via")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -39,6 +48,11 @@ class PeerRoute:
         self.mesh_ips: tuple[str, ...] = ()
         self.endpoints: tuple[str, ...] = ()
         self.link: Link | None = None
+        self.via = ""
+        """The peer whose link carries this route (a WireGuard client behind its concentrator);
+        empty: the route's own link."""
+        self.client = False
+        """A WireGuard client served by this node: the forwarder relays its packets."""
 
     def __repr__(self) -> str:
         return f"<PeerRoute {self.name} {list(self.mesh_ips)}>"
@@ -64,8 +78,14 @@ class RoutingTable:
         public_key: bytes = b"",
         mesh_ips: Sequence[str] = (),
         endpoints: Sequence[str] = (),
+        via: str = "",
+        client: bool = False,
     ) -> PeerRoute:
-        """Add or replace a peer's key, addresses and endpoints (its link is kept)."""
+        """Add or replace a peer's key, addresses and endpoints (its link is kept).
+
+        ``via`` names the peer whose link carries this route (the route takes that peer's link,
+        now and whenever it changes); ``client`` marks a WireGuard client this node serves.
+        """
         route = self.peers.get(name)
         if route is None:
             route = self.peers[name] = PeerRoute(name)
@@ -74,6 +94,11 @@ class RoutingTable:
         route.public_key = public_key
         route.mesh_ips = tuple(mesh_ips)
         route.endpoints = tuple(endpoints)
+        route.client = client
+        if via != route.via:
+            route.via = via
+            carrier = self.peers.get(via) if via else None
+            route.link = carrier.link if carrier is not None else None
         for item in route.mesh_ips:
             net = ipaddress.ip_network(item, strict=False)
             if net.num_addresses == 1:
@@ -91,15 +116,22 @@ class RoutingTable:
         if route is not None:
             self._unindex(route)
             route.link = None
+            for carried in self.peers.values():
+                if carried.via == name:
+                    carried.link = None
             for callback in self._subscribers:
                 callback(route)
         return route
 
     def set_link(self, name: str, link: Link | None) -> None:
-        """Attach (or detach, with None) the link that carries a peer's packets."""
+        """Attach (or detach, with None) the link that carries a peer's packets (and the
+        packets of the routes it carries, ``via`` it)."""
         route = self.peers.get(name)
         if route is not None:
             route.link = link
+            for carried in self.peers.values():
+                if carried.via == name:
+                    carried.link = link
 
     def _unindex(self, route: PeerRoute) -> None:
         for key in [k for k, r in self.by_ip.items() if r is route]:
