@@ -231,6 +231,7 @@ class ControlClient:
         self._stopped = asyncio.Event()
         self._wake = asyncio.Event()
         self._removed = False
+        self.resyncs = 0  # push channels reconnected because deltas were missed
         self._cache_dirty = False
 
     # --- HTTP plumbing ---------------------------------------------------------------------
@@ -537,6 +538,13 @@ class ControlClient:
                         self._handle_frame(msg.data)
                         if self._removed:
                             raise TunnelmeshError(f"{self.name} was removed from the mesh")
+                        if self.table.needs_resync:
+                            # Deltas were lost: a new connection starts with a new snapshot.
+                            log.info("push channel missed changes; reconnecting for a snapshot")
+                            self.resyncs += 1
+                            break
+                    if self.table.needs_resync:
+                        continue
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status == 401 and self._removed:
                     raise TunnelmeshError(f"{self.name} was removed from the mesh") from None

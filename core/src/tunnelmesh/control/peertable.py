@@ -8,6 +8,14 @@ A snapshot (first message of every push connection, including after the coordina
 is diffed against what the table already holds, so a reconnect produces only the real changes:
 peers the data plane already knows keep working while the coordinator is down, and the table
 catches up when it comes back.
+
+After the snapshot the coordinator sends deltas (one peer each), numbered: each carries the
+revision after the snapshot's, one more than the one before. A delta whose revision is not
+newer than the table's is a duplicate or arrived late and is ignored (an older record must not
+overwrite a newer one); one that skips revisions means deltas were lost: it is applied (it is
+that peer's newest record) and :attr:`PeerTable.needs_resync` asks the driver for a new snapshot
+(it reconnects the push channel). Every connection starts again from its own snapshot, so the
+revisions of different coordinators never have to agree.
 """
 
 from __future__ import annotations
@@ -118,6 +126,10 @@ class PeerTable:
         self.peers: dict[str, PeerInfo] = {}
         self.me: PeerInfo | None = None
         self.revision = -1
+        self.needs_resync = False
+        """Deltas were missed (a gap in the revisions): the driver should get a new snapshot."""
+        self.stale = 0
+        """Deltas ignored because the table already had a newer revision."""
         self.filter_rules: tuple[PolicyRule, ...] | None = (
             None if filter_rules is None else tuple(filter_rules)
         )
@@ -136,12 +148,13 @@ class PeerTable:
         """Apply one push message; return what changed."""
         if isinstance(msg, Snapshot):
             self.revision = msg.revision
+            self.needs_resync = False
             return self._snapshot(msg.peers)
+        if isinstance(msg, PeerUpserted | PeerGone) and not self._in_sequence(msg.revision):
+            return []
         if isinstance(msg, PeerUpserted):
-            self.revision = max(self.revision, msg.revision)
             return self._upsert(msg.peer)
         if isinstance(msg, PeerGone):
-            self.revision = max(self.revision, msg.revision)
             if msg.peer_id == self.self_id:
                 return [SelfRemoved(msg.name)]
             old = self.peers.pop(msg.peer_id, None)
@@ -155,6 +168,17 @@ class PeerTable:
             self.filter_rules = rules
             return [FilterRulesChanged(rules)]
         return []  # pragma: no cover - the union is exhaustive
+
+    def _in_sequence(self, revision: int) -> bool:
+        """Take ``revision`` as the table's; False when the delta is not newer (ignore it)."""
+        if self.revision >= 0:
+            if revision <= self.revision:
+                self.stale += 1
+                return False
+            if revision > self.revision + 1:
+                self.needs_resync = True
+        self.revision = revision
+        return True
 
     def _upsert(self, peer: PeerInfo) -> list[PeerChange]:
         if peer.peer_id == self.self_id:

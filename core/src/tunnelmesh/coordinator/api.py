@@ -55,7 +55,6 @@ from tunnelmesh.control.messages import (
     PeersResponse,
     RegisterRequest,
     RendezvousRequest,
-    Snapshot,
     encode,
 )
 from tunnelmesh.coordinator.auth import CHALLENGE_TTL
@@ -321,8 +320,10 @@ async def push(request: web.Request) -> web.StreamResponse:
     rec = authenticated_peer(request)
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_BODY)
     await ws.prepare(request)
-    snapshot = encode(Snapshot(peers=coord.peer_infos(), revision=coord.revision))
-    sub = coord.hub.attach(rec.peer_id, ws, snapshot + b"\n" + coord.filter_message())
+    # No await between the snapshot and attach: the deltas this channel gets continue from
+    # the snapshot's revision without a gap.
+    first = coord.snapshot_message() + b"\n" + coord.filter_message()
+    sub = coord.hub.attach(rec.peer_id, ws, first)
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):

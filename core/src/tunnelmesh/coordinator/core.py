@@ -48,6 +48,7 @@ from tunnelmesh.control.messages import (
     Rendezvous,
     RendezvousAck,
     RendezvousRequest,
+    Snapshot,
     encode,
 )
 from tunnelmesh.control.urls import endpoint_problem
@@ -388,8 +389,30 @@ class Coordinator:
 
     # --- views -----------------------------------------------------------------------------
 
-    def info(self, rec: PeerRecord) -> PeerInfo:
+    def info(self, rec: PeerRecord, *, figures: bool = True) -> PeerInfo:
+        """``rec`` as other peers and the CLI see it.
+
+        ``figures=False`` leaves out what the peer reports about its own paths (transports,
+        RTTs, reasons, counters): maps keyed by the other peers, so their size grows with the
+        mesh. The push channel carries peers without them (see :meth:`push_info`).
+        """
         raw = parse_public_key(rec.public_key).public_bytes_raw()
+        if not figures:
+            return PeerInfo(
+                name=rec.name,
+                peer_id=rec.peer_id,
+                public_key=rec.public_key,
+                wg_public_key=base64.b64encode(x25519_public_of(raw)).decode("ascii"),
+                mesh_ip=rec.mesh_ip,
+                endpoints=rec.endpoints,
+                online=self.liveness.is_online(rec.peer_id),
+                last_seen=rec.last_seen,
+                is_admin=rec.is_admin,
+                is_coordinator=rec.is_coordinator,
+                version=rec.version,
+                allow_exit_traffic=rec.allow_exit_traffic,
+                aliases=rec.aliases,
+            )
         return PeerInfo(
             name=rec.name,
             peer_id=rec.peer_id,
@@ -413,6 +436,24 @@ class Coordinator:
     def peer_infos(self) -> list[PeerInfo]:
         """Every approved peer (a key waiting for approval is shown to nobody)."""
         return [self.info(r) for r in self._visible()]
+
+    def push_info(self, rec: PeerRecord) -> PeerInfo:
+        """``rec`` as the push channel carries it: what the other peers' data plane and DNS
+        use, constant in size whatever the size of the mesh (the path figures a peer reports
+        are keyed by every other peer; ``GET /api/v1/peers`` has them). One change of one peer
+        therefore costs one message of constant size per connected peer."""
+        return self.info(rec, figures=False)
+
+    def snapshot_message(self) -> bytes:
+        """The first message of a push channel: every approved peer and the revision the
+        deltas that follow continue from (each carries the next revision; a peer that sees a
+        gap reconnects for a new snapshot)."""
+        return encode(
+            Snapshot(
+                peers=[self.push_info(r) for r in self._visible()],
+                revision=self.revision,
+            )
+        )
 
     def _visible(self) -> list[PeerRecord]:
         return sorted((r for r in self.peers.values() if not r.pending), key=lambda r: r.name)
@@ -479,7 +520,7 @@ class Coordinator:
         if rec.pending:
             return  # a key waiting for approval is announced once it is approved
         self.revision += 1
-        self.hub.broadcast(encode(PeerUpserted(peer=self.info(rec), revision=self.revision)))
+        self.hub.broadcast(encode(PeerUpserted(peer=self.push_info(rec), revision=self.revision)))
 
     def _announce_soon(self, rec: PeerRecord) -> None:
         """Push ``rec`` within PUSH_COALESCE seconds: every change of the peer meanwhile
