@@ -30,7 +30,10 @@ exception that its allow-list does not name with a reason.
     │       ├── RouteError          tunnelmesh_proxy.headers: a bad routing header (also ValueError)
     │       ├── RelayFormatError    tunnelmesh_relay.proto: a bad relay message (also ValueError)
     │       ├── HeadTooLarge        tunnelmesh_proxy.client: a request head over the limit
-    │       └── SigV4Error          tunnelmesh_s3.sigv4: a request failed S3 authentication
+    │       ├── SigV4Error          tunnelmesh_s3.sigv4: a request failed S3 authentication
+    │       ├── DavXmlError         tunnelmesh_s3.dav.xmlbody: a WebDAV body that is not safe XML
+    │       ├── IfHeaderError       tunnelmesh_s3.dav.locks: a WebDAV If header that does not parse
+    │       └── LockConflict        tunnelmesh_s3.dav.locks: a lock conflicts (or over the bounds)
     ├── StorageError                an object-storage backend (S3's) failed
     │   ├── NoSuchBucket            the bucket does not exist
     │   ├── NoSuchKey               the object does not exist
@@ -39,7 +42,8 @@ exception that its allow-list does not name with a reason.
     │   ├── BucketNotEmpty          delete_bucket of a bucket that holds objects
     │   ├── InvalidName             a bucket name or object key the backend refuses
     │   ├── InvalidPart             a multipart completion names a missing or mismatched part
-    │   └── S3ClientError           tunnelmesh_s3.client: the server answered an S3 error
+    │   ├── S3ClientError           tunnelmesh_s3.client: the server answered an S3 error
+    │   └── ShareError              tunnelmesh_s3.shareaccess: a share refused an operation (kind)
     ├── StateStoreError             the coordinator's state store (SQLite) failed
     │   └── StoreConflict           tunnelmesh.coordinator.store: name or mesh IP already held
     ├── CoordinatorError            the coordinator refused a request or could not serve it
@@ -49,6 +53,7 @@ exception that its allow-list does not name with a reason.
     │   ├── NameTaken               tunnelmesh.coordinator.alloc: the name has another key
     │   └── ChallengesExhausted     tunnelmesh.coordinator.auth: no room for a new nonce
     ├── S3Error                     tunnelmesh_s3.errors: an S3 error response (code, status)
+    ├── DavError                    tunnelmesh_s3.dav.server: a WebDAV error response (status)
     ├── MeshS3Error                 tunnelmesh_s3.meshclient: the coordinator refused S3 access
     ├── DnsError                    a DNS backend failed
     └── LabError                    a test lab (namespaces, a throwaway PostgreSQL) failed

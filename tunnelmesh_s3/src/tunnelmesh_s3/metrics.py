@@ -13,7 +13,7 @@ from typing import Any
 
 from tunnelmesh.metrics import Family, FamilyCollector
 
-__all__ = ["S3Collector", "S3Stats"]
+__all__ = ["DavCollector", "S3Collector", "S3Stats"]
 
 
 class S3Stats:
@@ -46,4 +46,26 @@ class S3Collector(FamilyCollector):
         m = self.family("tunnelmesh_s3_requests_total")
         for (op, status), n in sorted(self.stats.requests.items()):
             m.add_metric([op, str(status)], n)
+        yield m
+
+
+class DavCollector(FamilyCollector):
+    """Reads the WebDAV service's :class:`S3Stats` (counts by method and status)."""
+
+    FAMILIES = (
+        Family(
+            "tunnelmesh_dav_requests_total",
+            "counter",
+            "WebDAV requests by method (other: a method WebDAV does not have) and HTTP status.",
+            ("method", "status"),
+        ),
+    )
+
+    def __init__(self, stats: S3Stats) -> None:
+        self.stats = stats
+
+    def samples(self) -> Iterable[Any]:
+        m = self.family("tunnelmesh_dav_requests_total")
+        for (method, status), n in sorted(self.stats.requests.items()):
+            m.add_metric([method, str(status)], n)
         yield m
