@@ -33,7 +33,8 @@ exception that its allow-list does not name with a reason.
     │       ├── SigV4Error          tunnelmesh_s3.sigv4: a request failed S3 authentication
     │       ├── DavXmlError         tunnelmesh_s3.dav.xmlbody: a WebDAV body that is not safe XML
     │       ├── IfHeaderError       tunnelmesh_s3.dav.locks: a WebDAV If header that does not parse
-    │       └── LockConflict        tunnelmesh_s3.dav.locks: a lock conflicts (or over the bounds)
+    │       ├── LockConflict        tunnelmesh_s3.dav.locks: a lock conflicts (or over the bounds)
+    │       └── XdrError            tunnelmesh_s3.nfs.xdr: malformed XDR in an NFS call (also ValueError)
     ├── StorageError                an object-storage backend (S3's) failed
     │   ├── NoSuchBucket            the bucket does not exist
     │   ├── NoSuchKey               the object does not exist

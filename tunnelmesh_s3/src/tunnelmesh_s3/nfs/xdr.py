@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import struct
 
+from tunnelmesh.errors import RemoteProtocolError
+
 __all__ = ["Packer", "Unpacker", "XdrError"]
 
 _U32 = struct.Struct(">I")
@@ -19,7 +21,7 @@ _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 
 
-class XdrError(ValueError):
+class XdrError(RemoteProtocolError, ValueError):
     """Malformed XDR: truncated, a length over its bound, non-zero padding, a bad boolean."""
 
 
