@@ -26,9 +26,12 @@ if TYPE_CHECKING:
     from tunnelmesh.coordinator.ca import MeshCa
     from tunnelmesh.coordinator.store import PeerRecord
     from tunnelmesh.identity import Identity
+    from tunnelmesh.node.clients import ClientRoutes
 
 __all__ = [
     "BucketInfo",
+    "ConcentratorHost",
+    "ConcentratorView",
     "CoordinatorView",
     "DnsBackend",
     "Link",
@@ -757,6 +760,40 @@ class TransportHost(NodeView, Protocol):
     @property
     def client(self) -> ControlClient:
         """The node's control-plane client (its session with the coordinator)."""
+
+
+class ConcentratorView(Protocol):
+    """A WireGuard concentrator as the node shows it (``tunnelmesh_wg``)."""
+
+    def describe(self) -> dict[str, Any]:
+        """For ``node.status``: listen port, endpoint, clients (latest handshake, bytes)."""
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per served client ID: ``latest_handshake`` (unix seconds, 0 = never),
+        ``rx_bytes``, ``tx_bytes``, ``endpoint`` (for the heartbeats)."""
+
+
+@runtime_checkable
+class ConcentratorHost(TransportHost, Protocol):
+    """What a WireGuard concentrator (``tunnelmesh_wg``) uses of the node it serves clients on.
+
+    :class:`tunnelmesh.node.node.Node` satisfies it; the plugin checks it with ``isinstance`` on
+    the node ``tunnelmesh_node_started`` hands over.
+    """
+
+    @property
+    def wg_clients(self) -> ClientRoutes | None:
+        """The clients routed by this node, and the ones it serves (None before start)."""
+
+    def attach_link(self, link: Link) -> None:
+        """Carry the packets of route ``link.peer`` (a client) on ``link``; what the link
+        receives goes to the forwarder."""
+
+    def detach_link(self, name: str, link: Link | None) -> None:
+        """Route ``name`` has no link any more (``link``: only if it is still that one)."""
+
+    def set_concentrator(self, concentrator: ConcentratorView | None) -> None:
+        """Report this concentrator in ``node.status`` and the heartbeats (None: no more)."""
 
 
 @runtime_checkable

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from tunnelmesh import hookimpl
 
 if TYPE_CHECKING:
     import click
+    from tunnelmesh.abc import NodeView
+    from tunnelmesh.registry import Registry
+
+    from tunnelmesh_wg.concentrator import Concentrator
+
+log = logging.getLogger(__name__)
+
+_running: dict[int, Concentrator] = {}
+"""The concentrator of each running node (by ``id(node)``), from started to stopping."""
 
 
 @hookimpl
@@ -20,3 +30,45 @@ def tunnelmesh_register_commands(cli: click.Group) -> None:
         "tunnelmesh_wg.cli:wg",
         "WireGuard clients (phones, laptops) of the mesh's concentrators.",
     )
+
+
+@hookimpl
+def tunnelmesh_register_config_sections(registry: Registry) -> None:
+    from tunnelmesh_wg.concentrator import WireGuardSection
+
+    registry.add_config_section("wireguard", WireGuardSection, server=False, peer=True)
+
+
+@hookimpl
+def tunnelmesh_node_started(node: NodeView) -> None:
+    """A node with ``wireguard.enabled`` starts serving its WireGuard clients."""
+    from tunnelmesh.abc import ConcentratorHost
+
+    from tunnelmesh_wg.concentrator import Concentrator, section_of
+
+    section = section_of(node.config)
+    if section is None:
+        return
+    if not isinstance(node, ConcentratorHost):
+        log.warning("wireguard: this node cannot serve WireGuard clients; not started")
+        return
+    concentrator = Concentrator(node, section)
+    concentrator.start()
+    node.set_concentrator(concentrator)
+    _running[id(node)] = concentrator
+    log.info(
+        "wireguard concentrator on UDP port %d (clients dial %s)",
+        concentrator.port,
+        section.endpoint,
+    )
+
+
+@hookimpl
+def tunnelmesh_node_stopping(node: NodeView) -> None:
+    concentrator = _running.pop(id(node), None)
+    if concentrator is not None:
+        concentrator.close()
+        from tunnelmesh.abc import ConcentratorHost
+
+        if isinstance(node, ConcentratorHost):
+            node.set_concentrator(None)

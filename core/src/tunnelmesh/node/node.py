@@ -42,7 +42,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tunnelmesh.abc import Link, NodeView, PacketFilter, StunProber, Transport, TransportHost
+from tunnelmesh.abc import (
+    ConcentratorHost,
+    ConcentratorView,
+    Link,
+    PacketFilter,
+    StunProber,
+    Transport,
+    TransportHost,
+)
 from tunnelmesh.aio.stopping import bounded_step, finish
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.client import ControlClient, PeerStatus
@@ -52,6 +60,7 @@ from tunnelmesh.errors import TunnelmeshError
 from tunnelmesh.identity import Identity
 from tunnelmesh.mesh.forwarder import Forwarder
 from tunnelmesh.mesh.routing import RoutingTable
+from tunnelmesh.node.clients import ClientRoutes
 from tunnelmesh.node.endpoints import local_endpoints
 from tunnelmesh.node.peers import PeerSync
 
@@ -131,6 +140,9 @@ class Node:
         self.exit: Any = None
         self.control: Any = None
         self.sync: PeerSync | None = None
+        self.wg_clients: ClientRoutes | None = None
+        """The WireGuard clients this node routes (all) and serves (a concentrator's)."""
+        self.concentrator: ConcentratorView | None = None
         self.netmon: Any = None
         self.network_changes = 0
         """Debounced underlay changes handled so far."""
@@ -280,6 +292,7 @@ class Node:
             "forwarder": dict(self.forwarder.stats) if self.forwarder is not None else {},
             "peers": peers,
             "exit": self.exit.describe() if self.exit is not None else None,
+            "concentrator": self.concentrator.describe() if self.concentrator else None,
         }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -439,6 +452,7 @@ class Node:
             for peer in list(self.client.table.peers.values()):
                 self.sync.apply(PeerAdded(peer))
             self.client.add_callback(self.sync.apply)
+            self._follow_clients()
             self._follow_filter_rules()
             from tunnelmesh.netmon import NetworkMonitor
 
@@ -460,12 +474,42 @@ class Node:
             f"(port {self.udp_port}); endpoints: {', '.join(self.endpoints()) or '-'}"
         )
         if self.pm is not None:
-            view: NodeView = self  # mypy: the node is what the hook promises
+            view: ConcentratorHost = self  # mypy: the node is what the hooks may use
             self.pm.hook.tunnelmesh_node_started(node=view)
 
     def _on_link(self, transport: Transport, link: Link) -> None:
         if self.sync is not None:
             self.sync.on_link(transport, link)
+
+    def _follow_clients(self) -> None:
+        """Route the mesh's WireGuard clients (:mod:`tunnelmesh.node.clients`): to their
+        concentrator, or, on the concentrator, to the engine that serves them. Peer changes
+        re-check them (a concentrator that comes, goes or is renamed)."""
+        forwarder = self.forwarder
+        assert forwarder is not None
+
+        def set_relay(on: bool) -> None:
+            forwarder.relay = on
+
+        clients = self.wg_clients = ClientRoutes(
+            self.routes, self.identity.peer_id, self._peer_name, set_relay=set_relay
+        )
+        self.client.add_callback(lambda change: clients.refresh())
+
+    def attach_link(self, link: Link) -> None:
+        """Carry route ``link.peer``'s packets on ``link`` (a concentrator's client link)."""
+        if self.forwarder is not None:
+            self.forwarder.attach(link)
+
+    def detach_link(self, name: str, link: Link | None) -> None:
+        """Route ``name`` loses its link (``link``: only while it is still that one)."""
+        route = self.routes.peers.get(name)
+        if route is not None and (link is None or route.link is link):
+            self.routes.set_link(name, None)
+
+    def set_concentrator(self, concentrator: ConcentratorView | None) -> None:
+        """The WireGuard concentrator running on this node (``tunnelmesh_wg``), or None."""
+        self.concentrator = concentrator
 
     async def _ask_rendezvous(self, peer: str) -> None:
         await self.client.rendezvous(peer, self.endpoints())
@@ -619,6 +663,8 @@ class Node:
             steps.append(("the exit node (routes, NAT)", self.exit.aclose))
         if self.sync is not None:
             steps.append(("the peer sync", self.sync.aclose))
+        if self.wg_clients is not None:
+            steps.append(("the client routes", _as_async(self.wg_clients.close)))
         if self.forwarder is not None:
             steps.append(("the forwarder", _as_async(self.forwarder.stop)))
         for t in reversed(self.transports):
