@@ -374,3 +374,33 @@ def test_dns_service_from_config(tmp_path: Path) -> None:
         assert runner.calls[-1] == ["resolvectl", "revert", "tun-mesh0"]
 
     run(main())
+
+
+def test_serve_also_answers_with_the_same_resolver_and_closes_with_the_service() -> None:
+    """A concentrator's resolver also answers on its mesh IP (here another loopback port)."""
+
+    async def main() -> None:
+        config = DnsConfig(listen="127.0.0.1:0", system="off", upstreams=["127.0.0.1:9"])
+        service = DnsService.from_config(config)
+        service.backend.set("alpha", ["10.42.0.2"])
+        await service.start()
+        try:
+            extra = await service.serve_also("127.0.0.1:0")
+            assert extra.address != service.server.address
+            assert extra.upstreams == service.server.upstreams
+            reply = DNSRecord.parse(
+                await udp_query(extra.address, DNSRecord.question("alpha.tunnelmesh").pack())
+            )
+            assert [str(r.rdata) for r in reply.rr] == ["10.42.0.2"]
+            service.backend.set("phone", ["10.42.0.50"])  # a client pushed later: seen there too
+            reply = DNSRecord.parse(
+                await udp_query(extra.address, DNSRecord.question("phone.tunnelmesh").pack())
+            )
+            assert [str(r.rdata) for r in reply.rr] == ["10.42.0.50"]
+        finally:
+            await service.aclose()
+        assert service.more == []
+        with pytest.raises(TimeoutError):  # closed: nothing answers there any more
+            await udp_query(extra.address, DNSRecord.question("alpha.tunnelmesh").pack(), 0.3)
+
+    run(main())

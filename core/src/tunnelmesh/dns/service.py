@@ -41,6 +41,8 @@ class DnsService:
         self.backend = backend
         self.server = server
         self.system = system
+        self.more: list[DnsServer] = []
+        """Further listeners of the same resolver (:meth:`serve_also`)."""
 
     @classmethod
     def from_config(
@@ -117,9 +119,29 @@ class DnsService:
             port,
         )
 
+    async def serve_also(self, listen: str) -> DnsServer:
+        """Answer on ``listen`` too, with the same resolver and upstreams (a WireGuard
+        concentrator serves its clients on its mesh IP, port 53). Closed with the service.
+
+        Raises:
+            DnsError: the address cannot be bound.
+        """
+        server = DnsServer(
+            self.server.resolver,
+            listen=listen,
+            upstreams=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.server.upstreams],
+            upstream_timeout=self.server.upstream_timeout,
+        )
+        await server.start()
+        self.more.append(server)
+        return server
+
     async def aclose(self) -> None:
         if self.system is not None:
             self.system.restore()
+        for extra in self.more:
+            await extra.aclose()
+        self.more.clear()
         await self.server.aclose()
 
     async def __aenter__(self) -> DnsService:

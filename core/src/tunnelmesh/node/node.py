@@ -143,6 +143,7 @@ class Node:
         self.wg_clients: ClientRoutes | None = None
         """The WireGuard clients this node routes (all) and serves (a concentrator's)."""
         self.concentrator: ConcentratorView | None = None
+        self._client_dns: asyncio.Task[None] | None = None
         self.netmon: Any = None
         self.network_changes = 0
         """Debounced underlay changes handled so far."""
@@ -508,8 +509,24 @@ class Node:
             self.routes.set_link(name, None)
 
     def set_concentrator(self, concentrator: ConcentratorView | None) -> None:
-        """The WireGuard concentrator running on this node (``tunnelmesh_wg``), or None."""
+        """The WireGuard concentrator running on this node (``tunnelmesh_wg``), or None.
+
+        A concentrator's resolver also answers on ``<mesh IP>:53``: the DNS server its clients
+        are given (their queries arrive through the TUN device like any peer's)."""
         self.concentrator = concentrator
+        if concentrator is not None and self.dns is not None and self._client_dns is None:
+            self._client_dns = asyncio.get_running_loop().create_task(self._serve_client_dns())
+
+    async def _serve_client_dns(self) -> None:
+        assert self.dns is not None
+        address = f"{self.mesh_ip}:53"
+        try:
+            await self.dns.serve_also(address)
+        except TunnelmeshError as exc:
+            log.warning("DNS for WireGuard clients not served on %s: %s", address, exc)
+            self.notify(f"warning: DNS for WireGuard clients not served on {address}: {exc}")
+            return
+        self.notify(f"DNS for WireGuard clients on {address}")
 
     async def _ask_rendezvous(self, peer: str) -> None:
         await self.client.rendezvous(peer, self.endpoints())
@@ -669,6 +686,8 @@ class Node:
             steps.append(("the forwarder", _as_async(self.forwarder.stop)))
         for t in reversed(self.transports):
             steps.append((f"the {getattr(t, 'name', type(t).__name__)} transport", t.aclose))
+        if self._client_dns is not None:
+            self._client_dns.cancel()
         if self.dns is not None:
             steps.append(("the DNS resolver", self.dns.aclose))
         if self.filter_service is not None:
