@@ -106,6 +106,7 @@ ALLOWED_RAISES: dict[tuple[str, str], str] = {
     ("tunnelmesh_proxy/src/tunnelmesh_proxy/netns.py", "ValueError"): _ARGUMENT,
     ("tunnelmesh_relay/src/tunnelmesh_relay/labpeer.py", "SystemExit"): _CLI_EXIT,
     ("tunnelmesh_s3/src/tunnelmesh_s3/config.py", "ValueError"): _VALIDATOR,
+    ("tunnelmesh_admin/src/tunnelmesh_admin/config.py", "ValueError"): _VALIDATOR,
     ("tunnelmesh_ssh/src/tunnelmesh_ssh/proto.py", "ValueError"): _ARGUMENT + " (a frame's size)",
     ("tunnelmesh_udp/src/tunnelmesh_udp/__init__.py", "AttributeError"): _MODULE_GETATTR,
     ("tunnelmesh_wg/src/tunnelmesh_wg/concentrator.py", "ValueError"): _VALIDATOR,

@@ -66,7 +66,14 @@ from tunnelmesh.errors import PluginError
 from tunnelmesh.identity import fingerprint_of
 from tunnelmesh.policy import Policy, policy_of, route_policy
 
-__all__ = ["COORDINATOR_KEY", "authenticated_peer", "build_app", "route_table"]
+__all__ = [
+    "API_MIDDLEWARES",
+    "COORDINATOR_KEY",
+    "authenticated_peer",
+    "build_app",
+    "route_table",
+    "vouch_caller",
+]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +167,18 @@ def authenticated_peer(request: web.Request) -> PeerRecord:
     return rec
 
 
+def vouch_caller(request: web.Request, rec: PeerRecord) -> None:
+    """Name the caller of a request that another server authenticated without a session token.
+
+    For a plugin that serves the coordinator's API routes on a listener of its own (the admin
+    dashboard on the mesh IP identifies the caller by the source address the tunnel
+    authenticated): :func:`authenticated_peer` then returns ``rec``, and the routes' declared
+    policies are checked against it exactly as for a session token. The caller of this function
+    is responsible for having authenticated ``rec`` (and for refusing a pending key).
+    """
+    request[_CALLER] = rec
+
+
 @web.middleware
 async def _authorize(request: web.Request, handler: Any) -> web.StreamResponse:
     """Check the caller against the matched route's declared :class:`~tunnelmesh.Policy`."""
@@ -188,6 +207,11 @@ async def _authorize(request: web.Request, handler: Any) -> web.StreamResponse:
                 registration=False,
             )
     return await handler(request)  # type: ignore[no-any-return]
+
+
+API_MIDDLEWARES = (_errors, _authorize)
+"""The API's middlewares, in order: errors as JSON, then each route's declared policy checked
+(for a plugin's application that serves the API's handlers; see :func:`vouch_caller`)."""
 
 
 def route_table(app: web.Application) -> list[tuple[str, str, Policy | None]]:

@@ -1,0 +1,343 @@
+"""The dashboard's pages (server-rendered with Jinja2), its live feed and its static files.
+
+Every page is complete HTML from the server (readable without JavaScript); ``static/app.js``
+then keeps the peers live from ``/events`` and turns the forms into calls of the JSON API
+(the coordinator's own routes, served on this listener with their policies). Members see every
+page; the API's admin routes refuse members (403 from the server), and the pages show the
+admin forms only to admins (a convenience: the server decides).
+
+Templates autoescape everything: peer names, aliases and group names are data, never markup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import mimetypes
+import time
+from importlib import resources
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from tunnelmesh import Policy, __version__, route_policy
+from tunnelmesh.coordinator import ApiFailure, Coordinator, PeerRecord
+from tunnelmesh.coordinator.api import COORDINATOR_KEY
+
+from tunnelmesh_admin.feed import RELAYED, PeerFeed, Row
+from tunnelmesh_admin.security import caller_of, headers_for_stream
+from tunnelmesh_admin.state import FEED_KEY, SERVICE_KEY
+
+__all__ = ["NAV", "add_pages", "has_route", "static_files"]
+
+NAV = [
+    ("overview", "/", "Overview"),
+    ("peers", "/peers", "Peers"),
+    ("filter", "/filter", "Packet filter"),
+    ("dns", "/dns", "DNS"),
+    ("groups", "/groups", "Groups & roles"),
+]
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("tunnelmesh_admin", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _rate(value: float) -> str:
+    for unit in ("B/s", "kB/s", "MB/s", "GB/s"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B/s" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB/s"
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} PB"
+
+
+def _ago(ts: float) -> str:
+    if not ts:
+        return "never"
+    s = max(0.0, time.time() - ts)
+    if s < 60:
+        return f"{s:.0f} s ago"
+    if s < 3600:
+        return f"{s / 60:.0f} min ago"
+    if s < 86400:
+        return f"{s / 3600:.0f} h ago"
+    return f"{s / 86400:.0f} d ago"
+
+
+_env.filters["rate"] = _rate
+_env.filters["bytes"] = _bytes
+_env.filters["ago"] = _ago
+
+
+def has_route(app: web.Application, path: str) -> bool:
+    """Whether ``app`` serves ``path`` (a route template): the pages offer what exists."""
+    return any(r.resource is not None and r.resource.canonical == path for r in app.router.routes())
+
+
+def _coord(request: web.Request) -> Coordinator:
+    return request.app[COORDINATOR_KEY]
+
+
+def _render(request: web.Request, template: str, page: str, **ctx: Any) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    coord = _coord(request)
+    me = caller_of(request)
+    html = _env.get_template(template).render(
+        nav=NAV + ([("map", "/map", "Map")] if service.locations() else []),
+        page=page,
+        me=me,
+        admin=coord.is_admin(me),
+        domain=coord.domain,
+        version=__version__,
+        **ctx,
+    )
+    return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+
+def _cert_expiry(coord: Coordinator) -> float | None:
+    if coord.ca is None:
+        return None
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(coord.ca.cert_pem.encode())
+    return cert.not_valid_after_utc.timestamp()
+
+
+def _alerts(coord: Coordinator, rows: list[Row]) -> list[tuple[str, str]]:
+    """``(level, sentence)`` for what an operator should look at."""
+    out: list[tuple[str, str]] = []
+    for r in rows:
+        if not r.online:
+            out.append(("warn", f"{r.name} is offline (last seen {_ago(r.last_seen)})"))
+    for r in rows:
+        if r.relayed:
+            out.append(("info", f"{r.name} reaches {r.relayed} peer(s) through the relay"))
+    for r in rows:
+        if r.exit:
+            out.append(("info", f"{r.name} is an exit node"))
+    expiry = _cert_expiry(coord)
+    if expiry is not None:
+        days = (expiry - time.time()) / 86400
+        if days < 30:
+            out.append(("warn", f"the mesh CA certificate expires in {days:.0f} days"))
+    pending = coord.pending_peers()
+    if pending:
+        names = ", ".join(r.name for r in pending)
+        out.append(("warn", f"waiting for approval: {names} (tunnelmesh peers approve NAME)"))
+    return out
+
+
+def _feed(request: web.Request) -> PeerFeed:
+    feed: PeerFeed = request.app[FEED_KEY]
+    return feed
+
+
+@route_policy(Policy.PEER)
+async def overview(request: web.Request) -> web.Response:
+    coord = _coord(request)
+    rows = _feed(request).rows()
+    expiry = _cert_expiry(coord)
+    return _render(
+        request,
+        "overview.html",
+        "overview",
+        rows=rows,
+        online=sum(1 for r in rows if r.online),
+        total=len(rows),
+        relayed=sum(1 for r in rows if r.relayed),
+        exits=[r for r in rows if r.exit],
+        started=request.app[SERVICE_KEY].started,
+        ca_expires=dt.datetime.fromtimestamp(expiry, dt.UTC).strftime("%Y-%m-%d") if expiry else "",
+        alerts=_alerts(coord, rows),
+    )
+
+
+@route_policy(Policy.PEER)
+async def peers(request: web.Request) -> web.Response:
+    me = caller_of(request)
+    rows = _feed(request).rows()
+    return _render(
+        request,
+        "peers.html",
+        "peers",
+        rows=rows,
+        view=me.transports,
+        rtt=me.rtt_ms,
+        relayed=RELAYED,
+    )
+
+
+def _peer_or_404(coord: Coordinator, name: str) -> PeerRecord:
+    rec = coord.peer_by_name(name)
+    if rec is None or rec.pending:
+        raise ApiFailure(404, "no_such_peer", f"no peer named {name!r}")
+    return rec
+
+
+@route_policy(Policy.PEER)
+async def peer(request: web.Request) -> web.Response:
+    coord = _coord(request)
+    rec = _peer_or_404(coord, request.match_info["name"])
+    row = next((r for r in _feed(request).rows() if r.peer_id == rec.peer_id), None)
+    paths = [
+        (other, transport, rec.rtt_ms.get(other), rec.reasons.get(other, ""))
+        for other, transport in sorted(rec.transports.items())
+    ]
+    return _render(
+        request,
+        "peer.html",
+        "peers",
+        rec=rec,
+        row=row,
+        paths=paths,
+        relayed=RELAYED,
+        transport_api=has_route(request.app, "/api/v1/peers/{name}/transport"),
+        traffic_api=has_route(request.app, "/api/v1/peers/{name}/traffic"),
+        groups=coord.groups.of(rec.peer_id),
+    )
+
+
+@route_policy(Policy.PEER)
+async def filter_page(request: web.Request) -> web.Response:
+    coord = _coord(request)
+    names = {p.peer_id: p.name for p in coord.peers.values()}
+    rules = [
+        {
+            "port": r.port,
+            "protocol": r.protocol,
+            "action": r.action,
+            "source_peer": r.source_peer,
+            "source_name": names.get(r.source_peer, ""),
+        }
+        for r in coord.config.filter.rules
+    ]
+    return _render(
+        request,
+        "filter.html",
+        "filter",
+        rules=rules,
+        rules_api=has_route(request.app, "/api/v1/filter/rules"),
+        default_deny=coord.config.filter.default_deny,
+        peers=sorted(coord.peers.values(), key=lambda p: p.name),
+    )
+
+
+@route_policy(Policy.PEER)
+async def dns_page(request: web.Request) -> web.Response:
+    coord = _coord(request)
+    visible = [p for p in coord.peers.values() if not p.pending]
+    aliases = sorted((a, p.name, f"{a}.{coord.domain}") for p in visible for a in p.aliases)
+    return _render(
+        request,
+        "dns.html",
+        "dns",
+        records=sorted(coord.dns_records(), key=lambda r: r.name),
+        aliases=aliases,
+    )
+
+
+@route_policy(Policy.PEER)
+async def groups_page(request: web.Request) -> web.Response:
+    coord = _coord(request)
+    names = {p.peer_id: p.name for p in coord.peers.values()}
+    groups = [
+        (g, sorted((names.get(pid, pid), pid) for pid in coord.groups.members(g)))
+        for g in coord.groups.names()
+    ]
+    admins = sorted((p.name, p.peer_id) for p in coord.peers.values() if coord.is_admin(p))
+    return _render(
+        request,
+        "groups.html",
+        "groups",
+        groups=groups,
+        admins=admins,
+        admin_entries=coord.config.admin_peers,
+        peers=sorted(p.name for p in coord.peers.values() if not p.pending),
+    )
+
+
+@route_policy(Policy.PEER)
+async def events(request: web.Request) -> web.StreamResponse:
+    """The live feed (Server-Sent Events): a snapshot of the peers, then their changes."""
+    feed = _feed(request)
+    me = caller_of(request)
+    resp = web.StreamResponse(headers=headers_for_stream())
+    resp.content_type = "text/event-stream"
+    await resp.prepare(request)
+    sub = feed.subscribe(me.peer_id)
+    try:
+        await resp.write(b"retry: 1000\n\n")
+        while True:
+            try:
+                msg = await asyncio.wait_for(sub.queue.get(), 15.0)
+            except TimeoutError:
+                msg = b": keep-alive\n\n"
+            if not msg:  # the dashboard stops
+                break
+            await resp.write(msg)
+    except ConnectionResetError:
+        pass  # the browser went away
+    finally:
+        feed.unsubscribe(sub)
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
+    return resp
+
+
+_STATIC: dict[str, tuple[bytes, str]] = {}
+
+
+def static_files() -> dict[str, tuple[bytes, str]]:
+    """Every file under ``static/`` (path -> (bytes, content type)), read once."""
+    if not _STATIC:
+        root = resources.files("tunnelmesh_admin") / "static"
+
+        def walk(node: Any, prefix: str) -> None:
+            for child in node.iterdir():
+                rel = f"{prefix}{child.name}"
+                if child.is_dir():
+                    walk(child, rel + "/")
+                elif not child.name.startswith("."):
+                    kind = mimetypes.guess_type(child.name)[0] or "application/octet-stream"
+                    if kind.startswith("text/") or kind == "application/javascript":
+                        kind += "; charset=utf-8"
+                    _STATIC[rel] = (child.read_bytes(), kind)
+
+        walk(root, "")
+    return _STATIC
+
+
+@route_policy(Policy.PEER)
+async def static(request: web.Request) -> web.Response:
+    found = static_files().get(request.match_info["path"])
+    if found is None:
+        raise ApiFailure(404, "not_found", "no such file")
+    body, kind = found
+    resp = web.Response(body=body, headers={"Content-Type": kind})
+    resp.headers["Cache-Control"] = "max-age=300"
+    return resp
+
+
+def add_pages(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", overview)
+    r.add_get("/peers", peers)
+    r.add_get("/peers/{name}", peer)
+    r.add_get("/filter", filter_page)
+    r.add_get("/dns", dns_page)
+    r.add_get("/groups", groups_page)
+    r.add_get("/events", events)
+    r.add_get("/static/{path:.+}", static)

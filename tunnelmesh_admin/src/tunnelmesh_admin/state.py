@@ -1,0 +1,30 @@
+"""What the dashboard's pages and middlewares read from its service (no import of it)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from aiohttp import web
+from tunnelmesh.abc import CoordinatorView
+
+from tunnelmesh_admin.feed import PeerFeed
+
+__all__ = ["FEED_KEY", "SERVICE_KEY", "DashboardView"]
+
+
+class DashboardView(Protocol):
+    """The running dashboard (:class:`tunnelmesh_admin.service.AdminService` satisfies it)."""
+
+    coordinator: CoordinatorView
+    started: str
+    port: int
+    refused: Counter[str]
+
+    def locations(self) -> bool: ...
+
+    def allowed_hosts(self) -> set[str]: ...
+
+
+SERVICE_KEY: web.AppKey[DashboardView] = web.AppKey("admin_service")
+FEED_KEY: web.AppKey[PeerFeed] = web.AppKey("admin_feed")
