@@ -34,7 +34,8 @@ exception that its allow-list does not name with a reason.
     │       ├── DavXmlError         tunnelmesh_s3.dav.xmlbody: a WebDAV body that is not safe XML
     │       ├── IfHeaderError       tunnelmesh_s3.dav.locks: a WebDAV If header that does not parse
     │       ├── LockConflict        tunnelmesh_s3.dav.locks: a lock conflicts (or over the bounds)
-    │       └── XdrError            tunnelmesh_s3.nfs.xdr: malformed XDR in an NFS call (also ValueError)
+    │       ├── XdrError            tunnelmesh_s3.nfs.xdr: malformed XDR in an NFS call (also ValueError)
+    │       └── BadHandle           tunnelmesh_s3.nfs.handles: a forged or foreign NFS file handle (also ValueError)
     ├── StorageError                an object-storage backend (S3's) failed
     │   ├── NoSuchBucket            the bucket does not exist
     │   ├── NoSuchKey               the object does not exist
@@ -55,6 +56,7 @@ exception that its allow-list does not name with a reason.
     │   └── ChallengesExhausted     tunnelmesh.coordinator.auth: no room for a new nonce
     ├── S3Error                     tunnelmesh_s3.errors: an S3 error response (code, status)
     ├── DavError                    tunnelmesh_s3.dav.server: a WebDAV error response (status)
+    ├── NfsError                    tunnelmesh_s3.nfs.ops: an NFS procedure ends with an error status
     ├── MeshS3Error                 tunnelmesh_s3.meshclient: the coordinator refused S3 access
     ├── DnsError                    a DNS backend failed
     └── LabError                    a test lab (namespaces, a throwaway PostgreSQL) failed
