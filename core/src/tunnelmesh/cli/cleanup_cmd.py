@@ -44,7 +44,7 @@ def cleanup(ctx: Context, config_path: str | None, mode: str) -> None:
         )
         mesh = server.mesh_cidr
     else:
-        cfg = load_peer_config(path)
+        cfg = load_peer_config(path, ctx.pm.build_registry().config_sections)
         mesh = "0.0.0.0/0"
     if cfg is None:
         click.echo("cleanup: the coordinator runs no node (no join_mesh:): nothing to undo")

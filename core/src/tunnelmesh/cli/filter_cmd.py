@@ -26,7 +26,9 @@ def _socket_path(ctx: click.Context, explicit: str | None) -> str:
     try:
         from tunnelmesh.config import load_peer_config
 
-        return load_peer_config(config_path).control_socket or DEFAULT_SOCKET
+        pm = getattr(obj, "pm", None)
+        sections = pm.build_registry().config_sections if pm is not None else None
+        return load_peer_config(config_path, sections).control_socket or DEFAULT_SOCKET
     except Exception:  # a broken config must not hide the real error: use the default
         if config_path:
             raise

@@ -195,7 +195,8 @@ def join(
         if yes and no_trust:
             raise click.UsageError("--yes and --no-trust contradict each other")
         store = ContextStore()
-        cfg = load_peer_config(config_path or ctx.config)
+        # plugins' sections (wireguard: ...) decode into their Structs
+        cfg = load_peer_config(config_path or ctx.config, ctx.pm.build_registry().config_sections)
         apply_config_log_level(cfg.log_level)
         cfg = _with_exit_options(cfg, allow_exit_traffic, exit_node)
         ctx_name = context_name or store.active or "default"
