@@ -173,7 +173,7 @@
           width: Math.max(320, chartBox.clientWidth - 20), height: 240,
           series: [{}, { label: "receive", stroke: "#2563eb", width: 2, value: (u, v) => v == null ? "—" : rate(v) },
             { label: "transmit", stroke: "#7c3aed", width: 2, value: (u, v) => v == null ? "—" : rate(v) }],
-          axes: [{}, { values: (u, vals) => vals.map((v) => rate(v)), size: 70 }],
+          axes: [{}, { values: (u, vals) => vals.map((v) => rate(v)), size: 84 }],
           scales: { y: { range: (u, min, max) => [0, Math.max(1000, max * 1.15)] } },
         }, [xs, rx, tx], chartBox);
       } else {
@@ -182,6 +182,11 @@
     }
     function add(t, r, s) {
       xs.push(t); rx.push(r); tx.push(s);
+      if (chartBox) { // what the chart shows, readable by scripts and tests
+        chartBox.dataset.points = String(xs.length);
+        chartBox.dataset.lastRx = String(r);
+        chartBox.dataset.lastTx = String(s);
+      }
       const cut = xs.length - 3600;
       if (cut > 0) { xs.splice(0, cut); rx.splice(0, cut); tx.splice(0, cut); }
     }
