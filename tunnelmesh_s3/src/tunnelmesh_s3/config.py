@@ -18,6 +18,10 @@ class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         data_dir: where objects and grants live; default ``<data_dir>/s3``.
         region: the region clients sign for.
         storage: the storage backend (a name registered through ``tunnelmesh_register_storage``).
+        nfs_port: NFSv3 for the shares (MOUNT v3 on the same port, no portmapper needed) on
+            the coordinator's mesh IP; the caller is the peer the connection comes from;
+            0 turns it off.
+        nfs_listen: listen here instead (``HOST:PORT``; tests).
     """
 
     enabled: bool = False
@@ -26,7 +30,11 @@ class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = ""
     region: str = "us-east-1"
     storage: str = "filesystem"
+    nfs_port: int = 2049
+    nfs_listen: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be between 1 and 65535, got {self.port}")
+        if not 0 <= self.nfs_port <= 65535:
+            raise ValueError(f"nfs_port must be between 0 (off) and 65535, got {self.nfs_port}")

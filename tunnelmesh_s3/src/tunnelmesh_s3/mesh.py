@@ -64,6 +64,8 @@ from tunnelmesh_s3.auth import (
     Principal,
 )
 from tunnelmesh_s3.config import S3Section
+from tunnelmesh_s3.nfs.mesh import NfsListener
+from tunnelmesh_s3.shareaccess import ShareAccess, peer_callers
 
 __all__ = [
     "CoordinatorAuthorizer",
@@ -98,6 +100,7 @@ class MeshS3Info(msgspec.Struct, kw_only=True):
     endpoint: str = ""
     region: str = "us-east-1"
     listening: bool = False
+    nfs: str = ""  # MESH-IP:PORT of the shares over NFSv3 (MOUNT on the same port), "" when off
 
 
 class CredentialRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -285,7 +288,11 @@ class MeshS3Service:
         self._runner: web.AppRunner | None = None
         self._ssl: ssl.SSLContext | None = None
         self._task: asyncio.Task[None] | None = None
+        self._nfs_task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
+        self.shares: ShareAccess | None = None
+        """The shares as file systems (WebDAV and NFS serve from it), once started."""
+        self.nfs: NfsListener | None = None
 
     @property
     def endpoint(self) -> str:
@@ -301,7 +308,10 @@ class MeshS3Service:
 
     def info(self) -> MeshS3Info:
         return MeshS3Info(
-            endpoint=self.endpoint, region=self.section.region, listening=self.listening.is_set()
+            endpoint=self.endpoint,
+            region=self.section.region,
+            listening=self.listening.is_set(),
+            nfs=self.nfs.address if self.nfs is not None else "",
         )
 
     def _storage_class(self) -> type[Storage]:
@@ -347,6 +357,12 @@ class MeshS3Service:
         if removed:
             log.info("s3: dropped %d credentials of deleted peers", removed)
         await self.authorizer.migrate_to_peer_ids()
+        coord = self.coordinator
+        self.shares = ShareAccess(
+            storage,
+            self.authorizer,
+            peer_callers(lambda: coord.peers, refuse=coord.own_mesh_ip),
+        )
         config = S3Config(region=self.section.region, domains=())
         self._runner = web.AppRunner(
             build_app(storage, self.authorizer, config), access_log=None, handle_signals=False
@@ -361,6 +377,20 @@ class MeshS3Service:
                 self._task = asyncio.get_running_loop().create_task(self._add_mesh_ip_to_cert())
         else:
             self._task = asyncio.get_running_loop().create_task(self._listen_on_mesh_ip())
+        if self.section.nfs_port or self.section.nfs_listen:
+            self.nfs = NfsListener(self.shares, self.root / "nfs", _freebind_socket)
+            if self.section.nfs_listen:
+                await self.nfs.start(self.section.nfs_listen, self.section.nfs_port)
+            elif self.coordinator.config.join_mesh is not None:
+                self._nfs_task = asyncio.get_running_loop().create_task(self._nfs_on_mesh_ip())
+
+    async def _nfs_on_mesh_ip(self) -> None:
+        assert self.nfs is not None
+        ip = await self.coordinator.wait_own_mesh_ip()
+        try:
+            await self.nfs.start(ip, self.section.nfs_port)
+        except ConfigError as exc:
+            log.error("%s", exc)
 
     async def _listen(self, host: str, port: int, *, freebind: bool) -> None:
         assert self._runner is not None and self._ssl is not None
@@ -400,6 +430,14 @@ class MeshS3Service:
         _load_cert(self._ssl, *self._issue_cert())
 
     async def stop(self) -> None:
+        if self._nfs_task is not None:
+            self._nfs_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._nfs_task
+            self._nfs_task = None
+        if self.nfs is not None:
+            await self.nfs.stop()
+            self.nfs = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -418,6 +456,7 @@ class MeshS3Service:
         if self.storage is not None:
             await self.storage.aclose()
             self.storage = None
+        self.shares = None
         self.listening.clear()
 
     # --- coordinator routes ------------------------------------------------------------------
