@@ -237,3 +237,59 @@ def test_dns_aliases_resolve_on_every_peer(mesh: tuple[MeshLab, str]) -> None:
     assert (
         not m.peers["beta"].host.run(["getent", "hosts", "nosuch.tunnelmesh"], check=False).stdout
     )
+
+
+def test_a_rule_an_admin_adds_at_run_time_stops_a_flow_within_2s_and_expires(
+    mesh: tuple[MeshLab, str],
+) -> None:
+    """``tunnelmesh filter coordinator add`` (the API the dashboard uses) on the admin peer:
+    beta refuses alpha's live flow within 2 s; the temporary rule expires and the same
+    connection continues; a removed rule likewise."""
+    m, _ = mesh
+    alpha, beta = m.peers["alpha"], m.peers["beta"]  # alpha joined first: the admin
+
+    def coordinator_cli(*args: str) -> str:
+        return alpha.host.run(
+            [sys.executable, "-m", "tunnelmesh", "filter", "coordinator", *args],
+            env=m.env(alpha.home),
+        ).stdout
+
+    echo = NodeProcess(
+        "echo",
+        beta.host.python("-c", ECHO, beta.mesh_ip, str(FLOW),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+        None,
+    )  # fmt: skip
+    echo.wait_line("ready", 20)
+    flow = NodeProcess(
+        "flow",
+        alpha.host.python("-c", FLOW_CLIENT, beta.mesh_ip, str(FLOW),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+        None,
+    )  # fmt: skip
+    try:
+        flow.wait_line("^ok 5$", 20)
+        mark = len(flow.lines)
+        started = time.monotonic()  # the command's own start-up (a Python process) included
+        out = coordinator_cli("add", "--port", str(FLOW), "--action", "deny", "--ttl", "6")
+        assert out.startswith(f"deny tcp/{FLOW} from any peer on every peer"), out
+        # within 2 s of the command's return ("stalled" comes 0.5 s after the first
+        # unanswered line)
+        flow.wait_line("^stalled", 2.5, mark)
+        took = time.monotonic() - started - 0.5
+        print(f"filter coordinator add started -> flow stopped: {took:.2f} s")
+        assert coordinator_rules(m, "beta") == [(BLOCKED, "deny"), (FLOW, "deny")]
+        stalled_at = len(flow.lines)
+        # the temporary rule expires: the coordinator removes it and the flow continues
+        flow.wait_line("^ok", 15, stalled_at)
+        assert coordinator_rules(m, "beta") == [(BLOCKED, "deny")]
+        # a permanent one, removed by the admin
+        coordinator_cli("add", "--port", str(FLOW), "--action", "deny")
+        mark = len(flow.lines)
+        flow.wait_line("^stalled", 2.5, mark)
+        coordinator_cli("remove", "--port", str(FLOW))
+        flow.wait_line("^ok", 5, len(flow.lines))
+        assert "closed" not in flow.lines
+    finally:
+        flow.stop(5)
+        echo.stop(5)

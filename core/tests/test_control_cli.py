@@ -582,3 +582,25 @@ def test_a_sigterm_before_the_event_loop_stops_join_cleanly(tmp_path: Path) -> N
             proc.communicate(timeout=5)
     assert proc.returncode == 0, (proc.returncode, err)
     assert "stopped (SIGTERM)" in err, err
+
+
+def test_filter_coordinator_commands(tmp_path: Path, coordinator: str) -> None:
+    """``tunnelmesh filter coordinator``: admins add and remove, every peer lists."""
+    admin, beta = tmp_path / "admin", tmp_path / "beta"
+    tm(admin, "join", "--server", coordinator, "--name", "boss", "--once")
+    tm(beta, "join", "--server", coordinator, "--name", "beta", "--once")
+    beta_id = json.loads(tm(beta, "status", "--json").stdout)["peer_id"]
+    refused = tm(beta, "filter", "coordinator", "add", "--port", "22", check=False)
+    assert refused.returncode == 1 and "403" in refused.stderr and "Traceback" not in refused.stderr
+    out = tm(admin, "filter", "coordinator", "add", "--port", "5432", "--action", "deny",
+             "--source-peer", "beta", "--ttl", "600").stdout  # fmt: skip
+    assert out.startswith(f"deny tcp/5432 from beta {beta_id} on every peer, expires 2")
+    listed = tm(beta, "filter", "coordinator", "list").stdout
+    assert "api" in listed and "5432" in listed and beta_id in listed
+    rules = json.loads(tm(beta, "filter", "coordinator", "list", "--json").stdout)
+    assert [(r["port"], r["source_peer"]) for r in rules] == [(5432, beta_id)]
+    gone = tm(admin, "filter", "coordinator", "remove", "--port", "5432", "--source-peer", "beta")
+    assert "removed tcp/5432" in gone.stdout
+    assert tm(beta, "filter", "coordinator", "list").stdout.strip() == "no coordinator rules"
+    missing = tm(admin, "filter", "coordinator", "remove", "--port", "5432", check=False)
+    assert missing.returncode == 1 and "404" in missing.stderr

@@ -51,6 +51,7 @@ exception that its allow-list does not name with a reason.
     ├── CoordinatorError            the coordinator refused a request or could not serve it
     │   ├── ApiFailure              tunnelmesh.coordinator.core: an HTTP status, code, sentence
     │   ├── GroupError              tunnelmesh.coordinator.groups: a refused group change
+    │   ├── FilterBookError         tunnelmesh.coordinator.filterbook: a refused rule change
     │   ├── AllocationError         tunnelmesh.coordinator.alloc: the mesh range is full
     │   ├── NameTaken               tunnelmesh.coordinator.alloc: the name has another key
     │   └── ChallengesExhausted     tunnelmesh.coordinator.auth: no room for a new nonce

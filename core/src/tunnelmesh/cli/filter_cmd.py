@@ -1,18 +1,23 @@
-"""``tunnelmesh filter list|add|remove``: the running daemon's packet filter.
+"""``tunnelmesh filter list|add|remove``: the running daemon's packet filter;
+``tunnelmesh filter coordinator list|add|remove``: the coordinator's rules for every peer.
 
-The commands talk to the daemon over its control socket (root only); changes apply at once,
+The first talk to the daemon over its control socket (root only); changes apply at once,
 without a restart, and live in the runtime layer (they do not survive a daemon restart: put
-permanent rules in peer.yaml's ``filter.rules``).
+permanent rules in peer.yaml's ``filter.rules``). The ``coordinator`` ones call the
+coordinator's API as this peer (``/api/v1/filter/rules``; admins change, every peer lists).
 """
 
 from __future__ import annotations
 
 import datetime
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from tunnelmesh.cli._api import api_call
+from tunnelmesh.cli._options import context_option, json_option
 from tunnelmesh.control_socket import DEFAULT_SOCKET, ENV_SOCKET, request
 
 __all__ = ["filter_group"]
@@ -190,4 +195,109 @@ def remove_cmd(
     """Remove a runtime rule."""
     payload = {"port": port, "protocol": protocol, "source_peer": source_peer}
     request(_socket_path(ctx, socket_path), "filter.remove", payload)
+    click.echo(f"removed {protocol}/{port}" + (f" from {source_peer}" if source_peer else ""))
+
+
+# --- the coordinator layer (the coordinator's API, as this peer) ---------------------------------
+
+
+@filter_group.group("coordinator")
+def coordinator_group() -> None:
+    """The coordinator layer: rules for the whole mesh, kept by the coordinator.
+
+    These commands call the coordinator's API as this peer (no root needed): every peer may
+    list the rules; adding and removing is for admins. Rules from server.yaml are listed with
+    origin "config" and change only there (SIGHUP); rules added here (origin "api") are kept
+    by the coordinator across restarts, pushed to every peer at once and, with --ttl, removed
+    when they expire.
+    """
+
+
+def _peer_label(rule: dict[str, Any]) -> str:
+    if not rule["source_peer"]:
+        return "*"
+    return f"{rule['source_name'] or '(gone)'} {rule['source_peer']}"
+
+
+@coordinator_group.command("list")
+@context_option
+@json_option()
+def coordinator_list(context_name: str | None, as_json: bool) -> None:
+    """List the coordinator's rules: server.yaml's (config) and the API's (api)."""
+    got = api_call(context_name, "GET", "/api/v1/filter/rules")
+    if as_json:
+        import json
+
+        click.echo(json.dumps(got["rules"], indent=2))
+        return
+    if not got["rules"]:
+        click.echo("no coordinator rules")
+        return
+    rows = [("ORIGIN", "PROTO", "PORT", "ACTION", "SOURCE", "EXPIRES")]
+    for r in got["rules"]:
+        origin = r["origin"] + (" (shadowed)" if r["shadowed"] else "")
+        rows.append(
+            (
+                origin,
+                r["protocol"],
+                str(r["port"]),
+                r["action"],
+                _peer_label(r),
+                _expires(r["expires"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@coordinator_group.command("add")
+@context_option
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="Destination port.")
+@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
+@click.option("--action", type=click.Choice(["allow", "deny"]), default="allow", show_default=True)
+@click.option(
+    "--source-peer",
+    default="",
+    metavar="PEER",
+    help="Only packets from this peer: a peer ID or the name of a registered peer (stored "
+    "as its peer ID). Default: any peer.",
+)
+@click.option(
+    "--ttl",
+    type=click.IntRange(0, 365 * 24 * 3600),
+    default=0,
+    show_default=True,
+    help="Seconds until the coordinator removes the rule; 0 keeps it until removed.",
+)
+def coordinator_add(
+    context_name: str | None, port: int, protocol: str, action: str, source_peer: str, ttl: int
+) -> None:
+    """Add a rule for every peer (admins only); it replaces an API rule with the same key."""
+    body = {
+        "port": port,
+        "protocol": protocol,
+        "action": action,
+        "source_peer": source_peer,
+        "ttl": ttl,
+    }
+    r = api_call(context_name, "POST", "/api/v1/filter/rules", body)
+    who = _peer_label(r) if r["source_peer"] else "any peer"
+    click.echo(
+        f"{r['action']} {r['protocol']}/{r['port']} from {who} on every peer, "
+        f"expires {_expires(r['expires'])}"
+    )
+
+
+@coordinator_group.command("remove")
+@context_option
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="Destination port.")
+@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
+@click.option("--source-peer", default="", metavar="PEER", help="The rule's source peer.")
+def coordinator_remove(
+    context_name: str | None, port: int, protocol: str, source_peer: str
+) -> None:
+    """Remove a rule added through the API (admins only)."""
+    query = f"?source_peer={urllib.parse.quote(source_peer)}" if source_peer else ""
+    api_call(context_name, "DELETE", f"/api/v1/filter/rules/{protocol}/{port}{query}")
     click.echo(f"removed {protocol}/{port}" + (f" from {source_peer}" if source_peer else ""))

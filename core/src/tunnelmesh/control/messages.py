@@ -207,12 +207,14 @@ class Rendezvous(msgspec.Struct, kw_only=True, tag="rendezvous", tag_field="type
 
 
 class PolicyRule(msgspec.Struct, kw_only=True, frozen=True):
-    """One coordinator filter rule (``filter.rules`` of server.yaml), as peers receive it."""
+    """One coordinator filter rule (server.yaml's ``filter.rules`` or one an admin added at
+    run time), as peers receive it; ``expires`` is unix time, 0 for never."""
 
     port: int
     protocol: str = "tcp"
     action: str = "allow"
     source_peer: str = ""
+    expires: float = 0.0
 
 
 class FilterRules(msgspec.Struct, kw_only=True, tag="filter_rules", tag_field="type"):

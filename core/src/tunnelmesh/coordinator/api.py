@@ -24,6 +24,9 @@ column is what :func:`tunnelmesh.route_policy` declares on each handler::
     POST   /api/v1/rendezvous               peer         RendezvousRequest -> RendezvousAck
     GET    /api/v1/push                     peer         WebSocket: snapshot + filter rules, then changes
 
+The run-time controls the dashboard and the CLI use (coordinator filter rules, transport
+orders, status and traffic history) are in :mod:`tunnelmesh.coordinator.api_admin`.
+
 Every route declares its policy (:mod:`tunnelmesh.policy`) and :func:`build_app` refuses a
 route without one; the ``_authorize`` middleware checks the caller before the handler runs.
 The mesh join token is no credential here: it only lets a new key register.
@@ -55,13 +58,22 @@ from tunnelmesh.control.messages import (
     PeersResponse,
     RegisterRequest,
     RendezvousRequest,
-    encode,
+)
+from tunnelmesh.coordinator.api_admin import add_admin_routes
+from tunnelmesh.coordinator.apibase import (
+    COORDINATOR_KEY,
+    MAX_BODY,
+    authenticated_peer,
+    bearer_of,
+    json_answer,
+    read_body,
+    source_of,
+    vouch_caller,
 )
 from tunnelmesh.coordinator.auth import CHALLENGE_TTL
 from tunnelmesh.coordinator.ca import ca_proof
 from tunnelmesh.coordinator.core import ApiFailure, Coordinator
 from tunnelmesh.coordinator.groups import GroupError
-from tunnelmesh.coordinator.store import PeerRecord
 from tunnelmesh.errors import PluginError
 from tunnelmesh.identity import fingerprint_of
 from tunnelmesh.policy import Policy, policy_of, route_policy
@@ -77,21 +89,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
-_CALLER = web.RequestKey("tunnelmesh_caller", PeerRecord)
-MAX_BODY = 64 * 1024
-
 _register_dec = msgspec.json.Decoder(RegisterRequest)
 _heartbeat_dec = msgspec.json.Decoder(Heartbeat)
 _rendezvous_dec = msgspec.json.Decoder(RendezvousRequest)
 
 
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=encode(obj), status=status, content_type="application/json")
-
-
 def _failure_response(f: ApiFailure) -> web.Response:
-    resp = _json(ApiError(error=f.error, message=f.message, status=f.status), f.status)
+    resp = json_answer(ApiError(error=f.error, message=f.message, status=f.status), f.status)
     if f.retry_after:
         wait = min(f.retry_after, 86400.0)  # an allowance that never refills says "a day"
         resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
@@ -103,6 +107,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)  # type: ignore[no-any-return]
     except ApiFailure as f:
+        if f.status == 400:
+            request.app[COORDINATOR_KEY].stats["bad_requests"] += 1
         return _failure_response(f)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -110,73 +116,6 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _failure_response(
             ApiFailure(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
         )
-
-
-def _source(request: web.Request) -> str:
-    return request.remote or "?"
-
-
-def _bearer(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
-
-
-def authenticated_peer(request: web.Request) -> PeerRecord:
-    """The peer a request's session token belongs to (the mesh join token is none).
-
-    Charges the source's failure allowance on a bad credential.
-
-    Raises:
-        ApiFailure: 401 without a valid session token, 429 when the source is over its
-            failure allowance.
-    """
-    known: PeerRecord | None = request.get(_CALLER)
-    if known is not None:
-        return known
-    coord = request.app[COORDINATOR_KEY]
-    source = _source(request)
-    coord.check_allowance(source)
-    bearer = _bearer(request)
-    rec = coord.peer_by_session(bearer) if bearer else None
-    if rec is None and coord.token_ok(bearer):
-        raise coord.refuse(
-            source,
-            ApiFailure(
-                403,
-                "token_not_credential",
-                "the mesh join token only registers a new key; it grants nothing else",
-            ),
-            registration=False,
-        )
-    if rec is None:
-        raise coord.refuse(
-            source,
-            ApiFailure(
-                401, "unauthorized", "missing or unknown session token; register (join) again"
-            ),
-            registration=False,
-        )
-    if rec.pending:
-        raise ApiFailure(
-            403,
-            "pending_approval",
-            f"this key waits for an admin's approval: tunnelmesh peers approve {rec.name}",
-        )
-    request[_CALLER] = rec
-    return rec
-
-
-def vouch_caller(request: web.Request, rec: PeerRecord) -> None:
-    """Name the caller of a request that another server authenticated without a session token.
-
-    For a plugin that serves the coordinator's API routes on a listener of its own (the admin
-    dashboard on the mesh IP identifies the caller by the source address the tunnel
-    authenticated): :func:`authenticated_peer` then returns ``rec``, and the routes' declared
-    policies are checked against it exactly as for a session token. The caller of this function
-    is responsible for having authenticated ``rec`` (and for refusing a pending key).
-    """
-    request[_CALLER] = rec
 
 
 @web.middleware
@@ -196,13 +135,13 @@ async def _authorize(request: web.Request, handler: Any) -> web.StreamResponse:
     rec = authenticated_peer(request)
     if policy is Policy.ADMIN and not coord.is_admin(rec):
         raise coord.refuse(
-            _source(request), ApiFailure(403, "forbidden", "admins only"), registration=False
+            source_of(request), ApiFailure(403, "forbidden", "admins only"), registration=False
         )
     if policy is Policy.SELF_OR_ADMIN and not coord.is_admin(rec):
         target = coord.peer_by_name(match.get(declared.target, ""))
         if target is None or target.peer_id != rec.peer_id:
             raise coord.refuse(
-                _source(request),
+                source_of(request),
                 ApiFailure(403, "forbidden", "only the peer itself or an admin may do this"),
                 registration=False,
             )
@@ -222,20 +161,6 @@ def route_table(app: web.Application) -> list[tuple[str, str, Policy | None]]:
         found = policy_of(route.handler)
         out.append((route.method, info, found.policy if found else None))
     return out
-
-
-async def _body(request: web.Request, decoder: msgspec.json.Decoder[Any]) -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiFailure(413, "too_large", f"request body over {MAX_BODY} bytes")
-    data = await request.content.read(MAX_BODY + 1)
-    if len(data) > MAX_BODY:
-        raise ApiFailure(413, "too_large", f"request body over {MAX_BODY} bytes")
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise ApiFailure(400, "malformed", f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ApiFailure(400, "malformed", f"request body is not JSON: {exc}") from None
 
 
 @route_policy(Policy.PUBLIC)
@@ -263,14 +188,14 @@ async def ca_with_proof(request: web.Request) -> web.Response:
     if not 16 <= len(nonce) <= 128:
         raise ApiFailure(400, "malformed", "nonce must be 16 to 128 characters")
     pem = coord.ca.cert_pem
-    return _json(CaResponse(ca_pem=pem, proof=ca_proof(coord.auth_token, nonce, pem)))
+    return json_answer(CaResponse(ca_pem=pem, proof=ca_proof(coord.auth_token, nonce, pem)))
 
 
 @route_policy(Policy.PUBLIC)
 async def challenge(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    nonce = coord.issue_challenge(_source(request))
-    return _json(
+    nonce = coord.issue_challenge(source_of(request))
+    return json_answer(
         ChallengeResponse(nonce=base64.b64encode(nonce).decode("ascii"), expires_in=CHALLENGE_TTL)
     )
 
@@ -278,30 +203,30 @@ async def challenge(request: web.Request) -> web.Response:
 @route_policy(Policy.JOIN)
 async def register(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    source = _source(request)
+    source = source_of(request)
     coord.check_allowance(source)
     try:
-        req = await _body(request, _register_dec)
+        req = await read_body(request, _register_dec)
     except ApiFailure as f:
         raise coord.refuse(source, f) from None
-    resp = await coord.register(req, _bearer(request), source)
-    return _json(resp)
+    resp = await coord.register(req, bearer_of(request), source)
+    return json_answer(resp)
 
 
 @route_policy(Policy.PEER)
 async def heartbeat(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     rec = authenticated_peer(request)
-    hb = await _body(request, _heartbeat_dec)
+    hb = await read_body(request, _heartbeat_dec)
     peername = request.transport.get_extra_info("peername") if request.transport else None
     observed = f"{peername[0]}:{peername[1]}" if peername else (request.remote or "")
-    return _json(coord.heartbeat(rec, hb, observed))
+    return json_answer(coord.heartbeat(rec, hb, observed))
 
 
 @route_policy(Policy.PEER)
 async def list_peers(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    return _json(PeersResponse(peers=coord.peer_infos(), revision=coord.revision))
+    return json_answer(PeersResponse(peers=coord.peer_infos(), revision=coord.revision))
 
 
 @route_policy(Policy.PEER)
@@ -310,7 +235,7 @@ async def get_peer(request: web.Request) -> web.Response:
     rec = coord.peer_by_name(request.match_info["name"])
     if rec is None or rec.pending:
         raise ApiFailure(404, "no_such_peer", f"no peer named {request.match_info['name']!r}")
-    return _json(coord.info(rec))
+    return json_answer(coord.info(rec))
 
 
 @route_policy(Policy.SELF_OR_ADMIN)
@@ -327,15 +252,15 @@ async def delete_peer(request: web.Request) -> web.Response:
 @route_policy(Policy.PEER)
 async def dns(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    return _json(DnsResponse(records=coord.dns_records()))
+    return json_answer(DnsResponse(records=coord.dns_records()))
 
 
 @route_policy(Policy.PEER)
 async def rendezvous(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     rec = authenticated_peer(request)
-    req = await _body(request, _rendezvous_dec)
-    return _json(coord.rendezvous(rec, req))
+    req = await read_body(request, _rendezvous_dec)
+    return json_answer(coord.rendezvous(rec, req))
 
 
 @route_policy(Policy.PEER)
@@ -406,7 +331,7 @@ def _group_failure(exc: GroupError) -> ApiFailure:
     return ApiFailure(exc.status, exc.error, exc.message)
 
 
-def _group_json(coord: Coordinator, name: str) -> dict[str, Any]:
+def _groupjson_answer(coord: Coordinator, name: str) -> dict[str, Any]:
     members = sorted(coord.groups.members(name))
     names = {pid: coord.peers[pid].name for pid in members if pid in coord.peers}
     return {"name": name, "members": members, "names": names}
@@ -415,7 +340,9 @@ def _group_json(coord: Coordinator, name: str) -> dict[str, Any]:
 @route_policy(Policy.PEER)
 async def list_groups(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    return web.json_response({"groups": [_group_json(coord, n) for n in coord.groups.names()]})
+    return web.json_response(
+        {"groups": [_groupjson_answer(coord, n) for n in coord.groups.names()]}
+    )
 
 
 class _GroupCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -434,12 +361,12 @@ _group_change_dec = msgspec.json.Decoder(_GroupChange)
 @route_policy(Policy.ADMIN)
 async def create_group(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    req = await _body(request, _group_create_dec)
+    req = await read_body(request, _group_create_dec)
     try:
         await coord.groups.create(req.name)
     except GroupError as exc:
         raise _group_failure(exc) from None
-    return web.json_response(_group_json(coord, req.name), status=201)
+    return web.json_response(_groupjson_answer(coord, req.name), status=201)
 
 
 @route_policy(Policy.ADMIN)
@@ -457,14 +384,14 @@ async def delete_group(request: web.Request) -> web.Response:
 async def change_group(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     name = request.match_info["group"]
-    req = await _body(request, _group_change_dec)
+    req = await read_body(request, _group_change_dec)
     add = [coord.resolve_peer(x) for x in req.add]
     remove = [coord.resolve_peer(x, known_only=False) for x in req.remove]
     try:
         await coord.groups.change(name, add=add, remove=remove)
     except GroupError as exc:
         raise _group_failure(exc) from None
-    return web.json_response(_group_json(coord, name))
+    return web.json_response(_groupjson_answer(coord, name))
 
 
 def build_app(coord: Coordinator, pm: Any = None) -> web.Application:
@@ -496,6 +423,7 @@ def build_app(coord: Coordinator, pm: Any = None) -> web.Application:
     r.add_get("/api/v1/dns", dns)
     r.add_post("/api/v1/rendezvous", rendezvous)
     r.add_get("/api/v1/push", push)
+    add_admin_routes(app)
     if pm is not None:
         view: CoordinatorView = coord  # mypy: the coordinator is what the hook promises
         pm.hook.tunnelmesh_register_coordinator_routes(app=app, coordinator=view)

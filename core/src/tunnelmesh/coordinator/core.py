@@ -62,15 +62,11 @@ from tunnelmesh.coordinator.auth import (
     token_matches,
 )
 from tunnelmesh.coordinator.ca import MeshCa, ServerCert
+from tunnelmesh.coordinator.filterbook import FilterBook
 from tunnelmesh.coordinator.groups import GroupBook
 from tunnelmesh.coordinator.limits import RateLimiter, source_key
 from tunnelmesh.coordinator.liveness import Liveness
-from tunnelmesh.coordinator.policy import (
-    MAX_ALIASES,
-    accepted_aliases,
-    filter_rules,
-    filter_rules_message,
-)
+from tunnelmesh.coordinator.policy import MAX_ALIASES, accepted_aliases
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
 from tunnelmesh.errors import CoordinatorError, StateStoreError
@@ -203,6 +199,7 @@ class Coordinator:
             everyone=lambda: [r.peer_id for r in self._visible()],
             clock=self.clock,
         )
+        self.filters = FilterBook(self.store, config.filter, clock=clock, changed=self._pushed)
         self._lock = asyncio.Lock()
         self.revision = 0
         self.stun_port = 0
@@ -218,6 +215,7 @@ class Coordinator:
             "bad_endpoints": 0,
             "pushes_coalesced": 0,
             "registrations_limited": 0,
+            "bad_requests": 0,  # every 400 answer of the API
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._own_peer_known = asyncio.Event()
@@ -249,6 +247,7 @@ class Coordinator:
                 )
         self._names = await self.store.load_names()
         await self.groups.load()
+        await self.filters.load()
         now = self.clock()
         for rec in await self.store.load_peers():
             rec.is_admin = self.is_admin(rec)
@@ -310,6 +309,7 @@ class Coordinator:
                         now - ev.last_seen,
                     )
                     self._announce(rec)
+            await self.filters.expire()
             if now - last_flush >= self.flush_interval:
                 last_flush = now
                 try:
@@ -503,17 +503,16 @@ class Coordinator:
         return out
 
     def filter_message(self) -> bytes:
-        """The push message with the coordinator's filter rules (see ``policy``)."""
-        return filter_rules_message(self.config.filter)
+        """The push message with the coordinator layer of the filter (see ``filterbook``)."""
+        return self.filters.message()
 
     def set_filter(self, config: FilterConfig) -> bool:
-        """Take new filter rules (a config reload); push them to every peer when they changed."""
-        if filter_rules(config) == filter_rules(self.config.filter):
-            return False
+        """Take server.yaml's filter rules (a reload); pushed to every peer when they changed."""
         self.config = msgspec.structs.replace(self.config, filter=config)
+        return self.filters.set_config(config)
+
+    def _pushed(self) -> None:  # the filter rules changed
         self.hub.broadcast(self.filter_message())
-        log.info("coordinator filter rules changed: %d rules pushed", len(config.rules))
-        return True
 
     def _announce(self, rec: PeerRecord) -> None:
         self._pending_push.discard(rec.peer_id)  # this push carries the latest record

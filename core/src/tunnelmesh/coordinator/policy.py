@@ -1,11 +1,8 @@
-"""The coordinator's policy for the peers: its filter rules and the peers' DNS aliases.
+"""The coordinator's policy for the peers: the peers' DNS aliases (filter rules: filterbook).
 
 Filter rules
-    ``filter.rules`` of server.yaml form the *coordinator layer* of every peer's packet filter
-    (docs/filter.md). The push channel sends them as one :class:`FilterRules` message right
-    after each snapshot (so a peer that joins or reconnects has them at once) and again, to
-    every peer, whenever they change (``tunnelmesh serve`` re-reads server.yaml on SIGHUP).
-    Peers enforce them in their filter engine; the coordinator never routes traffic.
+    The coordinator layer of every peer's packet filter (server.yaml's ``filter.rules`` and
+    the rules admins add at run time) is kept by :mod:`tunnelmesh.coordinator.filterbook`.
 
 DNS aliases
     A peer's ``dns.aliases`` travel in its heartbeats. The coordinator keeps the ones it
@@ -22,30 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from tunnelmesh.config import FilterConfig
-from tunnelmesh.control.messages import FilterRules, PolicyRule, encode
 from tunnelmesh.coordinator.alloc import LABEL, RESERVED_NAMES
 from tunnelmesh.coordinator.store import PeerRecord
 
-__all__ = ["MAX_ALIASES", "accepted_aliases", "filter_rules", "filter_rules_message"]
+__all__ = ["MAX_ALIASES", "accepted_aliases"]
 
 log = logging.getLogger(__name__)
 
 MAX_ALIASES = 16
 """Aliases one peer may hold."""
-
-
-def filter_rules(config: FilterConfig) -> list[PolicyRule]:
-    """The coordinator layer's rules from a ``filter:`` section."""
-    return [
-        PolicyRule(port=r.port, protocol=r.protocol, action=r.action, source_peer=r.source_peer)
-        for r in config.rules
-    ]
-
-
-def filter_rules_message(config: FilterConfig) -> bytes:
-    """The push-channel message carrying the coordinator layer."""
-    return encode(FilterRules(rules=filter_rules(config)))
 
 
 def _alias_problem(alias: str) -> str | None:

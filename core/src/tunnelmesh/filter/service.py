@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from tunnelmesh.control.messages import PolicyRule
 from tunnelmesh.control_socket import ControlServer
 from tunnelmesh.filter.engine import PortFilter
 from tunnelmesh.filter.rules import MAX_TTL, Layer, Rule
@@ -51,12 +52,13 @@ EXPIRE_INTERVAL = 5.0
 _PEER_ID = re.compile(r"[0-9a-f]{16}")
 
 
-def _rule_from_config(rule: FilterRule) -> Rule:
+def _rule_from_config(rule: FilterRule | PolicyRule) -> Rule:
     return Rule(
         port=rule.port,
-        protocol=rule.protocol,
-        action=rule.action,
+        protocol=rule.protocol,  # type: ignore[arg-type]  # checked by Rule
+        action=rule.action,  # type: ignore[arg-type]
         source_peer=rule.source_peer,
+        expires=rule.expires if isinstance(rule, PolicyRule) else 0.0,  # a pushed rule expires
     )
 
 
