@@ -76,6 +76,7 @@ def test_members_see_every_page_and_the_api(tmp_path: Path) -> None:
                 assert "frame-ancestors 'none'" in CSP
                 assert headers["Strict-Transport-Security"].startswith("max-age=")
                 assert headers["X-Content-Type-Options"] == "nosniff"
+                assert headers["Server-Timing"].startswith("app;dur=")
                 html = body.decode()
                 assert "<script>" not in html and " on" + "click=" not in html  # no inline script
                 assert 'style="' not in html  # style-src 'self' would block it
