@@ -22,6 +22,10 @@ class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             the coordinator's mesh IP; the caller is the peer the connection comes from;
             0 turns it off.
         nfs_listen: listen here instead (``HOST:PORT``; tests).
+        webdav_port: WebDAV for the shares, plain HTTP on the coordinator's mesh IP (the mesh
+            encrypts and authenticates; the caller is the peer the connection comes from);
+            0 turns it off.
+        webdav_listen: listen here instead (``HOST:PORT``; tests).
     """
 
     enabled: bool = False
@@ -32,9 +36,15 @@ class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     storage: str = "filesystem"
     nfs_port: int = 2049
     nfs_listen: str = ""
+    webdav_port: int = 8080
+    webdav_listen: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be between 1 and 65535, got {self.port}")
         if not 0 <= self.nfs_port <= 65535:
             raise ValueError(f"nfs_port must be between 0 (off) and 65535, got {self.nfs_port}")
+        if not 0 <= self.webdav_port <= 65535:
+            raise ValueError(
+                f"webdav_port must be between 0 (off) and 65535, got {self.webdav_port}"
+            )

@@ -64,6 +64,7 @@ from tunnelmesh_s3.auth import (
     Principal,
 )
 from tunnelmesh_s3.config import S3Section
+from tunnelmesh_s3.dav.mesh import DavListener
 from tunnelmesh_s3.nfs.mesh import NfsListener
 from tunnelmesh_s3.shareaccess import ShareAccess, peer_callers
 
@@ -100,6 +101,7 @@ class MeshS3Info(msgspec.Struct, kw_only=True):
     endpoint: str = ""
     region: str = "us-east-1"
     listening: bool = False
+    webdav: str = ""  # http://MESH-IP:PORT of the shares over WebDAV, "" when off
     nfs: str = ""  # MESH-IP:PORT of the shares over NFSv3 (MOUNT on the same port), "" when off
 
 
@@ -289,10 +291,12 @@ class MeshS3Service:
         self._ssl: ssl.SSLContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._nfs_task: asyncio.Task[None] | None = None
+        self._dav_task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         self.shares: ShareAccess | None = None
         """The shares as file systems (WebDAV and NFS serve from it), once started."""
         self.nfs: NfsListener | None = None
+        self.dav: DavListener | None = None
 
     @property
     def endpoint(self) -> str:
@@ -311,6 +315,7 @@ class MeshS3Service:
             endpoint=self.endpoint,
             region=self.section.region,
             listening=self.listening.is_set(),
+            webdav=self.dav.url if self.dav is not None else "",
             nfs=self.nfs.address if self.nfs is not None else "",
         )
 
@@ -383,6 +388,20 @@ class MeshS3Service:
                 await self.nfs.start(self.section.nfs_listen, self.section.nfs_port)
             elif self.coordinator.config.join_mesh is not None:
                 self._nfs_task = asyncio.get_running_loop().create_task(self._nfs_on_mesh_ip())
+        if self.section.webdav_port or self.section.webdav_listen:
+            self.dav = DavListener(self.shares, _freebind_socket)
+            if self.section.webdav_listen:
+                await self.dav.start(self.section.webdav_listen, self.section.webdav_port)
+            elif self.coordinator.config.join_mesh is not None:
+                self._dav_task = asyncio.get_running_loop().create_task(self._dav_on_mesh_ip())
+
+    async def _dav_on_mesh_ip(self) -> None:
+        assert self.dav is not None
+        ip = await self.coordinator.wait_own_mesh_ip()
+        try:
+            await self.dav.start(ip, self.section.webdav_port)
+        except ConfigError as exc:
+            log.error("%s", exc)
 
     async def _nfs_on_mesh_ip(self) -> None:
         assert self.nfs is not None
@@ -430,6 +449,14 @@ class MeshS3Service:
         _load_cert(self._ssl, *self._issue_cert())
 
     async def stop(self) -> None:
+        if self._dav_task is not None:
+            self._dav_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dav_task
+            self._dav_task = None
+        if self.dav is not None:
+            await self.dav.stop()
+            self.dav = None
         if self._nfs_task is not None:
             self._nfs_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
