@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
 
-from tunnelmesh_s3.cli._common import endpoint_options, with_client
+from tunnelmesh_s3.cli._common import context_option, endpoint_options, run, with_client
 from tunnelmesh_s3.client import S3Client
 
 
@@ -116,3 +117,83 @@ async def info(client: S3Client, name: str, as_json: bool) -> None:
         f"\n# then: rclone sync ./dir tunnelmesh:{name}   or   rclone mount tunnelmesh:{name} /mnt/{name}"
         "\n# (on a mesh add --ca-cert with the mesh CA unless it is in the system trust store)"
     )
+
+
+@share.command()
+@context_option
+@click.argument("name")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--client",
+    type=click.Choice(["nfs", "rclone", "davfs2"]),
+    default=None,
+    envvar="TUNNELMESH_SHARE_CLIENT",
+    show_envvar=True,
+    help="Mount with this client (default: the best available: kernel NFS, rclone, davfs2).",
+)
+@click.option(
+    "--vfs-cache-mode",
+    "cache_mode",
+    type=click.Choice(["off", "minimal", "writes", "full"]),
+    default="off",
+    envvar="TUNNELMESH_SHARE_VFS_CACHE_MODE",
+    show_envvar=True,
+    help="rclone's cache mode: off (writes go straight to the share; a refused write fails "
+    "at close) or writes (for programs that open files read-write).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
+def mount(
+    context_name: str | None,
+    name: str,
+    directory: str,
+    client: str | None,
+    cache_mode: str,
+    dry_run: bool,
+) -> None:
+    """Mount share NAME on DIRECTORY with the best client available, and say which.
+
+    Kernel NFS where the kernel has it (needs root and mount.nfs), else rclone mount over
+    WebDAV (FUSE), else davfs2. The share is reached on the coordinator's mesh IP; you are
+    the peer the connection comes from, so no password is asked.
+    """
+    import shlex
+    import subprocess
+
+    from tunnelmesh_s3 import meshclient
+    from tunnelmesh_s3.mount import MountError, describe, plan_mount
+
+    info = run(meshclient.fetch_info(meshclient.load_context(context_name)))
+    plan = plan_mount(
+        name, directory, webdav=info.webdav, nfs=info.nfs, client=client, cache_mode=cache_mode
+    )
+    if dry_run:
+        click.echo(f"# {plan.client}\n{shlex.join(plan.argv)}")
+        return
+    if not os.path.isdir(directory):
+        raise MountError(f"{directory} is not a directory")
+    done = subprocess.run(plan.argv, input=plan.stdin, capture_output=True, check=False)
+    if done.returncode != 0:
+        err = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()
+        raise MountError(
+            f"{plan.client}: {shlex.join(plan.argv[:2])} failed (exit {done.returncode}): "
+            + (err[-1] if err else "no message")
+        )
+    click.echo(describe(plan, name, directory))
+
+
+@share.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+def umount(directory: str) -> None:
+    """Unmount a share mounted on DIRECTORY (rclone: fusermount -u; NFS, davfs2: umount)."""
+    import shlex
+    import subprocess
+
+    from tunnelmesh_s3.mount import MountError, mounted_type, plan_umount
+
+    fstype = mounted_type(directory)
+    argv = plan_umount(directory, fstype)
+    done = subprocess.run(argv, capture_output=True, check=False)
+    if done.returncode != 0:
+        err = done.stderr.decode("utf-8", "replace").strip()
+        raise MountError(f"{shlex.join(argv)} failed: {err or done.returncode}")
+    click.echo(f"unmounted {directory} ({fstype})")
