@@ -80,6 +80,7 @@ def _ago(ts: float) -> str:
 _env.filters["rate"] = _rate
 _env.filters["bytes"] = _bytes
 _env.filters["ago"] = _ago
+_env.filters["clock"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def has_route(app: web.Application, path: str) -> bool:
@@ -214,24 +215,13 @@ async def peer(request: web.Request) -> web.Response:
 async def filter_page(request: web.Request) -> web.Response:
     coord = _coord(request)
     names = {p.peer_id: p.name for p in coord.peers.values()}
-    rules = [
-        {
-            "port": r.port,
-            "protocol": r.protocol,
-            "action": r.action,
-            "source_peer": r.source_peer,
-            "source_name": names.get(r.source_peer, ""),
-        }
-        for r in coord.config.filter.rules
-    ]
     return _render(
         request,
         "filter.html",
         "filter",
-        rules=rules,
+        rules=coord.filters.listing(names.get),
         rules_api=has_route(request.app, "/api/v1/filter/rules"),
-        default_deny=coord.config.filter.default_deny,
-        peers=sorted(coord.peers.values(), key=lambda p: p.name),
+        peers=sorted((p for p in coord.peers.values() if not p.pending), key=lambda p: p.name),
     )
 
 

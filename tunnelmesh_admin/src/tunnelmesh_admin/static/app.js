@@ -236,7 +236,7 @@
     const rules = data.rules || [];
     if (!rules.length) tbody.append(el("tr", { class: "empty" }, el("td", { colSpan: 7, class: "muted" }, "No coordinator rules.")));
     for (const r of rules) {
-      const expires = r.expires ? new Date(r.expires * 1000).toLocaleTimeString() : "never";
+      const expires = r.expires ? new Date(r.expires * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "never";
       const cell = el("td");
       if (isAdmin && r.origin === "api") {
         const q = r.source_peer ? "?source_peer=" + encodeURIComponent(r.source_peer) : "";
@@ -306,7 +306,6 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     if (page === "peers") { initPeers(); initPeer(); }
-    if (page === "filter") loadRules();
     startFeed();
   });
 })();
