@@ -211,6 +211,12 @@ def test_a_concentrator_relays_between_its_clients_and_the_mesh(pipe: tuple[int,
     fwd.deliver(c, [laptop_to_phone])
     assert phone.sent == [back, laptop_to_phone]
     assert c.sent == [to_laptop] and os.read(r, 4096) == b_to_c
+    # the concentrator's own exit route (0.0.0.0/0) is no way out for its clients: a phone's
+    # packet for outside the mesh is this node's business (its filters, its exit guard)
+    table.set_peer("b", mesh_ips=["10.42.0.2", "0.0.0.0/0"])
+    outside = ip4("10.42.0.50", "192.0.2.9")
+    fwd.deliver(phone, [outside])
+    assert b.sent == [to_b, to_b] and os.read(r, 4096) == outside
     table.set_link("phone", None)  # the client went away: counted, not sent
     fwd.deliver(b, [back])
     assert fwd.stats["dropped_no_link"] == 1 and phone.sent == [back, laptop_to_phone]

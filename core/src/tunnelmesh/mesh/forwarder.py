@@ -263,20 +263,20 @@ class Forwarder:
     def _relay(self, source: PeerRoute, packets: list[bytes]) -> list[bytes]:
         """On a concentrator: send on the packets between a WireGuard client and the mesh.
 
-        A packet whose destination is another route goes to that route's link when its source
+        A packet whose destination is another route's mesh address (a host entry: a prefix such
+        as an exit's ``0.0.0.0/0`` is never relayed to) goes to that route's link when its source
         or its destination is a client of this node (the concentrator relays for its clients
         only, never between two mesh peers); such packets skip this node's filters, which guard
         its own services (the destination filters them, with the client as the source). The
         rest, for this node, is returned for the TUN device.
         """
         by_ip = self.routes.by_ip
-        lookup = self.routes.lookup
         stats = self.stats
         mine: list[bytes] = []
         out: dict[PeerRoute, list[bytes]] = {}
         for pkt in packets:
             dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
-            target = by_ip.get(dst) or lookup(dst)
+            target = by_ip.get(dst)  # mesh addresses only: never a prefix (an exit's 0.0.0.0/0)
             if target is None or target is source or not (target.client or source.client):
                 mine.append(pkt)
                 continue
