@@ -104,6 +104,28 @@ def test_hook_tunnelmesh_register_config_sections() -> None:
     assert (section.type, section.server, section.peer, section.plugin) == (Sec, True, False, "p")
 
 
+def test_hook_tunnelmesh_register_admin_panels() -> None:
+    from tunnelmesh.errors import PluginError
+    from tunnelmesh.registry import AdminPanel
+
+    panel = AdminPanel("clients", "Clients", "/api/v1/x/clients", "clients", (("name", "Name"),))
+    reg = pm_with(
+        tunnelmesh_register_admin_panels=lambda registry: registry.add_admin_panel(panel)
+    ).build_registry("admin_panels")
+    assert reg.admin_panels == {"clients": panel}
+    assert reg.provided_by("p") == {"admin panel": ["clients"]}
+    for bad in (
+        {"slug": "Bad Slug"},
+        {"api": "https://elsewhere.example/x"},
+        {"api": "/api/v1/x/{name}"},
+        {"columns": ()},
+    ):
+        fields = {"slug": "ok", "title": "T", "api": "/api/v1/x", "list_key": "k"}
+        fields["columns"] = (("a", "A"),)  # type: ignore[assignment]
+        with pytest.raises(PluginError):
+            AdminPanel(**{**fields, **bad})  # type: ignore[arg-type]
+
+
 def test_hook_tunnelmesh_register_commands() -> None:
     cmd = click.Command("extra", callback=lambda: None)
     pm = pm_with(tunnelmesh_register_commands=lambda cli: cli.add_command(cmd))

@@ -99,11 +99,14 @@ class Mesh:
 
 
 @asynccontextmanager
-async def running_mesh(tmp: Path, **admin: Any) -> AsyncIterator[Mesh]:
-    """A coordinator with the dashboard; an admin and a member peer registered."""
-    async with CoordinatorServer(
-        server_config(tmp / "state", **admin), pm=make_plugin_manager()
-    ) as server:
+async def running_mesh(
+    tmp: Path, *, plugins: tuple[Any, ...] = (), **admin: Any
+) -> AsyncIterator[Mesh]:
+    """A coordinator with the dashboard (and ``plugins``); an admin and a member registered."""
+    pm = make_plugin_manager()
+    for i, plugin in enumerate(plugins):
+        pm.register(plugin, name=f"test-plugin-{i}")
+    async with CoordinatorServer(server_config(tmp / "state", **admin), pm=pm) as server:
         assert server._runner is not None
         service = server._runner.app[SERVICE_KEY]
         assert isinstance(service, AdminService)

@@ -80,6 +80,7 @@ REGISTRY_KINDS = (
     "dns_backends",
     "storage",
     "proxy_rules",
+    "admin_panels",
 )
 """What :meth:`PluginManager.build_registry` can build, in the order the hooks run."""
 

@@ -116,6 +116,23 @@ def tunnelmesh_register_config_sections(registry: Registry) -> None:
 
 
 @hookspec
+def tunnelmesh_register_admin_panels(registry: Registry) -> None:
+    """Add pages to the admin dashboard (``tunnelmesh-admin``): tables of a plugin's API rows.
+
+    Called once, when the dashboard starts (only where it is installed and enabled). A panel is
+    data (:class:`tunnelmesh.registry.AdminPanel`: slug, title, the plugin's own ``GET`` API
+    route, the JSON key of its rows, the columns), never markup: the dashboard draws it and
+    fetches the rows as the browser's peer, so the route's policy decides who sees them. A
+    plugin never imports the dashboard.
+
+    :param registry: call ``registry.add_admin_panel(AdminPanel(...))`` for each page.
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def tunnelmesh_register_commands(cli: click.Group) -> None:
     """Add click commands or groups to the ``tunnelmesh`` command line.
 

@@ -6,13 +6,14 @@ Each kind of plugin class lives in its own namespace; two classes that claim one
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tunnelmesh.abc import DnsBackend, PacketFilter, ProxyRule, Storage, Transport
 from tunnelmesh.errors import PluginError
 
-__all__ = ["ConfigSection", "Registry"]
+__all__ = ["AdminPanel", "ConfigSection", "Registry"]
 
 T = TypeVar("T")
 
@@ -26,6 +27,44 @@ class ConfigSection:
     server: bool
     peer: bool
     plugin: str
+
+
+_SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class AdminPanel:
+    """A page a plugin adds to the admin dashboard: a table of rows from one of its API routes.
+
+    Data only, no markup: the dashboard draws the table and fetches the rows from ``api`` as the
+    browser's peer, through the dashboard's copy of the coordinator API, so the route's own
+    policy decides who sees them (a member gets the route's 403 on an admin-only panel).
+
+    Args:
+        slug: the page's URL, ``/panels/<slug>`` (a DNS label, 1 to 32 characters).
+        title: the page's title and navigation entry.
+        api: a ``GET`` route of the coordinator API that the plugin adds
+            (``tunnelmesh_register_coordinator_routes``), e.g. ``/api/v1/wg/clients``.
+        list_key: the key of the route's JSON object that holds the list of rows.
+        columns: ``(row key, column header)`` pairs, in order.
+
+    Raises:
+        PluginError: a slug that is no DNS label, an ``api`` outside ``/api/``, no columns.
+    """
+
+    slug: str
+    title: str
+    api: str
+    list_key: str
+    columns: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not _SLUG.match(self.slug):
+            raise PluginError(f"admin panel slug {self.slug!r} is not a DNS label")
+        if not self.api.startswith("/api/") or "{" in self.api:
+            raise PluginError(f"admin panel {self.slug}: api {self.api!r} is no fixed /api/ path")
+        if not self.title or not self.list_key or not self.columns:
+            raise PluginError(f"admin panel {self.slug}: needs a title, list_key and columns")
 
 
 @dataclass
@@ -43,6 +82,7 @@ class Registry:
     storage: dict[str, type[Storage]] = field(default_factory=dict)
     proxy_rules: dict[str, type[ProxyRule]] = field(default_factory=dict)
     config_sections: dict[str, ConfigSection] = field(default_factory=dict)
+    admin_panels: dict[str, AdminPanel] = field(default_factory=dict)
     _owners: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def _add(self, kind: str, table: dict[str, Any], name: str, value: Any) -> None:
@@ -91,6 +131,12 @@ class Registry:
         section = ConfigSection(name, struct_type, server, peer, self.current_plugin)
         self._add("config section", self.config_sections, name, section)
 
+    def add_admin_panel(self, panel: AdminPanel) -> None:
+        """Register a page of the admin dashboard under ``panel.slug``."""
+        if not isinstance(panel, AdminPanel):
+            raise PluginError(f"plugin {self.current_plugin!r} registered a non-AdminPanel panel")
+        self._add("admin panel", self.admin_panels, panel.slug, panel)
+
     def provided_by(self, plugin: str) -> dict[str, list[str]]:
         """What one plugin registered: kind (as in error messages) to sorted names."""
         out: dict[str, list[str]] = {}
@@ -108,4 +154,5 @@ class Registry:
             "storage": sorted(self.storage),
             "proxy_rules": sorted(self.proxy_rules),
             "config_sections": sorted(self.config_sections),
+            "admin_panels": sorted(self.admin_panels),
         }

@@ -27,7 +27,7 @@ from tunnelmesh.coordinator.api import COORDINATOR_KEY
 
 from tunnelmesh_admin.feed import RELAYED, PeerFeed, Row
 from tunnelmesh_admin.security import caller_of, headers_for_stream
-from tunnelmesh_admin.state import FEED_KEY, SERVICE_KEY
+from tunnelmesh_admin.state import FEED_KEY, PANELS_KEY, SERVICE_KEY
 
 __all__ = ["NAV", "add_pages", "has_route", "static_files"]
 
@@ -97,7 +97,12 @@ def _render(request: web.Request, template: str, page: str, **ctx: Any) -> web.R
     coord = _coord(request)
     me = caller_of(request)
     html = _env.get_template(template).render(
-        nav=NAV + ([("map", "/map", "Map")] if service.locations() else []),
+        nav=NAV
+        + ([("map", "/map", "Map")] if service.locations() else [])
+        + [
+            (f"panel-{p.slug}", f"/panels/{p.slug}", p.title)
+            for p in request.app[PANELS_KEY].values()
+        ],
         page=page,
         me=me,
         admin=coord.is_admin(me),
@@ -287,6 +292,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@route_policy(Policy.PEER)
+async def panel(request: web.Request) -> web.Response:
+    """A plugin's panel: the frame here, the rows from its API route (as the caller)."""
+    found = request.app[PANELS_KEY].get(request.match_info["slug"])
+    if found is None:
+        raise ApiFailure(404, "not_found", "no such panel")
+    return _render(request, "panel.html", f"panel-{found.slug}", panel=found)
+
+
 _STATIC: dict[str, tuple[bytes, str]] = {}
 
 
@@ -330,4 +344,5 @@ def add_pages(app: web.Application) -> None:
     r.add_get("/dns", dns_page)
     r.add_get("/groups", groups_page)
     r.add_get("/events", events)
+    r.add_get("/panels/{slug}", panel)
     r.add_get("/static/{path:.+}", static)

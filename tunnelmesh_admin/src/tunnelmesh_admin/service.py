@@ -45,9 +45,10 @@ from tunnelmesh.abc import CoordinatorView
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator.api import API_MIDDLEWARES, route_table
 from tunnelmesh.errors import ConfigError
+from tunnelmesh.registry import AdminPanel
 
 from tunnelmesh_admin.config import AdminSection
-from tunnelmesh_admin.state import FEED_KEY, SERVICE_KEY
+from tunnelmesh_admin.state import FEED_KEY, PANELS_KEY, SERVICE_KEY
 
 __all__ = ["EXCLUDED_ROUTES", "SERVICE_KEY", "AdminService", "install"]
 
@@ -160,6 +161,7 @@ class AdminService:
             app.router.add_route(method, path, handler)
         feed = PeerFeed(self.coordinator)
         app[FEED_KEY] = feed
+        app[PANELS_KEY] = self.panels(app)
         add_pages(app)
         missing = [f"{m} {p}" for m, p, policy in route_table(app) if policy is None]
         if missing:  # every route declares who may call it, the dashboard's own too
@@ -170,6 +172,20 @@ class AdminService:
 
         app.on_shutdown.append(stop_feed)
         return app
+
+    def panels(self, app: web.Application) -> dict[str, AdminPanel]:
+        """The plugins' panels whose API route the dashboard serves (others are logged)."""
+        from tunnelmesh_admin.pages import has_route
+
+        pm = self.coordinator.pm
+        found: dict[str, AdminPanel] = pm.build_registry("admin_panels").admin_panels if pm else {}
+        out = {}
+        for slug, panel in sorted(found.items()):
+            if has_route(app, panel.api):
+                out[slug] = panel
+            else:
+                log.warning("admin: panel %s: no GET route %s on the coordinator", slug, panel.api)
+        return out
 
     def locations(self) -> bool:
         """Whether the coordinator shares peer locations (``locations: true``): the map page."""

@@ -7,10 +7,11 @@ from typing import Protocol
 
 from aiohttp import web
 from tunnelmesh.abc import CoordinatorView
+from tunnelmesh.registry import AdminPanel
 
 from tunnelmesh_admin.feed import PeerFeed
 
-__all__ = ["FEED_KEY", "SERVICE_KEY", "DashboardView"]
+__all__ = ["FEED_KEY", "PANELS_KEY", "SERVICE_KEY", "DashboardView"]
 
 
 class DashboardView(Protocol):
@@ -28,3 +29,5 @@ class DashboardView(Protocol):
 
 SERVICE_KEY: web.AppKey[DashboardView] = web.AppKey("admin_service")
 FEED_KEY: web.AppKey[PeerFeed] = web.AppKey("admin_feed")
+PANELS_KEY: web.AppKey[dict[str, AdminPanel]] = web.AppKey("admin_panels")
+"""The plugins' panels (``tunnelmesh_register_admin_panels``) whose API route exists, by slug."""

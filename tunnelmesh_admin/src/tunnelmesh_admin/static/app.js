@@ -265,6 +265,29 @@
     } catch (e) { toast(e.message, true); }
   });
 
+  // --- a plugin's panel: rows from its own API route -----------------------------------------
+  async function loadPanel() {
+    const table = document.getElementById("panel");
+    if (!table) return;
+    const keys = [...table.querySelectorAll("th[data-key]")].map((th) => th.dataset.key);
+    const tbody = table.querySelector("tbody");
+    let data;
+    try { data = await api("GET", table.dataset.api); } catch (e) {
+      tbody.replaceChildren(el("tr", { class: "empty" }, el("td", { colSpan: keys.length, class: "muted" },
+        e.status === 403 ? "Admins only." : e.message)));
+      return;
+    }
+    const rowsOf = data && Array.isArray(data[table.dataset.listKey]) ? data[table.dataset.listKey] : [];
+    tbody.replaceChildren();
+    if (!rowsOf.length) tbody.append(el("tr", { class: "empty" }, el("td", { colSpan: keys.length, class: "muted" }, "Nothing yet.")));
+    for (const row of rowsOf) {
+      tbody.append(el("tr", {}, ...keys.map((k) => {
+        const v = row[k];
+        return el("td", {}, v === undefined || v === null ? "" : (typeof v === "object" ? JSON.stringify(v) : String(v)));
+      })));
+    }
+  }
+
   // --- forms that call the JSON API ----------------------------------------------------------
   function formPayload(form) {
     const payload = {};
@@ -306,6 +329,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     if (page === "peers") { initPeers(); initPeer(); }
+    if (page.startsWith("panel-")) loadPanel();
     startFeed();
   });
 })();
