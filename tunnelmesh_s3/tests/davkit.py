@@ -88,7 +88,9 @@ class _Thread:
             auth = FileAuthorizer(self.root / "auth.json")
             async with storage:
                 await make_shares(storage, auth)
-                app = build_dav_app(ShareAccess(storage, auth, PEERS.get))
+                app = build_dav_app(
+                    ShareAccess(storage, auth, PEERS.get), domains=("tunnelmesh", "tm")
+                )
                 runner = web.AppRunner(app, access_log=None, handle_signals=False)
                 await runner.setup()
                 site = web.TCPSite(runner, "127.0.0.1", 0)

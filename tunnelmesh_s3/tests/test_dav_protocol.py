@@ -510,3 +510,21 @@ def test_webdav_file_is_an_s3_object_and_back(dav: Dav) -> None:
     dav.run(dav.storage.put_object("team", "both.txt", body()))
     assert dav.request("GET", "/team/both.txt")[2] == b"over s3"
     assert re.fullmatch(r'"[0-9a-f]{32}"', dav.request("HEAD", "/team/both.txt")[1]["etag"])
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("evil.example", 403),
+        ("evil.example:8080", 403),
+        ("tunnelmesh.evil.example", 403),
+        ("this.tunnelmesh:8080", 207),
+        ("hub.tm", 207),
+        ("127.0.0.1:8080", 207),
+        ("[::1]:8080", 207),
+    ],
+)
+def test_host_must_be_an_ip_or_a_mesh_name(dav: Dav, host: str, status: int) -> None:
+    """A rebound DNS name must not let a browser on a peer act as that peer."""
+    got = dav.request("PROPFIND", "/team/", None, {"Depth": "0", "Host": host})
+    assert got[0] == status, got

@@ -14,7 +14,7 @@ from the coordinator's own mesh IP is refused (any local user of that machine co
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from tunnelmesh.control.urls import join_hostport, split_hostport
@@ -34,10 +34,17 @@ class DavListener:
     Args:
         access: the shares (the S3 service's store and grants).
         make_socket: ``(host, port)`` to a listening socket (the S3 service's freebind helper).
+        domains: the mesh's DNS suffixes, which a request's ``Host`` may name (else an IP).
     """
 
-    def __init__(self, access: ShareAccess, make_socket: Callable[[str, int], object]) -> None:
+    def __init__(
+        self,
+        access: ShareAccess,
+        make_socket: Callable[[str, int], object],
+        domains: Sequence[str] = (),
+    ) -> None:
         self.access = access
+        self.domains = tuple(domains)
         self.make_socket = make_socket
         self.host = ""
         self.port = 0
@@ -55,7 +62,9 @@ class DavListener:
             ConfigError: the address cannot be bound.
         """
         host, port = split_hostport(listen, default_port)
-        runner = web.AppRunner(build_dav_app(self.access), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            build_dav_app(self.access, domains=self.domains), access_log=None, handle_signals=False
+        )
         await runner.setup()
         try:
             sock = self.make_socket(host, port)

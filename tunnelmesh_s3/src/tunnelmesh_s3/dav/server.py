@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 from xml.sax.saxutils import escape
@@ -81,14 +82,25 @@ class DavError(TunnelmeshError):
 DAV_ACCESS = web.AppKey("dav_access", ShareAccess)
 DAV_LOCKS = web.AppKey("dav_locks", lk.LockTable)
 DAV_STATS = web.AppKey("dav_stats", S3Stats)
+DAV_DOMAINS: web.AppKey[tuple[str, ...]] = web.AppKey("dav_domains")
 DAV_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("dav_clock")
 
 
 def build_dav_app(
-    access: ShareAccess, *, clock: Callable[[], float] = time.time
+    access: ShareAccess,
+    *,
+    domains: Sequence[str] = (),
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    """The WebDAV service over ``access``'s shares (its storage already started)."""
+    """The WebDAV service over ``access``'s shares (its storage already started).
+
+    Args:
+        domains: the DNS suffixes a request's ``Host`` may name besides an IP address (the
+            mesh's: ``tunnelmesh``, ``tm``, its domain). Any other name gets 403: a browser on
+            a peer led to this address by a rebound DNS name must not act as that peer.
+    """
     app = web.Application(client_max_size=MAX_BODY)
+    app[DAV_DOMAINS] = tuple(d.lower().strip(".") for d in domains)
     app[DAV_ACCESS] = access
     app[DAV_LOCKS] = lk.LockTable()
     app[DAV_STATS] = S3Stats()
@@ -177,6 +189,7 @@ def _split_url(raw_path: str) -> tuple[str, str]:
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     app = request.app
+    _check_host(request.headers.get("Host", ""), app[DAV_DOMAINS])
     access = app[DAV_ACCESS]
     principal = access.principal(request.remote or "")
     share, rest = _split_url(request.raw_path)
@@ -191,6 +204,24 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _check_host(host: str, domains: tuple[str, ...]) -> None:
+    """403 unless ``Host`` is an IP address or a name under one of the mesh's ``domains``."""
+    name = host.strip()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    try:
+        ipaddress.ip_address(name)
+        return
+    except ValueError:
+        pass
+    name = name.lower().rstrip(".")
+    if name and any(name == d or name.endswith("." + d) for d in domains):
+        return
+    raise DavError(403, f"Host {host[:64]!r} is not a name of this mesh (DNS rebinding guard)")
 
 
 def _href(share: str, path: str, is_dir: bool) -> str:
