@@ -51,7 +51,6 @@ from tunnelmesh.abc import CoordinatorView, Storage
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator import ApiFailure, PeerRecord
 from tunnelmesh.coordinator.api import authenticated_peer
-from tunnelmesh.dns.backend import DEFAULT_DOMAINS
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.logs import add_secret
 from tunnelmesh.storage import FilesystemStorage
@@ -390,7 +389,9 @@ class MeshS3Service:
             elif self.coordinator.config.join_mesh is not None:
                 self._nfs_task = asyncio.get_running_loop().create_task(self._nfs_on_mesh_ip())
         if self.section.webdav_port or self.section.webdav_listen:
-            domains = (coord.domain, *DEFAULT_DOMAINS)
+            # the mesh's own domain and the fixed suffixes every resolver answers
+            # (tunnelmesh.dns.backend.DEFAULT_DOMAINS, not part of the public API)
+            domains = (coord.domain, "tunnelmesh", "tm", "mesh")
             self.dav = DavListener(self.shares, _freebind_socket, domains)
             if self.section.webdav_listen:
                 await self.dav.start(self.section.webdav_listen, self.section.webdav_port)
