@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -260,6 +261,17 @@ class PeerConfig(_PeerFields, forbid_unknown_fields=True, kw_only=True):
 
 
 _PEER_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def _https_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return parts.scheme == "https" and bool(parts.hostname) and parts.path in ("", "/")
+
+
 _SSH_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
 
@@ -292,6 +304,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_interval: Duration = Duration(10.0)
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     tls_names: list[str] = msgspec.field(default_factory=list)
+    public_url: str = ""
     auth_failures_burst: int = 20
     auth_failures_per_minute: float = 30.0
     joins_burst: int = 100
@@ -317,6 +330,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("auth_failures_burst must be >= 1 and auth_failures_per_minute >= 0")
         if self.joins_burst < 1 or self.joins_per_minute < 0:
             raise ValueError("joins_burst must be >= 1 and joins_per_minute >= 0")
+        if self.public_url and not _https_url(self.public_url):
+            raise ValueError(
+                f"public_url {self.public_url!r}: not an https://host[:port] URL (the address "
+                "peers reach this coordinator at)"
+            )
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
         for i, entry in enumerate(self.admin_peers):

@@ -54,6 +54,11 @@ log_level: null
 # the first start (see docs/control-plane.md)
 tls_names: []
 
+# the URL peers reach this coordinator at (https://host:port). Several coordinators on one
+# database each set their own: peers learn every one and move to another within seconds when
+# theirs is gone (see docs/scale.md). "": not announced (peers keep the URL they joined with)
+public_url: ""
+
 # refused registrations cost their source address one unit of a bucket this big, refilled
 # at this rate (an IPv6 source: its /64)
 auth_failures_burst: 20

@@ -13,6 +13,14 @@
 reconnecting with backoff. While the coordinator is away the peer table keeps what it knew
 (nothing is removed for want of a coordinator); when it returns, the new snapshot is diffed in.
 
+Several coordinators on one database: the client learns their URLs (registration answer, push
+snapshot, ``coordinators`` messages; kept in ``coordinators.json`` beside the peers cache) and,
+when the one it talks to does not answer, moves to the next one at once: the same session,
+name and mesh IP (they live in the shared database), a new push snapshot from there. A push
+channel that breaks triggers a heartbeat at once, so a coordinator killed on a reachable host is
+noticed within a second, one on a host gone silent within the connect timeout (5 s) after the
+next heartbeat.
+
 First contact: :func:`fetch_ca` gets the mesh CA and checks the coordinator's HMAC proof before
 the token is sent anywhere (see :mod:`tunnelmesh.coordinator.ca`). Every later request verifies
 TLS against that CA, with the hostname checked against
@@ -43,6 +51,7 @@ from tunnelmesh.control.messages import (
     ApiError,
     CaResponse,
     ChallengeResponse,
+    Coordinators,
     Counters,
     DnsResponse,
     Heartbeat,
@@ -54,6 +63,7 @@ from tunnelmesh.control.messages import (
     RegisterResponse,
     RendezvousAck,
     RendezvousRequest,
+    Snapshot,
     decode_push,
     encode,
 )
@@ -74,6 +84,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
+
+
+_push_type_dec = msgspec.json.Decoder(dict[str, Any])
+_KNOWN_PUSH = {"snapshot", "peer", "peer_gone", "rendezvous", "filter_rules", "coordinators"}
+
+
+def _push_type(line: str) -> str | None:
+    """The ``type`` of a push message this release does not know (a newer coordinator's:
+    skipped quietly), or None (malformed)."""
+    try:
+        kind = _push_type_dec.decode(line).get("type")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if isinstance(kind, str) and kind.isidentifier() and kind not in _KNOWN_PUSH:
+        return kind
+    return None
 
 
 class CoordinatorUnreachable(TunnelmeshError):
@@ -202,6 +228,9 @@ class ControlClient:
         connections: int = 4,
     ) -> None:
         self.server = server.rstrip("/")
+        self.coordinators: list[str] = [self.server]
+        """Every coordinator URL known: the one joined with first, then those announced."""
+        self.failovers = 0  # moves to another coordinator
         self.identity = identity
         self.ca_pem = ca_pem
         self.auth_token = auth_token
@@ -233,6 +262,9 @@ class ControlClient:
         self._removed = False
         self.resyncs = 0  # push channels reconnected because deltas were missed
         self._cache_dirty = False
+        self._server_moved = asyncio.Event()
+        self._unanswered = 0  # coordinators tried in a row without an answer
+        self.learn_coordinators(self._load_coordinators_cache())
 
     # --- HTTP plumbing ---------------------------------------------------------------------
 
@@ -356,6 +388,7 @@ class ControlClient:
         )
         self.auth_token = ""
         self.registration = resp
+        self.learn_coordinators(resp.coordinators)
         self.session_token = resp.session_token
         add_secret(resp.session_token)
         self.name = resp.name
@@ -485,6 +518,8 @@ class ControlClient:
             except CoordinatorUnreachable as exc:
                 if attempts and n >= attempts:
                     raise
+                if self.move_to_next_coordinator():
+                    continue
                 log.warning("%s; retrying in %.0fs", exc, delay)
             except ApiRequestError as exc:
                 if exc.status not in (429, 503):
@@ -511,6 +546,10 @@ class ControlClient:
             except CoordinatorUnreachable as exc:
                 log.warning("%s (keeping the %d known peers)", exc, len(self.table.peers))
                 wait = min(self.heartbeat_interval, 2.0)
+                if self.move_to_next_coordinator():
+                    wait = min(wait, 0.2)  # another coordinator: try it at once
+            else:
+                self._unanswered = 0
             self._write_cache()
             # asyncio.timeout, not wait_for: on Python 3.11 a wake-up in the same loop turn as
             # the stop's cancellation made wait_for swallow the cancellation (see netmon).
@@ -522,6 +561,7 @@ class ControlClient:
     async def _push_loop(self) -> None:
         delay = 0.5
         while True:
+            self._server_moved.clear()
             try:
                 async with self.http.ws_connect(
                     self.server + "/api/v1/push",
@@ -551,8 +591,19 @@ class ControlClient:
                 log.debug("push channel refused: %s", exc)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.debug("push channel lost: %s", exc)
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(delay * 2, 10.0)
+            except AssertionError:
+                # aiohttp's ws_connect asserts the connection still has a transport after the
+                # 101 answer; a coordinator that closes the channel at once (it is stopping)
+                # breaks that. The channel is lost like any other: reconnect.
+                log.debug("push channel closed during its handshake")
+            if self._stopped.is_set():
+                return
+            # Is the coordinator gone? The heartbeat finds out now and moves to another one.
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay * (0.8 + 0.4 * random.random())):
+                    await self._server_moved.wait()  # moved: connect there at once
+            delay = 0.5 if self._server_moved.is_set() else min(delay * 2, 10.0)
 
     def _handle_frame(self, data: str) -> None:
         for line in data.split("\n"):
@@ -561,11 +612,80 @@ class ControlClient:
             try:
                 msg = decode_push(line)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("ignoring a malformed push message: %s", exc)
+                kind = _push_type(line)
+                if kind is not None:
+                    log.debug("ignoring a push message of a newer coordinator: %s", kind)
+                else:
+                    log.warning("ignoring a malformed push message: %s", exc)
                 continue
+            if isinstance(msg, Snapshot):
+                self.learn_coordinators(msg.coordinators)
+            elif isinstance(msg, Coordinators):
+                self.learn_coordinators(msg.urls)
             self._emit(self.table.apply(msg))
 
+    # --- several coordinators ---------------------------------------------------------------
+
+    def learn_coordinators(self, urls: list[str]) -> None:
+        """Take the coordinators a coordinator announced (an empty list says nothing: an older
+        coordinator, or one without ``public_url``). The URL joined with stays known."""
+        urls = [u.rstrip("/") for u in urls if u.startswith("https://")][:64]
+        if not urls:
+            return
+        first = self.coordinators[0]
+        known = list(dict.fromkeys([first, self.server, *urls]))
+        if known != self.coordinators:
+            self.coordinators = known
+            self._write_coordinators_cache()
+
+    def move_to_next_coordinator(self) -> bool:
+        """The coordinator in use does not answer: take the next known one.
+
+        Returns:
+            False when there is no other one, or every one was tried since the last answer
+            (the caller backs off then).
+        """
+        if len(self.coordinators) < 2:
+            return False
+        self._unanswered += 1
+        if self._unanswered >= len(self.coordinators):
+            self._unanswered = 0  # every one tried: back off, then go round again
+            return False
+        old = self.server
+        i = self.coordinators.index(old) if old in self.coordinators else -1
+        self.server = self.coordinators[(i + 1) % len(self.coordinators)]
+        self.failovers += 1
+        log.warning("coordinator %s does not answer; moving to %s", old, self.server)
+        self._server_moved.set()
+        return True
+
     # --- peers cache -----------------------------------------------------------------------
+
+    @property
+    def _coordinators_cache(self) -> Path | None:
+        return None if self.peers_cache is None else self.peers_cache.with_name("coordinators.json")
+
+    def _load_coordinators_cache(self) -> list[str]:
+        path = self._coordinators_cache
+        if path is None or not path.exists():
+            return []
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=list[str])
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("ignoring the coordinators cache %s: %s", path, exc)
+            return []
+
+    def _write_coordinators_cache(self) -> None:
+        path = self._coordinators_cache
+        if path is None:
+            return
+        tmp = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(encode(self.coordinators))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write the coordinators cache %s: %s", path, exc)
 
     def _load_cache(self) -> list[PeerInfo]:
         if self.peers_cache is None or not self.peers_cache.exists():

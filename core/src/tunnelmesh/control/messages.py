@@ -14,6 +14,7 @@ __all__ = [
     "ApiError",
     "CaResponse",
     "ChallengeResponse",
+    "Coordinators",
     "Counters",
     "DnsRecord",
     "DnsResponse",
@@ -90,6 +91,9 @@ class RegisterResponse(msgspec.Struct, kw_only=True):
     coordinator_ips: list[str] = msgspec.field(default_factory=list)
     stun_port: int = 0  # the coordinator's STUN (RFC 5389) UDP port, 0 = none
     pending: bool = False  # approve_new_peers: this key waits for an admin's approval
+    coordinators: list[str] = msgspec.field(default_factory=list)
+    """URLs of every live coordinator of the mesh (several on one database; their
+    ``public_url``): the peer moves to another when the one it talks to is gone."""
 
 
 class Counters(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -181,6 +185,7 @@ class Snapshot(msgspec.Struct, kw_only=True, tag="snapshot", tag_field="type"):
 
     peers: list[PeerInfo]
     revision: int
+    coordinators: list[str] = msgspec.field(default_factory=list)  # as in RegisterResponse
 
 
 class PeerUpserted(msgspec.Struct, kw_only=True, tag="peer", tag_field="type"):
@@ -224,7 +229,13 @@ class FilterRules(msgspec.Struct, kw_only=True, tag="filter_rules", tag_field="t
     rules: list[PolicyRule]
 
 
-PushMessage = Snapshot | PeerUpserted | PeerGone | Rendezvous | FilterRules
+class Coordinators(msgspec.Struct, kw_only=True, tag="coordinators", tag_field="type"):
+    """The live coordinators of the mesh changed (one started, or one is gone): their URLs."""
+
+    urls: list[str]
+
+
+PushMessage = Snapshot | PeerUpserted | PeerGone | Rendezvous | FilterRules | Coordinators
 
 _encoder = msgspec.json.Encoder()
 _push_decoder = msgspec.json.Decoder(PushMessage)

@@ -167,7 +167,7 @@ class PeerTable:
                 return []
             self.filter_rules = rules
             return [FilterRulesChanged(rules)]
-        return []  # pragma: no cover - the union is exhaustive
+        return []  # Coordinators: the client's business (where to connect), not the table's
 
     def _in_sequence(self, revision: int) -> bool:
         """Take ``revision`` as the table's; False when the delta is not newer (ignore it)."""

@@ -72,9 +72,10 @@ from tunnelmesh.coordinator.apibase import (
 )
 from tunnelmesh.coordinator.auth import CHALLENGE_TTL
 from tunnelmesh.coordinator.ca import ca_proof
-from tunnelmesh.coordinator.core import ApiFailure, Coordinator
+from tunnelmesh.coordinator.core import ApiFailure, Coordinator, store_unavailable
 from tunnelmesh.coordinator.groups import GroupError
-from tunnelmesh.errors import PluginError
+from tunnelmesh.coordinator.store import StoreConflict
+from tunnelmesh.errors import PluginError, StateStoreError
 from tunnelmesh.identity import fingerprint_of
 from tunnelmesh.policy import Policy, policy_of, route_policy
 
@@ -110,6 +111,10 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if f.status == 400:
             request.app[COORDINATOR_KEY].stats["bad_requests"] += 1
         return _failure_response(f)
+    except StoreConflict as exc:  # another coordinator's write won a race
+        return _failure_response(ApiFailure(409, "conflict", str(exc)))
+    except StateStoreError as exc:  # a write a handler did not expect to fail (a group, ...)
+        return _failure_response(store_unavailable(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -36,6 +36,7 @@ import msgspec
 from tunnelmesh import __version__
 from tunnelmesh.config import FilterConfig, ServerConfig
 from tunnelmesh.control.messages import (
+    Coordinators,
     Counters,
     DnsRecord,
     Heartbeat,
@@ -68,6 +69,7 @@ from tunnelmesh.coordinator.limits import RateLimiter, source_key
 from tunnelmesh.coordinator.liveness import Liveness
 from tunnelmesh.coordinator.policy import MAX_ALIASES, accepted_aliases
 from tunnelmesh.coordinator.push import PushHub
+from tunnelmesh.coordinator.roster import ROSTER_KEY, decode_roster, encode_roster, refreshed
 from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
 from tunnelmesh.errors import CoordinatorError, StateStoreError
 from tunnelmesh.identity import (
@@ -79,7 +81,7 @@ from tunnelmesh.identity import (
 )
 from tunnelmesh.logs import add_secret
 
-__all__ = ["ApiFailure", "Coordinator"]
+__all__ = ["STORE_RETRY_AFTER", "ApiFailure", "Coordinator", "store_unavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,24 @@ class ApiFailure(CoordinatorError):
 
     def __str__(self) -> str:
         return f"{self.status} {self.error}: {self.message}"
+
+
+STORE_RETRY_AFTER = 5.0
+"""Retry-After (seconds) of a write refused because the state store does not answer."""
+
+
+def store_unavailable(exc: Exception) -> ApiFailure:
+    """The answer to a write the state store refused to take (it is down, or unreachable):
+    503 with Retry-After. Reads keep being answered from memory meanwhile. The store's own
+    message is logged, not sent (it may name hosts of the operator's network)."""
+    log.warning("a write was refused: the state store does not answer: %s", exc)
+    return ApiFailure(
+        503,
+        "store_unavailable",
+        "the coordinator cannot save state now (its database does not answer); "
+        "reads still work, retry the change later",
+        STORE_RETRY_AFTER,
+    )
 
 
 def session_hash(token: str) -> str:
@@ -219,6 +239,9 @@ class Coordinator:
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._own_peer_known = asyncio.Event()
+        self.public_url = config.public_url.rstrip("/")
+        self._roster: dict[str, float] = {}
+        self._roster_pushed: list[str] = []
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -258,6 +281,7 @@ class Coordinator:
                 self.liveness.restore(rec.peer_id, rec.last_seen, now)
         self.revision = len(self.peers)
         log.info("loaded %d peers from %s", len(self.peers), self.data_dir)
+        await self.refresh_roster()
 
     def start_background(self) -> None:
         """Start the liveness ticker and the store flusher (call inside the running loop)."""
@@ -296,7 +320,7 @@ class Coordinator:
                 )
 
     async def _tick_loop(self) -> None:
-        last_flush = self.clock()
+        last_flush = last_roster = self.clock()
         while True:
             await asyncio.sleep(0.25)
             now = self.clock()
@@ -316,6 +340,9 @@ class Coordinator:
                     await self.flush()
                 except StateStoreError as exc:
                     log.error("cannot save peer liveness: %s", exc)
+            if now - last_roster >= float(self.config.heartbeat_interval):
+                last_roster = now
+                await self.refresh_roster()
 
     async def flush(self) -> None:
         """Write heartbeat-updated peers to the store (one transaction)."""
@@ -452,8 +479,39 @@ class Coordinator:
             Snapshot(
                 peers=[self.push_info(r) for r in self._visible()],
                 revision=self.revision,
+                coordinators=self.coordinator_urls(),
             )
         )
+
+    # --- the coordinators of the mesh -------------------------------------------------------
+
+    def coordinator_urls(self) -> list[str]:
+        """The ``public_url`` of every live coordinator of the mesh (this one's included)."""
+        urls = set(self._roster)
+        if self.public_url:
+            urls.add(self.public_url)
+        return sorted(urls)
+
+    async def refresh_roster(self) -> None:
+        """Say in the store that this coordinator is alive, read which others are, and push
+        the list to every peer when it changed (see ``roster``). With the store unreachable the
+        last list read stays."""
+        now = self.clock()
+        try:
+            stored = decode_roster(await self.store.get_meta(ROSTER_KEY))
+            roster = refreshed(stored, self.public_url, now, float(self.config.heartbeat_interval))
+            if self.public_url:
+                await self.store.put_meta(ROSTER_KEY, encode_roster(roster))
+        except StateStoreError as exc:
+            log.warning("cannot refresh the list of coordinators: %s", exc)
+            return
+        self._roster = roster
+        urls = self.coordinator_urls()
+        if urls != self._roster_pushed:
+            if self._roster_pushed or len(urls) > 1:
+                log.info("coordinators of this mesh: %s", ", ".join(urls) or "none announced")
+            self._roster_pushed = urls
+            self.hub.broadcast(encode(Coordinators(urls=urls)))
 
     def _visible(self) -> list[PeerRecord]:
         return sorted((r for r in self.peers.values() if not r.pending), key=lambda r: r.name)
@@ -718,9 +776,7 @@ class Coordinator:
             if allocated:
                 self.alloc.release(allocated)
             log.error("registration of %s not saved: %s", name, exc)
-            raise ApiFailure(
-                503, "store_unavailable", "the coordinator cannot save state"
-            ) from None
+            raise store_unavailable(exc) from None
         self._first_admin = first_admin
         self._names[name] = peer_id
         await self._forget_old_names(peer_id, name)
@@ -752,6 +808,7 @@ class Coordinator:
             server_version=__version__,
             renamed=name != req.name,
             coordinator_ips=self.coordinator_ips(),
+            coordinators=self.coordinator_urls(),
             stun_port=self.stun_port,
             pending=pending,
         )
@@ -769,7 +826,7 @@ class Coordinator:
             try:
                 await self.store.put_peer(approved)
             except StateStoreError as exc:
-                raise ApiFailure(503, "store_unavailable", str(exc)) from None
+                raise store_unavailable(exc) from None
             self._unindex(rec)
             self._index(approved)
             log.info("approved %s (%s)", rec.name, rec.peer_id)
@@ -840,7 +897,7 @@ class Coordinator:
             try:
                 await self.store.delete_peer(rec.peer_id)
             except StateStoreError as exc:
-                raise ApiFailure(503, "store_unavailable", str(exc)) from None
+                raise store_unavailable(exc) from None
             self._unindex(rec)
             self._dirty.discard(rec.peer_id)
             self._pending_push.discard(rec.peer_id)
@@ -892,7 +949,7 @@ class Coordinator:
             try:
                 await self.store.release_name(name)
             except StateStoreError as exc:
-                raise ApiFailure(503, "store_unavailable", str(exc)) from None
+                raise store_unavailable(exc) from None
             del self._names[name]
             log.info("released the name %s (was reserved for %s)", name, owner)
             return owner
@@ -909,7 +966,7 @@ class Coordinator:
         try:
             await self.store.put_meta(_TOKEN_KEY, token.encode("utf-8"))
         except StateStoreError as exc:
-            raise ApiFailure(503, "store_unavailable", str(exc)) from None
+            raise store_unavailable(exc) from None
         add_secret(token)  # never in a log line
         self._token = token
         log.info("the mesh join token was rotated")
