@@ -41,7 +41,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import aiohttp
 import msgspec
@@ -59,6 +59,7 @@ from tunnelmesh.control.messages import (
     PeerInfo,
     PeersResponse,
     PolicyRule,
+    PushMessage,
     RegisterRequest,
     RegisterResponse,
     RendezvousAck,
@@ -87,7 +88,7 @@ _TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 
 
 _push_type_dec = msgspec.json.Decoder(dict[str, Any])
-_KNOWN_PUSH = {"snapshot", "peer", "peer_gone", "rendezvous", "filter_rules", "coordinators"}
+_KNOWN_PUSH = frozenset(t.__struct_config__.tag for t in get_args(PushMessage))
 
 
 def _push_type(line: str) -> str | None:
