@@ -49,6 +49,7 @@ def plugin_families() -> set[str]:
     for mod, attr in (
         ("tunnelmesh_s3.metrics", "S3Collector"),
         ("tunnelmesh_s3.metrics", "DavCollector"),
+        ("tunnelmesh_s3.metrics", "NfsCollector"),
         ("tunnelmesh_proxy.metrics", "ProxyCollector"),
         ("tunnelmesh_relay.metrics", "RelayCollector"),
     ):

@@ -207,6 +207,9 @@ def test_null_mount_export_dump_umnt_pmap(tmp_path: Path) -> None:
         assert await rig(PMAP, 3, w(NFS, 3, 6, 0)) == w(2049)
         assert await rig(PMAP, 3, w(MOUNT, 3, 6, 0)) == w(2049)
         assert await rig(PMAP, 3, w(100021, 4, 6, 0)) == w(0)
+        calls = rig.svc.calls
+        assert calls[("mount_mnt", "ok")] == 3 and calls[("mount_mnt", "acces")] == 2
+        assert calls[("mount_mnt", "noent")] == 2 and calls[("pmap_getport", "ok")] == 3
 
     run(tmp_path, body)
 
@@ -225,7 +228,12 @@ def test_rpc_level_errors(tmp_path: Path) -> None:
         # GARBAGE_ARGS: a handle longer than 64 bytes, and trailing bytes
         assert await rig.raw(NFS, 3, 1, w(65) + bytes(68)) == w(x(), 1, 0, 0, 0, 4)
         assert await rig.raw(NFS, 3, 1, xfh(1) + w(0)) == w(x(), 1, 0, 0, 0, 4)
-        assert rig.svc.counters["garbage"] == 2
+        calls = rig.svc.calls
+        assert calls[("nfs_getattr", "garbage_args")] == 2
+        assert calls[("other", "prog_unavail")] == 1
+        assert calls[("nfs_null", "prog_mismatch")] == 1
+        assert calls[("mount_null", "prog_mismatch")] == 1
+        assert calls[("other", "proc_unavail")] == 2  # NFS procedure 22, MOUNT procedure 6
 
     run(tmp_path, body)
 
@@ -482,6 +490,8 @@ def test_read_only_member_and_non_member_change_nothing(tmp_path: Path) -> None:
         keys = [o.key for o in (await rig.storage.list_objects("docs")).objects]
         assert keys == ["f"]
         assert len(rig.svc.stages) == 0
+        assert rig.svc.calls[("nfs_write", "acces")] == 1
+        assert rig.svc.calls[("nfs_getattr", "acces")] == 2
 
     run(tmp_path, body)
 

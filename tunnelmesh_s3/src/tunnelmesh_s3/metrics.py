@@ -13,7 +13,7 @@ from typing import Any
 
 from tunnelmesh.metrics import Family, FamilyCollector
 
-__all__ = ["DavCollector", "S3Collector", "S3Stats"]
+__all__ = ["DavCollector", "NfsCollector", "S3Collector", "S3Stats"]
 
 
 class S3Stats:
@@ -69,3 +69,40 @@ class DavCollector(FamilyCollector):
         for (method, status), n in sorted(self.stats.requests.items()):
             m.add_metric([method, str(status)], n)
         yield m
+
+
+class NfsCollector(FamilyCollector):
+    """Reads an NFS server's counts: calls by procedure and status
+    (:attr:`tunnelmesh_s3.nfs.ops.NfsService.calls`) and connection events
+    (:attr:`tunnelmesh_s3.nfs.server.NfsServer.counters`)."""
+
+    FAMILIES = (
+        Family(
+            "tunnelmesh_nfs_calls_total",
+            "counter",
+            "NFSv3, MOUNT and PMAP calls by procedure (nfs_write, mount_mnt, ...) and status "
+            "(ok, an NFS or MOUNT error such as acces, or an RPC one such as garbage_args).",
+            ("procedure", "status"),
+        ),
+        Family(
+            "tunnelmesh_nfs_connection_events_total",
+            "counter",
+            "NFS connections accepted, refused (too many open), broken (a malformed record "
+            "stream: closed) and calls rejected at the RPC level (RPC version, credential).",
+            ("event",),
+        ),
+    )
+
+    def __init__(self, calls: dict[tuple[str, str], int], events: dict[str, int]) -> None:
+        self.calls = calls
+        self.events = events
+
+    def samples(self) -> Iterable[Any]:
+        m = self.family("tunnelmesh_nfs_calls_total")
+        for (procedure, status), n in sorted(self.calls.items()):
+            m.add_metric([procedure, status], n)
+        yield m
+        e = self.family("tunnelmesh_nfs_connection_events_total")
+        for event, n in sorted(self.events.items()):
+            e.add_metric([event], n)
+        yield e

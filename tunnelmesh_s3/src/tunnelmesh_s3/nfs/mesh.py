@@ -27,7 +27,9 @@ from pathlib import Path
 
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.errors import ConfigError
+from tunnelmesh.metrics import add_collector, remove_collector
 
+from tunnelmesh_s3.metrics import NfsCollector
 from tunnelmesh_s3.nfs.ops import NfsService
 from tunnelmesh_s3.nfs.server import NfsServer
 from tunnelmesh_s3.shareaccess import ShareAccess
@@ -59,6 +61,7 @@ class NfsListener:
         self.port = 0
         self.service: NfsService | None = None
         self._server: NfsServer | None = None
+        self._collector: NfsCollector | None = None
 
     @property
     def address(self) -> str:
@@ -83,6 +86,8 @@ class NfsListener:
         self.service = NfsService(self.access, self.root, port=lambda: self.port)
         self._server = NfsServer(self.service, sock)
         await self._server.start()
+        self._collector = NfsCollector(self.service.calls, self._server.counters)
+        add_collector(self._collector)  # on the process's /metrics while it serves
         self.host = host
         log.info(
             "nfs: serving shares on %s (libnfs: nfs://%s/SHARE?nfsport=%d&mountport=%d)",
@@ -94,6 +99,9 @@ class NfsListener:
 
     async def stop(self) -> None:
         """Stop listening and commit what clients wrote but did not commit yet."""
+        if self._collector is not None:
+            remove_collector(self._collector)
+            self._collector = None
         server, self._server = self._server, None
         if server is not None:
             await server.aclose()

@@ -64,6 +64,41 @@ _SHARE_ERRORS = {
 }
 
 
+_ACCEPT_STATS = {1: "prog_unavail", 2: "prog_mismatch", 3: "proc_unavail", 4: "garbage_args"}
+_PROGRAMS = {
+    nfs3.NFS_PROGRAM: ("nfs", Proc),
+    nfs3.MOUNT_PROGRAM: ("mount", nfs3.MountProc),
+    nfs3.PMAP_PROGRAM: ("pmap", None),
+}
+
+
+def _label(ev: CallReceived, reply: list[bytes | memoryview]) -> tuple[str, str]:
+    """(procedure, status) of a call and its reply, from fixed sets: ``nfs_write``,
+    ``mount_mnt``, ``pmap_getport``, ``other``; ``ok``, an nfsstat3 or mountstat3 name, or
+    the RPC accept status (``garbage_args``, ``system_err``, ...)."""
+    program, procs = _PROGRAMS.get(ev.prog, ("", None))
+    if not program:
+        procedure = "other"
+    elif procs is None:
+        procedure = {0: "pmap_null", 3: "pmap_getport"}.get(ev.proc, "other")
+    else:
+        try:
+            procedure = f"{program}_{procs(ev.proc).name.lower()}"
+        except ValueError:
+            procedure = "other"
+    head = bytes(reply[1][20:24])
+    accept = int.from_bytes(head, "big") if len(head) == 4 else 5
+    if accept != 0:
+        return procedure, _ACCEPT_STATS.get(accept, "system_err")
+    if len(reply) > 2 and len(reply[2]) >= 4 and procedure not in ("nfs_null", "mount_null"):
+        code = int.from_bytes(bytes(reply[2][:4]), "big")
+        if program == "nfs":
+            return procedure, Stat(code).name.lower() if code in Stat._value2member_map_ else "ok"
+        if procedure == "mount_mnt":
+            return procedure, nfs3.MountStat(code).name.lower()
+    return procedure, "ok"
+
+
 class NfsError(TunnelmeshError):
     """Ends a procedure with ``stat`` (and the directory attributes its failure arm carries)."""
 
@@ -139,7 +174,8 @@ class NfsService:
         self.started = time.time()
         self._dir_changed: dict[tuple[str, str], float] = {}
         self._staging = asyncio.Lock()  # one get-or-create of a stage at a time
-        self.counters: dict[str, int] = {"calls": 0, "errors": 0, "garbage": 0}
+        self.calls: dict[tuple[str, str], int] = {}
+        """Calls by (procedure, status): ``tunnelmesh_nfs_calls_total`` (see :func:`_label`)."""
 
     async def aclose(self) -> None:
         """Commit what is staged (a clean stop loses nothing), then close."""
@@ -155,8 +191,13 @@ class NfsService:
     # --- dispatch -------------------------------------------------------------------------
 
     async def call(self, address: str, ev: CallReceived) -> list[bytes | memoryview]:
-        """The reply to one call from ``address`` (record-marked buffers)."""
-        self.counters["calls"] += 1
+        """The reply to one call from ``address`` (record-marked buffers), counted."""
+        reply = await self._call(address, ev)
+        key = _label(ev, reply)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        return reply
+
+    async def _call(self, address: str, ev: CallReceived) -> list[bytes | memoryview]:
         ctx = _Ctx(self.access.caller(address), ev.auth)
         try:
             if ev.prog == nfs3.NFS_PROGRAM:
@@ -171,11 +212,9 @@ class NfsService:
                 return self._pmap(ev)
             return accepted(ev.xid, PROG_UNAVAIL)
         except XdrError as exc:
-            self.counters["garbage"] += 1
             log.debug("nfs: garbage arguments from %s: %s", address, exc)
             return accepted(ev.xid, GARBAGE_ARGS)
         except Exception:
-            self.counters["errors"] += 1
             log.exception("nfs: call %d/%d failed", ev.prog, ev.proc)
             return accepted(ev.xid, SYSTEM_ERR)
 

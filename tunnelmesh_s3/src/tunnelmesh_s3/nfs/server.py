@@ -17,16 +17,21 @@ import socket
 from tunnelmesh_s3.nfs.ops import NfsService
 from tunnelmesh_s3.nfs.rpc import CallReceived, CallRejected, ConnectionBroken, RpcConnection
 
-__all__ = ["MAX_INFLIGHT", "NfsServer"]
+__all__ = ["MAX_CONNECTIONS", "MAX_INFLIGHT", "NfsServer"]
 
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 32
+MAX_CONNECTIONS = 256
+"""Open connections at most; one more is closed at once (and counted)."""
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, service: NfsService, counters: dict[str, int]) -> None:
+    def __init__(
+        self, service: NfsService, counters: dict[str, int], open_: set[_Connection]
+    ) -> None:
         self.service = service
+        self.open = open_
         self.counters = counters
         self.rpc = RpcConnection()
         self.address = ""
@@ -40,7 +45,13 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]) if peer else ""
-        self.counters["connections"] += 1
+        if len(self.open) >= MAX_CONNECTIONS:
+            self.counters["refused"] += 1
+            log.warning("nfs: %d connections open: refusing %s", len(self.open), self.address)
+            transport.abort()
+            return
+        self.open.add(self)
+        self.counters["accepted"] += 1
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -53,7 +64,7 @@ class _Connection(asyncio.Protocol):
                 self.tasks.add(task)
                 task.add_done_callback(self._done)
             elif isinstance(event, CallRejected):
-                self.counters["rejected"] += 1
+                self.counters["call_rejected"] += 1
                 log.debug("nfs: %s: call %d rejected: %s", self.address, event.xid, event.reason)
                 self._send(event.reply)
             elif isinstance(event, ConnectionBroken):
@@ -100,6 +111,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.open.discard(self)
         for task in self.tasks:
             task.cancel()
 
@@ -116,15 +128,12 @@ class NfsServer:
         self.service = service
         self.sock = sock
         self.port = int(sock.getsockname()[1])
-        self.counters = {"connections": 0, "rejected": 0, "broken": 0}
+        self.counters = {"accepted": 0, "refused": 0, "broken": 0, "call_rejected": 0}
         self._server: asyncio.Server | None = None
-        self._conns: list[_Connection] = []
+        self._conns: set[_Connection] = set()
 
     def _make(self) -> _Connection:
-        conn = _Connection(self.service, self.counters)
-        self._conns = [c for c in self._conns if c.transport is not None]
-        self._conns.append(conn)
-        return conn
+        return _Connection(self.service, self.counters, self._conns)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -135,7 +144,7 @@ class NfsServer:
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
-            for conn in self._conns:
+            for conn in list(self._conns):
                 if conn.transport is not None:
                     conn.transport.abort()
                 for task in list(conn.tasks):
