@@ -274,7 +274,7 @@ def test_getattr_access_fsinfo_fsstat_pathconf(tmp_path: Path) -> None:
             w(0),
             post(DIR_ATTR),
             w(mib, mib, 4096, mib, mib, 4096, 65536),
-            h(2**63 - 1),
+            h(64 * 1024**3),  # maxfilesize
             w(0, 1000, 0x8),
         )
         # PATHCONF: linkmax 1, name_max 255, no_trunc, chown_restricted, not case
@@ -346,6 +346,10 @@ def test_create_write_commit_read(tmp_path: Path) -> None:
         )
         info = await rig.storage.head_object("docs", "a.txt")
         assert info.size == 6
+        # past maxfilesize (64 GiB): NFS3ERR_FBIG and nothing written
+        expect(await rig(NFS, 7, xfh(2) + h(64 * 1024**3) + w(1, 0) + s("x")), w(27), w(0, 0))
+        too_big = xfh(2) + w(0, 0, 0, 1) + h(64 * 1024**3 + 1) + w(0, 0) + w(0)
+        expect(await rig(NFS, 2, too_big), w(27), w(0, 0))
         # SETATTR size 2 (truncate), stored at once; guard off
         expect(
             await rig(NFS, 2, xfh(2) + w(0, 0, 0, 1) + h(2) + w(0, 0) + w(0)),
@@ -624,5 +628,30 @@ def test_bad_names_are_refused(tmp_path: Path, name: str) -> None:
             assert reply[20:24] == w(0)
             assert struct.unpack_from(">I", reply, 24)[0] in (17, 22)  # EXIST / INVAL
         assert len(rig.svc.stages) == 0
+
+    run(tmp_path, body)
+
+
+def test_a_stage_dropped_while_a_write_waits_is_made_again(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.storage.put_object("docs", "f", _chunks(b"0123456789"))
+        await rig.mount()
+        await rig(NFS, 3, xfh(ROOT) + s("f"))  # id 2
+        get = rig.svc._stage
+        dropped: list[object] = []
+
+        async def dropping(node: Any) -> Any:
+            stage = await get(node)
+            if not dropped:  # as the idle timer does between the lookup and the lock
+                rig.svc.stages.drop(stage)
+                dropped.append(stage)
+            return stage
+
+        rig.svc._stage = dropping  # type: ignore[method-assign]
+        reply = await rig(NFS, 7, xfh(2) + h(0) + w(2, 2) + s("ab"))  # FILE_SYNC
+        assert reply[:4] == w(0) and dropped
+        reader = await rig.storage.open_object("docs", "f")
+        assert b"".join([c async for c in reader.stream()]) == b"ab23456789"
+        await reader.aclose()
 
     run(tmp_path, body)

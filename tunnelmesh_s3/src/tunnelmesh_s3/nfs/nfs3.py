@@ -22,6 +22,9 @@ MAX_NAME = 255
 MAX_PATH = 1024
 MAX_IO = 1024 * 1024
 """rtmax and wtmax: the largest READ and WRITE."""
+MAX_FILE = 64 * 1024**3
+"""FSINFO's maxfilesize: a WRITE or SETATTR past it is NFS3ERR_FBIG (a one-byte write at a
+huge offset would otherwise make the commit store that many zeros)."""
 
 
 class Proc(enum.IntEnum):

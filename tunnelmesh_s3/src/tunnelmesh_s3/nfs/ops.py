@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,7 +385,7 @@ class NfsService:
     async def _commit_stage(self, stage: Stage) -> None:
         """Put the stage's content into the store (the lock keeps writes out meanwhile)."""
         async with stage.lock:
-            if not stage.dirty:
+            if not stage.dirty or stage.closed:
                 return
             try:
                 info = await self.access.storage.put_object(stage.share, stage.key, stage.body())
@@ -434,11 +434,25 @@ class NfsService:
             raise
         return stage
 
-    async def _set_size(self, node: _Node, size: int) -> None:
+    async def _change(
+        self, node: _Node, change: Callable[[Stage], Awaitable[None]], *, locked: bool = False
+    ) -> Stage:
+        """Apply ``change`` to the file's stage under its lock (``locked``: the caller holds
+        the staging lock). A stage dropped while we waited for it (idle, removed) is made again."""
+        for _ in range(3):
+            stage = await (self._get_stage(node) if locked else self._stage(node))
+            async with stage.lock:
+                if stage.closed:
+                    continue
+                await change(stage)
+                return stage
+        raise NfsError(Stat.JUKEBOX, "the file's stage kept going away; retry")
+
+    async def _set_size(self, node: _Node, size: int, *, locked: bool = False) -> None:
         self._need_write(node.view)
-        stage = await self._stage(node)
-        async with stage.lock:
-            await stage.truncate(size)
+        if size > nfs3.MAX_FILE:
+            raise NfsError(Stat.FBIG)
+        stage = await self._change(node, lambda st: st.truncate(size), locked=locked)
         if not stage.new:  # SETATTR is synchronous: the new size is stored before the reply
             await self._commit_stage(stage)
 
@@ -531,9 +545,9 @@ class NfsService:
         if node.entry.is_dir:
             raise NfsError(Stat.ISDIR)
         self._need_write(node.view)
-        stage = await self._stage(node)
-        async with stage.lock:
-            await stage.pwrite(a.data, a.offset)
+        if a.offset + len(a.data) > nfs3.MAX_FILE:
+            raise NfsError(Stat.FBIG)
+        stage = await self._change(node, lambda st: st.pwrite(a.data, a.offset))
         self.stages.arm(stage)
         committed = nfs3.Stable.UNSTABLE
         if a.stable != nfs3.Stable.UNSTABLE:
@@ -569,12 +583,7 @@ class NfsService:
             if a.how == nfs3.CreateMode.EXCLUSIVE and (stage is None or stage.verf != a.verf):
                 raise NfsError(Stat.EXIST)
             if a.attr.size is not None and a.attr.size != existing.entry.size:
-                self._need_write(existing.view)
-                stage = await self._get_stage(existing)
-                async with stage.lock:
-                    await stage.truncate(a.attr.size)
-                if not stage.new:
-                    await self._commit_stage(stage)
+                await self._set_size(existing, a.attr.size, locked=True)
             return existing
         if self.stages.full():
             raise NfsError(Stat.JUKEBOX)
@@ -745,7 +754,7 @@ class NfsService:
         nfs3.post_op_attr(p, self._fattr(ctx, node))
         io = nfs3.MAX_IO
         p.uint32(io).uint32(io).uint32(4096).uint32(io).uint32(io).uint32(4096).uint32(64 * 1024)
-        p.uint64(2**63 - 1).uint32(0).uint32(1000)
+        p.uint64(nfs3.MAX_FILE).uint32(0).uint32(1000)
         return [p.uint32(nfs3.FSF_HOMOGENEOUS).getvalue()]
 
     async def _pathconf(self, ctx: _Ctx, a: nfs3.FhArgs) -> list[bytes]:

@@ -58,6 +58,11 @@ class Stage:
         self.touched = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
 
+    @property
+    def closed(self) -> bool:
+        """Dropped (committed and idle, or its file removed): make a new stage."""
+        return self.fd < 0
+
     async def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         await asyncio.to_thread(_pwrite_all, self.fd, data, offset)
         self.size = max(self.size, offset + len(data))
