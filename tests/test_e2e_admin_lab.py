@@ -16,6 +16,8 @@ alpha is an admin (``admin_peers`` names its key), beta a member. Checked:
 * with the transport API: forcing beta onto the relay in the page shows ``relay`` in
   ``tunnelmesh peers`` on beta within 5 s;
 * no console error, no CSP violation, and no request that left the dashboard's origin;
+* a form another site posts to the dashboard (Origin null, cross-site) gets 403 and changes
+  nothing;
 * beta's browser gets 403 from the server for every admin route of the dashboard.
 
 Screenshots of every page go to ``$TUNNELMESH_ADMIN_SCREENSHOTS`` (default: the test's tmp dir).
@@ -357,6 +359,14 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
         assert report["csp"] == [], report
         assert report["off_origin"] == [], report
         assert report["requests"] > 10
+
+        # a form posted to the dashboard from another site: refused by the server, nothing made
+        posted = admin(
+            "foreign_form", path="/api/v1/groups", fields={'{"name": "evil", "x': '": 1}'}
+        )
+        assert posted["status"] == 403 and "cross_origin" in posted["body"], posted
+        admin("goto", url="/groups")
+        assert "evil" not in admin("text", selector="#groups")["text"]
 
         # --- the member's browser: 403 from the server for every admin action ------------------------
         member = Browser(beta.host, "https://this.tm", browser_env(mesh, "beta", tmp_path))

@@ -17,6 +17,7 @@ CA there with ``certutil`` before starting it.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sys
@@ -59,6 +60,7 @@ OPS = (
     "wait_attr",
     "screenshot",
     "fetch",
+    "foreign_form",
     "report",
     "quit",
 )
@@ -175,6 +177,22 @@ def _run(
                 [cmd["method"], cmd["path"], cmd.get("body")],
             )
         )
+    if op == "foreign_form":
+        # a page of no origin (about:blank with our own markup, as another site would serve it)
+        # posts a form to the dashboard: the browser sends Origin: null, Sec-Fetch-Site
+        # cross-site
+        fields = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in cmd["fields"].items()
+        )
+        page.set_content(
+            f'<form id="f" method="post" enctype="text/plain" action="{base}{cmd["path"]}">'
+            f'{fields}<button id="go">go</button></form>'
+        )
+        with page.expect_navigation(timeout=timeout) as nav:
+            page.click("#go")
+        resp = nav.value
+        return {"status": resp.status if resp else 0, "body": page.inner_text("body")}
     if op == "report":
         csp = page.evaluate("window.__cspViolations || []")
         return {
