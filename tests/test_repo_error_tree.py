@@ -93,6 +93,9 @@ ALLOWED_RAISES: dict[tuple[str, str], str] = {
     ),
     ("core/src/tunnelmesh/stun.py", "ValueError"): _ARGUMENT + " (a transaction ID's length)",
     ("core/src/tunnelmesh/testing/conformance.py", "NotImplementedError"): _ABSTRACT,
+    ("core/src/tunnelmesh/testing/statestore.py", "AssertionError"): (
+        "a conformance kit failure is a test assertion"
+    ),
     ("core/src/tunnelmesh/testing/conformance.py", "ValueError"): _ARGUMENT + " (a packet size)",
     ("plugins/example_transport/src/tunnelmesh_example_tcp/__init__.py", "AttributeError"): (
         _MODULE_GETATTR

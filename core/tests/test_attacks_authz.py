@@ -23,7 +23,7 @@ from tunnelmesh.control.client import ApiRequestError, ControlClient
 from tunnelmesh.coordinator.api import build_app, route_table
 from tunnelmesh.coordinator.core import Coordinator
 from tunnelmesh.coordinator.server import CoordinatorServer
-from tunnelmesh.coordinator.store import MIGRATIONS, SqliteStore
+from tunnelmesh.coordinator.sqlite import MIGRATIONS, SqliteStore
 from tunnelmesh.errors import ConfigError, PluginError
 from tunnelmesh.identity import Identity
 from tunnelmesh.testing.authz import Callers, check_route_policies

@@ -53,7 +53,8 @@ from tunnelmesh.coordinator.core import (
 )
 from tunnelmesh.coordinator.push import MAX_QUEUED_BYTES, PushHub
 from tunnelmesh.coordinator.server import CoordinatorServer
-from tunnelmesh.coordinator.store import PeerRecord, SqliteStore
+from tunnelmesh.coordinator.sqlite import SqliteStore
+from tunnelmesh.coordinator.store import PeerRecord
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.identity import Identity
 from tunnelmesh.metrics.coordinator import CoordinatorCollector

@@ -20,7 +20,7 @@ from tunnelmesh.control.peertable import PeerAdded, PeerChanged, PeerRemoved, Re
 from tunnelmesh.coordinator.auth import registration_message, token_binding
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
 from tunnelmesh.coordinator.server import CoordinatorServer
-from tunnelmesh.coordinator.store import SqliteStore
+from tunnelmesh.coordinator.sqlite import SqliteStore
 from tunnelmesh.errors import TunnelmeshError
 from tunnelmesh.identity import Identity
 

@@ -46,8 +46,9 @@ exception that its allow-list does not name with a reason.
     │   ├── InvalidPart             a multipart completion names a missing or mismatched part
     │   ├── S3ClientError           tunnelmesh_s3.client: the server answered an S3 error
     │   └── ShareError              tunnelmesh_s3.shareaccess: a share refused an operation (kind)
-    ├── StateStoreError             the coordinator's state store (SQLite) failed
+    ├── StateStoreError             the coordinator's state store (SQLite, PostgreSQL) failed
     │   └── StoreConflict           tunnelmesh.coordinator.store: name or mesh IP already held
+    │       └── NameReserved        tunnelmesh.coordinator.store: no asked-for name is free
     ├── CoordinatorError            the coordinator refused a request or could not serve it
     │   ├── ApiFailure              tunnelmesh.coordinator.core: an HTTP status, code, sentence
     │   ├── GroupError              tunnelmesh.coordinator.groups: a refused group change

@@ -6,14 +6,16 @@ It never routes ordinary traffic. See ``docs/control-plane.md`` for the protocol
 * :mod:`~tunnelmesh.coordinator.api`: the aiohttp HTTPS API and push WebSocket;
 * :mod:`~tunnelmesh.coordinator.server`: running it all (:class:`CoordinatorServer`);
 * sans-IO parts: :mod:`.auth`, :mod:`.alloc`, :mod:`.liveness`, and :mod:`tunnelmesh.stun`;
-* :mod:`~tunnelmesh.coordinator.store`: the :class:`StateStore` interface and SQLite.
+* :mod:`~tunnelmesh.coordinator.store`: the :class:`StateStore` interface;
+  :mod:`~tunnelmesh.coordinator.sqlite`: the embedded SQLite store.
 """
 
 from __future__ import annotations
 
 from tunnelmesh.coordinator.core import ApiFailure, Coordinator
 from tunnelmesh.coordinator.server import CoordinatorServer
-from tunnelmesh.coordinator.store import PeerRecord, SqliteStore, StateStore, StoreConflict
+from tunnelmesh.coordinator.sqlite import SqliteStore
+from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreChange, StoreConflict
 
 __all__ = [
     "ApiFailure",
@@ -22,5 +24,6 @@ __all__ = [
     "PeerRecord",
     "SqliteStore",
     "StateStore",
+    "StoreChange",
     "StoreConflict",
 ]

@@ -6,6 +6,12 @@ same key gets the same IP after any restart; the hash start also keeps it the sa
 common case where the state is rebuilt from scratch. The network and broadcast addresses (and
 any reserved address) are never handed out. Deleting a peer frees its address.
 
+With several coordinators on one database the in-memory set of used addresses can be stale, so
+the state store decides: :meth:`IpAllocator.candidates` and :func:`name_candidates` give the
+order to try, and :meth:`~tunnelmesh.coordinator.store.StateStore.claim_peer` takes the first
+candidate the database does not hold, in one transaction whose UNIQUE constraints settle a race
+between two coordinators.
+
 Names: a name is one DNS label (lower-case letters, digits, '-', at most 63). Some names are
 reserved because they have a meaning in the mesh domain (``this``) or in URLs. A name held by
 another key is never taken over: the caller either gets :class:`NameTaken` or, when it asked for
@@ -17,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from tunnelmesh.errors import CoordinatorError
 
@@ -27,6 +33,7 @@ __all__ = [
     "IpAllocator",
     "NameTaken",
     "check_name",
+    "name_candidates",
     "suffixed_name",
 ]
 
@@ -93,6 +100,21 @@ def suffixed_name(name: str, is_free: Callable[[str], bool], limit: int = 10_000
     raise NameTaken(f"no free variant of name {name!r}")
 
 
+def name_candidates(name: str, *, rename: bool, limit: int = 10_000) -> Iterator[str]:
+    """``name``, then (when ``rename``) ``name-2``, ``name-3``, ... that are valid peer names.
+
+    The order :func:`suffixed_name` tries, for a state store that decides which one is free.
+    """
+    yield name
+    if not rename:
+        return
+    for n in range(2, limit + 2):
+        suffix = f"-{n}"
+        candidate = name[: 63 - len(suffix)].rstrip("-") + suffix
+        if check_name(candidate) is None:
+            yield candidate
+
+
 class IpAllocator:
     """Hands out addresses of ``cidr``; knows which are in use.
 
@@ -140,6 +162,15 @@ class IpAllocator:
                 self._used.add(value)
                 return ipaddress.ip_address(value)
         raise AllocationError(f"mesh range {self.network} is full")
+
+    def candidates(self, key: bytes) -> Iterator[str]:
+        """Every address of the range in the order :meth:`allocate` tries them for ``key``
+        (free or not: the state store knows which are held), reserved ones left out."""
+        start = int(self.preferred(key)) - self._base - self._first
+        for i in range(self._count):
+            value = self._base + self._first + (start + i) % self._count
+            if value not in self._reserved:
+                yield str(ipaddress.ip_address(value))
 
     def mark_used(self, addr: str) -> None:
         """Record that ``addr`` is held (loading state). Ignores addresses outside the range."""

@@ -53,7 +53,7 @@ from tunnelmesh.control.messages import (
     encode,
 )
 from tunnelmesh.control.urls import endpoint_problem
-from tunnelmesh.coordinator.alloc import AllocationError, IpAllocator, check_name, suffixed_name
+from tunnelmesh.coordinator.alloc import AllocationError, IpAllocator, check_name, name_candidates
 from tunnelmesh.coordinator.auth import (
     ChallengeBook,
     ChallengesExhausted,
@@ -70,7 +70,7 @@ from tunnelmesh.coordinator.liveness import Liveness
 from tunnelmesh.coordinator.policy import MAX_ALIASES, accepted_aliases
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.roster import ROSTER_KEY, decode_roster, encode_roster, refreshed
-from tunnelmesh.coordinator.store import PeerRecord, StateStore, StoreConflict
+from tunnelmesh.coordinator.store import NameReserved, PeerRecord, StateStore, StoreConflict
 from tunnelmesh.errors import CoordinatorError, StateStoreError
 from tunnelmesh.identity import (
     fingerprint_of,
@@ -172,7 +172,7 @@ class Coordinator:
         coordinator_keys: set[str] | None = None,
         flush_interval: float = 2.0,
     ) -> None:
-        from tunnelmesh.coordinator.store import SqliteStore
+        from tunnelmesh.coordinator.sqlite import SqliteStore
 
         self.config = config
         add_secret(config.auth_token)  # never logged (tunnelmesh.logs)
@@ -708,33 +708,11 @@ class Coordinator:
         peer_id = peer_id_of(raw)
         old = self.peers.get(peer_id)
 
-        def free(n: str) -> bool:
-            return self._names.get(n, peer_id) == peer_id and self._by_name.get(n, peer_id) == (
-                peer_id
-            )
-
-        if free(req.name):
-            name = req.name
-        elif req.rename:
-            name = suffixed_name(req.name, lambda n: free(n) and not check_name(n))
-        else:
-            owner = self._names.get(req.name) or self._by_name.get(req.name)
-            gone = "" if owner in self.peers else " (that peer left; the name stays its own)"
-            raise ApiFailure(
-                409,
-                "name_taken",
-                f"name {req.name!r} is reserved for another key, peer {owner}{gone}; choose "
-                f"another name, or an admin frees it with: tunnelmesh peers release {req.name}",
-            )
-        allocated = None
-        if old is not None and self.alloc.contains(old.mesh_ip):
-            mesh_ip = old.mesh_ip
-        else:
-            try:
-                allocated = str(self.alloc.allocate(raw))
-            except AllocationError as exc:
-                raise ApiFailure(507, "mesh_full", str(exc)) from None
-            mesh_ip = allocated
+        # Candidates in order; the store takes the first one nobody else holds, in the same
+        # transaction that writes the peer, so coordinators sharing a database never hand out
+        # one name or address twice (memory can be stale; the database is not).
+        names = name_candidates(req.name, rename=req.rename)
+        keep_ip = old.mesh_ip if old is not None and self.alloc.contains(old.mesh_ip) else ""
         first_admin = self._first_admin
         if first_admin is None and not self.peers and not self._admin_entries:
             first_admin = peer_id  # the first key is admin only when admin_peers names none
@@ -749,8 +727,8 @@ class Coordinator:
         rec = PeerRecord(
             peer_id=peer_id,
             public_key=public_key,
-            name=name,
-            mesh_ip=mesh_ip,
+            name=req.name,
+            mesh_ip=keep_ip,
             is_admin=is_admin,
             is_coordinator=public_key in self.coordinator_keys,
             session_hash=session_hash(session),
@@ -767,16 +745,26 @@ class Coordinator:
         try:
             if first_admin is not None and first_admin != self._first_admin:
                 await self.store.put_meta_if_absent(_FIRST_ADMIN_KEY, first_admin.encode("ascii"))
-            await self.store.put_peer(rec)
+            rec = await self.store.claim_peer(rec, names=names, ips=self.alloc.candidates(raw))
+        except NameReserved as exc:
+            gone = "" if exc.owner in self.peers else " (that peer left; the name stays its own)"
+            raise ApiFailure(
+                409,
+                "name_taken",
+                f"name {req.name!r} is reserved for another key, peer {exc.owner}{gone}; choose "
+                f"another name, or an admin frees it with: tunnelmesh peers release {req.name}",
+            ) from None
+        except AllocationError as exc:
+            raise ApiFailure(507, "mesh_full", f"mesh range {self.alloc.network} is full") from exc
         except StoreConflict as exc:
-            if allocated:
-                self.alloc.release(allocated)
             raise ApiFailure(409, "conflict", str(exc)) from None
         except StateStoreError as exc:
-            if allocated:
-                self.alloc.release(allocated)
-            log.error("registration of %s not saved: %s", name, exc)
+            log.error("registration of %s not saved: %s", req.name, exc)
             raise store_unavailable(exc) from None
+        name, mesh_ip = rec.name, rec.mesh_ip
+        if old is not None and old.mesh_ip != mesh_ip and self.alloc.contains(old.mesh_ip):
+            self.alloc.release(old.mesh_ip)
+        self.alloc.mark_used(mesh_ip)
         self._first_admin = first_admin
         self._names[name] = peer_id
         await self._forget_old_names(peer_id, name)

@@ -1,46 +1,64 @@
 """The coordinator's durable state behind one small interface.
 
-:class:`StateStore` is everything the coordinator asks of its database: load the peers, write
-one peer (one transaction), delete one, write a batch of liveness updates, and keep a few named
-blobs (the mesh CA), the names reserved for keys (tombstones) and the groups.
-:class:`SqliteStore` implements it with the standard library's sqlite3 in
-a single worker thread, WAL journal and ``synchronous=FULL`` (a registration acknowledged to a
-peer survives a power cut). A networked database for several coordinators implements the same
-protocol; uniqueness of key, name and IP is enforced by the database, so a lost race between
-two coordinators surfaces as :class:`StoreConflict` instead of two peers sharing an IP.
+:class:`StateStore` is everything the coordinator asks of its database: the peers (one
+transaction per write, a batch for liveness), the names reserved for keys (tombstones), the
+addresses held in the mesh range, the groups, a few named blobs (the mesh CA, the rotated join
+token) and named collections of documents for other features. Two implementations:
+:class:`~tunnelmesh.coordinator.sqlite.SqliteStore`, the embedded default (one coordinator), and
+the PostgreSQL store of the ``tunnelmesh-postgres`` distribution (several coordinators on one
+database). Uniqueness of key, name and IP is enforced by the database, so a lost race between
+two coordinators surfaces as :class:`StoreConflict` (or, in :meth:`StateStore.claim_peer`, as
+the next free candidate) instead of two peers sharing an IP.
 
 Names belong to keys: :meth:`StateStore.put_peer` records ``name -> peer_id`` in the ``names``
 table in the same transaction, and that row stays when the peer is deleted (a tombstone), so the
 name can never be registered by another key until an admin releases it
 (:meth:`StateStore.release_name`).
 
-Schema versions: the database's ``PRAGMA user_version`` says which :data:`MIGRATIONS` have run;
-:meth:`SqliteStore.open` runs the missing ones in order, each in one transaction, so a state
-directory of an older release is upgraded at start (and a newer one is refused).
+This module holds the interface, the records and the row encoding both backends share; a
+backend's conformance checks are :mod:`tunnelmesh.testing.statestore`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+import itertools
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from tunnelmesh.control.messages import Counters
 from tunnelmesh.errors import StateStoreError
-from tunnelmesh.private_files import PRIVATE_UMASK, ensure_private_dir, private_umask
 
-__all__ = ["MIGRATIONS", "Group", "PeerRecord", "SqliteStore", "StateStore", "StoreConflict"]
-
-T = TypeVar("T")
+__all__ = [
+    "CHANGE_KINDS",
+    "PEER_COLUMNS",
+    "Group",
+    "NameReserved",
+    "PeerRecord",
+    "StateStore",
+    "StoreChange",
+    "StoreConflict",
+    "candidate_batches",
+    "members_blob",
+    "members_of",
+    "peer_from_row",
+    "peer_row",
+    "status_blob",
+]
 
 
 class StoreConflict(StateStoreError):
     """A write broke a uniqueness rule (public key, name or mesh IP already held)."""
+
+
+class NameReserved(StoreConflict):
+    """No candidate name is free: ``name`` (the first asked for) belongs to ``owner``."""
+
+    def __init__(self, name: str, owner: str) -> None:
+        super().__init__(f"name {name!r} is reserved for {owner}")
+        self.name = name
+        self.owner = owner
 
 
 class Group(msgspec.Struct, kw_only=True):
@@ -75,50 +93,132 @@ class PeerRecord(msgspec.Struct, kw_only=True):
     pending: bool = False  # approve_new_peers: registered, waiting for an admin
 
 
+class StoreChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One committed change another coordinator of the same database may have to apply.
+
+    ``kind``: ``peer`` (``key`` a peer ID, upserted or deleted: ask :meth:`StateStore.get_peer`),
+    ``name`` (a reserved name was taken or released), ``group`` (a group name, changed or
+    deleted), ``meta`` (a meta key), ``doc`` (``collection/key`` of a document), ``address``
+    (an owner ID whose address was claimed or released), or ``resync`` (changes may have been
+    missed: reload everything cached).
+    """
+
+    kind: str
+    key: str = ""
+    origin: str = ""  # StateStore.origin of the writer ("" unknown)
+
+
+CHANGE_KINDS = frozenset({"peer", "name", "group", "meta", "doc", "address", "resync"})
+
+
 @runtime_checkable
 class StateStore(Protocol):
-    """What the coordinator needs from a database. Every method is atomic."""
+    """What the coordinator needs from a database. Every method is atomic.
+
+    Several coordinators may share one database (a networked backend): uniqueness of key, name
+    and mesh IP is then the database's to enforce, and :meth:`changes` tells each coordinator
+    what the others committed.
+    """
+
+    origin: str
+    """Random ID of this open store (one per coordinator process), stamped on every change it
+    writes, so a coordinator skips the notifications of its own writes."""
 
     async def open(self) -> None:
-        """Connect and create the schema when missing.
+        """Connect, create the schema when missing and run the missing migrations.
 
         Raises:
-            StateStoreError: the database cannot be opened.
+            StateStoreError: the database cannot be opened, or its schema is newer than this
+                tunnelmesh knows.
         """
 
     async def close(self) -> None:
-        """Flush and close; idempotent."""
+        """Flush and close; idempotent. Ends :meth:`changes`."""
+
+    def changes(self) -> AsyncIterator[StoreChange]:
+        """Changes committed by any writer of the database after :meth:`open`, in commit order,
+        until :meth:`close`. After a gap (the listening connection was lost) it yields
+        ``StoreChange(kind="resync")``. A store that only one coordinator can use (SQLite)
+        yields nothing and ends at close."""
 
     async def load_peers(self) -> list[PeerRecord]:
         """Every registered peer."""
 
+    async def get_peer(self, peer_id: str) -> PeerRecord | None:
+        """One peer as stored, or None when there is none."""
+
     async def put_peer(self, record: PeerRecord) -> None:
         """Insert or replace the peer ``record.peer_id`` in one transaction.
 
-        Also reserves ``record.name`` for ``record.peer_id`` (kept after a delete).
+        Also reserves ``record.name`` for ``record.peer_id`` (kept after a delete) and its
+        address in the address table.
 
         Raises:
             StoreConflict: another peer holds the name or the mesh IP, or the name is
                 reserved for another key.
         """
 
+    async def claim_peer(
+        self, record: PeerRecord, *, names: Iterable[str], ips: Iterable[str]
+    ) -> PeerRecord:
+        """Store ``record`` under the first free candidate name and address; one transaction.
+
+        A name is free when no other key holds or reserved it; an address when no other owner
+        holds it. With ``record.mesh_ip`` set that address is kept (``ips`` is not read).
+        Concurrent claims through other stores of the same database never end with two owners
+        of one name or one address: the loser of a race takes the next candidate.
+
+        Returns:
+            The record as stored (its ``name`` and ``mesh_ip`` are the ones taken).
+
+        Raises:
+            NameReserved: no candidate name is free (it names the first and its owner).
+            AllocationError: no candidate address is free.
+            StoreConflict: the kept ``record.mesh_ip`` belongs to another owner.
+        """
+
     async def delete_peer(self, peer_id: str) -> bool:
-        """Remove a peer; True when it existed."""
+        """Remove a peer and free its address; True when it existed. Its name stays reserved."""
 
     async def put_liveness(self, records: Sequence[PeerRecord]) -> None:
         """Update last_seen, endpoints and reported status of existing peers, one transaction.
 
-        Peers deleted meanwhile are skipped.
+        Peers deleted meanwhile are skipped. Notifies nobody (too frequent).
         """
+
+    async def load_liveness(self, since: float) -> dict[str, float]:
+        """Peer ID -> last_seen of every peer whose last_seen is later than ``since``."""
 
     async def get_meta(self, key: str) -> bytes | None:
         """A named blob, or None."""
 
+    async def put_meta_if_absent(self, key: str, value: bytes) -> bytes:
+        """Store ``value`` under ``key`` unless a value is there; return the stored value."""
+
+    async def put_meta(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``, replacing what was there."""
+
     async def load_names(self) -> dict[str, str]:
-        """Every reserved name and the peer ID it belongs to (live peers and tombstones)."""
+        """Every reserved name and the ID it belongs to (live peers, tombstones, others)."""
+
+    async def reserve_name(self, name: str, owner: str) -> str:
+        """Reserve ``name`` for ``owner`` unless someone holds it; return its holder now."""
 
     async def release_name(self, name: str) -> bool:
         """Forget the reservation of ``name`` unless a live peer holds it; True when freed."""
+
+    async def load_addresses(self) -> dict[str, str]:
+        """Every held mesh address and its owner ID (peers, and others such as clients)."""
+
+    async def claim_address(self, owner: str, ips: Iterable[str]) -> str:
+        """The address ``owner`` holds, else the first free candidate, now held by it.
+
+        Raises:
+            AllocationError: no candidate is free.
+        """
+
+    async def release_address(self, owner: str) -> bool:
+        """Free the address ``owner`` holds (not a live peer's); True when it held one."""
 
     async def load_groups(self) -> list[Group]:
         """Every group."""
@@ -129,55 +229,27 @@ class StateStore(Protocol):
     async def delete_group(self, name: str) -> bool:
         """Remove a group; True when it existed."""
 
-    async def put_meta_if_absent(self, key: str, value: bytes) -> bytes:
-        """Store ``value`` under ``key`` unless a value is there; return the stored value."""
+    async def get_doc(self, collection: str, key: str) -> bytes | None:
+        """A document of a named collection (filter rules, clients, ...), or None."""
 
-    async def put_meta(self, key: str, value: bytes) -> None:
-        """Store ``value`` under ``key``, replacing what was there."""
+    async def put_doc(self, collection: str, key: str, value: bytes) -> None:
+        """Create or replace one document."""
+
+    async def delete_doc(self, collection: str, key: str) -> bool:
+        """Remove one document; True when it existed."""
+
+    async def load_docs(self, collection: str) -> dict[str, bytes]:
+        """Every document of ``collection`` by key."""
 
 
-_SCHEMA_V0 = """
-CREATE TABLE IF NOT EXISTS peers (
-    peer_id TEXT PRIMARY KEY,
-    public_key TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL UNIQUE,
-    mesh_ip TEXT NOT NULL UNIQUE,
-    is_admin INTEGER NOT NULL DEFAULT 0,
-    is_coordinator INTEGER NOT NULL DEFAULT 0,
-    session_hash TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL DEFAULT 0,
-    last_seen REAL NOT NULL DEFAULT 0,
-    status BLOB NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value BLOB NOT NULL
-);
-"""
+PEER_COLUMNS = (
+    "peer_id, public_key, name, mesh_ip, is_admin, is_coordinator, session_hash, created_at, "
+    "last_seen, status, pending"
+)
+"""The stored columns of a peer, in the order :func:`peer_row` and :func:`peer_from_row` use."""
 
-_SCHEMA_V1 = """
-CREATE TABLE names (
-    name TEXT PRIMARY KEY,
-    peer_id TEXT NOT NULL
-);
-INSERT OR IGNORE INTO names (name, peer_id) SELECT name, peer_id FROM peers;
-CREATE TABLE groups (
-    name TEXT PRIMARY KEY,
-    members BLOB NOT NULL DEFAULT '[]',
-    created_at REAL NOT NULL DEFAULT 0
-);
-"""
-
-_SCHEMA_V2 = """
-ALTER TABLE peers ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
-"""
-
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V0, _SCHEMA_V1, _SCHEMA_V2)
-"""SQL run to reach schema version ``i + 1`` from version ``i`` (``PRAGMA user_version``).
-
-Version 1 reserves every existing peer's name for its key and adds the groups table; version 2
-adds the ``pending`` flag (``approve_new_peers``; existing peers are approved).
-"""
+CANDIDATE_BATCH = 64
+"""Candidates a store looks up in one query when it claims a name or an address."""
 
 
 class _Status(msgspec.Struct, kw_only=True):
@@ -196,25 +268,72 @@ _status_dec = msgspec.json.Decoder(_Status)
 _members_dec = msgspec.json.Decoder(list[str])
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the schema to ``len(MIGRATIONS)``, one transaction per step."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise StateStoreError(
-            f"state store {path} has schema version {version}, newer than this tunnelmesh "
-            f"knows ({len(MIGRATIONS)}): upgrade tunnelmesh"
-        )
-    for target in range(version + 1, len(MIGRATIONS) + 1):
-        # executescript commits first; BEGIN ... COMMIT around each step keeps it atomic.
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]}\n"
-                f"PRAGMA user_version = {target};\nCOMMIT;"
-            )
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+def candidate_batches(
+    candidates: Iterable[str], size: int = CANDIDATE_BATCH
+) -> Iterator[list[str]]:
+    """``candidates`` in lists of ``size`` (a store asks the database about one list at once)."""
+    it = iter(candidates)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def peer_row(
+    r: PeerRecord,
+) -> tuple[str, str, str, str, bool, bool, str, float, float, bytes, bool]:
+    """The stored columns of ``r`` (:data:`PEER_COLUMNS`)."""
+    return (
+        r.peer_id,
+        r.public_key,
+        r.name,
+        r.mesh_ip,
+        r.is_admin,
+        r.is_coordinator,
+        r.session_hash,
+        r.created_at,
+        r.last_seen,
+        status_blob(r),
+        r.pending,
+    )
+
+
+def peer_from_row(row: Sequence[Any]) -> PeerRecord:
+    """A :class:`PeerRecord` from the columns of :data:`PEER_COLUMNS`."""
+    status = _status_dec.decode(row[9])
+    return PeerRecord(
+        peer_id=row[0],
+        public_key=row[1],
+        name=row[2],
+        mesh_ip=row[3],
+        is_admin=bool(row[4]),
+        is_coordinator=bool(row[5]),
+        session_hash=row[6],
+        created_at=row[7],
+        last_seen=row[8],
+        endpoints=status.endpoints,
+        transports=status.transports,
+        rtt_ms=status.rtt_ms,
+        reasons=status.reasons,
+        counters=status.counters,
+        version=status.version,
+        allow_exit_traffic=status.allow_exit_traffic,
+        aliases=status.aliases,
+        pending=bool(row[10]),
+    )
+
+
+def members_blob(group: Group) -> bytes:
+    """A group's members as stored (sorted, unique, JSON)."""
+    return _status_enc.encode(sorted(set(group.members)))
+
+
+def members_of(blob: bytes) -> list[str]:
+    """A group's members from :func:`members_blob`."""
+    return _members_dec.decode(blob)
+
+
+def status_blob(r: PeerRecord) -> bytes:
+    """The reported status of ``r`` (endpoints, transports, counters, ...) as stored JSON."""
+    return _status_of(r)
 
 
 def _status_of(r: PeerRecord) -> bytes:
@@ -230,271 +349,3 @@ def _status_of(r: PeerRecord) -> bytes:
             aliases=r.aliases,
         )
     )
-
-
-class SqliteStore:
-    """:class:`StateStore` on an SQLite file (``<data_dir>/state.db``).
-
-    All database work runs in one dedicated thread, so the event loop never blocks on a disk
-    write and sqlite3 sees a single connection user.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None or self._pool is None:
-            raise StateStoreError("state store is not open")
-        conn = self._conn
-
-        def call() -> T:
-            try:
-                return fn(conn)
-            except sqlite3.IntegrityError as exc:
-                raise StoreConflict(f"state store conflict: {exc}") from None
-            except sqlite3.Error as exc:
-                raise StateStoreError(f"state store {self.path}: {exc}") from exc
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-
-    async def open(self) -> None:
-        """Open (creating) the database in a private directory.
-
-        The directory is created 0700, or refused when it exists open to other users (the
-        database holds the mesh CA's key). The database and SQLite's ``-wal``/``-shm`` files
-        are created under umask 077, so they are 0600 from the start; files an older version
-        left wider are narrowed to 0600 before use.
-
-        Raises:
-            ConfigError: the directory is group/world-accessible or cannot be created.
-            StateStoreError: the database cannot be opened.
-        """
-        ensure_private_dir(self.path.parent, "the coordinator's data dir")
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tm-state")
-
-        def connect() -> sqlite3.Connection:
-            with private_umask():
-                for suffix in ("", "-wal", "-shm"):
-                    f = self.path.with_name(self.path.name + suffix)
-                    if f.exists() and f.stat().st_mode & PRIVATE_UMASK:
-                        f.chmod(0o600)
-                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA foreign_keys=ON")
-                _migrate(conn, self.path)
-            return conn
-
-        try:
-            self._conn = await asyncio.get_running_loop().run_in_executor(self._pool, connect)
-        except (sqlite3.Error, OSError) as exc:
-            self._pool.shutdown(wait=False)
-            self._pool = None
-            raise StateStoreError(f"cannot open state store {self.path}: {exc}") from exc
-        except StateStoreError:
-            self._pool.shutdown(wait=False)
-            self._pool = None
-            raise
-
-    async def close(self) -> None:
-        if self._conn is None or self._pool is None:
-            return
-        conn, pool = self._conn, self._pool
-        await asyncio.get_running_loop().run_in_executor(pool, conn.close)
-        self._conn = None
-        self._pool = None
-        pool.shutdown(wait=True)
-
-    async def load_peers(self) -> list[PeerRecord]:
-        def q(conn: sqlite3.Connection) -> list[PeerRecord]:
-            rows = conn.execute(
-                "SELECT peer_id, public_key, name, mesh_ip, is_admin, is_coordinator, "
-                "session_hash, created_at, last_seen, status, pending FROM peers ORDER BY name"
-            ).fetchall()
-            out = []
-            for row in rows:
-                status = _status_dec.decode(row[9])
-                out.append(
-                    PeerRecord(
-                        peer_id=row[0],
-                        public_key=row[1],
-                        name=row[2],
-                        mesh_ip=row[3],
-                        is_admin=bool(row[4]),
-                        is_coordinator=bool(row[5]),
-                        session_hash=row[6],
-                        created_at=row[7],
-                        last_seen=row[8],
-                        endpoints=status.endpoints,
-                        transports=status.transports,
-                        rtt_ms=status.rtt_ms,
-                        reasons=status.reasons,
-                        counters=status.counters,
-                        version=status.version,
-                        allow_exit_traffic=status.allow_exit_traffic,
-                        aliases=status.aliases,
-                        pending=bool(row[10]),
-                    )
-                )
-            return out
-
-        return await self._run(q)
-
-    async def put_peer(self, record: PeerRecord) -> None:
-        row = (
-            record.peer_id,
-            record.public_key,
-            record.name,
-            record.mesh_ip,
-            int(record.is_admin),
-            int(record.is_coordinator),
-            record.session_hash,
-            record.created_at,
-            record.last_seen,
-            _status_of(record),
-            int(record.pending),
-        )
-
-        def q(conn: sqlite3.Connection) -> None:
-            with conn:  # one transaction: all or nothing
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
-                    "INSERT INTO names (name, peer_id) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
-                    (record.name, record.peer_id),
-                )
-                owner = conn.execute(
-                    "SELECT peer_id FROM names WHERE name = ?", (record.name,)
-                ).fetchone()
-                if owner[0] != record.peer_id:
-                    raise StoreConflict(f"name {record.name!r} is reserved for peer {owner[0]}")
-                conn.execute(
-                    "INSERT INTO peers (peer_id, public_key, name, mesh_ip, is_admin, "
-                    "is_coordinator, session_hash, created_at, last_seen, status, pending) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(peer_id) DO UPDATE SET "
-                    "public_key=excluded.public_key, name=excluded.name, "
-                    "mesh_ip=excluded.mesh_ip, is_admin=excluded.is_admin, "
-                    "is_coordinator=excluded.is_coordinator, "
-                    "session_hash=excluded.session_hash, created_at=excluded.created_at, "
-                    "last_seen=excluded.last_seen, status=excluded.status, "
-                    "pending=excluded.pending",
-                    row,
-                )
-
-        await self._run(q)
-
-    async def delete_peer(self, peer_id: str) -> bool:
-        def q(conn: sqlite3.Connection) -> bool:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                cur = conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
-                return cur.rowcount > 0
-
-        return await self._run(q)
-
-    async def put_liveness(self, records: Sequence[PeerRecord]) -> None:
-        rows = [(r.last_seen, _status_of(r), r.peer_id) for r in records]
-        if not rows:
-            return
-
-        def q(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(
-                    "UPDATE peers SET last_seen = ?, status = ? WHERE peer_id = ?", rows
-                )
-
-        await self._run(q)
-
-    async def get_meta(self, key: str) -> bytes | None:
-        def q(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            return None if row is None else bytes(row[0])
-
-        return await self._run(q)
-
-    async def put_meta_if_absent(self, key: str, value: bytes) -> bytes:
-        def q(conn: sqlite3.Connection) -> bytes:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
-                    (key, value),
-                )
-                row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-                return bytes(row[0])
-
-        return await self._run(q)
-
-    async def put_meta(self, key: str, value: bytes) -> None:
-        def q(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                )
-
-        await self._run(q)
-
-    async def load_names(self) -> dict[str, str]:
-        def q(conn: sqlite3.Connection) -> dict[str, str]:
-            return dict(conn.execute("SELECT name, peer_id FROM names").fetchall())
-
-        return await self._run(q)
-
-    async def release_name(self, name: str) -> bool:
-        def q(conn: sqlite3.Connection) -> bool:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                cur = conn.execute(
-                    "DELETE FROM names WHERE name = ? AND NOT EXISTS "
-                    "(SELECT 1 FROM peers WHERE peers.name = names.name)",
-                    (name,),
-                )
-                return cur.rowcount > 0
-
-        return await self._run(q)
-
-    async def load_groups(self) -> list[Group]:
-        def q(conn: sqlite3.Connection) -> list[Group]:
-            rows = conn.execute(
-                "SELECT name, members, created_at FROM groups ORDER BY name"
-            ).fetchall()
-            return [
-                Group(name=r[0], members=_members_dec.decode(r[1]), created_at=r[2]) for r in rows
-            ]
-
-        return await self._run(q)
-
-    async def put_group(self, group: Group) -> None:
-        row = (group.name, _status_enc.encode(sorted(set(group.members))), group.created_at)
-
-        def q(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
-                    "INSERT INTO groups (name, members, created_at) VALUES (?,?,?) "
-                    "ON CONFLICT(name) DO UPDATE SET members=excluded.members",
-                    row,
-                )
-
-        await self._run(q)
-
-    async def delete_group(self, name: str) -> bool:
-        def q(conn: sqlite3.Connection) -> bool:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                return conn.execute("DELETE FROM groups WHERE name = ?", (name,)).rowcount > 0
-
-        return await self._run(q)
-
-    async def dump(self) -> list[str]:
-        """Every row as SQL text (tests compare dumps to prove nothing changed)."""
-
-        def q(conn: sqlite3.Connection) -> list[str]:
-            return list(conn.iterdump())
-
-        return await self._run(q)
