@@ -84,6 +84,32 @@ def test_hook_tunnelmesh_register_storage() -> None:
     assert reg.storage == {"mem": Mem}
 
 
+def test_hook_tunnelmesh_register_state_backends(tmp_path: Any) -> None:
+    from tunnelmesh.config import ServerConfig, StateConfig
+    from tunnelmesh.coordinator.backends import state_store_for
+    from tunnelmesh.coordinator.sqlite import SqliteStore
+
+    class Mem(SqliteStore):
+        name: ClassVar[str] = "mem"
+
+        @classmethod
+        def from_config(cls, state: StateConfig, data_dir: Any) -> Mem:
+            return cls(data_dir / "mem.db")
+
+    pm = pm_with(
+        tunnelmesh_register_state_backends=lambda registry: registry.add_state_backend(Mem)
+    )
+    reg = pm.build_registry("state_backends")
+    assert reg.state_backends == {"mem": Mem}
+    config = ServerConfig(
+        auth_token="x" * 16,
+        data_dir=str(tmp_path),
+        state=StateConfig(backend="mem", encryption_key_file="k"),
+    )
+    store = state_store_for(config, pm)
+    assert isinstance(store, Mem) and store.path == tmp_path / "mem.db"
+
+
 def test_hook_tunnelmesh_register_proxy_rules() -> None:
     reg = pm_with(
         tunnelmesh_register_proxy_rules=lambda registry: registry.add_proxy_rule(Fixed)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "tunnelmesh"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "tunnelmesh._builtin.storage",
+    "tunnelmesh._builtin.state",
     "tunnelmesh._builtin.filter",
     "tunnelmesh._builtin.dns",
     "tunnelmesh._builtin.metrics",
@@ -81,6 +82,7 @@ REGISTRY_KINDS = (
     "storage",
     "proxy_rules",
     "admin_panels",
+    "state_backends",
 )
 """What :meth:`PluginManager.build_registry` can build, in the order the hooks run."""
 

@@ -177,6 +177,36 @@ class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     listen: str = ""
 
 
+class StateConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``state:``: where the coordinator keeps its state (see docs/scale.md).
+
+    Attributes:
+        backend: ``sqlite`` (default: ``<data_dir>/state.db``, one coordinator) or a backend a
+            plugin registers (``postgres``, from ``tunnelmesh[postgres]``: several coordinators
+            on one database).
+        dsn_file: a file (mode 0600) holding the networked backend's connection string with
+            its password; the string is never logged and never in ``server.yaml``.
+        encryption_key_file: a file (mode 0600) holding the key that encrypts the mesh CA's
+            private key and the rotated join token in the database (32 random bytes as 64 hex
+            digits or base64; ``openssl rand -hex 32``). Every coordinator of one database is
+            given the same file. Required for a networked backend; optional for SQLite.
+    """
+
+    backend: str = "sqlite"
+    dsn_file: str = ""
+    encryption_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[a-z][a-z0-9_]*$", self.backend):
+            raise ValueError(f"state.backend {self.backend!r} is not a backend name")
+        if self.backend != "sqlite" and not self.encryption_key_file:
+            raise ValueError(
+                f"state.backend {self.backend!r} needs state.encryption_key_file: the mesh CA's "
+                "key is kept in a database other machines reach, so it is stored encrypted "
+                "(create one with: openssl rand -hex 32 > FILE; chmod 600 FILE)"
+            )
+
+
 class ExitConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What an exit node (``allow_exit_traffic``) forwards; see docs/exitnode.md.
 
@@ -311,6 +341,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     joins_per_minute: float = 20.0
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
     join_mesh: JoinMesh | None = None
     sections: dict[str, Any] = msgspec.field(default_factory=dict)
 

@@ -87,6 +87,22 @@ def tunnelmesh_register_storage(registry: Registry) -> None:
 
 
 @hookspec
+def tunnelmesh_register_state_backends(registry: Registry) -> None:
+    """Register coordinator state backends (classes implementing
+    :class:`tunnelmesh.coordinator.store.StateBackend`).
+
+    Called once, when the coordinator starts; ``server.yaml``'s ``state.backend`` then chooses
+    one by name (``sqlite``, core's, is the default; ``postgres`` comes with
+    ``tunnelmesh[postgres]``).
+
+    :param registry: call ``registry.add_state_backend(cls)`` for each backend class.
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def tunnelmesh_register_proxy_rules(registry: Registry) -> None:
     """Register reverse-proxy routing rules (:class:`tunnelmesh.abc.ProxyRule`).
 

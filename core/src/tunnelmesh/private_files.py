@@ -26,7 +26,13 @@ from pathlib import Path
 
 from tunnelmesh.errors import ConfigError
 
-__all__ = ["PRIVATE_UMASK", "check_private_dir", "ensure_private_dir", "private_umask"]
+__all__ = [
+    "PRIVATE_UMASK",
+    "check_private_dir",
+    "ensure_private_dir",
+    "private_umask",
+    "read_secret_file",
+]
 
 PRIVATE_UMASK = 0o077
 """No permission bit for group or others."""
@@ -90,3 +96,29 @@ def ensure_private_dir(path: str | os.PathLike[str], what: str) -> Path:
         raise ConfigError(f"cannot create {what}: {exc.strerror}", path=str(p)) from None
     check_private_dir(p, what)
     return p
+
+
+def read_secret_file(path: str | os.PathLike[str], what: str) -> str:
+    """The first line of a private file holding a secret (a password, a key).
+
+    Raises:
+        ConfigError: the file cannot be read, is empty, or group/other may read it (the
+            message says ``chmod 600 FILE``).
+    """
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror}", path=str(p)) from None
+    if st.st_mode & PRIVATE_UMASK:
+        raise ConfigError(
+            f"{what} may be read by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {p}",
+            path=str(p),
+        )
+    lines = text.splitlines()
+    secret = lines[0].strip() if lines else ""
+    if not secret:
+        raise ConfigError(f"{what} is empty", path=str(p))
+    return secret

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tunnelmesh.abc import DnsBackend, PacketFilter, ProxyRule, Storage, Transport
 from tunnelmesh.errors import PluginError
+
+if TYPE_CHECKING:
+    from tunnelmesh.coordinator.store import StateBackend
 
 __all__ = ["AdminPanel", "ConfigSection", "Registry"]
 
@@ -81,6 +84,7 @@ class Registry:
     dns_backends: dict[str, type[DnsBackend]] = field(default_factory=dict)
     storage: dict[str, type[Storage]] = field(default_factory=dict)
     proxy_rules: dict[str, type[ProxyRule]] = field(default_factory=dict)
+    state_backends: dict[str, type[StateBackend]] = field(default_factory=dict)
     config_sections: dict[str, ConfigSection] = field(default_factory=dict)
     admin_panels: dict[str, AdminPanel] = field(default_factory=dict)
     _owners: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -116,6 +120,11 @@ class Registry:
     def add_proxy_rule(self, cls: type[ProxyRule]) -> None:
         """Register a :class:`~tunnelmesh.abc.ProxyRule` class under ``cls.name``."""
         self._add("proxy rule", self.proxy_rules, getattr(cls, "name", ""), cls)
+
+    def add_state_backend(self, cls: type[StateBackend]) -> None:
+        """Register a coordinator state backend
+        (:class:`~tunnelmesh.coordinator.store.StateBackend`) under ``cls.name``."""
+        self._add("state backend", self.state_backends, getattr(cls, "name", ""), cls)
 
     def add_config_section(
         self, name: str, struct_type: Any, *, server: bool = True, peer: bool = True
@@ -153,6 +162,7 @@ class Registry:
             "dns_backends": sorted(self.dns_backends),
             "storage": sorted(self.storage),
             "proxy_rules": sorted(self.proxy_rules),
+            "state_backends": sorted(self.state_backends),
             "config_sections": sorted(self.config_sections),
             "admin_panels": sorted(self.admin_panels),
         }

@@ -74,6 +74,16 @@ metrics:
   enabled: true
   listen: ""
 
+# where the state lives (see docs/scale.md): sqlite = <data_dir>/state.db, one coordinator;
+# postgres (tunnelmesh[postgres]) = one database shared by several coordinators. dsn_file: a
+# 0600 file with the connection string and its password. encryption_key_file: a 0600 file with
+# the key (openssl rand -hex 32) that encrypts the mesh CA's key and the rotated join token in
+# the database; required for postgres, the same file on every coordinator.
+state:
+  backend: "sqlite"
+  dsn_file: ""
+  encryption_key_file: ""
+
 # packet filter rules pushed to every peer: the "coordinator" layer of each peer's filter
 # (the most restrictive layer wins). Sent when a peer joins, and at once to every peer when
 # they change: edit this file and send SIGHUP (kill -HUP <serve pid>). Only the rules are

@@ -62,6 +62,7 @@ from tunnelmesh.coordinator.auth import (
     token_binding,
     token_matches,
 )
+from tunnelmesh.coordinator.backends import state_store_for
 from tunnelmesh.coordinator.ca import MeshCa, ServerCert
 from tunnelmesh.coordinator.filterbook import FilterBook
 from tunnelmesh.coordinator.groups import GroupBook
@@ -70,6 +71,7 @@ from tunnelmesh.coordinator.liveness import Liveness
 from tunnelmesh.coordinator.policy import MAX_ALIASES, accepted_aliases
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.roster import ROSTER_KEY, decode_roster, encode_roster, refreshed
+from tunnelmesh.coordinator.sealed import Sealer, load_key
 from tunnelmesh.coordinator.store import NameReserved, PeerRecord, StateStore, StoreConflict
 from tunnelmesh.errors import CoordinatorError, StateStoreError
 from tunnelmesh.identity import (
@@ -155,7 +157,8 @@ class Coordinator:
 
     Args:
         config: the server config.
-        store: the state store (default: SQLite in ``config.data_dir``).
+        store: the state store (default: what ``config.state`` chooses; SQLite in
+            ``config.data_dir`` unless it says otherwise).
         clock: wall-clock seconds; tests pass their own.
         pm: the plugin manager, for ``tunnelmesh_register_coordinator_routes``.
         coordinator_keys: OpenSSH public keys of this coordinator's own peer identities; only
@@ -172,12 +175,10 @@ class Coordinator:
         coordinator_keys: set[str] | None = None,
         flush_interval: float = 2.0,
     ) -> None:
-        from tunnelmesh.coordinator.sqlite import SqliteStore
-
         self.config = config
         add_secret(config.auth_token)  # never logged (tunnelmesh.logs)
         self.data_dir = Path(config.data_dir).expanduser()
-        self.store: StateStore = store or SqliteStore(self.data_dir / "state.db")
+        self.store: StateStore = store or state_store_for(config, pm)
         self.clock = clock
         self.pm = pm
         self.coordinator_keys: set[str] = set(coordinator_keys or ())
@@ -204,6 +205,7 @@ class Coordinator:
         self._push_timer: asyncio.TimerHandle | None = None
         self.ca: MeshCa | None = None
         self.server_cert: ServerCert | None = None
+        self.sealer = Sealer(None)  # load() reads state.encryption_key_file
         self.peers: dict[str, PeerRecord] = {}
         self._by_name: dict[str, str] = {}
         self._by_key: dict[str, str] = {}
@@ -247,21 +249,24 @@ class Coordinator:
 
     async def load(self) -> None:
         """Open the store, load or create the CA, and load every peer."""
+        key_file = self.config.state.encryption_key_file
+        self.sealer = Sealer(load_key(key_file) if key_file else None)
         await self.store.open()
         blob = await self.store.get_meta(_CA_KEY)
         if blob is None:
             ca = MeshCa.create(
                 self.domain, mesh_cidr=self.config.mesh_cidr, tls_names=self.config.tls_names
             )
-            blob = await self.store.put_meta_if_absent(_CA_KEY, ca.to_bytes())
+            sealed = self.sealer.seal(ca.to_bytes(), _CA_KEY)
+            blob = await self.store.put_meta_if_absent(_CA_KEY, sealed)
             log.info("created the mesh CA")
-        self.ca = MeshCa.from_bytes(blob)
+        self.ca = MeshCa.from_bytes(await self._open_secret(_CA_KEY, blob))
         self._check_ca_constraints(self.ca)
         first = await self.store.get_meta(_FIRST_ADMIN_KEY)
         self._first_admin = first.decode("ascii") if first else None
         rotated = await self.store.get_meta(_TOKEN_KEY)
         if rotated is not None:
-            self._token = rotated.decode("utf-8")
+            self._token = (await self._open_secret(_TOKEN_KEY, rotated)).decode("utf-8")
             add_secret(self._token)
             if not token_matches(self._token, self.config.auth_token):
                 log.info(
@@ -282,6 +287,15 @@ class Coordinator:
         self.revision = len(self.peers)
         log.info("loaded %d peers from %s", len(self.peers), self.data_dir)
         await self.refresh_roster()
+
+    async def _open_secret(self, slot: str, blob: bytes) -> bytes:
+        """A sealed meta blob's plaintext; a plaintext one is sealed in the store now when a
+        key is configured (an install from before ``state.encryption_key_file``)."""
+        value, reseal = self.sealer.open(blob, slot)
+        if reseal:
+            await self.store.put_meta(slot, self.sealer.seal(value, slot))
+            log.info("the state store's %s is now stored encrypted", slot)
+        return value
 
     def start_background(self) -> None:
         """Start the liveness ticker and the store flusher (call inside the running loop)."""
@@ -952,7 +966,7 @@ class Coordinator:
         if len(token) < 16:
             raise ApiFailure(400, "malformed", "a token has at least 16 characters")
         try:
-            await self.store.put_meta(_TOKEN_KEY, token.encode("utf-8"))
+            await self.store.put_meta(_TOKEN_KEY, self.sealer.seal(token.encode(), _TOKEN_KEY))
         except StateStoreError as exc:
             raise store_unavailable(exc) from None
         add_secret(token)  # never in a log line

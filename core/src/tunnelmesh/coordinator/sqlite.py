@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import msgspec
 
@@ -39,6 +39,9 @@ from tunnelmesh.coordinator.store import (
 )
 from tunnelmesh.errors import StateStoreError
 from tunnelmesh.private_files import PRIVATE_UMASK, ensure_private_dir, private_umask
+
+if TYPE_CHECKING:
+    from tunnelmesh.config import StateConfig
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
@@ -207,12 +210,19 @@ class SqliteStore:
     write and sqlite3 sees a single connection user.
     """
 
+    name: ClassVar[str] = "sqlite"
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.origin = secrets.token_hex(8)
         self._conn: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._closed: asyncio.Event | None = None
+
+    @classmethod
+    def from_config(cls, state: StateConfig, data_dir: Path) -> SqliteStore:
+        """``<data_dir>/state.db``."""
+        return cls(data_dir / "state.db")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None or self._pool is None:

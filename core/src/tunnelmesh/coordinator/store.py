@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
 from tunnelmesh.control.messages import Counters
 from tunnelmesh.errors import StateStoreError
+
+if TYPE_CHECKING:
+    from tunnelmesh.config import StateConfig
 
 __all__ = [
     "CHANGE_KINDS",
@@ -36,6 +40,7 @@ __all__ = [
     "Group",
     "NameReserved",
     "PeerRecord",
+    "StateBackend",
     "StateStore",
     "StoreChange",
     "StoreConflict",
@@ -109,6 +114,22 @@ class StoreChange(msgspec.Struct, frozen=True, kw_only=True):
 
 
 CHANGE_KINDS = frozenset({"peer", "name", "group", "meta", "doc", "address", "resync"})
+
+
+class StateBackend(Protocol):
+    """A state store class a plugin registers (``tunnelmesh_register_state_backends``)."""
+
+    name: ClassVar[str]
+    """What ``server.yaml``'s ``state.backend`` names it by."""
+
+    @classmethod
+    def from_config(cls, state: StateConfig, data_dir: Path) -> StateStore:
+        """An unopened store for ``server.yaml``'s ``state:`` section.
+
+        Raises:
+            ConfigError: the section is incomplete for this backend (names the key).
+        """
+        ...
 
 
 @runtime_checkable

@@ -1,0 +1,129 @@
+"""PostgresStore on a throwaway PostgreSQL cluster: the conformance checks every state store
+passes, the change feed of a shared store, migrations, and the database going away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from tunnelmesh.coordinator.store import Group, StoreChange
+from tunnelmesh.errors import StateStoreError
+from tunnelmesh.testing import statestore
+from tunnelmesh.testing.postgres import PostgresCluster
+from tunnelmesh_postgres.schema import MIGRATIONS
+from tunnelmesh_postgres.store import PostgresStore
+
+
+def run(coro: object) -> None:
+    asyncio.run(asyncio.wait_for(coro, 120))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "check", statestore.CHECKS + statestore.SHARED_CHECKS, ids=lambda c: c.__name__
+)
+def test_conformance(check: statestore.Check, postgres_dsn: str) -> None:
+    run(check(lambda: PostgresStore(postgres_dsn)))
+
+
+def _dbname(dsn: str) -> str:
+    return dict(kv.split("=", 1) for kv in dsn.split())["dbname"]
+
+
+def test_coordinators_starting_together_migrate_once(
+    postgres_cluster: PostgresCluster, postgres_dsn: str
+) -> None:
+    async def go() -> None:
+        stores = [PostgresStore(postgres_dsn) for _ in range(4)]
+        await asyncio.gather(*(s.open() for s in stores))
+        for s in stores:
+            await s.close()
+
+    run(go())
+    db = _dbname(postgres_dsn)
+    assert postgres_cluster.psql("SELECT version FROM tunnelmesh_schema", db).split() == [
+        str(len(MIGRATIONS))
+    ]
+    tables = postgres_cluster.psql(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", db
+    ).split()
+    assert tables == ["addresses", "docs", "groups", "meta", "names", "peers", "tunnelmesh_schema"]
+
+
+def test_a_newer_schema_is_refused(postgres_cluster: PostgresCluster, postgres_dsn: str) -> None:
+    run(_open_close(postgres_dsn))
+    db = _dbname(postgres_dsn)
+    postgres_cluster.psql(f"UPDATE tunnelmesh_schema SET version = {len(MIGRATIONS) + 1}", db)
+    with pytest.raises(StateStoreError, match="newer than this tunnelmesh knows"):
+        run(_open_close(postgres_dsn))
+
+
+async def _open_close(dsn: str) -> None:
+    store = PostgresStore(dsn)
+    await store.open()
+    await store.close()
+
+
+def test_a_wrong_password_fails_without_showing_it(
+    postgres_cluster: PostgresCluster, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = postgres_dsn.replace(postgres_cluster.password, "wrongpassword0123")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StateStoreError) as err:
+        run(_open_close(bad.replace("connect_timeout=5", "connect_timeout=2")))
+    assert "wrongpassword0123" not in str(err.value)
+    assert postgres_cluster.password not in str(err.value)
+    assert "127.0.0.1" in str(err.value)
+
+
+def test_database_down_fails_fast_then_recovers_and_the_feed_says_resync(
+    postgres_cluster: PostgresCluster, postgres_dsn: str
+) -> None:
+    """With PostgreSQL stopped, calls raise StateStoreError within the connect timeout; when it
+    is back, writes work again and the change feed yields resync (changes may have been
+    missed), then the changes committed after it."""
+
+    async def go() -> None:
+        store = PostgresStore(postgres_dsn, connect_timeout=2.0)
+        other = PostgresStore(postgres_dsn)
+        await store.open()
+        feed = store.changes()
+        try:
+            await store.put_meta("k", b"1")
+            postgres_cluster.stop()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(StateStoreError):
+                await store.put_meta("k", b"2")
+            with pytest.raises(StateStoreError):
+                await store.load_peers()
+            assert loop.time() - t0 < 20
+            postgres_cluster.start()
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        await store.put_meta("k", b"3")
+                        break
+                    except StateStoreError:
+                        await asyncio.sleep(0.2)
+            assert await store.get_meta("k") == b"3"
+            seen: list[StoreChange] = []
+            async with asyncio.timeout(30):
+                async for change in feed:
+                    seen.append(change)
+                    if change.kind == "resync":
+                        break
+            await other.open()
+            await other.put_group(Group(name="after"))
+            async with asyncio.timeout(30):
+                async for change in feed:
+                    if change.kind == "group":
+                        assert (change.key, change.origin) == ("after", other.origin)
+                        break
+        finally:
+            if not postgres_cluster.running():
+                postgres_cluster.start()
+            await store.close()
+            await other.close()
+
+    run(go())
