@@ -158,6 +158,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     except StorageError as err:
         log.warning("dav: %s %s: %s", request.method, request.raw_path, err)
         response = _error(DavError(500, "the store failed"))
+    except ConnectionError:
+        # the client went away mid-body: the store kept nothing of it (writes are atomic)
+        log.debug("dav: %s %s: the client closed the connection", request.method, request.raw_path)
+        response = _error(DavError(400, "the client closed the connection mid-request"))
     request.app[DAV_STATS].count(method, response.status)
     if not response.prepared:
         response.headers.setdefault("DAV", "1, 2")
