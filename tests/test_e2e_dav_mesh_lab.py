@@ -9,10 +9,12 @@ WebDAV on its own mesh IP (port 8080). Two ``tunnelmesh join`` peers (TUN, UDP t
   file is then the same object over S3 (``tunnelmesh buckets get``).
 * bob, a read-only member, mounts it too: reads the same bytes; every write through the mount
   fails, an HTTP PUT from his namespace gets 403, and the share is unchanged.
+* alice again with ``--client davfs2`` (Debian davfs2, when installed): reads the big file
+  sha256-exact, writes a file that is an S3 object once unmounted (davfs2 uploads after close).
 
 Each mount lives in the mount namespace of one ``ip netns exec`` process, so a peer's whole
 session (mount, file operations, unmount) runs as one script (:data:`SESSION`); an rclone
-left behind by a failure is killed by PID.
+(or davfs2) left behind by a failure is killed by PID.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ args = json.loads(sys.argv[1])
 mnt = args["dir"]
 tm = [sys.executable, "-m", "tunnelmesh"]
 
-def rclone_pids():
+def client_pids():
     pids = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -55,7 +57,7 @@ def rclone_pids():
                 cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if cmd and cmd[0].endswith(b"rclone") and mnt.encode() in cmd:
+            if cmd and cmd[0].endswith((b"rclone", b"mount.davfs")) and mnt.encode() in cmd:
                 pids.append(int(pid))
     return pids
 
@@ -73,7 +75,7 @@ def sha(path):
 def step(s):
     kind = s["do"]
     if kind == "mount":
-        return sh(tm + ["share", "mount", s["share"], mnt])
+        return sh(tm + ["share", "mount", s["share"], mnt, *s.get("args", [])])
     if kind == "cp":
         return sh(["cp", s["src"], s["dst"]])
     if kind == "mv":
@@ -109,7 +111,7 @@ try:
 finally:
     umount = sh(tm + ["share", "umount", mnt])
     time.sleep(0.5)
-    left = rclone_pids()
+    left = client_pids()
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     print(json.dumps({"umount": umount, "killed": left}), flush=True)
@@ -253,3 +255,25 @@ def test_rclone_mount_of_a_webdav_share_through_the_mesh(mesh: MeshLab, tmp_path
     assert "big.bin" in objects and "bob" not in objects and "stolen" not in objects, objects
     tm(mesh, "alice", "buckets", "get", "team", "big.bin", str(got))
     assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
+
+    # davfs2, the last resort of `share mount`, when installed
+    if subprocess.run(["which", "mount.davfs"], capture_output=True).returncode != 0:
+        return
+    d = tmp_path / "alice-davfs"
+    mounted, sha_d, cp_d, mkdir_d = session(
+        mesh,
+        "alice",
+        d,
+        [
+            {"do": "mount", "share": "team", "args": ["--client", "davfs2"]},
+            {"do": "sha", "path": f"{d}/big.bin"},
+            {"do": "cp", "src": str(small), "dst": f"{d}/via-davfs2.txt"},
+            {"do": "mkdir", "path": f"{d}/davdir"},
+        ],
+    )
+    assert mounted["rc"] == 0 and "with davfs2 over WebDAV" in mounted["out"], mounted
+    assert sha_d["sha"] == digest
+    assert cp_d["rc"] == 0 and mkdir_d["rc"] == 0, (cp_d, mkdir_d)
+    via = tmp_path / "via.txt"
+    tm(mesh, "alice", "buckets", "get", "team", "via-davfs2.txt", str(via))
+    assert via.read_bytes() == small.read_bytes()

@@ -60,11 +60,14 @@ def test_rclone_when_the_kernel_has_no_nfs_or_the_mesh_serves_none() -> None:
     assert "http://h:8080/a%20b/" in p.argv
 
 
-def test_davfs2_last_and_its_prompts_answered_empty() -> None:
-    p = plan(kernel=False, tools={"mount.davfs"})
+def test_davfs2_last_with_its_config() -> None:
+    p = plan(kernel=False, tools={"mount.davfs"}, davfs2_conf="/tmp/x/davfs2.conf")
     assert p.client == "davfs2"
-    assert p.argv == ["mount", "-t", "davfs", "http://10.99.0.1:8080/team/", "/mnt/team"]
-    assert p.stdin == b"\n\n"
+    assert p.argv == [
+        "mount", "-t", "davfs", "-o", "conf=/tmp/x/davfs2.conf",
+        "http://10.99.0.1:8080/team/", "/mnt/team",
+    ]  # fmt: skip
+    assert p.files == {"/tmp/x/davfs2.conf": "ask_auth 0\nbuf_size 64\n"}
 
 
 def test_nothing_usable_says_why_for_each_client() -> None:

@@ -12,8 +12,11 @@ The order, first that is available wins (``--client`` picks one):
    the mount is up). ``--vfs-cache-mode off`` by default, so a write the server refuses (a
    read-only member: 403) fails the writing program at close instead of failing later in the
    background; ``--vfs-cache-mode writes`` suits programs that open files read-write.
-3. **davfs2** (``davfs2``): ``mount -t davfs URL DIR`` (Debian ``davfs2``; needs root). The
-   mesh asks no credentials, so the username and password prompts are answered empty.
+3. **davfs2** (``davfs2``): ``mount -t davfs -o conf=FILE URL DIR`` (Debian ``davfs2``; needs
+   root), with a config of :data:`DAVFS2_CONF`: ``ask_auth 0`` (the mesh asks no credentials)
+   and ``buf_size 64`` (davfs2 up to 1.7.1 lists no directory on Linux 6.16 and later with its
+   default buffer: every ``ls`` fails with EINVAL; a larger buffer avoids it). davfs2 uploads a
+   changed file after it is closed, in the background.
 
 The command says which client it used. ``share umount DIR`` unmounts with what matches the
 mount's type (``fusermount3 -u`` for rclone, ``umount`` otherwise).
@@ -33,6 +36,7 @@ from tunnelmesh.errors import TunnelmeshError
 
 __all__ = [
     "CLIENTS",
+    "DAVFS2_CONF",
     "MountError",
     "MountPlan",
     "describe",
@@ -43,6 +47,8 @@ __all__ = [
 ]
 
 CLIENTS = ("nfs", "rclone", "davfs2")
+DAVFS2_CONF = "ask_auth 0\nbuf_size 64\n"
+"""The davfs2 config ``share mount`` gives it (see the module docstring)."""
 
 
 class MountError(TunnelmeshError):
@@ -51,12 +57,11 @@ class MountError(TunnelmeshError):
 
 @dataclass(frozen=True)
 class MountPlan:
-    """What to run: the client's name, its argv, and what to feed its stdin."""
+    """What to run: the client's name, its argv, and files to write first (path to text)."""
 
     client: str
     argv: list[str]
-    stdin: bytes = b""
-    env: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def kernel_has_nfs(
@@ -85,6 +90,7 @@ def plan_mount(
     nfs: str,
     client: str | None = None,
     cache_mode: str = "off",
+    davfs2_conf: str = "/run/tunnelmesh-davfs2.conf",
     which: Callable[[str], str | None] = shutil.which,
     nfs_kernel: Callable[[], bool] = kernel_has_nfs,
 ) -> MountPlan:
@@ -95,6 +101,7 @@ def plan_mount(
         nfs: the mesh's NFS address (``HOST:PORT``), "" when it serves none.
         client: force one of :data:`CLIENTS`.
         cache_mode: rclone's ``--vfs-cache-mode``.
+        davfs2_conf: where the davfs2 config goes (written before mounting).
 
     Raises:
         MountError: no usable client (says what is missing for each), or the forced one
@@ -151,8 +158,8 @@ def plan_mount(
                 why[name] = "mount.davfs is missing (Debian: davfs2)"
             else:
                 url = f"{webdav.rstrip('/')}/{quote(share)}/"
-                # no credentials: answer davfs2's username and password prompts empty
-                return MountPlan("davfs2", ["mount", "-t", "davfs", url, directory], stdin=b"\n\n")
+                argv = ["mount", "-t", "davfs", "-o", f"conf={davfs2_conf}", url, directory]
+                return MountPlan("davfs2", argv, files={davfs2_conf: DAVFS2_CONF})
         else:
             raise MountError(f"no mount client named {name!r} (known: {', '.join(CLIENTS)})")
     reasons = "; ".join(f"{k}: {v}" for k, v in why.items())

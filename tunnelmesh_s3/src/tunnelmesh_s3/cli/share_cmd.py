@@ -157,21 +157,42 @@ def mount(
     the peer the connection comes from, so no password is asked.
     """
     import shlex
+    import shutil
     import subprocess
+    import tempfile
 
     from tunnelmesh_s3 import meshclient
     from tunnelmesh_s3.mount import MountError, describe, plan_mount
 
     info = run(meshclient.fetch_info(meshclient.load_context(context_name)))
+    tmp = tempfile.mkdtemp(prefix="tm-mount-")  # davfs2's config, read once at mount
     plan = plan_mount(
-        name, directory, webdav=info.webdav, nfs=info.nfs, client=client, cache_mode=cache_mode
+        name,
+        directory,
+        webdav=info.webdav,
+        nfs=info.nfs,
+        client=client,
+        cache_mode=cache_mode,
+        davfs2_conf=os.path.join(tmp, "davfs2.conf"),
     )
     if dry_run:
+        shutil.rmtree(tmp, ignore_errors=True)
         click.echo(f"# {plan.client}\n{shlex.join(plan.argv)}")
+        for path, text in plan.files.items():
+            click.echo(f"# {path}:\n" + "".join(f"#   {line}\n" for line in text.splitlines()))
         return
     if not os.path.isdir(directory):
         raise MountError(f"{directory} is not a directory")
-    done = subprocess.run(plan.argv, input=plan.stdin, capture_output=True, check=False)
+    try:
+        for path, text in plan.files.items():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        done = subprocess.run(
+            plan.argv, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=120
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if done.returncode != 0:
         err = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()
         raise MountError(
