@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Browser, Mesh, running_mesh
 from tunnelmesh.control.messages import Counters, Heartbeat
 from tunnelmesh_admin.feed import PeerFeed
+from tunnelmesh_admin.testing import Browser, Mesh, running_mesh
 
 
 def run(coro: object) -> None:

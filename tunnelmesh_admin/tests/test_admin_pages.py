@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from conftest import running_mesh
+from tunnelmesh_admin.testing import running_mesh
 
 
 def run(coro: object) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from conftest import running_mesh
 from tunnelmesh import Policy, hookimpl, route_policy
 from tunnelmesh.registry import AdminPanel, Registry
+from tunnelmesh_admin.testing import running_mesh
 
 
 def run(coro: object) -> None:

@@ -13,12 +13,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import running_mesh, server_config
 from tunnelmesh import Policy
 from tunnelmesh.coordinator.api import route_table
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME
 from tunnelmesh_admin.security import CSP
 from tunnelmesh_admin.service import EXCLUDED_ROUTES, install
+from tunnelmesh_admin.testing import running_mesh, server_config
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 

@@ -98,6 +98,7 @@ def _render(request: web.Request, template: str, page: str, **ctx: Any) -> web.R
     me = caller_of(request)
     html = _env.get_template(template).render(
         nav=NAV
+        + ([("s3", "/s3", "Storage")] if has_route(request.app, "/s3") else [])
         + ([("map", "/map", "Map")] if service.locations() else [])
         + [
             (f"panel-{p.slug}", f"/panels/{p.slug}", p.title)

@@ -148,6 +148,7 @@ class AdminService:
         """The dashboard's application: security middlewares, the API's routes, the pages."""
         from tunnelmesh_admin.feed import PeerFeed
         from tunnelmesh_admin.pages import add_pages
+        from tunnelmesh_admin.s3pages import add_s3_pages
         from tunnelmesh_admin.security import security_middlewares
 
         app = web.Application(
@@ -163,6 +164,7 @@ class AdminService:
         app[FEED_KEY] = feed
         app[PANELS_KEY] = self.panels(app)
         add_pages(app)
+        add_s3_pages(app, self.api)
         missing = [f"{m} {p}" for m, p, policy in route_table(app) if policy is None]
         if missing:  # every route declares who may call it, the dashboard's own too
             raise ConfigError(f"admin: route(s) without an access policy: {', '.join(missing)}")

@@ -18,6 +18,8 @@ class DashboardView(Protocol):
     """The running dashboard (:class:`tunnelmesh_admin.service.AdminService` satisfies it)."""
 
     coordinator: CoordinatorView
+    api: web.Application
+    """The coordinator's own API application (every route, the excluded ones too)."""
     started: str
     port: int
     refused: Counter[str]

@@ -327,6 +327,24 @@
     }
   });
 
+  // --- S3 upload: the file's bytes as the body of PUT /s3/BUCKET/object?key=... --------------
+  document.addEventListener("submit", async (ev) => {
+    const form = ev.target;
+    if (form.id !== "upload") return;
+    ev.preventDefault();
+    const file = form.elements.file.files[0];
+    if (!file) return;
+    const key = (form.dataset.prefix || "") + file.name;
+    const url = "/s3/" + encodeURIComponent(form.dataset.bucket) + "/object?key=" + encodeURIComponent(key);
+    try {
+      const resp = await fetch(url, { method: "PUT", body: file, credentials: "same-origin" });
+      const data = await resp.json();
+      if (!resp.ok) throw new Error(data.message || resp.statusText);
+      toast("Uploaded " + key);
+      window.location.reload();
+    } catch (e) { toast(e.message, true); }
+  });
+
   document.addEventListener("DOMContentLoaded", () => {
     if (page === "peers") { initPeers(); initPeer(); }
     if (page.startsWith("panel-")) loadPanel();

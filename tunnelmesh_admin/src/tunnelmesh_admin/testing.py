@@ -1,4 +1,5 @@
-"""A coordinator with the dashboard over loopback, and peers that call it from their mesh IPs.
+"""Test helpers: a coordinator with the dashboard over loopback, and peers calling it from
+their mesh IPs (used by the dashboard's tests and the cross-distribution ones).
 
 The mesh is ``127.77.0.0/16``: every peer's mesh IP is a loopback address, so a test client
 can bind its socket to a peer's mesh IP and the dashboard sees exactly the source address the
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from tunnelmesh._manager import make_plugin_manager
-from tunnelmesh.config import ServerConfig
+from tunnelmesh.config import Duration, ServerConfig
 from tunnelmesh.control.client import ControlClient
+from tunnelmesh.coordinator import CoordinatorServer
 from tunnelmesh.coordinator.ca import client_ssl_context
-from tunnelmesh.coordinator.server import CoordinatorServer
+from tunnelmesh.manager import make_plugin_manager
 from tunnelmesh.testing.authz import Callers
+
 from tunnelmesh_admin.config import AdminSection
 from tunnelmesh_admin.service import SERVICE_KEY, AdminService
 
@@ -28,7 +30,12 @@ TOKEN = "admin-ui-token-0123456789abcdef"
 MESH = "127.77.0.0/16"
 
 
-def server_config(data: Path, **admin: Any) -> ServerConfig:
+__all__ = ["MESH", "TOKEN", "Browser", "Mesh", "running_mesh", "server_config"]
+
+
+def server_config(data: Path, sections: dict[str, Any] | None = None, **admin: Any) -> ServerConfig:
+    """A coordinator config with the dashboard on ``127.0.0.1:0`` (``admin`` overrides) and
+    other plugins' ``sections``."""
     admin.setdefault("enabled", True)
     admin.setdefault("listen", "127.0.0.1:0")
     return ServerConfig(
@@ -37,9 +44,9 @@ def server_config(data: Path, **admin: Any) -> ServerConfig:
         stun_listen="127.0.0.1:0",
         mesh_cidr=MESH,
         data_dir=str(data),
-        heartbeat_interval=1.0,
+        heartbeat_interval=Duration(1.0),
         auth_failures_burst=100000,
-        sections={"admin": AdminSection(**admin)},
+        sections={**(sections or {}), "admin": AdminSection(**admin)},
     )
 
 
@@ -62,6 +69,7 @@ class Browser:
         path: str,
         *,
         json: Any = None,
+        data: bytes | None = None,
         origin: str | None = "",
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
@@ -72,7 +80,8 @@ class Browser:
         async with self.session.request(
             method,
             f"https://127.0.0.1:{self.service.port}{path}",
-            json=json,
+            json=json if data is None else None,
+            data=data,
             headers=h,
             server_hostname=self.sni,
         ) as resp:
@@ -100,13 +109,17 @@ class Mesh:
 
 @asynccontextmanager
 async def running_mesh(
-    tmp: Path, *, plugins: tuple[Any, ...] = (), **admin: Any
+    tmp: Path,
+    *,
+    plugins: tuple[Any, ...] = (),
+    sections: dict[str, Any] | None = None,
+    **admin: Any,
 ) -> AsyncIterator[Mesh]:
     """A coordinator with the dashboard (and ``plugins``); an admin and a member registered."""
     pm = make_plugin_manager()
     for i, plugin in enumerate(plugins):
         pm.register(plugin, name=f"test-plugin-{i}")
-    async with CoordinatorServer(server_config(tmp / "state", **admin), pm=pm) as server:
+    async with CoordinatorServer(server_config(tmp / "state", sections, **admin), pm=pm) as server:
         assert server._runner is not None
         service = server._runner.app[SERVICE_KEY]
         assert isinstance(service, AdminService)
