@@ -63,6 +63,7 @@ def test_every_released_schema_migrates_at_open(dump: Path, tmp_path: Path) -> N
                 assert [g.name for g in await store.load_groups()] == ["ops"]
             # v3: the addresses table knows every live peer's address
             assert await store.load_addresses() == {p.mesh_ip: p.peer_id for p in peers.values()}
+            assert await store.load_clients() == []  # v5
             taken = await store.claim_peer(
                 statestore.peer(99, name="alpha", mesh_ip=""),
                 names=name_candidates("alpha", rename=True),

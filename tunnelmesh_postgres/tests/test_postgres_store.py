@@ -47,7 +47,16 @@ def test_coordinators_starting_together_migrate_once(
     tables = postgres_cluster.psql(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", db
     ).split()
-    assert tables == ["addresses", "docs", "groups", "meta", "names", "peers", "tunnelmesh_schema"]
+    assert tables == [
+        "addresses",
+        "clients",
+        "docs",
+        "groups",
+        "meta",
+        "names",
+        "peers",
+        "tunnelmesh_schema",
+    ]
 
 
 def test_a_newer_schema_is_refused(postgres_cluster: PostgresCluster, postgres_dsn: str) -> None:

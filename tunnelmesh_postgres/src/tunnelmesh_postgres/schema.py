@@ -58,8 +58,27 @@ CREATE TABLE docs (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+_V2 = """
+CREATE TABLE clients (
+    client_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    mesh_ip TEXT NOT NULL UNIQUE,
+    concentrator TEXT NOT NULL,
+    preshared_key TEXT NOT NULL DEFAULT '',
+    enabled BOOLEAN NOT NULL DEFAULT true,
+    expires_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    exit_peer TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL DEFAULT '',
+    created_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    UNIQUE (kind, public_key)
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """SQL run to reach version ``i + 1`` from version ``i`` (``tunnelmesh_schema.version``).
 
-Version 1: peers, meta, names, groups, addresses, docs (the SQLite store's schema 4).
+Version 1: peers, meta, names, groups, addresses, docs (the SQLite store's schema 4); version 2:
+clients (WireGuard clients; names and addresses in the peers' tables, as in SQLite's schema 5).
 """

@@ -35,13 +35,17 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tunnelmesh.coordinator.alloc import AllocationError
 from tunnelmesh.coordinator.store import (
+    CLIENT_COLUMNS,
     PEER_COLUMNS,
+    ClientRecord,
     Group,
     NameReserved,
     PeerRecord,
     StoreChange,
     StoreConflict,
     candidate_batches,
+    client_from_row,
+    client_row,
     members_blob,
     members_of,
     peer_from_row,
@@ -75,6 +79,17 @@ _INSERT_PEER = (
     "is_coordinator = excluded.is_coordinator, session_hash = excluded.session_hash, "
     "created_at = excluded.created_at, last_seen = excluded.last_seen, "
     "status = excluded.status, pending = excluded.pending"
+)
+
+
+_INSERT_CLIENT = (
+    f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+    "ON CONFLICT (client_id) DO UPDATE SET name = excluded.name, kind = excluded.kind, "
+    "public_key = excluded.public_key, mesh_ip = excluded.mesh_ip, "
+    "concentrator = excluded.concentrator, preshared_key = excluded.preshared_key, "
+    "enabled = excluded.enabled, expires_at = excluded.expires_at, "
+    "exit_peer = excluded.exit_peer, created_by = excluded.created_by, "
+    "created_at = excluded.created_at"
 )
 
 
@@ -611,6 +626,39 @@ class PostgresStore:
             if cur.rowcount > 0:
                 await _notify(conn, "address", self.origin, owner)
             return cur.rowcount > 0
+
+        return await self._tx(q)
+
+    # --- clients ------------------------------------------------------------------------------
+
+    async def load_clients(self) -> list[ClientRecord]:
+        rows = await self._read(f"SELECT {CLIENT_COLUMNS} FROM clients ORDER BY name")
+        return [client_from_row(r) for r in rows]
+
+    async def put_client(self, record: ClientRecord) -> None:
+        async def q(conn: Conn) -> None:
+            holder = await _reserve(conn, record.name, record.client_id)
+            if holder != record.client_id:
+                raise NameReserved(record.name, holder)
+            await conn.execute(  # a renamed client's old name goes (no tombstones)
+                "DELETE FROM names WHERE peer_id = %s AND name <> %s",
+                (record.client_id, record.name),
+            )
+            await _hold_address(conn, record.client_id, record.mesh_ip)
+            await conn.execute(_INSERT_CLIENT, client_row(record))
+            await _notify(conn, "client", self.origin, record.client_id)
+
+        await self._tx(q)
+
+    async def delete_client(self, client_id: str) -> bool:
+        async def q(conn: Conn) -> bool:
+            cur = await conn.execute("DELETE FROM clients WHERE client_id = %s", (client_id,))
+            if cur.rowcount == 0:
+                return False
+            await conn.execute("DELETE FROM names WHERE peer_id = %s", (client_id,))
+            await conn.execute("DELETE FROM addresses WHERE owner = %s", (client_id,))
+            await _notify(conn, "client", self.origin, client_id)
+            return True
 
         return await self._tx(q)
 

@@ -24,13 +24,17 @@ import msgspec
 
 from tunnelmesh.coordinator.alloc import AllocationError
 from tunnelmesh.coordinator.store import (
+    CLIENT_COLUMNS,
     PEER_COLUMNS,
+    ClientRecord,
     Group,
     NameReserved,
     PeerRecord,
     StoreChange,
     StoreConflict,
     candidate_batches,
+    client_from_row,
+    client_row,
     members_blob,
     members_of,
     peer_from_row,
@@ -97,13 +101,33 @@ CREATE TABLE docs (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V0, _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+_SCHEMA_V4 = """
+CREATE TABLE clients (
+    client_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    mesh_ip TEXT NOT NULL UNIQUE,
+    concentrator TEXT NOT NULL,
+    preshared_key TEXT NOT NULL DEFAULT '',
+    enabled INTEGER NOT NULL DEFAULT 1,
+    expires_at REAL NOT NULL DEFAULT 0,
+    exit_peer TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL DEFAULT 0,
+    UNIQUE (kind, public_key)
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V0, _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 """SQL run to reach schema version ``i + 1`` from version ``i`` (``PRAGMA user_version``).
 
 Version 1 reserves every existing peer's name for its key and adds the groups table; version 2
 adds the ``pending`` flag (``approve_new_peers``; existing peers are approved); version 3 adds
 the address table (every held mesh IP and its owner: peers, and clients that are not peers) and
-the documents table (named collections other features keep in the store).
+the documents table (named collections other features keep in the store); version 5 adds the
+clients table (WireGuard clients of concentrator peers: their names and addresses are held in the
+names and address tables, so none is ever a peer's).
 """
 
 
@@ -137,6 +161,16 @@ _INSERT_PEER = (
     "session_hash=excluded.session_hash, created_at=excluded.created_at, "
     "last_seen=excluded.last_seen, status=excluded.status, "
     "pending=excluded.pending"
+)
+
+
+_INSERT_CLIENT = (
+    f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(client_id) DO UPDATE SET name=excluded.name, kind=excluded.kind, "
+    "public_key=excluded.public_key, mesh_ip=excluded.mesh_ip, "
+    "concentrator=excluded.concentrator, preshared_key=excluded.preshared_key, "
+    "enabled=excluded.enabled, expires_at=excluded.expires_at, exit_peer=excluded.exit_peer, "
+    "created_by=excluded.created_by, created_at=excluded.created_at"
 )
 
 
@@ -456,6 +490,43 @@ class SqliteStore:
         return await self._write(q)
 
     # --- groups and documents ----------------------------------------------------------------
+
+    async def load_clients(self) -> list[ClientRecord]:
+        def q(conn: sqlite3.Connection) -> list[ClientRecord]:
+            rows = conn.execute(f"SELECT {CLIENT_COLUMNS} FROM clients ORDER BY name").fetchall()
+            return [client_from_row(r) for r in rows]
+
+        return await self._run(q)
+
+    async def put_client(self, record: ClientRecord) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO names (name, peer_id) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+                (record.name, record.client_id),
+            )
+            owner = conn.execute(
+                "SELECT peer_id FROM names WHERE name = ?", (record.name,)
+            ).fetchone()[0]
+            if owner != record.client_id:
+                raise NameReserved(record.name, owner)
+            # a renamed client's old name goes (clients leave no tombstones)
+            conn.execute(
+                "DELETE FROM names WHERE peer_id = ? AND name <> ?", (record.client_id, record.name)
+            )
+            _hold_address(conn, record.client_id, record.mesh_ip)
+            conn.execute(_INSERT_CLIENT, client_row(record))
+
+        await self._write(q)
+
+    async def delete_client(self, client_id: str) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            if conn.execute("DELETE FROM clients WHERE client_id = ?", (client_id,)).rowcount == 0:
+                return False
+            conn.execute("DELETE FROM names WHERE peer_id = ?", (client_id,))
+            conn.execute("DELETE FROM addresses WHERE owner = ?", (client_id,))
+            return True
+
+        return await self._write(q)
 
     async def load_groups(self) -> list[Group]:
         def q(conn: sqlite3.Connection) -> list[Group]:

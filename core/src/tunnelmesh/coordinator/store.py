@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHANGE_KINDS",
+    "CLIENT_COLUMNS",
     "PEER_COLUMNS",
+    "ClientRecord",
     "Group",
     "NameReserved",
     "PeerRecord",
@@ -45,6 +47,8 @@ __all__ = [
     "StoreChange",
     "StoreConflict",
     "candidate_batches",
+    "client_from_row",
+    "client_row",
     "members_blob",
     "members_of",
     "peer_from_row",
@@ -96,13 +100,35 @@ class PeerRecord(msgspec.Struct, kw_only=True):
     aliases: list[str] = msgspec.field(default_factory=list)  # the accepted dns aliases
     alias_request: list[str] = msgspec.field(default_factory=list)  # asked for; not stored
     pending: bool = False  # approve_new_peers: registered, waiting for an admin
+    concentrator_endpoint: str = ""  # serves clients: "host:port" they dial (from heartbeats)
+
+
+class ClientRecord(msgspec.Struct, kw_only=True):
+    """One client of the mesh (a host that is no peer, served by a concentrator peer), as
+    stored. ``preshared_key`` is a secret (never logged, never sent to another peer than the
+    concentrator); the client's private key is never anywhere on the coordinator. Its name and
+    mesh IP are held in the same tables as the peers', so neither can be a peer's."""
+
+    client_id: str
+    name: str
+    kind: str
+    public_key: str
+    mesh_ip: str
+    concentrator: str  # peer ID
+    preshared_key: str = ""
+    enabled: bool = True
+    expires_at: float = 0.0  # unix time, 0 = never
+    exit_peer: str = ""  # peer ID, "" = none
+    created_by: str = ""  # peer ID
+    created_at: float = 0.0
 
 
 class StoreChange(msgspec.Struct, frozen=True, kw_only=True):
     """One committed change another coordinator of the same database may have to apply.
 
     ``kind``: ``peer`` (``key`` a peer ID, upserted or deleted: ask :meth:`StateStore.get_peer`),
-    ``name`` (a reserved name was taken or released), ``group`` (a group name, changed or
+    ``name`` (a reserved name was taken or released), ``client`` (a client ID, upserted or
+    deleted), ``group`` (a group name, changed or
     deleted), ``meta`` (a meta key), ``doc`` (``collection/key`` of a document), ``address``
     (an owner ID whose address was claimed or released), or ``resync`` (changes may have been
     missed: reload everything cached).
@@ -113,7 +139,7 @@ class StoreChange(msgspec.Struct, frozen=True, kw_only=True):
     origin: str = ""  # StateStore.origin of the writer ("" unknown)
 
 
-CHANGE_KINDS = frozenset({"peer", "name", "group", "meta", "doc", "address", "resync"})
+CHANGE_KINDS = frozenset({"peer", "name", "client", "group", "meta", "doc", "address", "resync"})
 
 
 class StateBackend(Protocol):
@@ -241,6 +267,24 @@ class StateStore(Protocol):
     async def release_address(self, owner: str) -> bool:
         """Free the address ``owner`` holds (not a live peer's); True when it held one."""
 
+    async def load_clients(self) -> list[ClientRecord]:
+        """Every client, by name."""
+
+    async def put_client(self, record: ClientRecord) -> None:
+        """Insert or replace the client ``record.client_id`` in one transaction.
+
+        Also reserves ``record.name`` for ``record.client_id`` in the names peers use (a name
+        is unique among peers and clients) and holds its mesh IP in the address table; both go
+        with :meth:`delete_client`.
+
+        Raises:
+            StoreConflict: the name is reserved for another ID (a peer's or a client's), the
+                mesh IP is held by a peer or another client, or another client has the key.
+        """
+
+    async def delete_client(self, client_id: str) -> bool:
+        """Remove a client, its name reservation and its address; True when it existed."""
+
     async def load_groups(self) -> list[Group]:
         """Every group."""
 
@@ -269,6 +313,12 @@ PEER_COLUMNS = (
 )
 """The stored columns of a peer, in the order :func:`peer_row` and :func:`peer_from_row` use."""
 
+CLIENT_COLUMNS = (
+    "client_id, name, kind, public_key, mesh_ip, concentrator, preshared_key, enabled, "
+    "expires_at, exit_peer, created_by, created_at"
+)
+"""The stored columns of a client, in the order :func:`client_row` uses."""
+
 CANDIDATE_BATCH = 64
 """Candidates a store looks up in one query when it claims a name or an address."""
 
@@ -282,6 +332,7 @@ class _Status(msgspec.Struct, kw_only=True):
     version: str = ""
     allow_exit_traffic: bool = False
     aliases: list[str] = msgspec.field(default_factory=list)
+    concentrator_endpoint: str = ""
 
 
 _status_enc = msgspec.json.Encoder()
@@ -339,6 +390,45 @@ def peer_from_row(row: Sequence[Any]) -> PeerRecord:
         allow_exit_traffic=status.allow_exit_traffic,
         aliases=status.aliases,
         pending=bool(row[10]),
+        concentrator_endpoint=status.concentrator_endpoint,
+    )
+
+
+def client_row(
+    r: ClientRecord,
+) -> tuple[str, str, str, str, str, str, str, bool, float, str, str, float]:
+    """The stored columns of ``r`` (:data:`CLIENT_COLUMNS`)."""
+    return (
+        r.client_id,
+        r.name,
+        r.kind,
+        r.public_key,
+        r.mesh_ip,
+        r.concentrator,
+        r.preshared_key,
+        r.enabled,
+        r.expires_at,
+        r.exit_peer,
+        r.created_by,
+        r.created_at,
+    )
+
+
+def client_from_row(row: Sequence[Any]) -> ClientRecord:
+    """A :class:`ClientRecord` from the columns of :data:`CLIENT_COLUMNS`."""
+    return ClientRecord(
+        client_id=row[0],
+        name=row[1],
+        kind=row[2],
+        public_key=row[3],
+        mesh_ip=row[4],
+        concentrator=row[5],
+        preshared_key=row[6],
+        enabled=bool(row[7]),
+        expires_at=row[8],
+        exit_peer=row[9],
+        created_by=row[10],
+        created_at=row[11],
     )
 
 
@@ -368,5 +458,6 @@ def _status_of(r: PeerRecord) -> bytes:
             version=r.version,
             allow_exit_traffic=r.allow_exit_traffic,
             aliases=r.aliases,
+            concentrator_endpoint=r.concentrator_endpoint,
         )
     )

@@ -29,6 +29,7 @@ import msgspec
 from tunnelmesh.control.messages import Counters
 from tunnelmesh.coordinator.alloc import AllocationError, IpAllocator, name_candidates
 from tunnelmesh.coordinator.store import (
+    ClientRecord,
     Group,
     NameReserved,
     PeerRecord,
@@ -38,7 +39,7 @@ from tunnelmesh.coordinator.store import (
 )
 from tunnelmesh.errors import StateStoreError
 
-__all__ = ["CHECKS", "SHARED_CHECKS", "Factory", "peer"]
+__all__ = ["CHECKS", "SHARED_CHECKS", "Factory", "client", "peer"]
 
 Factory = Callable[[], StateStore]
 Check = Callable[[Factory], Awaitable[None]]
@@ -266,6 +267,68 @@ async def check_addresses_and_names_of_others(factory: Factory) -> None:
         assert await store.release_name("phone")
 
 
+def client(i: int, name: str, mesh_ip: str, *, key: str = "") -> ClientRecord:
+    """A client record (a WireGuard client of a concentrator peer)."""
+    return ClientRecord(
+        client_id=f"c{i:015x}",
+        name=name,
+        kind="wireguard",
+        public_key=key or f"WGKEY{i}",
+        mesh_ip=mesh_ip,
+        concentrator=peer(1).peer_id,
+        preshared_key="psk" if i % 2 else "",
+        expires_at=float(i),
+        created_by=peer(1).peer_id,
+        created_at=1.0,
+    )
+
+
+async def check_clients(factory: Factory) -> None:
+    """Clients share the peers' names and addresses: neither side can take the other's name
+    or IP, a key is one client's; a refused write changes nothing; delete frees name and IP."""
+    async with _opened(factory) as (store,):
+        alpha = peer(1, name="alpha", mesh_ip="10.99.0.5")
+        await store.put_peer(alpha)
+        phone = client(1, "phone", "10.99.0.6")
+        await store.put_client(phone)
+        assert await store.load_clients() == [phone]
+        for bad in (
+            client(2, "tablet", alpha.mesh_ip),  # a peer's IP
+            client(2, "tablet", phone.mesh_ip),  # another client's IP
+            client(2, "alpha", "10.99.0.7"),  # a peer's name
+            client(2, "tablet", "10.99.0.7", key=phone.public_key),  # the same key, another ID
+        ):
+            await _raises(StoreConflict, store.put_client(bad))
+        await _raises(StoreConflict, store.put_peer(peer(3, name="beta", mesh_ip=phone.mesh_ip)))
+        await _raises(StoreConflict, store.put_peer(peer(3, name="phone", mesh_ip="10.99.0.8")))
+        await _raises(
+            StoreConflict, store.put_peer(msgspec.structs.replace(alpha, mesh_ip=phone.mesh_ip))
+        )
+        claimed = await store.claim_peer(
+            peer(4, name="phone", mesh_ip=""),
+            names=name_candidates("phone", rename=True),
+            ips=[phone.mesh_ip, "10.99.0.9"],
+        )
+        assert (claimed.name, claimed.mesh_ip) == ("phone-2", "10.99.0.9")
+        assert await store.load_clients() == [phone]
+        assert await store.get_peer(alpha.peer_id) == alpha
+        # a client may move and rename; its old name is freed (no tombstone for clients)
+        moved = msgspec.structs.replace(phone, name="mobile", mesh_ip="10.99.0.10", enabled=False)
+        await store.put_client(moved)
+        names = await store.load_names()
+        assert names["mobile"] == phone.client_id and "phone" not in names
+        assert (await store.load_addresses())["10.99.0.10"] == phone.client_id
+        assert phone.mesh_ip not in await store.load_addresses()
+        # a tombstoned peer name stays its key's
+        await store.delete_peer(alpha.peer_id)
+        await _raises(NameReserved, store.put_client(client(5, "alpha", "10.99.0.11")))
+        assert await store.delete_client(phone.client_id)
+        assert not await store.delete_client(phone.client_id)
+        assert await store.load_clients() == []
+        assert "mobile" not in await store.load_names()
+        assert "10.99.0.10" not in await store.load_addresses()
+
+
 async def check_concurrent_claims(factory: Factory) -> None:
     """300 claims at once through 3 stores: 300 distinct names and addresses, none lost."""
     pool = IpAllocator("10.8.0.0/23")  # 510 addresses: the hash starts collide often
@@ -364,6 +427,7 @@ CHECKS: list[Check] = [
     check_documents,
     check_claim_peer,
     check_addresses_and_names_of_others,
+    check_clients,
     check_concurrent_claims,
     check_closed,
     check_origin,
