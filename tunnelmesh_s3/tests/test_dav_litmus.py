@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from davkit import Dav, dav_server
@@ -24,13 +25,14 @@ def dav(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dav]:
     yield from dav_server(tmp_path_factory.mktemp("litmus"))
 
 
-def test_litmus_passes_every_suite(dav: Dav) -> None:
+def test_litmus_passes_every_suite(dav: Dav, tmp_path: Path) -> None:
     assert dav.request("MKCOL", "/team/litmus/")[0] == 201
     proc = subprocess.run(
         ["litmus", f"http://127.0.0.1:{dav.port}/team/litmus/"],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # litmus writes debug.log and child.log where it runs
     )
     summaries = re.findall(
         r"<- summary for `(\w+)': of (\d+) tests run: (\d+) passed, (\d+) failed", proc.stdout
