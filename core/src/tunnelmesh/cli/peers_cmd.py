@@ -71,8 +71,9 @@ def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> 
     --json lists the whole mesh, this node included, each peer with "self" (true for this
     node).
 
-    Subcommands: delete NAME (the peer itself or an admin); for admins: release NAME (free
-    the name a departed key held), pending and approve NAME (approve_new_peers).
+    Subcommands: delete NAME (the peer itself or an admin); transport NAME (show, or as the
+    peer itself or an admin set, its transport order); for admins: release NAME (free the
+    name a departed key held), pending and approve NAME (approve_new_peers).
 
     EXIT says whether the peer is an exit node (it allows exit traffic: --exit-node NAME).
 
@@ -179,3 +180,53 @@ def pending(context_name: str | None, as_json: bool) -> None:
         click.echo("no key waits for approval")
     for r in rows:
         click.echo(f"{r['name']}  {r['peer_id']}  {r['fingerprint']}")
+
+
+@peers.command()
+@context_option
+@json_option()
+@click.argument("name")
+@click.option(
+    "--order",
+    metavar="T1,T2,...",
+    help="Set NAME's transport order, most preferred first (e.g. udp,relay).",
+)
+@click.option("--force", metavar="TRANSPORT", help="Use only this transport (e.g. relay).")
+@click.option("--clear", is_flag=True, help="Back to the node's own order (its peer.yaml).")
+def transport(
+    context_name: str | None,
+    as_json: bool,
+    name: str,
+    order: str | None,
+    force: str | None,
+    clear: bool,
+) -> None:
+    """Show or set the transport order of peer NAME (setting: the peer itself or an admin).
+
+    The coordinator keeps the order and pushes it to NAME's node, which re-selects its paths
+    at once, without a restart; `tunnelmesh peers` shows the transport in use within
+    seconds. Without an option, shows the order set, the order in force on the node and the
+    transport it uses towards each peer.
+    """
+    given = [x for x in (order is not None, force is not None, clear) if x]
+    if len(given) > 1:
+        raise click.UsageError("give one of --order, --force and --clear")
+    path = f"/api/v1/peers/{name}/transport"
+    if clear:
+        got = api_call(context_name, "DELETE", path)
+    elif force is not None:
+        got = api_call(context_name, "PUT", path, {"force": force})
+    elif order is not None:
+        names = [n.strip() for n in order.split(",") if n.strip()]
+        got = api_call(context_name, "PUT", path, {"order": names})
+    else:
+        got = api_call(context_name, "GET", path)
+    if as_json:
+        click.echo(json.dumps(got, indent=2))
+        return
+    set_ = ",".join(got["order"]) or "none (the node's own)"
+    click.echo(f"{got['name']}: order set {set_}")
+    in_force = ",".join(got["effective_order"]) or "not reported yet"
+    click.echo(f"in force on the node: {in_force}")
+    for peer, t in sorted(got["transports"].items()):
+        click.echo(f"  {peer}: {t}")

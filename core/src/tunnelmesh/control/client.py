@@ -143,6 +143,7 @@ class PeerStatus(msgspec.Struct, kw_only=True):
     counters: Counters = msgspec.field(default_factory=Counters)
     allow_exit_traffic: bool = False
     aliases: list[str] = msgspec.field(default_factory=list)  # dns.aliases to publish
+    transport_order: list[str] = msgspec.field(default_factory=list)  # the order in force
 
 
 async def _maybe_await(value: T | Awaitable[T]) -> T:
@@ -408,6 +409,7 @@ class ControlClient:
             counters=status.counters,
             allow_exit_traffic=status.allow_exit_traffic,
             aliases=status.aliases,
+            transport_order=status.transport_order,
         )
         started = time.monotonic()
         ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)

@@ -33,6 +33,7 @@ __all__ = [
     "RendezvousAck",
     "RendezvousRequest",
     "Snapshot",
+    "TransportOrder",
     "decode_push",
     "encode",
 ]
@@ -121,6 +122,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     counters: Counters = msgspec.field(default_factory=Counters)
     allow_exit_traffic: bool = False  # this peer forwards other peers' internet traffic
     aliases: list[str] = msgspec.field(default_factory=list)  # dns.aliases: extra DNS names
+    transport_order: list[str] = msgspec.field(default_factory=list)  # the order in force
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):
@@ -235,7 +237,17 @@ class Coordinators(msgspec.Struct, kw_only=True, tag="coordinators", tag_field="
     urls: list[str]
 
 
-PushMessage = Snapshot | PeerUpserted | PeerGone | Rendezvous | FilterRules | Coordinators
+class TransportOrder(msgspec.Struct, kw_only=True, tag="transport_order", tag_field="type"):
+    """The transport order an admin (or this peer) set for this node through the coordinator,
+    most preferred first; empty: the node's own ``transports.order`` again. Sent to that node
+    only, after its snapshot when one is set, and on every change."""
+
+    order: list[str]
+
+
+PushMessage = (
+    Snapshot | PeerUpserted | PeerGone | Rendezvous | FilterRules | Coordinators | TransportOrder
+)
 
 _encoder = msgspec.json.Encoder()
 _push_decoder = msgspec.json.Decoder(PushMessage)

@@ -32,6 +32,7 @@ from tunnelmesh.control.messages import (
     PushMessage,
     Rendezvous,
     Snapshot,
+    TransportOrder,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "PeerTable",
     "RendezvousRequested",
     "SelfRemoved",
+    "TransportOrderChanged",
 ]
 
 
@@ -91,8 +93,22 @@ class FilterRulesChanged:
     rules: tuple[PolicyRule, ...]
 
 
+@dataclass(frozen=True)
+class TransportOrderChanged:
+    """The transport order set for this node through the coordinator changed (empty: the
+    node's own ``transports.order`` again)."""
+
+    order: tuple[str, ...]
+
+
 PeerChange = (
-    PeerAdded | PeerChanged | PeerRemoved | RendezvousRequested | SelfRemoved | FilterRulesChanged
+    PeerAdded
+    | PeerChanged
+    | PeerRemoved
+    | RendezvousRequested
+    | SelfRemoved
+    | FilterRulesChanged
+    | TransportOrderChanged
 )
 
 # Fields whose change matters to the data plane or to `tunnelmesh peers`; counters do not.
@@ -134,6 +150,8 @@ class PeerTable:
             None if filter_rules is None else tuple(filter_rules)
         )
         """The coordinator's filter rules; None until the coordinator (or a cache) told us."""
+        self.transport_order: tuple[str, ...] = ()
+        """The transport order set for this node through the coordinator (empty: none)."""
         for p in peers:
             if p.peer_id != self_id:
                 self.peers[p.peer_id] = p
@@ -167,6 +185,12 @@ class PeerTable:
                 return []
             self.filter_rules = rules
             return [FilterRulesChanged(rules)]
+        if isinstance(msg, TransportOrder):
+            order = tuple(msg.order)
+            if order == self.transport_order:
+                return []
+            self.transport_order = order
+            return [TransportOrderChanged(order)]
         return []  # Coordinators: the client's business (where to connect), not the table's
 
     def _in_sequence(self, revision: int) -> bool:

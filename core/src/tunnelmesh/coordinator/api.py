@@ -276,7 +276,13 @@ async def push(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     # No await between the snapshot and attach: the deltas this channel gets continue from
     # the snapshot's revision without a gap.
-    first = coord.snapshot_message() + b"\n" + coord.filter_message()
+    first = b"\n".join(
+        (
+            coord.snapshot_message(),
+            coord.filter_message(),
+            coord.transport_orders.message(rec.peer_id),  # this node's (api_admin)
+        )
+    )
     sub = coord.hub.attach(rec.peer_id, ws, first)
     try:
         async for msg in ws:

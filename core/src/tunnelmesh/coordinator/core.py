@@ -68,11 +68,13 @@ from tunnelmesh.coordinator.filterbook import FilterBook
 from tunnelmesh.coordinator.groups import GroupBook
 from tunnelmesh.coordinator.limits import RateLimiter, source_key
 from tunnelmesh.coordinator.liveness import Liveness
+from tunnelmesh.coordinator.peerstats import PeerStats
 from tunnelmesh.coordinator.policy import MAX_ALIASES, accepted_aliases
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.roster import ROSTER_KEY, decode_roster, encode_roster, refreshed
 from tunnelmesh.coordinator.sealed import Sealer, load_key
 from tunnelmesh.coordinator.store import NameReserved, PeerRecord, StateStore, StoreConflict
+from tunnelmesh.coordinator.transportbook import TransportBook
 from tunnelmesh.errors import CoordinatorError, StateStoreError
 from tunnelmesh.identity import (
     fingerprint_of,
@@ -222,6 +224,8 @@ class Coordinator:
             clock=self.clock,
         )
         self.filters = FilterBook(self.store, config.filter, clock=clock, changed=self._pushed)
+        self.transport_orders = TransportBook(self.store, clock=clock, send=self.hub.send_to)
+        self.peerstats, self.started_at = PeerStats(), clock()  # heartbeat history; uptime
         self._lock = asyncio.Lock()
         self.revision = 0
         self.stun_port = 0
@@ -276,6 +280,7 @@ class Coordinator:
         self._names = await self.store.load_names()
         await self.groups.load()
         await self.filters.load()
+        await self.transport_orders.load()
         now = self.clock()
         for rec in await self.store.load_peers():
             rec.is_admin = self.is_admin(rec)
@@ -881,6 +886,7 @@ class Coordinator:
         rec.reasons = {k: v[:200] for k, v in list(hb.reasons.items())[:4096]}
         rec.counters = hb.counters
         rec.last_seen = now
+        self.peerstats.heartbeat(rec.peer_id, hb, now)
         self._dirty.add(rec.peer_id)
         self.stats["heartbeats"] += 1
         if self.liveness.seen(rec.peer_id, now):
@@ -907,6 +913,7 @@ class Coordinator:
             if self.alloc.contains(rec.mesh_ip):
                 self.alloc.release(rec.mesh_ip)
             self.liveness.forget(rec.peer_id)
+            self.peerstats.forget(rec.peer_id)
             self.revision += 1
             log.info("deleted peer %s (%s), freed %s", rec.name, rec.peer_id, rec.mesh_ip)
             self.hub.broadcast(

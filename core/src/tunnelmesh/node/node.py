@@ -63,6 +63,7 @@ from tunnelmesh.mesh.routing import RoutingTable
 from tunnelmesh.node.clients import ClientRoutes
 from tunnelmesh.node.endpoints import local_endpoints
 from tunnelmesh.node.peers import PeerSync
+from tunnelmesh.node.transportctl import TransportControl
 
 __all__ = ["Node", "NodeError", "can_create_tun"]
 
@@ -140,6 +141,7 @@ class Node:
         self.exit: Any = None
         self.control: Any = None
         self.sync: PeerSync | None = None
+        self.transport_control: TransportControl | None = None
         self.wg_clients: ClientRoutes | None = None
         """The WireGuard clients this node routes (all) and serves (a concentrator's)."""
         self.concentrator: ConcentratorView | None = None
@@ -249,6 +251,7 @@ class Node:
             ),
             allow_exit_traffic=self.config.allow_exit_traffic,
             aliases=list(self.config.dns.aliases),
+            transport_order=list(sync.transport_order) if sync is not None else [],
         )
 
     def describe(self) -> dict[str, Any]:
@@ -455,6 +458,8 @@ class Node:
             self.client.add_callback(self.sync.apply)
             self._follow_clients()
             self._follow_filter_rules()
+            self.transport_control = TransportControl(self.sync, self.client, self.notify)
+            self.transport_control.start()  # the order set through the coordinator
             from tunnelmesh.netmon import NetworkMonitor
 
             self.netmon = NetworkMonitor(
@@ -678,6 +683,8 @@ class Node:
             steps.append(("the network monitor", self.netmon.aclose))
         if self.exit is not None:
             steps.append(("the exit node (routes, NAT)", self.exit.aclose))
+        if self.transport_control is not None:
+            self.transport_control.close()
         if self.sync is not None:
             steps.append(("the peer sync", self.sync.aclose))
         if self.wg_clients is not None:

@@ -130,6 +130,8 @@ class PeerSync:
         self.link_transport: dict[str, str] = {}
         """Which transport carries each peer's packets (its active path), by peer name."""
         self.link_reason: dict[str, str] = {}
+        self.on_path_change: Callable[[], None] | None = None
+        """Called after a peer's active path changed (the node reports it early)."""
         self.path_changes: dict[str, int] = {}
         """Per peer: how often its active path changed (metrics)."""
         """Why that transport (or why none), by peer name, as of the last switch (the live
@@ -309,6 +311,8 @@ class PeerSync:
             self.link_transport[name] = transport
         self.link_reason[name] = reason
         self.path_changes[name] = self.path_changes.get(name, 0) + 1
+        if self.on_path_change is not None:
+            self.on_path_change()
 
     def ask_rendezvous(self, name: str) -> None:
         """Ask the coordinator to make ``name`` dial us (rate-limited per peer)."""
