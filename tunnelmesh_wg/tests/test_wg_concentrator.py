@@ -184,6 +184,11 @@ def test_a_client_reaches_the_node_and_only_with_its_own_address() -> None:
             assert status["latest_handshake"] == pytest.approx(time.time(), abs=5)
             assert status["rx_bytes"] > 0 and status["tx_bytes"] > 0
             assert status["endpoint"] == f"127.0.0.1:{phone.socket.sock.getsockname()[1]}"
+            described = conc.describe()  # node.status
+            assert described["listen_port"] == conc.port
+            assert described["endpoint"] == "vpn.example.org:51820"
+            assert described["clients"]["phone"] == status
+            assert described["public_key"] == base64.b64encode(conc.public_key).decode()
         finally:
             phone.close()
 

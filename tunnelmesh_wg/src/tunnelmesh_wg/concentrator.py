@@ -26,7 +26,6 @@ import base64
 import binascii
 import logging
 import socket
-import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -179,7 +178,7 @@ class Concentrator:
         """Per served client (by client ID): latest handshake (unix seconds, 0 = never),
         bytes received and sent, the endpoint it was last seen at."""
         out: dict[str, dict[str, Any]] = {}
-        wall = time.time() - (self.socket.now() if self.socket is not None else 0.0)
+        wall = self.engine.wall_offset  # loop time -> unix time (set when the socket started)
         for name, (key, _psk) in self.clients.items():
             peer = self.engine.peers.get(key)
             if peer is None:
