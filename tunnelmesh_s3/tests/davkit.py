@@ -63,6 +63,8 @@ class Dav:
 
 
 async def make_shares(storage: FilesystemStorage, auth: FileAuthorizer) -> None:
+    if await storage.list_buckets():
+        return  # a store made before (a restart)
     for name, owner, read in (("team", ALICE, [BOB.key]), ("priv", CAROL, [])):
         await storage.create_bucket(name)
         await auth.put_share(
@@ -126,3 +128,11 @@ class _Thread:
 def dav_server(root: Path) -> Iterator[Dav]:
     with _Thread(root) as dav:
         yield dav
+
+
+if __name__ == "__main__":  # a server in its own process (the crash test kills it)
+    import sys
+
+    for running in dav_server(Path(sys.argv[1])):
+        print(f"listening {running.port}", flush=True)
+        threading.Event().wait()
