@@ -528,3 +528,43 @@ def test_host_must_be_an_ip_or_a_mesh_name(dav: Dav, host: str, status: int) -> 
     """A rebound DNS name must not let a browser on a peer act as that peer."""
     got = dav.request("PROPFIND", "/team/", None, {"Depth": "0", "Host": host})
     assert got[0] == status, got
+
+
+def test_chunked_put_as_finder_sends_it(dav: Dav) -> None:
+    """macOS Finder PUTs with Transfer-Encoding: chunked (no Content-Length)."""
+    import http.client
+
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    conn = http.client.HTTPConnection("127.0.0.1", dav.port, timeout=30)
+    try:
+        conn.putrequest("PUT", "/team/chunked.bin")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.putheader("X-Expected-Entity-Length", str(len(data)))
+        conn.endheaders()
+        for i in range(0, len(data), 65536):
+            piece = data[i : i + 65536]
+            conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+        assert conn.getresponse().status == 201
+    finally:
+        conn.close()
+    assert dav.request("GET", "/team/chunked.bin")[2] == data
+
+
+def test_propfind_of_a_large_directory_streams_every_entry(dav: Dav) -> None:
+    dav.request("MKCOL", "/team/many/")
+
+    async def put_many() -> None:
+        async def empty() -> object:
+            return
+            yield b""
+
+        for i in range(1300):
+            await dav.storage.put_object("team", f"many/f{i:05d}", empty())
+
+    dav.run(put_many())
+    status, headers, body = dav.request("PROPFIND", "/team/many/", None, {"Depth": "1"})
+    assert status == 207 and headers["dav"] == "1, 2"
+    listing = ms(body)
+    assert len(listing) == 1301
+    assert "/team/many/f01299" in listing

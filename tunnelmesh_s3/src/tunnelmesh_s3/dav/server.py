@@ -449,10 +449,8 @@ async def do_propfind(req: _Req) -> web.StreamResponse:
             mode, wanted = "prop", prop.children
         elif root.find(DAV, "allprop") is None:
             raise DavError(400, "DAV:propfind needs allprop, propname or prop")
-    out: list[str] = []
     if req.view is None:  # the root: the shares this caller may read
-        now = req.now
-        out.append(_response(req, "", Entry("", True, mtime=now), mode, wanted))
+        out = [_response(req, "", Entry("", True, mtime=req.now), mode, wanted)]
         if depth == "1":
             principal = req.access.principal(req.request.remote or "")
             for name in req.access.shares(principal):
@@ -462,16 +460,34 @@ async def do_propfind(req: _Req) -> web.StreamResponse:
                 except ShareError:
                     continue
                 out.append(_response(req, name, entry, mode, wanted))
-    else:
-        entry = await req.view.need(req.path)
-        out.append(_response(req, req.share, entry, mode, wanted))
-        if depth == "1" and entry.is_dir:
-            async for child in req.view.listdir(req.path):
-                out.append(_response(req, req.share, child, mode, wanted))
-    return web.Response(
-        status=207, text=MULTISTATUS.format("".join(out)), content_type="application/xml",
-        charset="utf-8",
-    )  # fmt: skip
+        return web.Response(
+            status=207,
+            text=MULTISTATUS.format("".join(out)),
+            content_type="application/xml",
+            charset="utf-8",
+        )
+    entry = await req.view.need(req.path)
+    head, _, tail = MULTISTATUS.partition("{}")
+    response = web.StreamResponse(
+        status=207, headers={"Content-Type": "application/xml; charset=utf-8"}
+    )
+    response.headers["DAV"] = "1, 2"
+    response.headers["Server"] = "tunnelmesh-dav"
+    # a directory of any size streams out page by page (memory stays bounded): the status is
+    # sent before the listing, so a store failure midway ends the connection, not a 500
+    await response.prepare(req.request)
+    await response.write((head + _response(req, req.share, entry, mode, wanted)).encode())
+    if depth == "1" and entry.is_dir:
+        batch: list[str] = []
+        async for child in req.view.listdir(req.path):
+            batch.append(_response(req, req.share, child, mode, wanted))
+            if len(batch) >= 256:
+                await response.write("".join(batch).encode())
+                batch.clear()
+        await response.write("".join(batch).encode())
+    await response.write(tail.encode())
+    await response.write_eof()
+    return response
 
 
 async def do_proppatch(req: _Req) -> web.StreamResponse:
