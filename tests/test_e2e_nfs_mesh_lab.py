@@ -10,8 +10,9 @@ carol is no member:
   unlink through libnfs (``tunnelmesh_s3/tests/libnfs_ops.py``, ctypes on libnfs.so);
 * bob reads (``nfs-cat``) and every write fails with a permission error, changing nothing;
 * carol's mount is refused with MNT3ERR_ACCES;
-* ``kill -9`` of the coordinator while alice copies two files over NFS (one new, one replacing
-  the 50 MiB file): after a restart the new file is absent and the old one whole.
+* ``kill -9`` of the coordinator while alice copies two files over NFS (``nfs-cp`` to a new
+  name, and libnfs opening the 50 MiB file with ``O_TRUNC`` and writing it over): after a
+  restart each is absent or whole (the new one absent, the replaced one the old file).
 """
 
 from __future__ import annotations
@@ -245,40 +246,53 @@ def test_nfs_shares_through_the_mesh(mesh: MeshLab, tmp_path: Path) -> None:
 
     # kill -9 of the coordinator mid-write: a new file and an overwrite of big.bin, both copying
     other = tmp_path / "other.bin"
-    other.write_bytes(os.urandom(50 * MiB))
+    other.write_bytes(os.urandom(100 * MiB))
+    other_digest = hashlib.sha256(other.read_bytes()).hexdigest()
     alice = mesh.peers["alice"]
-    copies = [
-        alice.host.popen(["nfs-cp", str(other), url % target], env=mesh.env(alice.home),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for target in ("new.bin", "big.bin")
+    copies = [  # nfs-cp creates (O_EXCL); libnfs_ops put overwrites (O_TRUNC), as cp would
+        alice.host.popen(argv, env=mesh.env(alice.home), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+        for argv in (["nfs-cp", str(other), url % "new.bin"], [*ops, "put", str(other), "/big.bin"])
     ]  # fmt: skip
     staging = tmp_path / "coord-state" / "s3" / "nfs" / "staging"
 
-    def both_half_written() -> bool:
+    def both_staged() -> bool:
         files = list(staging.glob("*")) if staging.is_dir() else []
         return len(files) == 2 and all(f.stat().st_size > 10 * MiB for f in files)
 
-    poll(both_half_written, 120, "two NFS copies half way")
+    poll(both_staged, 120, "two NFS copies under way")
+    running = [p.poll() is None for p in copies]
     assert mesh.coordinator is not None
     mesh.coordinator.proc.kill()  # SIGKILL
     mesh.coordinator.proc.wait(10)
     mesh.coordinator = None
+    assert any(running), "both copies had finished before the kill: nothing was mid-write"
     for p in copies:  # libnfs keeps reconnecting to a dead server: stop the copies (by PID)
         if p.poll() is None:
             p.kill()
         p.wait(30)
     start(mesh, coord_sock, names)
-    got = tmp_path / "got.bin"
-    ls_crash, cp_got = session(
+    got_new, got_big = tmp_path / "got-new.bin", tmp_path / "got-big.bin"
+    ls_crash, cp_new, cp_big = session(
         mesh,
         "alice",
         [
             {"do": "sh", "argv": ["nfs-ls", root]},
-            {"do": "sh", "argv": ["nfs-cp", url % "big.bin", str(got)]},
+            {"do": "sh", "argv": ["nfs-cp", url % "new.bin", str(got_new)]},
+            {"do": "sh", "argv": ["nfs-cp", url % "big.bin", str(got_big)]},
         ],
     )
-    assert ls_crash["rc"] == 0 and "new.bin" not in ls_crash["out"], ls_crash  # absent
-    assert cp_got["rc"] == 0, cp_got
-    assert hashlib.sha256(got.read_bytes()).hexdigest() == digest  # the old file, whole
-    objects = tm(mesh, "alice", "buckets", "objects", "team", "-r").stdout
-    assert "new.bin" not in objects, objects
+    assert ls_crash["rc"] == 0, ls_crash
+    # absent or whole: new.bin is not there (or, had its copy committed before the kill,
+    # all of other.bin); big.bin is all of the old file or all of the new one, never a mix
+    if "new.bin" in ls_crash["out"]:
+        assert not running[0], "new.bin appeared although its copy was cut"
+        assert hashlib.sha256(got_new.read_bytes()).hexdigest() == other_digest
+    else:
+        assert cp_new["rc"] != 0
+    assert cp_big["rc"] == 0, cp_big
+    big_after = hashlib.sha256(got_big.read_bytes()).hexdigest()
+    assert big_after in (digest, other_digest), "big.bin is neither the old nor the new file"
+    print(f"kill -9 mid-write: copies running {running}; new.bin "
+          f"{'present' if 'new.bin' in ls_crash['out'] else 'absent'}, big.bin "
+          f"{'old' if big_after == digest else 'new'}")  # fmt: skip

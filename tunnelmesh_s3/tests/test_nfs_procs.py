@@ -350,12 +350,14 @@ def test_create_write_commit_read(tmp_path: Path) -> None:
         expect(await rig(NFS, 7, xfh(2) + h(64 * 1024**3) + w(1, 0) + s("x")), w(27), w(0, 0))
         too_big = xfh(2) + w(0, 0, 0, 1) + h(64 * 1024**3 + 1) + w(0, 0) + w(0)
         expect(await rig(NFS, 2, too_big), w(27), w(0, 0))
-        # SETATTR size 2 (truncate), stored at once; guard off
+        # SETATTR size 2 (truncate; guard off): staged like a write, stored at COMMIT
         expect(
             await rig(NFS, 2, xfh(2) + w(0, 0, 0, 1) + h(2) + w(0, 0) + w(0)),
             w(0),
             wcc(fattr(1, 0o644, 2, 2)),
         )
+        assert (await rig.storage.head_object("docs", "a.txt")).size == 6
+        await rig(NFS, 21, xfh(2) + h(0) + w(0))
         assert (await rig.storage.head_object("docs", "a.txt")).size == 2
         # CREATE GUARDED of an existing name: EXIST, with the dir's wcc
         expect(
@@ -523,13 +525,19 @@ def test_handles_survive_a_restart_and_uncommitted_writes_do_not(tmp_path: Path)
         await rig(NFS, 7, xfh(3) + h(0) + w(4, 2) + s("kept"))  # FILE_SYNC: stored
         await rig(NFS, 8, xfh(2) + s("lost") + w(0) + bytes(24))  # id 4
         await rig(NFS, 7, xfh(4) + h(0) + w(4, 0) + s("lost"))  # UNSTABLE, never committed
+        # an overwrite cut short: O_TRUNC (SETATTR size 0), then part of the new data
+        await rig(NFS, 2, xfh(3) + w(0, 0, 0, 1) + h(0) + w(0, 0) + w(0))
+        await rig(NFS, 7, xfh(3) + h(0) + w(2, 0) + s("ne"))
         rig.svc.stages._stages.clear()  # a crash: the stop below commits nothing
 
     run(tmp_path, first)
 
     async def second(rig: Rig) -> None:
         assert rig.svc.verifier == VERF  # (set by the rig; a real start draws a new one)
-        expect(await rig(NFS, 1, xfh(3)), w(0), fattr(1, 0o644, 4, 3))
+        expect(await rig(NFS, 1, xfh(3)), w(0), fattr(1, 0o644, 4, 3))  # "kept", whole
+        reader = await rig.storage.open_object("docs", "d/kept")
+        assert b"".join([c async for c in reader.stream()]) == b"kept"
+        await reader.aclose()
         expect(
             await rig(NFS, 3, xfh(2) + s("kept")),
             w(0) + xfh(3),
@@ -640,8 +648,8 @@ def test_a_stage_dropped_while_a_write_waits_is_made_again(tmp_path: Path) -> No
         get = rig.svc._stage
         dropped: list[object] = []
 
-        async def dropping(node: Any) -> Any:
-            stage = await get(node)
+        async def dropping(node: Any, **kw: Any) -> Any:
+            stage = await get(node, **kw)
             if not dropped:  # as the idle timer does between the lookup and the lock
                 rig.svc.stages.drop(stage)
                 dropped.append(stage)

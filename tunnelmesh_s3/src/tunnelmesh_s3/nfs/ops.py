@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +127,11 @@ class _Node:
     id: int
     key: str  # "" for the share's root; a directory's path without a trailing "/"
     entry: Entry
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 def _split_time(t: float) -> tuple[int, int]:
@@ -396,12 +401,13 @@ class NfsService:
             stage.mtime = info.last_modified
             self.stages.arm(stage)
 
-    async def _stage(self, node: _Node) -> Stage:
-        """The file's stage, made from its stored content when there is none."""
+    async def _stage(self, node: _Node, *, fill: bool = True) -> Stage:
+        """The file's stage, made from its stored content when there is none (``fill``
+        False: empty, for a truncation to 0)."""
         async with self._staging:
-            return await self._get_stage(node)
+            return await self._get_stage(node, fill=fill)
 
-    async def _get_stage(self, node: _Node) -> Stage:
+    async def _get_stage(self, node: _Node, *, fill: bool = True) -> Stage:
         stage = self.stages.get(node.view.name, node.key)
         if stage is not None:
             if stage.new or stage.dirty:
@@ -422,7 +428,7 @@ class NfsService:
                 try:
                     stage.etag = reader.info.etag
                     pos = 0
-                    async for chunk in reader.stream():
+                    async for chunk in reader.stream() if fill else _nothing():
                         await stage.pwrite(chunk, pos)
                         pos += len(chunk)
                 finally:
@@ -435,12 +441,18 @@ class NfsService:
         return stage
 
     async def _change(
-        self, node: _Node, change: Callable[[Stage], Awaitable[None]], *, locked: bool = False
+        self,
+        node: _Node,
+        change: Callable[[Stage], Awaitable[None]],
+        *,
+        locked: bool = False,
+        fill: bool = True,
     ) -> Stage:
         """Apply ``change`` to the file's stage under its lock (``locked``: the caller holds
         the staging lock). A stage dropped while we waited for it (idle, removed) is made again."""
         for _ in range(3):
-            stage = await (self._get_stage(node) if locked else self._stage(node))
+            get = self._get_stage if locked else self._stage
+            stage = await get(node, fill=fill)
             async with stage.lock:
                 if stage.closed:
                     continue
@@ -452,9 +464,12 @@ class NfsService:
         self._need_write(node.view)
         if size > nfs3.MAX_FILE:
             raise NfsError(Stat.FBIG)
-        stage = await self._change(node, lambda st: st.truncate(size), locked=locked)
-        if not stage.new:  # SETATTR is synchronous: the new size is stored before the reply
-            await self._commit_stage(stage)
+        # Staged like a write: stored at the next COMMIT (or idle commit) together with the data
+        # that follows it, so an overwrite (open with O_TRUNC, writes, COMMIT) cut by a crash
+        # leaves the old file whole, never an empty or half-written one. RFC 1813 wants SETATTR
+        # stable at once; the difference is that a truncation with nothing after it can be
+        # undone by a crash within the idle delay (no data is lost).
+        await self._change(node, lambda st: st.truncate(size), locked=locked, fill=size > 0)
 
     # --- procedures -----------------------------------------------------------------------------
 

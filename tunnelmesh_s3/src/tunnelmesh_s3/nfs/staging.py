@@ -4,7 +4,7 @@ NFSv3 lets a server keep UNSTABLE writes in volatile storage until the client se
 client keeps its copy until then and writes again when the server's write verifier changes (a
 restart). Here a file being written is a *stage*: a private file in ``<nfs dir>/staging/``
 holding the file's whole new content. WRITE lands in it with ``pwrite``; READ and GETATTR of
-the file see it; COMMIT (and any FILE_SYNC/DATA_SYNC write, and SETATTR of the size) streams it
+the file see it; COMMIT (and any FILE_SYNC/DATA_SYNC write) streams it
 into the store with one ``put_object``, which makes the object visible whole or not at all.
 
 So a crash (``kill -9``) before COMMIT leaves the object as it was (absent for a new file) and
