@@ -386,7 +386,7 @@ def test_mkdir_readdir_readdirplus_remove_rmdir_rename(tmp_path: Path) -> None:
             await rig(NFS, 16, xfh(ROOT) + h(0) + bytes(8) + w(4096)),
             w(0),
             post(DIR_ATTR),
-            bytes(8),
+            T(8),  # the cookie verifier of this listing
             w(1) + h(3) + s("b.bin") + h(1),
             w(1) + h(2) + s("sub") + h(2),
             w(0, 1),
@@ -396,7 +396,7 @@ def test_mkdir_readdir_readdirplus_remove_rmdir_rename(tmp_path: Path) -> None:
             await rig(NFS, 16, xfh(ROOT) + h(1) + bytes(8) + w(4096)),
             w(0),
             post(DIR_ATTR),
-            bytes(8),
+            T(8),
             w(1) + h(2) + s("sub") + h(2),
             w(0, 1),
         )
@@ -405,7 +405,7 @@ def test_mkdir_readdir_readdirplus_remove_rmdir_rename(tmp_path: Path) -> None:
             await rig(NFS, 17, xfh(ROOT) + h(0) + bytes(8) + w(4096, 8192)),
             w(0),
             post(DIR_ATTR),
-            bytes(8),
+            T(8),
             w(1) + h(3) + s("b.bin") + h(1),
             post(fattr(1, 0o644, 8, 3)),
             w(1) + xfh(3),
@@ -661,5 +661,47 @@ def test_a_stage_dropped_while_a_write_waits_is_made_again(tmp_path: Path) -> No
         reader = await rig.storage.open_object("docs", "f")
         assert b"".join([c async for c in reader.stream()]) == b"ab23456789"
         await reader.aclose()
+
+    run(tmp_path, body)
+
+
+def test_readdir_pages_read_one_snapshot(tmp_path: Path) -> None:
+    """A directory read in pages: the client echoes the cookie verifier; removing entries
+    between pages skips none of the others, and the directory is listed once."""
+
+    async def body(rig: Rig) -> None:
+        names = [f"f{i:03d}" for i in range(120)]
+        for n in names:
+            await rig.storage.put_object("docs", n, _chunks(b"x"))
+        await rig.mount()
+        listed = 0
+        real = rig.svc._listing
+
+        async def counting(d: Any) -> Any:
+            nonlocal listed
+            listed += 1
+            return await real(d)
+
+        rig.svc._listing = counting  # type: ignore[method-assign]
+        seen: list[str] = []
+        cookie, verf = 0, bytes(8)
+        while True:
+            body_ = await rig(NFS, 16, xfh(ROOT) + h(cookie) + verf + w(1024))
+            assert body_[:8] == w(0, 1)  # OK, directory attributes follow
+            pos = 8 + 84
+            verf = body_[pos : pos + 8]
+            pos += 8
+            while struct.unpack_from(">I", body_, pos)[0] == 1:
+                (n,) = struct.unpack_from(">I", body_, pos + 12)
+                seen.append(body_[pos + 16 : pos + 16 + n].decode())
+                pos += 16 + n + (-n % 4)
+                (cookie,) = struct.unpack_from(">Q", body_, pos)
+                pos += 8
+            eof = struct.unpack_from(">I", body_, pos + 4)[0]
+            if eof:
+                break
+            # meanwhile another client removes what this one has not read yet
+            await rig.storage.delete_object("docs", names[len(seen) + 5])
+        assert seen == names and listed == 1
 
     run(tmp_path, body)

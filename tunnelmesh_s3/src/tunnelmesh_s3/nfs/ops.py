@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,11 @@ __all__ = ["NfsError", "NfsService"]
 log = logging.getLogger(__name__)
 
 NOBODY = 65534
+LISTING_TTL = 30.0
+"""Seconds a directory listing is kept for the pages of one READDIR(PLUS) walk."""
+MAX_LISTINGS = 16
+MAX_LISTING = 50_000
+"""Listings kept at once, and the most entries one may have to be kept (bounded memory)."""
 _UNSUPPORTED = {Proc.READLINK, Proc.SYMLINK, Proc.MKNOD, Proc.LINK}
 _SHARE_ERRORS = {
     "denied": Stat.ACCES,
@@ -179,6 +185,9 @@ class NfsService:
         self.started = time.time()
         self._dir_changed: dict[tuple[str, str], float] = {}
         self._staging = asyncio.Lock()  # one get-or-create of a stage at a time
+        self._listings: OrderedDict[bytes, tuple[str, str, list[tuple[str, Entry]], float]] = (
+            OrderedDict()
+        )
         self.calls: dict[tuple[str, str], int] = {}
         """Calls by (procedure, status): ``tunnelmesh_nfs_calls_total`` (see :func:`_label`)."""
 
@@ -713,8 +722,8 @@ class NfsService:
             await view.storage.delete_object(view.name, src.key)
         await asyncio.to_thread(self.handles.move, view.name, src.key, dst_key)
 
-    async def _readdir(self, ctx: _Ctx, a: nfs3.ReaddirArgs) -> list[bytes]:
-        d = await self._dir(ctx, a.dir)
+    async def _listing(self, d: _Node) -> list[tuple[str, Entry]]:
+        """The directory's entries (stored and staged), in name order (UTF-8 bytes)."""
         names: dict[str, Entry] = {}
         async for e in d.view.listdir(d.key):
             names[e.name] = e
@@ -722,12 +731,29 @@ class NfsService:
             rest = s.key[len(d.key) + 1 :] if d.key else s.key
             if "/" not in rest and (s.new or s.dirty):
                 names[rest] = Entry(s.key, False, s.size, s.etag, s.mtime)
-        ordered = sorted(names.items(), key=lambda kv: kv[0].encode())
+        return sorted(names.items(), key=lambda kv: kv[0].encode())
+
+    async def _readdir(self, ctx: _Ctx, a: nfs3.ReaddirArgs) -> list[bytes]:
+        d = await self._dir(ctx, a.dir)
+        # Cookie 0 lists the directory and keeps the list under a fresh cookie verifier; the
+        # next pages (the client echoes the verifier) read that snapshot, so a directory read in
+        # pages costs one listing, and entries removed meanwhile shift nothing. An unknown or
+        # expired verifier lists again.
+        now = time.monotonic()
+        snap = self._listings.get(a.verf) if a.cookie else None
+        if snap is not None and snap[:2] == (d.view.name, d.key) and now - snap[3] < LISTING_TTL:
+            ordered, verf = snap[2], a.verf
+        else:
+            ordered, verf = await self._listing(d), secrets.token_bytes(8)
+            if len(ordered) <= MAX_LISTING:
+                self._listings[verf] = (d.view.name, d.key, ordered, now)
+                while len(self._listings) > MAX_LISTINGS:
+                    self._listings.popitem(last=False)
         if a.cookie > len(ordered):
             raise NfsError(Stat.BAD_COOKIE)
         todo = ordered[a.cookie :]
         keys = [e.path for _, e in todo]
-        budget = a.count - 128  # status, dir attributes, verifier, end markers
+        budget = min(a.count, nfs3.MAX_IO) - 128  # status, dir attributes, verifier, end markers
         per = 140 if a.plus else 24  # the least bytes an entry takes
         ids = await asyncio.to_thread(
             self.handles.ids_of, d.view.name, keys[: max(0, budget // per)]
@@ -749,7 +775,7 @@ class NfsService:
         if not entries and todo:
             raise NfsError(Stat.TOOSMALL)
         eof = a.cookie + len(entries) == len(ordered)
-        return [nfs3.readdir_ok(self._fattr(ctx, d), bytes(8), entries, eof, a.plus)]
+        return [nfs3.readdir_ok(self._fattr(ctx, d), verf, entries, eof, a.plus)]
 
     _readdirplus = _readdir
 
