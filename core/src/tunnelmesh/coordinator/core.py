@@ -64,6 +64,7 @@ from tunnelmesh.coordinator.auth import (
 )
 from tunnelmesh.coordinator.backends import state_store_for
 from tunnelmesh.coordinator.ca import MeshCa, ServerCert
+from tunnelmesh.coordinator.filterbook import META_KEY as FILTER_RULES_KEY
 from tunnelmesh.coordinator.filterbook import FilterBook
 from tunnelmesh.coordinator.groups import GroupBook
 from tunnelmesh.coordinator.limits import RateLimiter, source_key
@@ -73,7 +74,14 @@ from tunnelmesh.coordinator.policy import MAX_ALIASES, accepted_aliases
 from tunnelmesh.coordinator.push import PushHub
 from tunnelmesh.coordinator.roster import ROSTER_KEY, decode_roster, encode_roster, refreshed
 from tunnelmesh.coordinator.sealed import Sealer, load_key
-from tunnelmesh.coordinator.store import NameReserved, PeerRecord, StateStore, StoreConflict
+from tunnelmesh.coordinator.store import (
+    NameReserved,
+    PeerRecord,
+    StateStore,
+    StoreChange,
+    StoreConflict,
+)
+from tunnelmesh.coordinator.transportbook import META_KEY as TRANSPORT_ORDERS_KEY
 from tunnelmesh.coordinator.transportbook import TransportBook
 from tunnelmesh.errors import CoordinatorError, StateStoreError
 from tunnelmesh.identity import (
@@ -93,6 +101,8 @@ _CA_KEY = "mesh_ca"
 HEARTBEAT_BURST = 10.0
 RENDEZVOUS_BURST = 5.0
 PUSH_COALESCE = 0.05
+LIVENESS_POLL = 1.0
+"""Seconds between reads of the heartbeats other coordinators stored (several coordinators)."""
 REGISTER_BURST, REGISTER_RATE = 10.0, 0.1
 """Registrations of one key: 10 at once, then one every 10 s (each is an fsync)."""
 MAX_NAMES_PER_KEY = 4
@@ -248,6 +258,10 @@ class Coordinator:
         self.public_url = config.public_url.rstrip("/")
         self._roster: dict[str, float] = {}
         self._roster_pushed: list[str] = []
+        self._to_share: set[str] = set()  # peers whose pushed fields changed here (see _share)
+        self._stale = False  # a change of another coordinator could not be read: reload
+        self.followed = {"changes": 0, "reloads": 0, "liveness_polls": 0}
+        """What the change feed brought (metrics, tests)."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -306,6 +320,7 @@ class Coordinator:
         """Start the liveness ticker and the store flusher (call inside the running loop)."""
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._tick_loop()))
+        self._tasks.append(loop.create_task(self._follow_store()))
 
     async def close(self) -> None:
         if self._push_timer is not None:
@@ -339,7 +354,7 @@ class Coordinator:
                 )
 
     async def _tick_loop(self) -> None:
-        last_flush = last_roster = self.clock()
+        last_flush = last_roster = last_poll = last_reload = self.clock()
         while True:
             await asyncio.sleep(0.25)
             now = self.clock()
@@ -362,6 +377,15 @@ class Coordinator:
             if now - last_roster >= float(self.config.heartbeat_interval):
                 last_roster = now
                 await self.refresh_roster()
+            if self._others():
+                await self._share()
+                if now - last_poll >= LIVENESS_POLL:
+                    await self._poll_liveness(last_poll - self.flush_interval - LIVENESS_POLL)
+                    last_poll = now
+            if self._stale and now - last_reload >= 1.0:
+                last_reload = now
+                with contextlib.suppress(StateStoreError):
+                    await self.reload_from_store()
 
     async def flush(self) -> None:
         """Write heartbeat-updated peers to the store (one transaction)."""
@@ -511,16 +535,20 @@ class Coordinator:
             urls.add(self.public_url)
         return sorted(urls)
 
-    async def refresh_roster(self) -> None:
-        """Say in the store that this coordinator is alive, read which others are, and push
-        the list to every peer when it changed (see ``roster``). With the store unreachable the
-        last list read stays."""
+    async def refresh_roster(self, *, write: bool = True) -> None:
+        """Say in the store that this coordinator is alive (unless ``write`` is False: another
+        coordinator just wrote the list), read which others are, and push the list to every
+        peer when it changed (see ``roster``). With the store unreachable the last list read
+        stays."""
         now = self.clock()
+        interval = float(self.config.heartbeat_interval)
         try:
             stored = decode_roster(await self.store.get_meta(ROSTER_KEY))
-            roster = refreshed(stored, self.public_url, now, float(self.config.heartbeat_interval))
-            if self.public_url:
+            roster = refreshed(stored, self.public_url if write else "", now, interval)
+            if self.public_url and write:
                 await self.store.put_meta(ROSTER_KEY, encode_roster(roster))
+            elif self.public_url:
+                roster[self.public_url] = stored.get(self.public_url, now)
         except StateStoreError as exc:
             log.warning("cannot refresh the list of coordinators: %s", exc)
             return
@@ -531,6 +559,206 @@ class Coordinator:
                 log.info("coordinators of this mesh: %s", ", ".join(urls) or "none announced")
             self._roster_pushed = urls
             self.hub.broadcast(encode(Coordinators(urls=urls)))
+
+    # --- other coordinators' changes (several coordinators on one database) --------------------
+
+    def _others(self) -> bool:
+        """Whether other coordinators share this one's database (they announced themselves)."""
+        return any(url != self.public_url for url in self._roster)
+
+    async def _follow_store(self) -> None:
+        """Apply what other coordinators write (the store's change feed) and push it to this
+        coordinator's peers. A change that cannot be read now (the database went away) turns
+        into a full reload as soon as the database answers again (the tick loop retries)."""
+        async for change in self.store.changes():
+            if change.origin and change.origin == self.store.origin:
+                continue  # our own write: applied already
+            self.followed["changes"] += 1
+            try:
+                if change.kind == "resync" or self._stale:
+                    await self.reload_from_store()
+                else:
+                    await self.apply_store_change(change)
+            except StateStoreError as exc:
+                log.warning("cannot read what another coordinator changed: %s", exc)
+                self._stale = True
+
+    async def apply_store_change(self, change: StoreChange) -> None:
+        """Take one change another coordinator committed.
+
+        Raises:
+            StateStoreError: the store cannot be read now.
+        """
+        if change.kind == "peer":
+            # Read, then apply without an await in between (no lock: a registration holds it
+            # across its database write, and the feed must not wait behind this one's).
+            self._take_peer(change.key, await self.store.get_peer(change.key))
+        elif change.kind == "name":
+            self._names = await self.store.load_names()
+        elif change.kind == "group":
+            await self.groups.load()
+        elif change.kind == "meta":
+            await self._reload_meta(change.key)
+        # "doc" and "address": state of features this class does not keep (WireGuard clients)
+
+    async def reload_from_store(self) -> None:
+        """Read everything again (after a gap in the change feed) and push what differs.
+
+        Raises:
+            StateStoreError: the store cannot be read now (``_stale`` stays set).
+        """
+        self._stale = True
+        async with self._lock:
+            stored = {r.peer_id: r for r in await self.store.load_peers()}
+            for rec in list(self.peers.values()):
+                if rec.peer_id not in stored:
+                    self._drop(rec)
+            for peer_id, rec in stored.items():
+                self._take_peer(peer_id, rec)
+        self._names = await self.store.load_names()
+        await self.groups.load()
+        for key in (
+            _TOKEN_KEY,
+            _FIRST_ADMIN_KEY,
+            FILTER_RULES_KEY,
+            TRANSPORT_ORDERS_KEY,
+            ROSTER_KEY,
+        ):
+            await self._reload_meta(key)
+        self._stale = False
+        self.followed["reloads"] += 1
+
+    def _take_peer(self, peer_id: str, rec: PeerRecord | None) -> None:
+        """Make ``rec`` (as stored; None = deleted) this coordinator's view of ``peer_id`` and
+        push it when something the peers see changed."""
+        old = self.peers.get(peer_id)
+        if rec is None:
+            if old is not None:
+                log.info("peer %s (%s) was deleted through another coordinator", old.name, peer_id)
+                self._drop(old)
+            return
+        if old is not None and peer_id in self._dirty and old.last_seen >= rec.last_seen:
+            # It heartbeats to this coordinator: what it reported here is newer.
+            rec = msgspec.structs.replace(
+                rec,
+                last_seen=old.last_seen,
+                endpoints=old.endpoints,
+                transports=old.transports,
+                rtt_ms=old.rtt_ms,
+                reasons=old.reasons,
+                counters=old.counters,
+                allow_exit_traffic=old.allow_exit_traffic,
+                aliases=old.aliases,
+            )
+        rec.is_admin = self.is_admin(rec)
+        rec.alias_request = old.alias_request if old is not None else []
+        before = self._seen_as(old) if old is not None else None
+        if old is not None:
+            if old.mesh_ip != rec.mesh_ip and self.alloc.contains(old.mesh_ip):
+                self.alloc.release(old.mesh_ip)
+            self._unindex(old)
+        self._index(rec)
+        if self.alloc.contains(rec.mesh_ip):
+            self.alloc.mark_used(rec.mesh_ip)
+        self._names[rec.name] = peer_id
+        self._observe_last_seen(peer_id, rec.last_seen)
+        if old is None or old.pending or self._seen_as(rec) != before:
+            self._announce(rec)
+
+    def _seen_as(self, rec: PeerRecord) -> PeerInfo:
+        """What the peers see of ``rec``, its last heartbeat's time aside (a reload must not
+        push every peer again because time went on)."""
+        return msgspec.structs.replace(self.push_info(rec), last_seen=0.0)
+
+    def _observe_last_seen(self, peer_id: str, last_seen: float) -> bool:
+        """Take a ``last_seen`` another coordinator stored; True when the peer's online state
+        changed. Every coordinator applies the same rule (online = a heartbeat within three
+        intervals) to the same stored times, so they agree on who is online."""
+        known = self.liveness.last_seen(peer_id)
+        if not last_seen or (known is not None and known >= last_seen):
+            return False
+        was = self.liveness.is_online(peer_id)
+        now = self.clock()
+        if last_seen + self.liveness.timeout > now:
+            self.liveness.seen(peer_id, last_seen)
+        else:
+            self.liveness.restore(peer_id, last_seen, now)
+        return self.liveness.is_online(peer_id) != was
+
+    async def _poll_liveness(self, since: float) -> None:
+        """Read the heartbeats other coordinators stored since ``since``; push peers that came
+        online (going offline is found by the liveness ticker, as for this one's peers)."""
+        try:
+            seen = await self.store.load_liveness(since)
+        except StateStoreError as exc:
+            log.debug("cannot read the peers' liveness: %s", exc)
+            return
+        self.followed["liveness_polls"] += 1
+        for peer_id, last_seen in seen.items():
+            rec = self.peers.get(peer_id)
+            if rec is not None and self._observe_last_seen(peer_id, last_seen):
+                rec.last_seen = max(rec.last_seen, last_seen)
+                self._announce(rec)
+
+    async def _share(self) -> None:
+        """Write the peers whose endpoints, exit flag or aliases changed here, so the other
+        coordinators push them too (a heartbeat's liveness alone goes with the batched flush,
+        which notifies nobody)."""
+        if not self._to_share:
+            return
+        ids, self._to_share = self._to_share, set()
+        for peer_id in sorted(ids):
+            rec = self.peers.get(peer_id)
+            if rec is None:
+                continue
+            try:
+                await self.store.put_peer(rec)
+            except StoreConflict as exc:
+                log.warning("cannot share the new endpoints of %s: %s", rec.name, exc)
+            except StateStoreError:
+                self._to_share |= ids
+                return
+            self._dirty.discard(peer_id)
+
+    async def _knows(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is registered. With other coordinators on the database, a key
+        this one has not heard of yet (it registered elsewhere a moment ago) is looked up."""
+        if peer_id in self.peers or not self._others():
+            return peer_id in self.peers
+        try:
+            rec = await self.store.get_peer(peer_id)
+        except StateStoreError:
+            return False
+        if rec is not None:
+            self._take_peer(peer_id, rec)
+        return rec is not None
+
+    async def _reload_meta(self, key: str) -> None:
+        if key == ROSTER_KEY:
+            await self.refresh_roster(write=False)
+        elif key == _TOKEN_KEY:
+            rotated = await self.store.get_meta(_TOKEN_KEY)
+            if rotated is not None:
+                token = (await self._open_secret(_TOKEN_KEY, rotated)).decode("utf-8")
+                add_secret(token)
+                if token != self._token:
+                    log.info("the join token was rotated through another coordinator")
+                self._token = token
+        elif key == _FIRST_ADMIN_KEY:
+            first = await self.store.get_meta(_FIRST_ADMIN_KEY)
+            self._first_admin = first.decode("ascii") if first else None
+        elif key == TRANSPORT_ORDERS_KEY:
+            before = {pid: self.transport_orders.get(pid) for pid in self.peers}
+            await self.transport_orders.load()
+            for pid, setting in before.items():
+                if self.transport_orders.get(pid) != setting:  # set through another coordinator
+                    self.hub.send_to(pid, self.transport_orders.message(pid))
+        elif key == FILTER_RULES_KEY:
+            before = self.filters.rules()
+            await self.filters.load()
+            if self.filters.rules() != before:
+                log.info("coordinator filter rules changed through another coordinator")
+                self._pushed()
 
     def _visible(self) -> list[PeerRecord]:
         return sorted((r for r in self.peers.values() if not r.pending), key=lambda r: r.name)
@@ -675,7 +903,7 @@ class Coordinator:
                 pub = parse_public_key(req.public_key)
             except ValueError as exc:
                 raise ApiFailure(400, "malformed", str(exc)) from None
-            known = peer_id_of(pub.public_bytes_raw()) in self.peers
+            known = await self._knows(peer_id_of(pub.public_bytes_raw()))
             if not known and not self.token_ok(token):
                 if not token:
                     raise ApiFailure(
@@ -893,6 +1121,8 @@ class Coordinator:
             self._announce(rec)  # back online: at once
         elif changed:
             self._announce_soon(rec)
+        if changed:
+            self._to_share.add(rec.peer_id)
         return HeartbeatAck(
             interval=float(self.config.heartbeat_interval), server_time=now, observed_addr=observed
         )
@@ -906,19 +1136,24 @@ class Coordinator:
                 await self.store.delete_peer(rec.peer_id)
             except StateStoreError as exc:
                 raise store_unavailable(exc) from None
-            self._unindex(rec)
-            self._dirty.discard(rec.peer_id)
-            self._pending_push.discard(rec.peer_id)
-            self.heartbeat_pace.forget(rec.peer_id)
-            if self.alloc.contains(rec.mesh_ip):
-                self.alloc.release(rec.mesh_ip)
-            self.liveness.forget(rec.peer_id)
-            self.peerstats.forget(rec.peer_id)
-            self.revision += 1
+            self._drop(rec)
             log.info("deleted peer %s (%s), freed %s", rec.name, rec.peer_id, rec.mesh_ip)
-            self.hub.broadcast(
-                encode(PeerGone(peer_id=rec.peer_id, name=rec.name, revision=self.revision))
-            )
+
+    def _drop(self, rec: PeerRecord) -> None:
+        """Forget a deleted peer (here or by another coordinator) and tell every peer."""
+        self._unindex(rec)
+        self._dirty.discard(rec.peer_id)
+        self._pending_push.discard(rec.peer_id)
+        self._to_share.discard(rec.peer_id)
+        self.heartbeat_pace.forget(rec.peer_id)
+        if self.alloc.contains(rec.mesh_ip):
+            self.alloc.release(rec.mesh_ip)
+        self.liveness.forget(rec.peer_id)
+        self.peerstats.forget(rec.peer_id)
+        self.revision += 1
+        self.hub.broadcast(
+            encode(PeerGone(peer_id=rec.peer_id, name=rec.name, revision=self.revision))
+        )
 
     def resolve_peer(self, who: str, *, known_only: bool = True) -> str:
         """The peer ID for ``who``: a peer ID, or the name of a registered peer.
