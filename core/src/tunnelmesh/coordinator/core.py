@@ -748,9 +748,9 @@ class Coordinator:
             first = await self.store.get_meta(_FIRST_ADMIN_KEY)
             self._first_admin = first.decode("ascii") if first else None
         elif key == TRANSPORT_ORDERS_KEY:
-            before = {pid: self.transport_orders.get(pid) for pid in self.peers}
+            orders = {pid: self.transport_orders.get(pid) for pid in self.peers}
             await self.transport_orders.load()
-            for pid, setting in before.items():
+            for pid, setting in orders.items():
                 if self.transport_orders.get(pid) != setting:  # set through another coordinator
                     self.hub.send_to(pid, self.transport_orders.message(pid))
         elif key == FILTER_RULES_KEY:
