@@ -191,11 +191,19 @@
       if (cut > 0) { xs.splice(0, cut); rx.splice(0, cut); tx.splice(0, cut); }
     }
     const historyApi = chartBox ? chartBox.dataset.api : "";
-    if (historyApi && chartBox.dataset.history === "yes") {
-      api("GET", historyApi + "?span=hour").then((data) => {
+    function loadSpan(span) {
+      // the coordinator's ring of this peer's rates (heartbeats), then live points on top
+      api("GET", historyApi + "?span=" + span).then((data) => {
+        xs.length = 0; rx.length = 0; tx.length = 0;
         for (const [t, r, s] of data.points || []) add(t, r, s);
         draw();
-      }).catch(() => draw());
+      }).catch((e) => { toast(e.message, true); draw(); });
+    }
+    if (historyApi && chartBox.dataset.history === "yes") {
+      loadSpan("hour");
+      for (const b of document.querySelectorAll("button[data-span]")) {
+        b.addEventListener("click", () => loadSpan(b.dataset.span));
+      }
     } else {
       draw();
     }
