@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from test_s3_mesh import (
     CoordinatorThread,
@@ -140,8 +142,13 @@ def test_state_by_name_is_migrated_to_peer_ids(tmp_path: Path, monkeypatch: Any)
         alice.boto(coord.s3.endpoint).create_bucket(Bucket="old")
         alice.boto(coord.s3.endpoint).put_object(Bucket="old", Key="k", Body=b"v")
         auth_file = coord.s3.authorizer.path
-    # What an earlier version wrote: owners and grants by name, no "keyed_by".
-    state = json.loads(auth_file.read_text())
+        state = json.loads(msgspec.json.encode(coord.s3.authorizer._state))
+    # What an earlier version had: no S3 documents in the state store but an auth.json with
+    # owners and grants by name, no "keyed_by".
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    with db:
+        db.execute("DELETE FROM docs WHERE collection LIKE 's3.%'")
+    db.close()
     state.pop("keyed_by", None)
     state["acls"]["old"] = {"owner": "alice", "read": ["bob", "gone", "*"], "write": ["ghost"]}
     state["shares"]["old"] = {"name": "old", "owner": "alice", "created": 1.0}
@@ -153,7 +160,13 @@ def test_state_by_name_is_migrated_to_peer_ids(tmp_path: Path, monkeypatch: Any)
         assert acl.owner == alice.ctx.peer_id
         assert acl.read == [bob.ctx.peer_id, "*"] and acl.write == []  # nobody's names dropped
         assert coord.s3.authorizer.share("old").owner == alice.ctx.peer_id  # type: ignore[union-attr]
-        assert json.loads(auth_file.read_text())["keyed_by"] == "peer_id"
+        assert not auth_file.exists()  # imported into the state store, then removed
+        db = sqlite3.connect(tmp_path / "state" / "state.db")
+        stored = db.execute(
+            "SELECT value FROM docs WHERE collection = 's3.meta' AND key = 'keyed_by'"
+        ).fetchone()
+        db.close()
+        assert stored is not None and bytes(stored[0]) == b"peer_id"
         endpoint = coord.s3.endpoint
         assert bob.boto(endpoint).get_object(Bucket="old", Key="k")["Body"].read() == b"v"
         alice.boto(endpoint).put_object(Bucket="old", Key="k2", Body=b"w")  # still the owner

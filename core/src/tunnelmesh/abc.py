@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tunnelmesh.control.client import ControlClient
     from tunnelmesh.control.contexts import Context
     from tunnelmesh.coordinator.ca import MeshCa
-    from tunnelmesh.coordinator.store import PeerRecord
+    from tunnelmesh.coordinator.store import PeerRecord, StateStore
     from tunnelmesh.identity import Identity
     from tunnelmesh.node.clients import ClientRoutes
 
@@ -701,6 +701,24 @@ class CoordinatorView(Protocol):
     @property
     def ca(self) -> MeshCa | None:
         """The mesh CA, once the coordinator is loaded."""
+
+    @property
+    def store(self) -> StateStore:
+        """The state store every coordinator of the mesh shares: a plugin keeps what must
+        survive a restart or be seen by the other coordinators in its own document
+        collections (``put_doc``/``load_docs``, collection names starting with its name)."""
+
+    def seal(self, value: bytes, slot: str) -> bytes:
+        """``value`` as it is stored when it is a secret: encrypted with the operator's
+        ``state.encryption_key_file`` when one is configured (else as is); ``slot`` (where it
+        is stored) binds it."""
+
+    def unseal(self, blob: bytes, slot: str) -> bytes:
+        """The value :meth:`seal` stored at ``slot``.
+
+        Raises:
+            ConfigError: it is encrypted and no key, or another key, is configured.
+        """
 
     @property
     def peers(self) -> dict[str, PeerRecord]:

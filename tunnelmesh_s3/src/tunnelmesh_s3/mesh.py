@@ -11,8 +11,9 @@ daemon has put the address on the TUN device. TLS uses a certificate from the me
 the mesh IP, the listen address, ``this.<domain>`` and the coordinator's ``tls_names``.
 
 Credentials: each peer asks for its own with its session token (``tunnelmesh s3 credentials``).
-The secret is random (never derived from anything public), kept with the grants in
-``<s3 data_dir>/auth.json`` (mode 0600), and bound to the peer's ID: the principal is the peer's
+The secret is random (never derived from anything public), kept with the grants in the
+coordinator's state store (:mod:`tunnelmesh_s3.authstore`: shared by every coordinator of a
+database, the secret sealed with ``state.encryption_key_file``), and bound to the peer's ID: the principal is the peer's
 current name with its peer ID, admins are the coordinator's admin peers, and the key stops
 working when the peer is deleted. SigV4 signatures are compared in constant time.
 
@@ -62,7 +63,9 @@ from tunnelmesh_s3.auth import (
     FileAuthorizer,
     IssuedCredential,
     Principal,
+    _State,
 )
+from tunnelmesh_s3.authstore import StoredState, follow
 from tunnelmesh_s3.config import S3Section
 from tunnelmesh_s3.dav.mesh import DavListener
 from tunnelmesh_s3.nfs.mesh import NfsListener
@@ -117,6 +120,25 @@ class CoordinatorAuthorizer(FileAuthorizer):
     def __init__(self, path: str | Path, coordinator: CoordinatorView) -> None:
         super().__init__(path)
         self.coordinator = coordinator
+        self._legacy = Path(path)  # an auth.json of an older release, imported by load()
+        self._state = _State()
+        self._stored = StoredState(coordinator)
+
+    async def load(self) -> None:
+        """Read credentials, grants and shares from the coordinator's state store."""
+        async with self._lock:
+            self._state = await self._stored.load(self._legacy)
+
+    async def _save(self) -> None:
+        await self._stored.save(self._state)
+
+    async def apply_change(self, collection: str, key: str) -> None:
+        """Take one document another coordinator changed; ("", "") reloads everything."""
+        async with self._lock:
+            if collection:
+                await self._stored.reload_item(self._state, collection, key)
+            else:
+                self._state = await self._stored.load(self._legacy)
 
     def lookup(self, access_key: str) -> tuple[str, Principal] | None:
         cred = self._state.credentials.get(access_key)
@@ -292,6 +314,7 @@ class MeshS3Service:
         self._task: asyncio.Task[None] | None = None
         self._nfs_task: asyncio.Task[None] | None = None
         self._dav_task: asyncio.Task[None] | None = None
+        self._follow_task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         self.shares: ShareAccess | None = None
         """The shares as file systems (WebDAV and NFS serve from it), once started."""
@@ -358,6 +381,10 @@ class MeshS3Service:
         storage = self._storage_class()(self.root / "objects")  # type: ignore[call-arg]
         await storage.start()
         self.storage = storage
+        await self.authorizer.load()
+        self._follow_task = asyncio.get_running_loop().create_task(
+            follow(self.coordinator, self.authorizer.apply_change)
+        )
         removed = await self.authorizer.forget_deleted_peers()
         if removed:
             log.info("s3: dropped %d credentials of deleted peers", removed)
@@ -452,6 +479,11 @@ class MeshS3Service:
         _load_cert(self._ssl, *self._issue_cert())
 
     async def stop(self) -> None:
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+            self._follow_task = None
         if self._dav_task is not None:
             self._dav_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

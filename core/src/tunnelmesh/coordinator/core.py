@@ -307,6 +307,18 @@ class Coordinator:
         log.info("loaded %d peers from %s", len(self.peers), self.data_dir)
         await self.refresh_roster()
 
+    def seal(self, value: bytes, slot: str) -> bytes:
+        """``value`` sealed for ``slot`` with ``state.encryption_key_file`` (as is without)."""
+        return self.sealer.seal(value, slot)
+
+    def unseal(self, blob: bytes, slot: str) -> bytes:
+        """What :meth:`seal` stored at ``slot``.
+
+        Raises:
+            ConfigError: sealed, and no key or another key is configured.
+        """
+        return self.sealer.open(blob, slot)[0]
+
     async def _open_secret(self, slot: str, blob: bytes) -> bytes:
         """A sealed meta blob's plaintext; a plaintext one is sealed in the store now when a
         key is configured (an install from before ``state.encryption_key_file``)."""
