@@ -136,3 +136,27 @@ def test_database_down_fails_fast_then_recovers_and_the_feed_says_resync(
             await other.close()
 
     run(go())
+
+
+def test_every_reader_that_starts_soon_after_open_sees_every_change(postgres_dsn: str) -> None:
+    """The coordinator and a plugin start reading the feed in either order a moment after
+    open: both get the changes committed since open, none is handed to one reader only."""
+
+    async def go() -> None:
+        a, b = PostgresStore(postgres_dsn), PostgresStore(postgres_dsn)
+        await a.open()
+        await b.open()
+        try:
+            await b.put_meta("before-any-reader", b"1")
+            first, second = a.changes(), a.changes()
+            for feed in (second, first):
+                async with asyncio.timeout(10):
+                    async for change in feed:
+                        if change.kind == "meta":
+                            assert change.key == "before-any-reader"
+                            break
+        finally:
+            await a.close()
+            await b.close()
+
+    run(go())

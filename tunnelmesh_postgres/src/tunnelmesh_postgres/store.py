@@ -69,6 +69,9 @@ T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 
 CHANNEL = "tunnelmesh_state"
+STARTUP_HISTORY = 30.0
+"""Seconds after open during which a new change-feed reader still gets every change since open."""
+STARTUP_HISTORY_MAX = 10_000
 RETRIES = 8
 """Attempts of one transaction that keeps losing to deadlocks or serialization failures."""
 
@@ -235,7 +238,8 @@ class PostgresStore:
         self._listening = asyncio.Event()
         self._down = asyncio.Event()  # set when the listening connection is lost
         self._subscribers: list[asyncio.Queue[StoreChange | None]] = []
-        self._backlog: asyncio.Queue[StoreChange | None] | None = None
+        self._history: list[StoreChange] | None = None
+        self._history_until = 0.0
         self._closed = False
 
     def _connect_kwargs(self) -> dict[str, Any]:
@@ -294,8 +298,9 @@ class PostgresStore:
         except BaseException:
             await self.close()
             raise
-        self._backlog = asyncio.Queue()
-        self._subscribers = [self._backlog]
+        self._history = []
+        self._history_until = asyncio.get_running_loop().time() + STARTUP_HISTORY
+        self._subscribers = []
         self._listening.clear()
         self._listener = asyncio.get_running_loop().create_task(self._listen())
         # Changes committed after open() reach changes(): wait until LISTEN is in place.
@@ -313,7 +318,7 @@ class PostgresStore:
         for queue in self._subscribers:
             queue.put_nowait(None)
         self._subscribers = []
-        self._backlog = None
+        self._history = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -416,14 +421,19 @@ class PostgresStore:
     # --- the change feed ---------------------------------------------------------------------
 
     async def changes(self) -> AsyncIterator[StoreChange]:
-        """Changes other stores (and this one) committed since :meth:`open`, until close."""
+        """Changes other stores (and this one) committed since :meth:`open`, until close.
+
+        Readers that start in the first ``STARTUP_HISTORY`` seconds after open (the coordinator
+        and its plugins as they start) get every change since open, whatever their order; a
+        reader that starts later gets the changes from then on.
+        """
         if self._closed or self._pool is None:
             return
-        if self._backlog is not None:  # the first reader gets what came since open()
-            queue, self._backlog = self._backlog, None
-        else:
-            queue = asyncio.Queue()
-            self._subscribers.append(queue)
+        queue: asyncio.Queue[StoreChange | None] = asyncio.Queue()
+        if self._history is not None:
+            for past in self._history:
+                queue.put_nowait(past)
+        self._subscribers.append(queue)
         try:
             while (change := await queue.get()) is not None:
                 yield change
@@ -432,6 +442,12 @@ class PostgresStore:
                 self._subscribers.remove(queue)
 
     def _publish(self, change: StoreChange) -> None:
+        if self._history is not None:
+            young = asyncio.get_running_loop().time() < self._history_until
+            if young and len(self._history) < STARTUP_HISTORY_MAX:
+                self._history.append(change)
+            else:
+                self._history = None  # from now on, a new reader starts at its own start
         for queue in self._subscribers:
             queue.put_nowait(change)
 
