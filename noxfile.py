@@ -31,7 +31,7 @@ def load_catalog() -> list[dict[str, object]]:
 
 
 CATALOG = load_catalog()
-TEST_TOOLS = ("pytest", "pytest-timeout", "pytest-benchmark")
+TEST_TOOLS = ("pytest", "pytest-timeout", "pytest-benchmark", "hypothesis")
 
 
 def _constraints(session: nox.Session) -> str:
