@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from tunnelmesh.control.messages import Location, location_problem
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.registry import ConfigSection
 
@@ -271,9 +272,12 @@ class _PeerFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     exit_node: str = ""
     allow_exit_traffic: bool = False
     exit: ExitConfig = msgspec.field(default_factory=ExitConfig)
+    location: Location | None = None  # {lat, lon, city}: where this peer is (dashboard map)
 
     def __post_init__(self) -> None:
         _check_label(self.name, "name")
+        if self.location is not None and (why := location_problem(self.location)):
+            raise ValueError(why)
         if self.exit_node.endswith(".tunnelmesh"):
             self.exit_node = self.exit_node[: -len(".tunnelmesh")]
 
@@ -338,6 +342,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth_failures_burst: int = 20
     auth_failures_per_minute: float = 30.0
     joins_burst: int = 100
+    locations: bool = False  # keep and show peers' location: (the dashboard's map)
     joins_per_minute: float = 20.0
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)

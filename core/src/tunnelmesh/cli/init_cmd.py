@@ -69,6 +69,10 @@ auth_failures_per_minute: 30.0
 joins_burst: 100
 joins_per_minute: 20.0
 
+# keep and show the location: peers give in their peer.yaml (the dashboard's map); false:
+# a peer's location is dropped when it arrives
+locations: false
+
 # Prometheus GET /metrics; listen "" = 127.0.0.1:9274 (see docs/metrics.md)
 metrics:
   enabled: true
@@ -191,6 +195,10 @@ exit:
   # also forward to private, CGNAT, link-local (169.254.169.254), loopback and this host's
   # own LAN addresses (default: dropped, so clients reach the internet but not your LAN)
   allow_lan: false
+
+# where this peer is, for the dashboard's map (shown only by a coordinator with
+# locations: true), e.g. {{lat: 52.52, lon: 13.40, city: Berlin}}; null: not given
+location: null
 """
 
 

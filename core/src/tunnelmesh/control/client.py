@@ -56,6 +56,7 @@ from tunnelmesh.control.messages import (
     DnsResponse,
     Heartbeat,
     HeartbeatAck,
+    Location,
     PeerInfo,
     PeersResponse,
     PolicyRule,
@@ -144,6 +145,7 @@ class PeerStatus(msgspec.Struct, kw_only=True):
     allow_exit_traffic: bool = False
     aliases: list[str] = msgspec.field(default_factory=list)  # dns.aliases to publish
     transport_order: list[str] = msgspec.field(default_factory=list)  # the order in force
+    location: Location | None = None  # peer.yaml's location:
 
 
 async def _maybe_await(value: T | Awaitable[T]) -> T:
@@ -410,6 +412,7 @@ class ControlClient:
             allow_exit_traffic=status.allow_exit_traffic,
             aliases=status.aliases,
             transport_order=status.transport_order,
+            location=status.location,
         )
         started = time.monotonic()
         ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)

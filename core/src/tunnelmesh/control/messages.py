@@ -7,6 +7,8 @@ peers can talk to older coordinators. Push-channel messages form a tagged union 
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "FilterRules",
     "Heartbeat",
     "HeartbeatAck",
+    "Location",
     "PeerGone",
     "PeerInfo",
     "PeerUpserted",
@@ -36,6 +39,7 @@ __all__ = [
     "TransportOrder",
     "decode_push",
     "encode",
+    "location_problem",
 ]
 
 API_VERSION = 1
@@ -107,6 +111,25 @@ class Counters(msgspec.Struct, kw_only=True, omit_defaults=True):
     dropped: int = 0
 
 
+class Location(msgspec.Struct, kw_only=True, frozen=True):
+    """Where a peer is (its ``location:`` in peer.yaml), for the dashboard's map."""
+
+    lat: float  # degrees, -90 to 90
+    lon: float  # degrees, -180 to 180
+    city: str = ""  # at most 64 printable characters
+
+
+def location_problem(loc: Location) -> str | None:
+    """None when ``loc`` is a place on Earth with a short printable city name, else why not."""
+    if not (math.isfinite(loc.lat) and -90.0 <= loc.lat <= 90.0):
+        return f"location lat must be between -90 and 90, got {loc.lat}"
+    if not (math.isfinite(loc.lon) and -180.0 <= loc.lon <= 180.0):
+        return f"location lon must be between -180 and 180, got {loc.lon}"
+    if len(loc.city) > 64 or not loc.city.isprintable():
+        return "location city must be at most 64 printable characters"
+    return None
+
+
 class Heartbeat(msgspec.Struct, kw_only=True):
     """``POST /api/v1/heartbeat`` (with ``Authorization: Bearer <session_token>``).
 
@@ -123,6 +146,8 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     allow_exit_traffic: bool = False  # this peer forwards other peers' internet traffic
     aliases: list[str] = msgspec.field(default_factory=list)  # dns.aliases: extra DNS names
     transport_order: list[str] = msgspec.field(default_factory=list)  # the order in force
+    location: Location | None = None  # peer.yaml's location: (kept by the coordinator only
+    # when its server.yaml has locations: true)
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):

@@ -58,6 +58,7 @@ from tunnelmesh.control.messages import (
     PeersResponse,
     RegisterRequest,
     RendezvousRequest,
+    location_problem,
 )
 from tunnelmesh.coordinator.api_admin import add_admin_routes
 from tunnelmesh.coordinator.apibase import (
@@ -223,6 +224,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
     rec = authenticated_peer(request)
     hb = await read_body(request, _heartbeat_dec)
+    if hb.location is not None and (why := location_problem(hb.location)):
+        raise ApiFailure(400, "bad_location", why)  # counted (bad_requests), nothing changes
     peername = request.transport.get_extra_info("peername") if request.transport else None
     observed = f"{peername[0]}:{peername[1]}" if peername else (request.remote or "")
     return json_answer(coord.heartbeat(rec, hb, observed))

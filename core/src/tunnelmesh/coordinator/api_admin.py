@@ -9,6 +9,8 @@ Routes (JSON; errors as in :mod:`tunnelmesh.coordinator.api`; policy as declared
     GET    /api/v1/peers/{name}/transport              peer    the order set and in force
     PUT    /api/v1/peers/{name}/transport              self-or-admin  {"order": [...]} | {"force": t}
     DELETE /api/v1/peers/{name}/transport              self-or-admin  back to the node's own order
+    GET    /api/v1/status                              peer    the mesh at a glance, one row per peer
+    GET    /api/v1/peers/{name}/traffic                peer    ?span=hour|day: rx/tx rates over time
 
 Members see; admins change. A bad request is a 400 that says what is wrong, is counted in
 ``coordinator.stats["bad_requests"]`` and changes nothing.
@@ -19,6 +21,8 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from tunnelmesh import __version__
+from tunnelmesh.control.messages import Location
 from tunnelmesh.coordinator.apibase import (
     COORDINATOR_KEY,
     authenticated_peer,
@@ -174,6 +178,113 @@ async def clear_transport(request: web.Request) -> web.Response:
     return json_answer(_transport_state(coord, rec))
 
 
+# --- status and traffic ------------------------------------------------------------------------
+
+
+class PeerRow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One peer as ``GET /api/v1/status`` lists it (what the dashboard's peers page shows)."""
+
+    name: str
+    peer_id: str
+    mesh_ip: str
+    online: bool
+    last_seen: float
+    version: str
+    exit: bool  # it lets other peers route internet traffic through it
+    is_admin: bool
+    is_coordinator: bool
+    transport: str  # the view peer's transport towards this peer ("" none / the view itself)
+    relayed: bool  # that transport goes through the coordinator's relay
+    rtt_ms: float | None  # the view peer's RTT to this peer on it
+    rx_rate: float  # bytes/s this peer received, between its last two heartbeats
+    tx_rate: float
+    rx_bytes: int  # totals it reported (since its daemon started)
+    tx_bytes: int
+    transports_used: dict[str, int]  # this peer's own paths, by transport: {"udp": 3}
+    location: Location | None = None  # only with server.yaml locations: true
+
+
+def _rows(coord: Coordinator, view: PeerRecord) -> list[PeerRow]:
+    out = []
+    now = coord.clock()
+    for rec in coord.peers.values():
+        if rec.pending:
+            continue
+        traffic = coord.peerstats.traffic.get(rec.peer_id)
+        fresh = traffic is not None and now - traffic.last_t <= 3 * coord.liveness.interval
+        used: dict[str, int] = {}
+        for t in rec.transports.values():
+            used[t] = used.get(t, 0) + 1
+        transport = view.transports.get(rec.name, "") if rec is not view else ""
+        out.append(
+            PeerRow(
+                name=rec.name,
+                peer_id=rec.peer_id,
+                mesh_ip=rec.mesh_ip,
+                online=coord.liveness.is_online(rec.peer_id),
+                last_seen=rec.last_seen,
+                version=rec.version,
+                exit=rec.allow_exit_traffic,
+                is_admin=rec.is_admin,
+                is_coordinator=rec.is_coordinator,
+                transport=transport,
+                relayed=transport == "relay",
+                rtt_ms=view.rtt_ms.get(rec.name) if rec is not view else None,
+                rx_rate=round(traffic.rx_rate, 1) if traffic is not None and fresh else 0.0,
+                tx_rate=round(traffic.tx_rate, 1) if traffic is not None and fresh else 0.0,
+                rx_bytes=rec.counters.bytes_received,
+                tx_bytes=rec.counters.bytes_sent,
+                transports_used=used,
+                location=coord.peerstats.location.get(rec.peer_id),
+            )
+        )
+    out.sort(key=lambda r: r.name)
+    return out
+
+
+@route_policy(Policy.PEER)
+async def status(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    caller = authenticated_peer(request)
+    view = _peer(coord, request.query["view"]) if "view" in request.query else caller
+    rows = _rows(coord, view)
+    now = coord.clock()
+    return json_answer(
+        {
+            "server": {
+                "version": __version__,
+                "uptime": round(now - coord.started_at, 1),
+                "server_time": now,
+                "peers_total": len(rows),
+                "peers_online": sum(1 for r in rows if r.online),
+                "locations": coord.config.locations,
+            },
+            "view": view.name,
+            "peers": rows,
+        }
+    )
+
+
+@route_policy(Policy.PEER)
+async def traffic(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR_KEY]
+    rec = _peer(coord, request.match_info["name"])
+    span = request.query.get("span", "hour")
+    if span not in ("hour", "day"):
+        raise ApiFailure(400, "malformed", f"span must be hour or day, got {span!r}")
+    history = coord.peerstats.traffic.get(rec.peer_id)
+    step, points = history.series(span, coord.clock()) if history else (0.0, [])
+    return json_answer(
+        {
+            "name": rec.name,
+            "peer_id": rec.peer_id,
+            "span": span,
+            "step": step or (10.0 if span == "hour" else 300.0),
+            "points": [(t, round(rx, 1), round(tx, 1)) for t, rx, tx in points],
+        }
+    )
+
+
 def add_admin_routes(app: web.Application) -> None:
     """Add this module's routes to the coordinator's app (``api.build_app`` calls it)."""
     r = app.router
@@ -183,3 +294,5 @@ def add_admin_routes(app: web.Application) -> None:
     r.add_get("/api/v1/peers/{name}/transport", get_transport)
     r.add_put("/api/v1/peers/{name}/transport", set_transport)
     r.add_delete("/api/v1/peers/{name}/transport", clear_transport)
+    r.add_get("/api/v1/status", status)
+    r.add_get("/api/v1/peers/{name}/traffic", traffic)

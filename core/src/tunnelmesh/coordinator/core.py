@@ -235,7 +235,7 @@ class Coordinator:
         )
         self.filters = FilterBook(self.store, config.filter, clock=clock, changed=self._pushed)
         self.transport_orders = TransportBook(self.store, clock=clock, send=self.hub.send_to)
-        self.peerstats, self.started_at = PeerStats(), clock()  # heartbeat history; uptime
+        self.peerstats, self.started_at = PeerStats(locations=config.locations), clock()
         self._lock = asyncio.Lock()
         self.revision = 0
         self.stun_port = 0

@@ -1,5 +1,12 @@
 """What the coordinator learns from heartbeats beside the peer record: traffic history, the
-transport order a node has in force (sans-IO: heartbeats and ``now`` in, series out).
+transport order a node has in force, where a peer is (sans-IO: heartbeats and ``now`` in,
+series out).
+
+Location
+    A peer's ``location: {lat, lon, city}`` (peer.yaml) travels in its heartbeats, checked by
+    the API (:func:`~tunnelmesh.control.messages.location_problem`: a 400 otherwise). It is
+    kept, in memory, only when server.yaml has ``locations: true`` (then ``GET
+    /api/v1/status`` shows it); otherwise it is dropped on arrival.
 
 Traffic history
     Each heartbeat carries the node's traffic totals (bytes sent and received since its daemon
@@ -20,7 +27,7 @@ from __future__ import annotations
 import math
 from array import array
 
-from tunnelmesh.control.messages import Heartbeat
+from tunnelmesh.control.messages import Heartbeat, Location
 
 __all__ = ["COARSE", "FINE", "PeerStats", "Ring", "Traffic"]
 
@@ -132,12 +139,20 @@ class Traffic:
 
 
 class PeerStats:
-    """Heartbeat observations of every peer, by peer ID."""
+    """Heartbeat observations of every peer, by peer ID.
 
-    def __init__(self) -> None:
+    Args:
+        locations: keep the locations peers report (server.yaml ``locations: true``);
+            otherwise they are dropped on arrival.
+    """
+
+    def __init__(self, *, locations: bool = False) -> None:
         self.traffic: dict[str, Traffic] = {}
         self.transport_order: dict[str, list[str]] = {}
         """The order each node reports in force (its last heartbeat)."""
+        self.keep_locations = locations
+        self.location: dict[str, Location] = {}
+        """Where each peer says it is (checked by the API: ``location_problem``)."""
 
     def heartbeat(self, peer_id: str, hb: Heartbeat, now: float) -> None:
         """Take what a (checked, accepted) heartbeat says."""
@@ -146,8 +161,13 @@ class PeerStats:
             traffic = self.traffic[peer_id] = Traffic()
         traffic.record(now, hb.counters.bytes_received, hb.counters.bytes_sent)
         self.transport_order[peer_id] = [n[:32] for n in hb.transport_order[:16]]
+        if hb.location is not None and self.keep_locations:
+            self.location[peer_id] = hb.location
+        else:
+            self.location.pop(peer_id, None)
 
     def forget(self, peer_id: str) -> None:
         """A deleted peer: drop what was kept for it."""
         self.traffic.pop(peer_id, None)
         self.transport_order.pop(peer_id, None)
+        self.location.pop(peer_id, None)

@@ -252,6 +252,7 @@ class Node:
             allow_exit_traffic=self.config.allow_exit_traffic,
             aliases=list(self.config.dns.aliases),
             transport_order=list(sync.transport_order) if sync is not None else [],
+            location=self.config.location,
         )
 
     def describe(self) -> dict[str, Any]:
