@@ -84,3 +84,21 @@ def test_fixtures_cover_every_schema_version() -> None:
     when a migration is added, from the last commit before it)."""
     have = {int(p.stem.split("-")[0][2:]) for p in RELEASED}
     assert have == {0, *range(2, len(MIGRATIONS))}, have  # 1 was never released alone
+
+
+RELEASED_STEPS = [
+    "cdfd451b8c6f0521",
+    "788b11714d9925af",
+    "6f625216aec89cd8",
+    "02f06ad93446d68b",
+    "18cb40fc4fa0a7d2",
+]
+"""SHA-256 (16 hex) of each released migration step: a released step is never edited (a
+database that ran it would not match the code); a change is a new step."""
+
+
+def test_released_migration_steps_are_unchanged() -> None:
+    import hashlib
+
+    got = [hashlib.sha256(m.encode()).hexdigest()[:16] for m in MIGRATIONS]
+    assert got[: len(RELEASED_STEPS)] == RELEASED_STEPS

@@ -160,3 +160,53 @@ def test_every_reader_that_starts_soon_after_open_sees_every_change(postgres_dsn
             await b.close()
 
     run(go())
+
+
+RELEASED = ["e90fed7b2cf5548e"]
+"""SHA-256 (16 hex) of each released migration step: a released step is never edited (a
+database that ran it would not match the code); a change is a new step."""
+
+
+def test_released_migration_steps_are_unchanged() -> None:
+    import hashlib
+
+    got = [hashlib.sha256(m.encode()).hexdigest()[:16] for m in MIGRATIONS]
+    assert got[: len(RELEASED)] == RELEASED
+
+
+def test_a_version_1_database_migrates_and_keeps_its_rows(
+    postgres_cluster: PostgresCluster, postgres_dsn: str
+) -> None:
+    """The schema of the first release (5f6eda6: migration 1 only) with a peer, a tombstone
+    and the CA opens at today's version with everything kept."""
+    db = _dbname(postgres_dsn)
+    postgres_cluster.psql(
+        MIGRATIONS[0]
+        + "CREATE TABLE tunnelmesh_schema (version INTEGER NOT NULL);"
+        + "INSERT INTO tunnelmesh_schema VALUES (1);"
+        + "INSERT INTO peers (peer_id, public_key, name, mesh_ip) "
+        + "VALUES ('0000000000000001', 'ssh-ed25519 K1', 'alpha', '172.30.0.11');"
+        + "INSERT INTO names VALUES ('alpha', '0000000000000001'), ('gone', '0000000000000009');"
+        + "INSERT INTO addresses VALUES ('172.30.0.11', '0000000000000001');"
+        + "INSERT INTO meta VALUES ('mesh_ca', 'ca-blob'::bytea);",
+        db,
+    )
+
+    async def go() -> None:
+        store = PostgresStore(postgres_dsn)
+        await store.open()
+        try:
+            assert [p.name for p in await store.load_peers()] == ["alpha"]
+            assert await store.load_names() == {
+                "alpha": "0000000000000001",
+                "gone": "0000000000000009",
+            }
+            assert await store.get_meta("mesh_ca") == b"ca-blob"
+            assert await store.load_clients() == []
+        finally:
+            await store.close()
+
+    run(go())
+    assert postgres_cluster.psql("SELECT version FROM tunnelmesh_schema", db).split() == [
+        str(len(MIGRATIONS))
+    ]
