@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -255,6 +256,53 @@ def test_rclone_mount_of_a_webdav_share_through_the_mesh(mesh: MeshLab, tmp_path
     assert "big.bin" in objects and "bob" not in objects and "stolen" not in objects, objects
     tm(mesh, "alice", "buckets", "get", "team", "big.bin", str(got))
     assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
+
+    # kernel NFS, `share mount`'s first choice: where this kernel has an NFS client and
+    # mount.nfs exists, a real kernel mount of the share; elsewhere a clear refusal
+    from tunnelmesh_s3.mount import kernel_has_nfs
+
+    n = tmp_path / "alice-nfs"
+    if kernel_has_nfs() and shutil.which("mount.nfs"):
+        mounted, sha_n, cp_n = session(
+            mesh,
+            "alice",
+            n,
+            [
+                {"do": "mount", "share": "team", "args": ["--client", "nfs"]},
+                {"do": "sha", "path": f"{n}/big.bin"},
+                {"do": "cp", "src": str(small), "dst": f"{n}/via-nfs.txt"},
+            ],
+        )
+        assert mounted["rc"] == 0 and "with kernel NFS" in mounted["out"], mounted
+        assert sha_n["sha"] == digest and cp_n["rc"] == 0, (sha_n, cp_n)
+    else:
+        n.mkdir()
+        peer = mesh.peers["alice"]
+        refused = peer.host.run(
+            [
+                sys.executable,
+                "-m",
+                "tunnelmesh",
+                "share",
+                "mount",
+                "team",
+                str(n),
+                "--client",
+                "nfs",
+            ],
+            check=False,
+            timeout=60,
+            env=mesh.env(peer.home),
+        )
+        assert refused.returncode != 0, refused
+        text = refused.stdout + refused.stderr
+        assert "nfs: " in text and ("no NFS client" in text or "mount.nfs is missing" in text), text
+    # the command it would run, without running it
+    dry = tm(mesh, "alice", "share", "mount", "team", str(n), "--dry-run").stdout
+    if kernel_has_nfs() and shutil.which("mount.nfs"):
+        assert dry.startswith("# nfs\n") and f"{coord_ip}:/team" in dry, dry
+    else:
+        assert dry.startswith("# rclone\n") and f"http://{coord_ip}:8080/team/" in dry, dry
 
     # davfs2, the last resort of `share mount`, when installed
     if subprocess.run(["which", "mount.davfs"], capture_output=True).returncode != 0:
