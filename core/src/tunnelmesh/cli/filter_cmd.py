@@ -253,18 +253,32 @@ def coordinator_list(context_name: str | None, as_json: bool) -> None:
 
 @coordinator_group.command("add")
 @context_option
-@click.option("--port", type=click.IntRange(1, 65535), required=True, help="Destination port.")
-@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
-@click.option("--action", type=click.Choice(["allow", "deny"]), default="allow", show_default=True)
-@click.option(
+@_option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help="Port.")
+@_option(
+    "--protocol",
+    envvar="PROTOCOL",
+    type=click.Choice(["tcp", "udp"]),
+    default="tcp",
+    show_default=True,
+)
+@_option(
+    "--action",
+    envvar="ACTION",
+    type=click.Choice(["allow", "deny"]),
+    default="allow",
+    show_default=True,
+)
+@_option(
     "--source-peer",
+    envvar="SOURCE_PEER",
     default="",
     metavar="PEER",
     help="Only packets from this peer: a peer ID or the name of a registered peer (stored "
     "as its peer ID). Default: any peer.",
 )
-@click.option(
+@_option(
     "--ttl",
+    envvar="TTL",
     type=click.IntRange(0, 365 * 24 * 3600),
     default=0,
     show_default=True,
@@ -291,9 +305,17 @@ def coordinator_add(
 
 @coordinator_group.command("remove")
 @context_option
-@click.option("--port", type=click.IntRange(1, 65535), required=True, help="Destination port.")
-@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
-@click.option("--source-peer", default="", metavar="PEER", help="The rule's source peer.")
+@_option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help="Port.")
+@_option(
+    "--protocol",
+    envvar="PROTOCOL",
+    type=click.Choice(["tcp", "udp"]),
+    default="tcp",
+    show_default=True,
+)
+@_option(
+    "--source-peer", envvar="SOURCE_PEER", default="", metavar="PEER", help="The rule's source."
+)
 def coordinator_remove(
     context_name: str | None, port: int, protocol: str, source_peer: str
 ) -> None:

@@ -189,10 +189,24 @@ def pending(context_name: str | None, as_json: bool) -> None:
 @click.option(
     "--order",
     metavar="T1,T2,...",
+    envvar="TUNNELMESH_TRANSPORT_ORDER",
+    show_envvar=True,
     help="Set NAME's transport order, most preferred first (e.g. udp,relay).",
 )
-@click.option("--force", metavar="TRANSPORT", help="Use only this transport (e.g. relay).")
-@click.option("--clear", is_flag=True, help="Back to the node's own order (its peer.yaml).")
+@click.option(
+    "--force",
+    metavar="TRANSPORT",
+    envvar="TUNNELMESH_TRANSPORT_FORCE",
+    show_envvar=True,
+    help="Use only this transport (e.g. relay).",
+)
+@click.option(
+    "--clear",
+    is_flag=True,
+    envvar="TUNNELMESH_TRANSPORT_CLEAR",
+    show_envvar=True,
+    help="Back to the node's own order (its peer.yaml).",
+)
 def transport(
     context_name: str | None,
     as_json: bool,
