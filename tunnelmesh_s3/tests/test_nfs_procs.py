@@ -705,3 +705,19 @@ def test_readdir_pages_read_one_snapshot(tmp_path: Path) -> None:
         assert seen == names and listed == 1
 
     run(tmp_path, body)
+
+
+def test_idle_commit_into_a_deleted_bucket_drops_the_stage(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        rig.svc.stages.idle_commit = 0.05
+        await rig.mount()
+        await rig(NFS, 8, xfh(ROOT) + s("f") + w(0) + bytes(24))
+        await rig(NFS, 7, xfh(2) + h(0) + w(3, 0) + s("abc"))
+        await rig.storage.delete_bucket("docs")  # empty in the store: f is only staged
+        for _ in range(200):
+            if len(rig.svc.stages) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert len(rig.svc.stages) == 0
+
+    run(tmp_path, body)

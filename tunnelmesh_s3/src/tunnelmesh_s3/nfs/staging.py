@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from tunnelmesh.errors import StorageError
+from tunnelmesh.errors import NoSuchBucket, StorageError
 
 __all__ = ["Stage", "Stages"]
 
@@ -181,6 +181,9 @@ class Stages:
         if stage.dirty:
             try:
                 await self._commit(stage)
+            except NoSuchBucket:  # the share's bucket is gone: nothing to commit into
+                self.drop(stage)
+                return
             except Exception:  # logged by the server's commit; retried later
                 self.arm(stage)
                 return
