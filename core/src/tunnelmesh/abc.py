@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tunnelmesh.control.client import ControlClient
     from tunnelmesh.control.contexts import Context
     from tunnelmesh.coordinator.ca import MeshCa
+    from tunnelmesh.coordinator.clients import ClientBook
     from tunnelmesh.coordinator.store import PeerRecord, StateStore
     from tunnelmesh.identity import Identity
     from tunnelmesh.node.clients import ClientRoutes
@@ -732,6 +733,17 @@ class CoordinatorView(Protocol):
 
     async def wait_own_mesh_ip(self) -> str:
         """Wait until the coordinator's own peer is registered; return its mesh IP."""
+
+    @property
+    def clients(self) -> ClientBook:
+        """The clients of concentrator peers: a plugin that manages them (tunnelmesh_wg)
+        adds, enables, disables and removes them through it; its routes decide who may."""
+
+    def is_admin(self, rec: PeerRecord) -> bool:
+        """Whether the peer ``rec`` is an admin now (``admin_peers``, see docs/security.md)."""
+
+    def clock(self) -> float:
+        """The coordinator's wall clock (unix seconds; tests set their own)."""
 
 
 class NodeView(Protocol):

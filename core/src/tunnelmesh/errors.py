@@ -54,6 +54,7 @@ exception that its allow-list does not name with a reason.
     │   ├── GroupError              tunnelmesh.coordinator.groups: a refused group change
     │   ├── FilterBookError         tunnelmesh.coordinator.filterbook: a refused rule change
     │   ├── TransportBookError      tunnelmesh.coordinator.transportbook: a refused order
+    │   ├── ClientRefused           tunnelmesh.coordinator.clients: a refused client change
     │   ├── AllocationError         tunnelmesh.coordinator.alloc: the mesh range is full
     │   ├── NameTaken               tunnelmesh.coordinator.alloc: the name has another key
     │   └── ChallengesExhausted     tunnelmesh.coordinator.auth: no room for a new nonce

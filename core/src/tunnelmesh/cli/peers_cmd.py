@@ -13,7 +13,7 @@ from tunnelmesh.cli._api import api_call
 from tunnelmesh.cli._options import context_option, json_option
 from tunnelmesh.control.contexts import Context as MeshContext
 from tunnelmesh.control.contexts import ContextStore
-from tunnelmesh.control.messages import PeerInfo
+from tunnelmesh.control.messages import ClientInfo, PeerInfo
 
 
 def human_bytes(n: int) -> str:
@@ -44,21 +44,36 @@ def fetch_peers(ctx: MeshContext, store: ContextStore) -> tuple[list[PeerInfo], 
     Returns:
         The peers and whether the coordinator answered.
     """
+    peers, _, live = fetch_mesh(ctx, store)
+    return peers, live
+
+
+def fetch_mesh(
+    ctx: MeshContext, store: ContextStore
+) -> tuple[list[PeerInfo], list[ClientInfo], bool]:
+    """The peer list (and the concentrators' clients) from the coordinator; the peers from the
+    local cache when it is unreachable.
+
+    Returns:
+        The peers, the clients and whether the coordinator answered.
+    """
     from tunnelmesh.control import daemon
     from tunnelmesh.control.client import CoordinatorUnreachable
+    from tunnelmesh.control.messages import PeersResponse
 
-    async def main() -> list[PeerInfo]:
+    async def main() -> PeersResponse:
         async with daemon.client_for(ctx, store) as client:
-            return (await asyncio.wait_for(client.list_peers(), 10)).peers
+            return await asyncio.wait_for(client.list_peers(), 10)
 
     try:
-        return asyncio.run(main()), True
+        got = asyncio.run(main())
+        return got.peers, got.clients, True
     except (CoordinatorUnreachable, TimeoutError):
         cache = store.context_dir(ctx.name) / "peers.json"
         try:
-            return msgspec.json.decode(cache.read_bytes(), type=list[PeerInfo]), False
+            return msgspec.json.decode(cache.read_bytes(), type=list[PeerInfo]), [], False
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-            return [], False
+            return [], [], False
 
 
 @click.group(invoke_without_command=True)
@@ -77,6 +92,11 @@ def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> 
 
     EXIT says whether the peer is an exit node (it allows exit traffic: --exit-node NAME).
 
+    Clients of concentrator peers (phones with the WireGuard app: tunnelmesh wg) follow the
+    peers, each with its concentrator ("client of NAME"), whether it is active, and its
+    latest handshake as the concentrator reported it (`tunnelmesh wg list --json` lists
+    them as JSON).
+
     TRANSPORT, RTT and WHY are this node's view of the path to each peer (as its daemon last
     reported): the transport in use, the median probe RTT on it, and why that transport was
     chosen (e.g. "udp: no answer for 3.1 s; fell back to ssh"). TRAFFIC is what each peer
@@ -87,7 +107,7 @@ def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> 
         return
     store = ContextStore()
     ctx = store.get(context_name)
-    rows, live = fetch_peers(ctx, store)
+    rows, clients, live = fetch_mesh(ctx, store)
     me = next((p for p in rows if p.peer_id == ctx.peer_id), None)
     others = [p for p in rows if p.peer_id != ctx.peer_id]
     if as_json:  # the whole mesh, this node included and marked "self"
@@ -96,11 +116,11 @@ def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> 
         return
     if not live:
         click.echo("coordinator unreachable: showing the last known peers", err=True)
-    if not others:
+    if not others and not clients:
         click.echo("no other peers")
         return
     now = time.time()
-    table = [
+    table: list[tuple[str, ...]] = [
         ("NAME", "MESH IP", "ONLINE", "EXIT", "TRANSPORT", "RTT", "TRAFFIC (TX/RX)", "LAST SEEN",
          "WHY")
     ]  # fmt: skip
@@ -121,6 +141,35 @@ def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> 
                 why,
             )
         )
+    _print_table(table)
+    if clients:
+        names = {p.peer_id: p.name for p in rows}
+        click.echo()
+        _print_table(_client_rows(clients, names, now))
+
+
+def _client_rows(
+    clients: list[ClientInfo], names: dict[str, str], now: float
+) -> list[tuple[str, ...]]:
+    table: list[tuple[str, ...]] = [
+        ("CLIENT", "MESH IP", "CONCENTRATOR", "STATE", "TRAFFIC (RX/TX)", "LAST HANDSHAKE")
+    ]
+    for c in clients:
+        st = c.status
+        table.append(
+            (
+                c.name,
+                c.mesh_ip,
+                names.get(c.concentrator, c.concentrator),
+                "active" if c.active else ("disabled" if not c.enabled else "expired"),
+                f"{human_bytes(st.rx_bytes)} / {human_bytes(st.tx_bytes)}" if st else "-",
+                ago(st.latest_handshake if st else 0.0, now),
+            )
+        )
+    return table
+
+
+def _print_table(table: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -51,6 +51,7 @@ from tunnelmesh.control.messages import (
     ApiError,
     CaResponse,
     ChallengeResponse,
+    ConcentratorStatus,
     Coordinators,
     Counters,
     DnsResponse,
@@ -146,6 +147,7 @@ class PeerStatus(msgspec.Struct, kw_only=True):
     aliases: list[str] = msgspec.field(default_factory=list)  # dns.aliases to publish
     transport_order: list[str] = msgspec.field(default_factory=list)  # the order in force
     location: Location | None = None  # peer.yaml's location:
+    concentrator: ConcentratorStatus | None = None  # this peer serves clients (tunnelmesh_wg)
 
 
 async def _maybe_await(value: T | Awaitable[T]) -> T:
@@ -413,6 +415,7 @@ class ControlClient:
             aliases=status.aliases,
             transport_order=status.transport_order,
             location=status.location,
+            concentrator=status.concentrator,
         )
         started = time.monotonic()
         ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)

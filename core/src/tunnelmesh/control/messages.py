@@ -16,6 +16,10 @@ __all__ = [
     "ApiError",
     "CaResponse",
     "ChallengeResponse",
+    "ClientInfo",
+    "ClientStatus",
+    "Clients",
+    "ConcentratorStatus",
     "Coordinators",
     "Counters",
     "DnsRecord",
@@ -130,6 +134,23 @@ def location_problem(loc: Location) -> str | None:
     return None
 
 
+class ClientStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One client as its concentrator sees it (reported in the concentrator's heartbeat)."""
+
+    latest_handshake: float = 0.0  # unix time of the last completed handshake, 0 = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    endpoint: str = ""  # "ip:port" the client was last seen from
+
+
+class ConcentratorStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A concentrator peer's report: where its clients dial it, and how each one is doing."""
+
+    kind: str = "wireguard"
+    endpoint: str = ""  # "host:port" the clients dial (host: an IP address or a DNS name)
+    clients: dict[str, ClientStatus] = msgspec.field(default_factory=dict)  # by client_id
+
+
 class Heartbeat(msgspec.Struct, kw_only=True):
     """``POST /api/v1/heartbeat`` (with ``Authorization: Bearer <session_token>``).
 
@@ -148,6 +169,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     transport_order: list[str] = msgspec.field(default_factory=list)  # the order in force
     location: Location | None = None  # peer.yaml's location: (kept by the coordinator only
     # when its server.yaml has locations: true)
+    concentrator: ConcentratorStatus | None = None  # this peer serves clients (tunnelmesh_wg)
 
 
 class HeartbeatAck(msgspec.Struct, kw_only=True):
@@ -176,11 +198,42 @@ class PeerInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     version: str = ""
     allow_exit_traffic: bool = False  # an exit node: clients may route internet traffic via it
     aliases: list[str] = msgspec.field(default_factory=list)  # extra DNS names, e.g. "db"
+    concentrator_endpoint: str = ""  # a concentrator: "host:port" its clients dial
+
+
+class ClientInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A client of the mesh: a host that is no tunnelmesh peer (a phone with the WireGuard
+    app), with its own mesh IP and DNS name, reached through its concentrator peer.
+
+    Its identity is its public key (``client_id`` is derived from it, in the peer-ID space but
+    never equal to a peer's ID). Peers route ``mesh_ip`` to ``concentrator`` while ``active``.
+    """
+
+    client_id: str
+    name: str  # one DNS label, unique among peers and clients
+    kind: str  # "wireguard"
+    public_key: str  # wireguard: base64 of the 32-byte X25519 key (as `wg pubkey` prints it)
+    mesh_ip: str
+    concentrator: str  # peer ID of the peer that serves it
+    enabled: bool = True
+    expires_at: float = 0.0  # unix time, 0 = never
+    active: bool = True  # enabled and not expired when the coordinator sent this
+    exit_peer: str = ""  # peer ID of the exit its internet traffic goes through ("" = none)
+    preshared_key: str = ""  # base64; only in what is sent to its own concentrator
+    created_by: str = ""  # peer ID of the admin who added it
+    created_at: float = 0.0
+    status: ClientStatus | None = None  # as its concentrator last reported (API answers only)
+
+    def live(self, now: float) -> bool:
+        """Whether traffic to and from this client may flow at ``now`` (unix time): active
+        when sent, and not expired since."""
+        return self.active and (not self.expires_at or now < self.expires_at)
 
 
 class PeersResponse(msgspec.Struct, kw_only=True):
     peers: list[PeerInfo]
     revision: int
+    clients: list[ClientInfo] = msgspec.field(default_factory=list)
 
 
 class DnsRecord(msgspec.Struct, kw_only=True):
@@ -270,8 +323,23 @@ class TransportOrder(msgspec.Struct, kw_only=True, tag="transport_order", tag_fi
     order: list[str]
 
 
+class Clients(msgspec.Struct, kw_only=True, tag="clients", tag_field="type"):
+    """Every client of the mesh (inactive ones too): sent after each snapshot and again on
+    every change, the whole list each time. Only a client's own concentrator gets its
+    preshared key."""
+
+    clients: list[ClientInfo]
+
+
 PushMessage = (
-    Snapshot | PeerUpserted | PeerGone | Rendezvous | FilterRules | Coordinators | TransportOrder
+    Snapshot
+    | PeerUpserted
+    | PeerGone
+    | Rendezvous
+    | FilterRules
+    | Coordinators
+    | TransportOrder
+    | Clients
 )
 
 _encoder = msgspec.json.Encoder()

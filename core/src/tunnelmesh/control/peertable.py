@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tunnelmesh.control.messages import (
+    ClientInfo,
+    Clients,
     FilterRules,
     PeerGone,
     PeerInfo,
@@ -36,6 +38,7 @@ from tunnelmesh.control.messages import (
 )
 
 __all__ = [
+    "ClientsChanged",
     "FilterRulesChanged",
     "PeerAdded",
     "PeerChange",
@@ -101,6 +104,14 @@ class TransportOrderChanged:
     order: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ClientsChanged:
+    """The mesh's clients (hosts served by concentrator peers) changed: the whole list, as
+    the coordinator sent it (inactive ones too; see :class:`ClientInfo.active`)."""
+
+    clients: tuple[ClientInfo, ...]
+
+
 PeerChange = (
     PeerAdded
     | PeerChanged
@@ -109,6 +120,7 @@ PeerChange = (
     | SelfRemoved
     | FilterRulesChanged
     | TransportOrderChanged
+    | ClientsChanged
 )
 
 # Fields whose change matters to the data plane or to `tunnelmesh peers`; counters do not.
@@ -122,6 +134,7 @@ _TRACKED = (
     "is_coordinator",
     "allow_exit_traffic",
     "aliases",
+    "concentrator_endpoint",
 )
 
 
@@ -152,6 +165,8 @@ class PeerTable:
         """The coordinator's filter rules; None until the coordinator (or a cache) told us."""
         self.transport_order: tuple[str, ...] = ()
         """The transport order set for this node through the coordinator (empty: none)."""
+        self.clients: tuple[ClientInfo, ...] | None = None
+        """The mesh's clients; None until the coordinator told us."""
         for p in peers:
             if p.peer_id != self_id:
                 self.peers[p.peer_id] = p
@@ -191,6 +206,12 @@ class PeerTable:
                 return []
             self.transport_order = order
             return [TransportOrderChanged(order)]
+        if isinstance(msg, Clients):
+            clients = tuple(msg.clients)
+            if clients == self.clients:
+                return []
+            self.clients = clients
+            return [ClientsChanged(clients)]
         return []  # Coordinators: the client's business (where to connect), not the table's
 
     def _in_sequence(self, revision: int) -> bool:

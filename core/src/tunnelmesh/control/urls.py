@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from tunnelmesh.errors import ConfigError
@@ -84,14 +85,21 @@ def normalize_server_url(url: str) -> str:
     return f"https://{host}:{port}"
 
 
-def endpoint_problem(ep: str) -> str | None:
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def endpoint_problem(ep: str, *, names: bool = False) -> str | None:
     """Why ``ep`` is not an endpoint other peers may be sent to (None: it is).
 
     An endpoint is ``IP:port`` (``[IPv6]:port``) of a unicast address: not loopback, multicast,
     unspecified or reserved (the IPv4 broadcast), and a port from 1 to 65535. Anything else
-    would point other peers' traffic at themselves or at a whole network.
+    would point other peers' traffic at themselves or at a whole network. ``names``: a DNS
+    host name is accepted as the host too (``vpn.example.com:51820``, what a concentrator's
+    clients dial).
     """
-    if not isinstance(ep, str) or len(ep) > 64:
+    if not isinstance(ep, str) or len(ep) > (255 if names else 64):
         return "is not IP:port"
     host, sep, port = ep.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()):
@@ -103,7 +111,11 @@ def endpoint_problem(ep: str) -> str | None:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return "is not IP:port (host names are not endpoints)"
+        if not names:
+            return "is not IP:port (host names are not endpoints)"
+        if not _HOSTNAME.match(host) or host.replace(".", "").isdigit():
+            return "is not host:port (a host name is DNS labels joined by dots)"
+        return None if 0 < int(port) < 65536 else "has no valid port (1 to 65535)"
     if not 0 < int(port) < 65536:
         return "has no valid port (1 to 65535)"
     if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:

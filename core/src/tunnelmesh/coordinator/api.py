@@ -22,7 +22,8 @@ column is what :func:`tunnelmesh.route_policy` declares on each handler::
     POST   /api/v1/groups/{group}/members   admin        {"add": [...], "remove": [...]}
     GET    /api/v1/dns                      peer
     POST   /api/v1/rendezvous               peer         RendezvousRequest -> RendezvousAck
-    GET    /api/v1/push                     peer         WebSocket: snapshot + filter rules, then changes
+    GET    /api/v1/push                     peer         WebSocket: snapshot + filter rules +
+                                                         clients, then changes
 
 The run-time controls the dashboard and the CLI use (coordinator filter rules, transport
 orders, status and traffic history) are in :mod:`tunnelmesh.coordinator.api_admin`.
@@ -234,7 +235,11 @@ async def heartbeat(request: web.Request) -> web.Response:
 @route_policy(Policy.PEER)
 async def list_peers(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR_KEY]
-    return json_answer(PeersResponse(peers=coord.peer_infos(), revision=coord.revision))
+    return json_answer(
+        PeersResponse(
+            peers=coord.peer_infos(), revision=coord.revision, clients=coord.clients.infos()
+        )
+    )
 
 
 @route_policy(Policy.PEER)
@@ -284,6 +289,7 @@ async def push(request: web.Request) -> web.StreamResponse:
             coord.snapshot_message(),
             coord.filter_message(),
             coord.transport_orders.message(rec.peer_id),  # this node's (api_admin)
+            coord.clients.message_for(rec.peer_id),
         )
     )
     sub = coord.hub.attach(rec.peer_id, ws, first)

@@ -64,6 +64,7 @@ from tunnelmesh.coordinator.auth import (
 )
 from tunnelmesh.coordinator.backends import state_store_for
 from tunnelmesh.coordinator.ca import MeshCa, ServerCert
+from tunnelmesh.coordinator.clients import ClientBook
 from tunnelmesh.coordinator.filterbook import META_KEY as FILTER_RULES_KEY
 from tunnelmesh.coordinator.filterbook import FilterBook
 from tunnelmesh.coordinator.groups import GroupBook
@@ -262,6 +263,8 @@ class Coordinator:
         self._stale = False  # a change of another coordinator could not be read: reload
         self.followed = {"changes": 0, "reloads": 0, "liveness_polls": 0}
         """What the change feed brought (metrics, tests)."""
+        self.clients = ClientBook(self)
+        """Clients of concentrator peers (tunnelmesh.coordinator.clients)."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -303,6 +306,7 @@ class Coordinator:
                 self.alloc.mark_used(rec.mesh_ip)
             if rec.last_seen:
                 self.liveness.restore(rec.peer_id, rec.last_seen, now)
+        await self.clients.load()
         self.revision = len(self.peers)
         log.info("loaded %d peers from %s", len(self.peers), self.data_dir)
         await self.refresh_roster()
@@ -380,6 +384,7 @@ class Coordinator:
                     )
                     self._announce(rec)
             await self.filters.expire()
+            self.clients.poll(now)
             if now - last_flush >= self.flush_interval:
                 last_flush = now
                 try:
@@ -448,8 +453,23 @@ class Coordinator:
         return self._token
 
     def name_owner(self, name: str) -> str | None:
-        """The peer ID a name is reserved for (a live peer's, or a tombstone's), or None."""
+        """The peer ID a name is reserved for (a live peer's, a tombstone's, or a client's
+        ID), or None."""
         return self._names.get(name)
+
+    def note_name(self, name: str, owner: str) -> None:
+        """Record that the store reserved ``name`` for ``owner`` (a client's ID)."""
+        self._names[name] = owner
+
+    def forget_name(self, name: str, owner: str) -> None:
+        """Record that the store dropped ``owner``'s reservation of ``name``."""
+        if self._names.get(name) == owner:
+            del self._names[name]
+
+    def client_records_changed(self) -> None:
+        """A client was added, changed or removed: push the list (it carries no revision: it
+        is the whole list each time, never a delta)."""
+        self.clients.push()
 
     def is_admin(self, rec: PeerRecord) -> bool:
         """Whether ``rec``'s key is an admin now (``admin_peers``, else the first peer).
@@ -494,6 +514,7 @@ class Coordinator:
                 version=rec.version,
                 allow_exit_traffic=rec.allow_exit_traffic,
                 aliases=rec.aliases,
+                concentrator_endpoint=rec.concentrator_endpoint,
             )
         return PeerInfo(
             name=rec.name,
@@ -513,6 +534,7 @@ class Coordinator:
             version=rec.version,
             allow_exit_traffic=rec.allow_exit_traffic,
             aliases=rec.aliases,
+            concentrator_endpoint=rec.concentrator_endpoint,
         )
 
     def peer_infos(self) -> list[PeerInfo]:
@@ -611,7 +633,9 @@ class Coordinator:
             await self.groups.load()
         elif change.kind == "meta":
             await self._reload_meta(change.key)
-        # "doc" and "address": state of features this class does not keep (WireGuard clients)
+        elif change.kind == "client":
+            await self.clients.reload()
+        # "doc" and "address": state of features this class does not keep
 
     async def reload_from_store(self) -> None:
         """Read everything again (after a gap in the change feed) and push what differs.
@@ -629,6 +653,7 @@ class Coordinator:
                 self._take_peer(peer_id, rec)
         self._names = await self.store.load_names()
         await self.groups.load()
+        await self.clients.reload()
         for key in (
             _TOKEN_KEY,
             _FIRST_ADMIN_KEY,
@@ -814,6 +839,12 @@ class Coordinator:
                 for a in r.aliases
                 if a not in self._by_name  # a peer's name wins over an alias
             ]
+        now = self.clock()
+        out += [
+            DnsRecord(name=f"{c.name}.{self.domain}", ip=c.mesh_ip)
+            for c in self.clients.sorted()
+            if self.clients.active(c, now)
+        ]
         for ip in self.coordinator_ips():
             for suffix in dict.fromkeys((self.domain, "tunnelmesh", "tm")):
                 out.append(DnsRecord(name=f"this.{suffix}", ip=ip))
@@ -1114,6 +1145,19 @@ class Coordinator:
             self.stats["bad_endpoints"] += 1
             raise
         changed = endpoints != rec.endpoints or hb.allow_exit_traffic != rec.allow_exit_traffic
+        served = hb.concentrator
+        serving = ""
+        if served is not None:
+            why = endpoint_problem(served.endpoint, names=True) if served.endpoint else None
+            if why is not None:
+                self.stats["bad_endpoints"] += 1
+                raise ApiFailure(
+                    400, "bad_endpoint", f"concentrator endpoint {served.endpoint!r} {why}"
+                )
+            serving = served.endpoint
+            self.clients.report(rec.peer_id, served.clients)
+        changed = changed or serving != rec.concentrator_endpoint
+        rec.concentrator_endpoint = serving
         if hb.aliases != rec.alias_request:
             rec.alias_request = list(hb.aliases[:MAX_ALIASES])
             aliases = accepted_aliases(rec.alias_request, rec, self.peers.values())
@@ -1196,6 +1240,12 @@ class Coordinator:
             owner = self._names.get(name)
             if owner is None:
                 raise ApiFailure(404, "not_reserved", f"no key holds the name {name!r}")
+            if self.clients.by_name(name) is not None:
+                raise ApiFailure(
+                    409,
+                    "name_in_use",
+                    f"client {name!r} holds that name; remove it first (tunnelmesh wg remove)",
+                )
             if self._by_name.get(name) is not None:
                 raise ApiFailure(
                     409,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 
 from aiohttp import web
 
@@ -126,7 +127,11 @@ class PushHub:
 
     def broadcast(self, data: bytes, exclude: str | None = None) -> None:
         """Queue ``data`` for every subscriber (except ``exclude``)."""
-        slow = [sub for pid, sub in self._subs.items() if pid != exclude and not sub.offer(data)]
+        self.broadcast_except(data, () if exclude is None else (exclude,))
+
+    def broadcast_except(self, data: bytes, skip: Collection[str]) -> None:
+        """Queue ``data`` for every subscriber whose peer ID is not in ``skip``."""
+        slow = [sub for pid, sub in self._subs.items() if pid not in skip and not sub.offer(data)]
         for sub in slow:
             log.warning("push channel of %s is not keeping up; closing it", sub.peer_id)
             self.detach(sub)

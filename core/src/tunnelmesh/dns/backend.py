@@ -9,7 +9,10 @@ the event loop):
   ``peer.name``, ``peer.peer_id``, ``peer.mesh_ip``, optional ``peer.mesh_ip6``,
   ``peer.is_coordinator`` and ``peer.aliases``), so this module does not import the control
   package. A peer's aliases answer its addresses, except where the name is already a record
-  (a peer's name, or another peer's alias): an alias never takes a name over.
+  (a peer's name, or another peer's alias): an alias never takes a name over. A ``Clients``
+  message (attribute ``clients``: ``name``, ``mesh_ip``, ``active``) replaces the clients'
+  names (concentrator clients, e.g. ``phone``): the active ones answer their mesh IP; a peer's
+  name is never taken over by a client's.
 * :meth:`~CoordinatorBackend.update`: replace every record at once, ``{name: [ip, ...]}``
   (e.g. from ``GET /api/v1/dns``), optionally with the coordinators' IPs for ``this``.
 * :meth:`~CoordinatorBackend.set` / :meth:`~CoordinatorBackend.remove`: one name.
@@ -28,6 +31,7 @@ relative names owning it). ``None`` means "not mine", ``[]`` "mine, no such reco
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -76,6 +80,7 @@ class CoordinatorBackend(DnsBackend):
         self._ids: dict[str, str] = {}  # peer_id -> name, to follow renames
         self._aliases: dict[str, list[str]] = {}  # peer_id -> its aliases (relative names)
         self._coordinator_names: set[str] = set()
+        self._clients: dict[str, list[str]] = {}  # relative client name -> its IPs
         if records:
             self.update(records, coordinators)
         elif coordinators:
@@ -93,7 +98,7 @@ class CoordinatorBackend(DnsBackend):
 
     def _rebuild_reverse(self) -> None:
         reverse: dict[str, list[str]] = {}
-        for name, ips in self._names.items():
+        for name, ips in itertools.chain(self._names.items(), self._clients.items()):
             for ip in ips:
                 reverse.setdefault(ip, []).append(name)
         self._reverse = reverse
@@ -129,8 +134,22 @@ class CoordinatorBackend(DnsBackend):
         self._coordinators = [_ip(ip) for ip in ips]
         self.version += 1
 
+    def set_clients(self, clients: Iterable[Any]) -> None:
+        """Replace the clients' names: each active client (``name``, ``mesh_ip``) answers."""
+        self._clients = {
+            self.relative(c.name): [_ip(c.mesh_ip)]
+            for c in clients
+            if getattr(c, "active", True) and getattr(c, "mesh_ip", "")
+        }
+        self._rebuild_reverse()
+
     def apply_push(self, message: Any) -> None:
-        """Apply one push-channel message (Snapshot, PeerUpserted, PeerGone); ignore others."""
+        """Apply one push-channel message (Snapshot, PeerUpserted, PeerGone, Clients); ignore
+        others."""
+        clients = getattr(message, "clients", None)
+        if clients is not None:
+            self.set_clients(clients)
+            return
         peers = getattr(message, "peers", None)
         if peers is not None:
             self._ids = {}
@@ -203,8 +222,10 @@ class CoordinatorBackend(DnsBackend):
     # --- lookups ---------------------------------------------------------------------------
 
     def names(self) -> dict[str, list[str]]:
-        """Every record, name to IPs (a copy)."""
-        return {n: list(ips) for n, ips in self._names.items()}
+        """Every record, name to IPs (a copy; a peer's name wins over a client's)."""
+        out = {n: list(ips) for n, ips in self._clients.items()}
+        out.update((n, list(ips)) for n, ips in self._names.items())
+        return out
 
     def lookup(self, qname: str, qtype: str) -> list[str] | None:
         if qtype == "PTR":
@@ -225,6 +246,8 @@ class CoordinatorBackend(DnsBackend):
             ips = self._coordinators
         else:
             found = self._names.get(qname)
+            if found is None:
+                found = self._clients.get(qname)
             if found is None:
                 return None
             ips = found

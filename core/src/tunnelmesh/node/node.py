@@ -448,6 +448,7 @@ class Node:
             await self._start_dns()
             if self.dns is not None:
                 self.sync.dns = self.dns.backend
+                self._follow_client_names(self.dns.backend)
             from tunnelmesh.node.exit import ExitService
 
             self.exit = ExitService(self)  # exit / exit-node client; see node/exit.py
@@ -621,6 +622,20 @@ class Node:
         if self.sync is None:
             raise NodeError("the node is not running")
         self.sync.set_order(order, peer)
+
+    def _follow_client_names(self, backend: Any) -> None:
+        """``<client>.<domain>`` answers each active concentrator client's mesh IP (the
+        coordinator's client list, as pushed; an expiry is pushed when it passes)."""
+        from tunnelmesh.control.peertable import ClientsChanged, PeerChange
+
+        if self.client.table.clients is not None:
+            backend.set_clients(self.client.table.clients)
+
+        def apply(change: PeerChange) -> None:
+            if isinstance(change, ClientsChanged):
+                backend.set_clients(change.clients)
+
+        self.client.add_callback(apply)
 
     async def _start_dns(self) -> None:
         if not self.config.dns.enabled:
