@@ -9,7 +9,8 @@ from tunnelmesh import hookimpl
 
 if TYPE_CHECKING:
     import click
-    from tunnelmesh.abc import NodeView
+    from aiohttp import web
+    from tunnelmesh.abc import CoordinatorView, NodeView
     from tunnelmesh.registry import Registry
 
     from tunnelmesh_wg.concentrator import Concentrator
@@ -72,3 +73,13 @@ def tunnelmesh_node_stopping(node: NodeView) -> None:
 
         if isinstance(node, ConcentratorHost):
             node.set_concentrator(None)
+
+
+@hookimpl
+def tunnelmesh_register_coordinator_routes(
+    app: web.Application, coordinator: CoordinatorView
+) -> None:
+    """The WireGuard client routes (``/api/v1/wg/clients``; admins add and change clients)."""
+    from tunnelmesh_wg.routes import install
+
+    install(app, coordinator)
