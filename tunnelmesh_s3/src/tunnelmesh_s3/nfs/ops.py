@@ -384,6 +384,10 @@ class NfsService:
         return self._fattr(ctx, _Node(view, id_, key, entry))
 
     def _changed(self, share: str, dir_key: str) -> None:
+        """Note a change in a directory made over NFS (its mtime, which clients cache by)."""
+        if len(self._dir_changed) >= 10_000:  # bounded: the oldest notes go (their mtimes
+            for key in list(self._dir_changed)[:5_000]:  # fall back to marker/start time)
+                del self._dir_changed[key]
         self._dir_changed[(share, dir_key)] = time.time()
 
     async def _dir_wcc(self, ctx: _Ctx, d: _Node) -> Wcc:
