@@ -15,6 +15,8 @@ alpha is an admin (``admin_peers`` names its key), beta a member. Checked:
   refused within 2 s; removing it in the page restores the connection;
 * forcing beta onto the relay in the page: the peer list ``tunnelmesh peers`` prints shows
   ``relay`` within 5 s, and ``tunnelmesh peers`` on beta prints it;
+* the map (``locations: true``; each peer's peer.yaml gives its place) shows the three peers'
+  markers on the offline world outline;
 * no console error, no CSP violation, and no request that left the dashboard's origin;
 * a form another site posts to the dashboard (Origin null, cross-site) gets 403 and changes
   nothing;
@@ -57,6 +59,11 @@ pytestmark = [
 ]
 
 SINK_PORT, FILTERED_PORT = 7100, 7101
+PLACES = {
+    "alpha": (52.52, 13.40, "Berlin"),
+    "beta": (35.68, 139.69, "Tokyo"),
+    "gamma": (-33.87, 151.21, "Sydney"),
+}
 
 # A TCP server on each port given: reads and drops everything (gamma's mesh IP).
 SINK = """
@@ -234,6 +241,7 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
     with mesh.server_config.open("a") as f:
         f.write(
             f'admin_peers: ["{alpha_key.peer_id}"]\n'
+            "locations: true\n"
             "admin:\n  enabled: true\n"
             "join_mesh:\n"
             "  name: coord\n"
@@ -244,6 +252,9 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
         )
     for name in ("alpha", "beta", "gamma"):
         mesh.add_peer(name)
+        lat, lon, city = PLACES[name]
+        cfg = mesh.peers[name].home / "peer.yaml"
+        cfg.write_text(cfg.read_text() + f"location: {{lat: {lat}, lon: {lon}, city: {city}}}\n")
     alpha_home = mesh.peers["alpha"].home
     alpha_key.save(alpha_home / "id_ed25519")
     cfg = alpha_home / "peer.yaml"
@@ -363,10 +374,12 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
         for page, shot in (("/dns", "dns.png"), ("/groups", "groups.png")):
             admin("goto", url=page)
             admin("screenshot", path=str(shots / shot))
-        if admin("count", selector='nav a[href="/map"]')["count"]:
-            admin("goto", url="/map")
-            assert admin("count", selector="svg .marker")["count"] >= 3
-            admin("screenshot", path=str(shots / "map.png"))
+        admin("goto", url="/map")
+        placed = admin("text", selector="#locations")["text"]
+        for name, (_, _, city) in PLACES.items():  # from the peers' heartbeats
+            assert name in placed and city in placed, placed
+        assert admin("count", selector="#worldmap .marker")["count"] == 3
+        admin("screenshot", path=str(shots / "map.png"))
 
         report = admin("report")
         assert report["errors"] == [], report

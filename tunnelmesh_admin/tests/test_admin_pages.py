@@ -69,3 +69,32 @@ def test_dns_and_groups_pages_show_the_mesh(tmp_path: Path) -> None:
             assert 'class="api' in page.decode()
 
     run(main())
+
+
+def test_the_map_places_peers_that_give_their_location(tmp_path: Path) -> None:
+    from tunnelmesh.control.messages import Heartbeat, Location
+
+    async def main() -> None:
+        async with running_mesh(tmp_path, server_fields={"locations": True}) as mesh:
+            coord = mesh.server.coordinator
+            member = mesh.browser(mesh.mesh_ip(mesh.callers.peer))
+            peer_id = mesh.callers.peer.registration.peer_id  # type: ignore[union-attr]
+            coord.heartbeat_pace.forget(peer_id)
+            here = Location(lat=52.52, lon=13.4, city="Berlin <Mitte>")
+            coord.heartbeat(coord.peers[peer_id], Heartbeat(location=here), "")
+            status, _, page = await member.call("GET", "/map")
+            html = page.decode()
+            assert status == 200 and 'href="/map"' in html
+            assert html.count('class="marker') == 1
+            assert 'cx="537.2" cy="104.1"' in html  # Berlin on the projection
+            assert "Berlin &lt;Mitte&gt;" in html and "<Mitte>" not in html  # data, not markup
+            assert 'class="land" d="M' in html
+
+        async with running_mesh(tmp_path / "off") as mesh:
+            member = mesh.browser(mesh.mesh_ip(mesh.callers.peer))
+            status, _, page = await member.call("GET", "/map")
+            assert status == 404
+            _, _, page = await member.call("GET", "/")
+            assert b'href="/map"' not in page
+
+    run(main())

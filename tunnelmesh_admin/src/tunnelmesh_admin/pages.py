@@ -25,6 +25,7 @@ from tunnelmesh import Policy, __version__, route_policy
 from tunnelmesh.coordinator import ApiFailure, Coordinator, PeerRecord
 from tunnelmesh.coordinator.api import COORDINATOR_KEY
 
+from tunnelmesh_admin import worldmap
 from tunnelmesh_admin.feed import RELAYED, PeerFeed, Row
 from tunnelmesh_admin.security import caller_of, headers_for_stream
 from tunnelmesh_admin.state import FEED_KEY, PANELS_KEY, SERVICE_KEY
@@ -166,7 +167,8 @@ async def overview(request: web.Request) -> web.Response:
         total=len(rows),
         relayed=sum(1 for r in rows if r.relayed),
         exits=[r for r in rows if r.exit],
-        started=request.app[SERVICE_KEY].started,
+        started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(coord.started_at)),
+        uptime=_ago(coord.started_at).removesuffix(" ago"),
         ca_expires=dt.datetime.fromtimestamp(expiry, dt.UTC).strftime("%Y-%m-%d") if expiry else "",
         alerts=_alerts(coord, rows),
     )
@@ -294,6 +296,36 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 @route_policy(Policy.PEER)
+async def map_page(request: web.Request) -> web.Response:
+    """Peers on a world map (``locations: true``), drawn offline (see :mod:`.worldmap`)."""
+    coord = _coord(request)
+    if not coord.config.locations:
+        raise ApiFailure(404, "not_found", "this coordinator keeps no locations (locations: true)")
+    located = coord.peerstats.location
+    places, unplaced, rows = [], [], []
+    for rec in sorted(coord.peers.values(), key=lambda r: r.name):
+        if rec.pending:
+            continue
+        loc = located.get(rec.peer_id)
+        if loc is None:
+            unplaced.append(rec.name)
+            continue
+        places.append((rec.name, loc.city, loc.lat, loc.lon))
+        rows.append((rec.name, loc.city, coord.liveness.is_online(rec.peer_id), loc.lat, loc.lon))
+    return _render(
+        request,
+        "map.html",
+        "map",
+        land=worldmap.land_path(),
+        view_box=worldmap.view_box(),
+        markers=worldmap.markers(rows),
+        places=places,
+        unplaced=unplaced,
+        total=len(places) + len(unplaced),
+    )
+
+
+@route_policy(Policy.PEER)
 async def panel(request: web.Request) -> web.Response:
     """A plugin's panel: the frame here, the rows from its API route (as the caller)."""
     found = request.app[PANELS_KEY].get(request.match_info["slug"])
@@ -346,4 +378,5 @@ def add_pages(app: web.Application) -> None:
     r.add_get("/groups", groups_page)
     r.add_get("/events", events)
     r.add_get("/panels/{slug}", panel)
+    r.add_get("/map", map_page)
     r.add_get("/static/{path:.+}", static)

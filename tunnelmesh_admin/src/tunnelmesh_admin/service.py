@@ -191,7 +191,7 @@ class AdminService:
 
     def locations(self) -> bool:
         """Whether the coordinator shares peer locations (``locations: true``): the map page."""
-        return bool(getattr(self.coordinator.config, "locations", False))
+        return self.coordinator.config.locations
 
     def names(self) -> list[str]:
         """The DNS names the certificate and the same-origin check accept."""

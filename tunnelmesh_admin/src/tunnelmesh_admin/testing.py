@@ -33,9 +33,14 @@ MESH = "127.77.0.0/16"
 __all__ = ["MESH", "TOKEN", "Browser", "Mesh", "running_mesh", "server_config"]
 
 
-def server_config(data: Path, sections: dict[str, Any] | None = None, **admin: Any) -> ServerConfig:
+def server_config(
+    data: Path,
+    sections: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+    **admin: Any,
+) -> ServerConfig:
     """A coordinator config with the dashboard on ``127.0.0.1:0`` (``admin`` overrides) and
-    other plugins' ``sections``."""
+    other plugins' ``sections``; ``server``: more ServerConfig fields."""
     admin.setdefault("enabled", True)
     admin.setdefault("listen", "127.0.0.1:0")
     return ServerConfig(
@@ -47,6 +52,7 @@ def server_config(data: Path, sections: dict[str, Any] | None = None, **admin: A
         heartbeat_interval=Duration(1.0),
         auth_failures_burst=100000,
         sections={**(sections or {}), "admin": AdminSection(**admin)},
+        **(server or {}),
     )
 
 
@@ -113,13 +119,16 @@ async def running_mesh(
     *,
     plugins: tuple[Any, ...] = (),
     sections: dict[str, Any] | None = None,
+    server_fields: dict[str, Any] | None = None,
     **admin: Any,
 ) -> AsyncIterator[Mesh]:
     """A coordinator with the dashboard (and ``plugins``); an admin and a member registered."""
     pm = make_plugin_manager()
     for i, plugin in enumerate(plugins):
         pm.register(plugin, name=f"test-plugin-{i}")
-    async with CoordinatorServer(server_config(tmp / "state", sections, **admin), pm=pm) as server:
+    async with CoordinatorServer(
+        server_config(tmp / "state", sections, server_fields, **admin), pm=pm
+    ) as server:
         assert server._runner is not None
         service = server._runner.app[SERVICE_KEY]
         assert isinstance(service, AdminService)
