@@ -1,18 +1,26 @@
-"""Scale benchmark: many simulated peers register and heartbeat against one coordinator.
+"""Scale benchmark: many simulated peers register and heartbeat against the coordinators.
 
-Starts ``tunnelmesh serve`` as its own process on 127.0.0.1 (ephemeral port, temporary state
-directory), then runs the simulated peers in one or more client processes, all over real HTTPS
-on loopback. Every run is bounded: ``--peers`` registrations, then ``--duration`` seconds of
-heartbeats at the coordinator's interval. Prints:
+Starts ``tunnelmesh serve`` as its own process on 127.0.0.1 (temporary state directory), or
+``--coordinators N`` of them on one throwaway PostgreSQL cluster (``--postgres``: Debian's
+server in a temporary directory, stopped after; see ``tunnelmesh.testing.postgres``), then runs
+the simulated peers in one or more client processes spread over the coordinators, all over real
+HTTPS on loopback. Every run is bounded: ``--peers`` registrations, then ``--duration`` seconds
+of heartbeats at the coordinator's interval. Prints:
 
 * registration rate (registrations per second, whole phase, all clients together);
 * heartbeat latency p50/p99/max (client side, request sent to answer read);
-* the coordinator's memory (VmRSS and peak VmHWM from /proc) after the run;
-* optionally (``--push N``) the time for a join to reach N push-channel subscribers.
+* each coordinator's memory (VmRSS and peak VmHWM from /proc) after the run;
+* optionally (``--push N``) what one peer change costs on the push channel: N subscribers per
+  worker count the bytes of the delta each receives for one endpoint change (spread over the
+  coordinators, so with several coordinators it also went through the change feed).
 
 Usage::
 
     uv run python core/bench/bench_coordinator.py --peers 2000 --duration 30 --workers 2
+    uv run python core/bench/bench_coordinator.py --peers 10000 --postgres --coordinators 2
+
+The anchor: 2,000 peers on one coordinator (SQLite), 2 client processes, this repository at
+7f6ca51: about 157 MiB RSS (docs/control-plane.md "Scale").
 
 It is not a test: figures depend on the machine and its load (say how loaded it was).
 """
@@ -21,14 +29,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,18 +48,31 @@ MAIN = "import sys; from tunnelmesh.cli import main; sys.exit(main())"
 
 
 def start_coordinator(
-    state: Path, interval: float, profile: str = ""
+    state: Path, interval: float, profile: str = "", *, port: int = 0, postgres: str = ""
 ) -> tuple[subprocess.Popen[str], str]:
+    """One ``tunnelmesh serve``; with ``postgres`` (a connection string) on that database, with
+    its ``public_url`` on ``port``."""
+    state.mkdir(parents=True, exist_ok=True)
     cfg = state / "server.yaml"
+    extra = ""
+    if postgres:
+        dsn, key = state / "dsn", state / "state.key"
+        for f, text in ((dsn, postgres), (key, "ab" * 32)):  # the same key for every one
+            f.write_text(text)
+            f.chmod(0o600)
+        extra = (
+            f'public_url: "https://127.0.0.1:{port}"\n'
+            f'state: {{backend: postgres, dsn_file: "{dsn}", encryption_key_file: "{key}"}}\n'
+        )
     cfg.write_text(
-        f'auth_token: "{TOKEN}"\nlisten: "127.0.0.1:0"\nstun_listen: "127.0.0.1:0"\n'
+        f'auth_token: "{TOKEN}"\nlisten: "127.0.0.1:{port}"\nstun_listen: "127.0.0.1:0"\n'
         f'data_dir: "{state / "state"}"\nheartbeat_interval: {interval}\n'
-        "auth_failures_burst: 100000\njoins_burst: 100000\n"
+        "auth_failures_burst: 100000\njoins_burst: 100000\n" + extra
     )
     env = dict(
         os.environ,
         TUNNELMESH_HOME=str(state / "home"),
-        TUNNELMESH_LOAD_PLUGINS="",
+        TUNNELMESH_LOAD_PLUGINS="postgres" if postgres else "",
         PYTHONUNBUFFERED="1",
     )
     proc = subprocess.Popen(
@@ -76,6 +100,12 @@ def start_coordinator(
             break
     proc.kill()
     raise SystemExit("the coordinator did not start")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _entry(state: Path, profile: str) -> list[str]:
@@ -126,11 +156,14 @@ async def _worker(
     await asyncio.gather(*(register(c) for c in clients))
     reg_end = time.time()
 
-    # Push channels for the first `push` peers (they count joins they hear about).
+    # Push channels for the first `push` peers: they count the changes they hear about and
+    # the bytes of every peer delta they receive.
     heard: list[float] = []
+    delta_bytes: list[int] = []
     push_tasks = []
     for c in clients[:push]:
         c.add_callback(lambda ch: heard.append(time.time()))
+        c._handle_frame = _counting(c._handle_frame, delta_bytes)  # type: ignore[method-assign]
         push_tasks.append(asyncio.create_task(c._push_loop()))
 
     hb_lat: list[tuple[float, float]] = []
@@ -153,6 +186,19 @@ async def _worker(
             await asyncio.sleep(c.heartbeat_interval)
 
     await asyncio.gather(*(beat(c) for c in clients))
+    # One peer change: the last client's endpoints change (its heartbeat carries them).
+    if push:
+        await asyncio.sleep(2.0)  # what the heartbeats changed has been pushed
+        delta_bytes.clear()
+        changer = clients[-1]
+        changer._endpoints = lambda: [f"198.51.100.{index + 1}:4{index:04d}"]
+        await changer.heartbeat()
+        # Pushed by every coordinator (PUSH_COALESCE, the change feed): until the count rests.
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() - quiet_since < 2.0:
+            await asyncio.sleep(0.2)
+            if len(delta_bytes) != last:
+                last, quiet_since = len(delta_bytes), time.monotonic()
     for t in push_tasks:
         t.cancel()
     await asyncio.gather(*push_tasks, return_exceptions=True)
@@ -166,13 +212,28 @@ async def _worker(
         "errors": errors,
         "heard": len(heard),
         "kinds": kinds,
+        "delta_bytes": delta_bytes,
     }
+
+
+def _counting(handle: Callable[[str], None], sizes: list[int]) -> Callable[[str], None]:
+    def counted(data: str) -> None:
+        sizes.extend(len(line) for line in data.split("\n") if line.startswith('{"type":"peer"'))
+        handle(data)
+
+    return counted
 
 
 def worker(
     url: str, count: int, index: int, duration: float, concurrency: int, push: int
 ) -> dict[str, object]:
     return asyncio.run(_worker(url, count, index, duration, concurrency, push))
+
+
+def _running(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is not None:
+            raise SystemExit(f"a coordinator exited ({p.returncode})")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -191,11 +252,39 @@ def main() -> None:
     )
     ap.add_argument("--push", type=int, default=0, help="push channels per worker")
     ap.add_argument("--profile", default="", help="write a cProfile of the coordinator here")
+    ap.add_argument(
+        "--coordinators", type=int, default=1, help="coordinators (several need --postgres)"
+    )
+    ap.add_argument(
+        "--postgres", action="store_true", help="state on a throwaway PostgreSQL cluster"
+    )
     args = ap.parse_args()
+    if args.coordinators > 1 and not args.postgres:
+        ap.error("several coordinators share a database: add --postgres")
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="tm-bench-") as tmp:
-        proc, url = start_coordinator(Path(tmp), args.interval, args.profile)
+    with tempfile.TemporaryDirectory(prefix="tm-bench-") as tmp, contextlib.ExitStack() as stack:
+        dsn = ""
+        if args.postgres:
+            from tunnelmesh.testing.postgres import PostgresCluster, postgres_unavailable_reason
+
+            reason = postgres_unavailable_reason()
+            if reason is not None:
+                raise SystemExit(f"--postgres: {reason}")
+            cluster = stack.enter_context(PostgresCluster())  # started; closed (rm) after
+            dsn = cluster.create_database("bench")
+        procs: list[subprocess.Popen[str]] = []
+        urls: list[str] = []
         try:
+            for i in range(args.coordinators):
+                proc, url = start_coordinator(
+                    Path(tmp) / f"c{i}",
+                    args.interval,
+                    args.profile if i == 0 else "",
+                    port=_free_port() if dsn else 0,
+                    postgres=dsn,
+                )
+                procs.append(proc)
+                urls.append(url)
             per = [
                 args.peers // args.workers + (i < args.peers % args.workers)
                 for i in range(args.workers)
@@ -203,17 +292,27 @@ def main() -> None:
             t0 = time.time()
             with ProcessPoolExecutor(args.workers) as pool:
                 futures = [
-                    pool.submit(worker, url, n, i, args.duration, args.concurrency, args.push)
+                    pool.submit(
+                        worker,
+                        urls[i % len(urls)],
+                        n,
+                        i,
+                        args.duration,
+                        args.concurrency,
+                        args.push,
+                    )
                     for i, n in enumerate(per)
                 ]
-                results = [f.result(timeout=args.duration + 600) for f in futures]
+                results = [f.result(timeout=args.duration + 1800) for f in futures]
             wall = time.time() - t0
-            mem = memory_kib(proc.pid)
+            _running(procs)
+            mems = [memory_kib(p.pid) for p in procs]
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
+                if proc.stdout is not None:
+                    proc.stdout.close()
     reg_start = min(float(r["reg_start"]) for r in results)  # type: ignore[arg-type]
     reg_end = max(float(r["reg_end"]) for r in results)  # type: ignore[arg-type]
     reg_lat = [x for r in results for x in r["reg_lat"]]  # type: ignore[attr-defined]
@@ -227,7 +326,11 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, load average before {load_before[0]:.2f}, "
         f"after {os.getloadavg()[0]:.2f}"
     )
-    print(f"peers: {args.peers} in {args.workers} client processes; wall {wall:.1f}s")
+    store = "PostgreSQL (throwaway cluster)" if args.postgres else "SQLite"
+    print(
+        f"peers: {args.peers} in {args.workers} client processes over {len(urls)} "
+        f"coordinator(s), state on {store}; wall {wall:.1f}s"
+    )
     print(
         f"registration: {len(reg_lat)} in {reg_end - reg_start:.1f}s = "
         f"{len(reg_lat) / (reg_end - reg_start):.0f}/s; latency p50 "
@@ -244,15 +347,27 @@ def main() -> None:
             f"interval): p50 {statistics.median(steady) * 1000:.1f} ms, "
             f"p99 {pct(steady, 99) * 1000:.1f} ms, max {max(steady) * 1000:.1f} ms"
         )
-    print(
-        f"coordinator memory: RSS {mem['VmRSS'] / 1024:.1f} MiB, peak {mem['VmHWM'] / 1024:.1f} MiB"
-    )
+    for i, mem in enumerate(mems):
+        print(
+            f"coordinator {i} memory: RSS {mem['VmRSS'] / 1024:.1f} MiB, "
+            f"peak {mem['VmHWM'] / 1024:.1f} MiB"
+        )
     for r in results:
         for k, v in r["kinds"].items():  # type: ignore[attr-defined]
             print(f"  error x{v}: {k}")
     if args.push:
         heard = sum(int(r["heard"]) for r in results)  # type: ignore[call-overload]
         print(f"push channels: {args.push * args.workers}, change events heard: {heard}")
+        sizes = [x for r in results for x in r["delta_bytes"]]  # type: ignore[attr-defined]
+        changes = len(per)  # one endpoint change per worker
+        if sizes:
+            print(
+                f"push cost of one peer change: {len(sizes) / changes:.0f} delta messages "
+                f"(one per subscriber), {statistics.mean(sizes):.0f} bytes each (max "
+                f"{max(sizes)}), {sum(sizes) / changes / 1024:.1f} KiB per change for "
+                f"{args.push * args.workers} subscribers; with every one of the {args.peers} "
+                f"peers subscribed: {statistics.mean(sizes) * args.peers / 1024:.0f} KiB"
+            )
 
 
 if __name__ == "__main__":
