@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -336,3 +340,112 @@ async def _post(client: ControlClient, path: str, body: object) -> tuple[int, di
         server_hostname=COORDINATOR_NAME,
     ) as r:
         return r.status, dict(r.headers)
+
+
+# --- kill -9 of a coordinator process ------------------------------------------------------------
+
+
+def _serve(tmp: Path, dsn: str, key: Path, port: int) -> subprocess.Popen[str]:
+    """``tunnelmesh serve`` as its own process on the shared database."""
+    tmp.mkdir(parents=True)
+    dsn_file = tmp / "dsn"
+    dsn_file.write_text(dsn)
+    dsn_file.chmod(0o600)
+    cfg = tmp / "server.yaml"
+    cfg.write_text(
+        f'auth_token: "{TOKEN}"\nlisten: "127.0.0.1:{port}"\nstun_listen: "127.0.0.1:0"\n'
+        f'data_dir: "{tmp / "state"}"\nheartbeat_interval: 1\n'
+        f'public_url: "https://127.0.0.1:{port}"\n'
+        f'state: {{backend: postgres, dsn_file: "{dsn_file}", encryption_key_file: "{key}"}}\n'
+    )
+    env = dict(
+        os.environ,
+        TUNNELMESH_HOME=str(tmp / "home"),
+        TUNNELMESH_LOAD_PLUGINS="postgres",
+        PYTHONUNBUFFERED="1",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunnelmesh", "--log-level", "warning", "serve", "-c", str(cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+async def _answers(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await fetch_ca(url, TOKEN, timeout=2.0)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def test_kill_9_of_a_coordinator_its_peers_are_online_on_another_within_15s(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """Two ``tunnelmesh serve`` processes on one database; alpha is attached to A, beta to B.
+    After ``kill -9`` of A, alpha is online on B within 15 s with the same name, IP and
+    session, and beta sees it so."""
+    key = tmp_path / "state.key"
+    key.write_text(secrets.token_hex(32))
+    key.chmod(0o600)
+    ports = [_free_port(), _free_port()]
+    procs = [_serve(tmp_path / f"c{i}", postgres_dsn, key, p) for i, p in enumerate(ports)]
+    urls = [f"https://127.0.0.1:{p}" for p in ports]
+
+    async def main() -> None:
+        await _answers(urls[0])
+        await _answers(urls[1])
+        clients = []
+        for name, url in (("alpha", urls[0]), ("beta", urls[1])):
+            ca = await fetch_ca(url, TOKEN)
+            c = ControlClient(
+                server=url, identity=Identity.generate(), ca_pem=ca, auth_token=TOKEN, name=name
+            )
+            await c.register()
+            clients.append(c)
+        alpha, beta = clients
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        await until(lambda: set(alpha.coordinators) == set(urls), 10.0, "alpha knows both")
+        await until(lambda: beta.table.by_name("alpha") is not None, 5.0, "beta sees alpha")
+        assert alpha.registration is not None
+        ip, session = alpha.registration.mesh_ip, alpha.session_token
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(10)
+        killed = time.monotonic()
+        await until(
+            lambda: (
+                alpha.server == urls[1]
+                and alpha.last_ack is not None
+                and alpha.last_contact > time.time() - 1.0
+                and alpha.table.revision >= 0
+            ),
+            15.0,
+            "alpha heartbeats to B",
+        )
+        took = time.monotonic() - killed
+        assert alpha.session_token == session  # not even a new registration
+        seen = beta.table.by_name("alpha")
+        assert seen is not None and seen.mesh_ip == ip and seen.online
+        print(f"kill -9 of A: alpha on B {took:.2f} s later, same IP {ip}")
+        for c in clients:
+            await c.aclose()
+        for t in tasks:
+            await t
+
+    try:
+        run(main())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
