@@ -226,3 +226,31 @@ def test_peer_yaml_location_is_checked(tmp_path: Path) -> None:
     nan.write_text("name: alpha\nlocation: {lat: .nan, lon: 0}\n")
     with pytest.raises(ConfigError, match="lat"):
         load_peer_config(nan)
+
+
+def test_peers_traffic_command_prints_the_routes_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tunnelmesh peers traffic``: the same answer as the dashboard's chart, as a table or
+    JSON (the route itself is tested above)."""
+    import json
+
+    from click.testing import CliRunner
+    from tunnelmesh.cli import peers_cmd
+
+    asked: list[str] = []
+    answer = {"name": "beta", "peer_id": "0" * 16, "span": "day", "step": 300.0,
+              "points": [[1_700_000_000.0, 2048.0, 10.0]]}  # fmt: skip
+
+    def fake(context: str | None, method: str, path: str, body: Any = None) -> Any:
+        asked.append(f"{method} {path}")
+        return answer
+
+    monkeypatch.setattr(peers_cmd, "api_call", fake)
+    out = CliRunner().invoke(peers_cmd.peers, ["traffic", "beta", "--span", "day"])
+    assert out.exit_code == 0, out.output
+    assert asked == ["GET /api/v1/peers/beta/traffic?span=day"]
+    assert "2.0 KiB" in out.output and "10 B" in out.output
+    out = CliRunner().invoke(peers_cmd.peers, ["traffic", "beta", "--json"])
+    assert json.loads(out.output) == answer
+    answer["points"] = []
+    out = CliRunner().invoke(peers_cmd.peers, ["traffic", "beta"])
+    assert "no traffic history yet" in out.output

@@ -87,7 +87,8 @@ def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> 
     node).
 
     Subcommands: delete NAME (the peer itself or an admin); transport NAME (show, or as the
-    peer itself or an admin set, its transport order); for admins: release NAME (free the
+    peer itself or an admin set, its transport order); traffic NAME (its rates over the last
+    hour or day); for admins: release NAME (free the
     name a departed key held), pending and approve NAME (approve_new_peers).
 
     EXIT says whether the peer is an exit node (it allows exit traffic: --exit-node NAME).
@@ -293,3 +294,32 @@ def transport(
     click.echo(f"in force on the node: {in_force}")
     for peer, t in sorted(got["transports"].items()):
         click.echo(f"  {peer}: {t}")
+
+
+@peers.command()
+@context_option
+@json_option()
+@click.argument("name")
+@click.option(
+    "--span",
+    type=click.Choice(["hour", "day"]),
+    default="hour",
+    show_default=True,
+    envvar="TUNNELMESH_TRAFFIC_SPAN",
+    show_envvar=True,
+    help="The last hour in 10-second steps, or the last day in 5-minute steps.",
+)
+def traffic(context_name: str | None, as_json: bool, name: str, span: str) -> None:
+    """Receive and transmit rates of peer NAME over time, as the coordinator keeps them from
+    its heartbeats (what the dashboard's chart shows)."""
+    got = api_call(context_name, "GET", f"/api/v1/peers/{name}/traffic?span={span}")
+    if as_json:
+        click.echo(json.dumps(got, indent=2))
+        return
+    if not got["points"]:
+        click.echo(f"{got['name']}: no traffic history yet")
+        return
+    click.echo(f"{'TIME':<19}  {'RX/s':>10}  {'TX/s':>10}")
+    for t, rx, tx in got["points"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+        click.echo(f"{when:<19}  {human_bytes(int(rx)):>10}  {human_bytes(int(tx)):>10}")
