@@ -270,25 +270,30 @@ def test_a_rule_an_admin_adds_at_run_time_stops_a_flow_within_2s_and_expires(
     try:
         flow.wait_line("^ok 5$", 20)
         mark = len(flow.lines)
-        started = time.monotonic()  # the command's own start-up (a Python process) included
+        started = time.monotonic()
         out = coordinator_cli("add", "--port", str(FLOW), "--action", "deny", "--ttl", "6")
         assert out.startswith(f"deny tcp/{FLOW} from any peer on every peer"), out
+        returned = time.monotonic()
+        already = any(line.startswith("stalled") for line in flow.lines[mark:])
         # within 2 s of the command's return ("stalled" comes 0.5 s after the first
-        # unanswered line)
+        # unanswered line); under load the command itself (a Python process) takes seconds
         flow.wait_line("^stalled", 2.5, mark)
-        took = time.monotonic() - started - 0.5
-        print(f"filter coordinator add started -> flow stopped: {took:.2f} s")
+        print(
+            f"filter coordinator add took {returned - started:.2f} s; the flow had stopped "
+            + ("before it returned" if already else f"{time.monotonic() - returned:.2f} s after")
+        )
         assert coordinator_rules(m, "beta") == [(BLOCKED, "deny"), (FLOW, "deny")]
         stalled_at = len(flow.lines)
         # the temporary rule expires: the coordinator removes it and the flow continues
         flow.wait_line("^ok", 15, stalled_at)
         assert coordinator_rules(m, "beta") == [(BLOCKED, "deny")]
         # a permanent one, removed by the admin
-        coordinator_cli("add", "--port", str(FLOW), "--action", "deny")
         mark = len(flow.lines)
+        coordinator_cli("add", "--port", str(FLOW), "--action", "deny")
         flow.wait_line("^stalled", 2.5, mark)
+        mark = len(flow.lines)
         coordinator_cli("remove", "--port", str(FLOW))
-        flow.wait_line("^ok", 5, len(flow.lines))
+        flow.wait_line("^ok", 5, mark)
         assert "closed" not in flow.lines
     finally:
         flow.stop(5)
