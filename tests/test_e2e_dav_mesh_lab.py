@@ -104,6 +104,8 @@ def step(s):
                 return {"status": resp.status}
         except urllib.error.HTTPError as exc:
             return {"status": exc.code}
+        except (urllib.error.URLError, OSError) as exc:
+            return {"error": str(getattr(exc, "reason", exc))}
     raise SystemExit(f"unknown step {kind}")
 
 try:
@@ -229,7 +231,8 @@ def test_rclone_mount_of_a_webdav_share_through_the_mesh(mesh: MeshLab, tmp_path
     # bob, read-only: reads, and every write fails; over HTTP the server answers 403
     b = tmp_path / "bob-mnt"
     url = f"http://{coord_ip}:8080/team"
-    mounted, sha_bob, cp_in, write, mkdir, rm, mv, put, delete = session(
+    lan = f"http://{mesh.coord_host.address}:8080/team/big.bin"  # not the mesh IP
+    mounted, sha_bob, cp_in, write, mkdir, rm, mv, put, delete, off_mesh = session(
         mesh,
         "bob",
         b,
@@ -243,6 +246,7 @@ def test_rclone_mount_of_a_webdav_share_through_the_mesh(mesh: MeshLab, tmp_path
             {"do": "mv", "src": f"{b}/big.bin", "dst": f"{b}/stolen.bin"},
             {"do": "http", "method": "PUT", "url": f"{url}/bob.txt", "body": "mine"},
             {"do": "http", "method": "DELETE", "url": f"{url}/big.bin"},
+            {"do": "http", "method": "GET", "url": lan},
         ],
     )
     assert mounted["rc"] == 0 and "rclone" in mounted["out"], mounted
@@ -250,6 +254,7 @@ def test_rclone_mount_of_a_webdav_share_through_the_mesh(mesh: MeshLab, tmp_path
     for r in (cp_in, write, mkdir, rm, mv):
         assert r["rc"] != 0, r
     assert put == {"status": 403} and delete == {"status": 403}
+    assert "refused" in off_mesh.get("error", ""), off_mesh  # WebDAV is on the mesh IP only
     # nothing changed on the server (rclone's own directory cache may show the refused names
     # until it expires: that is the client's view, not the share)
     objects = tm(mesh, "alice", "buckets", "objects", "team", "-r").stdout
