@@ -331,6 +331,14 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
         print(f"filter rule: connect refused {refused_after:.2f} s after the click")
         assert refused_after < 2.0
         admin("wait_text", selector="#coord-rules", text=str(FILTERED_PORT))
+        # the coordinator's own node enforces it too: its four layers with their counters
+        for _ in range(20):
+            admin("goto", url="/filter")
+            if str(FILTERED_PORT) in admin("text", selector="#node-rules")["text"]:
+                break
+            time.sleep(0.5)
+        node_rules = admin("text", selector="#node-rules")["text"]
+        assert "coordinator" in node_rules and str(FILTERED_PORT) in node_rules, node_rules
         admin("screenshot", path=str(shots / "filter.png"))
         clicked = time.time()
         admin(

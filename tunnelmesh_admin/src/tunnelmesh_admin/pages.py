@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import mimetypes
+import os
 import time
 from importlib import resources
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 from tunnelmesh import Policy, __version__, route_policy
+from tunnelmesh.control_socket import ControlError, arequest
 from tunnelmesh.coordinator import ApiFailure, Coordinator, PeerRecord
 from tunnelmesh.coordinator.api import COORDINATOR_KEY
 
@@ -30,7 +32,10 @@ from tunnelmesh_admin.feed import RELAYED, PeerFeed, Row
 from tunnelmesh_admin.security import caller_of, headers_for_stream
 from tunnelmesh_admin.state import FEED_KEY, PANELS_KEY, SERVICE_KEY
 
-__all__ = ["NAV", "add_pages", "has_route", "static_files"]
+__all__ = ["LAYERS", "NAV", "add_pages", "has_route", "static_files"]
+
+LAYERS = ("coordinator", "config", "runtime", "service")
+"""The packet filter's layers, in the order they are asked (docs/filter.md)."""
 
 NAV = [
     ("overview", "/", "Overview"),
@@ -219,15 +224,40 @@ async def peer(request: web.Request) -> web.Response:
     )
 
 
+async def _own_node_filter(coord: Coordinator) -> tuple[dict[str, Any] | None, str]:
+    """The coordinator's own node's filter (``filter.list`` on its control socket: the four
+    layers with their packet counters), or None and why not."""
+    jm = coord.config.join_mesh
+    if jm is None:
+        return None, "this coordinator runs no node of its own (join_mesh)"
+    try:
+        found = await arequest(os.path.expanduser(jm.control_socket), "filter.list", timeout=2.0)
+    except ControlError as exc:
+        return None, str(exc)
+    return (found if isinstance(found, dict) else None), ""
+
+
 @route_policy(Policy.PEER)
 async def filter_page(request: web.Request) -> web.Response:
     coord = _coord(request)
     names = {p.peer_id: p.name for p in coord.peers.values()}
+    node_filter, node_error = await _own_node_filter(coord)
+    per_layer: dict[str, list[int]] = {k: [0, 0, 0] for k in LAYERS}
+    for rule in (node_filter or {}).get("rules", []):
+        counts = per_layer.setdefault(rule["layer"], [0, 0, 0])
+        counts[0] += 1
+        counts[1] += rule["allowed"]
+        counts[2] += rule["denied"]
     return _render(
         request,
         "filter.html",
         "filter",
         rules=coord.filters.listing(names.get),
+        node_filter=node_filter,
+        node_error=node_error,
+        node_name=coord.config.join_mesh.name if coord.config.join_mesh else "",
+        per_layer=per_layer,
+        names=names,
         rules_api=has_route(request.app, "/api/v1/filter/rules"),
         peers=sorted((p for p in coord.peers.values() if not p.pending), key=lambda p: p.name),
     )
