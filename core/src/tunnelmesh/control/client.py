@@ -264,6 +264,8 @@ class ControlClient:
         self._queues: list[asyncio.Queue[PeerChange]] = []
         self._callbacks: list[Callable[[PeerChange], None]] = []
         self._stopped = asyncio.Event()
+        self._loops_done = asyncio.Event()  # run()'s loops are stopped (set while none run)
+        self._loops_done.set()
         self._wake = asyncio.Event()
         self._removed = False
         self.resyncs = 0  # push channels reconnected because deltas were missed
@@ -338,6 +340,9 @@ class ControlClient:
 
     async def aclose(self) -> None:
         self._stopped.set()
+        # run()'s loops stop first: a heartbeat in flight would otherwise call through the
+        # closed session, or open a new one that nothing closes.
+        await self._loops_done.wait()
         self._write_cache(force=True)
         if self._http is not None:
             await self._http.close()
@@ -502,6 +507,7 @@ class ControlClient:
         """
         if not self.session_token:
             await self.register_with_retry()
+        self._loops_done.clear()
         tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="tm-heartbeat"),
             asyncio.create_task(self._push_loop(), name="tm-push"),
@@ -510,10 +516,11 @@ class ControlClient:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t.exception() is not None:
+                if t.exception() is not None and not self._stopped.is_set():
                     raise t.exception()  # type: ignore[misc]
         finally:
             await _cancel_and_wait(tasks)
+            self._loops_done.set()
             self._write_cache(force=True)
 
     async def register_with_retry(self, attempts: int = 0) -> RegisterResponse:
