@@ -324,6 +324,17 @@ def test_bad_keys_get_a_clear_400_are_counted_and_change_nothing(tmp_path: Path)
             assert m.coord.clients.refused_by["bad_key"] == len(bad) + 1
             assert m.coord.clients.refused_by["malformed"] == 2
             assert m.coord.clients.records == {}
+            # and the counts reach /metrics
+            from tunnelmesh.metrics.coordinator import CoordinatorCollector
+
+            samples = {
+                (s.name, tuple(s.labels.items())): s.value
+                for fam in CoordinatorCollector(m.coord).collect()
+                for s in fam.samples
+            }
+            refused = "tunnelmesh_coordinator_client_refused_total"
+            assert samples[(refused, (("reason", "bad_key"),))] == len(bad) + 1
+            assert samples[("tunnelmesh_coordinator_clients", (("state", "active"),))] == 0
 
     run(main())
 

@@ -85,6 +85,24 @@ class CoordinatorCollector(FamilyCollector):
             "gauge",
             "The peer table's revision (grows with every change pushed).",
         ),
+        Family(
+            "tunnelmesh_coordinator_clients",
+            "gauge",
+            "Clients of concentrator peers (WireGuard phones, laptops) by state.",
+            ("state",),
+        ),
+        Family(
+            "tunnelmesh_coordinator_client_events_total",
+            "counter",
+            "Clients added, removed, and expired (pushed as inactive when the expiry passed).",
+            ("event",),
+        ),
+        Family(
+            "tunnelmesh_coordinator_client_refused_total",
+            "counter",
+            "Client requests refused, by error code (bad_key, bad_name, name_taken, ...).",
+            ("reason",),
+        ),
     )
 
     def __init__(self, coordinator: Any) -> None:
@@ -139,3 +157,26 @@ class CoordinatorCollector(FamilyCollector):
         rev = fam("tunnelmesh_coordinator_revision")
         rev.add_metric([], c.revision)
         yield rev
+        book = getattr(c, "clients", None)
+        if book is not None:
+            yield from self._clients(book, c.clock())
+
+    def _clients(self, book: Any, now: float) -> Iterable[Metric]:
+        states = {"active": 0, "disabled": 0, "expired": 0}
+        for rec in book.records.values():
+            if not rec.enabled:
+                states["disabled"] += 1
+            else:
+                states["active" if book.active(rec, now) else "expired"] += 1
+        gauge = self.family("tunnelmesh_coordinator_clients")
+        for state, n in states.items():
+            gauge.add_metric([state], n)
+        yield gauge
+        events = self.family("tunnelmesh_coordinator_client_events_total")
+        for event in ("added", "removed", "expired"):
+            events.add_metric([event], book.stats.get(event, 0))
+        yield events
+        refused = self.family("tunnelmesh_coordinator_client_refused_total")
+        for code, n in sorted(book.refused_by.items()):
+            refused.add_metric([code], n)
+        yield refused
