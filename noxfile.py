@@ -130,8 +130,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on core and every plugin (each plugin's own dependencies installed)."""
-    _install(session, "./core", *(f"./{p['dir']}" for p in CATALOG))
+    """mypy --strict on core and every plugin, installed with their test extras."""
+    _install(session, "./core", *(f"./{p['dir']}[test]" for p in CATALOG))
     session.install("-c", _constraints(session), "mypy", "types-PyYAML")
     session.run("mypy")
 

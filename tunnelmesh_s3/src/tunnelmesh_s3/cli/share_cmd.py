@@ -141,7 +141,13 @@ async def info(client: S3Client, name: str, as_json: bool) -> None:
     help="rclone's cache mode: off (writes go straight to the share; a refused write fails "
     "at close) or writes (for programs that open files read-write).",
 )
-@click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    envvar="TUNNELMESH_SHARE_DRY_RUN",
+    show_envvar=True,
+    help="Print the command instead of running it.",
+)
 def mount(
     context_name: str | None,
     name: str,
