@@ -132,18 +132,23 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
         c.stop()
 
 
-def concentrator(url: str) -> None:
-    """Register a peer that serves WireGuard clients at ENDPOINT (its heartbeat says so)."""
+def concentrator(url: str, name: str = "conc", *, exit_node: bool = False) -> None:
+    """Register a peer that serves WireGuard clients at ENDPOINT (its heartbeat says so), or
+    (``exit_node``) one that is an exit node."""
 
     async def main() -> None:
         ca = await fetch_ca(url, TOKEN)
-        status = PeerStatus(concentrator=ConcentratorStatus(endpoint=ENDPOINT))
+        status = (
+            PeerStatus(allow_exit_traffic=True)
+            if exit_node
+            else PeerStatus(concentrator=ConcentratorStatus(endpoint=ENDPOINT))
+        )
         c = ControlClient(
             server=url,
             identity=Identity.generate(),
             ca_pem=ca,
             auth_token=TOKEN,
-            name="conc",
+            name=name,
             status=lambda: status,
         )
         try:
@@ -264,6 +269,11 @@ def test_list_show_disable_enable_remove_and_peers(
     added = json.loads(tm(admin, "wg", "add", "phone", "--json").stdout)
     assert added["config"].startswith("[Interface]\nPrivateKey = ")
     assert added["client"]["name"] == "phone"
+    concentrator(coordinator.url, "exit", exit_node=True)
+    full = json.loads(tm(admin, "wg", "add", "laptop", "--full-tunnel", "exit", "--json").stdout)
+    assert "\nAllowedIPs = 0.0.0.0/0\n" in full["config"]
+    assert full["exit_name"] == "exit"
+    tm(admin, "wg", "remove", "laptop")
 
     listing = tm(member, "wg", "list").stdout
     assert re.search(r"^phone\s+\S+\s+conc\s+active\s+never\s+never$", listing, re.M), listing

@@ -356,6 +356,14 @@ def test_concentrator_exit_and_expiry_are_checked(tmp_path: Path) -> None:
                 assert (refused.value.status, refused.value.error) == (status, error), extra
             got = await m.add("phone", concentrator=m.conc.identity.peer_id)
             assert got["concentrator"]["name"] == "conc"
+            exit_node = await peer(
+                m.server, "exit", status=lambda: PeerStatus(allow_exit_traffic=True)
+            )
+            await exit_node.heartbeat()
+            got = await m.add("laptop", exit="exit")
+            assert got["exit_name"] == "exit"
+            assert got["client"]["exit_peer"] == exit_node.identity.peer_id
+            await exit_node.aclose()
             # a second concentrator: the admin must choose
             second = await peer(
                 m.server,

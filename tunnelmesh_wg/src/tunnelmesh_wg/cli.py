@@ -82,7 +82,8 @@ def _state(c: dict[str, Any]) -> str:
     envvar="TUNNELMESH_WG_FULL_TUNNEL",
     show_envvar=True,
     metavar="EXIT",
-    help="Send all the client's traffic (AllowedIPs 0.0.0.0/0) through exit node EXIT.",
+    help="Give the client AllowedIPs 0.0.0.0/0 and exit node EXIT in its record (the "
+    "concentrator does not forward its internet traffic to the exit yet: mesh only).",
 )
 @click.option(
     "--concentrator",
