@@ -116,6 +116,8 @@ async def info(client: S3Client, name: str, as_json: bool) -> None:
         "access_key_id = YOUR_ACCESS_KEY\nsecret_access_key = YOUR_SECRET_KEY\n"
         f"\n# then: rclone sync ./dir tunnelmesh:{name}   or   rclone mount tunnelmesh:{name} /mnt/{name}"
         "\n# (on a mesh add --ca-cert with the mesh CA unless it is in the system trust store)"
+        f"\n\n# or mount it as a file system (WebDAV or NFS on the coordinator's mesh IP):\n"
+        f"#   tunnelmesh share mount {name} DIR      (docs/shares.md)"
     )
 
 
