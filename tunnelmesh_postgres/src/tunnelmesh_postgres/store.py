@@ -513,9 +513,13 @@ class PostgresStore:
 
         async def q(conn: Conn) -> PeerRecord:
             name = await _free_name(conn, record.peer_id, names)
-            ip = record.mesh_ip or await _free_address(conn, record.peer_id, ips)
-            stored = msgspec.structs.replace(record, name=name, mesh_ip=ip)
-            await _write_peer(conn, stored)
+            stored = msgspec.structs.replace(record, name=name)
+            if record.mesh_ip:
+                await _write_peer(conn, stored)
+            else:  # the name is reserved and the address held by the steps above
+                ip = await _free_address(conn, record.peer_id, ips)
+                stored = msgspec.structs.replace(stored, mesh_ip=ip)
+                await conn.execute(_INSERT_PEER, peer_row(stored))
             await _notify(conn, "peer", self.origin, record.peer_id)
             return stored
 
