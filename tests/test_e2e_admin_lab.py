@@ -103,7 +103,7 @@ import socket, sys, time
 state = None
 while True:
     try:
-        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.3).close()
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.5).close()
         now = "up"
     except OSError:
         now = "down"
@@ -345,7 +345,14 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
             "click",
             selector=f'#coord-rules tr[data-port="{FILTERED_PORT}"] button[data-remove]',
         )
-        line = wait_for_line(probe, "up", timeout=10)
+        for _ in range(50):  # the click removed it (the page's DELETE may still be on its way)
+            got = admin("fetch", method="GET", path="/api/v1/filter/rules")
+            ports = [r["port"] for r in json.loads(got["body"])["rules"]]
+            if FILTERED_PORT not in ports:
+                break
+            time.sleep(0.1)
+        assert FILTERED_PORT not in ports, got
+        line = wait_for_line(probe, "up", timeout=20)
         print(f"filter rule removed: connect back {float(line.split()[1]) - clicked:.2f} s after")
 
         # --- forcing beta onto the relay --------------------------------------------------------------
