@@ -29,10 +29,9 @@ from pathlib import Path
 import aiohttp
 from tunnelmesh.config import ServerConfig
 from tunnelmesh.control.messages import Counters
-from tunnelmesh.coordinator import Coordinator, PeerRecord
+from tunnelmesh.coordinator import Coordinator, PeerRecord, SqliteStore
 from tunnelmesh.coordinator.api import build_app
 from tunnelmesh.coordinator.ca import client_ssl_context
-from tunnelmesh.coordinator.store import SqliteStore
 from tunnelmesh.identity import Identity
 from tunnelmesh_admin.config import AdminSection
 from tunnelmesh_admin.feed import PeerFeed
