@@ -4,8 +4,16 @@ the other nodes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+from tunnelmesh.config import PeerConfig
+from tunnelmesh.control.contexts import Context, ContextStore
+from tunnelmesh.control.messages import ClientInfo, ClientStatus, ConcentratorStatus
+from tunnelmesh.identity import Identity
 from tunnelmesh.mesh.routing import RoutingTable
+from tunnelmesh.node import Node
 from tunnelmesh.node.clients import ClientRecord, ClientRoutes
 
 
@@ -55,3 +63,53 @@ def test_routes_via_the_concentrator_and_served_here() -> None:
     # disabled by a push: gone
     routes.apply([replace(phone, active=False)])
     assert sorted(table.peers) == ["b", "conc", "conc-2"]
+
+
+def test_the_node_reports_its_concentrator_and_names_clients_as_sources(tmp_path: Path) -> None:
+    phone = ClientInfo(
+        client_id="c1c1c1c1c1c1c1c1",
+        name="phone",
+        kind="wireguard",
+        public_key="k",
+        mesh_ip="10.42.0.50",
+        concentrator="me",
+    )
+    table = SimpleNamespace(peers={}, clients=(phone,))
+    ctx = Context(name="t", server="https://127.0.0.1:1", peer_name="a", mesh_ip="10.42.0.1")
+    node = Node(
+        PeerConfig(name="a"),
+        context=ctx,
+        store=ContextStore(tmp_path),
+        identity=Identity.generate(),
+        client=SimpleNamespace(table=table),  # type: ignore[arg-type]
+    )
+    assert node.status().concentrator is None  # not a concentrator
+
+    class Concentrator:
+        endpoint = "vpn.example.org:51820"
+
+        def describe(self) -> dict[str, Any]:
+            return {}
+
+        def status(self) -> dict[str, dict[str, Any]]:
+            return {
+                phone.client_id: {
+                    "latest_handshake": 1700000000.5,
+                    "rx_bytes": 10,
+                    "tx_bytes": 20,
+                    "endpoint": "192.0.2.7:4500",
+                }
+            }
+
+    node.concentrator = Concentrator()
+    assert node.status().concentrator == ConcentratorStatus(
+        endpoint="vpn.example.org:51820",
+        clients={
+            phone.client_id: ClientStatus(
+                latest_handshake=1700000000.5, rx_bytes=10, tx_bytes=20, endpoint="192.0.2.7:4500"
+            )
+        },
+    )
+    # a coordinator filter rule names a source by ID: a client's ID gives the client's name
+    assert node._source_name(phone.client_id) == "phone"
+    assert node._source_name("ffffffffffffffff") is None

@@ -795,6 +795,10 @@ class TransportHost(NodeView, Protocol):
 class ConcentratorView(Protocol):
     """A WireGuard concentrator as the node shows it (``tunnelmesh_wg``)."""
 
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` its clients dial (published in the heartbeats)."""
+
     def describe(self) -> dict[str, Any]:
         """For ``node.status``: listen port, endpoint, clients (latest handshake, bytes)."""
 

@@ -92,6 +92,11 @@ class Concentrator:
         """Client name -> client ID (the heartbeat reports by ID)."""
 
     @property
+    def endpoint(self) -> str:
+        """``host:port`` the clients dial (``wireguard.endpoint``)."""
+        return self.section.endpoint
+
+    @property
     def public_key(self) -> bytes:
         """The engine's (the node's) X25519 public key: the clients' ``[Peer] PublicKey``."""
         return self.engine.public_key

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 from tunnelmesh.abc import (
     ConcentratorHost,
     ConcentratorView,
@@ -55,7 +57,12 @@ from tunnelmesh.aio.stopping import bounded_step, finish
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.client import ControlClient, PeerStatus
 from tunnelmesh.control.contexts import Context, ContextStore
-from tunnelmesh.control.messages import Counters, RegisterResponse
+from tunnelmesh.control.messages import (
+    ClientStatus,
+    ConcentratorStatus,
+    Counters,
+    RegisterResponse,
+)
 from tunnelmesh.errors import TunnelmeshError
 from tunnelmesh.identity import Identity
 from tunnelmesh.mesh.forwarder import Forwarder
@@ -253,6 +260,16 @@ class Node:
             aliases=list(self.config.dns.aliases),
             transport_order=list(sync.transport_order) if sync is not None else [],
             location=self.config.location,
+            concentrator=self._concentrator_status(),
+        )
+
+    def _concentrator_status(self) -> ConcentratorStatus | None:
+        conc = self.concentrator
+        if conc is None:
+            return None
+        return ConcentratorStatus(
+            endpoint=conc.endpoint,
+            clients={cid: msgspec.convert(st, ClientStatus) for cid, st in conc.status().items()},
         )
 
     def describe(self) -> dict[str, Any]:
@@ -499,10 +516,20 @@ class Node:
         def set_relay(on: bool) -> None:
             forwarder.relay = on
 
+        from tunnelmesh.control.peertable import ClientsChanged, PeerChange
+
         clients = self.wg_clients = ClientRoutes(
             self.routes, self.identity.peer_id, self._peer_name, set_relay=set_relay
         )
-        self.client.add_callback(lambda change: clients.refresh())
+        clients.apply(self.client.table.clients)  # the cached list first
+
+        def follow(change: PeerChange) -> None:
+            if isinstance(change, ClientsChanged):
+                clients.apply(change.clients)
+            else:
+                clients.refresh()
+
+        self.client.add_callback(follow)
 
     def attach_link(self, link: Link) -> None:
         """Carry route ``link.peer``'s packets on ``link`` (a concentrator's client link)."""
@@ -543,7 +570,7 @@ class Node:
         from tunnelmesh.filter import FilterService
 
         self.filter_service = FilterService.from_config(self.config.filter, local_name=self.name)
-        self.filter_service.follow_peers(self._peer_name)  # before the first packet
+        self.filter_service.follow_peers(self._source_name)  # before the first packet
         path = self.config.control_socket
         if not path:
             await self.filter_service.start()
@@ -564,6 +591,16 @@ class Node:
         info = self.client.table.peers.get(peer_id)
         return info.name if info is not None else None
 
+    def _source_name(self, peer_id: str) -> str | None:
+        """The name of the peer or WireGuard client with ID ``peer_id`` now (None: neither):
+        the filter's rules name a source by ID, and a client is a source like a peer."""
+        name = self._peer_name(peer_id)
+        if name is None:
+            for c in self.client.table.clients or ():
+                if c.client_id == peer_id:
+                    return c.name
+        return name
+
     def _follow_filter_rules(self) -> None:
         """The coordinator layer of the filter follows the coordinator's pushes (starting from
         the cached rules, so a restart while the coordinator is away keeps enforcing them).
@@ -576,7 +613,7 @@ class Node:
         from tunnelmesh.control.peertable import FilterRulesChanged, PeerChange
 
         table = self.client.table
-        peer_name = self._peer_name
+        peer_name = self._source_name
 
         def apply(change: PeerChange | None) -> None:
             if self.filter_service is None:
