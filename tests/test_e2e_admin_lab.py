@@ -15,6 +15,8 @@ alpha is an admin (``admin_peers`` names its key), beta a member. Checked:
   refused within 2 s; removing it in the page restores the connection;
 * forcing beta onto the relay in the page: the peer list ``tunnelmesh peers`` prints shows
   ``relay`` within 5 s, and ``tunnelmesh peers`` on beta prints it;
+* storage (S3 on the coordinator's mesh IP): a bucket and object alpha made with the CLI are
+  listed by the dashboard, which reads them through S3 with alpha's own credential;
 * the map (``locations: true``; each peer's peer.yaml gives its place) shows the three peers'
   markers on the offline world outline;
 * no console error, no CSP violation, and no request that left the dashboard's origin;
@@ -243,6 +245,7 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
             f'admin_peers: ["{alpha_key.peer_id}"]\n'
             "locations: true\n"
             "admin:\n  enabled: true\n"
+            "s3:\n  enabled: true\n"
             "join_mesh:\n"
             "  name: coord\n"
             f'  private_key: "{tmp_path / "coord-key"}"\n'
@@ -385,6 +388,17 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
         admin("goto", url="/peers/beta")
         admin("wait_text", selector="#paths", text="relay", timeout=15)
         admin("screenshot", path=str(shots / "peer-relay.png"))
+
+        # --- storage: a bucket alpha made with the CLI, seen through the dashboard ------------------
+        notes = tmp_path / "notes.txt"
+        notes.write_text("meeting notes over the mesh\n" * 40)
+        tm(mesh, "alpha", "buckets", "create", "team")
+        tm(mesh, "alpha", "buckets", "put", str(notes), "team", "notes/2026-12-06.txt")
+        admin("goto", url="/s3")
+        assert "team" in admin("text", selector="#buckets")["text"]
+        admin("goto", url="/s3/team?prefix=notes/")
+        assert "notes/2026-12-06.txt" in admin("text", selector="#objects")["text"]
+        admin("screenshot", path=str(shots / "storage.png"))
 
         for page, shot in (("/dns", "dns.png"), ("/groups", "groups.png")):
             admin("goto", url=page)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 from tunnelmesh.config import ServerConfig
-from tunnelmesh.control.messages import Counters
+from tunnelmesh.control.messages import Counters, Heartbeat
 from tunnelmesh.coordinator import Coordinator, PeerRecord, SqliteStore
 from tunnelmesh.coordinator.api import build_app
 from tunnelmesh.coordinator.ca import client_ssl_context
@@ -136,14 +136,17 @@ async def main(args: argparse.Namespace) -> None:
         cpu = []
         sent = 0
         peers = list(coord.peers.values())
+        now = time.time()
         for _ in range(args.ticks):
+            now += 1.0
             for rec in rng.sample(peers, len(peers) // 10):  # heartbeats of the last second
                 c = rec.counters
                 rec.counters = Counters(
                     bytes_received=c.bytes_received + rng.randrange(10**6),
                     bytes_sent=c.bytes_sent + rng.randrange(10**6),
                 )
-                rec.last_seen += 10.0
+                rec.last_seen = now
+                coord.peerstats.heartbeat(rec.peer_id, Heartbeat(counters=rec.counters), now)
             start = time.process_time()
             feed.publish()
             cpu.append(time.process_time() - start)

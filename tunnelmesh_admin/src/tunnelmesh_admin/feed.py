@@ -2,8 +2,8 @@
 
 One task per dashboard, running only while somebody listens, turns the coordinator's peer
 records into rows once per second (``PeerFeed.interval``): name, peer ID, mesh IP, online, last
-seen, version, flags, the peer's receive and transmit rates (bytes/s from the counters of its
-last two heartbeats) and its paths. It compares each row with the one sent before and encodes
+seen, version, flags, the peer's receive and transmit rates (bytes/s between its last two
+heartbeats, as the coordinator's ``peerstats`` keeps them) and its paths. It compares each row with the one sent before and encodes
 the changed rows once for every listener; a listener gets the whole table when it connects.
 Each listener's message also carries *its own* paths (the caller's transport to each peer: what
 the peers page shows as the path), taken from the caller's record.
@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 from tunnelmesh.abc import CoordinatorView
-from tunnelmesh.coordinator import Coordinator, PeerRecord
+from tunnelmesh.coordinator import Coordinator
 
 __all__ = ["PeerFeed", "Row", "Subscription", "peer_rows"]
 
@@ -50,44 +50,29 @@ class Row(msgspec.Struct, kw_only=True, frozen=True):
     relayed: int
 
 
-class _Rate:
-    """Bytes/s of a peer between its last two heartbeats (its counters are totals)."""
-
-    __slots__ = ("rx", "rx_rate", "seen", "tx", "tx_rate")
-
-    def __init__(self) -> None:
-        self.seen = 0.0
-        self.rx = self.tx = 0
-        self.rx_rate = self.tx_rate = 0.0
-
-    def update(self, rec: PeerRecord) -> None:
-        if rec.last_seen == self.seen:
-            return
-        c = rec.counters
-        dt = rec.last_seen - self.seen
-        if self.seen and dt > 0:
-            self.rx_rate = max(0.0, (c.bytes_received - self.rx) / dt)
-            self.tx_rate = max(0.0, (c.bytes_sent - self.tx) / dt)
-        self.seen, self.rx, self.tx = rec.last_seen, c.bytes_received, c.bytes_sent
-
-
 def _online(coord: CoordinatorView, peer_id: str) -> bool:
     if isinstance(coord, Coordinator):
         return coord.liveness.is_online(peer_id)
     return True
 
 
-def peer_rows(coord: CoordinatorView, rates: dict[str, _Rate] | None = None) -> list[Row]:
-    """Every approved peer as a :class:`Row`, by name; ``rates`` is updated in place."""
-    rates = {} if rates is None else rates
+def _rates(coord: CoordinatorView, peer_id: str) -> tuple[float, float]:
+    """The peer's receive and transmit rates between its last two heartbeats (bytes/s), as the
+    coordinator keeps them (``GET /api/v1/status`` shows the same)."""
+    if isinstance(coord, Coordinator):
+        traffic = coord.peerstats.traffic.get(peer_id)
+        if traffic is not None:
+            return traffic.rx_rate, traffic.tx_rate
+    return 0.0, 0.0
+
+
+def peer_rows(coord: CoordinatorView) -> list[Row]:
+    """Every approved peer as a :class:`Row`, by name."""
     out = []
     for rec in coord.peers.values():
         if rec.pending:
             continue
-        rate = rates.get(rec.peer_id)
-        if rate is None:
-            rate = rates[rec.peer_id] = _Rate()
-        rate.update(rec)
+        rx_rate, tx_rate = _rates(coord, rec.peer_id)
         c = rec.counters
         out.append(
             Row(
@@ -100,16 +85,14 @@ def peer_rows(coord: CoordinatorView, rates: dict[str, _Rate] | None = None) -> 
                 exit=rec.allow_exit_traffic,
                 admin=rec.is_admin,
                 coordinator=rec.is_coordinator,
-                rx_rate=round(rate.rx_rate, 1),
-                tx_rate=round(rate.tx_rate, 1),
+                rx_rate=round(rx_rate, 1),
+                tx_rate=round(tx_rate, 1),
                 rx_bytes=c.bytes_received,
                 tx_bytes=c.bytes_sent,
                 paths=len(rec.transports),
                 relayed=sum(1 for t in rec.transports.values() if t in RELAYED),
             )
         )
-    for gone in set(rates) - set(coord.peers):
-        del rates[gone]
     out.sort(key=lambda r: r.name)
     return out
 
@@ -161,14 +144,13 @@ class PeerFeed:
         self.interval = interval
         self.clock = clock
         self.subscriptions: set[Subscription] = set()
-        self._rates: dict[str, _Rate] = {}
         self._rows: dict[str, Row] = {}
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
 
     def rows(self) -> list[Row]:
-        """The peers now (also updates the rates the feed keeps)."""
-        return peer_rows(self.coordinator, self._rates)
+        """The peers now."""
+        return peer_rows(self.coordinator)
 
     def subscribe(self, peer_id: str) -> Subscription:
         sub = Subscription(peer_id)
