@@ -155,6 +155,34 @@ def test_another_coordinator_of_the_database_follows_the_clients(tmp_path: Path)
     run(main())
 
 
+def test_a_store_failure_while_adding_leaves_nothing_held(tmp_path: Path) -> None:
+    from tunnelmesh.errors import StateStoreError
+
+    async def main() -> None:
+        coord = Coordinator(server_config(tmp_path))
+        await coord.load()
+        try:
+            conc = await with_peer(coord, "conc", "172.30.0.5")
+            store: Any = coord.store
+            real = store.claim_address
+
+            async def down(*args: Any, **kw: Any) -> str:
+                raise StateStoreError("the database went away")
+
+            store.claim_address = down
+            with pytest.raises(ClientRefused) as refused:
+                await add(coord, "phone", conc.peer_id)
+            assert (refused.value.status, refused.value.error) == (503, "store_unavailable")
+            assert "phone" not in await store.load_names()
+            store.claim_address = real
+            rec = await add(coord, "phone", conc.peer_id)  # the name was not left held
+            assert coord.clients.by_name("phone") == rec
+        finally:
+            await coord.close()
+
+    run(main())
+
+
 # --- the coordinator's client book ------------------------------------------------------------
 
 

@@ -302,6 +302,8 @@ class ClientBook:
                     raise _failure(507, "mesh_full", str(exc)) from None
             except StateStoreError as exc:
                 log.error("client %s not saved: %s", name, exc)
+                with contextlib.suppress(StateStoreError):  # the name it may have reserved
+                    await store.release_name(name)
                 raise _failure(
                     503, "store_unavailable", "the coordinator cannot save state"
                 ) from None
