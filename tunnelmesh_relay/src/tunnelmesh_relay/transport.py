@@ -42,13 +42,25 @@ from tunnelmesh_relay.proto import (
     split_records,
 )
 
-__all__ = ["RelayTransport"]
+__all__ = ["RelayTransport", "relay_server"]
 
 log = logging.getLogger(__name__)
 
 RELAY_PATH = "/api/v1/relay"
 _MAX_RECORDS = 64
 _QUEUE = 512
+RELAY_MOVE_CHECK = 1.0
+"""Seconds between checks whether the relay route to use changed."""
+
+
+def relay_server(announced: Sequence[str], own: str) -> str:
+    """The coordinator whose relay route a node uses: the first, in sorted order, of the live
+    coordinators the mesh announced (``ControlClient.announced``), so that peers attached to
+    different coordinators of one database meet on the same relay (the relay forwards between
+    the connections it holds); ``own`` (the URL the node joined with) when none were announced.
+    A relay coordinator that stops is dropped from the announced list by the others within
+    3.5 heartbeat intervals, and every peer moves to the next one."""
+    return min(announced) if announced else own
 
 
 class RelayTransport(Transport):
@@ -75,7 +87,7 @@ class RelayTransport(Transport):
         self,
         private_key: bytes,
         *,
-        server: str,
+        server: str | Callable[[], str],
         session_token: str | Callable[[], str],
         ca_pem: str,
         mtu: int = 1420,
@@ -85,11 +97,12 @@ class RelayTransport(Transport):
         self.handshake_timeout = handshake_timeout
         self.engine = WireGuard(private_key, mtu=mtu)
         self.mtu = mtu
-        parts = urlsplit(server)
-        scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
-        self.url = f"{scheme}://{parts.netloc}{RELAY_PATH}"
+        self._server = server
+        scheme = urlsplit(self._server_url()).scheme
+        self._secure = scheme in ("https", "wss")
+        self._connected_url = ""
         self._token = session_token
-        self._ssl = client_ssl_context(ca_pem) if scheme == "wss" else None
+        self._ssl = client_ssl_context(ca_pem) if self._secure else None
         self._server_hostname = server_hostname
         self.session = WireGuardSession(
             self.engine,
@@ -108,6 +121,7 @@ class RelayTransport(Transport):
         self._connected = asyncio.Event()
         self._now = asyncio.Event()  # reconnect now (the network changed)
         self._runner: asyncio.Task[None] | None = None
+        self._mover: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._out: asyncio.Queue[bytes] = asyncio.Queue(_QUEUE)
         self._waiters: dict[bytes, asyncio.Future[None]] = {}
@@ -115,15 +129,30 @@ class RelayTransport(Transport):
         self._closed = False
         self.last_error = ""
 
+    def _server_url(self) -> str:
+        return self._server() if callable(self._server) else self._server
+
+    @property
+    def url(self) -> str:
+        """The relay route this transport connects to (now)."""
+        parts = urlsplit(self._server_url())
+        scheme = "wss" if self._secure else "ws"
+        return f"{scheme}://{parts.netloc}{RELAY_PATH}"
+
     @classmethod
     def from_node(cls, node: TransportHost) -> RelayTransport:
-        """Build from a running node: its key, its coordinator, its session."""
+        """Build from a running node: its key, its coordinator, its session.
+
+        With several coordinators the relay route used is the first, in sorted order, of the
+        live coordinators the mesh announced (``relay_server``): every peer meets every other
+        on the same relay, whichever coordinator each one talks to.
+        """
         from pathlib import Path
 
         ctx = node.context
         return cls(
             node.x25519_private_key,
-            server=ctx.server,
+            server=lambda: relay_server(node.client.announced, ctx.server),
             session_token=lambda: node.client.session_token,
             ca_pem=Path(ctx.ca_path).read_text(encoding="ascii"),
             mtu=node.config.tun.mtu,
@@ -161,6 +190,8 @@ class RelayTransport(Transport):
             self._loop = loop = asyncio.get_running_loop()
             self.session.start(loop)
             self._runner = loop.create_task(self._run(), name="tm-relay")
+            if callable(self._server):
+                self._mover = loop.create_task(self._follow_server(), name="tm-relay-follow")
             self._writer = loop.create_task(self._write_loop(), name="tm-relay-writer")
 
     async def wait_connected(self, timeout: float) -> None:
@@ -176,13 +207,25 @@ class RelayTransport(Transport):
                 f"relay: not connected to {self.url} ({self.last_error or 'no answer'})"
             ) from None
 
+    async def _follow_server(self) -> None:
+        """Move to another relay route when the one to use changed (the coordinators the mesh
+        announced changed): the sessions live in the engine and carry on over the new one."""
+        while not self._closed:
+            await asyncio.sleep(RELAY_MOVE_CHECK)
+            ws = self._ws
+            if ws is not None and self.url != self._connected_url:
+                log.info("relay: moving from %s to %s", self._connected_url, self.url)
+                self._now.set()
+                ws.transport.abort()
+
     async def _run(self) -> None:
         delay = 0.5
         while not self._closed:
             token = self._token() if callable(self._token) else self._token
+            url = self._connected_url = self.url
             try:
                 async with websockets.connect(
-                    self.url,
+                    url,
                     ssl=self._ssl,
                     server_hostname=self._server_hostname if self._ssl else None,
                     additional_headers={"Authorization": f"Bearer {token}"},
@@ -248,12 +291,12 @@ class RelayTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        for task in (self._runner, self._writer):
+        for task in (self._runner, self._writer, self._mover):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._runner = self._writer = None
+        self._runner = self._writer = self._mover = None
         for link in list(self.links.values()):
             await link.aclose()
         self.session.close()

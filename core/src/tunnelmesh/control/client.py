@@ -236,6 +236,8 @@ class ControlClient:
         self.server = server.rstrip("/")
         self.coordinators: list[str] = [self.server]
         """Every coordinator URL known: the one joined with first, then those announced."""
+        self.announced: list[str] = []
+        """The live coordinators as the mesh last announced them (sorted; empty: none were)."""
         self.failovers = 0  # moves to another coordinator
         self.identity = identity
         self.ca_pem = ca_pem
@@ -648,6 +650,7 @@ class ControlClient:
         urls = [u.rstrip("/") for u in urls if u.startswith("https://")][:64]
         if not urls:
             return
+        self.announced = sorted(set(urls))
         first = self.coordinators[0]
         known = list(dict.fromkeys([first, self.server, *urls]))
         if known != self.coordinators:
