@@ -212,7 +212,7 @@ def test_from_node_follows_the_node_session(tmp_path: Path) -> None:
         async with RelayMesh(tmp_path, ["a"]) as mesh:
             ca = tmp_path / "ca.crt"
             ca.write_text(mesh.ca_pem)
-            client = SimpleNamespace(session_token="stale")
+            client = SimpleNamespace(session_token="stale", announced=[])
             node = SimpleNamespace(
                 x25519_private_key=mesh.identities["a"].x25519_private(),
                 context=SimpleNamespace(server=mesh.url, ca_path=str(ca)),
