@@ -21,6 +21,7 @@ e.g. tunnelmesh_wg); this module checks the records themselves.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
@@ -69,6 +70,10 @@ class ClientRefused(CoordinatorError):
         return f"{self.status} {self.error}: {self.message}"
 
 
+_SEALED = "sealed:"
+"""Prefix of a stored preshared key sealed with the state store's key (base64 after it)."""
+
+
 def _failure(status: int, error: str, message: str) -> ClientRefused:
     return ClientRefused(status, error, message)
 
@@ -89,10 +94,40 @@ class ClientBook:
 
     # --- state ---------------------------------------------------------------------------------
 
+    def _stored(self, rec: ClientRecord) -> ClientRecord:
+        """``rec`` as written to the store: its preshared key sealed with the state store's
+        key (``state.encryption_key_file``) when one is configured, as the mesh CA's key is."""
+        sealer = self.coord.sealer
+        if not rec.preshared_key or sealer.key is None:
+            return rec
+        blob = sealer.seal(rec.preshared_key.encode("ascii"), f"client_psk/{rec.client_id}")
+        return msgspec.structs.replace(
+            rec, preshared_key=_SEALED + base64.b64encode(blob).decode("ascii")
+        )
+
+    def _opened(self, rec: ClientRecord) -> ClientRecord:
+        """``rec`` as read from the store, its preshared key opened.
+
+        Raises:
+            ConfigError: the key is sealed and no (or another) key is configured.
+        """
+        if not rec.preshared_key.startswith(_SEALED):
+            return rec
+        blob = base64.b64decode(rec.preshared_key[len(_SEALED) :])
+        plain, _ = self.coord.sealer.open(blob, f"client_psk/{rec.client_id}")
+        return msgspec.structs.replace(rec, preshared_key=plain.decode("ascii"))
+
     async def load(self) -> None:
-        """Load every client from the store and take its mesh IP from the allocator."""
-        for rec in await self.coord.store.load_clients():
+        """Load every client from the store and take its mesh IP from the allocator.
+
+        Raises:
+            ConfigError: preshared keys are sealed and no (or another) key is configured.
+        """
+        for stored in await self.coord.store.load_clients():
+            rec = self._opened(stored)
             add_secret(rec.preshared_key)
+            if stored.preshared_key == rec.preshared_key != self._stored(rec).preshared_key:
+                await self.coord.store.put_client(self._stored(rec))  # a key was configured
             self._index(rec)
             if self.coord.alloc.contains(rec.mesh_ip):
                 self.coord.alloc.mark_used(rec.mesh_ip)
@@ -105,7 +140,7 @@ class ClientBook:
         Raises:
             StateStoreError: the store cannot be read now.
         """
-        stored = {r.client_id: r for r in await self.coord.store.load_clients()}
+        stored = {r.client_id: self._opened(r) for r in await self.coord.store.load_clients()}
         if stored == self.records:
             return
         alloc = self.coord.alloc
@@ -323,7 +358,7 @@ class ClientBook:
             )
             add_secret(preshared_key)
             try:
-                await store.put_client(rec)
+                await store.put_client(self._stored(rec))
             except StoreConflict as exc:
                 with contextlib.suppress(StateStoreError):
                     await store.release_address(cid)
@@ -364,7 +399,7 @@ class ClientBook:
                 return False
             changed = msgspec.structs.replace(rec, enabled=enabled)
             try:
-                await coord.store.put_client(changed)
+                await coord.store.put_client(self._stored(changed))
             except StateStoreError as exc:
                 raise _failure(503, "store_unavailable", str(exc)) from None
             self._index(changed)
