@@ -43,3 +43,16 @@ def test_the_wireguard_section_of_peer_yaml(tmp_path: Path) -> None:
     path.write_text("wireguard:\n  enabled: true\n")
     with pytest.raises(ConfigError, match="endpoint"):
         load_peer_config(str(path), sections)
+
+
+def test_the_dashboard_gets_a_wireguard_clients_page() -> None:
+    from tunnelmesh._manager import make_plugin_manager
+
+    panel = make_plugin_manager().build_registry("admin_panels").admin_panels["wireguard"]
+    assert (panel.api, panel.list_key) == ("/api/v1/wg/clients", "clients")
+    assert [key for key, _ in panel.columns][:4] == [
+        "name",
+        "mesh_ip",
+        "concentrator_name",
+        "state",
+    ]

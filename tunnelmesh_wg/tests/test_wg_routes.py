@@ -26,6 +26,7 @@ from tunnelmesh.coordinator.server import CoordinatorServer
 from tunnelmesh.coordinator.sqlite import SqliteStore
 from tunnelmesh.identity import Identity
 from tunnelmesh_wg.clientconf import generate_keypair, generate_preshared_key
+from tunnelmesh_wg.routes import PANEL_COLUMNS
 
 from tunnelmesh_wg import plugin
 
@@ -479,6 +480,10 @@ def test_the_concentrator_reports_its_own_clients_handshakes_only(tmp_path: Path
             await m.conc.heartbeat()
             shown = await m.member.request("GET", f"{PATH}/phone")
             assert shown["status"]["latest_handshake"] == 1234.5
+            # the dashboard panel's columns are all in each row, flat and readable
+            assert {key for key, _ in PANEL_COLUMNS} <= set(shown)
+            assert shown["latest_handshake_utc"] == "1970-01-01 00:20:34Z"
+            assert shown["state"] == "active" and shown["expires_utc"] == "never"
             # another peer speaking for that client is ignored
             liar = ConcentratorStatus(
                 endpoint="192.0.2.1:51820", clients={cid: ClientStatus(latest_handshake=9.0)}

@@ -34,6 +34,18 @@ def tunnelmesh_register_commands(cli: click.Group) -> None:
 
 
 @hookimpl
+def tunnelmesh_register_admin_panels(registry: Registry) -> None:
+    """The dashboard's WireGuard clients page: rows from ``GET /api/v1/wg/clients`` (members)."""
+    from tunnelmesh.registry import AdminPanel
+
+    from tunnelmesh_wg.routes import PANEL_COLUMNS
+
+    registry.add_admin_panel(
+        AdminPanel("wireguard", "WireGuard clients", "/api/v1/wg/clients", "clients", PANEL_COLUMNS)
+    )
+
+
+@hookimpl
 def tunnelmesh_register_config_sections(registry: Registry) -> None:
     from tunnelmesh_wg.concentrator import WireGuardSection
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Any
 
 import msgspec
@@ -178,7 +179,30 @@ def _view(coord: CoordinatorView, rec: ClientRecord) -> dict[str, Any]:
     ex = coord.peers.get(rec.exit_peer) if rec.exit_peer else None
     out["exit_name"] = ex.name if ex else ""
     out["has_preshared_key"] = bool(rec.preshared_key)
+    # flat, readable columns for the dashboard's panel (PANEL_COLUMNS)
+    now = time.time()
+    out["state"] = "disabled" if not info.enabled else "expired" if not info.live(now) else "active"
+    handshake = info.status.latest_handshake if info.status is not None else 0.0
+    out["latest_handshake_utc"] = _utc(handshake) if handshake else "never"
+    out["expires_utc"] = _utc(info.expires_at) if info.expires_at else "never"
     return out
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
+PANEL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("name", "Name"),
+    ("mesh_ip", "Mesh IP"),
+    ("concentrator_name", "Concentrator"),
+    ("state", "State"),
+    ("latest_handshake_utc", "Latest handshake (UTC)"),
+    ("expires_utc", "Expires (UTC)"),
+    ("exit_name", "Exit"),
+    ("public_key", "Public key"),
+)
+"""The columns of the dashboard's WireGuard clients page (keys of :func:`_view`)."""
 
 
 @route_policy(Policy.PEER)
