@@ -597,8 +597,11 @@ class Coordinator:
     # --- other coordinators' changes (several coordinators on one database) --------------------
 
     def _others(self) -> bool:
-        """Whether other coordinators share this one's database (they announced themselves)."""
-        return any(url != self.public_url for url in self._roster)
+        """Whether other coordinators may share this one's database: a networked backend (they
+        need not have a ``public_url``), or others announced themselves."""
+        return self.config.state.backend != "sqlite" or any(
+            url != self.public_url for url in self._roster
+        )
 
     async def _follow_store(self) -> None:
         """Apply what other coordinators write (the store's change feed) and push it to this
