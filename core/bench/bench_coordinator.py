@@ -203,7 +203,11 @@ async def _worker(
         delta_bytes.clear()
         changer = clients[-1]
         changer._endpoints = lambda: [f"198.51.100.{index + 1}:4{index:04d}"]
-        await changer.heartbeat()
+        try:
+            await changer.heartbeat()
+        except Exception as exc:  # counted like the other heartbeats; the figure is then absent
+            errors += 1
+            kinds[f"the change: {exc}"[:80]] = kinds.get(f"the change: {exc}"[:80], 0) + 1
         # Pushed by every coordinator (PUSH_COALESCE, the change feed): until the count rests.
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() - quiet_since < 2.0:
