@@ -1,5 +1,5 @@
-"""The node's traffic counters (heartbeats, `tunnelmesh peers`) include transports without a
-WireGuard engine (SSH), through `Transport.traffic()`."""
+"""The node's traffic counters (heartbeats, `tunnelmesh peers`) are every transport's
+`Transport.traffic()`: from the WireGuard engine (udp, relay) or the links' own counts (SSH)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tunnelmesh.abc import Link, Transport
+from tunnelmesh.aio.wgsession import traffic_of
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.identity import Identity
@@ -44,8 +45,10 @@ def test_status_counts_transports_without_an_engine(tmp_path: Path) -> None:
         identity=Identity.generate(),
         client=SimpleNamespace(),  # type: ignore[arg-type]
     )
-    engine_peer = SimpleNamespace(rx_bytes=100, tx_bytes=10)
-    udp = SimpleNamespace(engine=SimpleNamespace(peers={"k": engine_peer}))
+    engine_peer = SimpleNamespace(name="b", rx_bytes=100, tx_bytes=10)
+    engine = SimpleNamespace(peers={"k": engine_peer})
+    # a transport on a WireGuard engine answers traffic() from it (udp, relay)
+    udp = SimpleNamespace(traffic=lambda: traffic_of(engine))
     node.transports = [udp, Counted({"b": (4000, 3000), "c": (5, 7)})]  # type: ignore[list-item]
     counters = node.status().counters
     assert (counters.bytes_received, counters.bytes_sent) == (4105, 3017)

@@ -101,6 +101,9 @@ class Link(abc.ABC):
     mtu: int
     """The largest IP packet :meth:`send_batch` accepts."""
 
+    closed: bool = False
+    """True once the link is closed (by either side); a link sets it on its instance."""
+
     @abc.abstractmethod
     def send_batch(self, datagrams: Sequence[Packet]) -> None:
         """Queue IP packets for sending, without waiting.
@@ -206,8 +209,9 @@ class Transport(abc.ABC):
 
     def traffic(self) -> dict[str, tuple[int, int]]:
         """Bytes received and sent per peer name, ``(rx, tx)``, since the transport started
-        (links that closed included), for a transport whose links are not sealed by a
-        WireGuard engine (``self.engine``, which the node reads itself). The default: none.
+        (links that closed included): the node's traffic counters in its heartbeats. A
+        transport on :class:`tunnelmesh.aio.wgsession.WireGuardSession` returns its
+        ``session.traffic()``. The default: none.
 
         .. versionadded:: 0.1
         """

@@ -287,6 +287,10 @@ class RelayTransport(Transport):
             except Exception:  # the reader notices the closed connection and reconnects
                 self.drops["relay_send_error"] += 1
 
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Transport bytes per peer, from the WireGuard engine (closed links included)."""
+        return self.session.traffic()
+
     async def aclose(self) -> None:
         if self._closed:
             return

@@ -24,7 +24,7 @@ from typing import Any
 
 from tunnelmesh import stun as stun_codec
 from tunnelmesh.abc import Link, Transport, TransportCapabilities, TransportHost
-from tunnelmesh.aio.wgsession import WireGuardLink
+from tunnelmesh.aio.wgsession import WireGuardLink, traffic_of
 from tunnelmesh.aio.wgsocket import WireGuardSocket, parse_endpoint
 from tunnelmesh.errors import TransportError
 from tunnelmesh.proto import WireGuard
@@ -86,6 +86,10 @@ class UdpTransport(Transport):
     def public_key(self) -> bytes:
         """Our static X25519 public key."""
         return self.engine.public_key
+
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Transport bytes per peer, from the WireGuard engine (closed links included)."""
+        return traffic_of(self.engine)
 
     @property
     def local_address(self) -> tuple[str, int]:

@@ -29,12 +29,17 @@ from tunnelmesh.abc import Packet
 from tunnelmesh.aio.queuedlink import QueuedLink
 from tunnelmesh.proto import EndpointChanged, HandshakeCompleted, Peer, WireGuard
 
-__all__ = ["Transmit", "WireGuardLink", "WireGuardSession"]
+__all__ = ["Transmit", "WireGuardLink", "WireGuardSession", "traffic_of"]
 
 log = logging.getLogger(__name__)
 
 Transmit = Callable[[list[bytes], Any], None]
 """``transmit(messages, address)``: send WireGuard messages, in order, to one address."""
+
+
+def traffic_of(engine: WireGuard) -> dict[str, tuple[int, int]]:
+    """Transport bytes received and sent per peer name of ``engine``, ``(rx, tx)``."""
+    return {p.name: (p.rx_bytes, p.tx_bytes) for p in engine.peers.values()}
 
 
 class WireGuardLink(QueuedLink):
@@ -107,6 +112,11 @@ class WireGuardSession:
         """Bind to the running loop (its clock is the engine's ``now``)."""
         self._loop = loop = loop or asyncio.get_running_loop()
         self.engine.wall_offset = time.time() - loop.time()
+
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Transport bytes received and sent per peer name, ``(rx, tx)``: what a transport
+        on this session answers for :meth:`tunnelmesh.abc.Transport.traffic`."""
+        return traffic_of(self.engine)
 
     @property
     def started(self) -> bool:

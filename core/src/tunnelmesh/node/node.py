@@ -54,6 +54,7 @@ from tunnelmesh.abc import (
     TransportHost,
 )
 from tunnelmesh.aio.stopping import bounded_step, finish
+from tunnelmesh.aio.wgsession import WireGuardLink
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.client import ControlClient, PeerStatus
 from tunnelmesh.control.contexts import Context, ContextStore
@@ -237,14 +238,9 @@ class Node:
         dropped = sum(v for k, v in st.items() if k.startswith("dropped"))
         rx_bytes = tx_bytes = 0
         for t in self.transports:
-            engine = getattr(t, "engine", None)
-            for peer in getattr(engine, "peers", {}).values():
-                rx_bytes += getattr(peer, "rx_bytes", 0)
-                tx_bytes += getattr(peer, "tx_bytes", 0)
-            if engine is None:  # links not sealed by a WireGuard engine (SSH)
-                for rx, tx in t.traffic().values():
-                    rx_bytes += rx
-                    tx_bytes += tx
+            for rx, tx in t.traffic().values():
+                rx_bytes += rx
+                tx_bytes += tx
         return PeerStatus(
             transports=transports,
             rtt_ms=rtt,
@@ -275,12 +271,19 @@ class Node:
     def describe(self) -> dict[str, Any]:
         """The ``node.status`` control command: this node, its transports and its peers."""
         peers = []
+        traffic: dict[str, tuple[int, int]] = {}
+        for t in self.transports:
+            traffic.update(t.traffic())
         for name, route in sorted(self.routes.peers.items()):
             info = self.sync.peers.get(name) if self.sync is not None else None
             paths = self.sync.paths.get(name) if self.sync is not None else None
-            wg_peer = getattr(route.link, "wg_peer", None)
-            endpoint = getattr(wg_peer, "endpoint", None)
-            last = getattr(wg_peer, "last_handshake", None)
+            wg_peer = route.link.wg_peer if isinstance(route.link, WireGuardLink) else None
+            endpoint = wg_peer.endpoint if wg_peer is not None else None
+            last = wg_peer.last_handshake if wg_peer is not None else None
+            if wg_peer is not None:
+                rx_bytes, tx_bytes = wg_peer.rx_bytes, wg_peer.tx_bytes
+            else:  # a link no WireGuard engine seals (SSH): its transport's count
+                rx_bytes, tx_bytes = traffic.get(name, (0, 0))
             peers.append(
                 {
                     "name": name,
@@ -293,8 +296,8 @@ class Node:
                     else "",
                     "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else "",
                     "handshake": last is not None,
-                    "rx_bytes": getattr(wg_peer or route.link, "rx_bytes", 0),
-                    "tx_bytes": getattr(wg_peer or route.link, "tx_bytes", 0),
+                    "rx_bytes": rx_bytes,
+                    "tx_bytes": tx_bytes,
                     "reason": paths.reason if paths is not None else "",
                     "rtt_ms": paths.rtt_ms() if paths is not None else None,
                     "paths": paths.describe()["paths"] if paths is not None else {},
@@ -745,7 +748,7 @@ class Node:
         if self.forwarder is not None:
             steps.append(("the forwarder", _as_async(self.forwarder.stop)))
         for t in reversed(self.transports):
-            steps.append((f"the {getattr(t, 'name', type(t).__name__)} transport", t.aclose))
+            steps.append((f"the {t.name} transport", t.aclose))
         if self._client_dns is not None:
             self._client_dns.cancel()
         if self.dns is not None:

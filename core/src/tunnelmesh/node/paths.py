@@ -204,7 +204,7 @@ class PeerPaths:
         if not held:
             return None
         for link in held:
-            if not getattr(link, "closed", False):
+            if not link.closed:
                 return link
         return None
 
@@ -212,7 +212,7 @@ class PeerPaths:
         """Drop closed links; tell the selector about transports left without one."""
         now = self.loop.time()
         for name, held in list(self.links.items()):
-            alive = [lk for lk in held if not getattr(lk, "closed", False)]
+            alive = [lk for lk in held if not lk.closed]
             if len(alive) != len(held):
                 self.links[name] = alive
                 if not alive:
