@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ipaddress
 import mimetypes
 import os
 import time
@@ -327,20 +328,31 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 @route_policy(Policy.PEER)
 async def map_page(request: web.Request) -> web.Response:
-    """Peers on a world map (``locations: true``), drawn offline (see :mod:`.worldmap`)."""
+    """Peers on a world map (``locations: true``), drawn offline (see :mod:`.worldmap`).
+
+    A peer's own ``location:`` (peer.yaml) places it; a peer without one is placed by the
+    operator's GeoIP database (``admin.geoip_db``) from its first public endpoint, marked
+    approximate, when there is one.
+    """
     coord = _coord(request)
     if not coord.config.locations:
         raise ApiFailure(404, "not_found", "this coordinator keeps no locations (locations: true)")
     located = coord.peerstats.location
-    places, unplaced, rows = [], [], []
+    geoip = request.app[SERVICE_KEY].geoip
+    mesh = ipaddress.ip_network(coord.config.mesh_cidr, strict=False)
+    places, unplaced, rows, approximate = [], [], [], set()
     for rec in sorted(coord.peers.values(), key=lambda r: r.name):
         if rec.pending:
             continue
-        loc = located.get(rec.peer_id)
+        loc, source = located.get(rec.peer_id), "config"
+        if loc is None and geoip is not None:
+            loc, source = geoip.locate_endpoints(rec.endpoints, mesh), "GeoIP"
         if loc is None:
             unplaced.append(rec.name)
             continue
-        places.append((rec.name, loc.city, loc.lat, loc.lon))
+        if source == "GeoIP":
+            approximate.add(rec.name)
+        places.append((rec.name, loc.city, loc.lat, loc.lon, source))
         rows.append((rec.name, loc.city, coord.liveness.is_online(rec.peer_id), loc.lat, loc.lon))
     return _render(
         request,
@@ -350,6 +362,8 @@ async def map_page(request: web.Request) -> web.Response:
         view_box=worldmap.view_box(),
         markers=worldmap.markers(rows),
         places=places,
+        approximate=approximate,
+        geoip=geoip is not None,
         unplaced=unplaced,
         total=len(places) + len(unplaced),
     )

@@ -48,6 +48,7 @@ from tunnelmesh.errors import ConfigError
 from tunnelmesh.registry import AdminPanel
 
 from tunnelmesh_admin.config import AdminSection
+from tunnelmesh_admin.geoip import GeoLocator, open_geoip
 from tunnelmesh_admin.state import FEED_KEY, PANELS_KEY, SERVICE_KEY
 
 __all__ = ["EXCLUDED_ROUTES", "SERVICE_KEY", "AdminService", "install"]
@@ -126,6 +127,8 @@ class AdminService:
         """When the dashboard (and so the coordinator) started, UTC, for the overview."""
         self.refused: Counter[str] = Counter()
         """Requests refused by the dashboard's own checks, by reason (not_a_mesh_peer, ...)."""
+        self.geoip: GeoLocator | None = None
+        """The operator's GeoIP database (``admin.geoip_db`` with ``locations: true``)."""
 
     @property
     def url(self) -> str:
@@ -189,6 +192,24 @@ class AdminService:
                 log.warning("admin: panel %s: no GET route %s on the coordinator", slug, panel.api)
         return out
 
+    def open_geoip(self) -> GeoLocator | None:
+        """The GeoIP database when ``admin.geoip_db`` is set and ``locations: true`` (one
+        warning, and None, when it cannot be used or locations are off)."""
+        path = self.section.geoip_db
+        if not path:
+            return None
+        if not self.coordinator.config.locations:
+            log.warning(
+                "admin: geoip_db %s is not used: the coordinator keeps no locations "
+                "(locations: true in server.yaml)",
+                path,
+            )
+            return None
+        found = open_geoip(path)
+        if found is not None:
+            log.info("admin: the map places peers without a location: by %s (GeoIP)", path)
+        return found
+
     def locations(self) -> bool:
         """Whether the coordinator shares peer locations (``locations: true``): the map page."""
         return self.coordinator.config.locations
@@ -228,6 +249,7 @@ class AdminService:
             ConfigError: ``admin.listen`` cannot be bound, or is the coordinator's API address.
         """
         self.started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        self.geoip = self.open_geoip()
         self.app = self.build_app()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -296,6 +318,9 @@ class AdminService:
             for transport in open_:  # an SSE stream or a half-closed TLS connection
                 transport.abort()
         self.listening.clear()
+        if self.geoip is not None:
+            self.geoip.close()
+            self.geoip = None
 
 
 def install(app: web.Application, coordinator: CoordinatorView) -> AdminService | None:

@@ -10,6 +10,7 @@ from tunnelmesh.abc import CoordinatorView
 from tunnelmesh.registry import AdminPanel
 
 from tunnelmesh_admin.feed import PeerFeed
+from tunnelmesh_admin.geoip import GeoLocator
 
 __all__ = ["FEED_KEY", "PANELS_KEY", "SERVICE_KEY", "DashboardView"]
 
@@ -23,6 +24,7 @@ class DashboardView(Protocol):
     started: str
     port: int
     refused: Counter[str]
+    geoip: GeoLocator | None
 
     def locations(self) -> bool: ...
 
