@@ -225,3 +225,25 @@ def test_a_database_without_locations_true_is_not_opened(
         )
 
     run(main())
+
+
+@pytest.mark.parametrize("mode", [maxminddb.MODE_AUTO, maxminddb.MODE_FILE])
+def test_a_damaged_data_section_answers_no_place_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    """The file opens (tree and metadata intact) but its records are garbage: every lookup
+    answers no place, counted, and the operator is told once."""
+    data = write_db(tmp_path / "good.mmdb").read_bytes()
+    meta = data.rindex(b"\xab\xcd\xefMaxMind.com")
+    with maxminddb.open_database(str(tmp_path / "good.mmdb"), maxminddb.MODE_FILE) as good:
+        info = good.metadata()
+    tree = info.node_count * info.record_size * 2 // 8 + 16  # the tree and its 16-byte separator
+    damaged = tmp_path / "damaged.mmdb"
+    damaged.write_bytes(data[:tree] + b"\xff" * (meta - tree) + data[meta:])
+    found = open_geoip(str(damaged), mode)
+    assert found is not None
+    assert found.locate_endpoints(["203.0.113.7:1", "198.51.100.4:1"]) is None
+    assert found.failed == 2
+    warned = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warned) == 1 and str(damaged) in warned[0].getMessage()
+    found.close()
