@@ -316,3 +316,34 @@ def test_exit_node_this_is_the_coordinators_peer(tmp_path: Path) -> None:
         await svc.aclose()
 
     asyncio.run(main())
+
+
+def test_allowed_peers_names_wireguard_clients_by_their_own_id(tmp_path: Path) -> None:
+    from tunnelmesh.config import ExitConfig
+    from tunnelmesh.control.messages import ClientInfo
+
+    conc_id, phone_id, tablet_id = "c0c0c0c0c0c0c0c0", "a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2"
+    node = FakeNode(
+        tmp_path, allow_exit_traffic=True, exit=ExitConfig(allowed_peers=[conc_id, phone_id])
+    )
+    conc = PeerInfo(
+        name="conc", peer_id=conc_id, public_key="", wg_public_key="", mesh_ip="10.42.0.9"
+    )
+    node.sync.peers["conc"] = conc
+
+    def client(cid: str, name: str, ip: str) -> ClientInfo:
+        return ClientInfo(
+            client_id=cid, name=name, kind="wireguard", public_key="", mesh_ip=ip,
+            concentrator=conc_id, exit_peer="e",
+        )  # fmt: skip
+
+    node.client.table.clients = (
+        client(phone_id, "phone", "10.42.0.50"),
+        client(tablet_id, "tablet", "10.42.0.51"),  # its concentrator is listed: not enough
+    )
+    svc = service(node, FakeRunner(), tmp_path)
+    assert svc._refresh_clients() == ["10.42.0.50", "10.42.0.9"]
+    assert svc.guard.clients == {"conc", "phone"}
+    out = [bytes([0x45]) + bytes(11) + bytes([10, 42, 0, 50]) + bytes([192, 0, 2, 9])]
+    assert svc.guard.verdicts(out, "phone", True) == [True]
+    assert svc.guard.verdicts(out, "tablet", True) == [False]

@@ -220,3 +220,52 @@ def test_a_concentrator_relays_between_its_clients_and_the_mesh(pipe: tuple[int,
     table.set_link("phone", None)  # the client went away: counted, not sent
     fwd.deliver(b, [back])
     assert fwd.stats["dropped_no_link"] == 1 and phone.sent == [back, laptop_to_phone]
+
+
+def test_a_full_tunnel_client_goes_out_through_its_own_exit_only(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    table = _table()  # b 10.42.0.2 (the phone's exit), c 10.42.0.3; this node is 10.42.0.1
+    table.set_peer("ex", mesh_ips=["10.42.0.4"])  # another exit, the tablet's
+    table.set_peer("phone", mesh_ips=["10.42.0.50"], client=True, exit="b")
+    table.set_peer("tablet", mesh_ips=["10.42.0.52"], client=True, exit="ex")
+    table.set_peer("mesh-only", mesh_ips=["10.42.0.53"], client=True)
+    fwd = Forwarder(w, table, [Recorder()], mesh_cidr="10.42.0.0/16")
+    fwd.relay = True
+    links = {n: FakeLink(n) for n in ("phone", "tablet", "mesh-only", "b", "c", "ex")}
+    for link in links.values():
+        fwd.attach(link)
+    out = ip4("10.42.0.50", "192.0.2.9")
+    to_c = ip4("10.42.0.50", "10.42.0.3")
+    to_me = ip4("10.42.0.50", "10.42.0.1")
+    unknown_mesh = ip4("10.42.0.50", "10.42.9.9")  # in the mesh, no route: never to the exit
+    fwd.deliver(links["phone"], [out, to_c, to_me, unknown_mesh, out])
+    assert links["b"].sent == [out, out] and links["c"].sent == [to_c]
+    assert os.read(r, 4096) == to_me + unknown_mesh  # a pipe: the two writes in one read
+    # a client without an exit: today's behaviour (this node's TUN, where the exit guard is)
+    plain = ip4("10.42.0.53", "192.0.2.9")
+    fwd.deliver(links["mesh-only"], [plain])
+    assert os.read(r, 4096) == plain and links["b"].sent == [out, out]
+    # the exit's answers (outside sources) reach the client whose exit it is, and no other
+    answer = ip4("192.0.2.9", "10.42.0.50")
+    fwd.deliver(links["b"], [answer])
+    assert links["phone"].sent == [answer]
+    spoofs = [
+        ip4("192.0.2.9", "10.42.0.52"),  # b is not the tablet's exit
+        ip4("192.0.2.9", "10.42.0.53"),  # nor the mesh-only client's
+        ip4("192.0.2.9", "10.42.0.1"),  # nor this node's (it uses no exit)
+        ip4("10.42.0.3", "10.42.0.50"),  # an exit answers for outside sources only
+    ]
+    fwd.deliver(links["b"], spoofs)
+    fwd.deliver(links["c"], [answer])  # a non-exit peer: spoofed
+    fwd.deliver(links["ex"], [answer])  # another exit, not the phone's
+    assert links["phone"].sent == [answer]
+    assert links["tablet"].sent == [] and links["mesh-only"].sent == []
+    assert fwd.stats["dropped_spoofed"] == 6
+    fwd.deliver(links["ex"], [ip4("192.0.2.9", "10.42.0.52")])
+    assert links["tablet"].sent == [ip4("192.0.2.9", "10.42.0.52")]
+    # an exit that is not in the table: the client's internet traffic is dropped, not sent
+    table.set_peer("phone", mesh_ips=["10.42.0.50"], client=True, exit="?0123456789abcdef")
+    fwd.deliver(links["phone"], [out])
+    assert fwd.stats["dropped_no_exit"] == 1 and links["b"].sent == [out, out]
+    with pytest.raises(BlockingIOError):
+        os.read(r, 4096)

@@ -27,6 +27,7 @@ class Client:
     preshared_key: str = ""
     active: bool = True
     expires_at: float = 0.0
+    exit_peer: str = ""
 
 
 def test_routes_via_the_concentrator_and_served_here() -> None:
@@ -63,6 +64,26 @@ def test_routes_via_the_concentrator_and_served_here() -> None:
     # disabled by a push: gone
     routes.apply([replace(phone, active=False)])
     assert sorted(table.peers) == ["b", "conc", "conc-2"]
+
+
+def test_a_served_full_tunnel_client_gets_its_exit_by_name() -> None:
+    names = {"e1": "exit-a", "c0ffee": "conc"}
+    table = RoutingTable()
+    routes = ClientRoutes(table, "me", names.get)
+    full = Client("p1", "phone", "10.42.0.50", "me", exit_peer="e1")
+    own = Client("p2", "tablet", "10.42.0.51", "me", exit_peer="me")  # this node is the exit
+    other = Client("p3", "laptop", "10.42.0.52", "c0ffee", exit_peer="e1")  # not served here
+    gone = Client("p4", "watch", "10.42.0.53", "me", exit_peer="f00d")  # exit not in the mesh
+    routes.apply([full, own, other, gone])
+    assert table.peers["phone"].exit == "exit-a"
+    assert table.peers["tablet"].exit == ""  # its packets meet this node's exit guard
+    assert table.peers["laptop"].exit == "" and table.peers["laptop"].via == "conc"
+    assert table.peers["watch"].exit == "?f00d"  # no route has that name: dropped, not leaked
+    names["e1"] = "exit-b"  # the exit renamed: followed by its key
+    routes.refresh()
+    assert table.peers["phone"].exit == "exit-b"
+    routes.apply([replace(full, exit_peer="")])
+    assert table.peers["phone"].exit == "" and table.peers["phone"].client
 
 
 def test_the_node_reports_its_concentrator_and_names_clients_as_sources(tmp_path: Path) -> None:

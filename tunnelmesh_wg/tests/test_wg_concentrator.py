@@ -38,6 +38,7 @@ class Client(msgspec.Struct, kw_only=True, frozen=True):
     concentrator: str = ME
     active: bool = True
     expires_at: float = 0.0
+    exit_peer: str = ""
     preshared_key: str = ""
 
 

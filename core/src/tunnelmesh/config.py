@@ -214,6 +214,8 @@ class ExitConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     Attributes:
         allowed_peers: the peers whose internet traffic it forwards, by peer ID (16 hex
             digits, ``tunnelmesh peers --json``) or OpenSSH public key; empty: every peer.
+            A WireGuard client (``tunnelmesh wg add --full-tunnel``) is listed by its own
+            client ID (``tunnelmesh wg show NAME``), not its concentrator's.
             Names are refused: a name can change hands, a key cannot.
         allow_lan: also forward to private, CGNAT, link-local (169.254.169.254), loopback and
             the exit's own LAN destinations (default: dropped).

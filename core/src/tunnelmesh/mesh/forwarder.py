@@ -22,6 +22,7 @@ Counters are kept in :attr:`Forwarder.stats`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -50,6 +51,8 @@ class Forwarder:
         tso: the device also has ``TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4)``: reads may be TCP
             super-packets or carry partial checksums, cut and completed by
             :func:`~tunnelmesh.mesh.offload.split_tso`.
+        mesh_cidr: the mesh network: on a concentrator, a full-tunnel client's packets for
+            addresses outside it go to the client's exit (empty: nothing is outside).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Forwarder:
         batch: int = 128,
         vnet_hdr: bool = False,
         tso: bool = False,
+        mesh_cidr: str = "",
     ) -> None:
         self.fd = tun_fd
         self.vnet_hdr = vnet_hdr
@@ -72,6 +76,10 @@ class Forwarder:
         self.relay = False
         """This node serves WireGuard clients (a concentrator): received packets between a
         client and another route go on to that route (:meth:`_relay`) instead of the TUN."""
+        self._mesh: tuple[int, int, int] | None = None
+        if mesh_cidr:
+            net = ipaddress.ip_network(mesh_cidr, strict=False)
+            self._mesh = (net.max_prefixlen // 8, int(net.network_address), int(net.netmask))
         self.probe_sink: Callable[[Link, list[bytes]], None] | None = None
         """Gets the path probes of each received batch (None: probes are ordinary packets)."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,6 +99,14 @@ class Forwarder:
         """Route packets of ``link.peer`` through ``link`` and receive from it."""
         self.routes.set_link(link.peer, link)
         link.set_receiver(self.deliver)
+
+    def outside(self, address: bytes) -> bool:
+        """Whether a packed address is outside the mesh network (never, without ``mesh_cidr``)."""
+        mesh = self._mesh
+        if mesh is None:
+            return False
+        size, net, mask = mesh
+        return len(address) != size or int.from_bytes(address, "big") & mask != net
 
     # --- outbound -------------------------------------------------------------------------------
 
@@ -196,6 +212,7 @@ class Forwarder:
         lookup = self.routes.lookup
         good = []
         carried: dict[PeerRoute, list[bytes]] | None = None
+        answers: dict[PeerRoute, list[bytes]] | None = None
         probes: list[bytes] | None = None
         for pkt in packets:
             if pkt[0] >> 4 == 4:
@@ -214,6 +231,16 @@ class Forwarder:
             source = by_ip.get(src) or lookup(src)
             if source is not route:
                 if source is None or source.via != route.name:
+                    if self.relay:  # a full-tunnel client's exit answering it?
+                        target = self._exit_answer(route, pkt, src)
+                        if target is not None:
+                            if answers is None:
+                                answers = {target: [pkt]}
+                            elif target in answers:
+                                answers[target].append(pkt)
+                            else:
+                                answers[target] = [pkt]
+                            continue
                     stats["dropped_spoofed"] += 1
                     continue
                 if carried is None:
@@ -228,6 +255,8 @@ class Forwarder:
             sink(link, probes)
         if route is None:
             return
+        if answers is not None:
+            self._send(answers)
         if self.relay:
             good = self._relay(route, good)
             if carried is not None:
@@ -260,31 +289,21 @@ class Forwarder:
                 stats["tun_write_error"] += 1
         stats["rx_packets"] += count
 
-    def _relay(self, source: PeerRoute, packets: list[bytes]) -> list[bytes]:
-        """On a concentrator: send on the packets between a WireGuard client and the mesh.
+    def _exit_answer(self, route: PeerRoute, pkt: bytes, src: bytes) -> PeerRoute | None:
+        """On a concentrator, for a packet from ``route`` whose source is not its own: the
+        client it goes to when ``route`` is that client's exit and the source is outside the
+        mesh (an exit answers for the internet, never for mesh addresses); else None."""
+        dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
+        target = self.routes.by_ip.get(dst)
+        if target is None or not target.client or target.exit != route.name:
+            return None
+        if not route.name or not self.outside(src):
+            return None
+        return target
 
-        A packet whose destination is another route's mesh address (a host entry: a prefix such
-        as an exit's ``0.0.0.0/0`` is never relayed to) goes to that route's link when its source
-        or its destination is a client of this node (the concentrator relays for its clients
-        only, never between two mesh peers); such packets skip this node's filters, which guard
-        its own services (the destination filters them, with the client as the source). The
-        rest, for this node, is returned for the TUN device.
-        """
-        by_ip = self.routes.by_ip
+    def _send(self, out: dict[PeerRoute, list[bytes]]) -> None:
+        """Send relayed groups on to their routes' links (counted as ``relayed``)."""
         stats = self.stats
-        mine: list[bytes] = []
-        out: dict[PeerRoute, list[bytes]] = {}
-        for pkt in packets:
-            dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
-            target = by_ip.get(dst)  # mesh addresses only: never a prefix (an exit's 0.0.0.0/0)
-            if target is None or target is source or not (target.client or source.client):
-                mine.append(pkt)
-                continue
-            group = out.get(target)
-            if group is None:
-                out[target] = [pkt]
-            else:
-                group.append(pkt)
         for target, group in out.items():
             link = target.link
             if link is None:
@@ -296,4 +315,41 @@ class Forwarder:
                 stats["dropped_link_error"] += len(group)
                 continue
             stats["relayed"] += len(group)
+
+    def _relay(self, source: PeerRoute, packets: list[bytes]) -> list[bytes]:
+        """On a concentrator: send on the packets between a WireGuard client and the mesh.
+
+        A packet whose destination is another route's mesh address (a host entry: a prefix such
+        as an exit's ``0.0.0.0/0`` is never relayed to) goes to that route's link when its source
+        or its destination is a client of this node (the concentrator relays for its clients
+        only, never between two mesh peers); such packets skip this node's filters, which guard
+        its own services (the destination filters them, with the client as the source). The
+        rest, for this node, is returned for the TUN device.
+
+        A client with an exit (``source.exit``, a full tunnel) has its packets for outside the
+        mesh sent to that exit's link; when the exit is not in the table they are dropped
+        (``dropped_no_exit``), never sent out another way.
+        """
+        by_ip = self.routes.by_ip
+        mine: list[bytes] = []
+        out: dict[PeerRoute, list[bytes]] = {}
+        exit_name = source.exit
+        for pkt in packets:
+            dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
+            target = by_ip.get(dst)  # mesh addresses only: never a prefix (an exit's 0.0.0.0/0)
+            if target is None and exit_name and self.outside(dst):
+                target = self.routes.peers.get(exit_name)
+                if target is None:
+                    self.stats["dropped_no_exit"] += 1
+                    continue
+            elif target is None or target is source or not (target.client or source.client):
+                mine.append(pkt)
+                continue
+            group = out.get(target)
+            if group is None:
+                out[target] = [pkt]
+            else:
+                group.append(pkt)
+        if out:
+            self._send(out)
         return mine

@@ -7,6 +7,7 @@ coordinator's push channel, or from a static configuration)::
     table.set_link(name, link)     # a transport opened a link to that peer
     table.set_peer("phone", mesh_ips=["10.42.0.50"], via="conc")   # carried by peer "conc"
     table.set_peer("phone", mesh_ips=["10.42.0.50"], client=True)  # on "conc" itself
+    table.set_peer("phone", mesh_ips=["10.42.0.50"], client=True, exit="ex")  # full tunnel
     table.remove_peer(name)        # drops its routes and forgets its link
     table.subscribe(callback)      # callback(route) after every set_peer / remove_peer
 
@@ -20,7 +21,9 @@ serves a client (its concentrator) the route is marked ``client``: its link is t
 concentrator's link to that client, and the forwarder relays between the client and the mesh.
 On every other node the route has ``via=<concentrator name>``: it always uses the
 concentrator's link (kept in step by :meth:`RoutingTable.set_link`), and the forwarder accepts
-the client's source address from that concentrator only.
+the client's source address from that concentrator only. A served client with an ``exit``
+(``tunnelmesh wg add --full-tunnel EXIT``) has its packets for outside the mesh relayed to that
+exit's link, and the exit's answers (outside source addresses) accepted toward it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class PeerRoute:
     """What the data plane knows of one peer."""
 
-    __slots__ = ("client", "endpoints", "link", "mesh_ips", "name", "public_key", "via")
+    __slots__ = ("client", "endpoints", "exit", "link", "mesh_ips", "name", "public_key", "via")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -53,6 +56,9 @@ class PeerRoute:
         empty: the route's own link."""
         self.client = False
         """A WireGuard client served by this node: the forwarder relays its packets."""
+        self.exit = ""
+        """A served client's exit (``--full-tunnel``): the route its packets for outside the
+        mesh go to, and the only one whose outside sources are accepted toward it."""
 
     def __repr__(self) -> str:
         return f"<PeerRoute {self.name} {list(self.mesh_ips)}>"
@@ -80,11 +86,13 @@ class RoutingTable:
         endpoints: Sequence[str] = (),
         via: str = "",
         client: bool = False,
+        exit: str = "",
     ) -> PeerRoute:
         """Add or replace a peer's key, addresses and endpoints (its link is kept).
 
         ``via`` names the peer whose link carries this route (the route takes that peer's link,
-        now and whenever it changes); ``client`` marks a WireGuard client this node serves.
+        now and whenever it changes); ``client`` marks a WireGuard client this node serves,
+        ``exit`` names that client's exit route (its internet traffic goes there).
         """
         route = self.peers.get(name)
         if route is None:
@@ -95,6 +103,7 @@ class RoutingTable:
         route.mesh_ips = tuple(mesh_ips)
         route.endpoints = tuple(endpoints)
         route.client = client
+        route.exit = exit if client else ""
         if via != route.via:
             route.via = via
             carrier = self.peers.get(via) if via else None

@@ -9,7 +9,10 @@ app, its mesh IP, the peer ID of the concentrator that serves it), the whole lis
 * on the client's concentrator, ``set_peer(name, mesh_ips=[ip], client=True)``: the
   concentrator's engine gives the route its link (:meth:`ClientRoutes.subscribe` tells it which
   clients it serves), and the forwarder relays between the client and the mesh
-  (``Forwarder.relay`` is on while there is one);
+  (``Forwarder.relay`` is on while there is one); a client whose record names an exit peer
+  (``exit_peer``, ``--full-tunnel``) gets ``exit=<that peer's name>``: the forwarder relays its
+  packets for outside the mesh to that exit and accepts the exit's answers for it (an exit that
+  is this node itself needs nothing: the packets meet this node's exit guard and TUN);
 * on every other node, ``set_peer(name, mesh_ips=[ip], via=<concentrator's name>)``: packets
   for the client go to the concentrator, and the client's address is accepted from the
   concentrator only.
@@ -54,6 +57,8 @@ class ClientRecord(Protocol):
     def active(self) -> bool: ...
     @property
     def expires_at(self) -> float: ...
+    @property
+    def exit_peer(self) -> str: ...
 
 
 def usable(client: ClientRecord, now: float) -> bool:
@@ -109,7 +114,8 @@ class ClientRoutes:
         peer changes too: a concentrator that comes, goes or is renamed)."""
         now = self._clock()
         routes = self.routes
-        wanted: dict[str, tuple[str, str]] = {}  # name -> (mesh_ip, via; "" = served here)
+        # name -> (mesh_ip, via ("" = served here), exit route name ("" = none))
+        wanted: dict[str, tuple[str, str, str]] = {}
         served: dict[str, ClientRecord] = {}
         next_expiry = 0.0
         for c in self.clients:
@@ -127,20 +133,26 @@ class ClientRoutes:
             if existing is not None and c.name not in self._routed:
                 log.warning("client %s: a peer has that name; not routed", c.name)
                 continue
-            wanted[c.name] = (c.mesh_ip, via)
+            exit = ""
+            if not via and c.exit_peer and c.exit_peer != self.local_peer_id:
+                # an exit not in the mesh (now): a name no route has ("?" is in no DNS label),
+                # so the client's internet traffic is dropped, never sent out another way
+                exit = self._peer_name(c.exit_peer) or f"?{c.exit_peer}"
+            wanted[c.name] = (c.mesh_ip, via, exit)
             if not via:
                 served[c.name] = c
         for name in self._routed - wanted.keys():
             routes.remove_peer(name)
-        for name, (ip, via) in wanted.items():
+        for name, (ip, via, exit) in wanted.items():
             route = routes.peers.get(name)
             if (
                 route is None
                 or route.mesh_ips != (f"{ip}/32",)
                 or route.via != via
                 or route.client != (not via)
+                or route.exit != exit
             ):
-                routes.set_peer(name, mesh_ips=[f"{ip}/32"], via=via, client=not via)
+                routes.set_peer(name, mesh_ips=[f"{ip}/32"], via=via, client=not via, exit=exit)
         self._routed = set(wanted)
         changed = served.keys() != self.served.keys() or any(
             served[n] is not self.served[n] for n in served

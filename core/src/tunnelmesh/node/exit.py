@@ -15,7 +15,9 @@ On an exit (``allow_exit_traffic: true`` / ``--allow-exit-traffic``)
     :class:`~tunnelmesh.exitnode.ExitGateway` (``ip_forward``, an nftables forward chain that
     passes only clients' traffic from the TUN device to the uplink, never to private or LAN
     destinations unless ``exit.allow_lan``, and a masquerade of the mesh CIDR) while the node
-    runs. With ``exit.allowed_peers`` (peer IDs) only those peers are clients: the guard drops
+    runs. With ``exit.allowed_peers`` (peer IDs, and WireGuard clients' IDs: a
+    ``--full-tunnel`` client of a concentrator is allowed by its own ID, not its
+    concentrator's) only those are clients: the guard drops
     the others' packets for outside the mesh (by the key-authenticated link they came from),
     and the forward chain passes only their mesh IPs (kept up to date as peers change); the heartbeats publish ``allow_exit_traffic`` so clients
     (and ``tunnelmesh peers``) know. Packets from a client to the internet pass the guard, are
@@ -346,8 +348,13 @@ class ExitService:
         gateway). A peer is allowed by its key (peer ID), whatever its name."""
         allowed = set(self.allowed_ids or ())
         peers = [p for p in self._known_peers() if p.peer_id in allowed]
-        self.guard.clients = {p.name for p in peers}
-        return sorted(p.mesh_ip for p in peers if p.mesh_ip)
+        # WireGuard clients (tunnelmesh_wg) are allowed by their own client ID, never through
+        # their concentrator's: listing a concentrator does not let its clients out
+        clients = [
+            c for c in (self.node.client.table.clients or ()) if c.client_id in allowed and c.active
+        ]
+        self.guard.clients = {p.name for p in peers} | {c.name for c in clients}
+        return sorted({p.mesh_ip for p in peers if p.mesh_ip} | {c.mesh_ip for c in clients})
 
     async def _follow_clients(self) -> None:
         while not self._closed:

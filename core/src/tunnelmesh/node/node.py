@@ -441,7 +441,11 @@ class Node:
                 raise NodeError(str(exc)) from None
             await self._start_filter()
             self.forwarder = Forwarder(
-                self.tun.fileno(), self.routes, self._filters(registry), vnet_hdr=True
+                self.tun.fileno(),
+                self.routes,
+                self._filters(registry),
+                vnet_hdr=True,
+                mesh_cidr=self.mesh_cidr,
             )
             routes = self.routes
             self.sync = PeerSync(
