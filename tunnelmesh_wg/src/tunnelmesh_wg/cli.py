@@ -82,8 +82,8 @@ def _state(c: dict[str, Any]) -> str:
     envvar="TUNNELMESH_WG_FULL_TUNNEL",
     show_envvar=True,
     metavar="EXIT",
-    help="Give the client AllowedIPs 0.0.0.0/0 and exit node EXIT in its record (the "
-    "concentrator does not forward its internet traffic to the exit yet: mesh only).",
+    help="Give the client AllowedIPs 0.0.0.0/0 and send its internet traffic through exit "
+    "node EXIT (a peer with --allow-exit-traffic): the concentrator relays it to that exit.",
 )
 @click.option(
     "--concentrator",

@@ -4,7 +4,10 @@
 They work with any host object that has ``run``, ``popen`` and ``ns`` like
 :class:`tunnelmesh.testing.lab.Host`. The lab test and the benchmark share them. Safety: the
 config's AllowedIPs are routed into the phone's interface inside its namespace; a full-tunnel
-config (``0.0.0.0/0``) is refused, so no default route is ever installed.
+config (``0.0.0.0/0``) is refused unless the caller asks for it (``full_tunnel=True``), and
+then its default route goes into the phone's WireGuard interface, inside the phone's own lab
+namespace only (never the root namespace), and only while the concentrator's endpoint keeps
+its own, more specific route on the lab link (else WireGuard's packets would loop).
 """
 
 from __future__ import annotations
@@ -64,7 +67,13 @@ class Phone:
 
 
 def start_phone(
-    host: Any, workdir: Path, *, ifname: str, config: str, domain: str = "tunnelmesh"
+    host: Any,
+    workdir: Path,
+    *,
+    ifname: str,
+    config: str,
+    domain: str = "tunnelmesh",
+    full_tunnel: bool = False,
 ) -> Phone:
     """Start wireguard-go as interface ``ifname`` in ``host`` and configure it from ``config``.
 
@@ -73,14 +82,24 @@ def start_phone(
     the namespace's resolver (``/etc/netns/<namespace>/resolv.conf``, which ``ip netns exec``
     mounts over /etc/resolv.conf). ``ifname`` must be unique on the machine (wireguard-go's
     UAPI sockets in /var/run/wireguard are shared by every namespace).
+    ``full_tunnel``: a config with ``0.0.0.0/0`` is accepted; see the module docstring.
 
     Raises:
-        LabError: wireguard-go did not start, or the config routes everything (0.0.0.0/0).
+        LabError: wireguard-go did not start, or the config routes everything (0.0.0.0/0)
+            without ``full_tunnel``, or with it outside a lab namespace or with an endpoint
+            that is not on a lab link of its own.
     """
     keys = parse_config(config)
     allowed = keys.get("AllowedIPs", [])
-    if any(ipaddress.ip_network(a, strict=False).prefixlen == 0 for a in allowed):
-        raise LabError("a full-tunnel config would install a default route; not in the lab")
+    endpoint = keys["Endpoint"][0].rpartition(":")[0].strip("[]")
+    default = any(ipaddress.ip_network(a, strict=False).prefixlen == 0 for a in allowed)
+    if default:
+        if not full_tunnel:
+            raise LabError("a full-tunnel config would install a default route; not in the lab")
+        if not getattr(host, "ns", ""):
+            raise LabError("a full-tunnel phone needs its own lab namespace")
+        if not host.route_get(endpoint):
+            raise LabError(f"the phone has no route of its own to the endpoint {endpoint}")
     proc: subprocess.Popen[str] = host.popen(
         ["env", "LOG_LEVEL=error", "wireguard-go", "-f", ifname],
         stdout=subprocess.DEVNULL,
@@ -107,6 +126,8 @@ def start_phone(
         for prefix in allowed:
             host.run(["ip", "route", "add", prefix, "dev", ifname])
             phone.routes.append(prefix)
+        if default and f"dev {ifname}" in (host.route_get(endpoint) or ""):
+            raise LabError(f"the endpoint {endpoint} would be routed into {ifname}")
         if phone.dns:
             NETNS_ETC.mkdir(mode=0o755, exist_ok=True)
             phone.resolv_dir = NETNS_ETC / host.ns
