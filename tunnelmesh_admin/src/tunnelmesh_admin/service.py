@@ -30,20 +30,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from tunnelmesh.abc import CoordinatorView
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator.api import API_MIDDLEWARES, route_table
+from tunnelmesh.coordinator.meshlisten import freebind_socket, load_cert_pem
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.registry import AdminPanel
 
@@ -55,7 +52,6 @@ __all__ = ["EXCLUDED_ROUTES", "SERVICE_KEY", "AdminService", "install"]
 
 log = logging.getLogger(__name__)
 
-_IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 EXCLUDED_ROUTES = frozenset(
     {
@@ -73,32 +69,6 @@ EXCLUDED_ROUTES = frozenset(
     }
 )
 """Coordinator routes the dashboard does not serve (the CLI keeps them on the API port)."""
-
-
-def _freebind_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host`` even before the node has put the address on its TUN."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if sys.platform.startswith("linux") and family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _load_cert(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    with tempfile.TemporaryDirectory(prefix="tm-admin-tls-") as tmp:
-        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        cert.write_bytes(cert_pem)
-        key.touch(mode=0o600)
-        key.write_bytes(key_pem)
-        ctx.load_cert_chain(cert, key)
 
 
 class AdminService:
@@ -270,11 +240,11 @@ class AdminService:
     async def _listen(self, host: str, port: int, *, freebind: bool) -> None:
         assert self._runner is not None and self._ssl is not None
         self.host = host
-        _load_cert(self._ssl, *self._issue_cert())
+        load_cert_pem(self._ssl, *self._issue_cert())
         try:
             if freebind:
                 site: web.BaseSite = web.SockSite(
-                    self._runner, _freebind_socket(host, port), ssl_context=self._ssl
+                    self._runner, freebind_socket(host, port), ssl_context=self._ssl
                 )
             else:
                 site = web.TCPSite(

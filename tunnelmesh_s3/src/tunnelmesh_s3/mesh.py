@@ -39,8 +39,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import sys
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ from tunnelmesh.abc import CoordinatorView, Storage
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator import ApiFailure, PeerRecord
 from tunnelmesh.coordinator.api import authenticated_peer
+from tunnelmesh.coordinator.meshlisten import freebind_socket, load_cert_pem
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.logs import add_secret
 from tunnelmesh.storage import FilesystemStorage
@@ -81,8 +80,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
 class MeshCredential(msgspec.Struct, kw_only=True):
@@ -267,32 +264,6 @@ class CoordinatorAuthorizer(FileAuthorizer):
         return len(gone)
 
 
-def _freebind_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host`` even before any interface has that address (Linux)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if sys.platform.startswith("linux") and family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _load_cert(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    with tempfile.TemporaryDirectory(prefix="tm-s3-tls-") as tmp:
-        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        cert.write_bytes(cert_pem)
-        key.touch(mode=0o600)
-        key.write_bytes(key_pem)
-        ctx.load_cert_chain(cert, key)
-
-
 class MeshS3Service:
     """The S3 service of one coordinator: storage, authorizer and an HTTPS listener.
 
@@ -410,7 +381,7 @@ class MeshS3Service:
         else:
             self._task = asyncio.get_running_loop().create_task(self._listen_on_mesh_ip())
         if self.section.nfs_port or self.section.nfs_listen:
-            self.nfs = NfsListener(self.shares, self.root / "nfs", _freebind_socket)
+            self.nfs = NfsListener(self.shares, self.root / "nfs", freebind_socket)
             if self.section.nfs_listen:
                 await self.nfs.start(self.section.nfs_listen, self.section.nfs_port)
             elif self.coordinator.config.join_mesh is not None:
@@ -419,7 +390,7 @@ class MeshS3Service:
             # the mesh's own domain and the fixed suffixes every resolver answers
             # (tunnelmesh.dns.backend.DEFAULT_DOMAINS, not part of the public API)
             domains = (coord.domain, "tunnelmesh", "tm", "mesh")
-            self.dav = DavListener(self.shares, _freebind_socket, domains)
+            self.dav = DavListener(self.shares, freebind_socket, domains)
             if self.section.webdav_listen:
                 await self.dav.start(self.section.webdav_listen, self.section.webdav_port)
             elif self.coordinator.config.join_mesh is not None:
@@ -444,11 +415,11 @@ class MeshS3Service:
     async def _listen(self, host: str, port: int, *, freebind: bool) -> None:
         assert self._runner is not None and self._ssl is not None
         self.host = host
-        _load_cert(self._ssl, *self._issue_cert())
+        load_cert_pem(self._ssl, *self._issue_cert())
         try:
             if freebind:
                 site: web.BaseSite = web.SockSite(
-                    self._runner, _freebind_socket(host, port), ssl_context=self._ssl
+                    self._runner, freebind_socket(host, port), ssl_context=self._ssl
                 )
             else:
                 site = web.TCPSite(
@@ -476,7 +447,7 @@ class MeshS3Service:
     async def _add_mesh_ip_to_cert(self) -> None:
         await self.coordinator.wait_own_mesh_ip()
         assert self._ssl is not None
-        _load_cert(self._ssl, *self._issue_cert())
+        load_cert_pem(self._ssl, *self._issue_cert())
 
     async def stop(self) -> None:
         if self._follow_task is not None:

@@ -37,15 +37,15 @@ import hmac
 import ipaddress
 import logging
 import ssl
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tunnelmesh.coordinator.meshlisten import load_cert_pem
 
 __all__ = [
     "COORDINATOR_NAME",
@@ -131,14 +131,7 @@ class ServerCert:
         """A TLS server context presenting this certificate (TLS 1.2+)."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        # load_cert_chain only reads files; a private temporary directory keeps the key 0600.
-        with tempfile.TemporaryDirectory(prefix="tm-tls-") as tmp:
-            cert = Path(tmp) / "cert.pem"
-            key = Path(tmp) / "key.pem"
-            cert.write_bytes(self.cert_pem)
-            key.touch(mode=0o600)
-            key.write_bytes(self.key_pem)
-            ctx.load_cert_chain(cert, key)
+        load_cert_pem(ctx, self.cert_pem, self.key_pem)
         return ctx
 
 

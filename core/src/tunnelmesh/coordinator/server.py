@@ -41,6 +41,7 @@ from tunnelmesh.control.urls import (
 )
 from tunnelmesh.coordinator.api import build_app
 from tunnelmesh.coordinator.core import Coordinator
+from tunnelmesh.coordinator.meshlisten import load_cert_pem
 from tunnelmesh.coordinator.store import StateStore
 from tunnelmesh.coordinator.stun_server import StunServer, start_stun_server
 from tunnelmesh.errors import ConfigError, TunnelmeshError
@@ -262,14 +263,7 @@ class CoordinatorServer:
             # The certificate now also names this.<domain> and the coordinator's mesh IP.
             cert = self.coordinator.reissue_server_cert(*self._cert_names())
             if self._ssl is not None:
-                import tempfile
-
-                with tempfile.TemporaryDirectory(prefix="tm-tls-") as tmp:
-                    c, k = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
-                    c.write_bytes(cert.cert_pem)
-                    k.touch(mode=0o600)
-                    k.write_bytes(cert.key_pem)
-                    self._ssl.load_cert_chain(c, k)
+                load_cert_pem(self._ssl, cert.cert_pem, cert.key_pem)
             line = f"mesh peer {resp.name}: mesh IP {resp.mesh_ip}"
             if self.run_node:
                 await client.aclose()

@@ -1,0 +1,55 @@
+"""Listening on the coordinator's mesh IP: what a plugin's service there needs (S3, the
+dashboard, shares).
+
+The coordinator's node puts its mesh IP on the TUN device only once it has joined, so a service
+binds with ``IP_FREEBIND`` (:func:`freebind_socket`) and is ready before the address exists.
+TLS services present a certificate from the mesh CA, loaded with :func:`load_cert_pem`.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["freebind_socket", "load_cert_pem"]
+
+_IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+def freebind_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket on ``host``, even before any interface has that
+    address (``IP_FREEBIND``, Linux, IPv4).
+
+    Raises:
+        OSError: the address cannot be bound (in use, say).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sys.platform.startswith("linux") and family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def load_cert_pem(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """Load a PEM certificate chain and its key into ``ctx`` (a server context).
+
+    ``load_cert_chain`` only reads files: the key goes through a private temporary directory,
+    0600, removed at once.
+    """
+    with tempfile.TemporaryDirectory(prefix="tm-tls-") as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert.write_bytes(cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(key_pem)
+        ctx.load_cert_chain(cert, key)
