@@ -40,7 +40,7 @@ from aiohttp import web
 from tunnelmesh.abc import CoordinatorView
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator.api import API_MIDDLEWARES, route_table
-from tunnelmesh.coordinator.meshlisten import freebind_socket, load_cert_pem
+from tunnelmesh.coordinator.meshlisten import load_cert_pem, start_tls_site
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.registry import AdminPanel
 
@@ -241,24 +241,9 @@ class AdminService:
         assert self._runner is not None and self._ssl is not None
         self.host = host
         load_cert_pem(self._ssl, *self._issue_cert())
-        try:
-            if freebind:
-                site: web.BaseSite = web.SockSite(
-                    self._runner, freebind_socket(host, port), ssl_context=self._ssl
-                )
-            else:
-                site = web.TCPSite(
-                    self._runner, host, port, ssl_context=self._ssl, reuse_address=True
-                )
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"admin: cannot listen on {join_hostport(host, port)}: {exc.strerror}",
-                key="admin.listen",
-            ) from None
-        server = site._server
-        assert server is not None
-        self.port = int(getattr(server, "sockets", [])[0].getsockname()[1])
+        self.port = await start_tls_site(
+            self._runner, host, port, self._ssl, freebind=freebind, what="admin", key="admin.listen"
+        )
         self.listening.set()
         names = self.names()
         log.info(

@@ -50,7 +50,7 @@ from tunnelmesh.abc import CoordinatorView, Storage
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator import ApiFailure, PeerRecord
 from tunnelmesh.coordinator.api import authenticated_peer
-from tunnelmesh.coordinator.meshlisten import freebind_socket, load_cert_pem
+from tunnelmesh.coordinator.meshlisten import freebind_socket, load_cert_pem, start_tls_site
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.logs import add_secret
 from tunnelmesh.storage import FilesystemStorage
@@ -416,24 +416,9 @@ class MeshS3Service:
         assert self._runner is not None and self._ssl is not None
         self.host = host
         load_cert_pem(self._ssl, *self._issue_cert())
-        try:
-            if freebind:
-                site: web.BaseSite = web.SockSite(
-                    self._runner, freebind_socket(host, port), ssl_context=self._ssl
-                )
-            else:
-                site = web.TCPSite(
-                    self._runner, host, port, ssl_context=self._ssl, reuse_address=True
-                )
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"s3: cannot listen on {join_hostport(host, port)}: {exc.strerror}",
-                key="s3.listen",
-            ) from None
-        server = site._server
-        assert server is not None
-        self.port = int(getattr(server, "sockets", [])[0].getsockname()[1])
+        self.port = await start_tls_site(
+            self._runner, host, port, self._ssl, freebind=freebind, what="s3", key="s3.listen"
+        )
         self.listening.set()
         log.info("s3: serving %s on %s", self.root, self.endpoint or join_hostport(host, self.port))
 

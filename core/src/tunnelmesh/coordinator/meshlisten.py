@@ -14,7 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["freebind_socket", "load_cert_pem"]
+from aiohttp import web
+
+from tunnelmesh.control.urls import join_hostport
+from tunnelmesh.errors import ConfigError
+
+__all__ = ["freebind_socket", "load_cert_pem", "start_tls_site"]
 
 _IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
@@ -53,3 +58,37 @@ def load_cert_pem(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
         key.touch(mode=0o600)
         key.write_bytes(key_pem)
         ctx.load_cert_chain(cert, key)
+
+
+async def start_tls_site(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext,
+    *,
+    freebind: bool,
+    what: str,
+    key: str,
+) -> int:
+    """Serve ``runner`` over TLS on ``host:port`` (``freebind``: the mesh IP, possibly not yet
+    on the TUN); returns the bound port (``port`` 0 picks one).
+
+    Raises:
+        ConfigError: the address cannot be bound; the message names ``what`` and the config
+            ``key``.
+    """
+    try:
+        if freebind:
+            site: web.BaseSite = web.SockSite(
+                runner, freebind_socket(host, port), ssl_context=ssl_context
+            )
+        else:
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"{what}: cannot listen on {join_hostport(host, port)}: {exc.strerror}", key=key
+        ) from None
+    server = site._server
+    assert server is not None
+    return int(getattr(server, "sockets", [])[0].getsockname()[1])
