@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -42,3 +43,31 @@ def test_hub_counters_are_read_when_scraped() -> None:
 def test_families_are_documented() -> None:
     docs = set(re.findall(r"^\| `(tunnelmesh_[a-z0-9_]+)` \|", DOCS.read_text(), re.M))
     assert set(RelayCollector.declared()) <= docs
+
+
+def test_hub_families_are_served_only_while_the_app_runs() -> None:
+    # An app built and never started (as the route-policy walker builds one to read its
+    # routes) must not leave its families behind: the next coordinator's /metrics would
+    # carry them twice, which Prometheus refuses ("second HELP line").
+    from aiohttp import web
+    from tunnelmesh.metrics.base import _extra
+    from tunnelmesh_relay.server import add_routes
+
+    class _Coordinator:
+        config = None
+
+    def relay_collectors() -> list[object]:
+        return [c for c in _extra if isinstance(c, RelayCollector)]
+
+    async def scenario() -> None:
+        before = len(relay_collectors())
+        app = web.Application()
+        add_routes(app, _Coordinator())  # type: ignore[arg-type]
+        assert len(relay_collectors()) == before
+        runner = web.AppRunner(app)
+        await runner.setup()
+        assert len(relay_collectors()) == before + 1
+        await runner.cleanup()
+        assert len(relay_collectors()) == before
+
+    asyncio.run(scenario())

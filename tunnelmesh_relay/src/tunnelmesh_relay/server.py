@@ -261,11 +261,17 @@ def add_routes(app: web.Application, coordinator: CoordinatorView) -> RelayHub |
     from tunnelmesh_relay.metrics import RelayCollector
 
     collector = RelayCollector(hub)
-    add_collector(collector)  # on the coordinator's /metrics while the hub lives
+
+    # On the process's /metrics while the app runs: from start-up, not from building it (an
+    # app built only to read its route table never starts, and would leave its families
+    # registered beside the next coordinator's).
+    async def start_metrics(_app: web.Application) -> None:
+        add_collector(collector)
 
     async def close_hub(_app: web.Application) -> None:
         remove_collector(collector)
         await hub.close()
 
+    app.on_startup.append(start_metrics)
     app.on_shutdown.append(close_hub)
     return hub
