@@ -8,7 +8,7 @@ import json
 import click
 
 from tunnelmesh.cli._options import context_option, json_option
-from tunnelmesh.cli.peers_cmd import fetch_peers
+from tunnelmesh.cli.peers_cmd import fetch_mesh
 from tunnelmesh.control.contexts import ContextStore
 
 
@@ -17,10 +17,11 @@ from tunnelmesh.control.contexts import ContextStore
 @json_option("Print JSON instead of text.")
 def status(context_name: str | None, as_json: bool) -> None:
     """Show this node's name, mesh IP, whether the coordinator is reachable, how many peers
-    are online and which transports are in use."""
+    are online and which transports are in use; on a WireGuard concentrator (tunnelmesh wg),
+    also where its clients dial it and how many of them it serves."""
     store = ContextStore()
     ctx = store.get(context_name)
-    rows, live = fetch_peers(ctx, store)
+    rows, clients, live = fetch_mesh(ctx, store)
     me = next((p for p in rows if p.peer_id == ctx.peer_id), None)
     others = [p for p in rows if p.peer_id != ctx.peer_id]
     online = sum(1 for p in others if p.online)
@@ -42,7 +43,15 @@ def status(context_name: str | None, as_json: bool) -> None:
         "peers_online": online,
         "peers_total": len(others),
         "transports": dict(transports),
+        "concentrator": None,
     }
+    if me is not None and me.concentrator_endpoint:
+        mine = [c for c in clients if c.concentrator == ctx.peer_id]
+        info["concentrator"] = {
+            "endpoint": me.concentrator_endpoint,
+            "clients": len(mine),
+            "active": sum(1 for c in mine if c.active),
+        }
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -56,3 +65,9 @@ def status(context_name: str | None, as_json: bool) -> None:
         click.echo("registered:   NO (this node is not in the mesh; run tunnelmesh join)")
     click.echo(f"peers:        {online} online of {len(others)}")
     click.echo(f"transports:   {used}")
+    conc = info["concentrator"]
+    if isinstance(conc, dict):
+        click.echo(
+            f"concentrator: {conc['endpoint']} (WireGuard clients: {conc['active']} active of "
+            f"{conc['clients']}; tunnelmesh wg list)"
+        )
