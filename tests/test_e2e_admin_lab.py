@@ -306,6 +306,7 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
         # --- traffic moves gamma's chart within 3 s -----------------------------------------------
         admin("goto", url="/peers/gamma")
         admin("wait_attr", selector="#traffic-chart", name="data-points", above=1, timeout=10)
+        rx_before = int(admin("attr", selector="#rx-total", name="data-bytes")["value"])
         beta = mesh.peers["beta"]
         sender = beta.host.python(
             "-c", SEND, gamma.mesh_ip, str(SINK_PORT), "12", stdout=subprocess.PIPE
@@ -315,6 +316,8 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
             "wait_attr", selector="#traffic-chart", name="data-last-rx", above=100_000, timeout=3
         )
         print(f"chart moved {moved['seconds']:.2f} s after the traffic started")
+        # the total under the rate moves with it (it once stayed at the page's load-time figure)
+        admin("wait_attr", selector="#rx-total", name="data-bytes", above=rx_before + 1_000_000)
         time.sleep(2)
         admin("screenshot", path=str(shots / "peer.png"))
 

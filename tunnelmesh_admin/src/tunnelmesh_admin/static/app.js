@@ -21,12 +21,13 @@
     return node;
   }
 
-  function rate(v) {
-    const units = ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"];
+  function scaled(v, units) {
     let i = 0;
     while (v >= 1000 && i < units.length - 1) { v /= 1000; i++; }
     return i === 0 ? v.toFixed(0) + " " + units[i] : v.toFixed(1) + " " + units[i];
   }
+  const rate = (v) => scaled(v, ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"]);
+  const size = (v) => scaled(v, ["B", "kB", "MB", "GB", "TB", "PB"]);
 
   function ago(ts) {
     if (!ts) return "never";
@@ -216,6 +217,11 @@
       const txEl = document.getElementById("tx-rate");
       if (rxEl) rxEl.textContent = rate(r.rx_rate);
       if (txEl) txEl.textContent = rate(r.tx_rate);
+      // the totals move with the rates (the page's first figures are its load time's)
+      const rxTotal = document.getElementById("rx-total");
+      const txTotal = document.getElementById("tx-total");
+      if (rxTotal) { rxTotal.textContent = size(r.rx_bytes); rxTotal.dataset.bytes = r.rx_bytes; }
+      if (txTotal) { txTotal.textContent = size(r.tx_bytes); txTotal.dataset.bytes = r.tx_bytes; }
     });
     loadTransport();
   }
