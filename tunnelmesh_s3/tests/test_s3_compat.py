@@ -547,3 +547,32 @@ def test_get_object_part_number_returns_that_part(s3: Any) -> None:
     with pytest.raises(ClientError) as err:
         s3.get_object(Bucket="compat", Key="whole", PartNumber=2)
     assert code(err) == "InvalidPart"
+
+
+def test_request_documents_are_checked_against_their_signed_payload_hash(
+    s3: Any, running: Running
+) -> None:
+    """S3 verifies a DeleteObjects or CompleteMultipartUpload document against the signed
+    ``x-amz-content-sha256`` like any body: a man in the middle cannot swap the keys to delete
+    (XAmzContentSHA256Mismatch, nothing deleted)."""
+    s3.put_object(Bucket="compat", Key="keep-me", Body=b"precious")
+    signed = b"<Delete><Object><Key>other</Key></Object></Delete>"
+    swapped = b"<Delete><Object><Key>keep-me</Key></Object></Delete>"
+    headers = v4_headers(running, "POST", "/compat?delete", signed)
+    status, body, _ = send(running, "POST", "/compat?delete", headers, swapped)
+    assert status == 400 and b"<Code>XAmzContentSHA256Mismatch</Code>" in body
+    assert s3.get_object(Bucket="compat", Key="keep-me")["Body"].read() == b"precious"
+    # a document longer than any S3 document is refused before it is read
+    headers = v4_headers(running, "POST", "/compat?delete", b"x")
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+    try:
+        conn.putrequest("POST", "/compat?delete", skip_host=True, skip_accept_encoding=True)
+        headers.setdefault("Host", f"127.0.0.1:{running.port}")
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(3 * MiB))
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 400 and b"<Code>EntityTooLarge</Code>" in resp.read()
+    finally:
+        conn.close()

@@ -326,8 +326,7 @@ async def list_versions(call: Call) -> web.Response:
 
 async def delete_objects(call: Call) -> web.Response:
     await call.need("write")
-    body = await call.request.read()
-    keys, quiet = parse_delete(body)
+    keys, quiet = parse_delete(await call.document())
     await call.storage.head_bucket(call.bucket)
     results = []
     for key in keys:

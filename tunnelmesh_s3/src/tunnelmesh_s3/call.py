@@ -17,15 +17,19 @@ from tunnelmesh.errors import NoSuchBucket
 
 from tunnelmesh_s3 import sigv4
 from tunnelmesh_s3.auth import Action, Authorizer, Principal
+from tunnelmesh_s3.body import Body
 from tunnelmesh_s3.errors import S3Error
 
 if TYPE_CHECKING:
     from tunnelmesh_s3.app import S3Config
 
-__all__ = ["MAX_OBJECT_SIZE", "Call", "Handler"]
+__all__ = ["MAX_DOCUMENT", "MAX_OBJECT_SIZE", "Call", "Handler"]
 
 MAX_OBJECT_SIZE = 5 * 1024**3
 """The largest single PUT or part, as S3 (multipart objects may be larger)."""
+
+MAX_DOCUMENT = 2 * 1024 * 1024
+"""The largest request document (DeleteObjects, CompleteMultipartUpload, Tagging, ...)."""
 
 
 @dataclass
@@ -55,6 +59,18 @@ class Call:
                 "NoSuchBucket", "The specified bucket does not exist", BucketName=bucket
             ) from None
         raise S3Error("AccessDenied", "Access Denied")
+
+    async def document(self, limit: int = MAX_DOCUMENT) -> bytes:
+        """The request's body (an XML document), verified as an object's body is: against its
+        signed ``x-amz-content-sha256`` (or aws-chunked signatures), ``Content-MD5`` and
+        ``x-amz-checksum-*``. A body declared or found longer than ``limit`` is refused before
+        it is read (EntityTooLarge).
+
+        Raises:
+            S3Error: the body does not match what was signed or declared, or is too long.
+        """
+        body = Body(self.request, self.verified, max_size=limit)
+        return b"".join([piece async for piece in body])
 
 
 Handler = Callable[[Call], Awaitable[web.StreamResponse]]

@@ -652,7 +652,7 @@ async def list_parts(call: Call) -> web.Response:
 
 async def complete_upload(call: Call) -> web.Response:
     await call.need("write")
-    parts = parse_complete(await call.request.read())
+    parts = parse_complete(await call.document())
     info = await call.storage.complete_multipart_upload(
         call.bucket, call.key, call.params["uploadId"], parts
     )
