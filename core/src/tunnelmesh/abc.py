@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
+from tunnelmesh.errors import StorageError
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -281,7 +283,9 @@ class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
         content_type: the media type given when it was stored.
         metadata: user metadata (S3's ``x-amz-meta-*``), names lower-cased without the prefix.
         headers: other stored response headers (``cache-control``, ``content-disposition``,
-            ``content-encoding``, ``content-language``, ``expires``), names lower-cased.
+            ``content-encoding``, ``content-language``, ``expires``), names lower-cased; and
+            ``x-amz-tagging``, the object's tag set as S3's header of that name carries it
+            (the S3 service answers it as a count, never as a header).
         checksums: full-object checksums given by the writer, algorithm (``crc32``,
             ``crc32c``, ``sha1``, ``sha256``) to its base64 value.
         parts: the number of parts of a multipart object, 0 for an object stored in one piece.
@@ -531,6 +535,22 @@ class Storage(abc.ABC):
                 headers=src.headers if headers is None else headers,
                 checksums=src.checksums,
             )
+
+    async def update_object_headers(
+        self, bucket: str, key: str, changes: Mapping[str, str | None]
+    ) -> ObjectInfo:
+        """Change an object's stored :attr:`ObjectInfo.headers` in place and return its info.
+
+        Each name of ``changes`` gets its value, or is removed when the value is None; the data,
+        ETag, Last-Modified, metadata and other headers stay. Atomic: a concurrent write of the
+        key comes wholly before or after it, and is never lost (S3's PutObjectTagging).
+
+        The default refuses: a backend that can change one row in place implements it.
+
+        Raises:
+            NoSuchBucket, NoSuchKey; StorageError when the backend cannot.
+        """
+        raise StorageError(f"the {self.name} storage backend cannot change headers in place")
 
     @abc.abstractmethod
     async def list_objects(

@@ -17,7 +17,7 @@ import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,33 @@ class Index:
                 ),
             )
         return freed
+
+    def update_headers(
+        self, bucket: str, key: str, changes: Mapping[str, str | None]
+    ) -> ObjectInfo:
+        """Change an object's stored headers in its row (None removes one); its new info."""
+        raw_key = key.encode("utf-8")
+        db = self.db
+        with self._write():
+            row = db.execute(
+                f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket=? AND key=?",
+                (bucket, raw_key),
+            ).fetchone()
+            if row is None:
+                self._need_bucket(bucket)
+                raise NoSuchKey(f"no such key: {bucket}/{key}")
+            info = _object_info(row)
+            headers = dict(info.headers)
+            for name, value in changes.items():
+                if value is None:
+                    headers.pop(name, None)
+                else:
+                    headers[name] = value
+            db.execute(
+                "UPDATE objects SET meta=? WHERE bucket=? AND key=?",
+                (_meta_json(info.metadata, headers, info.checksums), bucket, raw_key),
+            )
+        return msgspec.structs.replace(info, headers=headers)
 
     def _segments_of(self, bucket: str, raw_key: bytes) -> list[str]:
         row = self.db.execute(

@@ -260,6 +260,30 @@ async def check_copy(make: Factory) -> None:
         await _raises(NoSuchKey, st.copy_object("bk1", "src", "bk2", "x"))
 
 
+async def check_update_headers(make: Factory) -> None:
+    """Stored headers change in place (S3's PutObjectTagging): data, ETag, time and metadata
+    stay; a missing key or bucket is refused."""
+    async with make() as st:
+        await st.create_bucket("bk1")
+        put = await st.put_object(
+            "bk1", "k", body(b"data"), metadata={"a": "1"}, headers={"cache-control": "no"}
+        )
+        info = await st.update_object_headers("bk1", "k", {"x-amz-tagging": "t=1"})
+        assert dict(info.headers) == {"cache-control": "no", "x-amz-tagging": "t=1"}
+        head = await st.head_object("bk1", "k")
+        assert (head.etag, head.last_modified, dict(head.metadata)) == (
+            put.etag,
+            put.last_modified,
+            {"a": "1"},
+        )
+        assert dict(head.headers) == dict(info.headers)
+        await st.update_object_headers("bk1", "k", {"x-amz-tagging": None, "absent": None})
+        assert dict((await st.head_object("bk1", "k")).headers) == {"cache-control": "no"}
+        assert await read_all(st, "bk1", "k") == b"data"
+        await _raises(NoSuchKey, st.update_object_headers("bk1", "nope", {"x": "y"}))
+        await _raises(NoSuchBucket, st.update_object_headers("bk2", "k", {"x": "y"}))
+
+
 async def check_reopen(make: Factory) -> None:
     async with make() as st:
         await st.create_bucket("bk1")
@@ -322,6 +346,7 @@ CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (
     check_listing,
     check_multipart,
     check_copy,
+    check_update_headers,
     check_reopen,
     check_conditional_put,
 )

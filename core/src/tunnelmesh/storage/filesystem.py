@@ -527,6 +527,12 @@ class FilesystemStorage(Storage):
         self._free(freed)
         return info
 
+    async def update_object_headers(
+        self, bucket: str, key: str, changes: Mapping[str, str | None]
+    ) -> ObjectInfo:
+        check_key(key)
+        return await self._write(self._idx().update_headers, bucket, key, dict(changes))
+
     async def list_objects(
         self,
         bucket: str,
