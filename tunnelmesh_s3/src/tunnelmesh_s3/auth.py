@@ -37,12 +37,15 @@ from typing import Literal
 import msgspec
 from tunnelmesh.logs import add_secret
 
+from tunnelmesh_s3.errors import S3Error
+
 __all__ = [
     "EVERYONE",
     "GROUP_PREFIX",
     "Action",
     "Authorizer",
     "BucketAcl",
+    "BucketSettings",
     "FileAuthorizer",
     "IssuedCredential",
     "Principal",
@@ -114,11 +117,19 @@ class IssuedCredential(msgspec.Struct, kw_only=True):
         add_secret(self.secret_key)  # never logged (tunnelmesh.logs), issued or loaded
 
 
+class BucketSettings(msgspec.Struct, kw_only=True):
+    """A bucket's S3 configuration kept beside its grants: its tag set (``?tagging``), as
+    (key, value) pairs sorted by key."""
+
+    tags: list[tuple[str, str]] = msgspec.field(default_factory=list)
+
+
 class _State(msgspec.Struct, kw_only=True):
     keyed_by: str = ""  # "peer_id" once a mesh's owners and grants are peer IDs (migrated)
     credentials: dict[str, IssuedCredential] = msgspec.field(default_factory=dict)
     acls: dict[str, BucketAcl] = msgspec.field(default_factory=dict)
     shares: dict[str, Share] = msgspec.field(default_factory=dict)
+    buckets: dict[str, BucketSettings] = msgspec.field(default_factory=dict)
 
 
 class Authorizer(abc.ABC):
@@ -151,6 +162,16 @@ class Authorizer(abc.ABC):
     def groups_of(self, principal: Principal) -> list[str]:
         """The groups ``principal`` is in (for ``group:NAME`` grants). Default: none."""
         return []
+
+    def bucket_settings(self, bucket: str) -> BucketSettings:
+        """The bucket's S3 configuration (tags); empty when none was set. Default: empty."""
+        return BucketSettings()
+
+    async def set_bucket_settings(self, bucket: str, settings: BucketSettings) -> None:
+        """Replace the bucket's S3 configuration. Default: this authorizer keeps none."""
+        raise S3Error(
+            "NotImplemented", "This server keeps no bucket configuration (tags) for its buckets."
+        )
 
     @abc.abstractmethod
     async def bucket_created(self, principal: Principal, bucket: str) -> None:
@@ -234,6 +255,18 @@ class FileAuthorizer(Authorizer):
         async with self._lock:
             self._state.acls.pop(bucket, None)
             self._state.shares.pop(bucket, None)
+            self._state.buckets.pop(bucket, None)
+            await self._save()
+
+    def bucket_settings(self, bucket: str) -> BucketSettings:
+        return self._state.buckets.get(bucket) or BucketSettings()
+
+    async def set_bucket_settings(self, bucket: str, settings: BucketSettings) -> None:
+        async with self._lock:
+            if settings == BucketSettings():
+                self._state.buckets.pop(bucket, None)
+            else:
+                self._state.buckets[bucket] = settings
             await self._save()
 
     async def set_acl(self, bucket: str, acl: BucketAcl) -> None:

@@ -1,11 +1,11 @@
 """The mesh S3 service's credentials, grants and shares in the coordinator's state store.
 
-On a coordinator the S3 state is no file of its own: every issued credential, bucket ACL and
-share is one document of the state store (collections ``s3.credentials``, ``s3.acls``,
-``s3.shares``; ``s3.meta``), so every coordinator of a mesh that shares a database (PostgreSQL)
-knows them, and no coordinator keeps a secret of its own. A credential's secret is stored sealed
-with the operator's ``state.encryption_key_file`` (:meth:`CoordinatorView.seal`); the others are
-plain JSON.
+On a coordinator the S3 state is no file of its own: every issued credential, bucket ACL, share
+and bucket configuration (tags) is one document of the state store (collections
+``s3.credentials``, ``s3.acls``, ``s3.shares``, ``s3.buckets``; ``s3.meta``), so every
+coordinator of a mesh that shares a database (PostgreSQL) knows them, and no coordinator keeps a
+secret of its own. A credential's secret is stored sealed with the operator's
+``state.encryption_key_file`` (:meth:`CoordinatorView.seal`); the others are plain JSON.
 
 Writes go item by item (what changed since the last save), so two coordinators changing
 different buckets never overwrite each other. :func:`follow` applies what other coordinators
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from tunnelmesh_s3.auth import BucketAcl, IssuedCredential, Share, _State
+from tunnelmesh_s3.auth import BucketAcl, BucketSettings, IssuedCredential, Share, _State
 
 if TYPE_CHECKING:
     from tunnelmesh.abc import CoordinatorView
@@ -35,6 +35,7 @@ COLLECTIONS: dict[str, tuple[str, type[Any]]] = {
     "credentials": ("s3.credentials", IssuedCredential),
     "acls": ("s3.acls", BucketAcl),
     "shares": ("s3.shares", Share),
+    "buckets": ("s3.buckets", BucketSettings),
 }
 """``_State`` field -> (store collection, item type)."""
 

@@ -6,11 +6,13 @@ import base64
 import binascii
 from xml.sax.saxutils import escape
 
+import msgspec
 from aiohttp import web
 from tunnelmesh.abc import ObjectInfo
 from tunnelmesh.errors import BucketAlreadyExists, InvalidName, NoSuchBucket, StorageError
 from tunnelmesh.storage import check_bucket_name, check_key
 
+from tunnelmesh_s3 import tagging
 from tunnelmesh_s3.call import Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
 from tunnelmesh_s3.listing import page_buckets, page_uploads
@@ -37,7 +39,6 @@ UNSUPPORTED = {
     "publicAccessBlock",
     "replication",
     "requestPayment",
-    "tagging",
     "website",
 }
 
@@ -54,6 +55,12 @@ def route(call: Call) -> Handler | None:
     method, params = call.request.method, call.params
     if UNSUPPORTED & params.keys():
         return _not_implemented
+    if "tagging" in params:
+        return {
+            "GET": get_bucket_tagging,
+            "PUT": put_bucket_tagging,
+            "DELETE": delete_bucket_tagging,
+        }.get(method)
     if method == "GET":
         if "location" in params:
             return get_location
@@ -160,6 +167,38 @@ async def delete_bucket(call: Call) -> web.Response:
     await call.need("own")
     await call.storage.delete_bucket(call.bucket)
     await call.auth.bucket_deleted(call.bucket)
+    return web.Response(status=204)
+
+
+async def get_bucket_tagging(call: Call) -> web.Response:
+    """GetBucketTagging (readers): NoSuchTagSet when the bucket has none, as S3."""
+    await call.need("read")
+    await call.storage.head_bucket(call.bucket)
+    tags = call.auth.bucket_settings(call.bucket).tags
+    if not tags:
+        raise S3Error(
+            "NoSuchTagSet", "The TagSet does not exist", status=404, BucketName=call.bucket
+        )
+    return xml(tagging.to_document(tags))
+
+
+async def put_bucket_tagging(call: Call) -> web.Response:
+    """PutBucketTagging (the owner): replaces the tag set; a bad one changes nothing."""
+    await call.need("own")
+    tags = tagging.from_document(await call.document(), tagging.MAX_BUCKET_TAGS)
+    await call.storage.head_bucket(call.bucket)
+    settings = call.auth.bucket_settings(call.bucket)
+    await call.auth.set_bucket_settings(call.bucket, msgspec.structs.replace(settings, tags=tags))
+    return web.Response(status=204)
+
+
+async def delete_bucket_tagging(call: Call) -> web.Response:
+    """DeleteBucketTagging (the owner)."""
+    await call.need("own")
+    await call.storage.head_bucket(call.bucket)
+    settings = call.auth.bucket_settings(call.bucket)
+    if settings.tags:
+        await call.auth.set_bucket_settings(call.bucket, msgspec.structs.replace(settings, tags=[]))
     return web.Response(status=204)
 
 

@@ -15,6 +15,7 @@ from tunnelmesh.abc import LocalFiles, ObjectInfo, ObjectReader, PartInfo
 from tunnelmesh.errors import NoSuchKey
 from tunnelmesh.storage import check_key
 
+from tunnelmesh_s3 import tagging
 from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS, Body
 from tunnelmesh_s3.buckets import UNSUPPORTED, xml
 from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call, Handler
@@ -60,6 +61,12 @@ def route(call: Call) -> Handler | None:
             str(exc),
             Key=call.key[:256],
         ) from None
+    if "tagging" in params:
+        return {
+            "GET": get_object_tagging,
+            "PUT": put_object_tagging,
+            "DELETE": delete_object_tagging,
+        }.get(method)
     upload = "uploadId" in params
     copy = "x-amz-copy-source" in call.request.headers
     if method == "PUT":
@@ -109,8 +116,13 @@ def _without_aws_chunked(value: str) -> str:
     return ",".join(c for c in codings if c.strip().lower() != "aws-chunked").strip()
 
 
-def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def _stored_headers(headers: Mapping[str, str], *, tags: bool = True) -> dict[str, str]:
+    """The request headers an object keeps; with ``tags``, its ``x-amz-tagging`` (checked,
+    in canonical form)."""
     out = {}
+    value = headers.get(tagging.HEADER) if tags else None
+    if value is not None and (parsed := tagging.from_header(value)):
+        out[tagging.HEADER] = tagging.encode(parsed)
     for name in STORED_HEADERS:
         value = headers.get(name)
         if value is None:
@@ -130,7 +142,10 @@ def _object_headers(info: ObjectInfo, checksums: bool = False) -> CIMultiDict[st
     headers["Content-Type"] = info.content_type
     headers["Accept-Ranges"] = "bytes"
     for name, value in info.headers.items():
-        headers[name] = value
+        if name == tagging.HEADER:  # S3 tells how many tags, never what they are
+            headers["x-amz-tagging-count"] = str(len(tagging.decode(value)))
+        else:
+            headers[name] = value
     for name, value in info.metadata.items():
         headers[f"x-amz-meta-{name}"] = value
     if info.parts:
@@ -513,8 +528,9 @@ async def copy_object(call: Call) -> web.Response:
         raise S3Error(
             "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"
         )
-    replace = headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
-    if (src_bucket, src_key) == (call.bucket, call.key) and not replace:
+    replace = _directive(headers, "x-amz-metadata-directive")
+    replace_tags = _directive(headers, "x-amz-tagging-directive")
+    if (src_bucket, src_key) == (call.bucket, call.key) and not (replace or replace_tags):
         raise S3Error(
             "InvalidRequest",
             "This copy request is illegal because it is trying to copy an object to itself without "
@@ -528,7 +544,7 @@ async def copy_object(call: Call) -> web.Response:
         call.key,
         content_type=headers.get("Content-Type", DEFAULT_TYPE) if replace else None,
         metadata=_metadata(headers) if replace else None,
-        headers=_stored_headers(headers) if replace else None,
+        headers=_copied_headers(headers, source, replace, replace_tags),
     )
     return xml(
         document(
@@ -537,6 +553,62 @@ async def copy_object(call: Call) -> web.Response:
             element("ETag", f'"{info.etag}"'),
         )
     )
+
+
+def _directive(headers: Mapping[str, str], name: str) -> bool:
+    """Whether a copy's ``x-amz-metadata-directive``/``x-amz-tagging-directive`` is REPLACE
+    (COPY, the default, keeps the source's)."""
+    value = headers.get(name, "COPY")
+    if value.upper() not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", f"Unknown {name}: {value}")
+    return value.upper() == "REPLACE"
+
+
+def _copied_headers(
+    headers: Mapping[str, str], source: ObjectInfo, replace: bool, replace_tags: bool
+) -> dict[str, str] | None:
+    """A copy's stored headers: the request's or the source's (metadata directive), with the
+    request's or the source's tags (tagging directive); None keeps all of the source's."""
+    if not replace and not replace_tags:
+        return None
+    out = (
+        _stored_headers(headers, tags=False)
+        if replace
+        else {k: v for k, v in source.headers.items() if k != tagging.HEADER}
+    )
+    if replace_tags:
+        out.update(_stored_headers({tagging.HEADER: headers.get(tagging.HEADER, "")}))
+    elif tagging.HEADER in source.headers:
+        out[tagging.HEADER] = source.headers[tagging.HEADER]
+    return out
+
+
+# --- tags --------------------------------------------------------------------------------------
+
+
+async def get_object_tagging(call: Call) -> web.Response:
+    """GetObjectTagging (readers): the tag set, sorted by key; empty when it has none."""
+    await call.need("read")
+    info = await call.storage.head_object(call.bucket, call.key)
+    return xml(tagging.to_document(tagging.decode(info.headers.get(tagging.HEADER))))
+
+
+async def put_object_tagging(call: Call) -> web.Response:
+    """PutObjectTagging (writers): replaces the object's tags in place (its data, ETag and
+    Last-Modified stay); a tag set past S3's limits is InvalidTag and changes nothing."""
+    await call.need("write")
+    tags = tagging.from_document(await call.document(), tagging.MAX_OBJECT_TAGS)
+    await call.storage.update_object_headers(
+        call.bucket, call.key, {tagging.HEADER: tagging.encode(tags) if tags else None}
+    )
+    return web.Response()
+
+
+async def delete_object_tagging(call: Call) -> web.Response:
+    """DeleteObjectTagging (writers): 204, the object keeps everything but its tags."""
+    await call.need("write")
+    await call.storage.update_object_headers(call.bucket, call.key, {tagging.HEADER: None})
+    return web.Response(status=204)
 
 
 # --- multipart ---------------------------------------------------------------------------------

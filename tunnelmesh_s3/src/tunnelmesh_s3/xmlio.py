@@ -1,6 +1,6 @@
 """S3's XML: response documents built as text, request documents parsed defensively.
 
-Request bodies (DeleteObjects, CompleteMultipartUpload) come from authenticated clients but are
+Request bodies (DeleteObjects, CompleteMultipartUpload, Tagging) come from authenticated clients but are
 still untrusted: they are size-limited by the caller, and any DOCTYPE is refused before parsing
 so that no entity can expand.
 """
@@ -15,7 +15,15 @@ from xml.sax.saxutils import escape
 
 from tunnelmesh_s3.errors import S3Error
 
-__all__ = ["NS", "document", "element", "iso8601", "parse_complete", "parse_delete"]
+__all__ = [
+    "NS",
+    "document",
+    "element",
+    "iso8601",
+    "parse_complete",
+    "parse_delete",
+    "parse_tagging",
+]
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -96,6 +104,23 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
         except ValueError:
             raise S3Error("MalformedXML", f"bad PartNumber {number!r}") from None
     return parts
+
+
+def parse_tagging(body: bytes) -> list[tuple[str, str]]:
+    """A Put(Object|Bucket)Tagging request: [(key, value)] in document order."""
+    root = _parse(body)
+    if _local(root.tag) != "Tagging":
+        raise S3Error("MalformedXML", "expected a <Tagging> document")
+    tag_sets = list(_children(root, "TagSet"))
+    if len(tag_sets) != 1:
+        raise S3Error("MalformedXML", "a <Tagging> document has one <TagSet>")
+    tags = []
+    for tag in _children(tag_sets[0], "Tag"):
+        key, value = _text(tag, "Key"), _text(tag, "Value")
+        if key is None or value is None:
+            raise S3Error("MalformedXML", "every <Tag> needs a <Key> and a <Value>")
+        tags.append((key, value))
+    return tags
 
 
 def error_document(err: S3Error, resource: str, request_id: str) -> bytes:
