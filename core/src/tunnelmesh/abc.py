@@ -612,7 +612,13 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def complete_multipart_upload(
-        self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        *,
+        precondition: Callable[[ObjectInfo | None], None] | None = None,
     ) -> ObjectInfo:
         """Assemble the object from ``(number, etag)`` pairs, in ascending number order.
 
@@ -621,6 +627,11 @@ class Storage(abc.ABC):
         re-sent a part lists both answers). Completing an upload that was completed already (a
         client retrying after a lost response) returns the completed object's info again, for at
         least a day.
+
+        ``precondition`` (conditional writes) is called as :meth:`put_object` calls it: with the
+        object the new one would replace, atomically with the replacement; when it raises,
+        nothing changes (the upload stays) and the exception propagates. A repeated completion
+        returns the completed object without calling it.
 
         Raises:
             NoSuchUpload; InvalidPart (missing part, wrong ETag, descending order, or a part

@@ -430,6 +430,7 @@ class Index:
         upload_id: str,
         wanted: Sequence[tuple[int, str]],
         min_part: int,
+        precondition: Callable[[ObjectInfo | None], None] | None = None,
     ) -> tuple[ObjectInfo, list[str]]:
         db = self.db
         with self._write():
@@ -473,6 +474,13 @@ class Index:
                     )
                 segments.append((part[0], part[1]))
                 digests.update(bytes.fromhex(part[2]))
+            raw_key = key.encode("utf-8")
+            if precondition is not None:
+                row = db.execute(
+                    f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket=? AND key=?",
+                    (bucket, raw_key),
+                ).fetchone()
+                precondition(None if row is None else _object_info(row))
             used = {blob for blob, _ in segments}
             info = ObjectInfo(
                 key=key,
@@ -487,7 +495,6 @@ class Index:
             freed = [blob for blob, _, _ in have.values() if blob not in used]
             db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
             db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
-            raw_key = key.encode("utf-8")
             db.execute("DELETE FROM completed WHERE completed < ?", (time.time() - COMPLETED_KEPT,))
             db.execute(
                 "INSERT OR REPLACE INTO completed VALUES (?, ?, ?, ?, ?)",

@@ -337,6 +337,40 @@ async def check_conditional_put(make: Factory) -> None:
         assert await read_all(st, "bk1", "new") == (b"aaaa" if results[0] is won[0] else b"bbbb")
 
 
+async def check_conditional_complete(make: Factory) -> None:
+    """CompleteMultipartUpload's precondition sees the object it would replace, in the same
+    step: refused, the upload stays and can be completed later; a repeated completion returns
+    the completed object without asking it again."""
+    async with make() as st:
+        await st.create_bucket("bk1")
+        seen: list[ObjectInfo | None] = []
+        up = await st.create_multipart_upload("bk1", "k")
+        part = await st.upload_part("bk1", "k", up.upload_id, 1, body(b"one"))
+        done = await st.complete_multipart_upload(
+            "bk1", "k", up.upload_id, [(1, part.etag)], precondition=seen.append
+        )
+        assert seen == [None]
+        again = await st.complete_multipart_upload(
+            "bk1", "k", up.upload_id, [(1, part.etag)], precondition=_absent
+        )
+        assert again.etag == done.etag and len(seen) == 1
+        up = await st.create_multipart_upload("bk1", "k")
+        part = await st.upload_part("bk1", "k", up.upload_id, 1, body(b"two"))
+        await _raises(
+            _Refused,
+            st.complete_multipart_upload(
+                "bk1", "k", up.upload_id, [(1, part.etag)], precondition=_absent
+            ),
+        )
+        assert await read_all(st, "bk1", "k") == b"one"
+        assert [p.number for p in await st.list_parts("bk1", "k", up.upload_id)] == [1]
+        await st.complete_multipart_upload(
+            "bk1", "k", up.upload_id, [(1, part.etag)], precondition=seen.append
+        )
+        assert seen[1] is not None and seen[1].etag == done.etag
+        assert await read_all(st, "bk1", "k") == b"two"
+
+
 CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (
     check_buckets,
     check_objects,
@@ -349,4 +383,5 @@ CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (
     check_update_headers,
     check_reopen,
     check_conditional_put,
+    check_conditional_complete,
 )

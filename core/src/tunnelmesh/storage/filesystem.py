@@ -603,11 +603,23 @@ class FilesystemStorage(Storage):
         return await self._db(self._idx().list_parts, bucket, key, upload_id)
 
     async def complete_multipart_upload(
-        self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        *,
+        precondition: Callable[[ObjectInfo | None], None] | None = None,
     ) -> ObjectInfo:
         check_key(key)
         info, freed = await self._write(
-            self._idx().complete_upload, bucket, key, upload_id, list(parts), self.min_part_size
+            self._idx().complete_upload,
+            bucket,
+            key,
+            upload_id,
+            list(parts),
+            self.min_part_size,
+            precondition,
         )
         self._free(freed)
         return info
