@@ -576,3 +576,81 @@ def test_request_documents_are_checked_against_their_signed_payload_hash(
         assert resp.status == 400 and b"<Code>EntityTooLarge</Code>" in resp.read()
     finally:
         conn.close()
+
+
+# --- conditional writes ---
+
+
+def _multipart(s3: Any, key: str, data: bytes) -> tuple[str, dict[str, Any]]:
+    uid = s3.create_multipart_upload(Bucket="compat", Key=key)["UploadId"]
+    etag = s3.upload_part(Bucket="compat", Key=key, UploadId=uid, PartNumber=1, Body=data)["ETag"]
+    return uid, {"Parts": [{"PartNumber": 1, "ETag": etag}]}
+
+
+def test_complete_multipart_upload_if_none_match_and_if_match_as_put_object(s3: Any) -> None:
+    """CompleteMultipartUpload takes If-None-Match: * and If-Match like PutObject: 412
+    PreconditionFailed when the object exists (or has another ETag), 404 NoSuchKey for If-Match
+    on no object; a refused completion changes nothing and its upload can still complete."""
+    key = "cond-mp"
+    uid, parts = _multipart(s3, key, b"first")
+    with pytest.raises(ClientError) as err:
+        s3.complete_multipart_upload(
+            Bucket="compat", Key=key, UploadId=uid, MultipartUpload=parts, IfMatch="*"
+        )
+    assert code(err) == "NoSuchKey"
+    first = s3.complete_multipart_upload(
+        Bucket="compat", Key=key, UploadId=uid, MultipartUpload=parts, IfNoneMatch="*"
+    )
+    uid, parts = _multipart(s3, key, b"second")
+    for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0123456789abcdef0123456789abcdef"'}):
+        with pytest.raises(ClientError) as err:
+            s3.complete_multipart_upload(
+                Bucket="compat", Key=key, UploadId=uid, MultipartUpload=parts, **condition
+            )
+        assert code(err) == "PreconditionFailed"
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert s3.get_object(Bucket="compat", Key=key)["Body"].read() == b"first"
+    assert [
+        p["PartNumber"] for p in s3.list_parts(Bucket="compat", Key=key, UploadId=uid)["Parts"]
+    ] == [1]
+    second = s3.complete_multipart_upload(
+        Bucket="compat", Key=key, UploadId=uid, MultipartUpload=parts, IfMatch=first["ETag"]
+    )
+    assert s3.get_object(Bucket="compat", Key=key)["Body"].read() == b"second"
+    # a retried completion returns the completed object, whatever its condition says now
+    again = s3.complete_multipart_upload(
+        Bucket="compat", Key=key, UploadId=uid, MultipartUpload=parts, IfMatch=first["ETag"]
+    )
+    assert again["ETag"] == second["ETag"]
+
+
+def test_put_object_if_none_match_losing_a_race_mid_upload_is_409_conditional_request_conflict(
+    s3: Any, running: Running
+) -> None:
+    """A conditional PUT whose condition held when it began but not when it commits (another
+    write came in while its body was on the way) gets 409 ConditionalRequestConflict, as S3
+    answers a conflicting operation; the other write stays."""
+    # the first 32 MiB can only all leave once the server reads the body (loopback buffers are
+    # a few MiB), and it reads the body only after the condition checked: no timing involved
+    key, data = "cond-race", b"x" * (33 * MiB)
+    headers = v4_headers(running, "PUT", f"/compat/{key}", data, **{"If-None-Match": "*"})
+    headers["Host"] = f"127.0.0.1:{running.port}"
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+    try:
+        conn.putrequest("PUT", f"/compat/{key}", skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(len(data)))
+        conn.endheaders(data[: 32 * MiB])
+        s3.put_object(Bucket="compat", Key=key, Body=b"won the race")
+        conn.send(data[32 * MiB :])
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 409 and b"<Code>ConditionalRequestConflict</Code>" in body
+    assert s3.get_object(Bucket="compat", Key=key)["Body"].read() == b"won the race"
+    # the same PUT again is refused before its body: the object exists
+    with pytest.raises(ClientError) as err:
+        s3.put_object(Bucket="compat", Key=key, Body=data, IfNoneMatch="*")
+    assert code(err) == "PreconditionFailed"

@@ -318,17 +318,39 @@ def _put_condition(call: Call) -> Callable[[ObjectInfo | None], None] | None:
     return check
 
 
+def _conflict(check: Callable[[ObjectInfo | None], None]) -> Callable[[ObjectInfo | None], None]:
+    """A condition that held when the request began, checked again at the commit: failing
+    there, another write came in meanwhile, which S3 answers 409 ConditionalRequestConflict
+    (retry the request)."""
+
+    def at_commit(current: ObjectInfo | None) -> None:
+        try:
+            check(current)
+        except S3Error:
+            raise S3Error(
+                "ConditionalRequestConflict",
+                "The conditional request cannot succeed due to a conflicting operation against "
+                "this resource.",
+                Key=current.key if current is not None else "",
+            ) from None
+
+    return at_commit
+
+
 async def put_object(call: Call) -> web.Response:
+    """PutObject; conditional (``If-None-Match``/``If-Match``): refused before the body is
+    uploaded when the condition fails (412, or 404 NoSuchKey for ``If-Match`` on no object),
+    and checked again atomically with the commit (409 when another write won meanwhile)."""
     await call.need("write")
     headers = call.request.headers
     condition = _put_condition(call)
     if condition is not None:
-        # Refuse early, before the body is uploaded; checked again, atomically, at the commit.
         try:
             current: ObjectInfo | None = await call.storage.head_object(call.bucket, call.key)
         except NoSuchKey:
             current = None
         condition(current)
+        condition = _conflict(condition)
     body = _body(call)
     info = await call.storage.put_object(
         call.bucket,
@@ -723,10 +745,13 @@ async def list_parts(call: Call) -> web.Response:
 
 
 async def complete_upload(call: Call) -> web.Response:
+    """CompleteMultipartUpload; conditional (``If-None-Match``/``If-Match``) as PutObject, the
+    condition checked atomically with the completion (refused: the upload stays). A repeated
+    completion returns the completed object, whatever its conditions say now."""
     await call.need("write")
     parts = parse_complete(await call.document())
     info = await call.storage.complete_multipart_upload(
-        call.bucket, call.key, call.params["uploadId"], parts
+        call.bucket, call.key, call.params["uploadId"], parts, precondition=_put_condition(call)
     )
     host = call.request.headers.get("Host", "")
     return xml(
