@@ -3,13 +3,27 @@
 Starts ``tunnelmesh serve`` as its own process on 127.0.0.1 (temporary state directory), or
 ``--coordinators N`` of them on one throwaway PostgreSQL cluster (``--postgres``: Debian's
 server in a temporary directory, stopped after; see ``tunnelmesh.testing.postgres``), then runs
-the simulated peers in one or more client processes spread over the coordinators, all over real
-HTTPS on loopback. Every run is bounded: ``--peers`` registrations, then ``--duration`` seconds
-of heartbeats at the coordinator's interval. Prints:
+the simulated peers in one or more client processes (on uvloop) spread over the coordinators,
+all over real HTTPS on loopback. Every run is bounded: ``--peers`` registrations, then
+``--duration`` seconds of heartbeats at the coordinator's interval, the whole client part
+within ``--timeout``; coordinators, client processes and the cluster are stopped by PID on
+the way out, also after a failure, Ctrl-C or SIGTERM.
+
+A simulated peer does what a node does, as cheaply as the client side allows: it registers
+with the node's own ``ControlClient`` (challenge, signature, token), then heartbeats at once
+and every interval (jittered, retried after 2 s at most) with the same request a node's
+``ControlClient.heartbeat`` sends, over one kept-alive TLS connection of its own, written and
+read by a minimal HTTP/1.1 protocol instead of an aiohttp session per peer (which cost the
+client processes about four times the CPU per heartbeat). Prints:
 
 * registration rate (registrations per second, whole phase, all clients together);
-* heartbeat latency p50/p99/max (client side, request sent to answer read);
+* heartbeat latency p50/p99/max (client side, request sent to answer read), errors, and the
+  TLS connections the heartbeats opened (one per peer when nothing broke);
 * each coordinator's memory (VmRSS and peak VmHWM from /proc) after the run;
+* the CPU time each coordinator, the client processes, PostgreSQL and the rest of the machine
+  used in the registration phase and in the steady heartbeat phase, per registration and per
+  heartbeat (all coordinators' together): says whether the coordinators or the simulator were
+  the limit;
 * optionally (``--push N``) what one peer change costs on the push channel: N subscribers per
   worker count the bytes of the delta each receives for one endpoint change (spread over the
   coordinators, so with several coordinators it also went through the change feed).
@@ -30,21 +44,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import glob
+import multiprocessing
 import os
 import random
 import re
+import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import msgspec
+from aiohttp.http import SERVER_SOFTWARE as USER_AGENT  # what aiohttp's client sends
+from tunnelmesh.control.messages import Heartbeat, HeartbeatAck, encode
+from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
+
 TOKEN = "bench-token-0123456789abcdef0123456789"
 MAIN = "import sys; from tunnelmesh.cli import main; sys.exit(main())"
+_ack_dec = msgspec.json.Decoder(HeartbeatAck)
 
 
 def start_coordinator(
@@ -99,6 +124,7 @@ def start_coordinator(
         if not line:
             break
     proc.kill()
+    proc.wait()
     raise SystemExit("the coordinator did not start")
 
 
@@ -116,6 +142,97 @@ def _entry(state: Path, profile: str) -> list[str]:
     return ["-m", "cProfile", "-o", profile, str(script)]
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of ``pid`` in clock ticks (/proc/PID/stat), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class CpuSampler:
+    """Samples, every half second in a thread, the CPU time of each process of the run by
+    group (each coordinator, the client processes, PostgreSQL's server processes) and of the
+    whole machine; :meth:`report` gives what each used between two moments."""
+
+    def __init__(self, groups: Callable[[], dict[int, str]]) -> None:
+        self.groups = groups
+        self.samples: list[tuple[float, tuple[int, int], dict[int, tuple[str, int]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            now, machine = time.time(), machine_ticks()
+            per: dict[int, tuple[str, int]] = {}
+            for pid, group in self.groups().items():
+                ticks = cpu_ticks(pid)
+                if ticks is not None:
+                    per[pid] = (group, ticks)
+            self.samples.append((now, machine, per))
+
+    def report(self, start: float, end: float) -> tuple[float, dict[str, float], float]:
+        """(seconds, {group: CPU seconds}, the machine's busy CPU seconds) from the first
+        sample at or after ``start`` to the last at or before ``end``."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return 0.0, {}, 0.0
+        (t0, m0, first), (t1, m1, last) = inside[0], inside[-1]
+        hz = os.sysconf("SC_CLK_TCK")
+        used: dict[str, float] = {}
+        for pid, (group, ticks) in last.items():
+            # A process started inside the window (a PostgreSQL backend) counts from zero.
+            before = first[pid][1] if pid in first else 0
+            used[group] = used.get(group, 0.0) + (ticks - before) / hz
+        return t1 - t0, used, (m1[0] - m0[0]) / hz
+
+
+def _parents() -> dict[int, int]:
+    """Every live process's parent (/proc)."""
+    out = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out[int(Path(stat).parent.name)] = int(fields[1])
+    return out
+
+
+def run_groups(coordinators: list[int], postmaster: Callable[[], int | None]) -> dict[int, str]:
+    """The processes of this run by group: each coordinator, the client processes (the other
+    children of this one), PostgreSQL's postmaster and its backends."""
+    parents = _parents()
+    groups = {pid: f"coordinator {i}" for i, pid in enumerate(coordinators)}
+    me = os.getpid()
+    pm = postmaster()
+    for pid, parent in parents.items():
+        if parent == me and pid not in groups:
+            groups[pid] = "clients"
+        elif pm is not None and (pid == pm or parent == pm):
+            groups[pid] = "postgres"
+    return groups
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -125,6 +242,115 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection over TLS that answers one request at a time: what a
+    simulated peer's heartbeats go over (the response is read by Content-Length)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.WriteTransport | None = None
+        self.closed = False
+        self._buf = bytearray()
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TLS transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0 or self._waiter is None or self._waiter.done():
+            return
+        head = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
+        length = 0
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                self.closed = True
+        if len(self._buf) < end + 4 + length:
+            return
+        body = bytes(self._buf[end + 4 : end + 4 + length])
+        del self._buf[: end + 4 + length]
+        self._waiter.set_result((int(head[0].split()[1]), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self._waiter
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class SimPeer:
+    """A registered peer heartbeating as a node's ``ControlClient`` does: the same request
+    (``POST /api/v1/heartbeat``, its session token, the Heartbeat message, the headers aiohttp
+    sends) over one kept-alive TLS connection, at the interval the coordinator answers with,
+    jittered as the node's loop is; an unanswered heartbeat is tried again after at most 2 s
+    on a new connection (connect timeout 5 s, answer 15 s, as the node's)."""
+
+    def __init__(
+        self, host: str, port: int, ssl_ctx: ssl.SSLContext, token: str, interval: float
+    ) -> None:
+        self.host, self.port, self.ssl_ctx = host, port, ssl_ctx
+        self.token = token
+        self.interval = interval
+        self.conn: Connection | None = None
+        self.connects = 0
+        self.request = self.heartbeat_request(Heartbeat())
+
+    def heartbeat_request(self, hb: Heartbeat) -> bytes:
+        body = encode(hb)
+        head = (
+            f"POST /api/v1/heartbeat HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
+            f"Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nUser-Agent: {USER_AGENT}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode("latin-1") + body
+
+    async def heartbeat(self) -> HeartbeatAck:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.conn is None or self.conn.closed:
+                async with asyncio.timeout(5.0):
+                    _, conn = await loop.create_connection(
+                        Connection,
+                        self.host,
+                        self.port,
+                        ssl=self.ssl_ctx,
+                        server_hostname=COORDINATOR_NAME,
+                    )
+                self.conn = conn
+                self.connects += 1
+            async with asyncio.timeout(15.0):
+                status, body = await self.conn.request(self.request)
+        except (OSError, TimeoutError) as exc:
+            if self.conn is not None:
+                self.conn.abort()
+            raise ConnectionError(f"cannot reach the coordinator: {exc!r}") from None
+        if status != 200:
+            raise ConnectionError(f"heartbeat answered {status}: {body[:80]!r}")
+        ack = _ack_dec.decode(body)
+        if ack.interval > 0:
+            self.interval = ack.interval
+        return ack
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.abort()
+
+
 async def _worker(
     url: str, count: int, index: int, duration: float, concurrency: int, push: int
 ) -> dict[str, object]:
@@ -132,8 +358,47 @@ async def _worker(
     from tunnelmesh.identity import Identity
 
     ca = await fetch_ca(url, TOKEN)
-    clients = [
-        ControlClient(
+    host, _, port = url.removeprefix("https://").rpartition(":")
+    ssl_ctx = client_ssl_context(ca)  # one for the process (a node builds its own once)
+    sem = asyncio.Semaphore(concurrency)
+    reg_lat: list[float] = []
+    reg_failed = 0
+    kinds: dict[str, int] = {}
+    hb_lat: list[tuple[float, float]] = []
+    errors = 0
+    peers: list[SimPeer] = []
+    subscribers: list[ControlClient] = []
+    registered_all = asyncio.Event()
+    stop_at = float("inf")
+
+    def count_error(what: str) -> None:
+        kinds[what[:80]] = kinds.get(what[:80], 0) + 1
+
+    async def beat(p: SimPeer) -> None:
+        # A node heartbeats at once after registering, then every interval (jittered as
+        # ControlClient._heartbeat_loop is); an unanswered one is retried after 2 s at most.
+        nonlocal errors
+        while time.monotonic() < stop_at:
+            sent, t = time.time(), time.perf_counter()
+            try:
+                await p.heartbeat()
+                hb_lat.append((sent, time.perf_counter() - t))
+                wait = p.interval
+            except ConnectionError as exc:
+                errors += 1
+                count_error(str(exc))
+                wait = min(p.interval, 2.0)
+            wait *= 0.9 + 0.2 * random.random()
+            if not registered_all.is_set():
+                await asyncio.sleep(wait)
+            else:
+                await asyncio.sleep(min(wait, max(stop_at - time.monotonic(), 0.0)))
+
+    beats: list[asyncio.Task[None]] = []
+
+    async def join(i: int) -> None:
+        nonlocal reg_failed
+        c = ControlClient(
             server=url,
             identity=Identity.generate(),
             ca_pem=ca,
@@ -141,91 +406,77 @@ async def _worker(
             name=f"w{index}-peer-{i}",
             connections=1,
         )
-        for i in range(count)
-    ]
-    sem = asyncio.Semaphore(concurrency)
-    reg_lat: list[float] = []
-    reg_failed = 0
-    kinds: dict[str, int] = {}
-
-    async def register(c: ControlClient) -> None:
-        nonlocal reg_failed
         async with sem:
             t = time.perf_counter()
             try:
                 await c.register_with_retry(attempts=5)  # as a joining node does
             except Exception as exc:
                 reg_failed += 1
-                kinds[f"registration: {exc}"[:80]] = kinds.get(f"registration: {exc}"[:80], 0) + 1
+                count_error(f"registration: {exc}")
+                await c.aclose()
                 return
             reg_lat.append(time.perf_counter() - t)
+        if i < push:
+            subscribers.append(c)  # keeps its session for the push channel
+        else:
+            await c.aclose()
+        p = SimPeer(host, int(port), ssl_ctx, c.session_token, c.heartbeat_interval)
+        peers.append(p)
+        beats.append(asyncio.create_task(beat(p)))
 
     reg_start = time.time()
-    await asyncio.gather(*(register(c) for c in clients))
+    await asyncio.gather(*(join(i) for i in range(count)))
     reg_end = time.time()
-    failed_clients = [c for c in clients if not c.session_token]
-    clients = [c for c in clients if c.session_token]
-    for c in failed_clients:
-        await c.aclose()
+    stop_at = time.monotonic() + duration
+    registered_all.set()
 
-    # Push channels for the first `push` peers: they count the changes they hear about and
+    # Push channels of the first `push` peers: they count the changes they hear about and
     # the bytes of every peer delta they receive.
     heard: list[float] = []
     delta_bytes: list[int] = []
     push_tasks = []
-    for c in clients[:push]:
+    for c in subscribers:
         c.add_callback(lambda ch: heard.append(time.time()))
-        c._handle_frame = _counting(c._handle_frame, delta_bytes)  # type: ignore[method-assign]
+        c._handle_frame = _counting(c._handle_frame, delta_bytes)  # type: ignore[method-assign, assignment]
         push_tasks.append(asyncio.create_task(c._push_loop()))
 
-    hb_lat: list[tuple[float, float]] = []
-    errors = 0
-    stop_at = time.monotonic() + duration
-
-    async def beat(c: ControlClient) -> None:
-        nonlocal errors
-        await asyncio.sleep(random.uniform(0, c.heartbeat_interval))
-        while time.monotonic() < stop_at:
-            t = time.perf_counter()
-            sent = time.time()
-            try:
-                await c.heartbeat()
-                hb_lat.append((sent, time.perf_counter() - t))
-            except Exception as exc:
-                errors += 1
-                kinds[str(exc)[:80]] = kinds.get(str(exc)[:80], 0) + 1
-            await asyncio.sleep(c.heartbeat_interval)
-
-    await asyncio.gather(*(beat(c) for c in clients))
-    # One peer change: the last client's endpoints change (its heartbeat carries them).
-    if push:
+    await asyncio.gather(*beats)
+    hb_end = time.time()
+    # One peer change: the last peer's endpoints change (its heartbeat carries them).
+    if push and peers:
         await asyncio.sleep(2.0)  # what the heartbeats changed has been pushed
         delta_bytes.clear()
-        changer = clients[-1]
-        changer._endpoints = lambda: [f"198.51.100.{index + 1}:4{index:04d}"]
+        changer = peers[-1]
+        changer.request = changer.heartbeat_request(
+            Heartbeat(endpoints=[f"198.51.100.{index + 1}:4{index:04d}"])
+        )
         try:
             await changer.heartbeat()
-        except Exception as exc:  # counted like the other heartbeats; the figure is then absent
+        except ConnectionError as exc:  # counted like the other heartbeats; no figure then
             errors += 1
-            kinds[f"the change: {exc}"[:80]] = kinds.get(f"the change: {exc}"[:80], 0) + 1
+            count_error(f"the change: {exc}")
         # Pushed by every coordinator (PUSH_COALESCE, the change feed): until the count rests.
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() - quiet_since < 2.0:
             await asyncio.sleep(0.2)
             if len(delta_bytes) != last:
                 last, quiet_since = len(delta_bytes), time.monotonic()
-    for t in push_tasks:
-        t.cancel()
+    for task in push_tasks:
+        task.cancel()
     await asyncio.gather(*push_tasks, return_exceptions=True)
-    for c in clients:
+    for c in subscribers:
         await c.aclose()
+    for p in peers:
+        p.close()
     return {
         "reg_start": reg_start,
         "reg_end": reg_end,
         "reg_lat": reg_lat,
+        "hb_end": hb_end,
         "hb_lat": hb_lat,
         "errors": errors,
         "reg_failed": reg_failed,
+        "connects": sum(p.connects for p in peers),
         "heard": len(heard),
         "kinds": kinds,
         "delta_bytes": delta_bytes,
@@ -243,7 +494,17 @@ def _counting(handle: Callable[[str], None], sizes: list[int]) -> Callable[[str]
 def worker(
     url: str, count: int, index: int, duration: float, concurrency: int, push: int
 ) -> dict[str, object]:
-    return asyncio.run(_worker(url, count, index, duration, concurrency, push))
+    # On uvloop, as a node runs (tunnelmesh join): the cheapest client per simulated peer.
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_worker(url, count, index, duration, concurrency, push))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # not on Windows
+        return None
+    return uvloop.new_event_loop
 
 
 def _running(procs: list[subprocess.Popen[str]]) -> None:
@@ -257,6 +518,32 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p / 100))] if values else float("nan")
 
 
+def print_cpu(
+    sampler: CpuSampler, phase: str, start: float, end: float, count: int, what: str
+) -> None:
+    """What each process group and the whole machine used between ``start`` and ``end``, in
+    all and per ``what`` (``count`` of them in that time)."""
+    span, used, busy = sampler.report(start, end)
+    if span <= 0:
+        return
+    rate = count / max(end - start, 1e-9)
+    ncpu = os.cpu_count() or 1
+    print(
+        f"CPU in the {phase} ({span:.0f}s, {rate:.0f} {what}s/s): the machine was "
+        f"{busy / span * 100:.0f}% busy of {ncpu * 100}%"
+    )
+    for group, secs in sorted(used.items()):
+        print(
+            f"  {group}: {secs / span * 100:.0f}% of a core, "
+            f"{secs / max(rate * span, 1) * 1000:.2f} CPU ms per {what}"
+        )
+    print(f"  other processes of the machine: {(busy - sum(used.values())) / span * 100:.0f}%")
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peers", type=int, default=2000)
@@ -266,6 +553,7 @@ def main() -> None:
     ap.add_argument(
         "--concurrency", type=int, default=32, help="registrations in flight per worker"
     )
+    ap.add_argument("--timeout", type=float, default=1800.0, help="the whole client part, seconds")
     ap.add_argument("--push", type=int, default=0, help="push channels per worker")
     ap.add_argument("--profile", default="", help="write a cProfile of the coordinator here")
     ap.add_argument(
@@ -275,11 +563,15 @@ def main() -> None:
         "--postgres", action="store_true", help="state on a throwaway PostgreSQL cluster"
     )
     args = ap.parse_args()
+    # A SIGTERM unwinds like Ctrl-C: coordinators, client processes and the cluster are
+    # stopped by the finally blocks below.
+    signal.signal(signal.SIGTERM, _terminated)
     if args.coordinators > 1 and not args.postgres:
         ap.error("several coordinators share a database: add --postgres")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tm-bench-") as tmp, contextlib.ExitStack() as stack:
         dsn = ""
+        postmaster: Callable[[], int | None] = lambda: None  # noqa: E731
         if args.postgres:
             from tunnelmesh.testing.postgres import PostgresCluster, postgres_unavailable_reason
 
@@ -288,6 +580,7 @@ def main() -> None:
                 raise SystemExit(f"--postgres: {reason}")
             cluster = stack.enter_context(PostgresCluster())  # started; closed (rm) after
             dsn = cluster.create_database("bench")
+            postmaster = cluster.pid
         procs: list[subprocess.Popen[str]] = []
         urls: list[str] = []
         try:
@@ -306,7 +599,11 @@ def main() -> None:
                 for i in range(args.workers)
             ]
             t0 = time.time()
-            with ProcessPoolExecutor(args.workers) as pool:
+            sampler = stack.enter_context(
+                CpuSampler(lambda: run_groups([p.pid for p in procs], postmaster))
+            )
+            pool = ProcessPoolExecutor(args.workers)
+            try:
                 futures = [
                     pool.submit(
                         worker,
@@ -319,14 +616,28 @@ def main() -> None:
                     )
                     for i, n in enumerate(per)
                 ]
-                results = [f.result(timeout=args.duration + 1800) for f in futures]
+                deadline = time.monotonic() + args.timeout
+                results = [f.result(timeout=deadline - time.monotonic()) for f in futures]
+            except BaseException:
+                # A failure, the time bound or Ctrl-C: the client processes end now, by PID.
+                for child in multiprocessing.active_children():
+                    if child.pid is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(child.pid, signal.SIGKILL)
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
             wall = time.time() - t0
             _running(procs)
             mems = [memory_kib(p.pid) for p in procs]
         finally:
             for proc in procs:
                 proc.terminate()
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 if proc.stdout is not None:
                     proc.stdout.close()
     reg_start = min(float(r["reg_start"]) for r in results)  # type: ignore[arg-type]
@@ -338,6 +649,7 @@ def main() -> None:
     # TLS connections while other clients are still registering).
     steady = [lat for sent, lat in hb_all if sent >= reg_end + args.interval]
     errors = sum(int(r["errors"]) for r in results)  # type: ignore[call-overload]
+    connects = sum(int(r["connects"]) for r in results)  # type: ignore[call-overload]
     reg_failed = sum(int(r["reg_failed"]) for r in results)  # type: ignore[call-overload]
     print(
         f"machine: {os.cpu_count()} cores, load average before {load_before[0]:.2f}, "
@@ -357,7 +669,8 @@ def main() -> None:
     print(
         f"heartbeats: {len(hb)} over {args.duration:.0f}s at {args.interval:g}s interval, "
         f"{errors} errors; latency p50 {statistics.median(hb) * 1000:.1f} ms, "
-        f"p99 {pct(hb, 99) * 1000:.1f} ms, max {max(hb) * 1000:.1f} ms"
+        f"p99 {pct(hb, 99) * 1000:.1f} ms, max {max(hb) * 1000:.1f} ms; "
+        f"{connects} TLS connections opened for them ({len(reg_lat)} peers)"
     )
     if steady:
         print(
@@ -370,6 +683,12 @@ def main() -> None:
             f"coordinator {i} memory: RSS {mem['VmRSS'] / 1024:.1f} MiB, "
             f"peak {mem['VmHWM'] / 1024:.1f} MiB"
         )
+    # Who used the cores: while peers registered, and in the steady heartbeat phase.
+    print_cpu(sampler, "registration phase", reg_start, reg_end, len(reg_lat), "registration")
+    steady_to = min(float(r["hb_end"]) for r in results)  # type: ignore[arg-type]
+    steady_from = reg_end + args.interval
+    in_window = sum(1 for sent, _ in hb_all if steady_from <= sent <= steady_to)
+    print_cpu(sampler, "steady heartbeat phase", steady_from, steady_to, in_window, "heartbeat")
     for r in results:
         for k, v in r["kinds"].items():  # type: ignore[attr-defined]
             print(f"  error x{v}: {k}")
