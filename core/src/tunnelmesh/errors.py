@@ -50,7 +50,7 @@ exception that its allow-list does not name with a reason.
     │   └── StoreConflict           tunnelmesh.coordinator.store: name or mesh IP already held
     │       └── NameReserved        tunnelmesh.coordinator.store: no asked-for name is free
     ├── CoordinatorError            the coordinator refused a request or could not serve it
-    │   ├── ApiFailure              tunnelmesh.coordinator.core: an HTTP status, code, sentence
+    │   ├── ApiFailure              tunnelmesh.coordinator.failures: an HTTP status, code, sentence
     │   ├── GroupError              tunnelmesh.coordinator.groups: a refused group change
     │   ├── FilterBookError         tunnelmesh.coordinator.filterbook: a refused rule change
     │   ├── TransportBookError      tunnelmesh.coordinator.transportbook: a refused order

@@ -2,7 +2,9 @@
 
 It never routes ordinary traffic. See ``docs/control-plane.md`` for the protocol.
 
-* :mod:`~tunnelmesh.coordinator.core`: the registry and its rules (:class:`Coordinator`);
+* :mod:`~tunnelmesh.coordinator.core`: the registry and its rules (:class:`Coordinator`),
+  its parts in :mod:`.registration`, :mod:`.peerops`, :mod:`.views`, :mod:`.announce`,
+  :mod:`.sharing` and :mod:`.failures` (:class:`ApiFailure`);
 * :mod:`~tunnelmesh.coordinator.api`: the aiohttp HTTPS API and push WebSocket;
 * :mod:`~tunnelmesh.coordinator.server`: running it all (:class:`CoordinatorServer`);
 * sans-IO parts: :mod:`.auth`, :mod:`.alloc`, :mod:`.liveness`, and :mod:`tunnelmesh.stun`;
