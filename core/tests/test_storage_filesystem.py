@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import sqlite3
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +15,10 @@ from tunnelmesh._manager import make_plugin_manager
 from tunnelmesh.errors import NoSuchKey, StorageError
 from tunnelmesh.storage import FilesystemStorage, conformance
 from tunnelmesh.storage.conformance import body, read_all
+from tunnelmesh.storage.filesystem import INLINE_MAX
+
+BIG = INLINE_MAX + 1
+"""The smallest object stored in a blob file (smaller ones live in the index row)."""
 
 
 @pytest.mark.parametrize("check", conformance.CHECKS, ids=lambda c: c.__name__)
@@ -40,14 +46,14 @@ def test_recovery_removes_leftovers_of_a_crash(tmp_path: Path) -> None:
     async def main() -> None:
         async with FilesystemStorage(tmp_path) as st:
             await st.create_bucket("bk1")
-            await st.put_object("bk1", "kept", body(b"whole"))
+            await st.put_object("bk1", "kept", body(b"w" * BIG))
         # what a crash mid-write leaves: a temp file, and a synced blob never committed
         (tmp_path / "tmp" / "deadbeef").write_bytes(b"half")
         orphan = tmp_path / "blobs" / "ff" / ("ff" * 16)
         orphan.parent.mkdir(exist_ok=True)
         orphan.write_bytes(b"never committed")
         async with FilesystemStorage(tmp_path) as st:
-            assert await read_all(st, "bk1", "kept") == b"whole"
+            assert await read_all(st, "bk1", "kept") == b"w" * BIG
             with pytest.raises(NoSuchKey):
                 await st.head_object("bk1", "other")
         assert list((tmp_path / "tmp").iterdir()) == []
@@ -65,8 +71,8 @@ def test_freed_blobs_are_deleted(tmp_path: Path) -> None:
     async def main() -> None:
         async with FilesystemStorage(tmp_path) as st:
             await st.create_bucket("bk1")
-            await st.put_object("bk1", "k", body(b"1"))
-            await st.put_object("bk1", "k", body(b"2"))
+            await st.put_object("bk1", "k", body(b"1" * BIG))
+            await st.put_object("bk1", "k", body(b"2" * BIG))
             await st.copy_object("bk1", "k", "bk1", "k2")
             assert blob_count() == 2
             await st.delete_object("bk1", "k")
@@ -136,10 +142,92 @@ def test_refused_conditional_put_frees_its_blob(tmp_path: Path) -> None:
     async def main() -> None:
         async with FilesystemStorage(tmp_path) as st:
             await st.create_bucket("bk1")
-            await st.put_object("bk1", "k", body(b"1"), precondition=absent)
+            await st.put_object("bk1", "k", body(b"1" * BIG), precondition=absent)
             with pytest.raises(KeyError):
-                await st.put_object("bk1", "k", body(b"2"), precondition=absent)
+                await st.put_object("bk1", "k", body(b"2" * BIG), precondition=absent)
             assert blob_count() == 1
-            assert (await st.head_object("bk1", "k")).size == 1
+            assert (await st.head_object("bk1", "k")).size == BIG
+
+    asyncio.run(main())
+
+
+def test_small_objects_live_in_their_index_row(tmp_path: Path) -> None:
+    """Up to INLINE_MAX bytes: no blob file, the same answers (ranges, copy, overwrite, delete,
+    reopen); one byte more: a blob file, freed when an inline object replaces it."""
+
+    def blob_count() -> int:
+        return sum(1 for shard in (tmp_path / "blobs").iterdir() for _ in shard.iterdir())
+
+    sizes = [0, 1, 4096, INLINE_MAX]
+    datas = {n: os.urandom(n) for n in sizes}
+
+    async def main() -> None:
+        async with FilesystemStorage(tmp_path) as st:
+            await st.create_bucket("bk1")
+            for n, data in datas.items():
+                # several pieces, as a network body arrives
+                info = await st.put_object("bk1", f"k{n}", body(data[:100], data[100:]))
+                assert info.size == n
+                assert info.etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+                assert await read_all(st, "bk1", f"k{n}") == data
+                assert await read_all(st, "bk1", f"k{n}", n // 3, n // 2) == data[n // 3 : n // 2]
+            assert blob_count() == 0
+            big = os.urandom(BIG)
+            await st.put_object("bk1", "k4096", body(big))  # inline -> blob
+            assert blob_count() == 1
+            assert await read_all(st, "bk1", "k4096") == big
+            await st.put_object("bk1", "k4096", body(datas[4096]))  # blob -> inline frees it
+            assert blob_count() == 0
+            copy = await st.copy_object("bk1", "k1", "bk1", "c1", metadata={"m": "1"})
+            assert copy.etag == hashlib.md5(datas[1], usedforsecurity=False).hexdigest()
+            assert await st.delete_object("bk1", "k1") is True
+            assert await st.delete_object("bk1", "k1") is False
+            assert await st.delete_object("bk1", "k0") is True  # empty, and inline
+            assert await read_all(st, "bk1", "c1") == datas[1]
+            assert blob_count() == 0
+        async with FilesystemStorage(tmp_path) as st:  # committed means on disk
+            assert await read_all(st, "bk1", f"k{INLINE_MAX}") == datas[INLINE_MAX]
+            assert await read_all(st, "bk1", "k4096") == datas[4096]
+            assert dict((await st.head_object("bk1", "c1")).metadata) == {"m": "1"}
+            listed = await st.list_objects("bk1")
+            assert [(o.key, o.size) for o in listed.objects] == [
+                ("c1", 1),
+                ("k4096", 4096),
+                (f"k{INLINE_MAX}", INLINE_MAX),
+            ]
+
+    asyncio.run(main())
+
+
+def test_a_store_from_before_inline_objects_opens(tmp_path: Path) -> None:
+    """An index whose objects table has no data column gains it; its objects read as before."""
+
+    async def put_old() -> None:
+        async with FilesystemStorage(tmp_path) as st:
+            await st.create_bucket("bk1")
+            await st.put_object("bk1", "old", body(b"o" * BIG))
+
+    asyncio.run(put_old())
+    db = sqlite3.connect(tmp_path / "index.sqlite3")
+    db.executescript(
+        """
+        CREATE TABLE objects_old (
+            bucket TEXT NOT NULL, key BLOB NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
+            mtime REAL NOT NULL, content_type TEXT NOT NULL, meta TEXT NOT NULL,
+            parts INTEGER NOT NULL, segments TEXT NOT NULL,
+            PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+        INSERT INTO objects_old SELECT bucket, key, size, etag, mtime, content_type, meta, parts,
+            segments FROM objects;
+        DROP TABLE objects;
+        ALTER TABLE objects_old RENAME TO objects;
+        """
+    )
+    db.close()
+
+    async def main() -> None:
+        async with FilesystemStorage(tmp_path) as st:
+            assert await read_all(st, "bk1", "old") == b"o" * BIG
+            await st.put_object("bk1", "new", body(b"small"))
+            assert await read_all(st, "bk1", "new") == b"small"
 
     asyncio.run(main())

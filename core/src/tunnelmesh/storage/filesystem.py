@@ -9,7 +9,9 @@ Layout of the directory it owns::
 
 A write streams into ``tmp/``, fsyncs the file, renames it into ``blobs/``, fsyncs that
 directory, and only then commits the index row that makes it visible (SQLite WAL with
-``synchronous=FULL``). A crash at any point leaves the previous state plus, at worst, unreferenced
+``synchronous=FULL``). An object of at most :data:`INLINE_MAX` bytes skips the file: its bytes
+go into its index row, so the one commit (whose WAL fsync concurrent writes share) makes it both
+durable and visible, and a read of it needs no file. A crash at any point leaves the previous state plus, at worst, unreferenced
 files, which :meth:`FilesystemStorage.start` removes. Since keys only ever appear as index data,
 no key can name a path outside ROOT.
 
@@ -60,6 +62,9 @@ MAX_IOV = 512
 """At most this many pieces per ``writev`` (below every system's IOV_MAX)."""
 
 MAX_PARTS = 10_000
+
+INLINE_MAX = 64 * 1024
+"""Objects up to this size are stored in their index row (see the module docstring)."""
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -172,6 +177,53 @@ class _Reader(ObjectReader):
         if not self._closed:
             self._closed = True
             self._store._release([blob for blob, _ in self._segments])
+
+
+class _InlineReader(ObjectReader):
+    """A reader of an object stored in its index row: the bytes are in memory already."""
+
+    def __init__(self, info: ObjectInfo, data: bytes) -> None:
+        self.info = info
+        self._data = data
+        self._closed = False
+
+    async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        size = self.info.size
+        end = size if end is None else end
+        if not 0 <= start <= end <= size:
+            raise ValueError(f"range [{start}, {end}) is outside the object (size {size})")
+        for pos in range(start, end, CHUNK):
+            if self._closed:
+                raise StorageError("reader is closed")
+            yield self._data[pos : min(pos + CHUNK, end)]
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+
+async def _read_head(body: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], int, bool]:
+    """The body's first pieces, until more than ``limit`` bytes came or it ended.
+
+    Returns (pieces, their size, whether the body ended).
+    """
+    pieces: list[bytes] = []
+    size = 0
+    while size <= limit:
+        try:
+            chunk = await anext(body)
+        except StopAsyncIteration:
+            return pieces, size, True
+        if chunk:
+            pieces.append(chunk)
+            size += len(chunk)
+    return pieces, size, False
+
+
+async def _chain(head: Sequence[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for piece in head:
+        yield piece
+    async for piece in rest:
+        yield piece
 
 
 class FilesystemStorage(Storage):
@@ -447,19 +499,37 @@ class FilesystemStorage(Storage):
         precondition: Callable[[ObjectInfo | None], None] | None = None,
     ) -> ObjectInfo:
         check_key(key)
-        await self.head_bucket(bucket)
-        blob, size, etag = await self._write_blob(body)
-        info = ObjectInfo(
-            key=key,
-            size=size,
-            etag=etag,
-            last_modified=time.time(),
-            content_type=content_type,
-            metadata=dict(metadata or {}),
-            headers=dict(headers or {}),
-            checksums=dict(checksums or {}),
-        )
         index = self._idx()
+        rest = aiter(body)
+        head, size, ended = await _read_head(rest, INLINE_MAX)
+
+        def describe(size: int, etag: str) -> ObjectInfo:
+            return ObjectInfo(
+                key=key,
+                size=size,
+                etag=etag,
+                last_modified=time.time(),
+                content_type=content_type,
+                metadata=dict(metadata or {}),
+                headers=dict(headers or {}),
+                checksums=dict(checksums or {}),
+            )
+
+        if ended:
+            # small: the bytes go into the index row, hashed in the index thread at the commit
+            data = b"".join(head)
+
+            def commit_inline() -> tuple[ObjectInfo, list[str]]:
+                etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                info = describe(len(data), etag)
+                return info, index.put_object(bucket, info, [], precondition, data)
+
+            done: tuple[ObjectInfo, list[str]] = await self._commit_blobs([], commit_inline)
+            self._free(done[1])
+            return done[0]
+        await self.head_bucket(bucket)  # before the rest of a large body is uploaded
+        blob, size, etag = await self._write_blob(_chain(head, rest))
+        info = describe(size, etag)
         freed = await self._commit_blobs(
             [blob], lambda: index.put_object(bucket, info, [(blob, size)], precondition)
         )
@@ -468,15 +538,17 @@ class FilesystemStorage(Storage):
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
         check_key(key)
-        info, _ = await self._db(self._idx().get_object, bucket, key)
+        info, _, _ = await self._db(self._idx().get_object, bucket, key)
         return info
 
     async def open_object(self, bucket: str, key: str) -> ObjectReader:
         return await self._open(bucket, key)
 
-    async def _open(self, bucket: str, key: str) -> _Reader:
+    async def _open(self, bucket: str, key: str) -> _Reader | _InlineReader:
         check_key(key)
-        info, segments = await self._db(self._idx().get_object, bucket, key)
+        info, segments, data = await self._db(self._idx().get_object, bucket, key)
+        if data is not None:
+            return _InlineReader(info, data)
         return _Reader(self, info, segments)
 
     async def delete_object(self, bucket: str, key: str) -> bool:
@@ -500,15 +572,19 @@ class FilesystemStorage(Storage):
         await self.head_bucket(bucket)
         index = self._idx()
         reader = await self._open(src_bucket, src_key)
+        data: bytes | None = None
+        segments: list[Segment] = []
         try:
             src = reader.info
-            segments: list[Segment] = []
-            try:
-                for blob, size in reader._segments:
-                    segments.append((await self._io(self._link_blob, blob), size))
-            except BaseException:
-                self._free([blob for blob, _ in segments])
-                raise
+            if isinstance(reader, _InlineReader):
+                data = reader._data
+            else:
+                try:
+                    for blob, size in reader._segments:
+                        segments.append((await self._io(self._link_blob, blob), size))
+                except BaseException:
+                    self._free([blob for blob, _ in segments])
+                    raise
         finally:
             await reader.aclose()
         info = ObjectInfo(
@@ -523,7 +599,9 @@ class FilesystemStorage(Storage):
             parts=src.parts,
         )
         blobs = [blob for blob, _ in segments]
-        freed = await self._commit_blobs(blobs, lambda: index.put_object(bucket, info, segments))
+        freed = await self._commit_blobs(
+            blobs, lambda: index.put_object(bucket, info, segments, None, data)
+        )
         self._free(freed)
         return info
 
