@@ -213,3 +213,36 @@ def test_get_in_progress_keeps_serving_the_version_it_opened(
     finally:
         conn.close()
     assert first + rest == old
+
+
+SMALL = os.urandom(5000)
+
+
+@pytest.mark.parametrize("spec", [None, *RANGES[:-3], "bytes=4999-"])
+def test_small_object_is_answered_from_memory(
+    s3: Any, monkeypatch: pytest.MonkeyPatch, spec: str | None
+) -> None:
+    """A small object lives in the filesystem backend's index, not in a file: its GET is one
+    response from memory (no sendfile), with the same bytes and headers."""
+    calls: list[int] = []
+
+    async def counting(*args: Any) -> None:
+        calls.append(1)
+
+    monkeypatch.setattr(objects, "_sendfile", counting)
+    s3.put_object(Bucket="sfb", Key="small", Body=SMALL, Metadata={"size": "small"})
+    head = s3.head_object(Bucket="sfb", Key="small")
+    got = s3.get_object(Bucket="sfb", Key="small", **({"Range": spec} if spec else {}))
+    if spec is None:
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 200
+        assert got["Body"].read() == SMALL
+        for name in ("ETag", "LastModified", "Metadata", "ContentType", "ContentLength"):
+            assert got[name] == head[name], name
+    else:
+        body, content_range = _expected(SMALL, spec)
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+        assert got["ContentRange"] == content_range
+        assert got["ContentLength"] == len(body)
+        assert got["Body"].read() == body
+    assert got["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
+    assert calls == []

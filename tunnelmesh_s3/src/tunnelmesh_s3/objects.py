@@ -46,6 +46,9 @@ OBJECT_UNSUPPORTED = frozenset({"legal-hold", "restore", "retention", "select", 
 """Object sub-resources answered NotImplemented (never ignored: a GET must not pass for one)."""
 ATTRIBUTES = frozenset({"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"})
 DEFAULT_TYPE = "binary/octet-stream"
+SMALL_BODY = 64 * 1024
+"""A GET of at most this many bytes from a backend without local files is read into memory and
+answered in one response write (headers and body together)."""
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -443,9 +446,13 @@ async def get_object(call: Call) -> web.StreamResponse:
         start, end = span if span is not None else (0, info.size)
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
-        response = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
+        headers["x-amz-request-id"] = call.request_id
+        status = 206 if span is not None else 200
+        if end - start <= SMALL_BODY and not isinstance(reader, LocalFiles):
+            data = b"".join([chunk async for chunk in reader.stream(start, end)])
+            return web.Response(status=status, headers=headers, body=data)
+        response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
-        response.headers["x-amz-request-id"] = call.request_id
         await response.prepare(request)
         try:
             await _send_body(request, response, reader, start, end)
