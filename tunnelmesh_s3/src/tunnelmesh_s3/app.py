@@ -28,7 +28,7 @@ from tunnelmesh.abc import Storage
 from tunnelmesh.errors import StorageError
 
 from tunnelmesh_s3 import sigv2, sigv4
-from tunnelmesh_s3.auth import Authorizer, Principal
+from tunnelmesh_s3.auth import Authorizer, SecretLookup
 from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
 from tunnelmesh_s3.metrics import S3Stats
@@ -179,15 +179,16 @@ async def _dispatch(
     host = request.headers.get("Host", "")
     bucket, key = split_target(host, raw_path, config.domains)
     params = _params(raw_query)
-    principals: dict[str, Principal] = {}
+    from tunnelmesh_s3 import post
 
-    def lookup(access_key: str) -> str | None:
-        found = authorizer.lookup(access_key)
-        if found is None:
-            return None
-        principals[access_key] = found[1]
-        return found[0]
-
+    if post.is_form_upload(
+        request.method, bucket, key, raw_query, request.headers.get("Content-Type", "")
+    ):
+        # a browser form: no Authorization header, its signed policy is in the body
+        _operation.set("post_object")
+        await _continue(request)
+        return await post.post_object(request, storage, authorizer, config, bucket, request_id)
+    lookup = SecretLookup(authorizer)
     req = sigv4.Request(
         request.method,
         raw_path,
@@ -210,7 +211,7 @@ async def _dispatch(
         storage,
         authorizer,
         config,
-        principals[verified.access_key],
+        lookup.principals[verified.access_key],
         verified,
         bucket,
         key,

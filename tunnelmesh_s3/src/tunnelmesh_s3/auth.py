@@ -49,6 +49,7 @@ __all__ = [
     "FileAuthorizer",
     "IssuedCredential",
     "Principal",
+    "SecretLookup",
     "Share",
 ]
 
@@ -180,6 +181,22 @@ class Authorizer(abc.ABC):
     @abc.abstractmethod
     async def bucket_deleted(self, bucket: str) -> None:
         """Forget the bucket's grants (and share)."""
+
+
+class SecretLookup:
+    """Access key to secret for a signature check (None: unknown key), remembering the
+    principal behind each key it found, for the caller to take once the signature checked."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+        self.principals: dict[str, Principal] = {}
+
+    def __call__(self, access_key: str) -> str | None:
+        found = self.authorizer.lookup(access_key)
+        if found is None:
+            return None
+        self.principals[access_key] = found[1]
+        return found[0]
 
 
 def _random_access_key() -> str:

@@ -56,14 +56,7 @@ def route(call: Call) -> Handler | None:
     method, params = call.request.method, call.params
     if (UNSUPPORTED | OBJECT_UNSUPPORTED) & params.keys():
         return _not_implemented
-    try:
-        check_key(call.key)
-    except Exception as exc:
-        raise S3Error(
-            "KeyTooLongError" if "limit" in str(exc) else "InvalidArgument",
-            str(exc),
-            Key=call.key[:256],
-        ) from None
+    check_object_key(call.key)
     if "tagging" in params:
         return {
             "GET": get_object_tagging,
@@ -92,6 +85,18 @@ def route(call: Call) -> Handler | None:
     return None
 
 
+def check_object_key(key: str) -> None:
+    """Raise KeyTooLongError or InvalidArgument for a key S3 (or this server) refuses."""
+    try:
+        check_key(key)
+    except Exception as exc:
+        raise S3Error(
+            "KeyTooLongError" if "limit" in str(exc) else "InvalidArgument",
+            str(exc),
+            Key=key[:256],
+        ) from None
+
+
 async def _not_implemented(call: Call) -> web.Response:
     raise S3Error(
         "NotImplemented",
@@ -102,7 +107,7 @@ async def _not_implemented(call: Call) -> web.Response:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _metadata(headers: Mapping[str, str]) -> dict[str, str]:
+def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
     return {
         name.lower()[len("x-amz-meta-") :]: value
         for name, value in headers.items()
@@ -119,7 +124,7 @@ def _without_aws_chunked(value: str) -> str:
     return ",".join(c for c in codings if c.strip().lower() != "aws-chunked").strip()
 
 
-def _stored_headers(headers: Mapping[str, str], *, tags: bool = True) -> dict[str, str]:
+def stored_headers(headers: Mapping[str, str], *, tags: bool = True) -> dict[str, str]:
     """The request headers an object keeps; with ``tags``, its ``x-amz-tagging`` (checked,
     in canonical form)."""
     out = {}
@@ -360,8 +365,8 @@ async def put_object(call: Call) -> web.Response:
         call.key,
         body,
         content_type=headers.get("Content-Type", DEFAULT_TYPE),
-        metadata=_metadata(headers),
-        headers=_stored_headers(headers),
+        metadata=user_metadata(headers),
+        headers=stored_headers(headers),
         checksums=body.checksums,
         precondition=condition,
     )
@@ -572,7 +577,7 @@ async def copy_object(call: Call) -> web.Response:
         call.bucket,
         call.key,
         content_type=headers.get("Content-Type", DEFAULT_TYPE) if replace else None,
-        metadata=_metadata(headers) if replace else None,
+        metadata=user_metadata(headers) if replace else None,
         headers=_copied_headers(headers, source, replace, replace_tags),
     )
     return xml(
@@ -601,12 +606,12 @@ def _copied_headers(
     if not replace and not replace_tags:
         return None
     out = (
-        _stored_headers(headers, tags=False)
+        stored_headers(headers, tags=False)
         if replace
         else {k: v for k, v in source.headers.items() if k != tagging.HEADER}
     )
     if replace_tags:
-        out.update(_stored_headers({tagging.HEADER: headers.get(tagging.HEADER, "")}))
+        out.update(stored_headers({tagging.HEADER: headers.get(tagging.HEADER, "")}))
     elif tagging.HEADER in source.headers:
         out[tagging.HEADER] = source.headers[tagging.HEADER]
     return out
@@ -650,8 +655,8 @@ async def create_upload(call: Call) -> web.Response:
         call.bucket,
         call.key,
         content_type=headers.get("Content-Type", DEFAULT_TYPE),
-        metadata=_metadata(headers),
-        headers=_stored_headers(headers),
+        metadata=user_metadata(headers),
+        headers=stored_headers(headers),
     )
     return xml(
         document(
