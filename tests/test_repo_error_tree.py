@@ -88,9 +88,6 @@ ALLOWED_RAISES: dict[tuple[str, str], str] = {
     ("core/src/tunnelmesh/storage/conformance.py", "ConnectionResetError"): (
         "the kit simulates a client that drops its connection"
     ),
-    ("core/src/tunnelmesh/storage/filesystem.py", "ValueError"): (
-        "the Storage ABC's contract for a range outside the object"
-    ),
     ("core/src/tunnelmesh/stun.py", "ValueError"): _ARGUMENT + " (a transaction ID's length)",
     ("core/src/tunnelmesh/testing/conformance.py", "NotImplementedError"): _ABSTRACT,
     ("core/src/tunnelmesh/testing/statestore.py", "AssertionError"): (
@@ -109,6 +106,9 @@ ALLOWED_RAISES: dict[tuple[str, str], str] = {
     ("tunnelmesh_proxy/src/tunnelmesh_proxy/netns.py", "ValueError"): _ARGUMENT,
     ("tunnelmesh_relay/src/tunnelmesh_relay/labpeer.py", "SystemExit"): _CLI_EXIT,
     ("tunnelmesh_s3/src/tunnelmesh_s3/config.py", "ValueError"): _VALIDATOR,
+    ("tunnelmesh_s3/src/tunnelmesh_s3/filesystem.py", "ValueError"): (
+        "the Storage ABC's contract for a range outside the object"
+    ),
     ("tunnelmesh_admin/src/tunnelmesh_admin/config.py", "ValueError"): _VALIDATOR,
     ("tunnelmesh_ssh/src/tunnelmesh_ssh/proto.py", "ValueError"): _ARGUMENT + " (a frame's size)",
     ("tunnelmesh_udp/src/tunnelmesh_udp/__init__.py", "AttributeError"): _MODULE_GETATTR,

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from tunnelmesh.storage import FilesystemStorage
 from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer, Principal, Share
 from tunnelmesh_s3.dav import build_dav_app
+from tunnelmesh_s3.filesystem import FilesystemStorage
 from tunnelmesh_s3.shareaccess import ShareAccess
 
 ALICE = Principal("alice", peer_id="A" * 43)

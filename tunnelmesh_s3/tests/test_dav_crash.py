@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from tunnelmesh.errors import NoSuchKey
-from tunnelmesh.storage import FilesystemStorage
+from tunnelmesh_s3.filesystem import FilesystemStorage
 
 MiB = 1024 * 1024
 DAVKIT = Path(__file__).with_name("davkit.py")

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tunnelmesh.storage import FilesystemStorage
+from tunnelmesh_s3.filesystem import FilesystemStorage
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nfs-cp") is None, reason="needs libnfs-utils (scripts/system-deps.sh)"
@@ -33,7 +33,7 @@ OPS = Path(__file__).with_name("libnfs_ops.py")
 SERVER = r"""
 import asyncio, socket, sys
 from pathlib import Path
-from tunnelmesh.storage import FilesystemStorage
+from tunnelmesh_s3.filesystem import FilesystemStorage
 from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer, Principal, Share
 from tunnelmesh_s3.nfs.ops import NfsService
 from tunnelmesh_s3.nfs.server import NfsServer

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tunnelmesh.storage import FilesystemStorage
 from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer, Principal, Share
+from tunnelmesh_s3.filesystem import FilesystemStorage
 from tunnelmesh_s3.nfs.ops import NfsService
 from tunnelmesh_s3.nfs.rpc import CallReceived, RpcConnection
 from tunnelmesh_s3.shareaccess import ShareAccess

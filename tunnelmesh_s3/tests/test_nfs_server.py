@@ -9,8 +9,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from tunnelmesh.storage import FilesystemStorage
 from tunnelmesh_s3.auth import FileAuthorizer, Principal
+from tunnelmesh_s3.filesystem import FilesystemStorage
 from tunnelmesh_s3.metrics import NfsCollector
 from tunnelmesh_s3.nfs import server as nfs_server
 from tunnelmesh_s3.nfs.ops import NfsService

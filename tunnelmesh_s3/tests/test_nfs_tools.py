@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tunnelmesh.storage import FilesystemStorage
 from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer, Principal, Share
+from tunnelmesh_s3.filesystem import FilesystemStorage
 from tunnelmesh_s3.nfs.ops import NfsService
 from tunnelmesh_s3.nfs.server import NfsServer
 from tunnelmesh_s3.shareaccess import ShareAccess

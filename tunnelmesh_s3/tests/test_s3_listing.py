@@ -20,7 +20,7 @@ from botocore.config import Config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tunnelmesh.abc import BucketInfo, ObjectInfo, PartInfo, UploadInfo
-from tunnelmesh.storage._index import Index
+from tunnelmesh_s3.fsindex import Index
 from tunnelmesh_s3.listing import page_buckets, page_parts, page_uploads
 from tunnelmesh_s3.server import Running, ServerThread
 

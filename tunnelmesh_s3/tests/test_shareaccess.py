@@ -8,8 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tunnelmesh.storage import FilesystemStorage
 from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer, Principal, Share
+from tunnelmesh_s3.filesystem import FilesystemStorage
 from tunnelmesh_s3.shareaccess import ShareAccess, ShareError, ShareView, peer_callers, split_path
 
 OWNER = Principal("owner", peer_id="O" * 43)

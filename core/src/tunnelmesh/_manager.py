@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "tunnelmesh"
 BUILTIN_PLUGINS: tuple[str, ...] = (
-    "tunnelmesh._builtin.storage",
     "tunnelmesh._builtin.state",
     "tunnelmesh._builtin.filter",
     "tunnelmesh._builtin.dns",

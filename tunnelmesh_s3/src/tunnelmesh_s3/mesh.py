@@ -53,7 +53,6 @@ from tunnelmesh.coordinator.api import authenticated_peer
 from tunnelmesh.coordinator.meshlisten import freebind_socket, load_cert_pem, start_tls_site
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.logs import add_secret
-from tunnelmesh.storage import FilesystemStorage
 
 from tunnelmesh_s3.app import S3Config, build_app
 from tunnelmesh_s3.auth import (
@@ -67,6 +66,7 @@ from tunnelmesh_s3.auth import (
 from tunnelmesh_s3.authstore import StoredState, follow
 from tunnelmesh_s3.config import S3Section
 from tunnelmesh_s3.dav.mesh import DavListener
+from tunnelmesh_s3.filesystem import FilesystemStorage
 from tunnelmesh_s3.nfs.mesh import NfsListener
 from tunnelmesh_s3.shareaccess import ShareAccess, peer_callers
 

@@ -52,3 +52,11 @@ def tunnelmesh_register_coordinator_routes(
     from tunnelmesh_s3.mesh import install
 
     install(app, coordinator)
+
+
+@hookimpl
+def tunnelmesh_register_storage(registry: Registry) -> None:
+    """The ``filesystem`` backend, the S3 service's default (``s3: {storage: filesystem}``)."""
+    from tunnelmesh_s3.filesystem import FilesystemStorage
+
+    registry.add_storage(FilesystemStorage)

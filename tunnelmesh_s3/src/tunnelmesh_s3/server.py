@@ -22,10 +22,10 @@ from aiohttp import web
 from tunnelmesh.abc import Storage
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.logs import add_secret
-from tunnelmesh.storage import FilesystemStorage
 
 from tunnelmesh_s3.app import S3Config, build_app
 from tunnelmesh_s3.auth import FileAuthorizer, Principal
+from tunnelmesh_s3.filesystem import FilesystemStorage
 
 __all__ = ["Running", "ServerThread", "parse_listen", "serve"]
 

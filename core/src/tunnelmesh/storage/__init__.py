@@ -1,15 +1,13 @@
-"""Object storage backends shipped with core, and the naming rules every backend follows.
+"""The rules every object storage backend follows: bucket names and object keys.
 
-:class:`FilesystemStorage` (``name = "filesystem"``) is the default backend of the S3 service; it
-is registered by the built-in plugin :mod:`tunnelmesh._builtin.storage` through the same
-``tunnelmesh_register_storage`` hook any other backend uses. Backends implement
-:class:`tunnelmesh.abc.Storage`; :func:`tunnelmesh.storage.conformance.check_storage` is the test
-suite every backend should pass.
+Backends implement :class:`tunnelmesh.abc.Storage` and register through the
+``tunnelmesh_register_storage`` hook; :data:`tunnelmesh.storage.conformance.CHECKS` are the
+checks every backend should pass. Core ships no backend: the S3 plugin (``pip install
+tunnelmesh[s3]``) registers its ``filesystem`` backend through that hook like any other.
 """
 
 from __future__ import annotations
 
 from tunnelmesh.storage._names import MAX_KEY_BYTES, check_bucket_name, check_key
-from tunnelmesh.storage.filesystem import FilesystemStorage
 
-__all__ = ["MAX_KEY_BYTES", "FilesystemStorage", "check_bucket_name", "check_key"]
+__all__ = ["MAX_KEY_BYTES", "check_bucket_name", "check_key"]

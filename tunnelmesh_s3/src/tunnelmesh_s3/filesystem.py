@@ -1,9 +1,9 @@
-"""The default storage backend: object data in files, an SQLite index beside them.
+"""The S3 service's default storage backend (``filesystem``): object data in files, an SQLite index beside them.
 
 Layout of the directory it owns::
 
     ROOT/LOCK              flock'ed while a process has the store open (one process at a time)
-    ROOT/index.sqlite3     buckets, objects, uploads and parts (see _index.py)
+    ROOT/index.sqlite3     buckets, objects, uploads and parts (see fsindex.py)
     ROOT/blobs/ab/<id>     object and part data, named by random ids, never by keys
     ROOT/tmp/<id>          writes in progress
 
@@ -45,8 +45,9 @@ from tunnelmesh.abc import (
     UploadInfo,
 )
 from tunnelmesh.errors import StorageError
-from tunnelmesh.storage._index import Index, Segment
-from tunnelmesh.storage._names import check_bucket_name, check_key
+from tunnelmesh.storage import check_bucket_name, check_key
+
+from tunnelmesh_s3.fsindex import Index, Segment
 
 __all__ = ["FilesystemStorage"]
 

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tunnelmesh._manager import make_plugin_manager
 from tunnelmesh.errors import NoSuchKey, StorageError
-from tunnelmesh.storage import FilesystemStorage, conformance
+from tunnelmesh.manager import make_plugin_manager
+from tunnelmesh.storage import conformance
 from tunnelmesh.storage.conformance import body, read_all
-from tunnelmesh.storage.filesystem import INLINE_MAX
+from tunnelmesh_s3.filesystem import INLINE_MAX, FilesystemStorage
 
 BIG = INLINE_MAX + 1
 """The smallest object stored in a blob file (smaller ones live in the index row)."""
@@ -26,11 +26,11 @@ def test_conformance(check, tmp_path: Path) -> None:
     asyncio.run(check(lambda: FilesystemStorage(tmp_path / "store")))
 
 
-def test_builtin_plugin_registers_filesystem() -> None:
-    pm = make_plugin_manager(entry_points=False)
-    registry = pm.build_registry()
+def test_s3_plugin_registers_filesystem() -> None:
+    pm = make_plugin_manager()  # the installed distribution's entry point
+    registry = pm.build_registry("storage")
     assert registry.storage["filesystem"] is FilesystemStorage
-    assert registry.provided_by("builtin.storage") == {"storage": ["filesystem"]}
+    assert registry.provided_by("s3") == {"storage": ["filesystem"]}
 
 
 def test_second_process_cannot_open_the_store(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The filesystem backend's index: buckets, objects, uploads and parts in one SQLite database.
 
-Synchronous on purpose: :class:`~tunnelmesh.storage.filesystem.FilesystemStorage` runs every
+Synchronous on purpose: :class:`~tunnelmesh_s3.filesystem.FilesystemStorage` runs every
 call on one dedicated thread, which also serialises writers. Object data lives in blob files
 named by random ids; a row points at its blobs only once they are synced, and a transaction
 commit (WAL, ``synchronous=FULL``) is what makes a new object visible. Every method that drops a
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-
 from tunnelmesh.abc import BucketInfo, ObjectInfo, ObjectListing, PartInfo, UploadInfo
 from tunnelmesh.errors import (
     BucketAlreadyExists,
