@@ -104,7 +104,8 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "status": (
         "tunnelmesh.cli.status_cmd:status",
         "Show this node's name, mesh IP, whether the coordinator is reachable, how many peers "
-        "are online and which transports are in use.",
+        "are online and which transports are in use; on a WireGuard concentrator (tunnelmesh "
+        "wg), also where its clients dial it and how many of them it serves.",
     ),
     "peers": (
         "tunnelmesh.cli.peers_cmd:peers",
