@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import click
-from tunnelmesh.cli.common import api_call, context_option, json_option
+from tunnelmesh.cli.common import api_call, context_option, echo_table, json_option
 from tunnelmesh.errors import ConfigError
 
 from tunnelmesh_wg.clientconf import (
@@ -211,9 +211,7 @@ def list_(context_name: str | None, as_json: bool) -> None:
                 _when(status.get("latest_handshake", 0.0), now),
             )
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    echo_table(table)
 
 
 @wg.command()

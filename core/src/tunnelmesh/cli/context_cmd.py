@@ -7,6 +7,7 @@ import json
 import click
 import msgspec
 
+from tunnelmesh.cli._table import echo_table
 from tunnelmesh.control.contexts import ContextStore
 
 
@@ -28,9 +29,7 @@ def list_() -> None:
     for n in names:
         c = store.get(n)
         rows.append(("*" if n == store.active else "", n, c.server, c.peer_name, c.mesh_ip))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    echo_table(rows)
 
 
 @context.command()

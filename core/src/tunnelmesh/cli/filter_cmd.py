@@ -18,6 +18,7 @@ import click
 
 from tunnelmesh.cli._api import api_call
 from tunnelmesh.cli._options import context_option, json_option
+from tunnelmesh.cli._table import echo_table
 from tunnelmesh.control_socket import DEFAULT_SOCKET, ENV_SOCKET, request
 
 __all__ = ["filter_group"]
@@ -45,6 +46,45 @@ def _option(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A click option with its ``TUNNELMESH_FILTER_*`` environment variable shown in --help."""
     return click.option(*decls, envvar=f"TUNNELMESH_FILTER_{envvar}", show_envvar=True, **kwargs)
+
+
+# The options a rule has, shared by the daemon's (filter add/remove) and the coordinator's
+# (filter coordinator add/remove) commands; the help that differs is an argument.
+
+
+def _port_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return _option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help=help)
+
+
+_protocol_option = _option(
+    "--protocol",
+    envvar="PROTOCOL",
+    type=click.Choice(["tcp", "udp"]),
+    default="tcp",
+    show_default=True,
+)
+_action_option = _option(
+    "--action",
+    envvar="ACTION",
+    type=click.Choice(["allow", "deny"]),
+    default="allow",
+    show_default=True,
+)
+
+
+def _source_peer_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return _option("--source-peer", envvar="SOURCE_PEER", default="", metavar="PEER", help=help)
+
+
+def _ttl_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return _option(
+        "--ttl",
+        envvar="TTL",
+        type=click.IntRange(0, 365 * 24 * 3600),
+        default=0,
+        show_default=True,
+        help=help,
+    )
 
 
 socket_option = click.option(
@@ -105,9 +145,7 @@ def list_cmd(ctx: click.Context, socket_path: str | None, as_json: bool) -> None
                 str(r["denied"]),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    echo_table(rows)
     click.echo(
         f"no rule matched: {data['default_allowed']} allowed, {data['default_denied']} denied"
     )
@@ -115,36 +153,11 @@ def list_cmd(ctx: click.Context, socket_path: str | None, as_json: bool) -> None
 
 @filter_group.command("add")
 @socket_option
-@_option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help="Local port.")
-@_option(
-    "--protocol",
-    envvar="PROTOCOL",
-    type=click.Choice(["tcp", "udp"]),
-    default="tcp",
-    show_default=True,
-)
-@_option(
-    "--action",
-    envvar="ACTION",
-    type=click.Choice(["allow", "deny"]),
-    default="allow",
-    show_default=True,
-)
-@_option(
-    "--source-peer",
-    envvar="SOURCE_PEER",
-    default="",
-    metavar="PEER",
-    help="Only packets from this peer (default: any).",
-)
-@_option(
-    "--ttl",
-    envvar="TTL",
-    type=click.IntRange(0, 365 * 24 * 3600),
-    default=0,
-    show_default=True,
-    help="Seconds until the rule expires; 0 keeps it until the daemon stops.",
-)
+@_port_option("Local port.")
+@_protocol_option
+@_action_option
+@_source_peer_option("Only packets from this peer (default: any).")
+@_ttl_option("Seconds until the rule expires; 0 keeps it until the daemon stops.")
 @click.pass_context
 def add_cmd(
     ctx: click.Context,
@@ -173,21 +186,9 @@ def add_cmd(
 
 @filter_group.command("remove")
 @socket_option
-@_option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help="Local port.")
-@_option(
-    "--protocol",
-    envvar="PROTOCOL",
-    type=click.Choice(["tcp", "udp"]),
-    default="tcp",
-    show_default=True,
-)
-@_option(
-    "--source-peer",
-    envvar="SOURCE_PEER",
-    default="",
-    metavar="PEER",
-    help="The rule's source peer.",
-)
+@_port_option("Local port.")
+@_protocol_option
+@_source_peer_option("The rule's source peer.")
 @click.pass_context
 def remove_cmd(
     ctx: click.Context, socket_path: str | None, port: int, protocol: str, source_peer: str
@@ -246,44 +247,19 @@ def coordinator_list(context_name: str | None, as_json: bool) -> None:
                 _expires(r["expires"]),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    echo_table(rows)
 
 
 @coordinator_group.command("add")
 @context_option
-@_option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help="Port.")
-@_option(
-    "--protocol",
-    envvar="PROTOCOL",
-    type=click.Choice(["tcp", "udp"]),
-    default="tcp",
-    show_default=True,
+@_port_option("Port.")
+@_protocol_option
+@_action_option
+@_source_peer_option(
+    "Only packets from this peer: a peer ID or the name of a registered peer (stored "
+    "as its peer ID). Default: any peer."
 )
-@_option(
-    "--action",
-    envvar="ACTION",
-    type=click.Choice(["allow", "deny"]),
-    default="allow",
-    show_default=True,
-)
-@_option(
-    "--source-peer",
-    envvar="SOURCE_PEER",
-    default="",
-    metavar="PEER",
-    help="Only packets from this peer: a peer ID or the name of a registered peer (stored "
-    "as its peer ID). Default: any peer.",
-)
-@_option(
-    "--ttl",
-    envvar="TTL",
-    type=click.IntRange(0, 365 * 24 * 3600),
-    default=0,
-    show_default=True,
-    help="Seconds until the coordinator removes the rule; 0 keeps it until removed.",
-)
+@_ttl_option("Seconds until the coordinator removes the rule; 0 keeps it until removed.")
 def coordinator_add(
     context_name: str | None, port: int, protocol: str, action: str, source_peer: str, ttl: int
 ) -> None:
@@ -305,17 +281,9 @@ def coordinator_add(
 
 @coordinator_group.command("remove")
 @context_option
-@_option("--port", envvar="PORT", type=click.IntRange(1, 65535), required=True, help="Port.")
-@_option(
-    "--protocol",
-    envvar="PROTOCOL",
-    type=click.Choice(["tcp", "udp"]),
-    default="tcp",
-    show_default=True,
-)
-@_option(
-    "--source-peer", envvar="SOURCE_PEER", default="", metavar="PEER", help="The rule's source."
-)
+@_port_option("Port.")
+@_protocol_option
+@_source_peer_option("The rule's source.")
 def coordinator_remove(
     context_name: str | None, port: int, protocol: str, source_peer: str
 ) -> None:

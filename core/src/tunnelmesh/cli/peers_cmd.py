@@ -11,6 +11,7 @@ import msgspec
 
 from tunnelmesh.cli._api import api_call
 from tunnelmesh.cli._options import context_option, json_option
+from tunnelmesh.cli._table import echo_table
 from tunnelmesh.control.contexts import Context as MeshContext
 from tunnelmesh.control.contexts import ContextStore
 from tunnelmesh.control.messages import ClientInfo, PeerInfo
@@ -142,11 +143,11 @@ def peers(click_ctx: click.Context, context_name: str | None, as_json: bool) -> 
                 why,
             )
         )
-    _print_table(table)
+    echo_table(table)
     if clients:
         names = {p.peer_id: p.name for p in rows}
         click.echo()
-        _print_table(_client_rows(clients, names, now))
+        echo_table(_client_rows(clients, names, now))
 
 
 def _client_rows(
@@ -168,12 +169,6 @@ def _client_rows(
             )
         )
     return table
-
-
-def _print_table(table: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 @peers.command()

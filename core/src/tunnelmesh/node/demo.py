@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunnelmesh.cli._table import format_table
 from tunnelmesh.control_socket import ControlError, request
 from tunnelmesh.errors import LabError, TunnelmeshError
 from tunnelmesh.testing.lab import Host, Lab
@@ -492,13 +493,6 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
-
-
 def _fmt_rate(mbps: float) -> str:
     return f"{mbps / 1000:.2f} Gbit/s" if mbps >= 1000 else f"{mbps:.0f} Mbit/s"
 
@@ -606,7 +600,7 @@ def run_demo(
                         f"{'ok' if name_ok else 'FAILED'}, transfer {rate}"
                     )
             say("")
-            say(_table(rows))
+            say(format_table(rows))
             say("")
             ok = failures == 0
             if ok:
