@@ -27,7 +27,7 @@ from aiohttp import web
 from tunnelmesh.abc import Storage
 from tunnelmesh.errors import StorageError
 
-from tunnelmesh_s3 import sigv2, sigv4
+from tunnelmesh_s3 import cors, sigv2, sigv4
 from tunnelmesh_s3.auth import Authorizer, SecretLookup
 from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
@@ -62,6 +62,7 @@ STORAGE_KEY = web.AppKey("storage", Storage)
 AUTH_KEY = web.AppKey("authorizer", Authorizer)
 CONFIG_KEY = web.AppKey("s3config", S3Config)
 STATS_KEY = web.AppKey("s3stats", S3Stats)
+BUCKET_KEY = web.RequestKey("s3_bucket", str)
 # The handler that serves the request of this task (metrics); _handle sets and reads it.
 _operation: contextvars.ContextVar[str] = contextvars.ContextVar("s3_operation")
 
@@ -121,9 +122,23 @@ def build_app(
     async def stop_metrics(_app: web.Application) -> None:
         remove_collector(collector)
 
+    app.on_response_prepare.append(_cors_headers)
     app.on_startup.append(serve_metrics)
     app.on_cleanup.append(stop_metrics)
     return app
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """An actual request from a browser (with ``Origin``) gets the CORS headers of the first
+    rule of its bucket that allows its origin and method (S3 adds them to errors too)."""
+    origin = request.headers.get("Origin")
+    bucket = request.get(BUCKET_KEY)
+    if not origin or not bucket or request.method == "OPTIONS":
+        return
+    rules = request.app[AUTH_KEY].bucket_settings(bucket).cors
+    if rules:
+        for name, value in cors.response_headers(rules, origin, request.method).items():
+            response.headers.setdefault(name, value)
 
 
 async def _expect(request: web.Request) -> None:
@@ -179,6 +194,13 @@ async def _dispatch(
     host = request.headers.get("Host", "")
     bucket, key = split_target(host, raw_path, config.domains)
     params = _params(raw_query)
+    request[BUCKET_KEY] = bucket
+    if request.method == "OPTIONS":
+        # a CORS preflight: browsers send it without credentials; answered from the bucket's
+        # rules alone (cors.py), it changes nothing
+        _operation.set("cors_preflight")
+        rules = authorizer.bucket_settings(bucket).cors if bucket else []
+        return web.Response(headers=cors.preflight(rules, request.headers))
     from tunnelmesh_s3 import post
 
     if post.is_form_upload(

@@ -37,6 +37,7 @@ from typing import Literal
 import msgspec
 from tunnelmesh.logs import add_secret
 
+from tunnelmesh_s3.cors import CorsRule
 from tunnelmesh_s3.errors import S3Error
 
 __all__ = [
@@ -120,9 +121,10 @@ class IssuedCredential(msgspec.Struct, kw_only=True):
 
 class BucketSettings(msgspec.Struct, kw_only=True):
     """A bucket's S3 configuration kept beside its grants: its tag set (``?tagging``), as
-    (key, value) pairs sorted by key."""
+    (key, value) pairs sorted by key, and its CORS rules (``?cors``)."""
 
     tags: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    cors: list[CorsRule] = msgspec.field(default_factory=list)
 
 
 class _State(msgspec.Struct, kw_only=True):
@@ -165,13 +167,14 @@ class Authorizer(abc.ABC):
         return []
 
     def bucket_settings(self, bucket: str) -> BucketSettings:
-        """The bucket's S3 configuration (tags); empty when none was set. Default: empty."""
+        """The bucket's S3 configuration (tags, CORS); empty when none was set. Default: empty."""
         return BucketSettings()
 
     async def set_bucket_settings(self, bucket: str, settings: BucketSettings) -> None:
         """Replace the bucket's S3 configuration. Default: this authorizer keeps none."""
         raise S3Error(
-            "NotImplemented", "This server keeps no bucket configuration (tags) for its buckets."
+            "NotImplemented",
+            "This server keeps no bucket configuration (tags, CORS) for its buckets.",
         )
 
     @abc.abstractmethod

@@ -12,7 +12,7 @@ from tunnelmesh.abc import ObjectInfo
 from tunnelmesh.errors import BucketAlreadyExists, InvalidName, NoSuchBucket, StorageError
 from tunnelmesh.storage import check_bucket_name, check_key
 
-from tunnelmesh_s3 import tagging
+from tunnelmesh_s3 import cors, tagging
 from tunnelmesh_s3.call import Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
 from tunnelmesh_s3.listing import page_buckets, page_uploads
@@ -24,7 +24,6 @@ UNSUPPORTED = {
     "accelerate",
     "acl",
     "analytics",
-    "cors",
     "encryption",
     "intelligent-tiering",
     "inventory",
@@ -55,6 +54,12 @@ def route(call: Call) -> Handler | None:
     method, params = call.request.method, call.params
     if UNSUPPORTED & params.keys():
         return _not_implemented
+    if "cors" in params:
+        return {
+            "GET": get_bucket_cors,
+            "PUT": put_bucket_cors,
+            "DELETE": delete_bucket_cors,
+        }.get(method)
     if "tagging" in params:
         return {
             "GET": get_bucket_tagging,
@@ -199,6 +204,41 @@ async def delete_bucket_tagging(call: Call) -> web.Response:
     settings = call.auth.bucket_settings(call.bucket)
     if settings.tags:
         await call.auth.set_bucket_settings(call.bucket, msgspec.structs.replace(settings, tags=[]))
+    return web.Response(status=204)
+
+
+async def get_bucket_cors(call: Call) -> web.Response:
+    """GetBucketCors (readers): NoSuchCORSConfiguration when the bucket has no rules."""
+    await call.need("read")
+    await call.storage.head_bucket(call.bucket)
+    rules = call.auth.bucket_settings(call.bucket).cors
+    if not rules:
+        raise S3Error(
+            "NoSuchCORSConfiguration",
+            "The CORS configuration does not exist",
+            status=404,
+            BucketName=call.bucket,
+        )
+    return xml(cors.to_document(rules))
+
+
+async def put_bucket_cors(call: Call) -> web.Response:
+    """PutBucketCors (the owner): replaces the rules; a bad document changes nothing."""
+    await call.need("own")
+    rules = cors.parse(await call.document(cors.MAX_DOCUMENT))
+    await call.storage.head_bucket(call.bucket)
+    settings = call.auth.bucket_settings(call.bucket)
+    await call.auth.set_bucket_settings(call.bucket, msgspec.structs.replace(settings, cors=rules))
+    return web.Response()
+
+
+async def delete_bucket_cors(call: Call) -> web.Response:
+    """DeleteBucketCors (the owner): 204."""
+    await call.need("own")
+    await call.storage.head_bucket(call.bucket)
+    settings = call.auth.bucket_settings(call.bucket)
+    if settings.cors:
+        await call.auth.set_bucket_settings(call.bucket, msgspec.structs.replace(settings, cors=[]))
     return web.Response(status=204)
 
 

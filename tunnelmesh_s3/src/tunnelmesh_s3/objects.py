@@ -42,7 +42,7 @@ RESPONSE_OVERRIDES = {
     "response-content-disposition": "Content-Disposition",
     "response-content-encoding": "Content-Encoding",
 }
-OBJECT_UNSUPPORTED = frozenset({"legal-hold", "restore", "retention", "select", "torrent"})
+OBJECT_UNSUPPORTED = frozenset({"cors", "legal-hold", "restore", "retention", "select", "torrent"})
 """Object sub-resources answered NotImplemented (never ignored: a GET must not pass for one)."""
 ATTRIBUTES = frozenset({"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"})
 DEFAULT_TYPE = "binary/octet-stream"

@@ -1,6 +1,6 @@
 """S3's XML: response documents built as text, request documents parsed defensively.
 
-Request bodies (DeleteObjects, CompleteMultipartUpload, Tagging) come from authenticated clients but are
+Request bodies (DeleteObjects, CompleteMultipartUpload, Tagging, CORS) come from authenticated clients but are
 still untrusted: they are size-limited by the caller, and any DOCTYPE is refused before parsing
 so that no entity can expand.
 """
@@ -21,6 +21,7 @@ __all__ = [
     "element",
     "iso8601",
     "parse_complete",
+    "parse_cors",
     "parse_delete",
     "parse_tagging",
 ]
@@ -121,6 +122,20 @@ def parse_tagging(body: bytes) -> list[tuple[str, str]]:
             raise S3Error("MalformedXML", "every <Tag> needs a <Key> and a <Value>")
         tags.append((key, value))
     return tags
+
+
+def parse_cors(body: bytes) -> list[dict[str, list[str]]]:
+    """A PutBucketCors request: each ``CORSRule`` as element name to its texts, in order."""
+    root = _parse(body)
+    if _local(root.tag) != "CORSConfiguration":
+        raise S3Error("MalformedXML", "expected a <CORSConfiguration> document")
+    rules = []
+    for node in _children(root, "CORSRule"):
+        rule: dict[str, list[str]] = {}
+        for child in node:
+            rule.setdefault(_local(child.tag), []).append((child.text or "").strip())
+        rules.append(rule)
+    return rules
 
 
 def error_document(err: S3Error, resource: str, request_id: str) -> bytes:
