@@ -7,6 +7,7 @@ signers where a client would hide the detail.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import os
@@ -654,3 +655,35 @@ def test_put_object_if_none_match_losing_a_race_mid_upload_is_409_conditional_re
     with pytest.raises(ClientError) as err:
         s3.put_object(Bucket="compat", Key=key, Body=data, IfNoneMatch="*")
     assert code(err) == "PreconditionFailed"
+
+
+# --- checksums ---
+
+
+def test_crc32c_checksum_is_verified_stored_and_returned_with_checksum_mode(s3: Any) -> None:
+    """x-amz-checksum-crc32c (newer AWS SDKs' default algorithm) as S3: verified before the
+    object is stored, returned by HEAD/GET with ChecksumMode=ENABLED; a wrong one is BadDigest
+    and stores nothing."""
+    import google_crc32c
+
+    data = b"123456789" * 100_000
+    expected = base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
+    # the value given (botocore computes CRC32C only with its optional awscrt)
+    put = s3.put_object(Bucket="compat", Key="crc32c", Body=data, ChecksumCRC32C=expected)
+    assert put["ChecksumCRC32C"] == expected
+    assert (
+        s3.head_object(Bucket="compat", Key="crc32c", ChecksumMode="ENABLED")["ChecksumCRC32C"]
+        == expected
+    )
+    with pytest.raises(ClientError) as err:
+        s3.put_object(Bucket="compat", Key="crc32c-bad", Body=data, ChecksumCRC32C="AAAAAA==")
+    assert code(err) == "BadDigest"
+    with pytest.raises(ClientError) as err:
+        s3.head_object(Bucket="compat", Key="crc32c-bad")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    # the standard check value of CRC-32C
+    from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS
+
+    hasher = CHECKSUM_ALGORITHMS["crc32c"]()
+    hasher.update(b"123456789")
+    assert hasher.digest().hex() == "e3069283"
