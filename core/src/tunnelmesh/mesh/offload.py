@@ -55,6 +55,20 @@ def _candidate(p: bytes) -> int:
     return thl
 
 
+def _run_key(hl: int) -> struct.Struct:
+    """The fields a segment with ``hl`` bytes of IPv4 + TCP header must share with the first of
+    a run, read in one ``unpack_from``: version/IHL and TOS; fragment bits, TTL and protocol;
+    addresses and ports; the sequence number (the next one expected); ACK number and data
+    offset; the flags; the TCP options."""
+    key = _RUN_KEYS.get(hl)
+    if key is None:
+        key = _RUN_KEYS[hl] = struct.Struct(f"!BB4x4s2x12sI5sB6x{hl - 40}s")
+    return key
+
+
+_RUN_KEYS: dict[int, struct.Struct] = {}
+
+
 def coalesce_ipv4_tcp(packets: list[bytes]) -> list[bytes]:
     """Turn IP packets into TUN writes (each prefixed with a virtio_net_hdr), coalescing runs."""
     out: list[bytes] = []
@@ -69,43 +83,35 @@ def coalesce_ipv4_tcp(packets: list[bytes]) -> list[bytes]:
             continue
         hl = 20 + thl
         size = len(p) - hl
-        # what every following segment must share with the first, in as few slices as can be
-        # (this loop runs once per received packet): version/IHL, TOS, fragment bits, TTL and
-        # protocol; addresses and ports; ACK number and data offset; the options
-        tos = p[1]
-        head = p[6:10]
-        key_ip = p[12:24]
-        key_tcp = p[28:33]
-        options = p[40:hl] if hl > 40 else None
-        seq = int.from_bytes(p[24:28], "big") + size
+        # what every following segment must share with the first, read in one call per
+        # segment (this loop runs once per received packet)
+        unpack = _run_key(hl).unpack_from
+        ver, tos, head, addrs, seq, acks, _flags, options = unpack(p)
+        seq = (seq + size) & 0xFFFFFFFF
         total = len(p)
         payloads = [p[hl:]]
-        last_flags = p[33]
+        last_flags = _ACK
         j = i + 1
         while j < n:
             q = packets[j]
             qsize = len(q) - hl
-            if (
-                qsize <= 0
-                or q[0] != 0x45
-                or q[1] != tos
-                or (q[33] & ~_PSH) != _ACK
-                or q[6:10] != head
-                or q[12:24] != key_ip
-                or q[28:33] != key_tcp
-                or (options is not None and q[40:hl] != options)
-                or int.from_bytes(q[24:28], "big") != seq & 0xFFFFFFFF
-            ):
+            if qsize <= 0 or qsize > size or total + qsize > _MAX_TOTAL:
                 break
-            if qsize > size or total + qsize > _MAX_TOTAL:
+            key = unpack(q)
+            if key != (ver, tos, head, addrs, seq, acks, _ACK, options):
+                if key != (ver, tos, head, addrs, seq, acks, _ACK | _PSH, options):
+                    break
+                last_flags = _ACK | _PSH  # the last segment of the run
+                payloads.append(q[hl:])
+                total += qsize
+                j += 1
                 break
             payloads.append(q[hl:])
             total += qsize
-            seq += qsize
-            last_flags = q[33]
             j += 1
-            if qsize < size or last_flags & _PSH:
+            if qsize < size:
                 break
+            seq = (seq + qsize) & 0xFFFFFFFF
         if j - i == 1:
             append(VNET_HDR_NONE + p)
             i += 1
