@@ -242,7 +242,7 @@ class WireGuardSession:
 
     def open(
         self,
-        datagrams: Iterable[bytes],
+        datagrams: Iterable[bytes | memoryview],
         addr: Any,
         now: float,
         per_peer: dict[Peer, list[bytes]],
@@ -251,7 +251,8 @@ class WireGuardSession:
 
         One engine call per carrier read (:meth:`~tunnelmesh.proto.WireGuard.receive_batch`);
         call :meth:`deliver` with ``per_peer`` once the carrier's batch is read. Returns how
-        many datagrams were fed to the engine.
+        many datagrams were fed to the engine. A datagram may be a view of the carrier's
+        buffer: it is read during this call only.
         """
         return self.engine.receive_batch(datagrams, addr, now, per_peer)
 

@@ -4,7 +4,7 @@
 :class:`~tunnelmesh.aio.wgsession.WireGuardSession` (the engine, the links, the events and the
 timer, shared with the relay transport). It reads in batches from the event loop's reader
 callback (``recvmsg_into`` a preallocated buffer; with UDP GRO one call returns many datagrams
-of one size) and hands them to the session. It is the session's ``transmit``: sealed messages
+of one size) and hands them to the session as views of that buffer (opened without a copy). It is the session's ``transmit``: sealed messages
 leave with UDP GSO where the kernel has it, a run of equal-sized messages to one endpoint
 becoming a single ``sendmsg`` with a ``UDP_SEGMENT`` control message that the kernel cuts into
 datagrams, each one WireGuard message (so the wire is exactly what wireguard-go sends).
@@ -217,14 +217,12 @@ class WireGuardSocket:
                 for level, kind, data in anc:
                     if level == SOL_UDP and kind == UDP_GRO:
                         seg = _I.unpack(data[:4])[0]
+            # views of the buffer, opened in place (the engine reads them during the call only)
             if seg >= n:
-                count += open_((bytes(view[:n]),), addr, now, per_peer)
+                count += open_((view[:n],), addr, now, per_peer)
             else:
                 count += open_(
-                    [bytes(view[off : min(off + seg, n)]) for off in range(0, n, seg)],
-                    addr,
-                    now,
-                    per_peer,
+                    [view[off : off + seg] for off in range(0, n, seg)], addr, now, per_peer
                 )
         self.stats["rx_datagrams"] += count
         session.deliver(per_peer)

@@ -7,6 +7,10 @@ kernel. A counter is accepted once; counters older than the window, and counters
 
 The check runs *after* the packet authenticated: an unauthenticated counter must never move the
 window.
+
+:func:`tunnelmesh.proto.wgdata.receive_batch` does the common case inline (a counter above the
+highest one, in that one's block: set its bit, move ``last``) and calls :meth:`check` for the
+rest; ``last`` and ``blocks`` are public for that.
 """
 
 from __future__ import annotations
@@ -25,24 +29,26 @@ WINDOW_SIZE = (_RING_BLOCKS - 1) * _BLOCK_BITS
 class ReplayWindow:
     """A sliding bitmap of seen counters. ``check(counter, limit)`` is the whole API."""
 
-    __slots__ = ("_blocks", "_last")
+    __slots__ = ("blocks", "last")
 
     def __init__(self) -> None:
-        self._last = 0
-        self._blocks = [0] * _RING_BLOCKS
+        self.last = 0
+        """The highest counter seen."""
+        self.blocks = [0] * _RING_BLOCKS
+        """The ring of 64-bit blocks; bit ``c % 64`` of block ``c // 64 % 128`` is counter c."""
 
     def reset(self) -> None:
         """Forget every counter seen."""
-        self._last = 0
-        self._blocks = [0] * _RING_BLOCKS
+        self.last = 0
+        self.blocks = [0] * _RING_BLOCKS
 
     def check(self, counter: int, limit: int) -> bool:
         """Record ``counter``; True if it was new and inside the window, else False."""
         if counter >= limit:
             return False
-        blocks = self._blocks
+        blocks = self.blocks
         index = counter >> _BLOCK_BITS_LOG
-        last = self._last
+        last = self.last
         if counter > last:
             current = last >> _BLOCK_BITS_LOG
             diff = index - current
@@ -50,7 +56,7 @@ class ReplayWindow:
                 diff = _RING_BLOCKS
             for i in range(current + 1, current + diff + 1):
                 blocks[i & _BLOCK_MASK] = 0
-            self._last = counter
+            self.last = counter
         elif last - counter > WINDOW_SIZE:
             return False
         index &= _BLOCK_MASK

@@ -12,12 +12,14 @@ Its functions are methods of :class:`~tunnelmesh.proto.wireguard.WireGuard`, bou
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 
 from tunnelmesh.proto.events import EndpointChanged
+from tunnelmesh.proto.replay import _BIT_MASK, _BLOCK_BITS, _BLOCK_BITS_LOG, _BLOCK_MASK
 from tunnelmesh.proto.wgmessages import (
     KEEPALIVE_TIMEOUT,
     MESSAGE_COOKIE_REPLY,
@@ -36,6 +38,10 @@ if TYPE_CHECKING:
     from tunnelmesh.proto.wireguard import WireGuard
 
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
+_NONCE = struct.Struct("<4xQ")
+"""The AEAD nonce of a transport message: four zero bytes and its 64-bit counter."""
+_DATA_HEADER = struct.Struct("<IIQ")
+"""A transport message's type (with its three reserved bytes), receiver index and counter."""
 _PADS = [bytes(i) for i in range(16)]
 
 
@@ -241,7 +247,7 @@ def _data_received(
 
 def receive_batch(
     self: WireGuard,
-    datagrams: Iterable[bytes],
+    datagrams: Iterable[bytes | memoryview],
     addr: Address,
     now: float,
     per_peer: dict[Peer, list[bytes]],
@@ -253,60 +259,87 @@ def receive_batch(
     opened in a tight loop and its counters and timers are updated once at the end of the
     run. Anything else (handshakes, a keypair's first message, drops) takes the per-datagram
     path. Returns how many datagrams were fed.
+
+    A datagram may be a ``memoryview`` of the carrier's receive buffer (opened without a copy);
+    it is only read during this call.
     """
     keypairs = self._keypairs
     drops = self.drops
+    unpack = _DATA_HEADER.unpack_from
+    nonce_of = _NONCE.pack
     run_kp: Keypair | None = None
-    run_index = b""
+    run_index = -1
     run_bytes = run_count = run_data = 0
     run_out: list[bytes] = []
+    append = run_out.append
     count = 0
     for data in datagrams:
         count += 1
         n = len(data)
-        if n >= MESSAGE_DATA_MIN_SIZE and data[0] == MESSAGE_DATA and data[1:4] == b"\0\0\0":
-            index = data[4:8]
-            if run_kp is not None and index == run_index:
-                kp: Keypair | None = run_kp
-            else:
-                kp = keypairs.get(int.from_bytes(index, "little"))
-                if (
-                    kp is not None
-                    and now - kp.created < REJECT_AFTER_TIME
-                    and kp is not kp.peer.next
-                ):
-                    if run_kp is not None:
-                        self._end_run(
-                            run_kp, addr, now, run_bytes, run_count, run_data, run_out, per_peer
-                        )
-                    run_kp, run_index = kp, index
-                    run_bytes = run_count = run_data = 0
-                    run_out = []
+        if n >= MESSAGE_DATA_MIN_SIZE:
+            kind, index, counter = unpack(data)
+            if kind == MESSAGE_DATA:  # the type byte and three zero bytes
+                if index == run_index:
+                    kp: Keypair | None = run_kp
                 else:
-                    kp = None
-            if kp is not None:
-                ctr = data[8:16]
-                try:
-                    plain = kp.recv.decrypt(_NONCE_PREFIX + ctr, data[16:], None)
-                except InvalidTag:
-                    drops["bad_tag"] += 1
+                    kp = keypairs.get(index)
+                    if (
+                        kp is not None
+                        and now - kp.created < REJECT_AFTER_TIME
+                        and kp is not kp.peer.next
+                    ):
+                        if run_kp is not None:
+                            self._end_run(
+                                run_kp, addr, now, run_bytes, run_count, run_data, run_out,
+                                per_peer,
+                            )  # fmt: skip
+                        run_kp, run_index = kp, index
+                        run_bytes = run_count = run_data = 0
+                        run_out = []
+                        append = run_out.append
+                    else:
+                        kp = None
+                if kp is not None:
+                    try:
+                        plain = kp.recv.decrypt(nonce_of(counter), data[16:], None)
+                    except InvalidTag:
+                        drops["bad_tag"] += 1
+                        continue
+                    # the replay window (tunnelmesh.proto.replay): the next counter inside the
+                    # highest one's block is the common case, checked here; the rest by check()
+                    replay = kp.replay
+                    last = replay.last
+                    if last < counter < REJECT_AFTER_MESSAGES and (counter ^ last) < _BLOCK_BITS:
+                        replay.last = counter
+                        replay.blocks[(counter >> _BLOCK_BITS_LOG) & _BLOCK_MASK] |= 1 << (
+                            counter & _BIT_MASK
+                        )
+                    elif not replay.check(counter, REJECT_AFTER_MESSAGES):
+                        drops["replay"] += 1
+                        continue
+                    run_bytes += n
+                    run_count += 1
+                    if plain:
+                        run_data += 1
+                        # an IPv4 packet cut to its total length (_inner, inline); else _inner
+                        size = len(plain)
+                        if plain[0] >> 4 == 4 and size >= 20:
+                            total = plain[2] << 8 | plain[3]
+                            if 20 <= total <= size:
+                                append(plain if total == size else plain[:total])
+                            else:
+                                drops["bad_inner"] += 1
+                        else:
+                            inner = self._inner(kp.peer, plain)
+                            if inner is not None:
+                                append(inner[1])
                     continue
-                if not kp.replay.check(int.from_bytes(ctr, "little"), REJECT_AFTER_MESSAGES):
-                    drops["replay"] += 1
-                    continue
-                run_bytes += n
-                run_count += 1
-                if plain:
-                    run_data += 1
-                    inner = self._inner(kp.peer, plain)
-                    if inner is not None:
-                        run_out.append(inner[1])
-                continue
         # the per-datagram path, after the run so far (its effects come first)
         if run_kp is not None:
             self._end_run(run_kp, addr, now, run_bytes, run_count, run_data, run_out, per_peer)
             run_kp = None
-        result = self.receive_datagram(data, addr, now)
+            run_index = -1
+        result = self.receive_datagram(bytes(data), addr, now)
         if result is not None:
             per_peer.setdefault(result[0], []).append(result[1])
     if run_kp is not None:
