@@ -20,12 +20,10 @@ session (mount, file operations, unmount) runs as one script (:data:`SESSION`); 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +32,15 @@ import pytest
 pytest.importorskip("tunnelmesh_udp")
 pytest.importorskip("tunnelmesh_s3")
 
-from test_e2e_server_peer_lab import linked, poll
+from coordinator_peer import (
+    coordinator_joins,
+    mesh_lab,  # noqa: F401  (the fixture mesh)
+    run_script,
+    start_coordinator,
+    start_peers,
+    tm,
+)
 from tunnelmesh.node.demo import MeshLab
-from tunnelmesh.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
 
@@ -121,40 +125,11 @@ finally:
 """
 
 
-@pytest.fixture
-def mesh(lab: Lab, tmp_path: Path) -> Iterator[MeshLab]:
-    m = MeshLab(lab, tmp_path)
-    try:
-        yield m
-    finally:
-        m.close()
-
-
-def tm(mesh: MeshLab, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    peer = mesh.peers[name]
-    proc = peer.host.run(
-        [sys.executable, "-m", "tunnelmesh", *args],
-        check=False,
-        timeout=60,
-        env=mesh.env(peer.home),
-    )
-    assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
-    return proc
-
-
 def session(mesh: MeshLab, name: str, directory: Path, steps: list[dict[str, Any]]) -> list[Any]:
     """Run :data:`SESSION` in ``name``'s namespace; the steps' results, then the unmount's."""
-    peer = mesh.peers[name]
     directory.mkdir()
-    proc = peer.host.run(
-        [sys.executable, "-c", SESSION, json.dumps({"dir": str(directory), "steps": steps})],
-        check=False,
-        timeout=600,
-        env=mesh.env(peer.home),
-    )
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
-    results = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(results) == len(steps) + 1, proc.stdout
+    results = run_script(mesh, name, SESSION, {"dir": str(directory), "steps": steps}, timeout=600)
+    assert len(results) == len(steps) + 1, results
     end = results[-1]
     assert end["killed"] == [] and end["umount"]["rc"] == 0, end
     return results[:-1]
@@ -165,26 +140,9 @@ def test_rclone_mount_of_a_webdav_share_through_the_mesh(mesh: MeshLab, tmp_path
     for tool in ("rclone", "fusermount3"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
             pytest.skip(f"{tool} is not installed (Debian: rclone, fuse3)")
-    coord_sock = tmp_path / "coord-home" / "node.sock"
-    with mesh.server_config.open("a") as f:
-        f.write(
-            "s3:\n  enabled: true\n"
-            "join_mesh:\n"
-            "  name: coord\n"
-            f'  private_key: "{tmp_path / "coord-key"}"\n'
-            f'  control_socket: "{coord_sock}"\n'
-            "  tun:\n    name: tm0\n"
-            '  dns:\n    listen: "127.0.0.53:53"\n    system: "off"\n    forward: false\n'
-        )
-    for name in ("alice", "bob"):
-        mesh.add_peer(name)
-    coord = mesh.start_coordinator()
-    coord_ip = coord.wait_line(r"mesh peer coord: mesh IP (\S+) \(node up on tm0\)", 60).group(1)
-    for name in ("alice", "bob"):
-        mesh.start_peer(name)
-    for name in ("alice", "bob"):
-        poll(lambda n=name: linked(mesh.peers[n].control_socket, "coord"), 30, f"{name}->coord")
-        poll(lambda n=name: linked(coord_sock, n), 30, f"coord->{name}")
+    coord_sock = coordinator_joins(mesh, tmp_path, ("alice", "bob"))
+    coord_ip = start_coordinator(mesh)
+    start_peers(mesh, coord_sock, ("alice", "bob"))
     tm(mesh, "alice", "share", "create", "team", "--reader", "bob")
 
     big = tmp_path / "big.bin"

@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,18 @@ pytest.importorskip("tunnelmesh_udp")
 pytest.importorskip("tunnelmesh_s3")
 pytest.importorskip("boto3")
 
-from test_e2e_server_peer_lab import linked, poll
+from coordinator_peer import (
+    coordinator_joins,
+    exports,
+    mesh_lab,  # noqa: F401  (the fixture mesh)
+    run_script,
+    start_coordinator,
+    start_peers,
+    tm,
+    wait_linked,
+)
+from test_e2e_server_peer_lab import poll
 from tunnelmesh.node.demo import MeshLab
-from tunnelmesh.testing.lab import Lab
 
 pytestmark = [
     pytest.mark.lab,
@@ -46,6 +54,7 @@ pytestmark = [
 ]
 
 MiB = 1024 * 1024
+NFS_UP = r"nfs: serving shares on"
 OPS = Path(__file__).parents[1] / "tunnelmesh_s3" / "tests" / "libnfs_ops.py"
 
 # One peer's steps inside its namespace; argv[1]: {"steps": [...]}; one JSON line per step.
@@ -87,90 +96,19 @@ for s in args["steps"]:
 """
 
 
-@pytest.fixture
-def mesh(lab: Lab, tmp_path: Path) -> Iterator[MeshLab]:
-    m = MeshLab(lab, tmp_path)
-    try:
-        yield m
-    finally:
-        m.close()
-
-
-def tm(mesh: MeshLab, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    peer = mesh.peers[name]
-    proc = peer.host.run(
-        [sys.executable, "-m", "tunnelmesh", *args],
-        check=False,
-        timeout=60,
-        env=mesh.env(peer.home),
-    )
-    assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
-    return proc
-
-
 def session(
     mesh: MeshLab, name: str, steps: list[dict[str, Any]], env: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    peer = mesh.peers[name]
-    proc = peer.host.run(
-        [sys.executable, "-c", SESSION, json.dumps({"steps": steps})],
-        check=False,
-        timeout=900,
-        env={**mesh.env(peer.home), **(env or {})},
-    )
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
-    results = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(results) == len(steps), proc.stdout
+    results = run_script(mesh, name, SESSION, {"steps": steps}, timeout=900, env=env)
+    assert len(results) == len(steps), results
     return results
 
 
-def exports(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export ") :].partition("=")
-            out[key] = value.strip("'\"")
-    return out
-
-
-def start(mesh: MeshLab, coord_sock: Path, names: tuple[str, ...]) -> str:
-    """Start (or restart) the coordinator and wait for its NFS listener; its mesh IP."""
-    coord = mesh.start_coordinator()
-    ip = coord.wait_line(r"mesh peer coord: mesh IP (\S+) \(node up on tm0\)", 60).group(1)
-    coord.wait_line(r"nfs: serving shares on", 60)
-    wait_linked(mesh, coord_sock, names)
-    return ip
-
-
-def wait_linked(mesh: MeshLab, coord_sock: Path, names: tuple[str, ...]) -> None:
-    for name in names:
-        poll(lambda n=name: linked(coord_sock, n), 60, f"coord->{name}")
-        poll(lambda n=name: linked(mesh.peers[n].control_socket, "coord"), 60, f"{name}->coord")
-
-
 def test_nfs_shares_through_the_mesh(mesh: MeshLab, tmp_path: Path) -> None:
-    coord_sock = tmp_path / "coord-home" / "node.sock"
-    with mesh.server_config.open("a") as f:
-        f.write(
-            "s3:\n  enabled: true\n"
-            "join_mesh:\n"
-            "  name: coord\n"
-            f'  private_key: "{tmp_path / "coord-key"}"\n'
-            f'  control_socket: "{coord_sock}"\n'
-            "  tun:\n    name: tm0\n"
-            '  dns:\n    listen: "127.0.0.53:53"\n    system: "off"\n    forward: false\n'
-        )
     names = ("alice", "bob", "carol")
-    for name in names:
-        mesh.add_peer(name)
-    coord = mesh.start_coordinator()
-    ip = coord.wait_line(r"mesh peer coord: mesh IP (\S+) \(node up on tm0\)", 60).group(1)
-    coord.wait_line(r"nfs: serving shares on", 60)
-    for name in names:
-        mesh.start_peer(name)
-    for name in names:
-        poll(lambda n=name: linked(mesh.peers[n].control_socket, "coord"), 30, f"{name}->coord")
-        poll(lambda n=name: linked(coord_sock, n), 30, f"coord->{name}")
+    coord_sock = coordinator_joins(mesh, tmp_path, names)
+    ip = start_coordinator(mesh, NFS_UP)
+    start_peers(mesh, coord_sock, names)
     tm(mesh, "alice", "share", "create", "team", "--reader", "bob")
     info = json.loads(tm(mesh, "alice", "share", "info", "team", "--json").stdout)
     assert info["name"] == "team"
@@ -271,7 +209,8 @@ def test_nfs_shares_through_the_mesh(mesh: MeshLab, tmp_path: Path) -> None:
         if p.poll() is None:
             p.kill()
         p.wait(30)
-    start(mesh, coord_sock, names)
+    start_coordinator(mesh, NFS_UP)
+    wait_linked(mesh, coord_sock, names, 60)
     got_new, got_big = tmp_path / "got-new.bin", tmp_path / "got-big.bin"
     ls_crash, cp_new, cp_big = session(
         mesh,

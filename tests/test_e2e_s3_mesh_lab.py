@@ -15,10 +15,6 @@ coordinator's mesh IP is routed through ``tm0`` (nothing runs in the root namesp
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +24,16 @@ pytest.importorskip("tunnelmesh_udp")
 pytest.importorskip("tunnelmesh_s3")
 pytest.importorskip("boto3")
 
-from test_e2e_server_peer_lab import linked, poll
+from coordinator_peer import (
+    coordinator_joins,
+    exports,
+    mesh_lab,  # noqa: F401  (the fixture mesh)
+    run_script,
+    start_coordinator,
+    start_peers,
+    tm,
+)
 from tunnelmesh.node.demo import MeshLab
-from tunnelmesh.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
 
@@ -84,31 +87,6 @@ for step in args["steps"]:
 """
 
 
-@pytest.fixture
-def mesh(lab: Lab, tmp_path: Path) -> Iterator[MeshLab]:
-    m = MeshLab(lab, tmp_path)
-    try:
-        yield m
-    finally:
-        m.close()
-
-
-def tm(
-    mesh: MeshLab, name: str, *args: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """``tunnelmesh ARGS`` in peer ``name``'s namespace with its home (its mesh context)."""
-    peer = mesh.peers[name]
-    proc = peer.host.run(
-        [sys.executable, "-m", "tunnelmesh", *args],
-        check=False,
-        timeout=60,
-        env=mesh.env(peer.home),
-    )
-    if check:
-        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
-    return proc
-
-
 def client(
     mesh: MeshLab,
     name: str,
@@ -118,49 +96,16 @@ def client(
     env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run :data:`CLIENT` in peer ``name``'s namespace; one result per step."""
-    peer = mesh.peers[name]
-    proc = peer.host.run(
-        [sys.executable, "-c", CLIENT, json.dumps({"boto": boto, "steps": steps})],
-        check=False,
-        timeout=90,
-        env={**mesh.env(peer.home), **(env or {})},
-    )
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
-    results = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(results) == len(steps), proc.stdout
+    results = run_script(mesh, name, CLIENT, {"boto": boto, "steps": steps}, timeout=90, env=env)
+    assert len(results) == len(steps), results
     return results
 
 
-def exports(text: str) -> dict[str, str]:
-    """The ``export K=V`` lines of ``tunnelmesh s3 credentials``."""
-    return dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in text.splitlines()
-        if line.startswith("export ")
-    )
-
-
 def test_peers_use_s3_on_the_coordinators_mesh_ip(mesh: MeshLab, tmp_path: Path) -> None:
-    coord_sock = tmp_path / "coord-home" / "node.sock"
-    with mesh.server_config.open("a") as f:
-        f.write(
-            "s3:\n  enabled: true\n"
-            "join_mesh:\n"
-            "  name: coord\n"
-            f'  private_key: "{tmp_path / "coord-key"}"\n'
-            f'  control_socket: "{coord_sock}"\n'
-            "  tun:\n    name: tm0\n"
-            '  dns:\n    listen: "127.0.0.53:53"\n    system: "off"\n    forward: false\n'
-        )
+    coord_sock = coordinator_joins(mesh, tmp_path, ("alice", "bob"))
+    coord_ip = start_coordinator(mesh)
+    start_peers(mesh, coord_sock, ("alice", "bob"))
     for name in ("alice", "bob"):
-        mesh.add_peer(name)
-    coord = mesh.start_coordinator()
-    coord_ip = coord.wait_line(r"mesh peer coord: mesh IP (\S+) \(node up on tm0\)", 60).group(1)
-    for name in ("alice", "bob"):
-        mesh.start_peer(name)
-    for name in ("alice", "bob"):
-        poll(lambda n=name: linked(mesh.peers[n].control_socket, "coord"), 30, f"{name}->coord")
-        poll(lambda n=name: linked(coord_sock, n), 30, f"coord->{name}")
         # the coordinator's mesh IP is reached through the peer's TUN device, not the lab LAN
         route = mesh.peers[name].host.route_get(coord_ip)
         assert route is not None and " dev tm0 " in route, route
