@@ -160,6 +160,8 @@ def test_with_the_store_down_reads_answer_and_writes_get_503_with_retry_after(
             for method, path, body in (
                 ("POST", "/api/v1/groups", {"name": "ops"}),
                 ("POST", "/api/v1/token/rotate", {}),
+                ("POST", "/api/v1/filter/rules", {"port": 5432, "action": "deny"}),
+                ("PUT", "/api/v1/peers/alpha/transport", {"order": ["udp"]}),
             ):
                 status, answer, headers = await _call(api, alpha, method, path, body)
                 assert status == 503 and answer["error"] == "store_unavailable", answer

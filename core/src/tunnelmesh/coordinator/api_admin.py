@@ -29,7 +29,7 @@ from tunnelmesh.coordinator.apibase import (
     json_answer,
     read_body,
 )
-from tunnelmesh.coordinator.core import ApiFailure, Coordinator
+from tunnelmesh.coordinator.core import STORE_RETRY_AFTER, ApiFailure, Coordinator
 from tunnelmesh.coordinator.filterbook import FilterBookError
 from tunnelmesh.coordinator.store import PeerRecord
 from tunnelmesh.coordinator.transportbook import TransportBookError
@@ -39,7 +39,10 @@ __all__ = ["add_admin_routes"]
 
 
 def _failure(exc: FilterBookError | TransportBookError) -> ApiFailure:
-    return ApiFailure(exc.status, exc.error, exc.message)
+    # 503: the state store did not take the change; like every write refused for that, the
+    # answer says when to try again
+    retry = STORE_RETRY_AFTER if exc.status == 503 else 0.0
+    return ApiFailure(exc.status, exc.error, exc.message, retry)
 
 
 def _peer(coord: Coordinator, name: str) -> PeerRecord:
