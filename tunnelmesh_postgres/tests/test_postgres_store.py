@@ -138,6 +138,43 @@ def test_database_down_fails_fast_then_recovers_and_the_feed_says_resync(
     run(go())
 
 
+def test_writes_resume_once_the_database_answers_not_when_the_pools_back_off_ends(
+    postgres_cluster: PostgresCluster, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool retries a lost connection with exponential back-off (1, 2, 4 ... s: after a
+    long outage its next try can be minutes after the database is back). The store does not
+    wait for it: once its listening connection is back, writes go through a new pool. Here the
+    pool's retries are an hour apart."""
+    from psycopg_pool.base import AttemptWithBackoff
+
+    monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 3600.0)
+
+    async def go() -> None:
+        store = PostgresStore(postgres_dsn, connect_timeout=2.0)
+        await store.open()
+        try:
+            await store.put_meta("k", b"1")
+            postgres_cluster.stop()
+            for value in (b"2", b"3"):  # the pool's connections are found lost: retry later
+                with pytest.raises(StateStoreError):
+                    await store.put_meta("k", value)
+            postgres_cluster.start()
+            async with asyncio.timeout(20):  # the listening connection retries every 5 s
+                while True:
+                    try:
+                        await store.put_meta("k", b"4")
+                        break
+                    except StateStoreError:
+                        await asyncio.sleep(0.2)
+            assert await store.get_meta("k") == b"4"
+        finally:
+            if not postgres_cluster.running():
+                postgres_cluster.start()
+            await store.close()
+
+    run(go())
+
+
 def test_every_reader_that_starts_soon_after_open_sees_every_change(postgres_dsn: str) -> None:
     """The coordinator and a plugin start reading the feed in either order a moment after
     open: both get the changes committed since open, none is handed to one reader only."""

@@ -277,6 +277,28 @@ class PostgresStore:
                 tunnelmesh knows.
         """
         self._closed = False
+        self._pool = await self._open_pool()
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+        self._history = []
+        self._history_until = asyncio.get_running_loop().time() + STARTUP_HISTORY
+        self._subscribers = []
+        self._listening.clear()
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        # Changes committed after open() reach changes(): wait until LISTEN is in place.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.connect_timeout):
+                await self._listening.wait()
+
+    async def _open_pool(self) -> AsyncConnectionPool[Conn]:
+        """A new pool with its first connection.
+
+        Raises:
+            StateStoreError: the database does not answer within ``connect_timeout``.
+        """
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self._dsn,
             min_size=1,
@@ -292,21 +314,25 @@ class PostgresStore:
         except (PoolTimeout, psycopg.Error) as exc:
             await pool.close()
             raise StateStoreError(f"cannot reach PostgreSQL at {self.where}: {exc}") from None
-        self._pool = pool
+        return pool
+
+    async def _renew_pool(self) -> None:
+        """The database answers again after the listening connection was lost: writes go
+        through a new pool from now on. The old pool retries its lost connections with an
+        exponential back-off (1, 2, 4 ... s, for up to five minutes), so after a long outage
+        it would refuse writes for about as long again; its connections in use are closed as
+        they come back."""
         try:
-            await self._migrate()
-        except BaseException:
-            await self.close()
-            raise
-        self._history = []
-        self._history_until = asyncio.get_running_loop().time() + STARTUP_HISTORY
-        self._subscribers = []
-        self._listening.clear()
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
-        # Changes committed after open() reach changes(): wait until LISTEN is in place.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.connect_timeout):
-                await self._listening.wait()
+            pool = await self._open_pool()
+        except StateStoreError as exc:
+            log.warning("%s; the old connections keep retrying", exc)
+            return
+        if self._closed:
+            await pool.close()
+            return
+        old, self._pool = self._pool, pool
+        if old is not None:
+            await old.close()
 
     async def close(self) -> None:
         self._closed = True
@@ -359,19 +385,20 @@ class PostgresStore:
             StoreConflict: a uniqueness rule refused the write.
             StateStoreError: the database cannot be reached or failed.
         """
-        if self._pool is None:
-            raise StateStoreError("state store is not open")
         attempt = 0
         while True:
             attempt += 1
+            pool = self._pool  # (renewed after an outage: a connection goes back to its own)
+            if pool is None:
+                raise StateStoreError("state store is not open")
             wait = self.queue_timeout if self.reachable else self.connect_timeout
             try:
-                conn = await self._getconn(self._pool, wait)
+                conn = await self._getconn(pool, wait)
                 try:
                     async with conn.transaction():
                         return await fn(conn)
                 finally:
-                    await self._pool.putconn(conn)
+                    await pool.putconn(conn)
             except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
                 if attempt == RETRIES:
                     raise StateStoreError(
@@ -471,6 +498,7 @@ class PostgresStore:
                 self._listening.set()
                 if not first:
                     log.info("PostgreSQL at %s: listening for changes again", self.where)
+                    await self._renew_pool()
                     self._publish(StoreChange(kind="resync"))
                 first, backoff = False, 0.1
                 async for note in conn.notifies():
