@@ -201,3 +201,20 @@ async def _call(
         server_hostname=COORDINATOR_NAME,
     ) as resp:
         return resp.status, await resp.json(), dict(resp.headers)
+
+
+@pytest.mark.parametrize("interval", [0.5, 1.0, 2.0, 10.0, 60.0])
+def test_another_coordinators_peer_is_seen_before_it_could_time_out(
+    tmp_path: Path, interval: float
+) -> None:
+    """A peer attached to another coordinator is seen here through the store: its heartbeat
+    (up to 1.1 intervals apart, the client's jitter), that coordinator's flush, this one's
+    poll, a tick (0.25 s) each. That lag must stay under the three intervals that make a peer
+    offline, else every coordinator but its own shows it flapping (a 1 s interval with the
+    old fixed 2 s flush and 1 s poll: 4.6 s > 3 s)."""
+    from tunnelmesh.coordinator.core import Coordinator
+
+    coord = Coordinator(config(tmp_path, heartbeat_interval=interval))
+    worst = 1.1 * interval + coord.flush_interval + coord.liveness_poll + 2 * 0.25
+    assert worst < coord.liveness.timeout, (worst, coord.flush_interval, coord.liveness_poll)
+    assert coord.flush_interval <= 2.0 and coord.liveness_poll <= 1.0  # big meshes: as before

@@ -97,7 +97,8 @@ _CA_KEY = "mesh_ca"
 HEARTBEAT_BURST = 10.0
 RENDEZVOUS_BURST = 5.0
 LIVENESS_POLL = 1.0
-"""Seconds between reads of the heartbeats other coordinators stored (several coordinators)."""
+"""Seconds between reads of the heartbeats other coordinators stored (several coordinators;
+a quarter of the heartbeat interval when that is shorter)."""
 REGISTER_BURST, REGISTER_RATE = 10.0, 0.1
 """Registrations of one key: 10 at once, then one every 10 s (each is an fsync)."""
 
@@ -123,7 +124,7 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         pm: Any = None,
         coordinator_keys: set[str] | None = None,
-        flush_interval: float = 2.0,
+        flush_interval: float | None = None,
     ) -> None:
         self.config = config
         add_secret(config.auth_token)  # never logged (tunnelmesh.logs)
@@ -132,7 +133,13 @@ class Coordinator:
         self.clock = clock
         self.pm = pm
         self.coordinator_keys: set[str] = set(coordinator_keys or ())
-        self.flush_interval = flush_interval
+        # Another coordinator's peer is seen here a flush and a poll after its heartbeat; both
+        # stay at a quarter interval (at most 2 s and 1 s), so that lag plus the peer's own
+        # heartbeat gap stays under the three intervals that make it offline (a 1 s interval
+        # with a 2 s flush flapped online/offline at the other coordinators).
+        hb = float(config.heartbeat_interval)
+        self.flush_interval = min(2.0, hb / 4) if flush_interval is None else flush_interval
+        self.liveness_poll = min(LIVENESS_POLL, hb / 4)
         self.domain = config.domain
         self.alloc = IpAllocator(config.mesh_cidr)
         self.liveness = Liveness(interval=float(config.heartbeat_interval), misses=3)
@@ -333,7 +340,8 @@ class Coordinator:
                 await self.refresh_roster()
             if self._others():
                 await self._share()
-                if now - last_poll >= LIVENESS_POLL:
+                if now - last_poll >= self.liveness_poll:
+                    # (a second more than a flush: a loaded loop flushes late)
                     await self._poll_liveness(last_poll - self.flush_interval - LIVENESS_POLL)
                     last_poll = now
             if self._stale and now - last_reload >= 1.0:

@@ -209,8 +209,11 @@ async def _poll_liveness(self: Coordinator, since: float) -> None:
     self.followed["liveness_polls"] += 1
     for peer_id, last_seen in seen.items():
         rec = self.peers.get(peer_id)
-        if rec is not None and self._observe_last_seen(peer_id, last_seen):
-            rec.last_seen = max(rec.last_seen, last_seen)
+        if rec is None:
+            continue
+        changed = self._observe_last_seen(peer_id, last_seen)
+        rec.last_seen = max(rec.last_seen, last_seen)  # what GET /api/v1/peers says
+        if changed:
             self._announce(rec)
 
 
