@@ -252,8 +252,12 @@ class MeshLab:
             f"nameserver 127.0.0.53\nsearch {DOMAIN}\noptions timeout:1 attempts:2\n"
         )
 
-    def start_peer(self, name: str, timeout: float = 60.0) -> Peer:
-        """Run ``tunnelmesh join`` for a peer; wait until its node is up."""
+    def start_peer(self, name: str, timeout: float = 60.0, *, server: str = "") -> Peer:
+        """Run ``tunnelmesh join`` for a peer; wait until its node is up.
+
+        Args:
+            server: the coordinator URL to join through (default: the lab's coordinator).
+        """
         peer = self.peers[name]
         proc = peer.host.python(
             "-m",
@@ -262,7 +266,7 @@ class MeshLab:
             str(peer.home / "peer.yaml"),
             "join",
             "--server",
-            self.server_url,
+            server or self.server_url,
             "--name",
             name,
             env=self.env(peer.home),

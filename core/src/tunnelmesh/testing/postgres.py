@@ -17,6 +17,9 @@ PostgreSQL is not installed (``apt-get install postgresql``; ``scripts/system-de
     async def test_something(postgres_dsn):
         store = PostgresStore(postgres_dsn)
 
+A namespace lab whose coordinators run in their own network namespaces reaches the server
+through its unix socket (:meth:`PostgresCluster.socket_dsn_for`).
+
 A test that stops the database on purpose (``cluster.stop()``, later ``cluster.start()``) keeps
 its port and data, as a restarted server would.
 """
@@ -260,6 +263,19 @@ class PostgresCluster:
         return (
             f"host=127.0.0.1 port={self.port} dbname={dbname} user={SUPERUSER} "
             f"password={self.password} connect_timeout=5"
+        )
+
+    def socket_dsn_for(self, dbname: str) -> str:
+        """A libpq connection string for ``dbname`` over the server's unix socket.
+
+        A unix socket is a file, not an address: processes in other network namespaces of this
+        machine (the coordinators of a namespace lab) reach the server through it, while the
+        TCP port stays on the root namespace's loopback. Local connections are trusted (no
+        password); the socket's directory is readable by the server's user and root only.
+        """
+        return (
+            f"host={self.socket_dir} port={self.port} dbname={dbname} user={SUPERUSER} "
+            "connect_timeout=5"
         )
 
     @property
