@@ -329,12 +329,14 @@ class ObjectListing(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PartInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """One uploaded part of a multipart upload (``etag`` is the part's hex MD5)."""
+    """One uploaded part of a multipart upload (``etag`` is the part's hex MD5; ``checksums``
+    the part's checksums given by the writer, algorithm to base64 value)."""
 
     number: int
     size: int
     etag: str
     last_modified: float
+    checksums: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
 class UploadInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -347,6 +349,8 @@ class UploadInfo(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str = "application/octet-stream"
     metadata: Mapping[str, str] = msgspec.field(default_factory=dict)
     headers: Mapping[str, str] = msgspec.field(default_factory=dict)
+    checksum_algorithm: str = ""
+    """The checksum algorithm its parts carry (S3's ``x-amz-checksum-algorithm``), or ""."""
 
 
 class ObjectReader(abc.ABC):
@@ -587,8 +591,11 @@ class Storage(abc.ABC):
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        checksum_algorithm: str = "",
     ) -> UploadInfo:
         """Start a multipart upload. Raises NoSuchBucket, InvalidName.
+
+        ``checksum_algorithm`` is kept with the upload (:attr:`UploadInfo.checksum_algorithm`).
 
         The new upload's ID sorts (as a string) after the ID of every earlier upload of the
         store, so that ordering uploads by ID is ordering them by initiation time.
@@ -596,11 +603,19 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, body: AsyncIterable[bytes]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: AsyncIterable[bytes],
+        *,
+        checksums: Mapping[str, str] | None = None,
     ) -> PartInfo:
         """Store part ``number`` (1 to 10000), replacing an earlier part of that number.
 
-        Atomic and durable like :meth:`put_object`.
+        Atomic and durable like :meth:`put_object`. ``checksums`` (read once ``body`` is
+        exhausted) are kept with the part (:attr:`PartInfo.checksums`).
 
         Raises:
             NoSuchUpload; whatever ``body`` raises (then nothing is stored).
@@ -619,8 +634,12 @@ class Storage(abc.ABC):
         parts: Sequence[tuple[int, str]],
         *,
         precondition: Callable[[ObjectInfo | None], None] | None = None,
+        checksums: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         """Assemble the object from ``(number, etag)`` pairs, in ascending number order.
+
+        ``checksums`` become the object's (:attr:`ObjectInfo.checksums`; S3's composite
+        checksum of the parts' checksums).
 
         Parts not named are discarded. The object appears atomically. A number listed more than
         once (in a row) counts once, with the last ETag listed for it (as S3: a client that

@@ -636,6 +636,7 @@ class FilesystemStorage(Storage):
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        checksum_algorithm: str = "",
     ) -> UploadInfo:
         check_key(key)
         upload_id, initiated = self._new_upload_id()
@@ -647,6 +648,7 @@ class FilesystemStorage(Storage):
             content_type=content_type,
             metadata=dict(metadata or {}),
             headers=dict(headers or {}),
+            checksum_algorithm=checksum_algorithm,
         )
         await self._write(self._idx().create_upload, upload)
         return upload
@@ -662,7 +664,14 @@ class FilesystemStorage(Storage):
         return f"{ns:016x}{secrets.token_urlsafe(24)}", ns / 1e9
 
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, body: AsyncIterable[bytes]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: AsyncIterable[bytes],
+        *,
+        checksums: Mapping[str, str] | None = None,
     ) -> PartInfo:
         if not 1 <= number <= MAX_PARTS:
             raise StorageError(f"part number must be 1 to {MAX_PARTS}, got {number}")
@@ -670,7 +679,13 @@ class FilesystemStorage(Storage):
         index = self._idx()
         await self._db(index.get_upload, bucket, key, upload_id)
         blob, size, etag = await self._write_blob(body)
-        part = PartInfo(number=number, size=size, etag=etag, last_modified=time.time())
+        part = PartInfo(
+            number=number,
+            size=size,
+            etag=etag,
+            last_modified=time.time(),
+            checksums=dict(checksums or {}),
+        )
         freed = await self._commit_blobs(
             [blob], lambda: index.put_part(bucket, key, upload_id, part, blob)
         )
@@ -689,6 +704,7 @@ class FilesystemStorage(Storage):
         parts: Sequence[tuple[int, str]],
         *,
         precondition: Callable[[ObjectInfo | None], None] | None = None,
+        checksums: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         check_key(key)
         info, freed = await self._write(
@@ -699,6 +715,7 @@ class FilesystemStorage(Storage):
             list(parts),
             self.min_part_size,
             precondition,
+            dict(checksums or {}),
         )
         self._free(freed)
         return info

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS completed (
     object TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parts (
     upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL, size INTEGER NOT NULL,
-    etag TEXT NOT NULL, mtime REAL NOT NULL, PRIMARY KEY (upload_id, number)) WITHOUT ROWID;
+    etag TEXT NOT NULL, mtime REAL NOT NULL, checksums TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (upload_id, number)) WITHOUT ROWID;
 """
 
 _OBJECT_COLUMNS = "key, size, etag, mtime, content_type, meta, parts"
@@ -85,6 +86,13 @@ def _meta_json(metadata: Any, headers: Any, checksums: Any) -> str:
     )
 
 
+def _upload_meta(upload: UploadInfo) -> str:
+    meta: dict[str, Any] = {"m": dict(upload.metadata), "h": dict(upload.headers), "c": {}}
+    if upload.checksum_algorithm:
+        meta["a"] = upload.checksum_algorithm
+    return json.dumps(meta, separators=(",", ":"))
+
+
 def _object_info(row: Sequence[Any]) -> ObjectInfo:
     key, size, etag, mtime, content_type, meta, parts = row[:7]
     m = json.loads(meta)
@@ -112,6 +120,9 @@ class Index:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(objects)")}
         if "data" not in columns:  # a store made before objects could be inline
             self.db.execute("ALTER TABLE objects ADD COLUMN data BLOB")
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(parts)")}
+        if "checksums" not in columns:  # a store made before parts kept their checksums
+            self.db.execute("ALTER TABLE parts ADD COLUMN checksums TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         self.db.close()
@@ -395,7 +406,7 @@ class Index:
                     upload.key.encode("utf-8"),
                     upload.initiated,
                     upload.content_type,
-                    _meta_json(upload.metadata, upload.headers, {}),
+                    _upload_meta(upload),
                 ),
             )
 
@@ -415,6 +426,7 @@ class Index:
             content_type=row[1],
             metadata=meta["m"],
             headers=meta["h"],
+            checksum_algorithm=meta.get("a", ""),
         )
 
     def put_part(
@@ -427,18 +439,32 @@ class Index:
                 "SELECT blob FROM parts WHERE upload_id=? AND number=?", (upload_id, part.number)
             ).fetchone()
             db.execute(
-                "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?)",
-                (upload_id, part.number, blob, part.size, part.etag, part.last_modified),
+                "INSERT OR REPLACE INTO parts"
+                " (upload_id, number, blob, size, etag, mtime, checksums)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    upload_id,
+                    part.number,
+                    blob,
+                    part.size,
+                    part.etag,
+                    part.last_modified,
+                    json.dumps(dict(part.checksums)),
+                ),
             )
         return [] if old is None else [old[0]]
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[PartInfo]:
         self.get_upload(bucket, key, upload_id)
         rows = self.db.execute(
-            "SELECT number, size, etag, mtime FROM parts WHERE upload_id=? ORDER BY number",
+            "SELECT number, size, etag, mtime, checksums FROM parts WHERE upload_id=?"
+            " ORDER BY number",
             (upload_id,),
         )
-        return [PartInfo(number=n, size=s, etag=e, last_modified=m) for n, s, e, m in rows]
+        return [
+            PartInfo(number=n, size=s, etag=e, last_modified=m, checksums=json.loads(c))
+            for n, s, e, m, c in rows
+        ]
 
     def complete_upload(
         self,
@@ -448,6 +474,7 @@ class Index:
         wanted: Sequence[tuple[int, str]],
         min_part: int,
         precondition: Callable[[ObjectInfo | None], None] | None = None,
+        checksums: Mapping[str, str] | None = None,
     ) -> tuple[ObjectInfo, list[str]]:
         db = self.db
         with self._write():
@@ -507,6 +534,7 @@ class Index:
                 content_type=upload.content_type,
                 metadata=upload.metadata,
                 headers=upload.headers,
+                checksums=dict(checksums or {}),
                 parts=len(segments),
             )
             freed = [blob for blob, _, _ in have.values() if blob not in used]
@@ -527,7 +555,7 @@ class Index:
                     info.etag,
                     info.last_modified,
                     info.content_type,
-                    _meta_json(info.metadata, info.headers, {}),
+                    _meta_json(info.metadata, info.headers, info.checksums),
                     info.parts,
                     json.dumps(segments),
                     None,
@@ -564,6 +592,7 @@ class Index:
                     content_type=content_type,
                     metadata=m["m"],
                     headers=m["h"],
+                    checksum_algorithm=m.get("a", ""),
                 )
             )
         return out

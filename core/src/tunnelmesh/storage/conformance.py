@@ -372,6 +372,32 @@ async def check_conditional_complete(make: Factory) -> None:
         assert await read_all(st, "bk1", "k") == b"two"
 
 
+async def check_multipart_checksums(make: Factory) -> None:
+    """An upload keeps its checksum algorithm, each part its checksums, and the completed
+    object the checksums given at completion (also when completed again)."""
+    async with make() as st:
+        await st.create_bucket("bk1")
+        up = await st.create_multipart_upload("bk1", "k", checksum_algorithm="sha256")
+        assert up.checksum_algorithm == "sha256"
+        (listed,) = await st.list_multipart_uploads("bk1")
+        assert listed.checksum_algorithm == "sha256"
+        part = await st.upload_part(
+            "bk1", "k", up.upload_id, 1, body(b"p"), checksums={"sha256": "c1"}
+        )
+        assert dict(part.checksums) == {"sha256": "c1"}
+        (got,) = await st.list_parts("bk1", "k", up.upload_id)
+        assert dict(got.checksums) == {"sha256": "c1"}
+        done = await st.complete_multipart_upload(
+            "bk1", "k", up.upload_id, [(1, part.etag)], checksums={"sha256": "all-1"}
+        )
+        assert dict(done.checksums) == {"sha256": "all-1"}
+        assert dict((await st.head_object("bk1", "k")).checksums) == {"sha256": "all-1"}
+        again = await st.complete_multipart_upload("bk1", "k", up.upload_id, [(1, part.etag)])
+        assert dict(again.checksums) == {"sha256": "all-1"}
+        plain = await st.create_multipart_upload("bk1", "p")
+        assert plain.checksum_algorithm == ""
+
+
 CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (
     check_buckets,
     check_objects,
@@ -385,4 +411,5 @@ CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (
     check_reopen,
     check_conditional_put,
     check_conditional_complete,
+    check_multipart_checksums,
 )
