@@ -687,3 +687,75 @@ def test_crc32c_checksum_is_verified_stored_and_returned_with_checksum_mode(s3: 
     hasher = CHECKSUM_ALGORITHMS["crc32c"]()
     hasher.update(b"123456789")
     assert hasher.digest().hex() == "e3069283"
+
+
+def test_multipart_upload_with_a_checksum_algorithm_gets_s3s_composite_checksum(s3: Any) -> None:
+    """CreateMultipartUpload(ChecksumAlgorithm=SHA256): each part keeps its SHA-256 (ListParts
+    shows it), and the object's checksum is the SHA-256 of the parts' digests, ``-<count>``,
+    returned by CompleteMultipartUpload (also when retried) and by HEAD with ChecksumMode; a
+    wrong checksum for the whole, or a part without its checksum, is BadDigest and completes
+    nothing."""
+    key = "mp-sha256"
+    created = s3.create_multipart_upload(Bucket="compat", Key=key, ChecksumAlgorithm="SHA256")
+    assert created["ChecksumAlgorithm"] == "SHA256"
+    uid = created["UploadId"]
+    datas = [b"A" * (5 * MiB), b"B" * 100]
+    digests = [hashlib.sha256(d).digest() for d in datas]
+    parts = []
+    for n, (data, digest) in enumerate(zip(datas, digests, strict=True), 1):
+        b64 = base64.b64encode(digest).decode()
+        got = s3.upload_part(
+            Bucket="compat", Key=key, UploadId=uid, PartNumber=n, Body=data, ChecksumSHA256=b64
+        )
+        parts.append({"PartNumber": n, "ETag": got["ETag"], "ChecksumSHA256": b64})
+    listed = s3.list_parts(Bucket="compat", Key=key, UploadId=uid)["Parts"]
+    assert [p["ChecksumSHA256"] for p in listed] == [p["ChecksumSHA256"] for p in parts]
+    composite = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode() + "-2"
+    with pytest.raises(ClientError) as err:
+        s3.complete_multipart_upload(
+            Bucket="compat",
+            Key=key,
+            UploadId=uid,
+            MultipartUpload={"Parts": parts},
+            ChecksumSHA256="bad",
+        )
+    assert code(err) == "BadDigest"
+    done = s3.complete_multipart_upload(
+        Bucket="compat",
+        Key=key,
+        UploadId=uid,
+        MultipartUpload={"Parts": parts},
+        ChecksumSHA256=composite,
+    )
+    assert done["ChecksumSHA256"] == composite
+    again = s3.complete_multipart_upload(
+        Bucket="compat", Key=key, UploadId=uid, MultipartUpload={"Parts": parts}
+    )
+    assert again["ChecksumSHA256"] == composite and again["ETag"] == done["ETag"]
+    assert "ChecksumSHA256" not in s3.head_object(Bucket="compat", Key=key)
+    head = s3.head_object(Bucket="compat", Key=key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == composite
+    # a part uploaded without the upload's checksum cannot complete it
+    uid = s3.create_multipart_upload(Bucket="compat", Key="mp-nosum", ChecksumAlgorithm="SHA256")[
+        "UploadId"
+    ]
+    etag = s3.upload_part(
+        Bucket="compat",
+        Key="mp-nosum",
+        UploadId=uid,
+        PartNumber=1,
+        Body=b"x",
+        ChecksumAlgorithm="CRC32",
+    )["ETag"]
+    with pytest.raises(ClientError) as err:
+        s3.complete_multipart_upload(
+            Bucket="compat",
+            Key="mp-nosum",
+            UploadId=uid,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+        )
+    assert code(err) == "BadDigest"
+    with pytest.raises(ClientError) as err:
+        s3.head_object(Bucket="compat", Key="mp-nosum")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert len(s3.list_parts(Bucket="compat", Key="mp-nosum", UploadId=uid)["Parts"]) == 1

@@ -108,7 +108,16 @@ class Body:
         size: payload bytes seen so far.
     """
 
-    def __init__(self, request: web.Request, verified: sigv4.Verified, *, max_size: int) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        verified: sigv4.Verified,
+        *,
+        max_size: int,
+        own_checksums: bool = True,
+    ) -> None:
+        """``own_checksums``: whether the request's ``x-amz-checksum-*`` headers are this
+        body's (not in CompleteMultipartUpload, where they are the object's)."""
         self.request = request
         self.verified = verified
         self.max_size = max_size
@@ -131,7 +140,7 @@ class Body:
             if len(self._expected_md5) != 16:
                 raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.")
             self._md5 = hashlib.md5(usedforsecurity=False)
-        self._declared = declared_checksums(headers)
+        self._declared = declared_checksums(headers) if own_checksums else {}
         trailer = headers.get("x-amz-trailer", "").strip().lower()
         if trailer:
             alg = trailer.removeprefix("x-amz-checksum-")

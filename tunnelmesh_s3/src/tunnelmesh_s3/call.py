@@ -60,16 +60,17 @@ class Call:
             ) from None
         raise S3Error("AccessDenied", "Access Denied")
 
-    async def document(self, limit: int = MAX_DOCUMENT) -> bytes:
+    async def document(self, limit: int = MAX_DOCUMENT, *, own_checksums: bool = True) -> bytes:
         """The request's body (an XML document), verified as an object's body is: against its
         signed ``x-amz-content-sha256`` (or aws-chunked signatures), ``Content-MD5`` and
         ``x-amz-checksum-*``. A body declared or found longer than ``limit`` is refused before
-        it is read (EntityTooLarge).
+        it is read (EntityTooLarge). ``own_checksums`` False: the ``x-amz-checksum-*``
+        headers are not the document's (CompleteMultipartUpload's are the object's).
 
         Raises:
             S3Error: the body does not match what was signed or declared, or is too long.
         """
-        body = Body(self.request, self.verified, max_size=limit)
+        body = Body(self.request, self.verified, max_size=limit, own_checksums=own_checksums)
         return b"".join([piece async for piece in body])
 
 

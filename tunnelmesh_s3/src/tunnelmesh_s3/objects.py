@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import logging
 import re
@@ -651,14 +652,18 @@ async def delete_object_tagging(call: Call) -> web.Response:
 async def create_upload(call: Call) -> web.Response:
     await call.need("write")
     headers = call.request.headers
+    algorithm = headers.get("x-amz-checksum-algorithm", "").lower()
+    if algorithm and algorithm not in CHECKSUM_ALGORITHMS:
+        raise S3Error("InvalidRequest", f"Checksum algorithm {algorithm.upper()} is not supported")
     upload = await call.storage.create_multipart_upload(
         call.bucket,
         call.key,
         content_type=headers.get("Content-Type", DEFAULT_TYPE),
         metadata=user_metadata(headers),
         headers=stored_headers(headers),
+        checksum_algorithm=algorithm,
     )
-    return xml(
+    response = xml(
         document(
             "InitiateMultipartUploadResult",
             element("Bucket", call.bucket),
@@ -666,6 +671,9 @@ async def create_upload(call: Call) -> web.Response:
             element("UploadId", upload.upload_id),
         )
     )
+    if algorithm:
+        response.headers["x-amz-checksum-algorithm"] = algorithm.upper()
+    return response
 
 
 async def upload_part(call: Call) -> web.Response:
@@ -673,7 +681,7 @@ async def upload_part(call: Call) -> web.Response:
     number = _part_number(call)
     body = _body(call)
     part = await call.storage.upload_part(
-        call.bucket, call.key, call.params["uploadId"], number, body
+        call.bucket, call.key, call.params["uploadId"], number, body, checksums=body.checksums
     )
     return web.Response(headers={"ETag": f'"{part.etag}"', **_checksum_headers(body.checksums)})
 
@@ -750,6 +758,9 @@ async def list_parts(call: Call) -> web.Response:
         + element("LastModified", iso8601(p.last_modified))
         + element("ETag", f'"{p.etag}"')
         + element("Size", p.size)
+        + "".join(
+            element(f"Checksum{alg.upper()}", value) for alg, value in sorted(p.checksums.items())
+        )
         + "</Part>"
         for p in parts
     ]
@@ -761,20 +772,72 @@ async def complete_upload(call: Call) -> web.Response:
     condition checked atomically with the completion (refused: the upload stays). A repeated
     completion returns the completed object, whatever its conditions say now."""
     await call.need("write")
-    parts = parse_complete(await call.document())
+    listed = parse_complete(await call.document(own_checksums=False))
+    upload_id = call.params["uploadId"]
     info = await call.storage.complete_multipart_upload(
-        call.bucket, call.key, call.params["uploadId"], parts, precondition=_put_condition(call)
+        call.bucket,
+        call.key,
+        upload_id,
+        [(number, etag) for number, etag, _ in listed],
+        precondition=_put_condition(call),
+        checksums=await _composite_checksum(call, upload_id, listed),
     )
     host = call.request.headers.get("Host", "")
-    return xml(
+    checksums = [
+        element(f"Checksum{alg.upper()}", value) for alg, value in sorted(info.checksums.items())
+    ]
+    response = xml(
         document(
             "CompleteMultipartUploadResult",
             element("Location", f"http://{host}/{call.bucket}/{call.key}"),
             element("Bucket", call.bucket),
             element("Key", call.key),
             element("ETag", f'"{info.etag}"'),
+            *checksums,
         )
     )
+    response.headers.update(_checksum_headers(info.checksums))
+    return response
+
+
+async def _composite_checksum(
+    call: Call, upload_id: str, listed: Sequence[tuple[int, str, Mapping[str, str]]]
+) -> dict[str, str]:
+    """S3's checksum of a multipart object whose upload named a checksum algorithm: that
+    algorithm over the parts' own checksums, then ``-<part count>``. Every part listed must have
+    been uploaded with its checksum, and a checksum listed with a part or sent for the whole
+    (``x-amz-checksum-<alg>``) must match (BadDigest otherwise). {} for other uploads."""
+    upload = next(
+        (
+            u
+            for u in await call.storage.list_multipart_uploads(call.bucket, prefix=call.key)
+            if u.upload_id == upload_id and u.key == call.key
+        ),
+        None,
+    )
+    if upload is None or not upload.checksum_algorithm:
+        return {}  # a completed upload's retry, or no algorithm: the backend decides
+    alg = upload.checksum_algorithm
+    stored = {p.number: p for p in await call.storage.list_parts(call.bucket, call.key, upload_id)}
+    wanted = {number: (etag, checksums) for number, etag, checksums in listed}  # last wins
+    hasher = CHECKSUM_ALGORITHMS[alg]()
+    for number in sorted(wanted):
+        part = stored.get(number)
+        value = part.checksums.get(alg) if part is not None else None
+        given = wanted[number][1].get(alg)
+        if part is not None and (value is None or (given is not None and given != value)):
+            raise S3Error(
+                "BadDigest", f"The {alg.upper()} of part {number} is missing or does not match."
+            )
+        if value is not None:
+            hasher.update(base64.b64decode(value))
+    composite = f"{base64.b64encode(hasher.digest()).decode()}-{len(wanted)}"
+    declared = call.request.headers.get(f"x-amz-checksum-{alg}")
+    if declared is not None and declared.strip() != composite:
+        raise S3Error(
+            "BadDigest", f"The {alg.upper()} you specified did not match the calculated checksum."
+        )
+    return {alg: composite}
 
 
 async def abort_upload(call: Call) -> web.Response:

@@ -90,8 +90,9 @@ def parse_delete(body: bytes) -> tuple[list[str], bool]:
     return keys, (_text(root, "Quiet") or "").strip().lower() == "true"
 
 
-def parse_complete(body: bytes) -> list[tuple[int, str]]:
-    """A CompleteMultipartUpload request: [(part number, etag)] in document order."""
+def parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
+    """A CompleteMultipartUpload request: [(part number, etag, checksums)] in document order;
+    checksums map an algorithm (``sha256``) to the part's ``Checksum<ALG>`` value."""
     root = _parse(body)
     if _local(root.tag) != "CompleteMultipartUpload":
         raise S3Error("MalformedXML", "expected a <CompleteMultipartUpload> document")
@@ -100,8 +101,13 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
         number, etag = _text(part, "PartNumber"), _text(part, "ETag")
         if number is None or etag is None:
             raise S3Error("MalformedXML", "every <Part> needs <PartNumber> and <ETag>")
+        checksums = {
+            _local(child.tag)[len("Checksum") :].lower(): (child.text or "").strip()
+            for child in part
+            if _local(child.tag).startswith("Checksum")
+        }
         try:
-            parts.append((int(number), etag.strip().strip('"')))
+            parts.append((int(number), etag.strip().strip('"'), checksums))
         except ValueError:
             raise S3Error("MalformedXML", f"bad PartNumber {number!r}") from None
     return parts
