@@ -136,3 +136,51 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path, f'auth_token: "{TOKEN}"\n', "tunnelmesh-server.yaml")
     assert load_server_config().auth_token == TOKEN
     assert find_config(["server.yaml", "tunnelmesh-server.yaml"]) == Path("tunnelmesh-server.yaml")
+
+
+def test_the_old_udp_port_key_is_read_as_listen_port_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer.yaml (or a server.yaml's join_mesh) from before the rename keeps its port."""
+    peer = write(tmp_path, "name: alpha\ntransports:\n  udp_port: 4001\n", "peer.yaml")
+    server = write(
+        tmp_path,
+        f'auth_token: "{TOKEN}"\njoin_mesh:\n  name: hub\n  transports:\n    udp_port: 4002\n',
+        "server.yaml",
+    )
+    with caplog.at_level("WARNING", logger="tunnelmesh.config"):
+        assert load_config(peer, PeerConfig).transports.listen_port == 4001
+        join_mesh = load_config(server, ServerConfig).join_mesh
+    assert join_mesh is not None and join_mesh.transports.listen_port == 4002
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"{peer}: transports.udp_port is deprecated: it is now transports.listen_port (same "
+        "meaning); rename the key",
+        f"{server}: join_mesh.transports.udp_port is deprecated: it is now "
+        "join_mesh.transports.listen_port (same meaning); rename the key",
+    ]
+    # the new key alone: no warning
+    caplog.clear()
+    new = write(tmp_path, "name: alpha\ntransports:\n  listen_port: 4003\n")
+    with caplog.at_level("WARNING", logger="tunnelmesh.config"):
+        assert load_config(new, PeerConfig).transports.listen_port == 4003
+    assert caplog.records == []
+
+
+def test_the_old_and_the_new_port_key_together_are_refused(tmp_path: Path) -> None:
+    p = write(tmp_path, "transports:\n  udp_port: 4001\n  listen_port: 4002\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, PeerConfig)
+    assert str(info.value) == (
+        f"{p}: transports.udp_port: the old name of transports.listen_port, which is set too; "
+        "keep only transports.listen_port"
+    )
+    bad = write(tmp_path, "transports:\n  listen_port: 70000\n")
+    with pytest.raises(ConfigError, match=r"listen_port must be 0\.\.65535"):
+        load_config(bad, PeerConfig)
+
+
+def test_transport_order_names_no_transport_by_default() -> None:
+    """Core's schema names no plugin: an empty order is every installed transport by its own
+    preference (test_node_transports_built checks the node's order)."""
+    assert PeerConfig().transports.order == []

@@ -96,3 +96,47 @@ def test_a_transport_with_stun_is_a_stun_prober() -> None:
     """What the node asks after a network change (it used to probe with getattr)."""
     assert isinstance(Prober(), StunProber)
     assert not isinstance(Custom("x"), StunProber)
+
+
+def _ordered(order: list[str], *classes: type[Transport], tmp_path: Path) -> list[str]:
+    ctx = Context(name="t", server="https://127.0.0.1:1", peer_name="a", mesh_ip="10.42.0.1")
+    config = PeerConfig(name="a")
+    config.transports.order = order
+    node = Node(
+        config,
+        context=ctx,
+        store=ContextStore(tmp_path),
+        identity=Identity.generate(),
+        client=SimpleNamespace(),  # type: ignore[arg-type]
+    )
+    registry = Registry()
+    for cls in classes:
+        registry.add_transport(cls)
+    return [t.name for t in node._build_transports(registry)]
+
+
+def _named(name: str, preference: int | None = None) -> type[Transport]:
+    body: dict[str, object] = {"name": name}
+    if preference is not None:
+        body["preference"] = preference
+    return type(name.title(), (Default,), body)
+
+
+def test_the_default_order_is_each_transports_own_preference(tmp_path: Path) -> None:
+    """No ``transports.order``: lower preference first, then by name; the base class says 100.
+    A configured order comes first and the transports it leaves out follow by preference."""
+    classes = (
+        _named("zeta"),
+        _named("relay", 30),
+        _named("alpha"),
+        _named("udp", 10),
+        _named("ssh", 20),
+    )
+    assert _ordered([], *classes, tmp_path=tmp_path) == ["udp", "ssh", "relay", "alpha", "zeta"]
+    assert _ordered(["zeta", "relay", "quic"], *classes, tmp_path=tmp_path) == [
+        "zeta",
+        "relay",
+        "udp",
+        "ssh",
+        "alpha",
+    ]

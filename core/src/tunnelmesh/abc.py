@@ -170,6 +170,13 @@ class Transport(abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[TransportCapabilities] = TransportCapabilities()
+    preference: ClassVar[int] = 100
+    """Where the transport comes in a node's default order (``transports.order`` empty or
+    leaving it out): lower first, equal ones by name. The UDP transport says 10, SSH 20, the
+    relay 30.
+
+    .. versionadded:: 0.1
+    """
 
     @classmethod
     def from_node(cls, node: TransportHost) -> Transport:

@@ -13,6 +13,7 @@ Search order when no ``-c`` is given:
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound=msgspec.Struct)
+
+log = logging.getLogger(__name__)
 
 SERVER_CONFIG_NAMES = ("server.yaml", "tunnelmesh-server.yaml")
 PEER_CONFIG_NAMES = ("~/.tunnelmesh/config.yaml", "tunnelmesh.yaml", "peer.yaml")
@@ -160,11 +163,26 @@ class FilterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class TransportConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Transport negotiation: the order to try, globally and per peer."""
+    """``transports:``: the order to try transports in, globally and per peer, and the port.
 
-    order: list[str] = msgspec.field(default_factory=lambda: ["udp", "ssh", "relay"])
+    Attributes:
+        order: transport names, most preferred first. Installed transports it leaves out come
+            after it in their own order (``Transport.preference``); empty (the default): every
+            installed transport in that order.
+        per_peer: an order per peer name.
+        listen_port: the port the node's transports listen on (the UDP transport's WireGuard
+            socket, the SSH transport's TCP listener) and its published endpoints carry; its
+            STUN-reflexive address is asked from it. Was ``udp_port`` (still read, with a
+            warning).
+    """
+
+    order: list[str] = msgspec.field(default_factory=list)
     per_peer: dict[str, list[str]] = msgspec.field(default_factory=dict)
-    udp_port: int = 2223
+    listen_port: int = 2223
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.listen_port < 65536:
+            raise ValueError(f"listen_port must be 0..65535, got {self.listen_port}")
 
 
 class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -423,6 +441,40 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+RENAMED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("transports", "udp_port"): ("transports", "listen_port"),
+}
+"""Keys of a peer's settings that were renamed (old path to new path): a file that still uses
+the old one is read as if it said the new one, with one warning naming both."""
+
+
+def _renamed(data: Any, path: Path, prefix: str = "") -> None:
+    """Move the :data:`RENAMED_KEYS` of one peer's settings (``data``) to their new place."""
+    for old, new in RENAMED_KEYS.items():
+        parent = data
+        for part in old[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old[-1] not in parent:
+            continue
+        target = data
+        for part in new[:-1]:
+            target = target.setdefault(part, {}) if isinstance(target, dict) else None
+        old_key, new_key = prefix + ".".join(old), prefix + ".".join(new)
+        if not isinstance(target, dict) or new[-1] in target:
+            raise ConfigError(
+                f"the old name of {new_key}, which is set too; keep only {new_key}",
+                path=str(path),
+                key=old_key,
+            )
+        target[new[-1]] = parent.pop(old[-1])
+        log.warning(
+            "%s: %s is deprecated: it is now %s (same meaning); rename the key",
+            path,
+            old_key,
+            new_key,
+        )
+
+
 def load_config(
     path: str | os.PathLike[str],
     kind: type[S],
@@ -437,6 +489,10 @@ def load_config(
     data = _read_yaml(p)
     decoded_sections: dict[str, Any] = {}
     is_server = kind is ServerConfig
+    if is_server:
+        _renamed(data.get("join_mesh"), p, "join_mesh.")
+    else:
+        _renamed(data, p)
     for name, section in (sections or {}).items():
         if not (section.server if is_server else section.peer):
             continue

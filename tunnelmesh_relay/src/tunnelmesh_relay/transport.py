@@ -82,6 +82,7 @@ class RelayTransport(Transport):
     capabilities: ClassVar[TransportCapabilities] = TransportCapabilities(
         incoming=True, nat_punch=False, reliable=False, ordered=False, max_mtu=1420
     )
+    preference: ClassVar[int] = 30  # after the direct ones: through the coordinator
 
     def __init__(
         self,

@@ -232,6 +232,7 @@ class SshTransport(Transport):
     capabilities: ClassVar[TransportCapabilities] = TransportCapabilities(
         incoming=True, nat_punch=False, reliable=True, ordered=True, max_mtu=MAX_PACKET
     )
+    preference: ClassVar[int] = 20  # after UDP: direct, where UDP is blocked
 
     def __init__(
         self,

@@ -50,6 +50,7 @@ class UdpTransport(Transport):
     capabilities = TransportCapabilities(
         incoming=True, nat_punch=True, reliable=False, ordered=False, max_mtu=1420
     )
+    preference = 10  # first by default: direct, and WireGuard on the wire
 
     def __init__(
         self,
@@ -74,7 +75,7 @@ class UdpTransport(Transport):
 
     @classmethod
     def from_node(cls, node: TransportHost) -> UdpTransport:
-        """Build from a running node: its key, ``0.0.0.0:<udp_port>``, MTU, 25 s keepalives."""
+        """Build from a running node: its key, ``0.0.0.0:<transports.listen_port>``, MTU, 25 s keepalives."""
         return cls(
             node.x25519_private_key,
             listen=node.listen_address,

@@ -151,12 +151,14 @@ dns:
   # how the system resolver is pointed at this one: auto, resolved, resolv.conf or off
   system: auto
 
-# transports in order of preference, globally and per peer; udp_port is the UDP
-# (WireGuard) port, and the SSH transport listens on the same number over TCP
+# transports in order of preference, globally and per peer (installed transports the order
+# leaves out come after it; order: [] means all of them in their own order, udp ssh relay);
+# listen_port is the port the transports listen on and the endpoints carry: the UDP transport
+# (WireGuard) binds it over UDP, the SSH transport over TCP (was udp_port)
 transports:
   order: [udp, ssh, relay]
   per_peer: {{}}
-  udp_port: 2223
+  listen_port: 2223
 
 # the packet filter (see docs/filter.md)
 filter:

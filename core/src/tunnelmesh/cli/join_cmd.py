@@ -321,7 +321,10 @@ def join(
                 await _run_node(ctx, cfg, result, store, duration, stop)
                 return
             client = daemon.client_for(
-                result.context, store, udp_port=cfg.transports.udp_port, identity=result.identity
+                result.context,
+                store,
+                listen_port=cfg.transports.listen_port,
+                identity=result.identity,
             )
             client.registration = reg
             click.echo("running; Ctrl-C to stop", err=True)

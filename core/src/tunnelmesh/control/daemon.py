@@ -80,9 +80,9 @@ async def stun_query(
         transport.close()
 
 
-def local_endpoints(udp_port: int) -> list[str]:
-    """``ip:udp_port`` for every non-loopback IPv4 interface address."""
-    return [f"{a}:{udp_port}" for a in local_addresses() if not a.startswith("127.")]
+def local_endpoints(listen_port: int) -> list[str]:
+    """``ip:listen_port`` for every non-loopback IPv4 interface address."""
+    return [f"{a}:{listen_port}" for a in local_addresses() if not a.startswith("127.")]
 
 
 @dataclass
@@ -192,7 +192,7 @@ async def join(
 
 
 def client_for(
-    ctx: Context, store: ContextStore, *, udp_port: int = 0, identity: Identity | None = None
+    ctx: Context, store: ContextStore, *, listen_port: int = 0, identity: Identity | None = None
 ) -> ControlClient:
     """A :class:`ControlClient` for a stored context (its session, CA and key).
 
@@ -210,9 +210,9 @@ def client_for(
     host = urlsplit(ctx.server).hostname or ""
 
     async def endpoints() -> list[str]:
-        eps = local_endpoints(udp_port) if udp_port else []
-        if ctx.stun_port and udp_port and not reflexive:
-            mapped = await stun_query(host, ctx.stun_port, local_port=udp_port, attempts=1)
+        eps = local_endpoints(listen_port) if listen_port else []
+        if ctx.stun_port and listen_port and not reflexive:
+            mapped = await stun_query(host, ctx.stun_port, local_port=listen_port, attempts=1)
             if mapped is not None:
                 reflexive.append(f"{mapped[0]}:{mapped[1]}")
         return eps + [e for e in reflexive if e not in eps]

@@ -9,11 +9,12 @@ What ``tunnelmesh join`` runs after registering::
 
 Start-up order, and why:
 
-1. the STUN-reflexive address is asked from the UDP port *before* a transport binds it (the
-   mapping a NAT shows for that port is what peers will use);
+1. the STUN-reflexive address is asked from the listen port (``transports.listen_port``)
+   *before* a transport binds it (the mapping a NAT shows for that port is what peers will use);
 2. every transport registered by a plugin (``tunnelmesh_register_transports``) is built and
    listens: ``cls.from_node(node)`` when the class has it, else the WireGuard-style constructor
-   ``cls(x25519_private_key, listen="0.0.0.0:<udp_port>", mtu=<mtu>)``;
+   ``cls(x25519_private_key, listen="0.0.0.0:<listen_port>", mtu=<mtu>)``, in
+   ``transports.order`` and then by each class's ``preference``;
 3. the TUN device gets ``<mesh_ip>/<mesh prefix>``, so the whole mesh CIDR is routed into it;
 4. the packet filter (:class:`~tunnelmesh.filter.FilterService`, with the ``filter.*``
    commands and ``node.status`` on the control socket), then the forwarder with the filter's
@@ -37,7 +38,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,7 +74,7 @@ from tunnelmesh.node.endpoints import local_endpoints
 from tunnelmesh.node.peers import PeerSync
 from tunnelmesh.node.transportctl import TransportControl
 
-__all__ = ["Node", "NodeError", "can_create_tun"]
+__all__ = ["Node", "NodeError", "can_create_tun", "transport_order"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,17 @@ def can_create_tun() -> str | None:
     except (OSError, StopIteration, ValueError):
         pass
     return "creating the TUN device needs root (or CAP_NET_ADMIN): run it with sudo"
+
+
+def transport_order(configured: Sequence[str], classes: Mapping[str, type[Transport]]) -> list[str]:
+    """The order a node builds (and prefers) its transports in: the installed ones that
+    ``configured`` (``transports.order``) names, in its order, then the others by their own
+    :attr:`~tunnelmesh.abc.Transport.preference` (lower first), equal ones by name."""
+    names = [n for n in configured if n in classes]
+    names += sorted(
+        (n for n in classes if n not in names), key=lambda n: (classes[n].preference, n)
+    )
+    return names
 
 
 class Node:
@@ -170,13 +182,14 @@ class Node:
         return self.identity.x25519_private()
 
     @property
-    def udp_port(self) -> int:
-        return self.config.transports.udp_port
+    def listen_port(self) -> int:
+        """The port the transports listen on and the endpoints carry (``transports.listen_port``)."""
+        return self.config.transports.listen_port
 
     @property
     def listen_address(self) -> str:
-        """Where datagram transports bind: ``0.0.0.0:<transports.udp_port>``."""
-        return f"0.0.0.0:{self.udp_port}"
+        """Where the transports listen: ``0.0.0.0:<transports.listen_port>``."""
+        return f"0.0.0.0:{self.listen_port}"
 
     def _make_client(self) -> ControlClient:
         ctx = self.context
@@ -222,7 +235,7 @@ class Node:
         """
         if not self.transports:
             return []
-        eps = local_endpoints(self.udp_port, exclude=[self.mesh_cidr])
+        eps = local_endpoints(self.listen_port, exclude=[self.mesh_cidr])
         if self.reflexive and sorted(eps) != self._stun_locals:
             log.info("local addresses changed; no longer publishing %s", self.reflexive)
             self.reflexive = []
@@ -330,9 +343,8 @@ class Node:
         return self.pm.build_registry()
 
     def _build_transports(self, registry: Any) -> list[Transport]:
-        order = list(self.config.transports.order)
-        names = [n for n in order if n in registry.transports]
-        names += sorted(n for n in registry.transports if n not in names)
+        classes: dict[str, type[Transport]] = registry.transports
+        names = transport_order(self.config.transports.order, classes)
         out: list[Transport] = []
         host: TransportHost = self  # mypy: the node is what from_node may read
         for name in names:
@@ -360,7 +372,7 @@ class Node:
 
     async def _stun_server(self) -> tuple[str, int] | None:
         host = urlsplit(self.context.server).hostname or ""
-        if not (self.context.stun_port and host and self.udp_port):
+        if not (self.context.stun_port and host and self.listen_port):
             return None
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
@@ -369,14 +381,15 @@ class Node:
             return None
 
     async def _stun(self) -> None:
-        """Learn the reflexive address of the UDP port (before any transport binds it)."""
+        """Learn the reflexive address of the listen port, over UDP (before any transport binds
+        it)."""
         from tunnelmesh.control.daemon import stun_query
 
         server = await self._stun_server()
         if server is None:
             return
-        locals_before = sorted(local_endpoints(self.udp_port, exclude=[self.mesh_cidr]))
-        mapped = await stun_query(server[0], server[1], local_port=self.udp_port)
+        locals_before = sorted(local_endpoints(self.listen_port, exclude=[self.mesh_cidr]))
+        mapped = await stun_query(server[0], server[1], local_port=self.listen_port)
         if mapped is not None:
             self.reflexive = [f"{mapped[0]}:{mapped[1]}"]
             self._stun_locals = locals_before
@@ -384,7 +397,7 @@ class Node:
     async def _network_changed(self) -> None:
         """Netlink saw the underlay change (debounced): re-learn the endpoints, tell the
         coordinator, re-check every path."""
-        eps = local_endpoints(self.udp_port, exclude=[self.mesh_cidr])
+        eps = local_endpoints(self.listen_port, exclude=[self.mesh_cidr])
         self.network_changes += 1
         self.notify(f"network changed: local endpoints {', '.join(eps) or '-'}")
         self.endpoints()  # drops a reflexive address learnt on the old network
@@ -503,7 +516,7 @@ class Node:
         names = ", ".join(t.name for t in self.transports)
         self.notify(
             f"node up: {self.config.tun.name} {tun_addr}; transports: {names or 'none'} "
-            f"(port {self.udp_port}); endpoints: {', '.join(self.endpoints()) or '-'}"
+            f"(port {self.listen_port}); endpoints: {', '.join(self.endpoints()) or '-'}"
         )
         if self.pm is not None:
             view: ConcentratorHost = self  # mypy: the node is what the hooks may use
