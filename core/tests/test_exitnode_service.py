@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 from tunnelmesh.config import PeerConfig
+from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import PeerInfo
 from tunnelmesh.control.peertable import PeerChanged, PeerTable
 from tunnelmesh.errors import TunnelmeshError
@@ -99,7 +100,8 @@ class FakeNode:
         self.config = PeerConfig(name="c", control_socket=str(tmp / "c.sock"), **cfg)
         self.name = "c"
         self.mesh_cidr = MESH
-        self.context = SimpleNamespace(server="https://192.0.2.1:8443")
+        self.context = Context(name="c", server="https://192.0.2.1:8443")
+        self.store = ContextStore(tmp / "home")  # where a pinned exit key is saved
         self.routes = RoutingTable()
         self.forwarder = SimpleNamespace(stats=defaultdict(int), filters=[])
         self.sync = SimpleNamespace(peers={})

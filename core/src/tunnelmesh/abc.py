@@ -24,12 +24,15 @@ if TYPE_CHECKING:
 
     from tunnelmesh.config import PeerConfig, ServerConfig
     from tunnelmesh.control.client import ControlClient
-    from tunnelmesh.control.contexts import Context
+    from tunnelmesh.control.contexts import Context, ContextStore
     from tunnelmesh.coordinator.ca import MeshCa
     from tunnelmesh.coordinator.clients import ClientBook
     from tunnelmesh.coordinator.store import PeerRecord, StateStore
     from tunnelmesh.identity import Identity
+    from tunnelmesh.mesh.forwarder import Forwarder
+    from tunnelmesh.mesh.routing import RoutingTable
     from tunnelmesh.node.clients import ClientRoutes
+    from tunnelmesh.node.peers import PeerSync
 
 __all__ = [
     "BucketInfo",
@@ -37,6 +40,7 @@ __all__ = [
     "ConcentratorView",
     "CoordinatorView",
     "DnsBackend",
+    "ExitHost",
     "Link",
     "LocalFiles",
     "NodeView",
@@ -906,3 +910,33 @@ class StunProber(Protocol):
         Raises:
             TransportError: the transport is not listening.
         """
+
+
+class ExitHost(TransportHost, Protocol):
+    """What the node's exit service (:class:`tunnelmesh.node.exit.ExitService`) uses of it.
+
+    :class:`tunnelmesh.node.node.Node` satisfies it (mypy checks that where the service starts).
+    """
+
+    @property
+    def mesh_cidr(self) -> str:
+        """The mesh's address range."""
+
+    @property
+    def routes(self) -> RoutingTable:
+        """The routing table (the exit's default route is one of its entries)."""
+
+    @property
+    def forwarder(self) -> Forwarder | None:
+        """The forwarder (the exit guard joins its filters), None before start."""
+
+    @property
+    def sync(self) -> PeerSync | None:
+        """The peers as the node follows them, None before start."""
+
+    @property
+    def store(self) -> ContextStore:
+        """Where :attr:`context` is saved (an exit's pinned key is kept there)."""
+
+    def notify(self, line: str) -> None:
+        """Report a human-readable progress line (``tunnelmesh join`` prints it)."""

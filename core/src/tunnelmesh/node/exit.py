@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from tunnelmesh.abc import PacketFilter
+from tunnelmesh.abc import ExitHost, PacketFilter
+from tunnelmesh.control.messages import PeerInfo
 from tunnelmesh.errors import TunnelmeshError
 from tunnelmesh.exitnode import ExitGateway, ExitNodeError, ExitRoutes, Runner, run_command
 from tunnelmesh.mesh.routing import PeerRoute
@@ -168,7 +169,8 @@ class ExitService:
     """Exit and exit-client behaviour of a node; see the module docstring.
 
     Args:
-        node: the node (its config, routes, forwarder, peer sync, control client, notify).
+        node: the node (its config, routes, forwarder, peer sync, control client, context and
+            its store, notify), as :class:`tunnelmesh.abc.ExitHost`.
         run: command runner for ``ip``/``nft`` (tests).
         proc_sys: the ``/proc/sys`` directory (tests).
         state_dir: where the exit keeps the previous ``ip_forward`` (default: next to the
@@ -179,7 +181,7 @@ class ExitService:
 
     def __init__(
         self,
-        node: Any,
+        node: ExitHost,
         *,
         run: Runner = run_command,
         proc_sys: str = "/proc/sys",
@@ -194,10 +196,10 @@ class ExitService:
             raise TunnelmeshError(f"exit_node {self.exit_name!r} is this node itself")
         self.by_id = bool(PEER_ID.fullmatch(self.exit_name))
         """``exit_node`` was given as a peer ID: the exit is that key, whatever its name."""
-        pins = getattr(node.context, "exit_pins", None) or {}
+        pins = node.context.exit_pins
         self.pin_id: str | None = self.exit_name if self.by_id else pins.get(self.exit_name)
         """The exit's peer ID: given, or pinned the first time the name was resolved."""
-        self.impostor: Any = None
+        self.impostor: PeerInfo | None = None
         """A peer that has the exit's name but not its pinned key (refused)."""
         self._route_name = ""
         self.mesh_cidr = str(ipaddress.ip_network(node.mesh_cidr, strict=False))
@@ -337,7 +339,7 @@ class ExitService:
 
     # --- the exit side: allowed clients -------------------------------------------------------
 
-    def _known_peers(self) -> list[Any]:
+    def _known_peers(self) -> list[PeerInfo]:
         sync = self.node.sync
         if sync is not None and sync.peers:
             return list(sync.peers.values())
@@ -372,7 +374,7 @@ class ExitService:
 
     # --- the client side ---------------------------------------------------------------------
 
-    def _peer_named(self, name: str) -> Any:
+    def _peer_named(self, name: str) -> PeerInfo | None:
         sync = self.node.sync
         if name == "this":  # the coordinator's own peer (join_mesh:), as this.tm names it
             peers = sync.peers.values() if sync is not None else ()
@@ -385,32 +387,28 @@ class ExitService:
             return sync.peers[name]
         return self.node.client.table.by_name(name)
 
-    def _peer_with_id(self, peer_id: str) -> Any:
+    def _peer_with_id(self, peer_id: str) -> PeerInfo | None:
         sync = self.node.sync
         for p in sync.peers.values() if sync is not None else ():
             if p.peer_id == peer_id:
                 return p
         return self.node.client.table.peers.get(peer_id)
 
-    def _pin(self, peer: Any) -> None:
+    def _pin(self, peer: PeerInfo) -> None:
         """Remember the exit's key for its name (in the context: a restart keeps it)."""
         self.pin_id = peer.peer_id
         ctx = self.node.context
-        pins = getattr(ctx, "exit_pins", None)
-        if isinstance(pins, dict):
-            pins[self.exit_name] = peer.peer_id
-            store = getattr(self.node, "store", None)
-            if store is not None:
-                try:
-                    store.put(ctx, activate=False)
-                except (TunnelmeshError, OSError) as exc:
-                    log.warning("cannot save the exit node's key in the context: %s", exc)
+        ctx.exit_pins[self.exit_name] = peer.peer_id
+        try:
+            self.node.store.put(ctx, activate=False)
+        except (TunnelmeshError, OSError) as exc:
+            log.warning("cannot save the exit node's key in the context: %s", exc)
         self.node.notify(
             f"exit node {self.exit_name!r} pinned to its key (peer ID {peer.peer_id}): another "
             "key under that name will be refused"
         )
 
-    def _exit_peer(self) -> Any:
+    def _exit_peer(self) -> PeerInfo | None:
         """The exit (the pinned key, whatever its name now), or None. Pins a name at its first
         resolution; notes a peer that holds the name with another key in :attr:`impostor`."""
         named = None if self.by_id else self._peer_named(self.exit_name)
@@ -486,6 +484,7 @@ class ExitService:
         name = self.exit_name
         if peer is None or not peer.allow_exit_traffic:
             state = "missing" if peer is None else "refused"
+            other = self.impostor.peer_id if self.impostor is not None else ""
             if peer is None and self.impostor is not None:
                 state = "wrong_key"
             if self.routes.applied:
@@ -495,7 +494,6 @@ class ExitService:
             if state != self.state:
                 self.state = state
                 if state == "wrong_key":
-                    other = self.impostor.peer_id
                     self.node.notify(
                         f"error: exit node {name!r} now has another key (peer ID {other}); "
                         f"this client pinned {self.pin_id} when it first used that name, so a "
