@@ -218,3 +218,35 @@ def test_another_coordinators_peer_is_seen_before_it_could_time_out(
     worst = 1.1 * interval + coord.flush_interval + coord.liveness_poll + 2 * 0.25
     assert worst < coord.liveness.timeout, (worst, coord.flush_interval, coord.liveness_poll)
     assert coord.flush_interval <= 2.0 and coord.liveness_poll <= 1.0  # big meshes: as before
+
+
+def test_while_the_store_cannot_be_read_no_peer_goes_offline_then_the_rule_resumes(
+    tmp_path: Path,
+) -> None:
+    """B learns of alpha's heartbeats (sent to A) only through the store. While B cannot read
+    it, alpha stays online at B (calling it offline would push half the mesh to every peer
+    as offline, and back when the database answers); once B reads again, alpha, which stopped
+    meanwhile, goes offline there."""
+
+    async def main() -> None:
+        cfg_a, cfg_b = _two(tmp_path, interval=0.5)  # offline after 1.5 s without heartbeat
+        async with CoordinatorServer(cfg_a) as a:
+            alpha = await client(a, "alpha")
+            task = asyncio.create_task(alpha.run())
+            pid = alpha.identity.peer_id
+            b = CoordinatorServer(cfg_b)  # (SQLite has no change feed: B loads alpha at start)
+            await b.start()
+            await a.coordinator.refresh_roster()
+            await until(lambda: b.coordinator.liveness.is_online(pid), 10.0)
+            await b.coordinator.store.close()  # B's database does not answer; A's does
+            end = time.monotonic() + 3.0  # twice the offline timeout
+            while time.monotonic() < end:
+                assert b.coordinator.liveness.is_online(pid)
+                await asyncio.sleep(0.05)
+            await alpha.aclose()
+            await task
+            await b.coordinator.store.open()
+            await until(lambda: not b.coordinator.liveness.is_online(pid), 10.0)
+            await b.stop()
+
+    run(main())

@@ -202,6 +202,7 @@ class Coordinator:
         self._own_peer_known = asyncio.Event()
         self.public_url = config.public_url.rstrip("/")
         self._roster: dict[str, float] = {}
+        self._liveness_held_until = 0.0  # no one called offline before (sharing)
         self._roster_pushed: list[str] = []
         self._to_share: set[str] = set()  # peers whose pushed fields changed here (see _share)
         self._stale = False  # a change of another coordinator could not be read: reload
@@ -318,7 +319,8 @@ class Coordinator:
         while True:
             await asyncio.sleep(0.25)
             now = self.clock()
-            for ev in self.liveness.poll(now):
+            events = self.liveness.poll(now) if self._judging_liveness(now) else []
+            for ev in events:
                 rec = self.peers.get(ev.peer_id)
                 if rec is not None:
                     log.info(
@@ -526,6 +528,7 @@ class Coordinator:
     _seen_as = sharing._seen_as
     _observe_last_seen = sharing._observe_last_seen
     _poll_liveness = sharing._poll_liveness
+    _judging_liveness = sharing._judging_liveness
     _share = sharing._share
     _knows = sharing._knows
     _reload_meta = sharing._reload_meta

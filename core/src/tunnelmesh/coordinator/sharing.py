@@ -9,6 +9,7 @@ the changes made here written for the others to push. See docs/scale.md.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -205,8 +206,11 @@ async def _poll_liveness(self: Coordinator, since: float) -> None:
         seen = await self.store.load_liveness(since)
     except StateStoreError as exc:
         log.debug("cannot read the peers' liveness: %s", exc)
+        self._liveness_held_until = math.inf  # see _judging_liveness
         return
     self.followed["liveness_polls"] += 1
+    if self._liveness_held_until == math.inf:
+        self._liveness_held_until = self.clock() + self.liveness.timeout
     for peer_id, last_seen in seen.items():
         rec = self.peers.get(peer_id)
         if rec is None:
@@ -215,6 +219,18 @@ async def _poll_liveness(self: Coordinator, since: float) -> None:
         rec.last_seen = max(rec.last_seen, last_seen)  # what GET /api/v1/peers says
         if changed:
             self._announce(rec)
+
+
+def _judging_liveness(self: Coordinator, now: float) -> bool:
+    """Whether peers may be called offline now (``Liveness.poll``).
+
+    With other coordinators a peer's heartbeats may go to any of them and reach this one only
+    through the store. While the store cannot be read, and for one liveness timeout after it
+    can again (the others flush what they kept meanwhile), nobody is called offline: else
+    every peer of the others would be pushed to every peer here as offline, and again as
+    online when the database answers. A peer that sent no heartbeat anywhere meanwhile goes
+    offline after that."""
+    return not self._others() or now >= self._liveness_held_until
 
 
 async def _share(self: Coordinator) -> None:
