@@ -383,6 +383,9 @@ def test_database_down_reads_answer_writes_503_mesh_unaffected_then_nothing_lost
         assert all(p.status()["coordinator_reachable"] for p in s.mesh.peers.values())
         assert "during" not in _groups(s, "b")
         outage = time.monotonic() - stopped
+        # Heartbeats are shared through the database: without it no coordinator knows that
+        # the others' peers are gone, and none calls them offline (pushing that to its peers).
+        assert outage > 3.0 and not _offline(s, "abc")
     finally:
         s.cluster.start()
     # Back: writes resume (the pool reconnects), a write through A is seen through C.
@@ -405,15 +408,11 @@ def test_database_down_reads_answer_writes_503_mesh_unaffected_then_nothing_lost
         groups = _groups(s, letter)
         assert {"before", "after"} <= groups and "during" not in groups, (letter, groups)
         assert {n: p["mesh_ip"] for n, p in _peers(s, letter).items()} == ips
-    # Heartbeats are shared through the database: while it was away each coordinator saw only
-    # its own peers' and let the others' time out. Once every coordinator writes and reads
-    # again, all agree that everyone is online.
-    agreed = _wait(lambda: not _offline(s, "abc"), 15, "every peer online at every coordinator")
+    assert not _offline(s, "abc")
     print(
         f"PostgreSQL down for {outage:.1f} s: reads answered, writes 503, mesh unaffected; "
         f"writes resumed {resumed:.1f} s after it was started again, the first one seen "
-        f"through B and C {seen:.1f} s after it was made, every peer online everywhere {agreed:.1f} s "
-        "later"
+        f"through B and C {seen:.1f} s after it was made"
     )
 
 
