@@ -527,3 +527,37 @@ def test_a_restart_keeps_clients_ips_and_names(tmp_path: Path) -> None:
             await again.aclose()
 
     run(main())
+
+
+def test_with_the_store_down_changes_get_503_with_retry_after(tmp_path: Path) -> None:
+    """Adding, disabling and removing a client while the database does not answer: 503
+    store_unavailable with Retry-After, as every write then, without the store's own words;
+    nothing changed."""
+
+    async def main() -> None:
+        async with mesh(tmp_path) as m:
+            await m.add("phone")
+            await m.coord.store.close()  # the database is gone
+            auth = {"Authorization": f"Bearer {m.admin.session_token}"}
+            for method, path, body in (
+                ("POST", PATH, {"name": "tablet", "public_key": generate_keypair()[1]}),
+                ("POST", f"{PATH}/phone/disable", None),
+                ("DELETE", f"{PATH}/phone", None),
+            ):
+                async with m.stranger.request(
+                    method,
+                    m.server.url + path,
+                    json=body,
+                    headers=auth,
+                    server_hostname=COORDINATOR_NAME,
+                ) as resp:
+                    answer = await resp.json()
+                    assert resp.status == 503 and answer["error"] == "store_unavailable", answer
+                    assert resp.headers.get("Retry-After") == "5"
+                    assert "not open" not in answer["message"]  # the store's words are logged
+            phone = m.coord.clients.by_name("phone")
+            assert phone is not None and phone.enabled
+            assert m.coord.clients.by_name("tablet") is None
+            await m.coord.store.open()
+
+    run(main())

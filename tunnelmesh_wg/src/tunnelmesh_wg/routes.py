@@ -264,7 +264,7 @@ async def add_client(request: web.Request) -> web.Response:
     except ClientRefused as f:
         if f.status < 500:
             raise _refuse(coord, f.error, f.message, f.status) from None
-        raise ApiFailure(f.status, f.error, f.message) from None
+        raise ApiFailure(f.status, f.error, f.message, f.retry_after) from None
     added = ClientAdded(
         client=coord.clients.info(rec),
         concentrator=Concentrator(
@@ -287,7 +287,7 @@ async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
     try:
         changed = await coord.clients.set_enabled(rec, enabled)
     except ClientRefused as f:
-        raise ApiFailure(f.status, f.error, f.message) from None
+        raise ApiFailure(f.status, f.error, f.message, f.retry_after) from None
     now = coord.clients.by_name(rec.name) or rec
     return _json({**_view(coord, now), "changed": changed})
 
@@ -309,7 +309,7 @@ async def remove_client(request: web.Request) -> web.Response:
     try:
         await coord.clients.remove(rec)
     except ClientRefused as f:
-        raise ApiFailure(f.status, f.error, f.message) from None
+        raise ApiFailure(f.status, f.error, f.message, f.retry_after) from None
     return _json({"status": "ok", "removed": rec.name, "client_id": rec.client_id})
 
 

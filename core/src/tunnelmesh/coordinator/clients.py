@@ -33,6 +33,7 @@ import msgspec
 
 from tunnelmesh.control.messages import ClientInfo, Clients, ClientStatus, encode
 from tunnelmesh.coordinator.alloc import AllocationError, check_name
+from tunnelmesh.coordinator.failures import STORE_RETRY_AFTER
 from tunnelmesh.coordinator.store import ClientRecord, StoreConflict
 from tunnelmesh.errors import CoordinatorError, StateStoreError
 from tunnelmesh.logs import add_secret
@@ -65,6 +66,7 @@ class ClientRefused(CoordinatorError):
     status: int
     error: str
     message: str
+    retry_after: float = 0.0  # seconds (Retry-After); set when the state store refused
 
     def __str__(self) -> str:
         return f"{self.status} {self.error}: {self.message}"
@@ -76,6 +78,20 @@ _SEALED = "sealed:"
 
 def _failure(status: int, error: str, message: str) -> ClientRefused:
     return ClientRefused(status, error, message)
+
+
+def _store_refused(exc: StateStoreError, what: str) -> ClientRefused:
+    """A change the state store did not take: 503 with Retry-After, as every write refused
+    for that. The store's own words are logged, not sent (they may name the operator's
+    hosts)."""
+    log.error("%s not saved: %s", what, exc)
+    return ClientRefused(
+        503,
+        "store_unavailable",
+        "the coordinator cannot save state now (its database does not answer); "
+        "retry the change later",
+        STORE_RETRY_AFTER,
+    )
 
 
 class ClientBook:
@@ -336,12 +352,9 @@ class ClientBook:
                     await store.release_name(name)
                     raise _failure(507, "mesh_full", str(exc)) from None
             except StateStoreError as exc:
-                log.error("client %s not saved: %s", name, exc)
                 with contextlib.suppress(StateStoreError):  # the name it may have reserved
                     await store.release_name(name)
-                raise _failure(
-                    503, "store_unavailable", "the coordinator cannot save state"
-                ) from None
+                raise _store_refused(exc, f"client {name}") from None
             rec = ClientRecord(
                 client_id=cid,
                 name=name,
@@ -365,13 +378,10 @@ class ClientBook:
                     await store.release_name(name)
                 raise _failure(409, "conflict", str(exc)) from None
             except StateStoreError as exc:
-                log.error("client %s not saved: %s", name, exc)
                 with contextlib.suppress(StateStoreError):  # else kept until removed by hand
                     await store.release_address(cid)
                     await store.release_name(name)
-                raise _failure(
-                    503, "store_unavailable", "the coordinator cannot save state"
-                ) from None
+                raise _store_refused(exc, f"client {name}") from None
             coord.alloc.mark_used(mesh_ip)
             coord.note_name(name, cid)
             self._index(rec)
@@ -401,7 +411,7 @@ class ClientBook:
             try:
                 await coord.store.put_client(self._stored(changed))
             except StateStoreError as exc:
-                raise _failure(503, "store_unavailable", str(exc)) from None
+                raise _store_refused(exc, f"client {rec.name}") from None
             self._index(changed)
             log.info(
                 "%s client %s (%s)", "enabled" if enabled else "disabled", rec.name, rec.client_id
@@ -422,7 +432,7 @@ class ClientBook:
             try:
                 await coord.store.delete_client(rec.client_id)
             except StateStoreError as exc:
-                raise _failure(503, "store_unavailable", str(exc)) from None
+                raise _store_refused(exc, f"removal of client {rec.name}") from None
             self._unindex(rec)
             coord.forget_name(rec.name, rec.client_id)
             if coord.alloc.contains(rec.mesh_ip):
