@@ -26,6 +26,18 @@ Start-up order, and why:
 
 Heartbeats publish the node's endpoints (local addresses and the reflexive one) and, per peer,
 the transport in use and traffic counters.
+
+Where the code lives, by what it does (each module's functions take the node as ``self`` and
+are bound in the class body, so they are found on :class:`Node` as before):
+
+* this module -- :class:`Node`: its pieces, start and stop, the transports, forwarder and
+  control socket (``node.status``, ``node.set_order``, the filter's commands);
+* :mod:`tunnelmesh.node.report` -- what it reports: the heartbeats' status, ``node.status``;
+* :mod:`tunnelmesh.node.underlay` -- the network under the mesh: STUN, network changes;
+* :mod:`tunnelmesh.node.services` -- the resolver, the mesh's WireGuard clients, the
+  coordinator's filter rules it follows.
+
+Every part logs as ``tunnelmesh.node.node``, the logger this module always had.
 """
 
 from __future__ import annotations
@@ -36,39 +48,29 @@ import functools
 import ipaddress
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-
-import msgspec
 
 from tunnelmesh.abc import (
     ConcentratorHost,
     ConcentratorView,
     Link,
     PacketFilter,
-    StunProber,
     Transport,
     TransportHost,
 )
 from tunnelmesh.aio.stopping import bounded_step, finish
-from tunnelmesh.aio.wgsession import WireGuardLink
 from tunnelmesh.config import PeerConfig
-from tunnelmesh.control.client import ControlClient, PeerStatus
+from tunnelmesh.control.client import ControlClient
 from tunnelmesh.control.contexts import Context, ContextStore
-from tunnelmesh.control.messages import (
-    ClientStatus,
-    ConcentratorStatus,
-    Counters,
-    RegisterResponse,
-)
+from tunnelmesh.control.messages import RegisterResponse
 from tunnelmesh.errors import TunnelmeshError
 from tunnelmesh.identity import Identity
 from tunnelmesh.mesh.forwarder import Forwarder
 from tunnelmesh.mesh.routing import RoutingTable
+from tunnelmesh.node import report, services, underlay
 from tunnelmesh.node.clients import ClientRoutes
 from tunnelmesh.node.endpoints import local_endpoints
 from tunnelmesh.node.peers import PeerSync
@@ -241,98 +243,6 @@ class Node:
             self.reflexive = []
         return eps + [e for e in self.reflexive if e not in eps]
 
-    def status(self) -> PeerStatus:
-        """Per-peer transports and this node's traffic counters, for the heartbeats."""
-        st = self.forwarder.stats if self.forwarder is not None else {}
-        sync = self.sync
-        transports = dict(sync.link_transport) if sync is not None else {}
-        rtt = sync.rtt_ms() if sync is not None else {}
-        reasons = sync.reasons() if sync is not None else {}
-        dropped = sum(v for k, v in st.items() if k.startswith("dropped"))
-        rx_bytes = tx_bytes = 0
-        for t in self.transports:
-            for rx, tx in t.traffic().values():
-                rx_bytes += rx
-                tx_bytes += tx
-        return PeerStatus(
-            transports=transports,
-            rtt_ms=rtt,
-            reasons=reasons,
-            counters=Counters(
-                bytes_sent=tx_bytes,
-                bytes_received=rx_bytes,
-                packets_sent=st.get("tx_packets", 0),
-                packets_received=st.get("rx_packets", 0),
-                dropped=dropped,
-            ),
-            allow_exit_traffic=self.config.allow_exit_traffic,
-            aliases=list(self.config.dns.aliases),
-            transport_order=list(sync.transport_order) if sync is not None else [],
-            location=self.config.location,
-            concentrator=self._concentrator_status(),
-        )
-
-    def _concentrator_status(self) -> ConcentratorStatus | None:
-        conc = self.concentrator
-        if conc is None:
-            return None
-        return ConcentratorStatus(
-            endpoint=conc.endpoint,
-            clients={cid: msgspec.convert(st, ClientStatus) for cid, st in conc.status().items()},
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """The ``node.status`` control command: this node, its transports and its peers."""
-        peers = []
-        traffic: dict[str, tuple[int, int]] = {}
-        for t in self.transports:
-            traffic.update(t.traffic())
-        for name, route in sorted(self.routes.peers.items()):
-            info = self.sync.peers.get(name) if self.sync is not None else None
-            paths = self.sync.paths.get(name) if self.sync is not None else None
-            wg_peer = route.link.wg_peer if isinstance(route.link, WireGuardLink) else None
-            endpoint = wg_peer.endpoint if wg_peer is not None else None
-            last = wg_peer.last_handshake if wg_peer is not None else None
-            if wg_peer is not None:
-                rx_bytes, tx_bytes = wg_peer.rx_bytes, wg_peer.tx_bytes
-            else:  # a link no WireGuard engine seals (SSH): its transport's count
-                rx_bytes, tx_bytes = traffic.get(name, (0, 0))
-            peers.append(
-                {
-                    "name": name,
-                    "mesh_ip": route.mesh_ips[0] if route.mesh_ips else "",
-                    "endpoints": list(route.endpoints),
-                    "online": bool(info.online) if info is not None else False,
-                    "link": route.link is not None,
-                    "transport": self.sync.link_transport.get(name, "")
-                    if self.sync is not None
-                    else "",
-                    "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else "",
-                    "handshake": last is not None,
-                    "rx_bytes": rx_bytes,
-                    "tx_bytes": tx_bytes,
-                    "reason": paths.reason if paths is not None else "",
-                    "rtt_ms": paths.rtt_ms() if paths is not None else None,
-                    "paths": paths.describe()["paths"] if paths is not None else {},
-                    "order": paths.selector.order if paths is not None else [],
-                }
-            )
-        return {
-            "name": self.name,
-            "mesh_ip": self.mesh_ip,
-            "mesh_cidr": self.mesh_cidr,
-            "tun": self.config.tun.name,
-            "transports": [t.name for t in self.transports],
-            "endpoints": self.endpoints(),
-            "coordinator_reachable": self.client.reachable,
-            "network_changes": self.network_changes,
-            "uptime": time.monotonic() - self.started_at if self.started_at else 0.0,
-            "forwarder": dict(self.forwarder.stats) if self.forwarder is not None else {},
-            "peers": peers,
-            "exit": self.exit.describe() if self.exit is not None else None,
-            "concentrator": self.concentrator.describe() if self.concentrator else None,
-        }
-
     # --- lifecycle -------------------------------------------------------------------------
 
     def _registry(self) -> Any:
@@ -369,61 +279,6 @@ class Node:
             except TypeError as exc:
                 log.warning("filter %s cannot be built without arguments (%s); skipped", name, exc)
         return filters
-
-    async def _stun_server(self) -> tuple[str, int] | None:
-        host = urlsplit(self.context.server).hostname or ""
-        if not (self.context.stun_port and host and self.listen_port):
-            return None
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-            return str(infos[0][4][0]), self.context.stun_port
-        except (OSError, IndexError):
-            return None
-
-    async def _stun(self) -> None:
-        """Learn the reflexive address of the listen port, over UDP (before any transport binds
-        it)."""
-        from tunnelmesh.control.daemon import stun_query
-
-        server = await self._stun_server()
-        if server is None:
-            return
-        locals_before = sorted(local_endpoints(self.listen_port, exclude=[self.mesh_cidr]))
-        mapped = await stun_query(server[0], server[1], local_port=self.listen_port)
-        if mapped is not None:
-            self.reflexive = [f"{mapped[0]}:{mapped[1]}"]
-            self._stun_locals = locals_before
-
-    async def _network_changed(self) -> None:
-        """Netlink saw the underlay change (debounced): re-learn the endpoints, tell the
-        coordinator, re-check every path."""
-        eps = local_endpoints(self.listen_port, exclude=[self.mesh_cidr])
-        self.network_changes += 1
-        self.notify(f"network changed: local endpoints {', '.join(eps) or '-'}")
-        self.endpoints()  # drops a reflexive address learnt on the old network
-        self.client.network_changed()
-        for transport in self.transports:
-            try:
-                transport.network_changed()
-            except Exception:
-                log.exception("transport %s: network_changed failed", transport.name)
-        if self.sync is not None:
-            self.sync.network_changed()
-        if self.exit is not None:
-            await self.exit.network_changed()  # an exit's own LAN prefixes may have changed
-        # the reflexive address, asked from the UDP transport's own socket
-        udp = next((t for t in self.transports if isinstance(t, StunProber)), None)
-        server = await self._stun_server() if udp is not None else None
-        if udp is None or server is None:
-            return
-        try:
-            mapped = await udp.stun(server[0], server[1], timeout=0.5, attempts=3)
-        except TunnelmeshError:
-            return
-        if mapped is not None:
-            self.reflexive = [f"{mapped[0]}:{mapped[1]}"]
-            self._stun_locals = sorted(eps)
-            self.client.heartbeat_now()
 
     async def start(self) -> None:
         """Bring the data plane up; see the module docstring for the order.
@@ -526,31 +381,6 @@ class Node:
         if self.sync is not None:
             self.sync.on_link(transport, link)
 
-    def _follow_clients(self) -> None:
-        """Route the mesh's WireGuard clients (:mod:`tunnelmesh.node.clients`): to their
-        concentrator, or, on the concentrator, to the engine that serves them. Peer changes
-        re-check them (a concentrator that comes, goes or is renamed)."""
-        forwarder = self.forwarder
-        assert forwarder is not None
-
-        def set_relay(on: bool) -> None:
-            forwarder.relay = on
-
-        from tunnelmesh.control.peertable import ClientsChanged, PeerChange
-
-        clients = self.wg_clients = ClientRoutes(
-            self.routes, self.identity.peer_id, self._peer_name, set_relay=set_relay
-        )
-        clients.apply(self.client.table.clients)  # the cached list first
-
-        def follow(change: PeerChange) -> None:
-            if isinstance(change, ClientsChanged):
-                clients.apply(change.clients)
-            else:
-                clients.refresh()
-
-        self.client.add_callback(follow)
-
     def attach_link(self, link: Link) -> None:
         """Carry route ``link.peer``'s packets on ``link`` (a concentrator's client link)."""
         if self.forwarder is not None:
@@ -561,26 +391,6 @@ class Node:
         route = self.routes.peers.get(name)
         if route is not None and (link is None or route.link is link):
             self.routes.set_link(name, None)
-
-    def set_concentrator(self, concentrator: ConcentratorView | None) -> None:
-        """The WireGuard concentrator running on this node (``tunnelmesh_wg``), or None.
-
-        A concentrator's resolver also answers on ``<mesh IP>:53``: the DNS server its clients
-        are given (their queries arrive through the TUN device like any peer's)."""
-        self.concentrator = concentrator
-        if concentrator is not None and self.dns is not None and self._client_dns is None:
-            self._client_dns = asyncio.get_running_loop().create_task(self._serve_client_dns())
-
-    async def _serve_client_dns(self) -> None:
-        assert self.dns is not None
-        address = f"{self.mesh_ip}:53"
-        try:
-            await self.dns.serve_also(address)
-        except TunnelmeshError as exc:
-            log.warning("DNS for WireGuard clients not served on %s: %s", address, exc)
-            self.notify(f"warning: DNS for WireGuard clients not served on {address}: {exc}")
-            return
-        self.notify(f"DNS for WireGuard clients on {address}")
 
     async def _ask_rendezvous(self, peer: str) -> None:
         await self.client.rendezvous(peer, self.endpoints())
@@ -605,51 +415,6 @@ class Node:
             raise NodeError(f"control socket {path}: {exc}") from None
         self.control = server
         await self.filter_service.start()
-
-    def _peer_name(self, peer_id: str) -> str | None:
-        """The name the key ``peer_id`` has in the peer table now (None: not in the mesh)."""
-        info = self.client.table.peers.get(peer_id)
-        return info.name if info is not None else None
-
-    def _source_name(self, peer_id: str) -> str | None:
-        """The name of the peer or WireGuard client with ID ``peer_id`` now (None: neither):
-        the filter's rules name a source by ID, and a client is a source like a peer."""
-        name = self._peer_name(peer_id)
-        if name is None:
-            for c in self.client.table.clients or ():
-                if c.client_id == peer_id:
-                    return c.name
-        return name
-
-    def _follow_filter_rules(self) -> None:
-        """The coordinator layer of the filter follows the coordinator's pushes (starting from
-        the cached rules, so a restart while the coordinator is away keeps enforcing them).
-
-        The coordinator names a rule's source peer by its peer ID; the forwarder knows peers
-        by name, so each such rule is applied to the name that key has now, and re-applied
-        when peers come, go or rename: a peer that takes a name with another key never gets
-        the rules of the name's former key. peer.yaml rules whose source is a peer ID follow
-        the peer changes the same way."""
-        from tunnelmesh.control.peertable import FilterRulesChanged, PeerChange
-
-        table = self.client.table
-        peer_name = self._source_name
-
-        def apply(change: PeerChange | None) -> None:
-            if self.filter_service is None:
-                return
-            self.filter_service.follow_peers(peer_name)  # peer.yaml rules by peer ID
-            rules = table.filter_rules
-            if rules is None:
-                return
-            if isinstance(change, FilterRulesChanged):
-                self.notify(f"coordinator filter rules: {len(rules)}")
-            elif not any(r.source_peer for r in rules):
-                return  # a peer change matters only to rules about a source peer
-            self.filter_service.set_coordinator_rules(rules, peer_name)
-
-        apply(None)
-        self.client.add_callback(apply)
 
     def _set_order(self, payload: Any) -> dict[str, Any]:
         """``node.set_order {"order": [...], "peer": name|null}``: the transport order, globally
@@ -679,42 +444,6 @@ class Node:
         if self.sync is None:
             raise NodeError("the node is not running")
         self.sync.set_order(order, peer)
-
-    def _follow_client_names(self, backend: Any) -> None:
-        """``<client>.<domain>`` answers each active concentrator client's mesh IP (the
-        coordinator's client list, as pushed; an expiry is pushed when it passes)."""
-        from tunnelmesh.control.peertable import ClientsChanged, PeerChange
-
-        if self.client.table.clients is not None:
-            backend.set_clients(self.client.table.clients)
-
-        def apply(change: PeerChange) -> None:
-            if isinstance(change, ClientsChanged):
-                backend.set_clients(change.clients)
-
-        self.client.add_callback(apply)
-
-    async def _start_dns(self) -> None:
-        if not self.config.dns.enabled:
-            return
-        from tunnelmesh.dns import DnsService
-
-        dns = DnsService.from_config(
-            self.config.dns,
-            link=self.config.tun.name,
-            networks=[self.mesh_cidr],
-            local_name=self.name,
-        )
-        dns.backend.set(self.name, [self.mesh_ip], coordinator=self.coordinator)
-        for alias in self.config.dns.aliases:
-            dns.backend.set(alias, [self.mesh_ip])
-        try:
-            await dns.start()
-        except (OSError, TunnelmeshError) as exc:
-            log.warning("DNS resolver not started: %s", exc)
-            self.notify(f"warning: DNS resolver not started: {exc}")
-            return
-        self.dns = dns
 
     async def run(self, stop: asyncio.Event | None = None, duration: float | None = None) -> None:
         """Heartbeat and follow the push channel until ``stop``, ``duration`` or removal.
@@ -787,6 +516,29 @@ class Node:
             self.notify(line)
         else:
             log.warning("%s", line)
+
+    # --- the parts written in other modules (functions bound here as methods: found on the
+    # class as before, at the cost of a method written here) ---------------------------------
+
+    # what the node reports: heartbeats' status, node.status (report.py)
+    status = report.status
+    _concentrator_status = report._concentrator_status
+    describe = report.describe
+
+    # the network under the mesh: STUN, network changes (underlay.py)
+    _stun_server = underlay._stun_server
+    _stun = underlay._stun
+    _network_changed = underlay._network_changed
+
+    # the resolver, WireGuard clients, the coordinator's filter rules (services.py)
+    _follow_clients = services._follow_clients
+    set_concentrator = services.set_concentrator
+    _serve_client_dns = services._serve_client_dns
+    _peer_name = services._peer_name
+    _source_name = services._source_name
+    _follow_filter_rules = services._follow_filter_rules
+    _follow_client_names = services._follow_client_names
+    _start_dns = services._start_dns
 
 
 def _as_async(fn: Callable[[], object]) -> Callable[[], Any]:
