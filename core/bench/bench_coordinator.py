@@ -61,15 +61,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp.http import SERVER_SOFTWARE as USER_AGENT  # what aiohttp's client sends
-from tunnelmesh.control.messages import Heartbeat, HeartbeatAck, encode
+from tunnelmesh.control.client import (
+    ApiRequestError,
+    ControlClient,
+    CoordinatorUnreachable,
+    _error_from,
+    fetch_ca,
+)
+from tunnelmesh.control.messages import encode
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME, client_ssl_context
+from tunnelmesh.identity import Identity
+from tunnelmesh.logs import redactor
 
 TOKEN = "bench-token-0123456789abcdef0123456789"
 MAIN = "import sys; from tunnelmesh.cli import main; sys.exit(main())"
-_ack_dec = msgspec.json.Decoder(HeartbeatAck)
+T = TypeVar("T")
 
 
 def start_coordinator(
@@ -292,82 +302,78 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-class SimPeer:
-    """A registered peer heartbeating as a node's ``ControlClient`` does: the same request
-    (``POST /api/v1/heartbeat``, its session token, the Heartbeat message, the headers aiohttp
-    sends) over one kept-alive TLS connection, at the interval the coordinator answers with,
-    jittered as the node's loop is; an unanswered heartbeat is tried again after at most 2 s
-    on a new connection (connect timeout 5 s, answer 15 s, as the node's)."""
+class SimPeer(ControlClient):
+    """A node's own ``ControlClient`` (its register, heartbeat and their messages) whose
+    requests go over one kept-alive TLS connection written and read by :class:`Connection`
+    instead of an aiohttp session: the same requests, headers and timeouts (connect 5 s,
+    answer 15 s) as a node's, at a fraction of the client's CPU, so that one process can
+    play thousands of nodes."""
 
-    def __init__(
-        self, host: str, port: int, ssl_ctx: ssl.SSLContext, token: str, interval: float
-    ) -> None:
-        self.host, self.port, self.ssl_ctx = host, port, ssl_ctx
-        self.token = token
-        self.interval = interval
+    def __init__(self, url: str, ssl_ctx: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(server=url, **kwargs)
+        host, _, port = url.removeprefix("https://").rpartition(":")
+        self.host, self.port, self.ssl_ctx = host, int(port), ssl_ctx
         self.conn: Connection | None = None
         self.connects = 0
-        self.request = self.heartbeat_request(Heartbeat())
 
-    def heartbeat_request(self, hb: Heartbeat) -> bytes:
-        body = encode(hb)
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        rtype: type[T] | None,
+        *,
+        token: str | None = None,
+        body: Any = None,
+    ) -> T:
+        token = self.session_token if token is None else token
+        data = encode(body) if body is not None else b""
         head = (
-            f"POST /api/v1/heartbeat HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
             f"Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nUser-Agent: {USER_AGENT}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
         )
-        return head.encode("latin-1") + body
-
-    async def heartbeat(self) -> HeartbeatAck:
-        loop = asyncio.get_running_loop()
         try:
             if self.conn is None or self.conn.closed:
                 async with asyncio.timeout(5.0):
-                    _, conn = await loop.create_connection(
+                    _, self.conn = await asyncio.get_running_loop().create_connection(
                         Connection,
                         self.host,
                         self.port,
                         ssl=self.ssl_ctx,
                         server_hostname=COORDINATOR_NAME,
                     )
-                self.conn = conn
                 self.connects += 1
             async with asyncio.timeout(15.0):
-                status, body = await self.conn.request(self.request)
+                status, raw = await self.conn.request(head.encode("latin-1") + data)
         except (OSError, TimeoutError) as exc:
             if self.conn is not None:
                 self.conn.abort()
-            raise ConnectionError(f"cannot reach the coordinator: {exc!r}") from None
-        if status != 200:
-            raise ConnectionError(f"heartbeat answered {status}: {body[:80]!r}")
-        ack = _ack_dec.decode(body)
-        if ack.interval > 0:
-            self.interval = ack.interval
-        return ack
+            raise CoordinatorUnreachable(f"cannot reach the coordinator: {exc!r}"[:80]) from None
+        if status >= 400:
+            raise _error_from(status, raw)
+        if rtype is None:
+            return None  # type: ignore[return-value]
+        return msgspec.json.decode(raw, type=rtype)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         if self.conn is not None:
             self.conn.abort()
+        await super().aclose()
 
 
 async def _worker(
     url: str, count: int, index: int, duration: float, concurrency: int, push: int
 ) -> dict[str, object]:
-    from tunnelmesh.control.client import ControlClient, fetch_ca
-    from tunnelmesh.identity import Identity
-
     ca = await fetch_ca(url, TOKEN)
-    host, _, port = url.removeprefix("https://").rpartition(":")
     ssl_ctx = client_ssl_context(ca)  # one for the process (a node builds its own once)
     sem = asyncio.Semaphore(concurrency)
     reg_lat: list[float] = []
     reg_failed = 0
     kinds: dict[str, int] = {}
     hb_lat: list[tuple[float, float]] = []
-    errors = 0
+    failed: list[float] = []  # when each failed heartbeat was sent
     peers: list[SimPeer] = []
-    subscribers: list[ControlClient] = []
     registered_all = asyncio.Event()
     stop_at = float("inf")
 
@@ -375,55 +381,66 @@ async def _worker(
         kinds[what[:80]] = kinds.get(what[:80], 0) + 1
 
     async def beat(p: SimPeer) -> None:
-        # A node heartbeats at once after registering, then every interval (jittered as
-        # ControlClient._heartbeat_loop is); an unanswered one is retried after 2 s at most.
-        nonlocal errors
+        # A node heartbeats at once after registering, then every interval, jittered, and
+        # after an unanswered one within 2 s (ControlClient._heartbeat_loop).
         while time.monotonic() < stop_at:
             sent, t = time.time(), time.perf_counter()
             try:
                 await p.heartbeat()
                 hb_lat.append((sent, time.perf_counter() - t))
-                wait = p.interval
-            except ConnectionError as exc:
-                errors += 1
+                wait = p.heartbeat_interval
+            except (CoordinatorUnreachable, ApiRequestError) as exc:
+                failed.append(sent)
                 count_error(str(exc))
-                wait = min(p.interval, 2.0)
+                unanswered = isinstance(exc, CoordinatorUnreachable)
+                wait = min(p.heartbeat_interval, 2.0) if unanswered else p.heartbeat_interval
             wait *= 0.9 + 0.2 * random.random()
-            if not registered_all.is_set():
-                await asyncio.sleep(wait)
-            else:
-                await asyncio.sleep(min(wait, max(stop_at - time.monotonic(), 0.0)))
+            if registered_all.is_set():
+                wait = min(wait, max(stop_at - time.monotonic(), 0.0))
+            await asyncio.sleep(wait)
 
     beats: list[asyncio.Task[None]] = []
 
     async def join(i: int) -> None:
         nonlocal reg_failed
-        c = ControlClient(
-            server=url,
+        p = SimPeer(
+            url,
+            ssl_ctx,
             identity=Identity.generate(),
             ca_pem=ca,
             auth_token=TOKEN,
             name=f"w{index}-peer-{i}",
-            connections=1,
         )
         async with sem:
             t = time.perf_counter()
             try:
-                await c.register_with_retry(attempts=5)  # as a joining node does
-            except Exception as exc:
+                await p.register_with_retry(attempts=5)  # as a joining node does
+            except (CoordinatorUnreachable, ApiRequestError) as exc:
                 reg_failed += 1
                 count_error(f"registration: {exc}")
-                await c.aclose()
+                await p.aclose()
                 return
+            finally:
+                # One process plays thousands of nodes: the process-wide log redactor would
+                # collect every one's token (sorted again at each), which a node never does.
+                redactor.clear()
             reg_lat.append(time.perf_counter() - t)
-        if i < push:
-            subscribers.append(c)  # keeps its session for the push channel
-        else:
-            await c.aclose()
-        p = SimPeer(host, int(port), ssl_ctx, c.session_token, c.heartbeat_interval)
         peers.append(p)
         beats.append(asyncio.create_task(beat(p)))
 
+    stalls: list[tuple[float, float]] = []  # (when, seconds) this event loop was late by
+
+    async def watch_loop() -> None:
+        # A simulator whose own event loop stalls delays its peers' heartbeats: measured, so
+        # that a slow client is not mistaken for a slow coordinator.
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.1)
+            late = time.monotonic() - before - 0.1
+            if late > 0.5:
+                stalls.append((time.time(), late))
+
+    watcher = asyncio.create_task(watch_loop())
     reg_start = time.time()
     await asyncio.gather(*(join(i) for i in range(count)))
     reg_end = time.time()
@@ -435,6 +452,12 @@ async def _worker(
     heard: list[float] = []
     delta_bytes: list[int] = []
     push_tasks = []
+    subscribers = [
+        ControlClient(
+            server=url, identity=p.identity, ca_pem=ca, session_token=p.session_token, name=p.name
+        )
+        for p in peers[:push]
+    ]
     for c in subscribers:
         c.add_callback(lambda ch: heard.append(time.time()))
         c._handle_frame = _counting(c._handle_frame, delta_bytes)  # type: ignore[method-assign, assignment]
@@ -447,13 +470,14 @@ async def _worker(
         await asyncio.sleep(2.0)  # what the heartbeats changed has been pushed
         delta_bytes.clear()
         changer = peers[-1]
-        changer.request = changer.heartbeat_request(
-            Heartbeat(endpoints=[f"198.51.100.{index + 1}:4{index:04d}"])
-        )
+        changer._endpoints = lambda: [f"198.51.100.{index + 1}:4{index:04d}"]
         try:
             await changer.heartbeat()
-        except ConnectionError as exc:  # counted like the other heartbeats; no figure then
-            errors += 1
+        except (
+            CoordinatorUnreachable,
+            ApiRequestError,
+        ) as exc:  # counted like the other heartbeats; no figure then
+            failed.append(time.time())
             count_error(f"the change: {exc}")
         # Pushed by every coordinator (PUSH_COALESCE, the change feed): until the count rests.
         last, quiet_since = -1, time.monotonic()
@@ -461,23 +485,26 @@ async def _worker(
             await asyncio.sleep(0.2)
             if len(delta_bytes) != last:
                 last, quiet_since = len(delta_bytes), time.monotonic()
+    watcher.cancel()
     for task in push_tasks:
         task.cancel()
     await asyncio.gather(*push_tasks, return_exceptions=True)
     for c in subscribers:
         await c.aclose()
     for p in peers:
-        p.close()
+        await p.aclose()
     return {
         "reg_start": reg_start,
         "reg_end": reg_end,
         "reg_lat": reg_lat,
         "hb_end": hb_end,
         "hb_lat": hb_lat,
-        "errors": errors,
+        "failed": failed,
         "reg_failed": reg_failed,
         "connects": sum(p.connects for p in peers),
         "heard": len(heard),
+        "resyncs": sum(c.resyncs for c in subscribers),
+        "stalls": stalls,
         "kinds": kinds,
         "delta_bytes": delta_bytes,
     }
@@ -645,11 +672,22 @@ def main() -> None:
     reg_lat = [x for r in results for x in r["reg_lat"]]  # type: ignore[attr-defined]
     hb_all = [x for r in results for x in r["hb_lat"]]  # type: ignore[attr-defined]
     hb = [lat for _, lat in hb_all]
-    # Steady state: from one interval after the last registration (first heartbeats open new
-    # TLS connections while other clients are still registering).
-    steady = [lat for sent, lat in hb_all if sent >= reg_end + args.interval]
-    errors = sum(int(r["errors"]) for r in results)  # type: ignore[call-overload]
+    failed = [x for r in results for x in r["failed"]]  # type: ignore[attr-defined]
+    errors = len(failed)
+    # Steady state: from one interval after the last registration to the end of the first
+    # client's heartbeat phase.
+    steady_from = reg_end + args.interval
+    steady_to = min(float(r["hb_end"]) for r in results)  # type: ignore[arg-type]
+    steady = [lat for sent, lat in hb_all if steady_from <= sent <= steady_to]
+    steady_failed = sum(1 for sent in failed if steady_from <= sent <= steady_to)
+    buckets: dict[int, list[int]] = {}
+    for sent, _ in hb_all:
+        buckets.setdefault(int((sent - reg_start) // 10), [0, 0])[0] += 1
+    for sent in failed:
+        buckets.setdefault(int((sent - reg_start) // 10), [0, 0])[1] += 1
+    timeline = " ".join(f"{ok}/{bad}" for _, (ok, bad) in sorted(buckets.items()))
     connects = sum(int(r["connects"]) for r in results)  # type: ignore[call-overload]
+    stalls = [x for r in results for x in r["stalls"]]  # type: ignore[attr-defined]
     reg_failed = sum(int(r["reg_failed"]) for r in results)  # type: ignore[call-overload]
     print(
         f"machine: {os.cpu_count()} cores, load average before {load_before[0]:.2f}, "
@@ -674,10 +712,24 @@ def main() -> None:
     )
     if steady:
         print(
-            f"heartbeats, steady state ({len(steady)} after the last registration + one "
-            f"interval): p50 {statistics.median(steady) * 1000:.1f} ms, "
+            f"heartbeats, steady state ({len(steady)} answered, {steady_failed} failed in "
+            f"{steady_to - steady_from:.0f}s from one interval after the last registration): "
+            f"p50 {statistics.median(steady) * 1000:.1f} ms, "
             f"p99 {pct(steady, 99) * 1000:.1f} ms, max {max(steady) * 1000:.1f} ms"
         )
+    print(f"heartbeats answered/failed per 10 s from the first registration: {timeline}")
+    print(
+        f"client event loops late by more than 0.5 s: {len(stalls)} times, "
+        f"{sum(late for _, late in stalls):.1f}s in all, at most "
+        f"{max((late for _, late in stalls), default=0.0):.1f}s"
+        + (
+            " (at "
+            + ", ".join(f"+{when - reg_start:.0f}s {late:.1f}s" for when, late in stalls[:8])
+            + ")"
+            if stalls
+            else ""
+        )
+    )
     for i, mem in enumerate(mems):
         print(
             f"coordinator {i} memory: RSS {mem['VmRSS'] / 1024:.1f} MiB, "
@@ -685,16 +737,18 @@ def main() -> None:
         )
     # Who used the cores: while peers registered, and in the steady heartbeat phase.
     print_cpu(sampler, "registration phase", reg_start, reg_end, len(reg_lat), "registration")
-    steady_to = min(float(r["hb_end"]) for r in results)  # type: ignore[arg-type]
-    steady_from = reg_end + args.interval
-    in_window = sum(1 for sent, _ in hb_all if steady_from <= sent <= steady_to)
+    in_window = len(steady) + steady_failed
     print_cpu(sampler, "steady heartbeat phase", steady_from, steady_to, in_window, "heartbeat")
     for r in results:
         for k, v in r["kinds"].items():  # type: ignore[attr-defined]
             print(f"  error x{v}: {k}")
     if args.push:
         heard = sum(int(r["heard"]) for r in results)  # type: ignore[call-overload]
-        print(f"push channels: {args.push * args.workers}, change events heard: {heard}")
+        resyncs = sum(int(r["resyncs"]) for r in results)  # type: ignore[call-overload]
+        print(
+            f"push channels: {args.push * args.workers}, change events heard: {heard}, "
+            f"reconnected for a new snapshot: {resyncs}"
+        )
         sizes = [x for r in results for x in r["delta_bytes"]]  # type: ignore[attr-defined]
         changes = len(per)  # one endpoint change per worker
         if sizes:
