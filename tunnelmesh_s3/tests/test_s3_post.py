@@ -246,8 +246,8 @@ BASE = [{"bucket": "forms"}, ["starts-with", "$key", "refused"]]
         (
             _v2_form("refused-17", [*BASE, {"acl": "public-read"}], acl="public-read"),
             b"x",
-            501,
-            "NotImplemented",
+            400,
+            "AccessControlListNotSupported",
         ),
     ],
     ids=[

@@ -12,7 +12,8 @@ from tunnelmesh.abc import ObjectInfo
 from tunnelmesh.errors import BucketAlreadyExists, InvalidName, NoSuchBucket, StorageError
 from tunnelmesh.storage import check_bucket_name, check_key
 
-from tunnelmesh_s3 import cors, tagging
+from tunnelmesh_s3 import acl, cors, tagging
+from tunnelmesh_s3.auth import BucketAcl, FileAuthorizer
 from tunnelmesh_s3.call import Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
 from tunnelmesh_s3.listing import page_buckets, page_uploads
@@ -22,7 +23,6 @@ __all__ = ["list_buckets", "route"]
 
 UNSUPPORTED = {
     "accelerate",
-    "acl",
     "analytics",
     "encryption",
     "intelligent-tiering",
@@ -54,6 +54,8 @@ def route(call: Call) -> Handler | None:
     method, params = call.request.method, call.params
     if UNSUPPORTED & params.keys():
         return _not_implemented
+    if "acl" in params:
+        return {"GET": get_bucket_acl, "PUT": put_bucket_acl}.get(method)
     if "cors" in params:
         return {
             "GET": get_bucket_cors,
@@ -137,6 +139,10 @@ async def list_buckets(call: Call) -> web.Response:
 async def create_bucket(call: Call) -> web.Response:
     if not call.auth.can_create_bucket(call.principal):
         raise S3Error("AccessDenied", "Access Denied")
+    # an ACL asked for (x-amz-acl, x-amz-grant-*) is checked before anything is created
+    grants = acl.bucket_grants_from_request(call.request.headers, b"", call.principal.key)
+    if grants is not None:
+        _resolve(call, grants)
     await call.request.read()  # CreateBucketConfiguration: the region is ours whatever it says
     try:
         check_bucket_name(call.bucket)
@@ -159,7 +165,61 @@ async def create_bucket(call: Call) -> web.Response:
             BucketName=call.bucket,
         ) from None
     await call.auth.bucket_created(call.principal, call.bucket)
+    if grants is not None and (grants.read or grants.write):
+        await _set_grants(call, grants)
     return web.Response(headers={"Location": f"/{call.bucket}"})
+
+
+def _file_auth(call: Call) -> FileAuthorizer:
+    if not isinstance(call.auth, FileAuthorizer):
+        raise S3Error("NotImplemented", "This server keeps no grants it could show as an ACL.")
+    return call.auth
+
+
+def _resolve(call: Call, grants: acl.Grants) -> tuple[list[str], list[str]]:
+    """The grants' principals checked and resolved to what grants store (peer IDs on a mesh).
+
+    Raises:
+        S3Error: InvalidArgument naming a grantee that is no principal or group.
+    """
+    unknown = sorted(set(call.auth.unknown_grantees([*grants.read, *grants.write])))
+    if unknown:
+        raise S3Error("InvalidArgument", "Invalid id: " + ", ".join(unknown))
+    return call.auth.resolve_grantees(grants.read), call.auth.resolve_grantees(grants.write)
+
+
+async def _set_grants(call: Call, grants: acl.Grants) -> None:
+    auth = _file_auth(call)
+    read, write = _resolve(call, grants)
+    current = auth.acl(call.bucket)
+    owner = current.owner if current is not None else call.principal.key
+    await auth.set_acl(call.bucket, BucketAcl(owner=owner, read=read, write=write))
+
+
+async def get_bucket_acl(call: Call) -> web.Response:
+    """GetBucketAcl (the owner): the owner with FULL_CONTROL and the grants as S3 grants."""
+    await call.need("own")
+    await call.storage.head_bucket(call.bucket)
+    current = _file_auth(call).acl(call.bucket) or BucketAcl(owner="")
+    return xml(acl.to_document(current, call.auth.display))
+
+
+async def put_bucket_acl(call: Call) -> web.Response:
+    """PutBucketAcl (the owner): a canned ACL, grant headers or an AccessControlPolicy mapped
+    onto the bucket's grants (replacing them); what cannot map is refused and changes nothing."""
+    await call.need("own")
+    _file_auth(call)
+    body = await call.document()
+    current = call.auth.acl(call.bucket) if isinstance(call.auth, FileAuthorizer) else None
+    owner = current.owner if current is not None else call.principal.key
+    grants = acl.bucket_grants_from_request(call.request.headers, body, owner)
+    if grants is None:
+        raise S3Error(
+            "MissingSecurityHeader", "Your request was missing a required header: x-amz-acl"
+        )
+    await call.storage.head_bucket(call.bucket)
+    await _set_grants(call, grants)
+    return web.Response()
 
 
 async def head_bucket(call: Call) -> web.Response:

@@ -22,6 +22,7 @@ __all__ = ["STATUS", "S3Error", "from_storage"]
 
 STATUS: dict[str, int] = {
     "AccessDenied": 403,
+    "AccessControlListNotSupported": 400,
     "AccessForbidden": 403,
     "AuthorizationHeaderMalformed": 400,
     "AuthorizationQueryParametersError": 400,
@@ -45,9 +46,11 @@ STATUS: dict[str, int] = {
     "InvalidRequest": 400,
     "InvalidTag": 400,
     "KeyTooLongError": 400,
+    "MalformedACLError": 400,
     "MalformedXML": 400,
     "MethodNotAllowed": 405,
     "MissingContentLength": 411,
+    "MissingSecurityHeader": 400,
     "NoSuchBucket": 404,
     "NoSuchCORSConfiguration": 404,
     "NoSuchKey": 404,
@@ -57,6 +60,8 @@ STATUS: dict[str, int] = {
     "PreconditionFailed": 412,
     "RequestTimeTooSkewed": 403,
     "SignatureDoesNotMatch": 403,
+    "UnexpectedContent": 400,
+    "UnresolvableGrantByEmailAddress": 400,
     "XAmzContentSHA256Mismatch": 400,
 }
 

@@ -16,7 +16,8 @@ from tunnelmesh.abc import LocalFiles, ObjectInfo, ObjectReader, PartInfo
 from tunnelmesh.errors import NoSuchKey
 from tunnelmesh.storage import check_key
 
-from tunnelmesh_s3 import tagging
+from tunnelmesh_s3 import acl, tagging
+from tunnelmesh_s3.auth import BucketAcl
 from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS, Body
 from tunnelmesh_s3.buckets import UNSUPPORTED, xml
 from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call, Handler
@@ -58,6 +59,8 @@ def route(call: Call) -> Handler | None:
     if (UNSUPPORTED | OBJECT_UNSUPPORTED) & params.keys():
         return _not_implemented
     check_object_key(call.key)
+    if "acl" in params:
+        return {"GET": get_object_acl, "PUT": put_object_acl}.get(method)
     if "tagging" in params:
         return {
             "GET": get_object_tagging,
@@ -352,6 +355,7 @@ async def put_object(call: Call) -> web.Response:
     and checked again atomically with the commit (409 when another write won meanwhile)."""
     await call.need("write")
     headers = call.request.headers
+    acl.check_object_acl(headers)
     condition = _put_condition(call)
     if condition is not None:
         try:
@@ -558,6 +562,7 @@ async def copy_object(call: Call) -> web.Response:
     await call.need("read", src_bucket)
     await call.need("write")
     headers = call.request.headers
+    acl.check_object_acl(headers)
     source = await call.storage.head_object(src_bucket, src_key)
     if _check_conditions(headers, source, prefix="x-amz-copy-source-", read=False) is not None:
         raise S3Error(
@@ -618,6 +623,34 @@ def _copied_headers(
     return out
 
 
+# --- ACLs (an object's are its bucket's: acl.py) ------------------------------------------------
+
+
+async def get_object_acl(call: Call) -> web.Response:
+    """GetObjectAcl (the bucket's owner): the bucket's owner and grants, which are the object's."""
+    await call.need("own")
+    await call.storage.head_object(call.bucket, call.key)
+    current = getattr(call.auth, "acl", lambda b: None)(call.bucket) or BucketAcl(owner="")
+    return xml(acl.to_document(current, call.auth.display))
+
+
+async def put_object_acl(call: Call) -> web.Response:
+    """PutObjectAcl (writers): only what an object's ACL already is (``private``,
+    ``bucket-owner-full-control``, or a policy granting the owner alone) is accepted, and
+    changes nothing; anything else is AccessControlListNotSupported."""
+    await call.need("write")
+    acl.check_object_acl(call.request.headers)
+    body = await call.document()
+    if body:
+        current = getattr(call.auth, "acl", lambda b: None)(call.bucket)
+        owner = current.owner if current is not None else ""
+        grants = acl.bucket_grants_from_request({}, body, owner)
+        if grants is not None and (grants.read or grants.write):
+            raise acl.object_grants_refused()
+    await call.storage.head_object(call.bucket, call.key)
+    return web.Response()
+
+
 # --- tags --------------------------------------------------------------------------------------
 
 
@@ -652,6 +685,7 @@ async def delete_object_tagging(call: Call) -> web.Response:
 async def create_upload(call: Call) -> web.Response:
     await call.need("write")
     headers = call.request.headers
+    acl.check_object_acl(headers)
     algorithm = headers.get("x-amz-checksum-algorithm", "").lower()
     if algorithm and algorithm not in CHECKSUM_ALGORITHMS:
         raise S3Error("InvalidRequest", f"Checksum algorithm {algorithm.upper()} is not supported")

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from aiohttp import BodyPartReader, MultipartReader, web
 from tunnelmesh.abc import Storage
 
-from tunnelmesh_s3 import objects, postpolicy, sigv4, tagging
+from tunnelmesh_s3 import acl, objects, postpolicy, sigv4, tagging
 from tunnelmesh_s3.auth import Authorizer, SecretLookup
 from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS
 from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call
@@ -43,9 +43,6 @@ FIELD_OVERHEAD = 64
 """What each field counts beyond its name and value (so that many empty fields are bounded)."""
 
 CHUNK = 1024 * 1024
-
-CANNED_PRIVATE = frozenset({"private", "bucket-owner-full-control"})
-"""Canned ACLs a form may name: what access to the bucket already is (see README: ACLs)."""
 
 
 def is_form_upload(method: str, bucket: str, key: str, raw_query: str, content_type: str) -> bool:
@@ -152,13 +149,8 @@ async def post_object(
     )
     objects.check_object_key(key)
     await call.need("write")
-    acl = fields.get("acl", "private")
-    if acl not in CANNED_PRIVATE:
-        raise S3Error(
-            "NotImplemented",
-            f"The canned ACL {acl!r} cannot be applied: access to a bucket is its grants "
-            "(owner, peers, groups); only 'private' and 'bucket-owner-full-control' are accepted.",
-        )
+    if "acl" in fields:
+        acl.check_object_acl({"x-amz-acl": fields["acl"]})
     checksums = {}
     for alg in CHECKSUM_ALGORITHMS:
         if (value := fields.get(f"x-amz-checksum-{alg}")) is not None:

@@ -20,6 +20,7 @@ __all__ = [
     "document",
     "element",
     "iso8601",
+    "parse_acl",
     "parse_complete",
     "parse_cors",
     "parse_delete",
@@ -142,6 +143,33 @@ def parse_cors(body: bytes) -> list[dict[str, list[str]]]:
             rule.setdefault(_local(child.tag), []).append((child.text or "").strip())
         rules.append(rule)
     return rules
+
+
+_XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+
+
+def parse_acl(body: bytes) -> list[tuple[str, str, str, str]]:
+    """A PutBucketAcl/PutObjectAcl ``AccessControlPolicy``: its grants as (permission, grantee
+    type, ID, URI), in document order."""
+    root = _parse(body)
+    if _local(root.tag) != "AccessControlPolicy":
+        raise S3Error("MalformedACLError", "expected an <AccessControlPolicy> document")
+    grants = []
+    for acl in _children(root, "AccessControlList"):
+        for grant in _children(acl, "Grant"):
+            grantee = next(iter(_children(grant, "Grantee")), None)
+            permission = (_text(grant, "Permission") or "").strip()
+            if grantee is None or not permission:
+                raise S3Error("MalformedACLError", "every Grant needs a Grantee and a Permission")
+            grants.append(
+                (
+                    permission,
+                    grantee.get(_XSI_TYPE, ""),
+                    (_text(grantee, "ID") or "").strip(),
+                    (_text(grantee, "URI") or "").strip(),
+                )
+            )
+    return grants
 
 
 def error_document(err: S3Error, resource: str, request_id: str) -> bytes:
