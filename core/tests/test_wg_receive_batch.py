@@ -159,3 +159,37 @@ def test_batches_equal_one_by_one(keepalive: float, views: bool) -> None:
     assert t.batch.drops["expired"] == 1 and t.batch.drops["replay"] == 2
     assert t.batch.drops["bad_tag"] == 1 and t.batch.drops["bad_inner"] == 1
     assert len(t.got_one) > 20
+
+
+def test_seal_into_equals_encrypt_batch() -> None:
+    """seal_into writes the messages encrypt_batch returns, back to back, with the same
+    counters and timers, and stages packets the same way when there is no session."""
+    one, into = Twins(), Twins()
+    for t in (one, into):
+        t.handshake(0.0)
+    buf = bytearray(10)  # too short: grown
+    assert into.sender.seal_into(into.to, [b"\x45"], 0.5, bytearray()) != []
+    one.sender.encrypt_batch(one.to, [b"\x45"], 0.5)
+    sizes_seen = set()
+    for now, packets in (
+        (1.0, [_ip(i, size) for i, size in enumerate((20, 21, 36, 60, 1419, 1420, 1421, 2000))]),
+        (2.0, [b""]),  # a keepalive
+        (3.0, [_ip(i) for i in range(64)]),
+    ):
+        want = one.sender.encrypt_batch(one.to, packets, now)
+        sizes = into.sender.seal_into(into.to, packets, now, buf)
+        assert sizes == [len(m) for m in want]
+        assert bytes(buf[: sum(sizes)]) == b"".join(want)
+        sizes_seen.update(sizes)
+        for field in ("tx_bytes", "tx_packets", "keepalive_at", "new_handshake_at"):
+            assert getattr(into.to, field) == getattr(one.to, field), field
+        assert into.to.current.send_counter == one.to.current.send_counter
+    assert len(sizes_seen) > 5
+    # no session: staged and an initiation queued (past REKEY_TIMEOUT), nothing written
+    for t in (one, into):
+        t.to.current = None
+        t.sender.datagrams_to_send()
+    assert into.sender.seal_into(into.to, [_ip(1)], 9.0, buf) == []
+    assert one.sender.encrypt_batch(one.to, [_ip(1)], 9.0) == []
+    assert list(into.to.staged) == list(one.to.staged) == [_ip(1)]
+    assert len(into.sender.datagrams_to_send()) == len(one.sender.datagrams_to_send()) == 1

@@ -29,12 +29,16 @@ from tunnelmesh.abc import Packet
 from tunnelmesh.aio.queuedlink import QueuedLink
 from tunnelmesh.proto import EndpointChanged, HandshakeCompleted, Peer, WireGuard
 
-__all__ = ["Transmit", "WireGuardLink", "WireGuardSession", "traffic_of"]
+__all__ = ["Transmit", "TransmitSealed", "WireGuardLink", "WireGuardSession", "traffic_of"]
 
 log = logging.getLogger(__name__)
 
 Transmit = Callable[[list[bytes], Any], None]
 """``transmit(messages, address)``: send WireGuard messages, in order, to one address."""
+TransmitSealed = Callable[[bytearray, list[int], Any], None]
+"""``transmit_sealed(buffer, sizes, address)``: send the WireGuard messages that lie back to
+back at the start of ``buffer`` (their sizes in order) to one address, before returning (the
+buffer is reused)."""
 
 
 def traffic_of(engine: WireGuard) -> dict[str, tuple[int, int]]:
@@ -80,6 +84,9 @@ class WireGuardSession:
         announce_dialled: also call ``on_link`` for a link whose handshake we initiated (the
             UDP transport does: a dial that timed out may still complete later).
         link_kind: how the links name themselves in errors (``"relay link"``).
+        transmit_sealed: a carrier that sends runs of messages from one buffer (UDP GSO) gives
+            this too: the packets of a link's batch are then sealed into one reused buffer
+            (:meth:`~tunnelmesh.proto.WireGuard.seal_into`), no bytes object per message.
     """
 
     def __init__(
@@ -92,9 +99,12 @@ class WireGuardSession:
         on_event: Callable[[object], None] | None = None,
         announce_dialled: bool = True,
         link_kind: str = "link",
+        transmit_sealed: TransmitSealed | None = None,
     ) -> None:
         self.engine = engine
         self.transmit = transmit
+        self.transmit_sealed = transmit_sealed
+        self._sealed = bytearray()
         self.mtu = mtu
         self.on_link = on_link
         self.on_event = on_event
@@ -154,6 +164,15 @@ class WireGuardSession:
 
     def send_packets(self, peer: Peer, packets: Sequence[Packet]) -> None:
         """Seal IP packets for ``peer`` and send them (staged while there is no session)."""
+        transmit_sealed = self.transmit_sealed
+        if transmit_sealed is not None:
+            buf = self._sealed
+            sizes = self.engine.seal_into(peer, packets, self.now(), buf)
+            self._send_queued()  # a rekey initiation first, as below
+            if sizes and peer.endpoint is not None:
+                transmit_sealed(buf, sizes, peer.endpoint)
+            self.after()
+            return
         msgs = self.engine.encrypt_batch(peer, packets, self.now())
         # A rekey initiation queued by this batch leaves *before* the batch: behind a burst of
         # up to 128 datagrams it lands last in the peer's receive buffer, the first place a

@@ -4,8 +4,10 @@
 :class:`~tunnelmesh.aio.wgsession.WireGuardSession` (the engine, the links, the events and the
 timer, shared with the relay transport). It reads in batches from the event loop's reader
 callback (``recvmsg_into`` a preallocated buffer; with UDP GRO one call returns many datagrams
-of one size) and hands them to the session as views of that buffer (opened without a copy). It is the session's ``transmit``: sealed messages
-leave with UDP GSO where the kernel has it, a run of equal-sized messages to one endpoint
+of one size) and hands them to the session as views of that buffer (opened without a copy). It
+is the session's ``transmit`` and ``transmit_sealed`` (the engine seals a batch into one buffer,
+:meth:`~tunnelmesh.proto.WireGuard.seal_into`): sealed messages leave with UDP GSO where the
+kernel has it, a run of equal-sized messages to one endpoint
 becoming a single ``sendmsg`` with a ``UDP_SEGMENT`` control message that the kernel cuts into
 datagrams, each one WireGuard message (so the wire is exactly what wireguard-go sends).
 
@@ -71,7 +73,12 @@ class WireGuardSocket:
         watch_addresses: bool = True,
     ) -> None:
         self.session = WireGuardSession(
-            engine, self._send_run, mtu=mtu, on_link=on_link, on_event=on_event
+            engine,
+            self._send_run,
+            mtu=mtu,
+            on_link=on_link,
+            on_event=on_event,
+            transmit_sealed=self._send_sealed,
         )
         self.engine = engine
         self.sock = sock
@@ -145,42 +152,56 @@ class WireGuardSocket:
     # --- sending (the session's transmit) -------------------------------------------------------
 
     def _send_run(self, msgs: list[bytes], addr: Any) -> None:
-        """Send messages to one address: GSO runs of equal size, else one sendto each."""
+        """Send messages to one address (the session's queued handshakes and keepalives)."""
+        self._send_sealed(
+            msgs[0] if len(msgs) == 1 else b"".join(msgs), [len(m) for m in msgs], addr
+        )
+
+    def _send_sealed(self, buf: bytes | bytearray, sizes: list[int], addr: Any) -> None:
+        """Send the messages that lie back to back in ``buf`` (``sizes``) to one address: GSO
+        runs of equal size (the last may be shorter), each one ``sendmsg`` of a slice of
+        ``buf``, else one ``sendto`` each."""
         sock = self.sock
-        self.stats["tx_datagrams"] += len(msgs)
-        if not self.gso or len(msgs) == 1:
-            for m in msgs:
-                self._sendto(m, addr)
+        n = len(sizes)
+        self.stats["tx_datagrams"] += n
+        view = memoryview(buf)
+        if not self.gso or n == 1:
+            off = 0
+            for size in sizes:
+                self._sendto(view[off : off + size], addr)
+                off += size
             return
-        i, n = 0, len(msgs)
+        i = off = 0
         while i < n:
-            size = len(msgs[i])
+            size = sizes[i]
             j = i + 1
             limit = min(n, i + _GSO_MAX_SEGMENTS, i + _GSO_MAX_BYTES // size)
-            while j < limit and len(msgs[j]) == size:
+            while j < limit and sizes[j] == size:
                 j += 1
-            if j < n and j < limit and len(msgs[j]) < size:
-                j += 1  # the last segment may be shorter
+            end = off + size * (j - i)
+            if j < n and j < limit and sizes[j] < size:
+                end += sizes[j]  # the last segment may be shorter
+                j += 1
             if j - i == 1:
-                self._sendto(msgs[i], addr)
+                self._sendto(view[off:end], addr)
             else:
                 try:
-                    sock.sendmsg(
-                        [b"".join(msgs[i:j])], [(SOL_UDP, UDP_SEGMENT, _H.pack(size))], 0, addr
-                    )
+                    sock.sendmsg([view[off:end]], [(SOL_UDP, UDP_SEGMENT, _H.pack(size))], 0, addr)
                     self.stats["tx_sendmsg"] += 1
                 except BlockingIOError:
                     self.drops["tx_full"] += j - i
                 except OSError as exc:
                     if exc.errno in (5, 22, 90, 95):  # EIO/EINVAL/EMSGSIZE/EOPNOTSUPP: no GSO
                         self.gso = False
-                        for m in msgs[i:j]:
-                            self._sendto(m, addr)
+                        for k in range(i, j):
+                            self._sendto(view[off : off + sizes[k]], addr)
+                            off += sizes[k]
                     else:
                         self.drops["tx_error"] += j - i
+            off = end
             i = j
 
-    def _sendto(self, data: bytes, addr: Any) -> None:
+    def _sendto(self, data: bytes | memoryview, addr: Any) -> None:
         try:
             self.sock.sendto(data, addr)
             self.stats["tx_sendmsg"] += 1

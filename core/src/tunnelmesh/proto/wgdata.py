@@ -65,8 +65,9 @@ def encrypt(self: WireGuard, peer: Peer, packet: bytes, now: float) -> bytes | N
     return out[0] if out else None
 
 
-def encrypt_batch(self: WireGuard, peer: Peer, packets: Any, now: float) -> list[bytes]:
-    """Seal several IP packets for one peer; the fast path (one timer update per batch)."""
+def _sending_keypair(self: WireGuard, peer: Peer, packets: Any, now: float) -> Keypair | None:
+    """The keypair to seal ``packets`` with; None (the packets staged, a handshake started)
+    when there is no session that may send them."""
     kp = peer.current
     if (
         kp is None
@@ -75,6 +76,36 @@ def encrypt_batch(self: WireGuard, peer: Peer, packets: Any, now: float) -> list
     ):
         peer.staged.extend(packets)
         self._send_initiation(peer, now, retry=False)
+        return None
+    return kp
+
+
+def _sealed(
+    self: WireGuard, peer: Peer, kp: Keypair, counter: int, nbytes: int, count: int, data: bool,
+    now: float,
+) -> None:  # fmt: skip
+    """``count`` messages (``nbytes``) sealed under ``kp``, its counter now ``counter``: the
+    counters, the send timers and keepKeyFreshSending (once per batch)."""
+    kp.send_counter = counter
+    peer.tx_bytes += nbytes
+    peer.tx_packets += count
+    # timersAnyAuthenticatedPacketTraversal / Sent / DataSent
+    if peer.persistent_keepalive > 0:
+        peer.persistent_at = now + peer.persistent_keepalive
+    peer.keepalive_at = None
+    if data and peer.new_handshake_at is None:
+        peer.new_handshake_at = now + NEW_HANDSHAKE_AFTER + self._jitter()
+    # keepKeyFreshSending
+    if counter > REKEY_AFTER_MESSAGES or (
+        kp.initiator and now - kp.created > self.rekey_after_time
+    ):
+        self._send_initiation(peer, now, retry=False)
+
+
+def encrypt_batch(self: WireGuard, peer: Peer, packets: Any, now: float) -> list[bytes]:
+    """Seal several IP packets for one peer; the fast path (one timer update per batch)."""
+    kp = self._sending_keypair(peer, packets, now)
+    if kp is None:
         return []
     seal = kp.send.encrypt
     header = kp.header
@@ -98,21 +129,54 @@ def encrypt_batch(self: WireGuard, peer: Peer, packets: Any, now: float) -> list
         msg = header + ctr + seal(_NONCE_PREFIX + ctr, packet, None)
         nbytes += len(msg)
         out.append(msg)
-    kp.send_counter = counter
-    peer.tx_bytes += nbytes
-    peer.tx_packets += len(out)
-    # timersAnyAuthenticatedPacketTraversal / Sent / DataSent
-    if peer.persistent_keepalive > 0:
-        peer.persistent_at = now + peer.persistent_keepalive
-    peer.keepalive_at = None
-    if data_sent and peer.new_handshake_at is None:
-        peer.new_handshake_at = now + NEW_HANDSHAKE_AFTER + self._jitter()
-    # keepKeyFreshSending
-    if counter > REKEY_AFTER_MESSAGES or (
-        kp.initiator and now - kp.created > self.rekey_after_time
-    ):
-        self._send_initiation(peer, now, retry=False)
+    self._sealed(peer, kp, counter, nbytes, len(out), data_sent, now)
     return out
+
+
+def seal_into(self: WireGuard, peer: Peer, packets: Any, now: float, buf: bytearray) -> list[int]:
+    """:meth:`encrypt_batch` into one buffer: the messages one after the other in ``buf``
+    (grown when too short; its length is not the messages' end), their sizes returned.
+
+    The same messages, counters and timers as :meth:`encrypt_batch`, without a bytes object
+    per message: a carrier that sends runs of messages in one call (UDP GSO) sends slices of
+    ``buf``. Returns [] when there is no session (the packets are staged, as there).
+    """
+    kp = self._sending_keypair(peer, packets, now)
+    if kp is None:
+        return []
+    count = len(packets)
+    need = sum(map(len, packets)) + (MESSAGE_DATA_MIN_SIZE + 15) * count
+    if len(buf) < need:
+        buf.extend(bytes(need - len(buf)))
+    seal = kp.send.encrypt_into
+    pack_header = _DATA_HEADER.pack_into
+    nonce_of = _NONCE.pack
+    index = kp.remote_index
+    mtu = self.mtu
+    pads = _PADS
+    counter = kp.send_counter
+    sizes = []
+    off = 0
+    data_sent = False
+    with memoryview(buf) as view:
+        for packet in packets:
+            n = len(packet)
+            if n:
+                data_sent = True
+            pad = -n & 15
+            if pad and n + pad > mtu:
+                pad = mtu - n if n < mtu else (-(n % mtu)) & 15
+            if pad:
+                packet = packet + pads[pad]
+                n += pad
+            pack_header(buf, off, MESSAGE_DATA, index, counter)
+            end = off + MESSAGE_DATA_MIN_SIZE + n
+            seal(nonce_of(counter), packet, None, view[off + 16 : end])
+            sizes.append(end - off)
+            off = end
+            counter += 1
+    self._sealed(peer, kp, counter, off, count, data_sent, now)
+    return sizes
 
 
 def receive_datagram(

@@ -63,7 +63,7 @@ Where the code lives, by what it does (as wireguard-go splits its ``device`` pac
 * :mod:`tunnelmesh.proto.wgpeer` -- :class:`Peer` and :class:`Keypair`, the state;
 * :mod:`tunnelmesh.proto.wghandshake` -- handshake messages in and out, sessions and their
   rotation, mac2/cookies and the rate limit under load;
-* :mod:`tunnelmesh.proto.wgdata` -- the data path: ``encrypt``/``encrypt_batch``,
+* :mod:`tunnelmesh.proto.wgdata` -- the data path: ``encrypt``/``encrypt_batch``/``seal_into``,
   ``receive_datagram``/``receive_batch``, keepalives and staged packets;
 * :mod:`tunnelmesh.proto.wgtimers` -- ``get_timer``/``handle_timer`` and the timer constants;
 * this module -- :class:`WireGuard`: its state, the peer table and the driver API.
@@ -211,6 +211,9 @@ class WireGuard:
     has_session = wgdata.has_session
     encrypt = wgdata.encrypt
     encrypt_batch = wgdata.encrypt_batch
+    seal_into = wgdata.seal_into
+    _sending_keypair = wgdata._sending_keypair
+    _sealed = wgdata._sealed
     receive_datagram = wgdata.receive_datagram
     receive_batch = wgdata.receive_batch
     _receive_data = wgdata._receive_data
