@@ -363,7 +363,14 @@ class SimPeer(ControlClient):
 
 
 async def _worker(
-    url: str, count: int, index: int, duration: float, concurrency: int, push: int
+    url: str,
+    count: int,
+    index: int,
+    duration: float,
+    concurrency: int,
+    push: int,
+    sync: str,
+    workers: int,
 ) -> dict[str, object]:
     ca = await fetch_ca(url, TOKEN)
     ssl_ctx = client_ssl_context(ca)  # one for the process (a node builds its own once)
@@ -444,7 +451,14 @@ async def _worker(
     reg_start = time.time()
     await asyncio.gather(*(join(i) for i in range(count)))
     reg_end = time.time()
-    stop_at = time.monotonic() + duration
+    # Every client process heartbeats until `duration` after the last one finished
+    # registering, so all stop together (a process that stopped early would have its peers
+    # go offline, pushed to the others' subscribers, while they measure one change's cost).
+    (Path(sync) / f"registered.{index}").write_text(repr(reg_end))
+    while len(ends := list(Path(sync).glob("registered.*"))) < workers:
+        await asyncio.sleep(0.2)
+    last_end = max(float(f.read_text()) for f in ends)
+    stop_at = time.monotonic() + (last_end + duration - time.time())
     registered_all.set()
 
     # Push channels of the first `push` peers: they count the changes they hear about and
@@ -519,11 +533,18 @@ def _counting(handle: Callable[[str], None], sizes: list[int]) -> Callable[[str]
 
 
 def worker(
-    url: str, count: int, index: int, duration: float, concurrency: int, push: int
+    url: str,
+    count: int,
+    index: int,
+    duration: float,
+    concurrency: int,
+    push: int,
+    sync: str,
+    workers: int,
 ) -> dict[str, object]:
     # On uvloop, as a node runs (tunnelmesh join): the cheapest client per simulated peer.
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_worker(url, count, index, duration, concurrency, push))
+        return runner.run(_worker(url, count, index, duration, concurrency, push, sync, workers))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -640,6 +661,8 @@ def main() -> None:
                         args.duration,
                         args.concurrency,
                         args.push,
+                        tmp,
+                        len(per),
                     )
                     for i, n in enumerate(per)
                 ]
