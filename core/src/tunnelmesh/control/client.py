@@ -21,6 +21,10 @@ channel that breaks triggers a heartbeat at once, so a coordinator killed on a r
 noticed within a second, one on a host gone silent within the connect timeout (5 s) after the
 next heartbeat.
 
+What the client keeps across coordinators and restarts (the coordinators it knows, the move to
+the next one, ``coordinators.json``, ``peers.json``, ``filter.json``) is written in
+:mod:`tunnelmesh.control.clientcache`, functions bound as :class:`ControlClient`'s methods.
+
 First contact: :func:`fetch_ca` gets the mesh CA and checks the coordinator's HMAC proof before
 the token is sent anywhere (see :mod:`tunnelmesh.coordinator.ca`). Every later request verifies
 TLS against that CA, with the hostname checked against
@@ -47,6 +51,7 @@ import aiohttp
 import msgspec
 
 from tunnelmesh import __version__
+from tunnelmesh.control import clientcache
 from tunnelmesh.control.messages import (
     ApiError,
     CaResponse,
@@ -60,7 +65,6 @@ from tunnelmesh.control.messages import (
     Location,
     PeerInfo,
     PeersResponse,
-    PolicyRule,
     PushMessage,
     RegisterRequest,
     RegisterResponse,
@@ -642,115 +646,17 @@ class ControlClient:
                 self.learn_coordinators(msg.urls)
             self._emit(self.table.apply(msg))
 
-    # --- several coordinators ---------------------------------------------------------------
+    # --- the parts written in other modules (functions bound here as methods: found on the
+    # class as before, at the cost of a method written here) ---------------------------------
 
-    def learn_coordinators(self, urls: list[str]) -> None:
-        """Take the coordinators a coordinator announced (an empty list says nothing: an older
-        coordinator, or one without ``public_url``). The URL joined with stays known."""
-        urls = [u.rstrip("/") for u in urls if u.startswith("https://")][:64]
-        if not urls:
-            return
-        self.announced = sorted(set(urls))
-        first = self.coordinators[0]
-        known = list(dict.fromkeys([first, self.server, *urls]))
-        if known != self.coordinators:
-            self.coordinators = known
-            self._write_coordinators_cache()
-
-    def move_to_next_coordinator(self) -> bool:
-        """The coordinator in use does not answer: take the next known one.
-
-        Returns:
-            False when there is no other one, or every one was tried since the last answer
-            (the caller backs off then).
-        """
-        if len(self.coordinators) < 2:
-            return False
-        self._unanswered += 1
-        if self._unanswered >= len(self.coordinators):
-            self._unanswered = 0  # every one tried: back off, then go round again
-            return False
-        old = self.server
-        i = self.coordinators.index(old) if old in self.coordinators else -1
-        self.server = self.coordinators[(i + 1) % len(self.coordinators)]
-        self.failovers += 1
-        log.warning("coordinator %s does not answer; moving to %s", old, self.server)
-        self._server_moved.set()
-        return True
-
-    # --- peers cache -----------------------------------------------------------------------
-
-    @property
-    def _coordinators_cache(self) -> Path | None:
-        return None if self.peers_cache is None else self.peers_cache.with_name("coordinators.json")
-
-    def _load_coordinators_cache(self) -> list[str]:
-        path = self._coordinators_cache
-        if path is None or not path.exists():
-            return []
-        try:
-            return msgspec.json.decode(path.read_bytes(), type=list[str])
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("ignoring the coordinators cache %s: %s", path, exc)
-            return []
-
-    def _write_coordinators_cache(self) -> None:
-        path = self._coordinators_cache
-        if path is None:
-            return
-        tmp = path.with_suffix(".tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(encode(self.coordinators))
-            tmp.replace(path)
-        except OSError as exc:
-            log.warning("cannot write the coordinators cache %s: %s", path, exc)
-
-    def _load_cache(self) -> list[PeerInfo]:
-        if self.peers_cache is None or not self.peers_cache.exists():
-            return []
-        try:
-            return msgspec.json.decode(self.peers_cache.read_bytes(), type=list[PeerInfo])
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("ignoring the peers cache %s: %s", self.peers_cache, exc)
-            return []
-
-    @property
-    def _filter_cache(self) -> Path | None:
-        return None if self.peers_cache is None else self.peers_cache.with_name("filter.json")
-
-    def _load_filter_cache(self) -> list[PolicyRule] | None:
-        """The coordinator's filter rules as last received: a node restarted while the
-        coordinator is away keeps enforcing them."""
-        path = self._filter_cache
-        if path is None or not path.exists():
-            return None
-        try:
-            return msgspec.json.decode(path.read_bytes(), type=list[PolicyRule])
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("ignoring the filter rules cache %s: %s", path, exc)
-            return None
-
-    def _write_filter_cache(self) -> None:
-        path, rules = self._filter_cache, self.table.filter_rules
-        if path is None or rules is None:
-            return
-        tmp = path.with_suffix(".tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(encode(list(rules)))
-            tmp.replace(path)
-        except OSError as exc:
-            log.warning("cannot write the filter rules cache %s: %s", path, exc)
-
-    def _write_cache(self, force: bool = False) -> None:
-        if self.peers_cache is None or not (self._cache_dirty or force):
-            return
-        self._cache_dirty = False
-        tmp = self.peers_cache.with_suffix(".tmp")
-        try:
-            self.peers_cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(encode(list(self.table.peers.values())))
-            tmp.replace(self.peers_cache)
-        except OSError as exc:
-            log.warning("cannot write the peers cache %s: %s", self.peers_cache, exc)
+    # the coordinators it knows, the caches beside its context (clientcache.py)
+    learn_coordinators = clientcache.learn_coordinators
+    move_to_next_coordinator = clientcache.move_to_next_coordinator
+    _coordinators_cache = property(clientcache._coordinators_cache)
+    _load_coordinators_cache = clientcache._load_coordinators_cache
+    _write_coordinators_cache = clientcache._write_coordinators_cache
+    _load_cache = clientcache._load_cache
+    _filter_cache = property(clientcache._filter_cache)
+    _load_filter_cache = clientcache._load_filter_cache
+    _write_filter_cache = clientcache._write_filter_cache
+    _write_cache = clientcache._write_cache
