@@ -276,3 +276,34 @@ def test_snapshots_derive_each_wireguard_key_once(tmp_path: Path, monkeypatch: A
         await coord.close()
 
     run(main())
+
+
+def test_channels_connecting_together_share_one_snapshot(tmp_path: Path) -> None:
+    """Push channels that connect at the same revision within a second get the same snapshot
+    bytes (one encoding of the whole mesh, not one per channel); any announced change, or a
+    second passing, gives a fresh one."""
+    now = [1_000_000.0]
+    idents = [Identity.generate() for _ in range(5)]
+
+    async def main() -> None:
+        cfg = ServerConfig(auth_token=TOKEN, data_dir=str(tmp_path / "state"), joins_burst=1000)
+        coord = Coordinator(cfg, clock=lambda: now[0])
+        await coord.load()
+        for i, ident in enumerate(idents):
+            await _register(coord, ident, f"p{i}")
+        first = coord.snapshot_message()
+        assert coord.snapshot_message() is first  # reused, not encoded again
+        rec = coord.peer_by_name("p1")
+        assert rec is not None
+        coord.heartbeat(rec, Heartbeat(endpoints=["192.0.2.7:4000"]), "127.0.0.1:1")
+        await asyncio.sleep(PUSH_COALESCE + 0.2)  # the change is announced: a new revision
+        changed = coord.snapshot_message()
+        snap = msgspec.json.decode(changed, type=Snapshot)
+        assert snap.revision > msgspec.json.decode(first, type=Snapshot).revision
+        assert {p.name: p.endpoints for p in snap.peers}["p1"] == ["192.0.2.7:4000"]
+        now[0] += 1.5  # same revision, a second later: encoded again
+        again = coord.snapshot_message()
+        assert again is not changed and again == changed
+        await coord.close()
+
+    run(main())

@@ -183,6 +183,8 @@ class Coordinator:
         self.peerstats, self.started_at = PeerStats(locations=config.locations), clock()
         self._lock = asyncio.Lock()
         self.revision = 0
+        self.snapshot_cache: tuple[tuple[int, tuple[str, ...]], float, bytes] | None = None
+        """The last push snapshot: its (revision, coordinators), when it was made, its bytes."""
         self.stun_port = 0
         self.refused_by: dict[str, int] = {}
         self.denied_by: dict[str, int] = {}  # other routes: 401/403 by error code (a few codes)
