@@ -10,7 +10,8 @@ socket in :mod:`tunnelmesh_udp`, the relay transport's WebSocket):
   peer and delivers each peer's batch to its link in one call;
 * events: a completed handshake of a peer without a link makes its link (announced through
   ``on_link``); every event goes to ``on_event``;
-* one ``loop.call_at`` timer, re-armed to the engine's earliest deadline after every batch.
+* one ``loop.call_at`` timer, at or before the engine's earliest deadline (re-armed after a
+  batch only when that deadline came earlier).
 
 The carrier gives one callable, ``transmit(messages, address)``: send these WireGuard messages,
 in order, to this address (what the address is, a ``(host, port)`` or a peer name, is the
@@ -242,14 +243,18 @@ class WireGuardSession:
                 log.info("peer %s roamed to %s", event.peer, event.endpoint)
             if self.on_event is not None:
                 self.on_event(event)
+        # Re-armed only for an earlier deadline: traffic moves the keepalive and handshake
+        # deadlines at every batch, mostly later, and a timer that fires early finds nothing
+        # due and re-arms to the engine's deadline then (one wake-up per ~10 s of traffic,
+        # where a cancel and a new loop timer per batch were).
         deadline = engine.get_timer()
-        if deadline != self._timer_at:
+        armed = self._timer_at
+        loop = self._loop
+        if deadline is not None and (armed is None or deadline < armed) and loop is not None:
             if self._timer is not None:
                 self._timer.cancel()
-                self._timer = None
             self._timer_at = deadline
-            if deadline is not None and self._loop is not None:
-                self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
