@@ -4,11 +4,13 @@ transport that cannot be built for a node is skipped."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-from tunnelmesh.abc import Link, StunProber, Transport, TransportHost
+import pytest
+from tunnelmesh.abc import Link, StunProber, Transport, TransportCapabilities, TransportHost
 from tunnelmesh.config import PeerConfig
 from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.identity import Identity
@@ -140,3 +142,42 @@ def test_the_default_order_is_each_transports_own_preference(tmp_path: Path) -> 
         "ssh",
         "alpha",
     ]
+
+
+def test_the_reflexive_address_is_asked_only_for_a_transport_that_punches_nats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NAT's mapping of the UDP listen port helps a transport that punches NATs (UDP); a
+    node with only TCP or relayed transports asks nothing and publishes no such address."""
+    asked: list[tuple[str, int, int]] = []
+
+    async def stun_query(host: str, port: int, *, local_port: int, **kw: object) -> tuple[str, int]:
+        asked.append((host, port, local_port))
+        return ("203.0.113.7", 40000)
+
+    monkeypatch.setattr("tunnelmesh.control.daemon.stun_query", stun_query)
+    ctx = Context(
+        name="t", server="https://127.0.0.1:1", peer_name="a", mesh_ip="10.42.0.1", stun_port=3478
+    )
+    config = PeerConfig(name="a")
+    config.transports.listen_port = 4711
+    node = Node(
+        config,
+        context=ctx,
+        store=ContextStore(tmp_path),
+        identity=Identity.generate(),
+        client=SimpleNamespace(),  # type: ignore[arg-type]
+    )
+    punching = type(
+        "Punching",
+        (Default,),
+        {"name": "punching", "capabilities": TransportCapabilities(nat_punch=True)},
+    )
+    host: TransportHost = node
+    node.transports = [Default.from_node(host)]  # nat_punch is False by default
+    asyncio.run(node._stun())
+    assert asked == [] and node.reflexive == []
+    node.transports.append(punching.from_node(host))
+    asyncio.run(node._stun())
+    assert asked == [("127.0.0.1", 3478, 4711)]
+    assert node.reflexive == ["203.0.113.7:40000"]

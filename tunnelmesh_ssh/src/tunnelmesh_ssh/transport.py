@@ -271,7 +271,7 @@ class SshTransport(Transport):
 
     @classmethod
     def from_node(cls, node: TransportHost) -> SshTransport:
-        """Build from a running node: its identity and name, TCP on the UDP port's number."""
+        """Build from a running node: its identity and name, TCP on ``transports.listen_port``."""
         return cls(node.identity, node.name, listen=node.listen_address, mtu=node.config.tun.mtu)
 
     @property

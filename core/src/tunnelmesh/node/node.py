@@ -9,12 +9,13 @@ What ``tunnelmesh join`` runs after registering::
 
 Start-up order, and why:
 
-1. the STUN-reflexive address is asked from the listen port (``transports.listen_port``)
-   *before* a transport binds it (the mapping a NAT shows for that port is what peers will use);
-2. every transport registered by a plugin (``tunnelmesh_register_transports``) is built and
-   listens: ``cls.from_node(node)`` when the class has it, else the WireGuard-style constructor
-   ``cls(x25519_private_key, listen="0.0.0.0:<listen_port>", mtu=<mtu>)``, in
-   ``transports.order`` and then by each class's ``preference``;
+1. every transport registered by a plugin (``tunnelmesh_register_transports``) is built (it
+   listens once the forwarder is up): ``cls.from_node(node)`` when the class has it, else the
+   WireGuard-style constructor ``cls(x25519_private_key, listen="0.0.0.0:<listen_port>",
+   mtu=<mtu>)``, in ``transports.order`` and then by each class's ``preference``;
+2. when one of them punches NATs (``capabilities.nat_punch``: UDP), the STUN-reflexive address
+   is asked from the listen port (``transports.listen_port``) *before* a transport binds it (the
+   mapping a NAT shows for that port is what peers will use);
 3. the TUN device gets ``<mesh_ip>/<mesh prefix>``, so the whole mesh CIDR is routed into it;
 4. the packet filter (:class:`~tunnelmesh.filter.FilterService`, with the ``filter.*``
    commands and ``node.status`` on the control socket), then the forwarder with the filter's
@@ -294,8 +295,8 @@ class Node:
         self.started_at = time.monotonic()
         registry = self._registry()
         try:
-            await self._stun()
             self.transports = self._build_transports(registry)
+            await self._stun()
             prefix = ipaddress.ip_network(self.mesh_cidr, strict=False).prefixlen
             try:
                 self.tun = await asyncio.to_thread(

@@ -38,10 +38,14 @@ async def _stun_server(self: Node) -> tuple[str, int] | None:
 
 
 async def _stun(self: Node) -> None:
-    """Learn the reflexive address of the listen port, over UDP (before any transport binds
-    it)."""
+    """Learn the reflexive address of the listen port, over UDP (after the transports are
+    built, before any binds it), when a transport can use it: one that punches NATs
+    (``capabilities.nat_punch``, the UDP transport). A TCP or relayed transport cannot reach a
+    peer at the address a NAT gave a UDP port, so without one nothing is asked."""
     from tunnelmesh.control.daemon import stun_query
 
+    if not any(t.capabilities.nat_punch for t in self.transports):
+        return
     server = await self._stun_server()
     if server is None:
         return
