@@ -59,7 +59,7 @@ exception that its allow-list does not name with a reason.
     │   ├── NameTaken               tunnelmesh.coordinator.alloc: the name has another key
     │   └── ChallengesExhausted     tunnelmesh.coordinator.auth: no room for a new nonce
     ├── S3Error                     tunnelmesh_s3.errors: an S3 error response (code, status)
-    ├── DavError                    tunnelmesh_s3.dav.server: a WebDAV error response (status)
+    ├── DavError                    tunnelmesh_s3.dav.request: a WebDAV error response (status)
     ├── NfsError                    tunnelmesh_s3.nfs.context: an NFS procedure ends with an error status
     ├── MountError                  tunnelmesh_s3.mount: no client can mount a share, or it failed
     ├── MeshS3Error                 tunnelmesh_s3.meshclient: the coordinator refused S3 access
