@@ -32,9 +32,12 @@ Usage::
 
     uv run python core/bench/bench_coordinator.py --peers 2000 --duration 30 --workers 2
     uv run python core/bench/bench_coordinator.py --peers 10000 --postgres --coordinators 2
+    uv run python core/bench/bench_coordinator.py --suite --duration 60   # issue 18's figures
 
-The anchor: 2,000 peers on one coordinator (SQLite), 2 client processes, this repository at
-7f6ca51: about 157 MiB RSS (docs/control-plane.md "Scale").
+``--suite`` makes one run each of 2,000 peers on one coordinator (SQLite), 10,000 on one
+(SQLite) and 10,000 on two (PostgreSQL), 50 push channels per client process unless ``--push``
+says otherwise, and prints their figures side by side. Every run ends with the anchor
+(:data:`ANCHOR`, the 2,000-peer figures measured on the development machine).
 
 It is not a test: figures depend on the machine and its load (say how loaded it was).
 """
@@ -357,8 +360,8 @@ class SimPeer(ControlClient):
         return msgspec.json.decode(raw, type=rtype)
 
     async def aclose(self) -> None:
-        if self.conn is not None:
-            self.conn.abort()
+        if self.conn is not None and self.conn.transport is not None and not self.conn.closed:
+            self.conn.transport.close()
         await super().aclose()
 
 
@@ -592,6 +595,19 @@ def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(f"stopped by signal {signum}")
 
 
+SUITE = ((2000, 1, False), (10000, 1, False), (10000, 2, True))
+"""``--suite``: (peers, coordinators, PostgreSQL) of each run, the 2,000-peer anchor first."""
+
+ANCHOR = (
+    "anchor: 2,000 peers, 1 coordinator, SQLite, 2 client processes with 50 push channels "
+    "each, 60 s of heartbeats, measured with this benchmark at 14a07d6 on 2 cores shared with "
+    "other work (load average 14): 35 registrations/s, heartbeat p50 2.6 ms / p99 1,192 ms "
+    "in the steady phase, 0 errors, RSS 212 MiB (peak 310), coordinator 0.36 CPU ms per "
+    "heartbeat, 387 B per pushed delta. The same on a machine at load 2 to 4 with the "
+    "previous simulator (ff1e397): 198 registrations/s, 1.3 / 5.4 ms, 174 MiB"
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peers", type=int, default=2000)
@@ -610,12 +626,44 @@ def main() -> None:
     ap.add_argument(
         "--postgres", action="store_true", help="state on a throwaway PostgreSQL cluster"
     )
+    ap.add_argument(
+        "--suite",
+        action="store_true",
+        help="one run each: 2,000 peers on 1 coordinator (SQLite), 10,000 on 1 (SQLite), "
+        "10,000 on 2 (PostgreSQL); then their figures side by side",
+    )
     args = ap.parse_args()
     # A SIGTERM unwinds like Ctrl-C: coordinators, client processes and the cluster are
     # stopped by the finally blocks below.
     signal.signal(signal.SIGTERM, _terminated)
     if args.coordinators > 1 and not args.postgres:
         ap.error("several coordinators share a database: add --postgres")
+    if not args.suite:
+        run_once(args)
+        print(ANCHOR)
+        return
+    rows = []
+    for peers, coordinators, postgres in SUITE:
+        one = argparse.Namespace(**vars(args))
+        one.peers, one.coordinators, one.postgres = peers, coordinators, postgres
+        one.push = args.push or 50
+        print(f"=== {peers} peers, {coordinators} coordinator(s), {_store(postgres)}", flush=True)
+        rows.append(run_once(one))
+        print(flush=True)
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(row[k] for k in keys) + " |")
+    print(ANCHOR)
+
+
+def _store(postgres: bool) -> str:
+    return "PostgreSQL (throwaway cluster)" if postgres else "SQLite"
+
+
+def run_once(args: argparse.Namespace) -> dict[str, str]:
+    """One bounded run as ``args`` say; prints its figures and returns the main ones."""
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tm-bench-") as tmp, contextlib.ExitStack() as stack:
         dsn = ""
@@ -716,7 +764,7 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, load average before {load_before[0]:.2f}, "
         f"after {os.getloadavg()[0]:.2f}"
     )
-    store = "PostgreSQL (throwaway cluster)" if args.postgres else "SQLite"
+    store = _store(args.postgres)
     print(
         f"peers: {args.peers} in {args.workers} client processes over {len(urls)} "
         f"coordinator(s), state on {store}; wall {wall:.1f}s"
@@ -765,6 +813,7 @@ def main() -> None:
     for r in results:
         for k, v in r["kinds"].items():  # type: ignore[attr-defined]
             print(f"  error x{v}: {k}")
+    per_change = "-"
     if args.push:
         heard = sum(int(r["heard"]) for r in results)  # type: ignore[call-overload]
         resyncs = sum(int(r["resyncs"]) for r in results)  # type: ignore[call-overload]
@@ -775,15 +824,34 @@ def main() -> None:
         sizes = [x for r in results for x in r["delta_bytes"]]  # type: ignore[attr-defined]
         changes = len(per)  # one endpoint change per worker
         if sizes:
-            # Each worker changes one peer after its heartbeat phase and listens until the
-            # deltas rest; a worker that finished first no longer hears the other's change.
+            # Each worker changes one peer after the common end of the heartbeat phase and
+            # listens until the deltas rest.
+            mean = statistics.mean(sizes)
             print(
                 f"push cost of a peer change: {len(sizes)} deltas received by "
                 f"{args.push * args.workers} subscribers for {changes} changes (one per "
-                f"worker), {statistics.mean(sizes):.0f} bytes each (max {max(sizes)}): with "
+                f"worker), {mean:.0f} bytes each (max {max(sizes)}): with "
                 f"all {args.peers} peers subscribed, one change is {args.peers} messages, "
-                f"{statistics.mean(sizes) * args.peers / 1024:.0f} KiB"
+                f"{mean * args.peers / 1024:.0f} KiB"
             )
+            per_change = f"{mean:.0f} B x {args.peers} = {mean * args.peers / 1024:.0f} KiB"
+    _, used, _ = sampler.report(steady_from, steady_to)
+    coord_cpu = sum(v for k, v in used.items() if k.startswith("coordinator"))
+    return {
+        "run": f"{args.peers} peers, {len(urls)} coordinator(s), {_store(args.postgres)}",
+        "load average": f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f}",
+        "registrations/s": f"{len(reg_lat) / (reg_end - reg_start):.0f} ({reg_failed} failed)",
+        "heartbeat p50 / p99 (steady)": (
+            f"{statistics.median(steady) * 1000:.1f} / {pct(steady, 99) * 1000:.1f} ms"
+            if steady
+            else "-"
+        ),
+        "heartbeat errors (steady, all)": f"{steady_failed} of {in_window}, {errors} of "
+        f"{len(hb) + errors}",
+        "RSS per coordinator": ", ".join(f"{m['VmRSS'] / 1024:.0f} MiB" for m in mems),
+        "coordinator CPU per heartbeat": f"{coord_cpu / max(in_window, 1) * 1000:.2f} ms",
+        "bytes pushed per peer change": per_change,
+    }
 
 
 if __name__ == "__main__":
