@@ -226,7 +226,7 @@ def test_while_the_store_cannot_be_read_no_peer_goes_offline_then_the_rule_resum
     """B learns of alpha's heartbeats (sent to A) only through the store. While B cannot read
     it, alpha stays online at B (calling it offline would push half the mesh to every peer
     as offline, and back when the database answers); once B reads again, alpha, which stopped
-    meanwhile, goes offline there."""
+    meanwhile, goes offline there (after the grace the others have to write again)."""
 
     async def main() -> None:
         cfg_a, cfg_b = _two(tmp_path, interval=0.5)  # offline after 1.5 s without heartbeat
@@ -238,6 +238,7 @@ def test_while_the_store_cannot_be_read_no_peer_goes_offline_then_the_rule_resum
             await b.start()
             await a.coordinator.refresh_roster()
             await until(lambda: b.coordinator.liveness.is_online(pid), 10.0)
+
             await b.coordinator.store.close()  # B's database does not answer; A's does
             end = time.monotonic() + 3.0  # twice the offline timeout
             while time.monotonic() < end:
@@ -246,7 +247,49 @@ def test_while_the_store_cannot_be_read_no_peer_goes_offline_then_the_rule_resum
             await alpha.aclose()
             await task
             await b.coordinator.store.open()
-            await until(lambda: not b.coordinator.liveness.is_online(pid), 10.0)
+            await until(lambda: not b.coordinator.liveness.is_online(pid), 15.0)
             await b.stop()
+
+    run(main())
+
+
+def test_a_coordinator_that_stops_answering_is_left_after_the_failover_timeout(
+    tmp_path: Path,
+) -> None:
+    """A coordinator whose host vanished leaves the peer's kept-alive connection open and
+    never answers. With another coordinator known, a heartbeat gives up after
+    FAILOVER_TIMEOUT (not the 15 s request timeout), so the peer moves on within its
+    heartbeat interval plus that."""
+    from aiohttp import web
+    from tunnelmesh.control.client import FAILOVER_TIMEOUT, CoordinatorUnreachable
+
+    async def main() -> None:
+        cfg_a, cfg_b = _two(tmp_path)
+        async with CoordinatorServer(cfg_b) as b:
+            alpha = await client(b, "alpha")
+
+            async def hang(request: web.Request) -> web.Response:
+                await asyncio.sleep(3600)
+                raise AssertionError("unreachable")
+
+            app = web.Application()  # TLS with the mesh's certificate; never answers
+            app.router.add_route("*", "/{tail:.*}", hang)
+            runner = web.AppRunner(app, shutdown_timeout=0.1)
+            await runner.setup()
+            host, port = cfg_a.listen.rsplit(":", 1)
+            await web.TCPSite(runner, host, int(port), ssl_context=b._ssl).start()
+            try:
+                alpha.learn_coordinators([cfg_a.public_url, cfg_b.public_url])
+                alpha.server = cfg_a.public_url
+                t0 = time.monotonic()
+                with pytest.raises(CoordinatorUnreachable):
+                    await alpha.heartbeat()
+                took = time.monotonic() - t0
+                assert took < FAILOVER_TIMEOUT + 2.0, took  # (the request timeout is 15 s)
+                assert alpha.move_to_next_coordinator() and alpha.server == cfg_b.public_url
+                assert await alpha.heartbeat()
+            finally:
+                await alpha.aclose()
+                await runner.cleanup()
 
     run(main())

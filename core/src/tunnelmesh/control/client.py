@@ -91,6 +91,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
+FAILOVER_TIMEOUT = 3.5
+"""Seconds a heartbeat may take while other coordinators are known. One that does not answer
+in that time is taken as gone (its host may have vanished without closing the kept-alive
+connection, which would otherwise wait out the 15 s request timeout) and the peer moves on:
+within its heartbeat interval (with jitter) plus this, 14.5 s with the default 10 s."""
 
 
 _push_type_dec = msgspec.json.Decoder(dict[str, Any])
@@ -302,6 +307,7 @@ class ControlClient:
         *,
         token: str | None = None,
         body: Any = None,
+        timeout: float | None = None,
     ) -> T:
         token = self.session_token if token is None else token
         data = encode(body) if body is not None else None
@@ -312,6 +318,7 @@ class ControlClient:
                 data=data,
                 headers=self._headers(token),
                 server_hostname=COORDINATOR_NAME,
+                timeout=_TIMEOUT if timeout is None else aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -429,7 +436,9 @@ class ControlClient:
             concentrator=status.concentrator,
         )
         started = time.monotonic()
-        ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb)
+        # with somewhere else to go, a coordinator that does not answer soon counts as gone
+        timeout = FAILOVER_TIMEOUT if len(self.coordinators) > 1 else None
+        ack = await self._call("POST", "/api/v1/heartbeat", HeartbeatAck, body=hb, timeout=timeout)
         took = time.monotonic() - started
         self.heartbeat_seconds = (self.heartbeat_seconds[0] + 1, self.heartbeat_seconds[1] + took)
         i = bisect.bisect_left(HEARTBEAT_BUCKETS, took)
