@@ -159,7 +159,7 @@ def test_writes_resume_once_the_database_answers_not_when_the_pools_back_off_end
                 with pytest.raises(StateStoreError):
                     await store.put_meta("k", value)
             postgres_cluster.start()
-            async with asyncio.timeout(20):  # the listening connection retries every 5 s
+            async with asyncio.timeout(20):  # the listening connection retries every 2 s at most
                 while True:
                     try:
                         await store.put_meta("k", b"4")

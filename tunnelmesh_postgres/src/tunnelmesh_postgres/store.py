@@ -194,6 +194,12 @@ async def _write_peer(conn: Conn, record: PeerRecord) -> None:
     await conn.execute(_INSERT_PEER, peer_row(record))
 
 
+LISTEN_RETRY_MAX = 2.0
+"""Seconds at most between tries of the listening connection while it is lost: when it is
+back the store also renews its pool, so this bounds how long writes stay refused after the
+database answers again."""
+
+
 class PostgresStore:
     """:class:`~tunnelmesh.coordinator.store.StateStore` on a PostgreSQL database.
 
@@ -489,7 +495,7 @@ class PostgresStore:
             except psycopg.Error as exc:
                 log.warning("PostgreSQL at %s: cannot listen for changes: %s", self.where, exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, LISTEN_RETRY_MAX)
                 continue
             try:
                 await conn.execute(f"LISTEN {CHANNEL}")
@@ -515,7 +521,7 @@ class PostgresStore:
                     await conn.close()
             if not self._closed:
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, LISTEN_RETRY_MAX)
 
     # --- peers -------------------------------------------------------------------------------
 

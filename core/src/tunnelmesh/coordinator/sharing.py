@@ -17,7 +17,13 @@ import msgspec
 from tunnelmesh.control.messages import Coordinators, PeerInfo, encode
 from tunnelmesh.coordinator.filterbook import META_KEY as FILTER_RULES_KEY
 from tunnelmesh.coordinator.registration import _FIRST_ADMIN_KEY, _TOKEN_KEY
-from tunnelmesh.coordinator.roster import ROSTER_KEY, decode_roster, encode_roster, refreshed
+from tunnelmesh.coordinator.roster import (
+    ROSTER_KEY,
+    TTL_INTERVALS,
+    decode_roster,
+    encode_roster,
+    refreshed,
+)
 from tunnelmesh.coordinator.store import PeerRecord, StoreChange, StoreConflict
 from tunnelmesh.coordinator.transportbook import META_KEY as TRANSPORT_ORDERS_KEY
 from tunnelmesh.errors import StateStoreError
@@ -210,7 +216,9 @@ async def _poll_liveness(self: Coordinator, since: float) -> None:
         return
     self.followed["liveness_polls"] += 1
     if self._liveness_held_until == math.inf:
-        self._liveness_held_until = self.clock() + self.liveness.timeout
+        # the others get as long to write again as they have before they count as gone
+        grace = TTL_INTERVALS * float(self.config.heartbeat_interval) + self.liveness.timeout
+        self._liveness_held_until = self.clock() + grace
     for peer_id, last_seen in seen.items():
         rec = self.peers.get(peer_id)
         if rec is None:
@@ -225,11 +233,11 @@ def _judging_liveness(self: Coordinator, now: float) -> bool:
     """Whether peers may be called offline now (``Liveness.poll``).
 
     With other coordinators a peer's heartbeats may go to any of them and reach this one only
-    through the store. While the store cannot be read, and for one liveness timeout after it
-    can again (the others flush what they kept meanwhile), nobody is called offline: else
-    every peer of the others would be pushed to every peer here as offline, and again as
-    online when the database answers. A peer that sent no heartbeat anywhere meanwhile goes
-    offline after that."""
+    through the store. While the store cannot be read, and after it can again for as long as
+    the others have to write again before they count as gone (the roster's 3.5 intervals)
+    plus one liveness timeout, nobody is called offline: else every peer of the others would
+    be pushed to every peer here as offline, and again as online when the database answers. A
+    peer that sent no heartbeat anywhere meanwhile goes offline after that."""
     return not self._others() or now >= self._liveness_held_until
 
 
