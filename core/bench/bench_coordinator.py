@@ -413,16 +413,16 @@ async def _worker(
 
     async def join(i: int) -> None:
         nonlocal reg_failed
-        p = SimPeer(
-            url,
-            ssl_ctx,
-            identity=Identity.generate(),
-            ca_pem=ca,
-            auth_token=TOKEN,
-            name=f"w{index}-peer-{i}",
-        )
         async with sem:
             t = time.perf_counter()
+            p = SimPeer(
+                url,
+                ssl_ctx,
+                identity=Identity.generate(),
+                ca_pem=ca,
+                auth_token=TOKEN,
+                name=f"w{index}-peer-{i}",
+            )
             try:
                 await p.register_with_retry(attempts=5)  # as a joining node does
             except (CoordinatorUnreachable, ApiRequestError) as exc:
@@ -432,7 +432,8 @@ async def _worker(
                 return
             finally:
                 # One process plays thousands of nodes: the process-wide log redactor would
-                # collect every one's token (sorted again at each), which a node never does.
+                # collect every one's key and tokens (sorted again at each addition), which a
+                # node never does. Peers are made here, at most `concurrency` at a time.
                 redactor.clear()
             reg_lat.append(time.perf_counter() - t)
         peers.append(p)
