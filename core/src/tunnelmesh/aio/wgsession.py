@@ -166,7 +166,7 @@ class WireGuardSession:
     def send_packets(self, peer: Peer, packets: Sequence[Packet]) -> None:
         """Seal IP packets for ``peer`` and send them (staged while there is no session)."""
         transmit_sealed = self.transmit_sealed
-        if transmit_sealed is not None:
+        if transmit_sealed is not None and len(packets) > 1:  # one packet: bytes are cheaper
             buf = self._sealed
             sizes = self.engine.seal_into(peer, packets, self.now(), buf)
             self._send_queued()  # a rekey initiation first, as below

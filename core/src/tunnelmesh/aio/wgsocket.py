@@ -152,10 +152,12 @@ class WireGuardSocket:
     # --- sending (the session's transmit) -------------------------------------------------------
 
     def _send_run(self, msgs: list[bytes], addr: Any) -> None:
-        """Send messages to one address (the session's queued handshakes and keepalives)."""
-        self._send_sealed(
-            msgs[0] if len(msgs) == 1 else b"".join(msgs), [len(m) for m in msgs], addr
-        )
+        """Send messages to one address (handshakes, keepalives, a batch of one packet)."""
+        if len(msgs) == 1:
+            self.stats["tx_datagrams"] += 1
+            self._sendto(msgs[0], addr)
+            return
+        self._send_sealed(b"".join(msgs), [len(m) for m in msgs], addr)
 
     def _send_sealed(self, buf: bytes | bytearray, sizes: list[int], addr: Any) -> None:
         """Send the messages that lie back to back in ``buf`` (``sizes``) to one address: GSO
