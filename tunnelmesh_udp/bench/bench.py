@@ -35,7 +35,11 @@ def ping_ms(host: Any, address: str) -> float:
 
 
 def iperf_gbps(client: Any, server: Any, address: str, seconds: int) -> float:
-    srv = server.popen(["iperf3", "-s", "-1", "-B", address], stdout=subprocess.DEVNULL)
+    srv = server.popen(  # stopped below if still there: its "interrupt" line is no result
+        ["iperf3", "-s", "-1", "-B", address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(50):
             if ":5201" in server.run(["ss", "-ltn"], check=False).stdout:
