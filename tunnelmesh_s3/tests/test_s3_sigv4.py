@@ -308,3 +308,23 @@ def test_unsigned_request_is_denied() -> None:
     with pytest.raises(SigV4Error) as err:
         sigv4.verify(Request("GET", "/", "", [("Host", "x")]), lookup, region="us-east-1", now=NOW)
     assert err.value.code == "AccessDenied"
+
+
+def test_uri_encode_keeps_exactly_the_unreserved_bytes() -> None:
+    """RFC 3986 / SigV4 UriEncode: every byte but A-Z a-z 0-9 - _ . ~ (and / when kept) as %XX."""
+    unreserved = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
+    for byte in range(256):
+        raw = bytes([byte])
+        plain = byte in unreserved
+        assert sigv4.uri_encode(raw, keep_slash=False) == (chr(byte) if plain else f"%{byte:02X}")
+        assert sigv4.uri_encode(raw, keep_slash=True) == (
+            chr(byte) if plain or raw == b"/" else f"%{byte:02X}"
+        )
+    assert sigv4.uri_encode("a b/é~".encode(), keep_slash=True) == "a%20b/%C3%A9~"
+
+
+def test_header_lookup_is_by_lower_case_name_and_takes_the_first() -> None:
+    req = Request("GET", "/", "", [("X-Amz-Date", "1"), ("x-amz-date", "2"), ("Host", "h")])
+    assert req.header("x-amz-date") == req.header("X-AMZ-DATE") == "1"
+    assert req.header("host") == "h"
+    assert req.header("missing") is None

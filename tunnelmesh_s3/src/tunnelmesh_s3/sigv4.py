@@ -23,8 +23,8 @@ import hmac
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from urllib.parse import unquote_to_bytes
+from functools import cached_property, lru_cache
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from tunnelmesh.errors import RemoteProtocolError
 
@@ -57,7 +57,6 @@ MAX_SKEW = 15 * 60
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 MAX_CHUNK = 16 * 1024 * 1024
 
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
 _STREAMING_MODES = (STREAMING, STREAMING_TRAILER, STREAMING_UNSIGNED_TRAILER)
 
 
@@ -75,13 +74,9 @@ class SigV4Error(RemoteProtocolError):
 
 def uri_encode(raw: bytes, *, keep_slash: bool) -> str:
     """Percent-encode every byte but the RFC 3986 unreserved ones (and ``/`` when asked)."""
-    out = []
-    for byte in raw:
-        if byte in _UNRESERVED or (keep_slash and byte == 0x2F):
-            out.append(chr(byte))
-        else:
-            out.append(f"%{byte:02X}")
-    return "".join(out)
+    # quote keeps exactly the unreserved bytes (letters, digits, "-._~") plus ``safe``, and
+    # writes the others as %XX in upper case
+    return quote_from_bytes(raw, safe="/" if keep_slash else "")
 
 
 def canonical_uri(raw_path: str) -> str:
@@ -159,6 +154,7 @@ def amz_date(now: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
 
 
+@lru_cache(maxsize=64)  # requests signed within the same second share it
 def _parse_amz_date(value: str) -> float:
     try:
         return float(calendar.timegm(time.strptime(value, "%Y%m%dT%H%M%SZ")))
@@ -186,12 +182,21 @@ class Request:
     raw_query: str
     headers: Sequence[tuple[str, str]]
 
+    @cached_property
+    def lowered(self) -> list[tuple[str, str]]:
+        """The headers with their names in lower case, in order."""
+        return [(key.lower(), value) for key, value in self.headers]
+
+    @cached_property
+    def _first(self) -> dict[str, str]:
+        first: dict[str, str] = {}
+        for key, value in self.lowered:
+            first.setdefault(key, value)
+        return first
+
     def header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        """The value of the first header of that name (any case), or None."""
+        return self._first.get(name.lower())
 
 
 @dataclass(frozen=True)
@@ -347,9 +352,7 @@ def verify(
         )
     if "host" not in signed:
         raise SigV4Error("AccessDenied", "the host header must be signed")
-    unsigned = sorted(
-        {name.lower() for name, _ in req.headers if name.lower().startswith("x-amz-")} - set(signed)
-    )
+    unsigned = sorted({name for name, _ in req.lowered if name.startswith("x-amz-")} - set(signed))
     if unsigned:
         # S3 refuses these: a man-in-the-middle could add metadata or a copy source otherwise
         raise SigV4Error(
