@@ -184,7 +184,17 @@ class Body:
         batched = 0
         hashing: asyncio.Future[None] | None = None
         loop = asyncio.get_running_loop()
-        async for raw in self.request.content.iter_any():
+        content = self.request.content
+        while True:
+            # readchunk hands over each piece aiohttp received as it is (readany would join
+            # the pieces buffered meanwhile into one new bytes: a copy of the body)
+            raw, _ = await content.readchunk()
+            if not raw:
+                # the end of the body, or of an HTTP chunk; not iter_chunks: the shared
+                # reader of every bodiless request answers its end only once per process
+                if content.at_eof():
+                    break
+                continue
             if self._decoder is not None:
                 try:
                     pieces = self._decoder.feed(raw)
