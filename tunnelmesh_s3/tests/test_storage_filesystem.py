@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import sqlite3
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -229,5 +230,36 @@ def test_a_store_from_before_inline_objects_opens(tmp_path: Path) -> None:
             assert await read_all(st, "bk1", "old") == b"o" * BIG
             await st.put_object("bk1", "new", body(b"small"))
             assert await read_all(st, "bk1", "new") == b"small"
+
+    asyncio.run(main())
+
+
+def test_point_reads_do_not_wait_behind_the_index_thread(tmp_path: Path) -> None:
+    """HEAD, open and head_bucket read their row on the caller's loop (a second connection):
+    they answer while the index thread is busy (a group commit's fsync), and see every commit
+    that finished before them."""
+    data = os.urandom(5000)
+
+    async def main() -> None:
+        async with FilesystemStorage(tmp_path) as st:
+            await st.create_bucket("bk1")
+            await st.put_object("bk1", "k", body(data))
+            assert st._db_pool is not None
+            busy = threading.Event()
+            blocker = st._db_pool.submit(busy.wait, 30)
+            try:
+                assert (await st.head_bucket("bk1")).name == "bk1"
+                assert (await st.head_object("bk1", "k")).size == len(data)
+                assert await read_all(st, "bk1", "k") == data
+                with pytest.raises(NoSuchKey):
+                    await st.head_object("bk1", "missing")
+                assert not blocker.done()
+            finally:
+                busy.set()
+            await st.put_object("bk1", "k", body(b"v2"))
+            assert await read_all(st, "bk1", "k") == b"v2"
+            await st.delete_object("bk1", "k")
+            with pytest.raises(NoSuchKey):
+                await st.head_object("bk1", "k")
 
     asyncio.run(main())

@@ -16,7 +16,9 @@ files, which :meth:`FilesystemStorage.start` removes. Since keys only ever appea
 no key can name a path outside ROOT.
 
 Reads see a snapshot: an open reader holds its blobs, and a blob that an overwrite or delete frees
-is unlinked only after its last reader closes.
+is unlinked only after its last reader closes. Index writes run on one thread (group commit);
+point reads (an object's or a bucket's row) use a second connection on the event loop itself,
+with no thread hop, and see every commit that finished before them.
 """
 
 from __future__ import annotations
@@ -241,6 +243,7 @@ class FilesystemStorage(Storage):
         self.root = Path(root)
         self._io_threads = io_threads
         self._index: Index | None = None
+        self._reads: Index | None = None
         self._db_pool: ThreadPoolExecutor | None = None
         self._io_pool: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
@@ -277,6 +280,7 @@ class FilesystemStorage(Storage):
         self._io_pool = ThreadPoolExecutor(self._io_threads, thread_name_prefix="tm-storage-io")
         self._index = await self._db(Index, self.root / "index.sqlite3")
         await self._db(self._recover)
+        self._reads = Index(self.root / "index.sqlite3", reads_only=True)
 
     def _recover(self) -> None:
         """Delete writes in progress and blobs no row references (left by a crash)."""
@@ -293,6 +297,8 @@ class FilesystemStorage(Storage):
         if self._closed:
             return
         self._closed = True
+        if self._reads is not None:
+            self._reads.close()
         if self._index is not None:
             await self._db(self._index.close)
         for pool in (self._db_pool, self._io_pool):
@@ -345,6 +351,13 @@ class FilesystemStorage(Storage):
         if self._closed or self._index is None:
             raise StorageError("storage is closed" if self._closed else "storage is not started")
         return self._index
+
+    def _lookup(self) -> Index:
+        """The connection for point reads, run on the event loop without a thread hop: one
+        row by its primary key, from pages the OS has cached (WAL: never waits for a writer)."""
+        if self._closed or self._reads is None:
+            raise StorageError("storage is closed" if self._closed else "storage is not started")
+        return self._reads
 
     def _blob_path(self, blob: str) -> Path:
         return self.root / "blobs" / blob[:2] / blob
@@ -480,7 +493,7 @@ class FilesystemStorage(Storage):
         self._free(await self._write(self._idx().delete_bucket, bucket))
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
-        return await self._db(self._idx().head_bucket, bucket)
+        return self._lookup().head_bucket(bucket)
 
     async def list_buckets(self) -> list[BucketInfo]:
         return await self._db(self._idx().list_buckets)
@@ -539,7 +552,7 @@ class FilesystemStorage(Storage):
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
         check_key(key)
-        info, _, _ = await self._db(self._idx().get_object, bucket, key)
+        info, _, _ = self._lookup().get_object(bucket, key)
         return info
 
     async def open_object(self, bucket: str, key: str) -> ObjectReader:
@@ -547,7 +560,7 @@ class FilesystemStorage(Storage):
 
     async def _open(self, bucket: str, key: str) -> _Reader | _InlineReader:
         check_key(key)
-        info, segments, data = await self._db(self._idx().get_object, bucket, key)
+        info, segments, data = self._lookup().get_object(bucket, key)
         if data is not None:
             return _InlineReader(info, data)
         return _Reader(self, info, segments)

@@ -110,10 +110,15 @@ def _object_info(row: Sequence[Any]) -> ObjectInfo:
 
 
 class Index:
-    """The SQLite index of one filesystem store. Use from one thread only."""
+    """The SQLite index of one filesystem store. Use each instance from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reads_only: bool = False) -> None:
+        """Open (and create or upgrade) the index; ``reads_only``: a second connection to an
+        index opened already, for reads beside the writer (WAL: readers never wait for it)."""
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if reads_only:
+            self.db.execute("PRAGMA query_only=ON")
+            return
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
