@@ -4,16 +4,19 @@ Layout of the directory it owns::
 
     ROOT/LOCK              flock'ed while a process has the store open (one process at a time)
     ROOT/index.sqlite3     buckets, objects, uploads and parts (see fsindex.py)
-    ROOT/blobs/ab/<id>     object and part data, named by random ids, never by keys
-    ROOT/tmp/<id>          writes in progress
+    ROOT/blobs/ab/<id>     object and part data, named by random ids, never by keys (the 256
+                           shard directories ab/ are made when the store is)
+    ROOT/tmp/<id>          copies in progress (copy_object where hard links fail)
 
-A write streams into ``tmp/``, fsyncs the file, renames it into ``blobs/``, fsyncs that
-directory, and only then commits the index row that makes it visible (SQLite WAL with
-``synchronous=FULL``). An object of at most :data:`INLINE_MAX` bytes skips the file: its bytes
-go into its index row, so the one commit (whose WAL fsync concurrent writes share) makes it both
-durable and visible, and a read of it needs no file. A crash at any point leaves the previous state plus, at worst, unreferenced
-files, which :meth:`FilesystemStorage.start` removes. Since keys only ever appear as index data,
-no key can name a path outside ROOT.
+A write streams into a new blob file in its shard, fsyncs the file, then the shard directory
+(cheap: the file's fsync committed the entry already on journalling filesystems), and only then
+commits the index row that makes it visible (SQLite WAL with ``synchronous=FULL``); no index row
+names a blob before that, so a reader never sees a partial one. An object of at most
+:data:`INLINE_MAX` bytes skips the file: its bytes go into its index row, so the one commit
+(whose WAL fsync concurrent writes share) makes it both durable and visible, and a read of it
+needs no file. A crash at any point leaves the previous state plus, at worst, unreferenced files,
+which :meth:`FilesystemStorage.start` removes. Since keys only ever appear as index data, no key
+can name a path outside ROOT.
 
 Reads see a snapshot: an open reader holds its blobs, and a blob that an overwrite or delete frees
 is unlinked only after its last reader closes. Index writes run on one thread (group commit);
@@ -88,10 +91,10 @@ def _writev_all(fd: int, pieces: Sequence[bytes]) -> None:
 
 
 class _BlobFile:
-    """A blob being written in ``tmp/``: its thread-side steps (each runs in an io thread)."""
+    """A blob being written in its shard: its thread-side steps (each runs in an io thread)."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.fd = -1
         self.md5 = hashlib.md5(usedforsecurity=False)
 
@@ -101,24 +104,24 @@ class _BlobFile:
 
     def write(self, pieces: Sequence[bytes]) -> None:
         if self.fd < 0:
-            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         if pieces:
             _writev_all(self.fd, pieces)
 
-    def finish(self, pieces: Sequence[bytes], install: Callable[[], None]) -> None:
-        """Write the last pieces, fsync once, close, and rename into ``blobs/``."""
+    def finish(self, pieces: Sequence[bytes]) -> None:
+        """Write the last pieces, fsync the file once, close it, and fsync its directory."""
         self.write(pieces)
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
-        install()
+        _fsync_dir(self.path.parent)
 
     def discard(self, _: object = None) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         with contextlib.suppress(OSError):
-            self.tmp.unlink()
+            self.path.unlink()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -280,6 +283,7 @@ class FilesystemStorage(Storage):
         self._io_pool = ThreadPoolExecutor(self._io_threads, thread_name_prefix="tm-storage-io")
         self._index = await self._db(Index, self.root / "index.sqlite3")
         await self._db(self._recover)
+        await self._db(self._make_shards)
         self._reads = Index(self.root / "index.sqlite3", reads_only=True)
 
     def _recover(self) -> None:
@@ -292,6 +296,18 @@ class FilesystemStorage(Storage):
             for blob in shard.iterdir():
                 if blob.name not in live:
                     blob.unlink()
+
+    def _make_shards(self) -> None:
+        """The 256 shard directories, made once (a write then never makes one)."""
+        blobs = self.root / "blobs"
+        made = False
+        for n in range(256):
+            shard = blobs / f"{n:02x}"
+            if not shard.is_dir():
+                shard.mkdir(exist_ok=True)
+                made = True
+        if made:
+            _fsync_dir(blobs)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -395,15 +411,14 @@ class FilesystemStorage(Storage):
 
         The body's pieces are kept as they arrive (no copy) and handed over in batches of
         :data:`WRITE_BATCH`: one thread hashes a batch and another writes it (``writev``) while
-        the event loop receives the next. A body that ends within its first batch costs one
-        thread hop in all (hash, write, fsync, rename); a larger one one fsync at the end.
+        the event loop receives the next. The last batch too: its hash runs beside its write
+        and the fsyncs (the file's, then its directory's), which wait on the disk.
         """
         self._idx()
         assert self._io_pool is not None
         pool = self._io_pool
         blob = secrets.token_hex(16)
-        tmp = self.root / "tmp" / blob
-        file = _BlobFile(tmp)
+        file = _BlobFile(self._blob_path(blob))
         size = 0
         hashing: concurrent.futures.Future[None] | None = None
         writing: concurrent.futures.Future[None] | None = None
@@ -428,14 +443,10 @@ class FilesystemStorage(Storage):
                 await asyncio.wrap_future(hashing)
             if writing is not None:
                 await asyncio.wrap_future(writing)
-            last = pieces
-
-            def finish() -> None:
-                file.hash(last)
-                file.finish(last, lambda: self._install(tmp, blob))
-
             size += pending
-            writing = pool.submit(finish)
+            hashing = pool.submit(file.hash, pieces)
+            writing = pool.submit(file.finish, pieces)
+            await asyncio.wrap_future(hashing)
             await asyncio.wrap_future(writing)
         except BaseException:
             if writing is not None and not writing.done():
@@ -447,12 +458,9 @@ class FilesystemStorage(Storage):
         return blob, size, file.md5.hexdigest()
 
     def _install(self, tmp: Path, blob: str) -> None:
-        shard = self.root / "blobs" / blob[:2]
-        if not shard.exists():
-            shard.mkdir(exist_ok=True)
-            _fsync_dir(shard.parent)
-        os.rename(tmp, shard / blob)
-        _fsync_dir(shard)
+        path = self._blob_path(blob)
+        os.rename(tmp, path)
+        _fsync_dir(path.parent)
 
     def _link_blob(self, blob: str) -> str:
         """A new blob with the same content (a hard link; a copy where links fail)."""
