@@ -40,7 +40,7 @@ from aiohttp import web
 from tunnelmesh.abc import CoordinatorView
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator.api import API_MIDDLEWARES, route_table
-from tunnelmesh.coordinator.meshlisten import load_cert_pem, start_tls_site
+from tunnelmesh.coordinator.meshlisten import load_cert_pem, start_tls_site, stop_site
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.registry import AdminPanel
 
@@ -266,12 +266,8 @@ class AdminService:
                 await self._task
             self._task = None
         if self._runner is not None:
-            server = self._runner.server
-            open_ = [h.transport for h in server.connections if h.transport] if server else []
-            await self._runner.cleanup()
+            await stop_site(self._runner)  # an SSE stream or a half-closed TLS connection too
             self._runner = None
-            for transport in open_:  # an SSE stream or a half-closed TLS connection
-                transport.abort()
         self.listening.clear()
         if self.geoip is not None:
             self.geoip.close()

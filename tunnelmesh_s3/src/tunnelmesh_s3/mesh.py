@@ -50,7 +50,12 @@ from tunnelmesh.abc import CoordinatorView, Storage
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator import ApiFailure, PeerRecord
 from tunnelmesh.coordinator.api import authenticated_peer
-from tunnelmesh.coordinator.meshlisten import freebind_socket, load_cert_pem, start_tls_site
+from tunnelmesh.coordinator.meshlisten import (
+    freebind_socket,
+    load_cert_pem,
+    start_tls_site,
+    stop_site,
+)
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.logs import add_secret
 
@@ -462,15 +467,8 @@ class MeshS3Service:
                 await self._task
             self._task = None
         if self._runner is not None:
-            server = self._runner.server
-            open_ = [h.transport for h in server.connections if h.transport] if server else []
-            await self._runner.cleanup()
+            await stop_site(self._runner)  # aborts what the graceful shutdown left
             self._runner = None
-            # A TLS connection whose client hung up while reading was paused never finishes
-            # its close_notify exchange (asyncio's SSL transport then ignores close()); abort
-            # what the graceful shutdown left, so no socket outlives the service.
-            for transport in open_:
-                transport.abort()
         if self.storage is not None:
             await self.storage.aclose()
             self.storage = None

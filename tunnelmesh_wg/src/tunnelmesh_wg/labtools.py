@@ -15,13 +15,12 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunnelmesh.errors import LabError
-from tunnelmesh.testing.wireguard import stop_process
+from tunnelmesh.testing.wireguard import launch_wireguard_go, stop_process
 
 __all__ = ["NETNS_ETC", "Phone", "parse_config", "start_phone"]
 
@@ -100,18 +99,7 @@ def start_phone(
             raise LabError("a full-tunnel phone needs its own lab namespace")
         if not host.route_get(endpoint):
             raise LabError(f"the phone has no route of its own to the endpoint {endpoint}")
-    proc: subprocess.Popen[str] = host.popen(
-        ["env", "LOG_LEVEL=error", "wireguard-go", "-f", ifname],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    sock = Path(f"/var/run/wireguard/{ifname}.sock")
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            stop_process(proc)
-            raise LabError(f"wireguard-go did not create {sock}")
-        time.sleep(0.05)
+    proc = launch_wireguard_go(host, ifname)
     phone = Phone(host, ifname, proc, keys["Address"][0], (keys.get("DNS") or [""])[0])
     try:
         path = workdir / f"{ifname}.conf"  # wg-quick takes the interface name from the file

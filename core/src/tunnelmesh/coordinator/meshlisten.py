@@ -19,7 +19,7 @@ from aiohttp import web
 from tunnelmesh.control.urls import join_hostport
 from tunnelmesh.errors import ConfigError
 
-__all__ = ["freebind_socket", "load_cert_pem", "start_tls_site"]
+__all__ = ["freebind_socket", "load_cert_pem", "start_tls_site", "stop_site"]
 
 _IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
@@ -92,3 +92,17 @@ async def start_tls_site(
     server = site._server
     assert server is not None
     return int(getattr(server, "sockets", [])[0].getsockname()[1])
+
+
+async def stop_site(runner: web.AppRunner) -> None:
+    """Stop serving ``runner``: a graceful cleanup, then every connection it left is aborted.
+
+    A TLS connection whose client hung up while reading was paused never finishes its
+    close_notify exchange (asyncio's SSL transport then ignores close()), and an SSE stream
+    stays open: both are aborted, so no socket outlives the service.
+    """
+    server = runner.server
+    open_ = [h.transport for h in server.connections if h.transport] if server else []
+    await runner.cleanup()
+    for transport in open_:
+        transport.abort()

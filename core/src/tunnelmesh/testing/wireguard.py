@@ -18,7 +18,7 @@ from typing import Any
 from tunnelmesh.errors import LabError
 from tunnelmesh.proto.wgcrypto import public_key_of
 
-__all__ = ["KeyPair", "start_wireguard_go", "stop_process"]
+__all__ = ["KeyPair", "launch_wireguard_go", "start_wireguard_go", "stop_process"]
 
 
 class KeyPair:
@@ -48,17 +48,7 @@ def start_wireguard_go(
     ``ifname`` must be unique on the machine: the UAPI socket directory /var/run/wireguard is
     shared by every namespace.
     """
-    proc: subprocess.Popen[str] = host.popen(
-        ["env", "LOG_LEVEL=error", "wireguard-go", "-f", ifname],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    sock = Path(f"/var/run/wireguard/{ifname}.sock")
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise LabError(f"wireguard-go did not create {sock}")
-        time.sleep(0.05)
+    proc = launch_wireguard_go(host, ifname)
     keyfile = workdir / f"{ifname}.key"
     keyfile.write_text(key.private_b64 + "\n")
     keyfile.chmod(0o600)
@@ -69,6 +59,28 @@ def start_wireguard_go(
     host.run(cmd)
     host.run(["ip", "addr", "add", address, "dev", ifname])
     host.run(["ip", "link", "set", ifname, "up"])
+    return proc
+
+
+def launch_wireguard_go(host: Any, ifname: str) -> subprocess.Popen[str]:
+    """Start Debian's wireguard-go in the foreground in ``host`` (a lab host) and wait until its
+    UAPI socket ``/var/run/wireguard/<ifname>.sock`` is there (the interface is not configured).
+
+    Raises:
+        LabError: no socket within 10 s, or wireguard-go ended (it is stopped then).
+    """
+    proc: subprocess.Popen[str] = host.popen(
+        ["env", "LOG_LEVEL=error", "wireguard-go", "-f", ifname],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sock = Path(f"/var/run/wireguard/{ifname}.sock")
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            stop_process(proc)
+            raise LabError(f"wireguard-go did not create {sock}")
+        time.sleep(0.05)
     return proc
 
 
