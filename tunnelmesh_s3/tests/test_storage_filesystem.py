@@ -16,10 +16,15 @@ from tunnelmesh.errors import NoSuchKey, StorageError
 from tunnelmesh.manager import make_plugin_manager
 from tunnelmesh.storage import conformance
 from tunnelmesh.storage.conformance import body, read_all
-from tunnelmesh_s3.filesystem import INLINE_MAX, FilesystemStorage
+from tunnelmesh_s3.filesystem import INLINE_MAX, SLOTS, FilesystemStorage
 
 BIG = INLINE_MAX + 1
 """The smallest object stored in a blob file (smaller ones live in the index row)."""
+
+
+def data_files(root: Path) -> list[Path]:
+    """The blob files that hold bytes (the store keeps a few empty ones made ahead)."""
+    return [p for p in (root / "blobs").rglob("*") if p.is_file() and p.stat().st_size]
 
 
 @pytest.mark.parametrize("check", conformance.CHECKS, ids=lambda c: c.__name__)
@@ -59,15 +64,14 @@ def test_recovery_removes_leftovers_of_a_crash(tmp_path: Path) -> None:
                 await st.head_object("bk1", "other")
         assert list((tmp_path / "tmp").iterdir()) == []
         assert not orphan.exists()
-        blobs = [p for shard in (tmp_path / "blobs").iterdir() for p in shard.iterdir()]
-        assert len(blobs) == 1
+        assert len(data_files(tmp_path)) == 1
 
     asyncio.run(main())
 
 
 def test_freed_blobs_are_deleted(tmp_path: Path) -> None:
     def blob_count() -> int:
-        return sum(1 for shard in (tmp_path / "blobs").iterdir() for _ in shard.iterdir())
+        return len(data_files(tmp_path))
 
     async def main() -> None:
         async with FilesystemStorage(tmp_path) as st:
@@ -134,7 +138,7 @@ def test_streaming_memory_stays_bounded(tmp_path: Path) -> None:
 
 def test_refused_conditional_put_frees_its_blob(tmp_path: Path) -> None:
     def blob_count() -> int:
-        return sum(1 for shard in (tmp_path / "blobs").iterdir() for _ in shard.iterdir())
+        return len(data_files(tmp_path))
 
     def absent(current: object) -> None:
         if current is not None:
@@ -157,7 +161,7 @@ def test_small_objects_live_in_their_index_row(tmp_path: Path) -> None:
     reopen); one byte more: a blob file, freed when an inline object replaces it."""
 
     def blob_count() -> int:
-        return sum(1 for shard in (tmp_path / "blobs").iterdir() for _ in shard.iterdir())
+        return len(data_files(tmp_path))
 
     sizes = [0, 1, 4096, INLINE_MAX]
     datas = {n: os.urandom(n) for n in sizes}
@@ -261,5 +265,34 @@ def test_point_reads_do_not_wait_behind_the_index_thread(tmp_path: Path) -> None
             await st.delete_object("bk1", "k")
             with pytest.raises(NoSuchKey):
                 await st.head_object("bk1", "k")
+
+    asyncio.run(main())
+
+
+def test_large_writes_take_files_made_ahead(tmp_path: Path) -> None:
+    """A blob write takes one of the empty files made ahead (whose directory entries are synced
+    already: no directory fsync per write); more are made as they run out; the ones left unused
+    by a stopped store are removed when it starts again, and a new set is made."""
+    datas = [os.urandom(BIG + i) for i in range(SLOTS + 4)]
+
+    def files(root: Path) -> set[str]:
+        return {p.name for p in (root / "blobs").rglob("*") if p.is_file()}
+
+    async def main() -> None:
+        async with FilesystemStorage(tmp_path) as st:
+            made = files(tmp_path)
+            assert len(made) == SLOTS
+            await st.create_bucket("bk1")
+            for i, data in enumerate(datas):
+                await st.put_object("bk1", f"k{i}", body(data))
+            used = {p.name for p in data_files(tmp_path)}
+            assert len(used) == len(datas)
+            assert len(made & used) >= SLOTS // 2  # the first writes took files made ahead
+            for i, data in enumerate(datas):
+                assert await read_all(st, "bk1", f"k{i}") == data
+        async with FilesystemStorage(tmp_path) as st:
+            for i, data in enumerate(datas):
+                assert await read_all(st, "bk1", f"k{i}") == data
+            assert len(files(tmp_path) - {p.name for p in data_files(tmp_path)}) == SLOTS
 
     asyncio.run(main())

@@ -8,10 +8,11 @@ Layout of the directory it owns::
                            shard directories ab/ are made when the store is)
     ROOT/tmp/<id>          copies in progress (copy_object where hard links fail)
 
-A write streams into a new blob file in its shard, fsyncs the file, then the shard directory
-(cheap: the file's fsync committed the entry already on journalling filesystems), and only then
-commits the index row that makes it visible (SQLite WAL with ``synchronous=FULL``); no index row
-names a blob before that, so a reader never sees a partial one. An object of at most
+A write streams into a blob file in its shard and fsyncs it, and only then commits the index row
+that makes it visible (SQLite WAL with ``synchronous=FULL``); no index row names a blob before
+that, so a reader never sees a partial one. The blob file is one of :data:`SLOTS` empty files
+made ahead in one shard with one fsync of that directory, so that a write needs no directory
+fsync of its own (when none is left, it makes its file and fsyncs the directory itself). An object of at most
 :data:`INLINE_MAX` bytes skips the file: its bytes go into its index row, so the one commit
 (whose WAL fsync concurrent writes share) makes it both durable and visible, and a read of it
 needs no file. A crash at any point leaves the previous state plus, at worst, unreferenced files,
@@ -69,6 +70,9 @@ MAX_IOV = 512
 
 MAX_PARTS = 10_000
 
+SLOTS = 16
+"""Empty blob files made ahead at a time (their directory entries synced once for all)."""
+
 INLINE_MAX = 64 * 1024
 """Objects up to this size are stored in their index row (see the module docstring)."""
 
@@ -93,8 +97,10 @@ def _writev_all(fd: int, pieces: Sequence[bytes]) -> None:
 class _BlobFile:
     """A blob being written in its shard: its thread-side steps (each runs in an io thread)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, made: bool = False) -> None:
         self.path = path
+        self.made = made
+        """The file exists already, its directory entry synced (a slot)."""
         self.fd = -1
         self.md5 = hashlib.md5(usedforsecurity=False)
 
@@ -104,17 +110,20 @@ class _BlobFile:
 
     def write(self, pieces: Sequence[bytes]) -> None:
         if self.fd < 0:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            flags = os.O_WRONLY if self.made else os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            self.fd = os.open(self.path, flags, 0o600)
         if pieces:
             _writev_all(self.fd, pieces)
 
     def finish(self, pieces: Sequence[bytes]) -> None:
-        """Write the last pieces, fsync the file once, close it, and fsync its directory."""
+        """Write the last pieces, fsync the file once, close it (and fsync its directory when
+        the file is new)."""
         self.write(pieces)
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
-        _fsync_dir(self.path.parent)
+        if not self.made:
+            _fsync_dir(self.path.parent)
 
     def discard(self, _: object = None) -> None:
         if self.fd >= 0:
@@ -258,6 +267,9 @@ class FilesystemStorage(Storage):
         self._doomed: set[str] = set()
         self._closed = False
         self._last_upload_ns = 0
+        self._slots: list[str] = []
+        self._slots_lock = threading.Lock()
+        self._refilling = False
 
     # --- plumbing ---
 
@@ -284,6 +296,8 @@ class FilesystemStorage(Storage):
         self._index = await self._db(Index, self.root / "index.sqlite3")
         await self._db(self._recover)
         await self._db(self._make_shards)
+        self._refilling = True
+        await self._io(self._make_slots)
         self._reads = Index(self.root / "index.sqlite3", reads_only=True)
 
     def _recover(self) -> None:
@@ -308,6 +322,36 @@ class FilesystemStorage(Storage):
                 made = True
         if made:
             _fsync_dir(blobs)
+
+    def _make_slots(self) -> None:
+        """:data:`SLOTS` empty blob files in one shard, their entries synced by one fsync."""
+        try:
+            shard = f"{secrets.randbelow(256):02x}"
+            made = []
+            for _ in range(SLOTS):
+                blob = shard + secrets.token_hex(15)
+                os.close(
+                    os.open(self._blob_path(blob), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                )
+                made.append(blob)
+            _fsync_dir(self.root / "blobs" / shard)
+            with self._slots_lock:
+                self._slots += made
+        finally:
+            with self._slots_lock:
+                self._refilling = False
+
+    def _take_slot(self) -> str | None:
+        """A made-ahead blob file, if one is left; makes more in the background when few are."""
+        with self._slots_lock:
+            blob = self._slots.pop() if self._slots else None
+            refill = len(self._slots) < SLOTS // 2 and not self._refilling
+            if refill:
+                self._refilling = True
+        if refill and self._io_pool is not None:
+            # a failure leaves writes making their own files; recovery removes unused slots
+            self._io_pool.submit(self._make_slots)
+        return blob
 
     async def aclose(self) -> None:
         if self._closed:
@@ -417,8 +461,9 @@ class FilesystemStorage(Storage):
         self._idx()
         assert self._io_pool is not None
         pool = self._io_pool
-        blob = secrets.token_hex(16)
-        file = _BlobFile(self._blob_path(blob))
+        slot = self._take_slot()
+        blob = slot or secrets.token_hex(16)
+        file = _BlobFile(self._blob_path(blob), made=slot is not None)
         size = 0
         hashing: concurrent.futures.Future[None] | None = None
         writing: concurrent.futures.Future[None] | None = None
