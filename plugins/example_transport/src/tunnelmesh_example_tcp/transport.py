@@ -2,14 +2,16 @@
 
 This is how a third party adds a transport to tunnelmesh with its public API only:
 
-* the transport implements :class:`tunnelmesh.abc.Transport` and its links
-  :class:`tunnelmesh.abc.Link`;
+* the transport implements :class:`tunnelmesh.abc.Transport`; its links are the session's
+  :class:`~tunnelmesh.aio.wgsession.WireGuardLink` (a :class:`tunnelmesh.abc.Link`);
 * packets are sealed end to end by tunnelmesh's sans-IO WireGuard engine,
   :class:`tunnelmesh.proto.WireGuard`, so TCP carries ciphertext only, and peers are
   authenticated by their keys (a peer's X25519 key is derived from its ed25519 identity with
   :func:`tunnelmesh.identity.x25519_public_of`);
-* this module is the engine's *driver*: it moves bytes between TCP connections and the engine,
-  drains the engine's outgoing messages and events, and re-arms one timer;
+* the engine's driver (links, events, one timer, sending and receiving in batches) is
+  :class:`tunnelmesh.aio.wgsession.WireGuardSession`, as for tunnelmesh's own UDP and relay
+  transports: this module gives it a ``transmit(messages, connection)`` callable and hands it
+  the messages each TCP connection brings;
 * it passes :mod:`tunnelmesh.testing.conformance` (see ``tests/``).
 
 Each TCP connection carries frames ``[u16 big-endian length][WireGuard message]``. The engine
@@ -21,17 +23,16 @@ the path used in both directions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from tunnelmesh.abc import Link, Transport, TransportCapabilities, TransportHost
+from tunnelmesh.aio.wgsession import WireGuardSession
 from tunnelmesh.errors import TransportError
 from tunnelmesh.identity import x25519_public_of
-from tunnelmesh.proto import HandshakeCompleted, Peer, WireGuard
+from tunnelmesh.proto import HandshakeCompleted, WireGuard
 
-__all__ = ["TcpLink", "TcpTransport"]
+__all__ = ["TcpTransport"]
 
 HANDSHAKE_WAIT = 11.0  # two WireGuard handshake attempts (REKEY_TIMEOUT is 5 s)
 
@@ -74,54 +75,6 @@ class _Conn(asyncio.Protocol):
         return True
 
 
-class TcpLink(Link):
-    """A link to one peer (one WireGuard peer of the transport's engine)."""
-
-    def __init__(self, owner: TcpTransport, peer: Peer, mtu: int) -> None:
-        self._owner = owner
-        self.wg_peer = peer
-        self.peer = peer.name
-        self.mtu = mtu
-        self.closed = False
-        self._deliver: Callable[[Link, list[bytes]], None] | None = None
-        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue(256)
-
-    def send_batch(self, datagrams: Sequence[bytes | bytearray | memoryview]) -> None:
-        if self.closed:
-            raise TransportError(f"tcp link to {self.peer} is closed")
-        self._owner._send(self.wg_peer, datagrams)
-
-    def set_receiver(self, deliver: Callable[[Link, list[bytes]], None] | None) -> None:
-        self._deliver = deliver
-        while deliver is not None and not self._queue.empty():
-            packets = self._queue.get_nowait()
-            if packets:
-                deliver(self, packets)
-
-    def _received(self, packets: list[bytes]) -> None:
-        if self._deliver is not None:
-            self._deliver(self, packets)
-        else:
-            with contextlib.suppress(asyncio.QueueFull):  # a full queue drops
-                self._queue.put_nowait(packets)
-
-    async def recv_batch(self) -> list[bytes]:
-        if self.closed:
-            raise TransportError(f"tcp link to {self.peer} is closed")
-        packets = await self._queue.get()
-        if not packets:
-            self._queue.put_nowait([])  # wake the next waiter too
-            raise TransportError(f"tcp link to {self.peer} is closed")
-        return packets
-
-    async def aclose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._owner._links.pop(self.wg_peer.public_key, None)
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait([])
-
-
 class TcpTransport(Transport):
     """WireGuard over TCP.
 
@@ -155,11 +108,18 @@ class TcpTransport(Transport):
         self.port_offset = port_offset
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
-        self._links: dict[bytes, TcpLink] = {}
+        self.session = WireGuardSession(
+            self.engine,
+            _transmit,
+            mtu=mtu,
+            on_link=self._incoming,
+            on_event=self._event,
+            announce_dialled=False,  # a dial returns its link; only a peer's dial is announced
+            link_kind="tcp link",
+        )
         self._on_link: Callable[[Link], None] | None = None
         self._waiters: dict[bytes, asyncio.Future[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def from_node(cls, node: TransportHost) -> TcpTransport:
@@ -189,7 +149,7 @@ class TcpTransport(Transport):
         if self._server is not None:
             return
         self._loop = loop = asyncio.get_running_loop()
-        self.engine.wall_offset = time.time() - loop.time()
+        self.session.start(loop)
         host, _, port = self.listen_address.rpartition(":")
         try:
             self._server = await loop.create_server(lambda: _Conn(self), host, int(port))
@@ -211,7 +171,7 @@ class TcpTransport(Transport):
             and conn.transport is not None
             and self.engine.has_session(wg_peer, loop.time())
         ):
-            return self._link_for(wg_peer)  # the session and its connection are still up
+            return self.session.link_for(wg_peer)  # the session and its connection are up
         for endpoint in endpoints:
             host, _, port = endpoint.rpartition(":")
             try:
@@ -226,9 +186,7 @@ class TcpTransport(Transport):
             wg_peer.endpoint = conn
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters[wg_peer.public_key] = fut
-            wg_peer.last_sent_handshake = None
-            self.engine.initiate(wg_peer, loop.time())
-            self._after()
+            self.session.initiate(wg_peer)
             try:
                 await asyncio.wait_for(fut, self.handshake_timeout)
             except TimeoutError:
@@ -237,7 +195,7 @@ class TcpTransport(Transport):
                 continue
             finally:
                 self._waiters.pop(wg_peer.public_key, None)
-            return self._link_for(wg_peer)
+            return self.session.link_for(wg_peer)
         raise TransportError(f"example_tcp: no handshake with {peer} at {list(endpoints)}")
 
     async def aclose(self) -> None:
@@ -249,72 +207,27 @@ class TcpTransport(Transport):
                 conn.transport.close()
         if server is not None:
             await server.wait_closed()
-        for link in list(self._links.values()):
+        for link in list(self.session.links.values()):
             await link.aclose()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.session.close()
 
-    # --- the engine driver ------------------------------------------------------------------
-
-    def _link_for(self, peer: Peer) -> TcpLink:
-        link = self._links.get(peer.public_key)
-        if link is None:
-            link = self._links[peer.public_key] = TcpLink(self, peer, self.mtu)
-        return link
-
-    def _send(self, peer: Peer, packets: Sequence[bytes | bytearray | memoryview]) -> None:
-        assert self._loop is not None
-        messages = self.engine.encrypt_batch(peer, packets, self._loop.time())
-        if messages and isinstance(peer.endpoint, _Conn):
-            peer.endpoint.write(messages)
-        self._after()
+    # --- what the session needs from this carrier ---------------------------------------------
 
     def _received(self, conn: _Conn, records: list[bytes]) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
-        arrived: dict[Peer, list[bytes]] = {}
-        for record in records:
-            result = self.engine.receive_datagram(record, conn, now)
-            if result is not None:
-                arrived.setdefault(result[0], []).append(result[1])
-        for peer, packets in arrived.items():
-            self._incoming(peer)._received(packets)
-        self._after()
+        self.session.receive(records, conn)
 
-    def _incoming(self, peer: Peer) -> TcpLink:
-        link = self._links.get(peer.public_key)
-        if link is None:
-            link = self._link_for(peer)
-            if self._on_link is not None:
-                self._on_link(link)
-        return link
+    def _incoming(self, link: Link) -> None:
+        if self._on_link is not None:
+            self._on_link(link)
 
-    def _after(self) -> None:
-        """Send what the engine queued, handle its events, re-arm the timer."""
-        by_conn: dict[_Conn, list[bytes]] = {}
-        for data, addr in self.engine.datagrams_to_send():
-            if isinstance(addr, _Conn):
-                by_conn.setdefault(addr, []).append(data)
-        for conn, records in by_conn.items():
-            conn.write(records)
-        while (event := self.engine.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted):
-                fut = self._waiters.get(event.public_key)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-                peer = self.engine.peers.get(event.public_key)
-                if peer is not None and not event.initiator:
-                    self._incoming(peer)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.engine.get_timer()
-        if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+    def _event(self, event: object) -> None:
+        if isinstance(event, HandshakeCompleted):
+            fut = self._waiters.get(event.public_key)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
-    def _on_timer(self) -> None:
-        assert self._loop is not None
-        self._timer = None
-        self.engine.handle_timer(self._loop.time())
-        self._after()
+
+def _transmit(messages: list[bytes], conn: object) -> None:
+    """The session's transmit: WireGuard messages to the peer's connection (its endpoint)."""
+    if isinstance(conn, _Conn):
+        conn.write(messages)
