@@ -13,6 +13,8 @@ import functools
 import logging
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from tunnelmesh.control.messages import DnsRecord, PeerInfo, Snapshot, encode
 from tunnelmesh.coordinator.store import PeerRecord
 from tunnelmesh.identity import parse_public_key, x25519_public_of
@@ -46,43 +48,30 @@ def info(self: Coordinator, rec: PeerRecord, *, figures: bool = True) -> PeerInf
     RTTs, reasons, counters): maps keyed by the other peers, so their size grows with the
     mesh. The push channel carries peers without them (see :meth:`push_info`).
     """
-    wg_key = wg_public_key(rec.public_key)
-    if not figures:
-        return PeerInfo(
-            name=rec.name,
-            peer_id=rec.peer_id,
-            public_key=rec.public_key,
-            wg_public_key=wg_key,
-            mesh_ip=rec.mesh_ip,
-            endpoints=rec.endpoints,
-            online=self.liveness.is_online(rec.peer_id),
-            last_seen=rec.last_seen,
-            is_admin=rec.is_admin,
-            is_coordinator=rec.is_coordinator,
-            version=rec.version,
-            allow_exit_traffic=rec.allow_exit_traffic,
-            aliases=rec.aliases,
-            concentrator_endpoint=rec.concentrator_endpoint,
-        )
-    return PeerInfo(
+    info = PeerInfo(
         name=rec.name,
         peer_id=rec.peer_id,
         public_key=rec.public_key,
-        wg_public_key=wg_key,
+        wg_public_key=wg_public_key(rec.public_key),
         mesh_ip=rec.mesh_ip,
         endpoints=rec.endpoints,
         online=self.liveness.is_online(rec.peer_id),
         last_seen=rec.last_seen,
         is_admin=rec.is_admin,
         is_coordinator=rec.is_coordinator,
-        transports=rec.transports,
-        rtt_ms=rec.rtt_ms,
-        reasons=rec.reasons,
-        counters=rec.counters,
         version=rec.version,
         allow_exit_traffic=rec.allow_exit_traffic,
         aliases=rec.aliases,
         concentrator_endpoint=rec.concentrator_endpoint,
+    )
+    if not figures:
+        return info
+    return msgspec.structs.replace(
+        info,
+        transports=rec.transports,
+        rtt_ms=rec.rtt_ms,
+        reasons=rec.reasons,
+        counters=rec.counters,
     )
 
 
