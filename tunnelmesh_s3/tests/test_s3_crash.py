@@ -191,3 +191,76 @@ def test_kill_during_small_puts_leaves_each_absent_or_whole(tmp_path: Path) -> N
         with pytest.raises(ClientError) as err:
             client.head_object(Bucket="crash", Key="stalled")
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_kill_during_completes_and_deletes_leaves_each_absent_or_whole(tmp_path: Path) -> None:
+    """SIGKILL while clients complete multipart uploads and delete objects in batches
+    (DeleteObjects): after a restart every key is absent or holds exactly what was written."""
+    whole: dict[str, bytes] = {}
+    stop = threading.Event()
+    done = {"completes": 0, "deletes": 0}
+
+    def completer(port: int, t: int) -> None:
+        client = s3(port)
+        for n in range(10_000):
+            if stop.is_set():
+                return
+            key = f"mp{t}-{n}"
+            data = hashlib.sha256(key.encode()).digest() * (100 + n % 3000)
+            whole[key] = data
+            try:
+                up = client.create_multipart_upload(Bucket="crash", Key=key)["UploadId"]
+                etag = client.upload_part(
+                    Bucket="crash", Key=key, UploadId=up, PartNumber=1, Body=data
+                )["ETag"]
+                client.complete_multipart_upload(
+                    Bucket="crash",
+                    Key=key,
+                    UploadId=up,
+                    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+                )
+            except Exception:  # the server was killed mid-request
+                return
+            done["completes"] += 1
+
+    def deleter(port: int, t: int) -> None:
+        client = s3(port)
+        for n in range(10_000):
+            if stop.is_set():
+                return
+            keys = [f"del{t}-{n}-{i}" for i in range(8)]
+            try:
+                for key in keys:
+                    whole[key] = key.encode() * 50
+                    client.put_object(Bucket="crash", Key=key, Body=whole[key])
+                client.delete_objects(
+                    Bucket="crash", Delete={"Objects": [{"Key": k} for k in keys]}
+                )
+            except Exception:  # the server was killed mid-request
+                return
+            done["deletes"] += 1
+
+    with server(tmp_path) as (proc, port):
+        s3(port).create_bucket(Bucket="crash")
+        threads = [threading.Thread(target=completer, args=(port, t)) for t in range(3)]
+        threads += [threading.Thread(target=deleter, args=(port, t)) for t in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while done["completes"] < 10 or done["deletes"] < 3:  # commits done, more in flight
+            assert time.monotonic() < deadline, f"no progress: {done}"
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        stop.set()
+        for t in threads:
+            t.join(30)
+    with server(tmp_path) as (proc, port):
+        client = s3(port)
+        for key, data in list(whole.items()):
+            try:
+                got = client.get_object(Bucket="crash", Key=key)["Body"].read()
+            except ClientError as err:
+                assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 404, key
+                continue
+            assert got == data, f"{key}: not whole"
