@@ -186,6 +186,11 @@ def test_deltas_in_any_order_never_leave_a_wrong_table_unnoticed(
     table.apply(Snapshot(peers=[], revision=10))
     for m in delivered:
         table.apply(m)
+    # A lost last delta shows only when the next one comes (the next change of any peer, as
+    # on a live channel): without it no revision is skipped and nothing can tell.
+    probe = _peer(f"{99:016x}", "probe", 1)
+    truth = {**truth, probe.peer_id: probe}
+    table.apply(PeerUpserted(peer=probe, revision=10 + steps + 1))
     if not table.needs_resync:
         # No gap seen: every delta arrived once, in order, so the table is the truth.
         assert table.peers == truth
