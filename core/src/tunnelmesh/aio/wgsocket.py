@@ -241,11 +241,12 @@ class WireGuardSocket:
                     if level == SOL_UDP and kind == UDP_GRO:
                         seg = _I.unpack(data[:4])[0]
             # views of the buffer, opened in place (the engine reads them during the call only)
+            got = view[:n]  # the buffer is longer than this read: its tail is stale bytes
             if seg >= n:
-                count += open_((view[:n],), addr, now, per_peer)
-            else:
+                count += open_((got,), addr, now, per_peer)
+            else:  # GRO: equal segments, the last one may be shorter
                 count += open_(
-                    [view[off : off + seg] for off in range(0, n, seg)], addr, now, per_peer
+                    [got[off : off + seg] for off in range(0, n, seg)], addr, now, per_peer
                 )
         self.stats["rx_datagrams"] += count
         session.deliver(per_peer)
