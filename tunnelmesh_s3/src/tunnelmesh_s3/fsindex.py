@@ -260,21 +260,7 @@ class Index:
                 ).fetchone()
                 precondition(None if row is None else _object_info(row))
             freed = self._segments_of(bucket, raw_key)
-            db.execute(
-                _INSERT_OBJECT,
-                (
-                    bucket,
-                    raw_key,
-                    info.size,
-                    info.etag,
-                    info.last_modified,
-                    info.content_type,
-                    _meta_json(info.metadata, info.headers, info.checksums),
-                    info.parts,
-                    json.dumps(list(segments)),
-                    data,
-                ),
-            )
+            db.execute(_INSERT_OBJECT, _object_row(bucket, raw_key, info, segments, data))
         return freed
 
     def update_headers(
@@ -551,21 +537,7 @@ class Index:
                 (upload_id, bucket, raw_key, time.time(), msgspec.json.encode(info).decode()),
             )
             freed += self._segments_of(bucket, raw_key)
-            db.execute(
-                _INSERT_OBJECT,
-                (
-                    bucket,
-                    raw_key,
-                    info.size,
-                    info.etag,
-                    info.last_modified,
-                    info.content_type,
-                    _meta_json(info.metadata, info.headers, info.checksums),
-                    info.parts,
-                    json.dumps(segments),
-                    None,
-                ),
-            )
+            db.execute(_INSERT_OBJECT, _object_row(bucket, raw_key, info, segments, None))
         return info, freed
 
     def abort_upload(self, bucket: str, key: str, upload_id: str) -> list[str]:
@@ -601,3 +573,22 @@ class Index:
                 )
             )
         return out
+
+
+def _object_row(
+    bucket: str, raw_key: bytes, info: ObjectInfo, segments: Iterable[Any], data: bytes | None
+) -> tuple[object, ...]:
+    """The values of :data:`_INSERT_OBJECT` for ``info`` (``data``: the bytes of an inline
+    object, else None)."""
+    return (
+        bucket,
+        raw_key,
+        info.size,
+        info.etag,
+        info.last_modified,
+        info.content_type,
+        _meta_json(info.metadata, info.headers, info.checksums),
+        info.parts,
+        json.dumps(list(segments)),
+        data,
+    )
