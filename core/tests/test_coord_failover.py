@@ -21,6 +21,7 @@ from tunnelmesh.control.messages import Coordinators, decode_push, encode
 from tunnelmesh.coordinator.ca import COORDINATOR_NAME
 from tunnelmesh.coordinator.roster import decode_roster, encode_roster, refreshed
 from tunnelmesh.coordinator.server import CoordinatorServer
+from tunnelmesh.errors import StateStoreError
 
 
 def _free_port() -> int:
@@ -248,6 +249,66 @@ def test_while_the_store_cannot_be_read_no_peer_goes_offline_then_the_rule_resum
             await task
             await b.coordinator.store.open()
             await until(lambda: not b.coordinator.liveness.is_online(pid), 15.0)
+            await b.stop()
+
+    run(main())
+
+
+def test_a_reload_after_an_outage_does_not_flap_the_others_peers_offline(
+    tmp_path: Path,
+) -> None:
+    """The database comes back: B reloads and reads alpha's time as A last stored it, before
+    the outage (A's fresher heartbeats wait for its next flush). That time is expired, but
+    alpha is alive: B must not call it offline (and push that to its peers) on a stale read;
+    only its liveness ticker may, after the grace the others have to write again. (CI saw
+    C list alpha offline right after PostgreSQL returned.)"""
+
+    async def main() -> None:
+        cfg_a, cfg_b = _two(tmp_path, interval=0.5)  # offline after 1.5 s without heartbeat
+        async with CoordinatorServer(cfg_a) as a:
+            alpha = await client(a, "alpha")
+            task = asyncio.create_task(alpha.run())
+            pid = alpha.identity.peer_id
+            b = CoordinatorServer(cfg_b)
+            await b.start()
+            await a.coordinator.refresh_roster()
+            await until(lambda: b.coordinator.liveness.is_online(pid), 10.0)
+            online: list[bool] = []
+            watching = True
+
+            async def watch() -> None:
+                while watching:
+                    online.append(b.coordinator.liveness.is_online(pid))
+                    await asyncio.sleep(0.02)
+
+            watcher = asyncio.create_task(watch())
+            await b.coordinator.store.close()  # the outage, as B sees it
+            known = b.coordinator.liveness.last_seen(pid) or 0.0
+            # A stores one heartbeat B has not read; then its heartbeat writes fail too (A
+            # still announces itself: a lapsed roster entry would be another story).
+            await until(lambda: a.coordinator.peers[pid].last_seen > known, 5.0)
+            a.coordinator._dirty.add(pid)
+            await a.coordinator.flush()
+            store = a.coordinator.store
+            put_liveness = store.put_liveness
+
+            async def refused(records: object) -> None:
+                raise StateStoreError("the database went away")
+
+            store.put_liveness = refused  # type: ignore[method-assign,assignment]
+            await asyncio.sleep(2.0)  # the stored time is expired now (1.5 s)
+            await b.coordinator.store.open()
+            await b.coordinator.reload_from_store()
+            assert (b.coordinator.liveness.last_seen(pid) or 0.0) > known  # read the stale one
+            assert b.coordinator.liveness.is_online(pid)
+            store.put_liveness = put_liveness  # type: ignore[method-assign]
+            # A flushes alpha's fresh heartbeats; B polls them before its grace ends
+            await asyncio.sleep(3.0)
+            watching = False
+            await watcher
+            assert all(online), f"alpha offline at B in {online.count(False)} of {len(online)}"
+            await alpha.aclose()
+            await task
             await b.stop()
 
     run(main())

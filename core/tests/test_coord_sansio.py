@@ -211,6 +211,19 @@ def test_liveness_heartbeats_keep_peer_online() -> None:
     assert live.is_online("p")
 
 
+def test_liveness_a_second_hand_time_never_takes_a_peer_offline_by_itself() -> None:
+    """``observe``: another coordinator's stored heartbeat. A recent one brings the peer
+    online; an expired one moves ``last_seen`` only: ``poll`` takes the peer offline."""
+    live = Liveness(interval=10.0, misses=3)
+    assert live.observe("p", last_seen=95.0, now=100.0) == [PeerOnline("p")]
+    assert live.observe("p", last_seen=96.0, now=200.0) == []  # expired: online still
+    assert live.is_online("p") and live.last_seen("p") == 96.0
+    assert live.poll(200.0) == [PeerOffline("p", 96.0)]
+    assert live.observe("q", last_seen=10.0, now=200.0) == []  # unknown, expired: offline
+    assert not live.is_online("q") and live.poll(1000.0) == []
+    assert live.observe("q", last_seen=995.0, now=1000.0) == [PeerOnline("q")]
+
+
 def test_liveness_forget_and_restore() -> None:
     live = Liveness(interval=10.0)
     live.seen("gone", 0.0)

@@ -67,6 +67,18 @@ class Liveness:
             self._online.discard(peer_id)
             self._scheduled.pop(peer_id, None)
 
+    def observe(self, peer_id: str, last_seen: float, now: float) -> list[PeerOnline]:
+        """A heartbeat's time learned second-hand (another coordinator stored it): a recent
+        one is a heartbeat (``seen``); an expired one only moves ``last_seen``. It never takes
+        a peer offline by itself: ``poll`` does, at the peer's deadline, so every way a peer
+        goes offline passes the same place (and the caller's decision when to poll)."""
+        if last_seen + self.timeout > now:
+            return self.seen(peer_id, last_seen)
+        self._last_seen[peer_id] = last_seen
+        if peer_id in self._online and peer_id not in self._scheduled:
+            self._schedule(peer_id, last_seen + self.timeout)
+        return []
+
     def seen(self, peer_id: str, now: float) -> list[PeerOnline]:
         """A heartbeat from ``peer_id``; returns ``[PeerOnline]`` if it was not online."""
         self._last_seen[peer_id] = now

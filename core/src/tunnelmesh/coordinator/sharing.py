@@ -190,19 +190,19 @@ def _seen_as(self: Coordinator, rec: PeerRecord) -> PeerInfo:
 
 
 def _observe_last_seen(self: Coordinator, peer_id: str, last_seen: float) -> bool:
-    """Take a ``last_seen`` another coordinator stored; True when the peer's online state
-    changed. Every coordinator applies the same rule (online = a heartbeat within three
-    intervals) to the same stored times, so they agree on who is online."""
+    """Take a ``last_seen`` another coordinator stored; True when the peer came online.
+    Every coordinator applies the same rule (online = a heartbeat within three intervals) to
+    the same stored times, so they agree on who is online.
+
+    A stored time that has already expired does not take the peer offline here: the ticker
+    does, and only while ``_judging_liveness``. A reload right after the database came back
+    reads times the others wrote before it went away (their fresher heartbeats are still
+    waiting to be flushed); taking those as "offline now" flapped peers of the other
+    coordinators offline and back to every peer here."""
     known = self.liveness.last_seen(peer_id)
     if not last_seen or (known is not None and known >= last_seen):
         return False
-    was = self.liveness.is_online(peer_id)
-    now = self.clock()
-    if last_seen + self.liveness.timeout > now:
-        self.liveness.seen(peer_id, last_seen)
-    else:
-        self.liveness.restore(peer_id, last_seen, now)
-    return self.liveness.is_online(peer_id) != was
+    return bool(self.liveness.observe(peer_id, last_seen, self.clock()))
 
 
 async def _poll_liveness(self: Coordinator, since: float) -> None:
