@@ -25,7 +25,7 @@ MESH = {"c": "10.206.0.1", "e": "10.206.0.2"}
 # and undoes it on SIGTERM (a SIGKILL leaves it behind, like a crash).
 HOLD = """
 import json, signal, sys
-from tunnelmesh.exitnode import ExitGateway, ExitRoutes
+from tunnelmesh.exit.system import ExitGateway, ExitRoutes
 kind, kwargs = sys.argv[1], json.loads(sys.argv[2])
 piece = ExitRoutes(**kwargs) if kind == "routes" else ExitGateway(**kwargs)
 piece.apply()
@@ -36,7 +36,7 @@ signal.pause()
 
 RECOVER = """
 import json, sys
-from tunnelmesh.exitnode import ExitGateway, ExitRoutes
+from tunnelmesh.exit.system import ExitGateway, ExitRoutes
 kind, kwargs = sys.argv[1], json.loads(sys.argv[2])
 piece = ExitRoutes(**kwargs) if kind == "routes" else ExitGateway(**kwargs)
 piece.recover()

@@ -23,9 +23,9 @@ import msgspec
 import pytest
 from test_exitnode_service import FakeNode, FakeRunner, peer, service, until
 from tunnelmesh.config import ExitConfig, PeerConfig
-from tunnelmesh.exitnode import BLOCKED_RANGES, ExitGateway
+from tunnelmesh.exit.service import ExitGuard
+from tunnelmesh.exit.system import BLOCKED_RANGES, ExitGateway
 from tunnelmesh.identity import Identity
-from tunnelmesh.node.exit import ExitGuard
 
 MESH = "10.42.0.0/16"
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from tunnelmesh.exitnode import ExitGateway, ExitNodeError, ExitRoutes
+from tunnelmesh.exit.system import ExitGateway, ExitNodeError, ExitRoutes
 
 
 class FakeIp:

@@ -18,8 +18,8 @@ from tunnelmesh.control.contexts import Context, ContextStore
 from tunnelmesh.control.messages import PeerInfo
 from tunnelmesh.control.peertable import PeerChanged, PeerTable
 from tunnelmesh.errors import TunnelmeshError
+from tunnelmesh.exit.service import ExitGuard, ExitService, bypass_addresses
 from tunnelmesh.mesh.routing import RoutingTable
-from tunnelmesh.node.exit import ExitGuard, ExitService, bypass_addresses
 
 MESH = "10.42.0.0/16"
 

@@ -526,7 +526,7 @@ class StunProber(Protocol):
 
 
 class ExitHost(TransportHost, Protocol):
-    """What the node's exit service (:class:`tunnelmesh.node.exit.ExitService`) uses of it.
+    """What the node's exit service (:class:`tunnelmesh.exit.service.ExitService`) uses of it.
 
     :class:`tunnelmesh.node.node.Node` satisfies it (mypy checks that where the service starts).
     """

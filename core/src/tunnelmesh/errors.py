@@ -15,7 +15,7 @@ exception that its allow-list does not name with a reason.
     ├── TransportError              connect, handshake, link closed, timeouts
     ├── TunError                    tunnelmesh.tun: the TUN device cannot be made or set up
     ├── NodeError                   tunnelmesh.node.node: the node cannot start
-    ├── ExitNodeError               tunnelmesh.exitnode: exit routes or NAT cannot be set up
+    ├── ExitNodeError               tunnelmesh.exit.system: exit routes or NAT cannot be set up
     ├── ImpairmentError             tunnelmesh.impair: a tc impairment cannot be applied
     ├── ControlError                tunnelmesh.control_socket: a control request failed
     ├── CoordinatorUnreachable      tunnelmesh.control.client: no answer (network, TLS, timeout)

@@ -46,7 +46,7 @@ def parse_rate(text: str) -> int:
 
 
 def _run(cmd: Sequence[str], stdin: str | None = None) -> str:
-    from tunnelmesh.exitnode import ExitNodeError, run_command
+    from tunnelmesh.exit.system import ExitNodeError, run_command
 
     try:
         return run_command(cmd, stdin)

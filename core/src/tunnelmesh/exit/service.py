@@ -2,7 +2,7 @@
 
 :class:`ExitService` is what :class:`~tunnelmesh.node.Node` starts (after the forwarder and the
 peer sync exist) and stops first. It uses the operating-system pieces of
-:mod:`tunnelmesh.exitnode`:
+:mod:`tunnelmesh.exit.system`:
 
 On every node
     *Crash recovery*: routes a crashed client left (``proto 211``) are flushed, and forwarding
@@ -12,7 +12,7 @@ On every node
     node allows exit traffic, so a node never forwards for others by accident.
 
 On an exit (``allow_exit_traffic: true`` / ``--allow-exit-traffic``)
-    :class:`~tunnelmesh.exitnode.ExitGateway` (``ip_forward``, an nftables forward chain that
+    :class:`~tunnelmesh.exit.system.ExitGateway` (``ip_forward``, an nftables forward chain that
     passes only clients' traffic from the TUN device to the uplink, never to private or LAN
     destinations unless ``exit.allow_lan``, and a masquerade of the mesh CIDR) while the node
     runs. With ``exit.allowed_peers`` (peer IDs, and WireGuard clients' IDs: a
@@ -28,7 +28,7 @@ On a client (``exit_node: NAME`` / ``--exit-node NAME``)
     Once the peer NAME is known and publishes ``allow_exit_traffic``: the exit peer's routing
     table entry gets ``0.0.0.0/0`` (so the forwarder sends it what is not for a mesh address,
     and accepts replies from outside addresses from it only), then
-    :class:`~tunnelmesh.exitnode.ExitRoutes` adds ``/32`` bypass routes for the coordinator
+    :class:`~tunnelmesh.exit.system.ExitRoutes` adds ``/32`` bypass routes for the coordinator
     and every peer's underlay endpoints (so the mesh never routes itself into the tunnel) and
     ``0.0.0.0/1`` + ``128.0.0.0/1`` into the TUN device. Mesh addresses keep their own
     (host) entries, so mesh traffic stays direct. Bypasses follow the peers' endpoints.
@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 from tunnelmesh.abc import ExitHost, PacketFilter
 from tunnelmesh.control.messages import PeerInfo
 from tunnelmesh.errors import TunnelmeshError
-from tunnelmesh.exitnode import ExitGateway, ExitNodeError, ExitRoutes, Runner, run_command
+from tunnelmesh.exit.system import ExitGateway, ExitNodeError, ExitRoutes, Runner, run_command
 from tunnelmesh.mesh.routing import PeerRoute
 
 __all__ = ["DEFAULT_ROUTE", "ExitGuard", "ExitService", "bypass_addresses"]

@@ -342,9 +342,9 @@ class Node:
             if self.dns is not None:
                 self.sync.dns = self.dns.backend
                 self._follow_client_names(self.dns.backend)
-            from tunnelmesh.node.exit import ExitService
+            from tunnelmesh.exit.service import ExitService
 
-            self.exit = ExitService(self)  # exit / exit-node client; see node/exit.py
+            self.exit = ExitService(self)  # exit / exit-node client; see tunnelmesh/exit/service.py
             await self.exit.start()
             from tunnelmesh.control.peertable import PeerAdded
 

@@ -5,9 +5,9 @@ It uses the crash-repair code the node itself runs at its next start, so both un
 things the same way:
 
 * routes tunnelmesh added (exit client: split and bypass routes, all ``proto 211``):
-  :meth:`~tunnelmesh.exitnode.ExitRoutes.recover` flushes them;
+  :meth:`~tunnelmesh.exit.system.ExitRoutes.recover` flushes them;
 * the exit's nftables table ``ip tunnelmesh_exit`` and ``net.ipv4.ip_forward``, put back from
-  the state file next to the control socket: :meth:`~tunnelmesh.exitnode.ExitGateway.recover`;
+  the state file next to the control socket: :meth:`~tunnelmesh.exit.system.ExitGateway.recover`;
 * the system resolver: a ``resolv.conf`` swapped for the mesh resolver is put back from its
   backup (:meth:`~tunnelmesh.dns.system.SystemDns.recover`); systemd-resolved's per-link
   settings vanished with the TUN device;
@@ -68,7 +68,7 @@ def cleanup(
     Raises:
         CleanupError: the node is still running (its control socket answers).
     """
-    from tunnelmesh.exitnode import ExitGateway, ExitNodeError, ExitRoutes, run_command
+    from tunnelmesh.exit.system import ExitGateway, ExitNodeError, ExitRoutes, run_command
 
     sock = cfg.control_socket or "/run/tunnelmesh.sock"
     if node_running(sock):
