@@ -51,3 +51,15 @@ def test_distribution_matches_its_catalog_entry(plugin: dict[str, Any]) -> None:
     assert re.fullmatch(r"[a-z0-9]+", plugin["name"])
     assert plugin["dist"] in WORKSPACE["tool"]["uv"]["sources"]
     assert f"{plugin['dist']}[test]" in WORKSPACE["project"]["dependencies"]
+
+
+def test_the_architecture_feature_table_names_folders_that_exist_and_every_distribution() -> None:
+    """docs/architecture.md's "Where each feature lives": each folder it names exists, and each
+    feature distribution of the catalog has its row (a newcomer finds every feature there)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Where each feature lives", 1)[1].split("\n## ", 1)[0]
+    folders = re.findall(r"^\|[^|]+\| `([^`]+)` \|$", section, re.MULTILINE)
+    assert folders, "the table has no rows"
+    missing = [f for f in folders if not (ROOT / f.rstrip("/")).exists()]
+    assert not missing, missing
+    assert {p["dir"] + "/" for p in CATALOG} <= set(folders)
