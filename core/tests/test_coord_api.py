@@ -731,3 +731,13 @@ def test_join_mesh_takes_no_key_from_home_that_no_context_here_names(
             assert ctx.peer_id != other.peer_id
 
     run(main())
+
+
+def test_heartbeats_back_off_while_no_coordinator_answers() -> None:
+    """2, 4, 8 ... s between tries, never longer than the heartbeat interval (it was 2 s
+    forever: ten thousand peers knocking every 2 s at a coordinator that is down)."""
+    from tunnelmesh.control.client import unreachable_wait
+
+    assert [unreachable_wait(n, 30.0) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
+    assert unreachable_wait(1, 0.5) == 0.5  # a short interval stays the bound
+    assert unreachable_wait(10_000, 3600.0) == 2048.0  # bounded exponent

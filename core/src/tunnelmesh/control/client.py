@@ -208,6 +208,14 @@ async def fetch_ca(server: str, auth_token: str, *, timeout: float = 10.0) -> st
     return ca.ca_pem
 
 
+def unreachable_wait(rounds: int, interval: float) -> float:
+    """Seconds until the next heartbeat after ``rounds`` in a row that no coordinator
+    answered: 2, 4, 8 ... up to the heartbeat interval. A mesh of thousands whose coordinator
+    is down must not knock every 2 s (and all at once when it returns); the push channel's
+    reconnects still wake the heartbeat loop early."""
+    return min(interval, 2.0 * float(1 << min(max(rounds, 1) - 1, 10)))
+
+
 class ControlClient:
     """One node's connection to its coordinator.
 
@@ -560,6 +568,7 @@ class ControlClient:
             delay = min(delay * 2, 30.0)
 
     async def _heartbeat_loop(self) -> None:
+        silent = 0  # rounds in a row no coordinator answered
         while True:
             try:
                 await self.heartbeat()
@@ -575,12 +584,23 @@ class ControlClient:
                     await self.register_with_retry()
                     continue
             except CoordinatorUnreachable as exc:
-                log.warning("%s (keeping the %d known peers)", exc, len(self.table.peers))
-                wait = min(self.heartbeat_interval, 2.0)
                 if self.move_to_next_coordinator():
-                    wait = min(wait, 0.2)  # another coordinator: try it at once
+                    wait = 0.2  # another coordinator: try it at once
+                else:
+                    silent += 1
+                    wait = unreachable_wait(silent, self.heartbeat_interval)
+                    log.log(
+                        logging.WARNING if silent == 1 else logging.DEBUG,
+                        "%s (keeping the %d known peers; trying again in %.0fs)",
+                        exc,
+                        len(self.table.peers),
+                        wait,
+                    )
             else:
                 self._unanswered = 0
+                if silent:
+                    log.info("coordinator %s answers again", self.server)
+                    silent = 0
             self._write_cache()
             # asyncio.timeout, not wait_for: on Python 3.11 a wake-up in the same loop turn as
             # the stop's cancellation made wait_for swallow the cancellation (see netmon).
