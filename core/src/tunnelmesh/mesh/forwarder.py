@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import select
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -83,6 +84,8 @@ class Forwarder:
         self.probe_sink: Callable[[Link, list[bytes]], None] | None = None
         """Gets the path probes of each received batch (None: probes are ordinary packets)."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._poll = select.poll()
+        self._poll.register(tun_fd, select.POLLIN)
 
     def start(self) -> None:
         """Start reading the TUN device (call from the running loop)."""
@@ -132,6 +135,8 @@ class Forwarder:
                 break
             n += 1
             budget -= 1
+            if n == 1 and not self._poll.poll(0):
+                budget = 0  # a lone packet (a ping): no second read that ends in EAGAIN
             if vnet:
                 if tso and (pkt[0] or pkt[1]):  # NEEDS_CSUM and/or a TSO super-packet
                     segments = split_tso(pkt)
