@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tunnelmesh_ssh.proto import FrameDecoder, encode_frames
 
 
@@ -40,3 +42,22 @@ def test_empty_frames_are_skipped_and_partial_frames_wait() -> None:
 def test_oversized_packet_is_refused() -> None:
     with pytest.raises(ValueError, match="65536-byte"):
         encode_frames([bytes(65536)])
+
+
+@given(
+    packets=st.lists(st.binary(max_size=300), max_size=8),
+    cuts=st.lists(st.integers(0, 2500), max_size=6),
+)
+def test_any_chunking_gives_the_packets(packets: list[bytes], cuts: list[int]) -> None:
+    """However the stream is cut into reads (SSH channel data arrives in any sizes), the
+    decoder returns the non-empty packets in order and holds back nothing at the end."""
+    data = encode_frames(packets)
+    dec = FrameDecoder()
+    out: list[bytes] = []
+    last = 0
+    for cut in [*sorted(c for c in cuts if c <= len(data)), len(data)]:
+        out += dec.feed(bytearray(data[last:cut]))
+        last = cut
+    assert out == [p for p in packets if p]
+    assert dec.pending == 0
+    assert dec.frames == len(out)

@@ -7,6 +7,7 @@ Lengths run from 1 to 65535; a zero length is a keepalive-sized no-op and is ski
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 
 from tunnelmesh.abc import Packet
@@ -14,6 +15,7 @@ from tunnelmesh.abc import Packet
 __all__ = ["MAX_PACKET", "FrameDecoder", "encode_frames"]
 
 MAX_PACKET = 65535
+_LENGTH = struct.Struct(">H").unpack_from
 
 
 def encode_frames(packets: Iterable[Packet]) -> bytes:
@@ -50,25 +52,42 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add received bytes; return the packets completed by them, in order."""
-        buf = self._buf
-        if buf:
-            buf += data
-            view = memoryview(buf)
-        else:
-            view = memoryview(data)
+        if not isinstance(data, bytes):
+            data = bytes(data)
         out: list[bytes] = []
-        off, end = 0, len(view)
+        append = out.append
+        off = 0
+        buf = self._buf
+        if buf:  # complete the frame held back first, taking only its bytes from ``data``
+            if len(buf) < 2:
+                off = 2 - len(buf)
+                buf += data[:off]
+                if len(buf) < 2:
+                    return out
+            need = 2 + ((buf[0] << 8) | buf[1]) - len(buf)
+            if len(data) - off < need:
+                buf += data[off:]
+                return out
+            buf += data[off : off + need]
+            off += need
+            if len(buf) > 2:
+                append(bytes(buf[2:]))
+            buf.clear()
+        # Slicing bytes is one copy per packet and the length one struct call (a memoryview
+        # slice and its bytes() were two objects per packet: 1.0 -> 0.75 us of CPU per
+        # 1420-byte packet).
+        length = _LENGTH
+        end = len(data)
         while end - off >= 2:
-            n = (view[off] << 8) | view[off + 1]
-            if end - off - 2 < n:
+            (n,) = length(data, off)
+            start = off + 2
+            stop = start + n
+            if stop > end:
                 break
             if n:
-                out.append(bytes(view[off + 2 : off + 2 + n]))
-            off += 2 + n
-        rest = bytes(view[off:])
-        view.release()
-        if buf:
-            buf.clear()
-        buf += rest
+                append(data[start:stop])
+            off = stop
+        if off < end:
+            buf += data[off:]
         self.frames += len(out)
         return out
