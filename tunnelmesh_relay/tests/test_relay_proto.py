@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tunnelmesh_relay.proto import (
     RECV,
     SEND,
     RelayFormatError,
     TokenBucket,
+    count_records,
     decode_header,
     encode_message,
+    encode_sealed,
     rewrite_for_delivery,
     split_records,
 )
@@ -148,8 +152,6 @@ def test_stats_are_plain_data() -> None:
 
 
 def test_count_records_agrees_with_split_records() -> None:
-    from tunnelmesh_relay.proto import count_records
-
     good = encode_message(
         SEND, "bob", [DATA, INIT, DATA + bytes(1400), bytes((3, 0, 0, 0)) + bytes(60)]
     )
@@ -161,3 +163,46 @@ def test_count_records_agrees_with_split_records() -> None:
             count_records(bad, off)
     with pytest.raises(RelayFormatError):
         count_records(good[:-1], off)
+
+
+_RECORDS = st.lists(
+    st.one_of(
+        st.sampled_from([DATA, INIT, DATA + bytes(1400), bytes((3, 0, 0, 0)) + bytes(60)]),
+        st.binary(max_size=40),
+    ),
+    max_size=5,
+)
+
+
+@given(records=_RECORDS, tail=st.binary(max_size=7))
+def test_count_split_and_views_agree_on_any_message(records: list[bytes], tail: bytes) -> None:
+    """The hub's count, the peer's split and its zero-copy views accept and refuse the same
+    messages (a trailing partial record included), and the views hold the same bytes."""
+    msg = encode_message(SEND, "bob", records) + tail
+    _, _, off = decode_header(msg)
+    outcomes = []
+    for check in (
+        lambda: count_records(msg, off),
+        lambda: len(split_records(msg, off)),
+        lambda: len(split_records(msg, off, views=True)),
+    ):
+        try:
+            outcomes.append(check())
+        except RelayFormatError:
+            outcomes.append(-1)
+    assert len(set(outcomes)) == 1, outcomes
+    if outcomes[0] >= 0:
+        assert split_records(msg, off, views=True) == split_records(msg, off) == records
+    plain = split_records(encode_message(SEND, "bob", records), off, wireguard=False)
+    assert plain == records
+
+
+@given(records=_RECORDS.filter(lambda rs: all(len(r) > 0 for r in rs)), cap=st.integers(1, 4))
+def test_encode_sealed_is_encode_message_in_runs(records: list[bytes], cap: int) -> None:
+    """Messages built straight from a sealing buffer are the SENDs encode_message builds, at
+    most ``cap`` records each."""
+    buf = bytearray(b"".join(records) + bytes(33))  # a sealing buffer is longer than its run
+    got = encode_sealed("bob", buf, [len(r) for r in records], max_records=cap)
+    want = [encode_message(SEND, "bob", records[i : i + cap]) for i in range(0, len(records), cap)]
+    assert got == want
+    buf.extend(b"x")  # no view of the buffer is left behind (it can still grow)

@@ -18,8 +18,10 @@ A batch of packets for one peer is one WebSocket message.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Literal, overload
 
 from tunnelmesh.errors import RemoteProtocolError
 
@@ -33,6 +35,7 @@ __all__ = [
     "count_records",
     "decode_header",
     "encode_message",
+    "encode_sealed",
     "rewrite_for_delivery",
     "split_records",
 ]
@@ -46,6 +49,8 @@ MAX_RECORD = 65535
 
 # WireGuard message types and sizes (whitepaper section 5.4)
 _WG_SIZES = {1: (148, 148), 2: (92, 92), 3: (64, 64), 4: (32, 65535)}
+_RECORD_HEAD = struct.Struct(">HI").unpack_from
+"""A record's length and its first four bytes (WireGuard's type and three zero bytes)."""
 
 
 class RelayFormatError(RemoteProtocolError, ValueError):
@@ -87,31 +92,53 @@ def decode_header(data: bytes) -> tuple[int, str, int]:
     return kind, name, 2 + n
 
 
-def split_records(data: bytes, offset: int, *, wireguard: bool = True) -> list[bytes]:
+@overload
+def split_records(
+    data: bytes, offset: int, *, wireguard: bool = True, views: Literal[False] = False
+) -> list[bytes]: ...
+@overload
+def split_records(
+    data: bytes, offset: int, *, wireguard: bool = True, views: Literal[True]
+) -> list[memoryview]: ...
+def split_records(
+    data: bytes, offset: int, *, wireguard: bool = True, views: bool = False
+) -> list[bytes] | list[memoryview]:
     """The records of a message from ``offset``; with ``wireguard``, each must look like a
-    WireGuard message (type 1 to 4, three zero bytes, the size of its type).
+    WireGuard message (type 1 to 4, three zero bytes, the size of its type). With ``views``
+    the records are memoryviews of ``data`` (no copy per record: the WireGuard engine reads
+    them during its call), else bytes.
 
     Raises:
         RelayFormatError: a record runs past the end, or is not a WireGuard message.
     """
-    out: list[bytes] = []
+    out: list[memoryview] = []
+    append = out.append
     end = len(data)
-    mv = memoryview(data)
-    while offset < end:
-        if end - offset < 2:
-            raise RelayFormatError("truncated record length")
-        n = (data[offset] << 8) | data[offset + 1]
-        offset += 2
-        if end - offset < n:
-            raise RelayFormatError("record runs past the message")
-        rec = bytes(mv[offset : offset + n])
-        offset += n
-        if wireguard:
-            limits = _WG_SIZES.get(rec[0]) if n >= 4 else None
-            if limits is None or rec[1:4] != b"\x00\x00\x00" or not limits[0] <= n <= limits[1]:
+    sizes = _WG_SIZES
+    unpack = _RECORD_HEAD
+    with memoryview(data) as mv:
+        while offset < end:
+            if end - offset < 2:
+                raise RelayFormatError("truncated record length")
+            if end - offset < 6:  # a record of at most 3 bytes: never a WireGuard message
+                n, word = (data[offset] << 8) | data[offset + 1], -1
+            else:
+                n, word = unpack(data, offset)
+            start = offset + 2
+            offset = start + n
+            if offset > end:
+                raise RelayFormatError("record runs past the message")
+            if wireguard and (
+                n < 4
+                or (limits := sizes.get(word >> 24)) is None
+                or word & 0xFFFFFF
+                or not limits[0] <= n <= limits[1]
+            ):
                 raise RelayFormatError("record is not a WireGuard message")
-        out.append(rec)
-    return out
+            append(mv[start:offset])
+    if views:
+        return out
+    return [bytes(r) for r in out]
 
 
 def count_records(data: bytes, offset: int) -> int:
@@ -124,29 +151,59 @@ def count_records(data: bytes, offset: int) -> int:
     count = 0
     end = len(data)
     sizes = _WG_SIZES
+    unpack = _RECORD_HEAD
     while offset < end:
         if end - offset < 6:
             raise RelayFormatError("truncated record")
-        n = (data[offset] << 8) | data[offset + 1]
-        start = offset + 2
-        offset = start + n
+        n, word = unpack(data, offset)
+        offset += 2 + n
         if offset > end:
             raise RelayFormatError("record runs past the message")
-        limits = sizes.get(data[start]) if n >= 4 else None
-        if (
-            limits is None
-            or data[start + 1] | data[start + 2] | data[start + 3]
-            or not limits[0] <= n <= limits[1]
-        ):
+        if n < 4 or (limits := sizes.get(word >> 24)) is None:
+            raise RelayFormatError("record is not a WireGuard message")
+        if word & 0xFFFFFF or not limits[0] <= n <= limits[1]:
             raise RelayFormatError("record is not a WireGuard message")
         count += 1
     return count
 
 
 def rewrite_for_delivery(data: bytes, offset: int, source: str) -> bytes:
-    """Turn a SEND (records from ``offset``) into the RECV the destination gets."""
+    """Turn a SEND (records from ``offset``) into the RECV the destination gets (one copy of
+    the records: a slice and a concatenation were two)."""
     raw = source.encode()
-    return bytes((RECV, len(raw))) + raw + data[offset:]
+    with memoryview(data) as mv:
+        return b"".join((bytes((RECV, len(raw))), raw, mv[offset:]))
+
+
+def encode_sealed(
+    name: str, buf: bytes | bytearray, sizes: Sequence[int], *, max_records: int = 64
+) -> list[bytes]:
+    """SEND messages to ``name`` for WireGuard messages lying back to back at the start of
+    ``buf`` (their sizes in order), at most ``max_records`` per message: one copy of each
+    record, straight from the sealing buffer.
+
+    Raises:
+        RelayFormatError: a bad name, or a record longer than 65535 bytes.
+    """
+    raw = name.encode()
+    if not 0 < len(raw) <= MAX_NAME:
+        raise RelayFormatError(f"peer name of {len(raw)} bytes (1 to {MAX_NAME})")
+    head = bytes((SEND, len(raw))) + raw
+    out: list[bytes] = []
+    off = 0
+    with memoryview(buf) as mv:
+        for i in range(0, len(sizes), max_records):
+            parts: list[bytes | memoryview] = [head]
+            append = parts.append
+            for n in sizes[i : i + max_records]:
+                if n > MAX_RECORD:
+                    raise RelayFormatError(f"a {n}-byte record (at most {MAX_RECORD})")
+                append(n.to_bytes(2, "big"))
+                append(mv[off : off + n])
+                off += n
+            out.append(b"".join(parts))
+            parts.clear()  # the slices go before the buffer is released (it may grow later)
+    return out
 
 
 class TokenBucket:

@@ -35,10 +35,12 @@ from tunnelmesh.proto.wgmessages import REKEY_TIMEOUT
 
 from tunnelmesh_relay.proto import (
     RECV,
+    SEND,
     UNREACHED,
     RelayFormatError,
     decode_header,
     encode_message,
+    encode_sealed,
     split_records,
 )
 
@@ -113,6 +115,7 @@ class RelayTransport(Transport):
             on_event=self._event,
             announce_dialled=False,
             link_kind="relay link",
+            transmit_sealed=self._queue_sealed,
         )
         self.links = self.session.links
         self.drops = self.engine.drops
@@ -360,11 +363,29 @@ class RelayTransport(Transport):
         put = self._out.put_nowait
         for i in range(0, len(records), _MAX_RECORDS):
             try:
-                put(encode_message(0x01, dest, records[i : i + _MAX_RECORDS]))
+                put(encode_message(SEND, dest, records[i : i + _MAX_RECORDS]))
             except asyncio.QueueFull:
                 self.drops["relay_queue_full"] += min(_MAX_RECORDS, len(records) - i)
             except RelayFormatError:
                 self.drops["relay_bad_name"] += 1
+
+    def _queue_sealed(self, buf: bytearray, sizes: list[int], dest: object) -> None:
+        """The session's sealed transmit: the messages at the start of ``buf`` (a batch of
+        data packets sealed in place) to the peer named ``dest``, one copy each."""
+        if not isinstance(dest, str):
+            self.drops["relay_bad_name"] += 1
+            return
+        try:
+            messages = encode_sealed(dest, buf, sizes, max_records=_MAX_RECORDS)
+        except RelayFormatError:
+            self.drops["relay_bad_name"] += 1
+            return
+        put = self._out.put_nowait
+        for i, msg in enumerate(messages):
+            try:
+                put(msg)
+            except asyncio.QueueFull:
+                self.drops["relay_queue_full"] += min(_MAX_RECORDS, len(sizes) - i * _MAX_RECORDS)
 
     def _received(self, data: bytes) -> None:
         self.stats["rx_messages"] += 1
@@ -380,7 +401,7 @@ class RelayTransport(Transport):
                 return
             if kind != RECV:
                 raise RelayFormatError("unexpected message kind")
-            records = split_records(data, offset)
+            records = split_records(data, offset, views=True)
         except RelayFormatError:
             self.drops["relay_malformed"] += 1
             return

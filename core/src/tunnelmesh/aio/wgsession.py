@@ -290,7 +290,7 @@ class WireGuardSession:
             link._received(packets)
         self.after()
 
-    def receive(self, datagrams: Iterable[bytes], addr: Any) -> int:
+    def receive(self, datagrams: Iterable[bytes | memoryview], addr: Any) -> int:
         """:meth:`open` and :meth:`deliver` for one carrier batch from one address."""
         per_peer: dict[Peer, list[bytes]] = {}
         count = self.open(datagrams, addr, self.now(), per_peer)
