@@ -172,3 +172,32 @@ def test_a_closed_link_leaves_the_session_and_the_next_data_makes_a_new_one() ->
         assert await p.links["b"][1].recv_batch() == [_packet(1)]
 
     run(main())
+
+
+def test_the_loop_timer_follows_the_earliest_deadline_without_a_scan_per_batch() -> None:
+    async def main() -> None:
+        p = Pair()
+        link = p.a.link_for(p.peer_b)
+        link.send_batch([_packet(0)])
+        p.carry()
+        for s in (p.a, p.b):  # armed, at or before every deadline of the engine
+            assert s._timer_at is not None and s._timer_at <= s.engine.get_timer()  # type: ignore[operator]
+        armed = p.a._timer_at
+        link.send_batch([_packet(1)])  # later deadlines only: the timer stays where it was
+        assert p.a._timer_at == armed and p.a.engine.timer_floor > armed  # type: ignore[operator]
+        # a deadline before the armed one (a 1 s persistent keepalive, set by the next batch)
+        p.peer_b.persistent_keepalive = 1.0
+        link.send_batch([_packet(2)])
+        assert p.peer_b.persistent_at is not None
+        assert p.a._timer_at == p.peer_b.persistent_at < armed  # type: ignore[operator]
+        # the timer fires with nothing due yet (early): re-armed at the deadlines still ahead
+        p.peer_b.persistent_keepalive = 0.0
+        p.peer_b.persistent_at = None
+        handle = p.a._timer
+        assert handle is not None
+        handle.cancel()
+        p.a._on_timer()
+        assert p.a._timer_at == p.a.engine.get_timer() is not None
+        assert p.a.engine.timer_floor == float("inf")  # get_timer resets it
+
+    run(main())

@@ -11,7 +11,8 @@ socket in :mod:`tunnelmesh_udp`, the relay transport's WebSocket):
 * events: a completed handshake of a peer without a link makes its link (announced through
   ``on_link``); every event goes to ``on_event``;
 * one ``loop.call_at`` timer, at or before the engine's earliest deadline (re-armed after a
-  batch only when that deadline came earlier).
+  batch only when a deadline set by it comes earlier: one comparison with the engine's
+  ``timer_floor``, no scan of the peers).
 
 The carrier gives one callable, ``transmit(messages, address)``: send these WireGuard messages,
 in order, to this address (what the address is, a ``(host, port)`` or a peer name, is the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -123,6 +125,7 @@ class WireGuardSession:
         """Bind to the running loop (its clock is the engine's ``now``)."""
         self._loop = loop = loop or asyncio.get_running_loop()
         self.engine.wall_offset = time.time() - loop.time()
+        self._rearm()  # deadlines set before the start
 
     def traffic(self) -> dict[str, tuple[int, int]]:
         """Transport bytes received and sent per peer name, ``(rx, tx)``: what a transport
@@ -246,11 +249,21 @@ class WireGuardSession:
         # Re-armed only for an earlier deadline: traffic moves the keepalive and handshake
         # deadlines at every batch, mostly later, and a timer that fires early finds nothing
         # due and re-arms to the engine's deadline then (one wake-up per ~10 s of traffic,
-        # where a cancel and a new loop timer per batch were).
-        deadline = engine.get_timer()
+        # where a cancel and a new loop timer per batch were). The engine's timer_floor says
+        # whether this batch set a deadline before the armed one; only then are the peers
+        # scanned (get_timer visits every peer).
         armed = self._timer_at
+        if engine.timer_floor < (math.inf if armed is None else armed):
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Arm the loop timer at the engine's earliest deadline if that is before the armed one."""
         loop = self._loop
-        if deadline is not None and (armed is None or deadline < armed) and loop is not None:
+        if loop is None:  # not started: start() re-arms (timer_floor keeps what was set)
+            return
+        deadline = self.engine.get_timer()
+        armed = self._timer_at
+        if deadline is not None and (armed is None or deadline < armed):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
@@ -261,6 +274,8 @@ class WireGuardSession:
         self._timer_at = None
         self.engine.handle_timer(self.now())
         self.after()
+        if self._timer is None:  # the deadlines not due now, which no floor announces
+            self._rearm()
 
     # --- receiving ----------------------------------------------------------------------------
 

@@ -89,12 +89,18 @@ def _sealed(
     kp.send_counter = counter
     peer.tx_bytes += nbytes
     peer.tx_packets += count
-    # timersAnyAuthenticatedPacketTraversal / Sent / DataSent
+    # timersAnyAuthenticatedPacketTraversal / Sent / DataSent (each deadline set lowers
+    # timer_floor, inline: this runs per batch)
+    floor = self.timer_floor
     if peer.persistent_keepalive > 0:
-        peer.persistent_at = now + peer.persistent_keepalive
+        peer.persistent_at = at = now + peer.persistent_keepalive
+        if at < floor:
+            self.timer_floor = floor = at
     peer.keepalive_at = None
     if data and peer.new_handshake_at is None:
-        peer.new_handshake_at = now + NEW_HANDSHAKE_AFTER + self._jitter()
+        peer.new_handshake_at = at = now + NEW_HANDSHAKE_AFTER + self._jitter()
+        if at < floor:
+            self.timer_floor = at
     # keepKeyFreshSending
     if counter > REKEY_AFTER_MESSAGES or (
         kp.initiator and now - kp.created > self.rekey_after_time
@@ -297,12 +303,17 @@ def _data_received(
     ):
         peer.sent_last_minute_handshake = True
         self._send_initiation(peer, now, retry=False)
+    floor = self.timer_floor  # each deadline set lowers it, inline: this runs per batch
     if peer.persistent_keepalive > 0:
-        peer.persistent_at = now + peer.persistent_keepalive
+        peer.persistent_at = at = now + peer.persistent_keepalive
+        if at < floor:
+            self.timer_floor = floor = at
     peer.new_handshake_at = None
     if data:
         if peer.keepalive_at is None:
-            peer.keepalive_at = now + KEEPALIVE_TIMEOUT
+            peer.keepalive_at = at = now + KEEPALIVE_TIMEOUT
+            if at < floor:
+                self.timer_floor = at
             if data > 1:
                 peer.need_another_keepalive = True
         else:

@@ -166,9 +166,9 @@ def _send_initiation(self: WireGuard, peer: Peer, now: float, retry: bool) -> No
     self._out.append((peer.cookie.add_macs(msg, now), peer.endpoint))
     peer.tx_bytes += len(msg)
     if peer.persistent_keepalive > 0:
-        peer.persistent_at = now + peer.persistent_keepalive
+        peer.persistent_at = self._deadline(now + peer.persistent_keepalive)
     peer.keepalive_at = None
-    peer.retransmit_at = now + REKEY_TIMEOUT + self._jitter()
+    peer.retransmit_at = self._deadline(now + REKEY_TIMEOUT + self._jitter())
 
 
 def _authenticated_from(self: WireGuard, peer: Peer, addr: Address, now: float) -> None:
@@ -177,7 +177,7 @@ def _authenticated_from(self: WireGuard, peer: Peer, addr: Address, now: float) 
         peer.endpoint = addr
         self._events.append(EndpointChanged(peer.name, peer.public_key, addr))
     if peer.persistent_keepalive > 0:
-        peer.persistent_at = now + peer.persistent_keepalive
+        peer.persistent_at = self._deadline(now + peer.persistent_keepalive)
     peer.new_handshake_at = None
 
 
@@ -206,7 +206,7 @@ def _begin_session(
         peer.next = kp
         self._drop_keypair(peer.previous)
         peer.previous = None
-    peer.zero_keys_at = now + ZERO_KEYS_AFTER
+    peer.zero_keys_at = self._deadline(now + ZERO_KEYS_AFTER)
 
 
 def _rotate_next(self: WireGuard, peer: Peer, now: float) -> None:

@@ -9,6 +9,7 @@ Its functions are methods of :class:`~tunnelmesh.proto.wireguard.WireGuard`, bou
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from tunnelmesh.proto.events import HandshakeTimedOut, KeysZeroed
@@ -32,7 +33,11 @@ ZERO_KEYS_AFTER = REJECT_AFTER_TIME * 3
 
 
 def get_timer(self: WireGuard) -> float | None:
-    """The earliest deadline at which :meth:`handle_timer` must be called, or None."""
+    """The earliest deadline at which :meth:`handle_timer` must be called, or None.
+
+    Visits every peer, and resets :attr:`~tunnelmesh.proto.WireGuard.timer_floor`.
+    """
+    self.timer_floor = math.inf
     earliest: float | None = None
     for peer in self.peers.values():
         for t in (
@@ -58,7 +63,7 @@ def handle_timer(self: WireGuard, now: float) -> None:
             self._send_keepalive(peer, now)
             if peer.need_another_keepalive:
                 peer.need_another_keepalive = False
-                peer.keepalive_at = now + KEEPALIVE_TIMEOUT
+                peer.keepalive_at = self._deadline(now + KEEPALIVE_TIMEOUT)
         if peer.new_handshake_at is not None and peer.new_handshake_at <= now:
             peer.new_handshake_at = None
             self._send_initiation(peer, now, retry=False)
@@ -77,11 +82,18 @@ def _expired_retransmit(self: WireGuard, peer: Peer, now: float) -> None:
         peer.keepalive_at = None
         peer.staged.clear()
         if peer.zero_keys_at is None:
-            peer.zero_keys_at = now + ZERO_KEYS_AFTER
+            peer.zero_keys_at = self._deadline(now + ZERO_KEYS_AFTER)
         self._events.append(HandshakeTimedOut(peer.name, peer.public_key))
         return
     peer.handshake_attempts += 1
     self._send_initiation(peer, now, retry=True)
+
+
+def _deadline(self: WireGuard, at: float) -> float:
+    """``at``, a deadline being set, lowers :attr:`~tunnelmesh.proto.WireGuard.timer_floor`."""
+    if at < self.timer_floor:
+        self.timer_floor = at
+    return at
 
 
 def _jitter(self: WireGuard) -> float:

@@ -76,6 +76,7 @@ before, on the class.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -135,6 +136,10 @@ class WireGuard:
         self._load_window = 0.0
         self._load_count = 0
         self._under_load_until = -1.0
+        self.timer_floor = math.inf
+        """No timer deadline set since the last :meth:`get_timer` is earlier than this (``inf``:
+        none was set). A driver whose loop timer is armed at or before it needs no new
+        :meth:`get_timer`, which visits every peer: one comparison per batch instead."""
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -205,6 +210,7 @@ class WireGuard:
     handle_timer = wgtimers.handle_timer
     _expired_retransmit = wgtimers._expired_retransmit
     _jitter = wgtimers._jitter
+    _deadline = wgtimers._deadline
 
     # --- data path (wgdata.py) ------------------------------------------------------------------
 
