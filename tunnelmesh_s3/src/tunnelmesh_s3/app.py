@@ -16,6 +16,7 @@ mount. Every request goes through :func:`_handle`:
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import secrets
 import time
@@ -27,7 +28,7 @@ from aiohttp import web
 from tunnelmesh.abc import Storage
 from tunnelmesh.errors import StorageError
 
-from tunnelmesh_s3 import cors, sigv2, sigv4
+from tunnelmesh_s3 import admin, buckets, cors, objects, post, sigv2, sigv4
 from tunnelmesh_s3.auth import Authorizer, SecretLookup
 from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call, Handler
 from tunnelmesh_s3.errors import S3Error, from_storage
@@ -65,6 +66,9 @@ STATS_KEY = web.AppKey("s3stats", S3Stats)
 BUCKET_KEY = web.RequestKey("s3_bucket", str)
 # The handler that serves the request of this task (metrics); _handle sets and reads it.
 _operation: contextvars.ContextVar[str] = contextvars.ContextVar("s3_operation")
+# Request IDs: a random prefix per process, then a counter (unique, and no system call each).
+_REQUEST_PREFIX = secrets.token_hex(4).upper()
+_request_numbers = itertools.count(secrets.randbelow(1 << 31))
 
 
 def split_target(host: str, raw_path: str, domains: Sequence[str]) -> tuple[str, str]:
@@ -155,7 +159,7 @@ async def _continue(request: web.Request) -> None:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     _operation.set("unrouted")
-    request_id = secrets.token_hex(8).upper()
+    request_id = f"{_REQUEST_PREFIX}{next(_request_numbers) & 0xFFFFFFFF:08X}"
     raw_path, _, raw_query = request.raw_path.partition("?")
     try:
         response = await _dispatch(request, raw_path, raw_query, request_id)
@@ -201,8 +205,6 @@ async def _dispatch(
         _operation.set("cors_preflight")
         rules = authorizer.bucket_settings(bucket).cors if bucket else []
         return web.Response(headers=cors.preflight(rules, request.headers))
-    from tunnelmesh_s3 import post
-
     if post.is_form_upload(
         request.method, bucket, key, raw_query, request.headers.get("Content-Type", "")
     ):
@@ -241,12 +243,8 @@ async def _dispatch(
         request_id=request_id,
     )
     if config.admin_api and raw_path.startswith(ADMIN_PREFIX) and not _virtual(host, config):
-        from tunnelmesh_s3 import admin
-
         _operation.set("admin")
         return await admin.handle(call, unquote_to_bytes(raw_path[len(ADMIN_PREFIX) :]).decode())
-    from tunnelmesh_s3 import buckets, objects
-
     handler: Handler | None
     if not bucket:
         handler = buckets.list_buckets if request.method == "GET" else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import functools
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ SMALL_BODY = 64 * 1024
 """A GET of at most this many bytes from a backend without local files is read into memory and
 answered in one response write (headers and body together)."""
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_LOCAL_FILES: dict[tuple[type, type], bool] = {}
 
 
 def route(call: Call) -> Handler | None:
@@ -150,7 +152,7 @@ def stored_headers(headers: Mapping[str, str], *, tags: bool = True) -> dict[str
 def _object_headers(info: ObjectInfo, checksums: bool = False) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     headers["ETag"] = f'"{info.etag}"'
-    headers["Last-Modified"] = email.utils.formatdate(info.last_modified, usegmt=True)
+    headers["Last-Modified"] = http_date(info.last_modified)
     headers["Content-Type"] = info.content_type
     headers["Accept-Ranges"] = "bytes"
     for name, value in info.headers.items():
@@ -166,6 +168,26 @@ def _object_headers(info: ObjectInfo, checksums: bool = False) -> CIMultiDict[st
         for alg, value in info.checksums.items():
             headers[f"x-amz-checksum-{alg}"] = value
     return headers
+
+
+@functools.lru_cache(maxsize=256)
+def _http_date_of(seconds: int) -> str:
+    return email.utils.formatdate(seconds, usegmt=True)
+
+
+def http_date(when: float) -> str:
+    """An HTTP date (``Last-Modified``) of a Unix time (formatted once per second)."""
+    return _http_date_of(int(when))
+
+
+def _local_files(reader: ObjectReader) -> LocalFiles | None:
+    """The reader as :class:`~tunnelmesh.abc.LocalFiles` when it is one, else None: checked
+    once per reader class (a runtime protocol check costs microseconds each)."""
+    key = (type(reader), LocalFiles)
+    found = _LOCAL_FILES.get(key)
+    if found is None:
+        found = _LOCAL_FILES[key] = isinstance(reader, LocalFiles)
+    return reader if found else None  # type: ignore[return-value]
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -433,7 +455,7 @@ async def get_attributes(call: Call) -> web.Response:
     if "ObjectSize" in wanted:
         body.append(element("ObjectSize", info.size))
     response = xml(document("GetObjectAttributesResponse", *body))
-    response.headers["Last-Modified"] = email.utils.formatdate(info.last_modified, usegmt=True)
+    response.headers["Last-Modified"] = http_date(info.last_modified)
     return response
 
 
@@ -458,7 +480,7 @@ async def get_object(call: Call) -> web.StreamResponse:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         headers["x-amz-request-id"] = call.request_id
         status = 206 if span is not None else 200
-        if end - start <= SMALL_BODY and not isinstance(reader, LocalFiles):
+        if end - start <= SMALL_BODY and _local_files(reader) is None:
             data = b"".join([chunk async for chunk in reader.stream(start, end)])
             return web.Response(status=status, headers=headers, body=data)
         response = web.StreamResponse(status=status, headers=headers)
@@ -484,7 +506,8 @@ async def _send_body(
     The reader stays open meanwhile, so its files stay whole and unchanged (the backend frees
     an overwritten or deleted object's files only after its last reader closes).
     """
-    files = reader.local_files() if isinstance(reader, LocalFiles) else None
+    local = _local_files(reader)
+    files = local.local_files() if local is not None else None
     transport = request.transport
     if files is None or transport is None:
         async for chunk in reader.stream(start, end):
@@ -514,6 +537,8 @@ async def _sendfile(
 
 
 def _apply_overrides(call: Call, headers: CIMultiDict[str]) -> None:
+    if not call.params:
+        return
     for param, header in RESPONSE_OVERRIDES.items():
         if param in call.params:
             headers[header] = call.params[param]
@@ -525,7 +550,7 @@ def _condition_response(info: ObjectInfo, status: int) -> web.Response:
             status=304,
             headers={
                 "ETag": f'"{info.etag}"',
-                "Last-Modified": email.utils.formatdate(info.last_modified, usegmt=True),
+                "Last-Modified": http_date(info.last_modified),
             },
         )
     raise S3Error(
