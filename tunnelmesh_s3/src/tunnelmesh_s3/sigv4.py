@@ -20,6 +20,7 @@ import calendar
 import email.utils
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,8 +80,14 @@ def uri_encode(raw: bytes, *, keep_slash: bool) -> str:
     return quote_from_bytes(raw, safe="/" if keep_slash else "")
 
 
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~/]*")
+"""A path whose canonical form is itself (nothing to decode, nothing to encode)."""
+
+
 def canonical_uri(raw_path: str) -> str:
     """S3's canonical URI: the path decoded once, then encoded once (no dot-segment removal)."""
+    if raw_path and _PLAIN_PATH.fullmatch(raw_path):
+        return raw_path
     return uri_encode(unquote_to_bytes(raw_path or "/"), keep_slash=True)
 
 
@@ -96,6 +103,8 @@ def query_pairs(raw_query: str) -> list[tuple[bytes, bytes]]:
 
 def canonical_query(raw_query: str, *, drop: Iterable[str] = ()) -> str:
     """The canonical query string: every pair encoded, sorted by name then value."""
+    if not raw_query:
+        return ""
     dropped = {d.encode() for d in drop}
     encoded = sorted(
         (uri_encode(k, keep_slash=False), uri_encode(v, keep_slash=False))
@@ -109,12 +118,18 @@ def canonical_headers(headers: Sequence[tuple[str, str]], signed: Sequence[str])
     """``name:value\\n`` per signed header; repeated headers joined by commas, spaces folded."""
     values: dict[str, list[str]] = {}
     for name, value in headers:
-        values.setdefault(name.lower(), []).append(" ".join(value.split()))
+        values.setdefault(name.lower(), []).append(value)
+    return _canonical_headers(values, signed)
+
+
+def _canonical_headers(values: Mapping[str, Sequence[str]], signed: Sequence[str]) -> str:
+    """:func:`canonical_headers` of headers given by lower-case name (values as sent)."""
     lines = []
     for name in signed:
-        if name not in values:
+        found = values.get(name)
+        if found is None:
             raise SigV4Error("AccessDenied", f"signed header {name!r} is missing from the request")
-        lines.append(f"{name}:{','.join(values[name])}\n")
+        lines.append(f"{name}:{','.join(' '.join(value.split()) for value in found)}\n")
     return "".join(lines)
 
 
@@ -146,7 +161,7 @@ def signing_key(secret: str, date: str, region: str, service: str = "s3") -> byt
 
 
 def _hmac_hex(key: bytes, text: str) -> str:
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, text.encode(), "sha256").hex()
 
 
 def amz_date(now: float) -> str:
@@ -183,20 +198,22 @@ class Request:
     headers: Sequence[tuple[str, str]]
 
     @cached_property
-    def lowered(self) -> list[tuple[str, str]]:
-        """The headers with their names in lower case, in order."""
-        return [(key.lower(), value) for key, value in self.headers]
-
-    @cached_property
-    def _first(self) -> dict[str, str]:
-        first: dict[str, str] = {}
-        for key, value in self.lowered:
-            first.setdefault(key, value)
-        return first
+    def by_name(self) -> dict[str, list[str]]:
+        """Every header's values (as sent, in order) by its name in lower case."""
+        out: dict[str, list[str]] = {}
+        for key, value in self.headers:
+            name = key.lower()
+            seen = out.get(name)
+            if seen is None:
+                out[name] = [value]
+            else:
+                seen.append(value)
+        return out
 
     def header(self, name: str) -> str | None:
         """The value of the first header of that name (any case), or None."""
-        return self._first.get(name.lower())
+        values = self.by_name.get(name.lower())
+        return None if values is None else values[0]
 
 
 @dataclass(frozen=True)
@@ -289,7 +306,7 @@ def verify(
         SigV4Error: unsigned, malformed, unknown key, expired, skewed or wrong signature.
     """
     auth = req.header("authorization")
-    query = dict(query_pairs(req.raw_query))
+    query = dict(query_pairs(req.raw_query)) if auth is None else {}
     if auth is not None:
         credential, signed, signature = parse_authorization(auth)
         access_key, date, scope = _parse_credential(
@@ -352,7 +369,8 @@ def verify(
         )
     if "host" not in signed:
         raise SigV4Error("AccessDenied", "the host header must be signed")
-    unsigned = sorted({name for name, _ in req.lowered if name.startswith("x-amz-")} - set(signed))
+    headers = req.by_name
+    unsigned = sorted(name for name in headers if name.startswith("x-amz-") and name not in signed)
     if unsigned:
         # S3 refuses these: a man-in-the-middle could add metadata or a copy source otherwise
         raise SigV4Error(
@@ -370,8 +388,10 @@ def verify(
     # The canonical URI is the path decoded and re-encoded; some signers (botocore) use the
     # path exactly as sent instead. Both are signatures over this very request.
     expected = ""
+    # canonical_request's lines after the URI and query: the same for both URIs
+    rest = f"{_canonical_headers(headers, signed)}\n{';'.join(signed)}\n{payload}"
     for uri in dict.fromkeys([canonical_uri(req.raw_path), req.raw_path or "/"]):
-        creq = canonical_request(req.method, uri, query_string, req.headers, signed, payload)
+        creq = f"{req.method}\n{uri}\n{query_string}\n{rest}"
         expected = _hmac_hex(key, string_to_sign(amz, scope, creq))
         if hmac.compare_digest(expected, signature.lower()):
             break
