@@ -141,13 +141,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle_all(settled: Sequence[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Give each future of a batch its result (True) or exception (False)."""
+    for future, ok, value in settled:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class _Reader(ObjectReader):
@@ -379,6 +381,10 @@ class FilesystemStorage(Storage):
         A commit costs an fsync (milliseconds); batching the writes that queue up meanwhile
         makes many small concurrent PUTs cost one fsync per batch instead of one each.
         """
+        return await self._queue_write(fn, *args)
+
+    def _queue_write(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """:meth:`_write` as the future of its result (a caller may shield it without a task)."""
         if self._db_pool is None:
             raise StorageError("storage is not started")
         loop = asyncio.get_running_loop()
@@ -390,7 +396,7 @@ class FilesystemStorage(Storage):
         if queue:
             self._loop = loop
             self._db_pool.submit(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         with self._pending_lock:
@@ -399,8 +405,14 @@ class FilesystemStorage(Storage):
         if not batch or self._index is None or self._loop is None:
             return
         results = self._index.batch([(fn, args) for fn, args, _ in batch])
-        for (ok, value), (_, _, future) in zip(results, batch, strict=True):
-            self._loop.call_soon_threadsafe(_settle, future, ok, value)
+        # one wake-up of the event loop for the whole batch
+        self._loop.call_soon_threadsafe(
+            _settle_all,
+            [
+                (future, ok, value)
+                for (ok, value), (_, _, future) in zip(results, batch, strict=True)
+            ],
+        )
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         if self._io_pool is None:
@@ -529,7 +541,7 @@ class FilesystemStorage(Storage):
         commit that never ran are removed by the next start's recovery.
         """
         try:
-            return await asyncio.shield(self._write(commit))
+            return await asyncio.shield(self._queue_write(commit))
         except asyncio.CancelledError:
             raise
         except BaseException:
