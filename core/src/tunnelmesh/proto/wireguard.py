@@ -136,6 +136,7 @@ class WireGuard:
         self._load_window = 0.0
         self._load_count = 0
         self._under_load_until = -1.0
+        self._jitter_pool: list[int] = []
         self.timer_floor = math.inf
         """No timer deadline set since the last :meth:`get_timer` is earlier than this (``inf``:
         none was set). A driver whose loop timer is armed at or before it needs no new
