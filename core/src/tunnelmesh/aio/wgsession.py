@@ -175,7 +175,7 @@ class WireGuardSession:
             self._send_queued()  # a rekey initiation first, as below
             if sizes and peer.endpoint is not None:
                 transmit_sealed(buf, sizes, peer.endpoint)
-            self.after()
+            self._events_and_timer()
             return
         msgs = self.engine.encrypt_batch(peer, packets, self.now())
         # A rekey initiation queued by this batch leaves *before* the batch: behind a burst of
@@ -185,7 +185,7 @@ class WireGuardSession:
         self._send_queued()
         if msgs and peer.endpoint is not None:
             self.transmit(msgs, peer.endpoint)
-        self.after()
+        self._events_and_timer()  # what after() does but the queue, sent just now
 
     def send_keepalives(self) -> int:
         """Send a keepalive to every peer that has a session; returns how many.
@@ -232,8 +232,12 @@ class WireGuardSession:
 
     def after(self) -> None:
         """Send what the engine queued, hand out events, re-arm the timer."""
-        engine = self.engine
         self._send_queued()
+        self._events_and_timer()
+
+    def _events_and_timer(self) -> None:
+        """Hand out the engine's events, re-arm the timer (:meth:`after` without sending)."""
+        engine = self.engine
         while (event := engine.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
                 peer = engine.peers.get(event.public_key)

@@ -100,7 +100,9 @@ class WireGuardSocket:
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
         self._buf = bytearray(65536)
+        self._bufs = [self._buf]  # recvmsg_into's buffer list, made once
         self._view = memoryview(self._buf)
+        self._ancsize = socket.CMSG_SPACE(4) if self.gro else 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._netlink: socket.socket | None = None
         self.watch_addresses = watch_addresses
@@ -219,24 +221,22 @@ class WireGuardSocket:
 
     def _on_readable(self) -> None:
         session = self.session
-        open_ = session.open
-        sock = self.sock
-        buf, view = self._buf, self._view
+        open_ = self.engine.receive_batch  # what session.open() calls, without the hop
+        recvmsg_into = self.sock.recvmsg_into
+        bufs, view, ancsize = self._bufs, self._view, self._ancsize
         now = session.now()
-        gro = self.gro
-        ancsize = socket.CMSG_SPACE(4) if gro else 0
         per_peer: dict[Peer, list[bytes]] = {}
-        count = 0
-        for i in range(_RECV_BUDGET):
+        count = reads = 0
+        for _ in range(_RECV_BUDGET):
             try:
-                n, anc, _flags, addr = sock.recvmsg_into([buf], ancsize)
+                n, anc, _flags, addr = recvmsg_into(bufs, ancsize)
             except BlockingIOError:
                 break
             except OSError:
                 self.drops["rx_error"] += 1
                 break
-            self.stats["rx_recvmsg"] += 1
-            last = not i and not self._poll.poll(0)  # alone: no read that ends in EAGAIN
+            reads += 1
+            last = reads == 1 and not self._poll.poll(0)  # alone: no read ending in EAGAIN
             if not n:
                 continue
             seg = n
@@ -254,7 +254,9 @@ class WireGuardSocket:
                 )
             if last:
                 break
-        self.stats["rx_datagrams"] += count
+        stats = self.stats
+        stats["rx_recvmsg"] += reads
+        stats["rx_datagrams"] += count
         session.deliver(per_peer)
 
 

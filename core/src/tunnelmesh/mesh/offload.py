@@ -76,8 +76,8 @@ def coalesce_ipv4_tcp(packets: list[bytes]) -> list[bytes]:
     i, n = 0, len(packets)
     while i < n:
         p = packets[i]
-        thl = _candidate(p)
-        if not thl or p[33] & _PSH or i + 1 == n:
+        thl = _candidate(p) if i + 1 < n else 0  # the last packet (a lone one) runs alone
+        if not thl or p[33] & _PSH:
             append(VNET_HDR_NONE + p)
             i += 1
             continue
