@@ -51,6 +51,8 @@ MAX_RECORD = 65535
 _WG_SIZES = {1: (148, 148), 2: (92, 92), 3: (64, 64), 4: (32, 65535)}
 _RECORD_HEAD = struct.Struct(">HI").unpack_from
 """A record's length and its first four bytes (WireGuard's type and three zero bytes)."""
+_DATA_HEAD = 0x04000000
+"""Those four bytes of a transport data message."""
 
 
 class RelayFormatError(RemoteProtocolError, ValueError):
@@ -128,11 +130,15 @@ def split_records(
             offset = start + n
             if offset > end:
                 raise RelayFormatError("record runs past the message")
-            if wireguard and (
-                n < 4
-                or (limits := sizes.get(word >> 24)) is None
-                or word & 0xFFFFFF
-                or not limits[0] <= n <= limits[1]
+            if (
+                wireguard
+                and (word != _DATA_HEAD or n < 32)
+                and (
+                    n < 4
+                    or (limits := sizes.get(word >> 24)) is None
+                    or word & 0xFFFFFF
+                    or not limits[0] <= n <= limits[1]
+                )
             ):
                 raise RelayFormatError("record is not a WireGuard message")
             append(mv[start:offset])
@@ -157,13 +163,15 @@ def count_records(data: bytes, offset: int) -> int:
             raise RelayFormatError("truncated record")
         n, word = unpack(data, offset)
         offset += 2 + n
-        if offset > end:
-            raise RelayFormatError("record runs past the message")
-        if n < 4 or (limits := sizes.get(word >> 24)) is None:
-            raise RelayFormatError("record is not a WireGuard message")
-        if word & 0xFFFFFF or not limits[0] <= n <= limits[1]:
-            raise RelayFormatError("record is not a WireGuard message")
+        # the common record, a transport data message, in one comparison
+        if word != _DATA_HEAD or n < 32:
+            if n < 4 or (limits := sizes.get(word >> 24)) is None:
+                raise RelayFormatError("record is not a WireGuard message")
+            if word & 0xFFFFFF or not limits[0] <= n <= limits[1]:
+                raise RelayFormatError("record is not a WireGuard message")
         count += 1
+    if offset > end:  # only the last record can run past the message
+        raise RelayFormatError("record runs past the message")
     return count
 
 
