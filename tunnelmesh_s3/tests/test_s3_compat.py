@@ -29,7 +29,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from tunnelmesh_s3.objects import _without_aws_chunked
+from tunnelmesh_s3.objectrequest import _without_aws_chunked
 from tunnelmesh_s3.server import Running, ServerThread
 
 from tunnelmesh_s3 import sigv2, sigv4

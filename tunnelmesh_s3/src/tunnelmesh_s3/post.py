@@ -24,7 +24,7 @@ from urllib.parse import quote
 from aiohttp import BodyPartReader, MultipartReader, web
 from tunnelmesh.abc import Storage
 
-from tunnelmesh_s3 import acl, objects, postpolicy, sigv4, tagging
+from tunnelmesh_s3 import acl, objectrequest, objects, postpolicy, sigv4, tagging
 from tunnelmesh_s3.auth import Authorizer, SecretLookup
 from tunnelmesh_s3.body import CHECKSUM_ALGORITHMS
 from tunnelmesh_s3.call import MAX_OBJECT_SIZE, Call
@@ -155,7 +155,7 @@ async def post_object(
     for alg in CHECKSUM_ALGORITHMS:
         if (value := fields.get(f"x-amz-checksum-{alg}")) is not None:
             checksums[alg] = value.strip()
-    headers = objects.stored_headers(fields, tags=False)
+    headers = objectrequest.stored_headers(fields, tags=False)
     if (doc := fields.get("tagging")) is not None:
         tags = tagging.from_document(doc.encode("utf-8"), tagging.MAX_OBJECT_TAGS)
         if tags:
@@ -164,8 +164,8 @@ async def post_object(
         call.bucket,
         key,
         _file(part, policy, checksums),
-        content_type=fields.get("content-type", objects.DEFAULT_TYPE),
-        metadata=objects.user_metadata(fields),
+        content_type=fields.get("content-type", objectrequest.DEFAULT_TYPE),
+        metadata=objectrequest.user_metadata(fields),
         headers=headers,
         checksums=checksums,
     )
