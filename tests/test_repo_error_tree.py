@@ -106,7 +106,7 @@ ALLOWED_RAISES: dict[tuple[str, str], str] = {
     ("tunnelmesh_proxy/src/tunnelmesh_proxy/netns.py", "ValueError"): _ARGUMENT,
     ("tunnelmesh_relay/src/tunnelmesh_relay/labpeer.py", "SystemExit"): _CLI_EXIT,
     ("tunnelmesh_s3/src/tunnelmesh_s3/config.py", "ValueError"): _VALIDATOR,
-    ("tunnelmesh_s3/src/tunnelmesh_s3/filesystem.py", "ValueError"): (
+    ("tunnelmesh_s3/src/tunnelmesh_s3/fsfiles.py", "ValueError"): (
         "the Storage ABC's contract for a range outside the object"
     ),
     ("tunnelmesh_admin/src/tunnelmesh_admin/config.py", "ValueError"): _VALIDATOR,
