@@ -75,9 +75,25 @@ def _pytest(session: nox.Session, name: str, *paths: str, allow_empty: bool = Tr
         *session.posargs,
         # 5: nothing collected (e.g. a plugin whose tests all need a lab)
         success_codes=[0, 5] if allow_empty else [0],
-        # nothing a test does may touch the real ~/.tunnelmesh of whoever runs the tests
-        env={"TUNNELMESH_HOME": str(Path(session.create_tmp()) / "tunnelmesh-home")},
+        env={
+            # nothing a test does may touch the real ~/.tunnelmesh of whoever runs the tests
+            "TUNNELMESH_HOME": str(Path(session.create_tmp()) / "tunnelmesh-home"),
+            **_bytecode_cache_env(session),
+        },
     )
+
+
+def _bytecode_cache_env(session: nox.Session) -> dict[str, str | None]:
+    """Let the test processes cache bytecode, under the session's tmp (not in the tree).
+
+    The tests start hundreds of Python processes (nodes, coordinators, CLI calls); with
+    PYTHONDONTWRITEBYTECODE set in the caller's environment each of them compiled every module
+    it imports from source again (about 1.5 s of CPU per ``python -m tunnelmesh``).
+    """
+    return {
+        "PYTHONDONTWRITEBYTECODE": None,  # None: removed from the environment
+        "PYTHONPYCACHEPREFIX": str(Path(session.create_tmp()) / "pycache"),
+    }
 
 
 @nox.session(tags=["core"])
