@@ -1,5 +1,6 @@
 """The asyncio driver of the WireGuard engine over loopback, against a bare engine on a socket:
-keepalives on an address change, and a rekey initiation sent ahead of the burst it rides on."""
+keepalives on an address change, a rekey initiation sent ahead of the burst it rides on, and a
+lone datagram read without a second read that ends in EAGAIN."""
 
 from __future__ import annotations
 
@@ -84,3 +85,42 @@ def test_rekey_initiation_leaves_before_the_burst(loop: str) -> None:
         uvloop.run(_rekey_initiation_leaves_before_the_burst())
     else:
         asyncio.run(_rekey_initiation_leaves_before_the_burst())
+
+
+class _CountingSocket:
+    """A UDP socket whose ``recvmsg_into`` calls are counted."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reads = 0
+
+    def recvmsg_into(self, *args: object) -> object:
+        self.reads += 1
+        return self.sock.recvmsg_into(*args)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+def test_a_lone_datagram_is_read_once_and_a_burst_until_the_socket_is_empty() -> None:
+    """A ping must not pay for a read that ends in EAGAIN; a burst is read whole."""
+    loop = asyncio.new_event_loop()
+    sock, sender = _udp(), _udp()
+    driver = WireGuardSocket(WireGuard(bytes(32)), sock, gro=False, watch_addresses=False)
+    counting = _CountingSocket(sock)
+    driver.sock = counting  # type: ignore[assignment]
+    try:
+        driver.session.start(loop)
+        junk = bytes([9]) + bytes(40)  # not a WireGuard message: dropped and counted
+        sender.sendto(junk, sock.getsockname())  # on loopback, queued when sendto returns
+        driver._on_readable()
+        assert counting.reads == 1 and driver.drops["bad_type"] == 1
+        for _ in range(3):
+            sender.sendto(junk, sock.getsockname())
+        driver._on_readable()
+        assert driver.drops["bad_type"] == 4
+        assert counting.reads == 1 + 4  # three datagrams, then the read that finds none
+    finally:
+        driver.close()
+        sender.close()
+        loop.close()

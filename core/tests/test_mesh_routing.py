@@ -1,4 +1,5 @@
-"""The routing table and the forwarder's checks, without sockets (a pipe stands in for TUN)."""
+"""The routing table and the forwarder's checks, without a TUN device (a pipe stands in for it, or
+a datagram socket pair where packet boundaries matter)."""
 
 from __future__ import annotations
 
@@ -269,3 +270,35 @@ def test_a_full_tunnel_client_goes_out_through_its_own_exit_only(pipe: tuple[int
     assert fwd.stats["dropped_no_exit"] == 1 and links["b"].sent == [out, out]
     with pytest.raises(BlockingIOError):
         os.read(r, 4096)
+
+
+def test_a_lone_packet_is_read_once_and_a_burst_until_the_device_is_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ping must not pay for a read that ends in EAGAIN (a raised BlockingIOError); a burst
+    is still read whole in one callback."""
+    tun, app = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # packet boundaries kept
+    tun.setblocking(False)
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
+    try:
+        fwd = Forwarder(tun.fileno(), _table())
+        link = FakeLink("b")
+        fwd.attach(link)
+        app.send(ip4("10.42.0.1", "10.42.0.2"))
+        fwd._on_tun_readable()
+        assert len(reads) == 1 and len(link.sent) == 1
+        for i in range(3):
+            app.send(ip4("10.42.0.1", "10.42.0.2", bytes([i])))
+        fwd._on_tun_readable()
+        assert len(reads) == 1 + 4  # three packets, then the read that finds it empty
+        assert len(link.sent) == 4
+    finally:
+        tun.close()
+        app.close()
