@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from tunnelmesh.cli._loop import run_fast
 from tunnelmesh.dns.backend import DEFAULT_DOMAINS, CoordinatorBackend
 from tunnelmesh.dns.resolver import MeshResolver
 from tunnelmesh.dns.server import DnsServer
@@ -105,14 +106,7 @@ def serve(
         raise click.BadParameter(str(exc), param_hint="--record") from None
     resolver = MeshResolver(backend, domains=doms, ttl=ttl)
     server = DnsServer(resolver, listen=listen, upstreams=list(upstreams) or None)
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is optional (not on Windows)
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(server, backend, feed))
+    run_fast(_serve(server, backend, feed))
 
 
 async def _serve(server: DnsServer, backend: CoordinatorBackend, feed: str | None) -> None:

@@ -14,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 from tunnelmesh.aio.stopping import finish
+from tunnelmesh.cli._loop import run_fast
 from tunnelmesh.cli._options import config_option
 from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import PeerConfig, load_peer_config
@@ -331,7 +332,7 @@ def join(
             await daemon.run_daemon(client, duration=duration, stop=stop)
 
         if data_plane:
-            _run(main())
+            run_fast(main())  # uvloop: the forwarder's hot path gains from it
         else:
             asyncio.run(main())
 
@@ -545,17 +546,6 @@ class _Resumed(NamedTuple):
     context: MeshContext
     registration: None
     identity: Identity
-
-
-def _run(coro: Any) -> None:
-    """Run on uvloop when it is installed (the forwarder's hot path gains from it)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)
 
 
 async def _run_node(

@@ -11,6 +11,7 @@ from typing import Any
 import click
 import msgspec
 
+from tunnelmesh.cli._loop import run_fast
 from tunnelmesh.cli._options import config_option
 from tunnelmesh.cli._root import Context, apply_config_log_level
 from tunnelmesh.config import ServerConfig, load_server_config
@@ -176,4 +177,7 @@ def serve(
                 "control plane only",
                 err=True,
             )
-    asyncio.run(_serve(cfg, ctx.pm, duration, node, load))
+    if node:  # the coordinator's own peer forwards packets: on uvloop, as a joined peer
+        run_fast(_serve(cfg, ctx.pm, duration, node, load))
+    else:
+        asyncio.run(_serve(cfg, ctx.pm, duration, node, load))
