@@ -67,8 +67,7 @@ def start_coordinator(mesh: MeshLab, *ready: str) -> str:
 def start_peers(mesh: MeshLab, coord_sock: Path, names: Iterable[str]) -> None:
     """Start the peers ``names``; wait until each and the coordinator have a link both ways."""
     names = list(names)
-    for name in names:
-        mesh.start_peer(name)
+    mesh.start_peers(names)
     wait_linked(mesh, coord_sock, names, 30)
 
 

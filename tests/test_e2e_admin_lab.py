@@ -266,8 +266,7 @@ def test_the_dashboard_in_a_browser_on_a_peer(mesh: MeshLab, tmp_path: Path) -> 
     coord = mesh.start_coordinator()
     coord_ip = coord.wait_line(r"mesh peer coord: mesh IP (\S+) \(node up on tm0\)", 60).group(1)
     coord.wait_line(r"admin: dashboard on https://", 30)
-    for name in ("alpha", "beta", "gamma"):
-        mesh.start_peer(name)
+    mesh.start_peers(["alpha", "beta", "gamma"])
     mesh.wait_links(["alpha", "beta", "gamma"], timeout=60)
     for name in ("alpha", "beta"):
         poll(lambda n=name: linked(mesh.peers[n].control_socket, "coord"), 30, f"{name}->coord")

@@ -56,8 +56,7 @@ def test_benchmark_between_two_peers(mesh: MeshLab) -> None:
     with (mesh.peers["bob"].home / "peer.yaml").open("a") as f:
         f.write("benchmark:\n  enabled: true\n")
     mesh.start_coordinator()
-    mesh.start_peer("alice")
-    mesh.start_peer("bob")
+    mesh.start_peers(["alice", "bob"])
     node = mesh.peers["bob"].node
     assert node is not None
     node.wait_line(r"benchmark listener on \S+:9998", 10)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,15 +24,18 @@ pytestmark = pytest.mark.lab
 NAMES = ["alpha", "beta", "gamma"]
 
 
-@pytest.fixture
-def mesh(lab: Lab, tmp_path: Path) -> Iterator[MeshLab]:
-    m = MeshLab(lab, tmp_path)
+@pytest.fixture(scope="module")
+def mesh(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
+    """One mesh for the module (its set-up is most of each test's time). The tests run in
+    file order; each leaves it a working mesh of every peer: the first only looks, the second
+    moves beta to a new address, the last stops and restarts the coordinator and beta and adds
+    delta."""
+    m = MeshLab(module_lab, tmp_path_factory.mktemp("mesh"))
     try:
         for n in NAMES:
             m.add_peer(n, behind_nat=n == "gamma")
         m.start_coordinator()
-        for n in NAMES:
-            m.start_peer(n)
+        m.start_peers(NAMES)
         m.wait_links(timeout=30)
         yield m
     finally:

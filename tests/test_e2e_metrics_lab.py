@@ -75,8 +75,7 @@ def test_node_and_coordinator_metrics(mesh: MeshLab) -> None:
     for name in ("alice", "bob"):
         mesh.add_peer(name)
     coord = mesh.start_coordinator()
-    for name in ("alice", "bob"):
-        mesh.start_peer(name)
+    mesh.start_peers(["alice", "bob"])
     mesh.wait_links(["alice", "bob"], timeout=30)
     alice, bob = mesh.peers["alice"], mesh.peers["bob"]
     assert mesh.ping("alice", bob.mesh_ip, count=5) is not None

@@ -35,7 +35,6 @@ pytest.importorskip("tunnelmesh_ssh")
 pytest.importorskip("tunnelmesh_relay")
 
 from tunnelmesh.node.demo import MeshLab
-from tunnelmesh.testing import lab_unavailable_reason
 from tunnelmesh.testing.lab import Host, Lab
 
 pytestmark = pytest.mark.lab
@@ -117,24 +116,18 @@ def assert_exact(r: dict[str, Any], nbytes: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
-    why = lab_unavailable_reason()
-    if why is not None:
-        pytest.skip(why)
-    lab = Lab()
-    mesh = MeshLab(lab, tmp_path_factory.mktemp("paths"))
+def pair(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
+    mesh = MeshLab(module_lab, tmp_path_factory.mktemp("paths"))
     try:
         for n in ("alpha", "beta"):
             mesh.add_peer(n)
         mesh.start_coordinator()
-        for n in ("alpha", "beta"):
-            mesh.start_peer(n)
+        mesh.start_peers(["alpha", "beta"])
         mesh.wait_links(timeout=30)
         wait_path(mesh, "alpha", "beta", "udp", 20)
         yield mesh
     finally:
         mesh.close()
-        lab.close()
 
 
 def test_udp_blocked_ssh_tcp_blocked_relay_unblocked_udp_with_a_transfer(pair: MeshLab) -> None:

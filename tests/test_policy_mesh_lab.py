@@ -115,8 +115,7 @@ def mesh(lab: Lab, tmp_path: Path) -> Iterator[tuple[MeshLab, str]]:
         cfg = m.peers["alpha"].home / "peer.yaml"
         cfg.write_text(cfg.read_text().replace("dns:\n", 'dns:\n  aliases: ["db", "www.alpha"]\n'))
         m.start_coordinator()
-        for n in ("alpha", "beta"):
-            m.start_peer(n)
+        m.start_peers(["alpha", "beta"])
         m.wait_links(timeout=30)
         yield m, base
     finally:

@@ -33,8 +33,7 @@ def mesh(lab: Lab, tmp_path: Path) -> Iterator[MeshLab]:
         for n in ("alpha", "beta"):
             m.add_peer(n)
         m.start_coordinator()
-        for n in ("alpha", "beta"):
-            m.start_peer(n)
+        m.start_peers(["alpha", "beta"])
         m.wait_links(timeout=30)
         yield m
     finally:

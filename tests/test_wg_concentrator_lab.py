@@ -54,10 +54,12 @@ def _poll(condition: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-@pytest.fixture
-def mesh(lab: Lab, tmp_path: Path) -> Iterator[MeshLab]:
+@pytest.fixture(scope="module")
+def mesh(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
+    """One mesh for the module's tests (each adds clients of its own names; the first lists
+    the clients of a mesh the second has not added to yet: file order)."""
     _need("wireguard-go", "wg", "wg-quick", "ping")
-    m = MeshLab(lab, tmp_path)
+    m = MeshLab(module_lab, tmp_path_factory.mktemp("conc"))
     try:
         for name in ("conc", "beta"):
             peer = m.add_peer(name)
@@ -68,8 +70,7 @@ def mesh(lab: Lab, tmp_path: Path) -> Iterator[MeshLab]:
                     f'  endpoint: "{peer.host.address}:{WG_PORT}"\n'
                 )
         m.start_coordinator()
-        m.start_peer("conc")  # the first peer: the admin
-        m.start_peer("beta")
+        m.start_peers(["conc", "beta"])  # the first peer: the admin
         m.wait_links(timeout=30)
         yield m
     finally:

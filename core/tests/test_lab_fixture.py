@@ -1,7 +1,9 @@
-"""The lab fixtures of the tunnelmesh pytest plugin: skipping, and several labs per test."""
+"""The lab fixtures of the tunnelmesh pytest plugin: skipping, several labs per test, and one
+lab for the tests of a module."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -46,3 +48,35 @@ def test_lab_factory_builds_independent_labs(lab_factory: Callable[..., Lab]) ->
     assert a1.ping(b1.address)
     assert not a2.ping(b1.address)  # same address space, separate wires
     assert set(one.namespaces + two.namespaces) <= set(list_namespaces())
+
+
+@pytest.mark.lab
+def test_module_lab_is_one_lab_for_the_tests_of_a_module_then_removed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        test_one="""
+        import json, os
+
+        SEEN = []
+
+        def test_first(module_lab):
+            SEEN.append(module_lab)
+            module_lab.add_host("a")
+
+        def test_second(module_lab):
+            assert module_lab is SEEN[0] and "a" in module_lab.hosts
+            with open(os.environ["SEEN_FILE"], "w") as f:
+                json.dump(module_lab.namespaces, f)
+        """,
+        test_two="""
+        def test_other_module(module_lab):
+            assert "a" not in module_lab.hosts
+        """,
+    )
+    seen = pytester.path / "namespaces.json"
+    monkeypatch.setenv("SEEN_FILE", str(seen))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    namespaces = json.loads(seen.read_text())
+    assert namespaces and not set(namespaces) & set(list_namespaces())

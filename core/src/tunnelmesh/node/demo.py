@@ -57,6 +57,7 @@ class NodeProcess:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._echo = echo
+        self._terminated = False
         self._thread = threading.Thread(target=self._read, name=f"out-{name}", daemon=True)
         self._thread.start()
 
@@ -98,11 +99,19 @@ class NodeProcess:
                     )
                 self._cond.wait(min(left, 0.5))
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait, SIGKILL when it does not stop; returns the exit code."""
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """Send SIGTERM once and return at once (:meth:`stop` then waits without a second one);
+        several processes told so stop side by side."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (unless :meth:`terminate` sent it), wait, SIGKILL when it does not stop;
+        returns the exit code."""
+        if self.proc.poll() is None:
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -258,6 +267,28 @@ class MeshLab:
         Args:
             server: the coordinator URL to join through (default: the lab's coordinator).
         """
+        node = self._spawn_peer(name, server)
+        self._wait_registered(name, node, timeout)
+        node.wait_line("node up:", timeout)
+        return self.peers[name]
+
+    def start_peers(self, names: list[str], timeout: float = 60.0) -> list[Peer]:
+        """:meth:`start_peer` for each of ``names``, side by side: the first starts alone and
+        registers first (so it is the mesh's admin when the coordinator is new, as with
+        :meth:`start_peer` one after the other), then the others start together; returns
+        when every node is up."""
+        if not names:
+            return []
+        nodes = {names[0]: self._spawn_peer(names[0], "")}
+        self._wait_registered(names[0], nodes[names[0]], timeout)
+        nodes.update((n, self._spawn_peer(n, "")) for n in names[1:])
+        for name, node in nodes.items():
+            self._wait_registered(name, node, timeout)
+            node.wait_line("node up:", timeout)
+        return [self.peers[n] for n in names]
+
+    def _spawn_peer(self, name: str, server: str) -> NodeProcess:
+        """Start ``tunnelmesh join`` for a peer (returns at once)."""
         peer = self.peers[name]
         proc = peer.host.python(
             "-m",
@@ -274,10 +305,11 @@ class MeshLab:
             stderr=subprocess.STDOUT,
         )
         peer.node = NodeProcess(name, proc, self.echo)
-        m = peer.node.wait_line(r"mesh IP (\S+),", timeout)  # joined, or resumed offline
-        peer.mesh_ip = m.group(1)
-        peer.node.wait_line("node up:", timeout)
-        return peer
+        return peer.node
+
+    def _wait_registered(self, name: str, node: NodeProcess, timeout: float) -> None:
+        m = node.wait_line(r"mesh IP (\S+),", timeout)  # joined, or resumed offline
+        self.peers[name].mesh_ip = m.group(1)
 
     def stop_peer(self, name: str) -> None:
         peer = self.peers[name]
@@ -286,11 +318,16 @@ class MeshLab:
             peer.node = None
 
     def close(self) -> None:
-        """Stop every process and remove the resolv.conf files (the caller closes the lab)."""
-        for peer in self.peers.values():
-            if peer.node is not None:
-                with contextlib.suppress(Exception):
-                    peer.node.stop(timeout=10)
+        """Stop every process and remove the resolv.conf files (the caller closes the lab).
+
+        The peers get SIGTERM together and stop side by side, then the coordinator.
+        """
+        nodes = [peer.node for peer in self.peers.values() if peer.node is not None]
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                node.stop(timeout=10)
         with contextlib.suppress(Exception):
             self.stop_coordinator()
         for d in self._netns_dirs:
@@ -462,6 +499,8 @@ class Transfer:
         }
 
     def stop(self) -> None:
+        self.sender.terminate()
+        self.sink.terminate()
         self.sender.stop(5)
         self.sink.stop(5)
 
@@ -556,9 +595,8 @@ def run_demo(
             )
             mesh.start_coordinator()
             step(f"coordinator up: {mesh.server_url} (STUN on udp 3478)")
-            for n in names:
-                p = mesh.start_peer(n)
-                step(f"{n} joined: mesh IP {p.mesh_ip}, TUN tm0 up")
+            for p in mesh.start_peers(names):
+                step(f"{p.name} joined: mesh IP {p.mesh_ip}, TUN tm0 up")
             took = mesh.wait_links(timeout=40)
             step(f"every peer has a link to every other ({took:.1f} s)")
             rows: list[tuple[str, ...]] = [

@@ -2,10 +2,10 @@
 
 Loaded automatically wherever ``tunnelmesh`` is installed (``pytest11`` entry point). It defines
 no autouse fixtures: a test opts in by using a fixture or the marker. Fixtures: ``lab`` (one
-:class:`~tunnelmesh.testing.lab.Lab` per test, torn down also when the test fails) and
-``lab_factory`` (several labs per test), ``postgres_cluster`` (a throwaway PostgreSQL server
-per session, :mod:`tunnelmesh.testing.postgres`) and ``postgres_dsn`` (a fresh database on it per
-test).
+:class:`~tunnelmesh.testing.lab.Lab` per test, torn down also when the test fails),
+``module_lab`` (one lab shared by the tests of a module), ``lab_factory`` (several labs per
+test), ``postgres_cluster`` (a throwaway PostgreSQL server per session,
+:mod:`tunnelmesh.testing.postgres`) and ``postgres_dsn`` (a fresh database on it per test).
 """
 
 from __future__ import annotations
@@ -43,6 +43,22 @@ def lab() -> Iterator[Lab]:
     """A fresh :class:`~tunnelmesh.testing.lab.Lab`, torn down after the test (also on failure).
 
     Skips the test, with the reason, where the lab cannot run (no root, no /dev/net/tun, ...).
+    """
+    reason = lab_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from tunnelmesh.testing.lab import Lab
+
+    with Lab() as the_lab:
+        yield the_lab
+
+
+@pytest.fixture(scope="module")
+def module_lab() -> Iterator[Lab]:
+    """One :class:`~tunnelmesh.testing.lab.Lab` for every test of a module, torn down after the
+    module's last test: a module-scoped fixture builds its mesh in it once for those tests.
+
+    Skips, with the reason, where the lab cannot run.
     """
     reason = lab_unavailable_reason()
     if reason is not None:
