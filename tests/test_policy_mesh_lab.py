@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -102,14 +101,19 @@ def set_rules(mesh: MeshLab, base: str, rules: str) -> None:
     coord.wait_line("config reloaded", 10, start)
 
 
-@pytest.fixture
-def mesh(lab: Lab, tmp_path: Path) -> Iterator[tuple[MeshLab, str]]:
-    m = MeshLab(lab, tmp_path)
+RULES = f"filter:\n  rules:\n    - {{port: {BLOCKED}, action: deny}}\n"
+"""The rules server.yaml starts with (``base`` + this)."""
+
+
+@pytest.fixture(scope="module")
+def module_mesh(
+    module_lab: Lab, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[MeshLab, str]]:
+    """One mesh for the module's tests (see ``mesh``)."""
+    m = MeshLab(module_lab, tmp_path_factory.mktemp("policy"))
     try:
         base = m.server_config.read_text()
-        m.server_config.write_text(
-            base + f"filter:\n  rules:\n    - {{port: {BLOCKED}, action: deny}}\n"
-        )
+        m.server_config.write_text(base + RULES)
         for n in ("alpha", "beta"):
             m.add_peer(n)
         cfg = m.peers["alpha"].home / "peer.yaml"
@@ -120,6 +124,22 @@ def mesh(lab: Lab, tmp_path: Path) -> Iterator[tuple[MeshLab, str]]:
         yield m, base
     finally:
         m.close()
+
+
+@pytest.fixture
+def mesh(module_mesh: tuple[MeshLab, str]) -> Iterator[tuple[MeshLab, str]]:
+    """The module's mesh and server.yaml without its filter rules; after each test the rules
+    are the ones it started with again (a test may change them), on both peers."""
+    yield module_mesh
+    m, base = module_mesh
+    if m.server_config.read_text() != base + RULES:
+        set_rules(m, base, RULES)
+    for name in ("alpha", "beta"):
+        wait_for(
+            lambda: coordinator_rules(m, name) == [(BLOCKED, "deny")],  # noqa: B023
+            10,
+            f"the module's rules on {name} again",
+        )
 
 
 def filter_list(mesh: MeshLab, name: str) -> dict[str, object]:
