@@ -4,52 +4,30 @@ and changes nothing."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
-from tunnelmesh_s3.server import Running, ServerThread
+from s3kit import Server, boto_client, code, issue, serve
+from tunnelmesh_s3.server import Running
 
 AK, SK = "AKACLTEST", "acl-secret-for-tests"
 AUTH_USERS = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, Running]]:
-    thread = ServerThread(tmp_path_factory.mktemp("s3"), access_key=AK, secret_key=SK)
-    with thread as running:
-        yield thread, running
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve(tmp_path_factory, AK, SK)
 
 
 def client(running: Running, ak: str = AK, sk: str = SK) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=running.endpoint,
-        aws_access_key_id=ak,
-        aws_secret_access_key=sk,
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1}, signature_version="s3v4"),
-    )
+    return boto_client(running, ak, sk)
 
 
 @pytest.fixture(scope="module")
-def people(server: tuple[ServerThread, Running]) -> dict[str, Any]:
-    thread, running = server
-    out = {}
-    for name in ("owner", "bob", "carol"):
-        cred = asyncio.run_coroutine_threadsafe(running.authorizer.issue(name), thread.loop).result(
-            10
-        )
-        out[name] = client(running, cred.access_key, cred.secret_key)
-    return out
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(exc.value.response["Error"]["Code"])
+def people(server: Server) -> dict[str, Any]:
+    return {name: client(server[1], *issue(server, name)) for name in ("owner", "bob", "carol")}
 
 
 def grants(s3: Any, bucket: str) -> list[tuple[str, str]]:

@@ -16,14 +16,13 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+from s3kit import Server, boto_client, code, issue, serve
 from tunnelmesh.storage.conformance import body
 from tunnelmesh_s3.server import Running, ServerThread
 
@@ -34,37 +33,17 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, Running]]:
-    thread = ServerThread(tmp_path_factory.mktemp("s3"), access_key=AK, secret_key=SK)
-    with thread as running:
-        yield thread, running
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve(tmp_path_factory, AK, SK)
 
 
 def client(running: Running, ak: str = AK, sk: str = SK, **config: Any) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=running.endpoint,
-        aws_access_key_id=ak,
-        aws_secret_access_key=sk,
-        region_name="us-east-1",
-        # s3v4: botocore presigns with the legacy SigV2 otherwise (accepted too: test_s3_compat)
-        config=Config(retries={"max_attempts": 1}, signature_version="s3v4", **config),
-    )
+    return boto_client(running, ak, sk, **config)
 
 
 @pytest.fixture(scope="module")
-def s3(server: tuple[ServerThread, Running]) -> Any:
+def s3(server: Server) -> Any:
     return client(server[1])
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(exc.value.response["Error"]["Code"])
-
-
-def issue(server: tuple[ServerThread, Running], name: str) -> tuple[str, str]:
-    thread, running = server
-    cred = asyncio.run_coroutine_threadsafe(running.authorizer.issue(name), thread.loop).result(10)
-    return cred.access_key, cred.secret_key
 
 
 def test_buckets(s3: Any) -> None:
@@ -219,7 +198,7 @@ def test_delete_objects(s3: Any) -> None:
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="multi-del")["Contents"]] == ["k3", "k4"]
 
 
-def test_listing_2500_keys_paginated(s3: Any, server: tuple[ServerThread, Running]) -> None:
+def test_listing_2500_keys_paginated(s3: Any, server: Server) -> None:
     s3.create_bucket(Bucket="many")
     keys = [f"dir{i % 3}/key-{i:05d}" for i in range(2500)]
     # 100 through boto3 from 16 threads, the rest straight into the store (botocore's CPU
@@ -335,7 +314,7 @@ def test_transfer_manager_multipart(s3: Any) -> None:
     assert out.getvalue() == data
 
 
-def test_presigned_get_and_put(s3: Any, server: tuple[ServerThread, Running]) -> None:
+def test_presigned_get_and_put(s3: Any, server: Server) -> None:
     s3.create_bucket(Bucket="presign")
     url = s3.generate_presigned_url(
         "put_object", Params={"Bucket": "presign", "Key": "up load"}, ExpiresIn=300
@@ -373,7 +352,7 @@ def test_presigned_get_and_put(s3: Any, server: tuple[ServerThread, Running]) ->
     assert err.value.code == 403 and b"<Code>AccessDenied</Code>" in body and b"expired" in body
 
 
-def test_wrong_credentials_change_nothing(s3: Any, server: tuple[ServerThread, Running]) -> None:
+def test_wrong_credentials_change_nothing(s3: Any, server: Server) -> None:
     s3.create_bucket(Bucket="authz")
     wrong_secret = client(server[1], AK, "not-the-secret")
     with pytest.raises(ClientError) as err:
@@ -387,7 +366,7 @@ def test_wrong_credentials_change_nothing(s3: Any, server: tuple[ServerThread, R
     assert "authz-2" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
 
-def test_dot_dot_keys_are_refused(s3: Any, server: tuple[ServerThread, Running]) -> None:
+def test_dot_dot_keys_are_refused(s3: Any, server: Server) -> None:
     s3.create_bucket(Bucket="dots")
     s3.create_bucket(Bucket="victim")
     s3.put_object(Bucket="victim", Key="secret", Body=b"keep")
@@ -435,7 +414,7 @@ def raw_signed(
         conn.close()
 
 
-def test_virtual_host_addressing(s3: Any, server: tuple[ServerThread, Running]) -> None:
+def test_virtual_host_addressing(s3: Any, server: Server) -> None:
     s3.create_bucket(Bucket="vhost")
     running = server[1]
     status, _ = raw_signed(
@@ -449,7 +428,7 @@ def test_virtual_host_addressing(s3: Any, server: tuple[ServerThread, Running]) 
     assert status == 200 and b"<Key>dir/file.txt</Key>" in body
 
 
-def test_streaming_signed_upload(s3: Any, server: tuple[ServerThread, Running]) -> None:
+def test_streaming_signed_upload(s3: Any, server: Server) -> None:
     """STREAMING-AWS4-HMAC-SHA256-PAYLOAD framed by hand, then one chunk tampered."""
     s3.create_bucket(Bucket="chunked")
     running = server[1]
@@ -500,7 +479,7 @@ def test_streaming_signed_upload(s3: Any, server: tuple[ServerThread, Running]) 
         s3.head_object(Bucket="chunked", Key="bad")
 
 
-def test_peer_grants(s3: Any, server: tuple[ServerThread, Running]) -> None:
+def test_peer_grants(s3: Any, server: Server) -> None:
     s3.create_bucket(Bucket="admins-only")
     s3.put_object(Bucket="admins-only", Key="k", Body=b"private")
     alice = client(server[1], *issue(server, "alice"))
@@ -540,7 +519,7 @@ def test_peer_grants(s3: Any, server: tuple[ServerThread, Running]) -> None:
     assert alice.get_object(Bucket="alices", Key="doc")["Body"].read() == b"hi bob"
 
 
-def test_error_document_is_s3_xml(server: tuple[ServerThread, Running]) -> None:
+def test_error_document_is_s3_xml(server: Server) -> None:
     status, body = raw_signed(server[1], "GET", "/no-such-bucket-here/key")
     assert status == 404
     assert body.startswith(
@@ -549,13 +528,13 @@ def test_error_document_is_s3_xml(server: tuple[ServerThread, Running]) -> None:
     assert b"<RequestId>" in body and b"<Resource>/no-such-bucket-here/key</Resource>" in body
 
 
-def test_unsigned_request_denied(server: tuple[ServerThread, Running]) -> None:
+def test_unsigned_request_denied(server: Server) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{server[1].endpoint}/", timeout=10)
     assert err.value.code == 403 and b"<Code>AccessDenied</Code>" in err.value.read()
 
 
-def test_skewed_clock_refused(server: tuple[ServerThread, Running]) -> None:
+def test_skewed_clock_refused(server: Server) -> None:
     running = server[1]
     headers = {
         "host": f"127.0.0.1:{running.port}",

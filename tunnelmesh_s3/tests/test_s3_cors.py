@@ -8,11 +8,10 @@ import http.client
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
-from tunnelmesh_s3.server import Running, ServerThread
+from s3kit import Server, boto_client, code, issue, serve
+from tunnelmesh_s3.server import Running
 
 AK, SK = "AKCORSTEST", "cors-secret-for-tests"
 
@@ -31,25 +30,16 @@ RULES = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, Running]]:
-    thread = ServerThread(tmp_path_factory.mktemp("s3"), access_key=AK, secret_key=SK)
-    with thread as running:
-        yield thread, running
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve(tmp_path_factory, AK, SK)
 
 
 def client(running: Running, ak: str = AK, sk: str = SK) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=running.endpoint,
-        aws_access_key_id=ak,
-        aws_secret_access_key=sk,
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1}, signature_version="s3v4"),
-    )
+    return boto_client(running, ak, sk)
 
 
 @pytest.fixture(scope="module")
-def s3(server: tuple[ServerThread, Running]) -> Any:
+def s3(server: Server) -> Any:
     s3 = client(server[1])
     s3.create_bucket(Bucket="web")
     s3.put_bucket_cors(Bucket="web", CORSConfiguration=RULES)
@@ -67,10 +57,6 @@ def request(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(exc.value.response["Error"]["Code"])
 
 
 def test_put_get_delete_bucket_cors_and_no_such_cors_configuration(s3: Any) -> None:
@@ -118,9 +104,7 @@ def test_cors_rules_s3_refuses_change_nothing(s3: Any, rules: list[Any], expecte
     assert len(s3.get_bucket_cors(Bucket="web")["CORSRules"]) == 3
 
 
-def test_preflight_answers_from_the_rules_without_credentials(
-    s3: Any, server: tuple[ServerThread, Running]
-) -> None:
+def test_preflight_answers_from_the_rules_without_credentials(s3: Any, server: Server) -> None:
     running = server[1]
     ok = {"Origin": "foo.suffix", "Access-Control-Request-Method": "GET"}
     status, headers, _ = request(running, "OPTIONS", "/web/page", ok)
@@ -175,7 +159,7 @@ def code_of(body: bytes) -> str:
 
 
 def test_actual_requests_with_an_allowed_origin_get_the_cors_headers(
-    s3: Any, server: tuple[ServerThread, Running]
+    s3: Any, server: Server
 ) -> None:
     running = server[1]
     url = s3.generate_presigned_url("get_object", Params={"Bucket": "web", "Key": "page"})
@@ -196,17 +180,13 @@ def test_actual_requests_with_an_allowed_origin_get_the_cors_headers(
     assert status == 403
 
 
-def test_who_may_change_cors(server: tuple[ServerThread, Running]) -> None:
+def test_who_may_change_cors(server: Server) -> None:
     """GetBucketCors needs read; Put/DeleteBucketCors the owner. Refused: nothing changes."""
     thread, running = server
-
-    def issue(name: str) -> Any:
-        cred = asyncio.run_coroutine_threadsafe(running.authorizer.issue(name), thread.loop).result(
-            10
-        )
-        return client(running, cred.access_key, cred.secret_key)
-
-    owner, writer, stranger = issue("cors-owner"), issue("cors-writer"), issue("cors-stranger")
+    owner, writer, stranger = (
+        client(running, *issue(server, name))
+        for name in ("cors-owner", "cors-writer", "cors-stranger")
+    )
     owner.create_bucket(Bucket="cors-walk")
     owner.put_bucket_cors(Bucket="cors-walk", CORSConfiguration=RULES)
     acl = running.authorizer.acl("cors-walk")

@@ -18,36 +18,26 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 import urllib3
-from botocore.config import Config
 from botocore.exceptions import ClientError
-from tunnelmesh_s3.server import Running, ServerThread
+from s3kit import Server, boto_client, issue, serve
+from tunnelmesh_s3.server import Running
 
 AK, SK = "AKPOSTTEST", "post-secret-for-tests"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, Running]]:
-    thread = ServerThread(tmp_path_factory.mktemp("s3"), access_key=AK, secret_key=SK)
-    with thread as running:
-        yield thread, running
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve(tmp_path_factory, AK, SK)
 
 
 def client(running: Running, ak: str = AK, sk: str = SK, signature: str = "s3v4") -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=running.endpoint,
-        aws_access_key_id=ak,
-        aws_secret_access_key=sk,
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1}, signature_version=signature),
-    )
+    return boto_client(running, ak, sk, signature_version=signature)
 
 
 @pytest.fixture(scope="module")
-def s3(server: tuple[ServerThread, Running]) -> Any:
+def s3(server: Server) -> Any:
     s3 = client(server[1])
     s3.create_bucket(Bucket="forms")
     return s3
@@ -108,7 +98,7 @@ def test_form_signed_with_a_sigv4_policy_stores_the_file_with_its_fields(s3: Any
     assert got["ContentType"] == "text/plain" and got["Metadata"] == {"who": "form"}
 
 
-def test_form_signed_with_a_sigv2_policy_is_accepted(server: tuple[ServerThread, Running]) -> None:
+def test_form_signed_with_a_sigv2_policy_is_accepted(server: Server) -> None:
     v2 = client(server[1], signature="s3")
     url, fields = presigned(v2, "v2-form")
     assert {name for name, _ in fields} >= {"AWSAccessKeyId", "signature", "policy"}
@@ -272,7 +262,7 @@ BASE = [{"bucket": "forms"}, ["starts-with", "$key", "refused"]]
 )
 def test_a_form_failing_any_check_gets_s3s_error_and_stores_nothing(
     s3: Any,
-    server: tuple[ServerThread, Running],
+    server: Server,
     fields: list[tuple[str, str]],
     file: bytes,
     status: int,
@@ -284,9 +274,7 @@ def test_a_form_failing_any_check_gets_s3s_error_and_stores_nothing(
     assert absent(s3, key)
 
 
-def test_a_form_for_one_bucket_cannot_upload_to_another(
-    s3: Any, server: tuple[ServerThread, Running]
-) -> None:
+def test_a_form_for_one_bucket_cannot_upload_to_another(s3: Any, server: Server) -> None:
     s3.create_bucket(Bucket="forms-other")
     fields = _v2_form("refused-x", BASE)
     status, _, body = post(f"{server[1].endpoint}/forms-other", fields, b"x")
@@ -296,11 +284,11 @@ def test_a_form_for_one_bucket_cannot_upload_to_another(
 
 
 def test_the_signer_must_be_allowed_to_write_the_bucket(
-    server: tuple[ServerThread, Running],
+    server: Server,
 ) -> None:
     thread, running = server
-    owner = client(running, *_issue(server, "form-owner"))
-    reader = client(running, *_issue(server, "form-reader"))
+    owner = client(running, *issue(server, "form-owner"))
+    reader = client(running, *issue(server, "form-reader"))
     owner.create_bucket(Bucket="form-grants")
     acl = running.authorizer.acl("form-grants")
     assert acl is not None
@@ -316,12 +304,6 @@ def test_the_signer_must_be_allowed_to_write_the_bucket(
             with pytest.raises(ClientError):
                 owner.head_object(Bucket="form-grants", Key="k")
     assert owner.get_object(Bucket="form-grants", Key="k")["Body"].read() == b"data"
-
-
-def _issue(server: tuple[ServerThread, Running], name: str) -> tuple[str, str]:
-    thread, running = server
-    cred = asyncio.run_coroutine_threadsafe(running.authorizer.issue(name), thread.loop).result(10)
-    return cred.access_key, cred.secret_key
 
 
 def test_form_tagging_field_sets_the_tags(s3: Any) -> None:

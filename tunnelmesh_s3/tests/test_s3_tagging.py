@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
+from s3kit import Server, boto_client, code, issue, serve
 from tunnelmesh_s3.server import Running, ServerThread
 
 from tunnelmesh_s3 import tagging
@@ -24,34 +23,19 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, Running]]:
-    thread = ServerThread(tmp_path_factory.mktemp("s3"), access_key=AK, secret_key=SK)
-    with thread as running:
-        yield thread, running
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serve(tmp_path_factory, AK, SK)
 
 
 def client(running: Running, ak: str = AK, sk: str = SK, validate: bool = True) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=running.endpoint,
-        aws_access_key_id=ak,
-        aws_secret_access_key=sk,
-        region_name="us-east-1",
-        config=Config(
-            retries={"max_attempts": 1}, signature_version="s3v4", parameter_validation=validate
-        ),
-    )
+    return boto_client(running, ak, sk, parameter_validation=validate)
 
 
 @pytest.fixture(scope="module")
-def s3(server: tuple[ServerThread, Running]) -> Any:
+def s3(server: Server) -> Any:
     s3 = client(server[1])
     s3.create_bucket(Bucket="tags")
     return s3
-
-
-def code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(exc.value.response["Error"]["Code"])
 
 
 def tagset(n: int) -> dict[str, Any]:
@@ -102,7 +86,7 @@ def test_put_get_delete_object_tagging_keeps_data_etag_and_last_modified(s3: Any
     ids=["eleven", "long-key", "long-value", "duplicate", "aws-prefix", "empty-key"],
 )
 def test_tags_past_s3_limits_are_invalid_tag_and_change_nothing(
-    server: tuple[ServerThread, Running], s3: Any, tags: list[dict[str, str]]
+    server: Server, s3: Any, tags: list[dict[str, str]]
 ) -> None:
     s3 = client(server[1], validate=False)  # botocore would refuse some before sending
     s3.put_object(Bucket="tags", Key="limits", Body=b"x", Tagging="kept=yes")
@@ -261,13 +245,7 @@ def test_malformed_tagging_documents_are_malformed_xml(s3: Any) -> None:
     assert s3.get_object_tagging(Bucket="tags", Key="xml")["TagSet"] == [{"Key": "a", "Value": "1"}]
 
 
-def issue(server: tuple[ServerThread, Running], name: str) -> tuple[str, str]:
-    thread, running = server
-    cred = asyncio.run_coroutine_threadsafe(running.authorizer.issue(name), thread.loop).result(10)
-    return cred.access_key, cred.secret_key
-
-
-def grant(server: tuple[ServerThread, Running], bucket: str, **grants: list[str]) -> None:
+def grant(server: Server, bucket: str, **grants: list[str]) -> None:
     thread, running = server
     acl = running.authorizer.acl(bucket)
     assert acl is not None
@@ -278,7 +256,7 @@ def grant(server: tuple[ServerThread, Running], bucket: str, **grants: list[str]
     )
 
 
-def test_who_may_tag(server: tuple[ServerThread, Running]) -> None:
+def test_who_may_tag(server: Server) -> None:
     """Each tagging operation as the bucket's owner, a peer granted write, one granted read and
     a stranger: object tags are read by readers and changed by writers; bucket tags are read by
     readers and changed by the owner only. A refused call changes nothing."""
