@@ -334,3 +334,49 @@ def test_metadata_round_trips_whatever_its_characters(tmp_path: Path) -> None:
             assert await read_all(st, "bk1", "big") == b"d" * BIG
 
     asyncio.run(reopened())
+
+
+def test_a_store_from_before_part_checksums_opens(tmp_path: Path) -> None:
+    """An index whose parts table has no checksums column (a store made before parts kept their
+    checksums) gains it: an upload in progress lists its old parts with no checksums, takes new
+    parts with theirs and completes whole."""
+    part = os.urandom(5 * 1024 * 1024)
+
+    async def start_upload() -> str:
+        async with FilesystemStorage(tmp_path) as st:
+            await st.create_bucket("bk1")
+            upload = await st.create_multipart_upload("bk1", "mp")
+            await st.upload_part("bk1", "mp", upload.upload_id, 1, body(part))
+            return upload.upload_id
+
+    upload_id = asyncio.run(start_upload())
+    db = sqlite3.connect(tmp_path / "index.sqlite3")
+    db.executescript(
+        """
+        CREATE TABLE parts_old (
+            upload_id TEXT NOT NULL, number INTEGER NOT NULL, blob TEXT NOT NULL,
+            size INTEGER NOT NULL, etag TEXT NOT NULL, mtime REAL NOT NULL,
+            PRIMARY KEY (upload_id, number)) WITHOUT ROWID;
+        INSERT INTO parts_old SELECT upload_id, number, blob, size, etag, mtime FROM parts;
+        DROP TABLE parts;
+        ALTER TABLE parts_old RENAME TO parts;
+        """
+    )
+    db.close()
+
+    async def main() -> None:
+        async with FilesystemStorage(tmp_path) as st:
+            (old,) = await st.list_parts("bk1", "mp", upload_id)
+            assert (old.number, old.size, dict(old.checksums)) == (1, len(part), {})
+            new = await st.upload_part(
+                "bk1", "mp", upload_id, 2, body(b"tail"), checksums={"crc32": "AAAAAA=="}
+            )
+            listed = await st.list_parts("bk1", "mp", upload_id)
+            assert [dict(p.checksums) for p in listed] == [{}, {"crc32": "AAAAAA=="}]
+            info = await st.complete_multipart_upload(
+                "bk1", "mp", upload_id, [(1, old.etag), (2, new.etag)]
+            )
+            assert info.size == len(part) + 4
+            assert await read_all(st, "bk1", "mp") == part + b"tail"
+
+    asyncio.run(main())
