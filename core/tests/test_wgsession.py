@@ -198,6 +198,6 @@ def test_the_loop_timer_follows_the_earliest_deadline_without_a_scan_per_batch()
         handle.cancel()
         p.a._on_timer()
         assert p.a._timer_at == p.a.engine.get_timer() is not None
-        assert p.a.engine.timer_floor == float("inf")  # get_timer resets it
+        assert p.a.engine.timer_floor == float("inf")  # reset by the session's scan
 
     run(main())

@@ -265,7 +265,9 @@ class WireGuardSession:
         loop = self._loop
         if loop is None:  # not started: start() re-arms (timer_floor keeps what was set)
             return
-        deadline = self.engine.get_timer()
+        engine = self.engine
+        engine.timer_floor = math.inf  # the scan below covers every deadline set so far
+        deadline = engine.get_timer()
         armed = self._timer_at
         if deadline is not None and (armed is None or deadline < armed):
             if self._timer is not None:

@@ -9,7 +9,6 @@ Its functions are methods of :class:`~tunnelmesh.proto.wireguard.WireGuard`, bou
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import TYPE_CHECKING
 
@@ -36,9 +35,9 @@ ZERO_KEYS_AFTER = REJECT_AFTER_TIME * 3
 def get_timer(self: WireGuard) -> float | None:
     """The earliest deadline at which :meth:`handle_timer` must be called, or None.
 
-    Visits every peer, and resets :attr:`~tunnelmesh.proto.WireGuard.timer_floor`.
+    Visits every peer (see :attr:`~tunnelmesh.proto.WireGuard.timer_floor` for a driver that
+    needs this only when something changed).
     """
-    self.timer_floor = math.inf
     earliest: float | None = None
     for peer in self.peers.values():
         for t in (

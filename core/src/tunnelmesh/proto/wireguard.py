@@ -138,9 +138,10 @@ class WireGuard:
         self._under_load_until = -1.0
         self._jitter_pool: list[int] = []
         self.timer_floor = math.inf
-        """No timer deadline set since the last :meth:`get_timer` is earlier than this (``inf``:
-        none was set). A driver whose loop timer is armed at or before it needs no new
-        :meth:`get_timer`, which visits every peer: one comparison per batch instead."""
+        """No timer deadline set since the driver last reset this to ``inf`` is earlier than it.
+        A driver resets it, then calls :meth:`get_timer` (which visits every peer) and arms its
+        timer there; after that it needs no new scan while ``timer_floor`` is not before its
+        armed timer: one comparison per batch instead."""
 
     # --- configuration ------------------------------------------------------------------------
 
