@@ -33,14 +33,18 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 from tunnelmesh.abc import CoordinatorView
 from tunnelmesh.control.urls import join_hostport, split_hostport
 from tunnelmesh.coordinator.api import API_MIDDLEWARES, route_table
-from tunnelmesh.coordinator.meshlisten import load_cert_pem, start_tls_site, stop_site
+from tunnelmesh.coordinator.meshlisten import (
+    load_cert_pem,
+    serve_with_app,
+    start_tls_site,
+    stop_site,
+)
 from tunnelmesh.errors import ConfigError
 from tunnelmesh.registry import AdminPanel
 
@@ -291,17 +295,5 @@ def install(app: web.Application, coordinator: CoordinatorView) -> AdminService 
         return None
     service = AdminService(app, coordinator, section)
     app[SERVICE_KEY] = service
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        try:
-            await service.start()
-        except BaseException:
-            await service.stop()
-            raise
-        try:
-            yield
-        finally:
-            await service.stop()
-
-    app.cleanup_ctx.append(lifecycle)
+    serve_with_app(app, service)
     return service

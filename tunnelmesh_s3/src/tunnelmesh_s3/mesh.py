@@ -39,7 +39,6 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from tunnelmesh.coordinator.api import authenticated_peer
 from tunnelmesh.coordinator.meshlisten import (
     freebind_socket,
     load_cert_pem,
+    serve_with_app,
     start_tls_site,
     stop_site,
 )
@@ -540,20 +540,8 @@ def install(app: web.Application, coordinator: CoordinatorView) -> MeshS3Service
             key="s3.listen",
         )
     service = MeshS3Service(coordinator, section)
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        try:
-            await service.start()
-        except BaseException:
-            await service.stop()
-            raise
-        try:
-            yield
-        finally:
-            await service.stop()
-
     app[SERVICE_KEY] = service
-    app.cleanup_ctx.append(lifecycle)
+    serve_with_app(app, service)
     app.router.add_get("/api/v1/s3", service.handle_info)
     app.router.add_post("/api/v1/s3/credentials", service.handle_credentials)
     app.router.add_delete("/api/v1/s3/credentials/{name}", service.handle_revoke)

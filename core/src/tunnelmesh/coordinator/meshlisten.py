@@ -3,7 +3,8 @@ dashboard, shares).
 
 The coordinator's node puts its mesh IP on the TUN device only once it has joined, so a service
 binds with ``IP_FREEBIND`` (:func:`freebind_socket`) and is ready before the address exists.
-TLS services present a certificate from the mesh CA, loaded with :func:`load_cert_pem`.
+TLS services present a certificate from the mesh CA, loaded with :func:`load_cert_pem`. A
+service lives as long as the coordinator's web application: :func:`serve_with_app`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ import socket
 import ssl
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
 from tunnelmesh.control.urls import join_hostport
 from tunnelmesh.errors import ConfigError
 
-__all__ = ["freebind_socket", "load_cert_pem", "start_tls_site", "stop_site"]
+__all__ = [
+    "AppService",
+    "freebind_socket",
+    "load_cert_pem",
+    "serve_with_app",
+    "start_tls_site",
+    "stop_site",
+]
 
 _IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
@@ -106,3 +116,29 @@ async def stop_site(runner: web.AppRunner) -> None:
     await runner.cleanup()
     for transport in open_:
         transport.abort()
+
+
+class AppService(Protocol):
+    """A service that starts and stops with the coordinator's web application."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def serve_with_app(app: web.Application, service: AppService) -> None:
+    """Start ``service`` when ``app`` starts and stop it when ``app`` stops; a start that
+    fails stops what it began, and the error stops the coordinator's start."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        try:
+            await service.start()
+        except BaseException:
+            await service.stop()
+            raise
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app.cleanup_ctx.append(lifecycle)
