@@ -7,7 +7,8 @@ mesh) and a relay pair through a coordinator with the relay route on 127.0.0.1 (
 forwarding between the two WebSockets, no rate limit). ``BENCH_PACKETS`` packets of 1,420 bytes
 go through ``Link.send_batch`` in batches of ``BENCH_BATCH`` (64: what the forwarder hands an
 SSH link at full speed in the lab, about 65 packets a channel write) and come out of the other
-link's receiver; at most ``BENCH_INFLIGHT`` packets are on the way. What the forwarder and the
+link's receiver; at most ``BENCH_INFLIGHT`` packets are on the way (``BENCH_SIZE`` other than
+1,420: packets of that size, up to 65,535 for the SSH link, to see the per-byte share). What the forwarder and the
 TUN device cost is not in it (``core/bench``).
 
 Figures: process CPU time per packet (``time.process_time``: send, carrier and receive, and for
@@ -38,7 +39,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 ANCHOR = os.environ.get("BENCH_ANCHOR", "1") != "0"
 ONLY = set(os.environ.get("BENCH_ONLY", "ssh,relay").split(","))
 WARM = 2000
-SIZE = 1420
+SIZE = int(os.environ.get("BENCH_SIZE", "1420"))
 
 
 def tcp_segment(size: int) -> bytes:
