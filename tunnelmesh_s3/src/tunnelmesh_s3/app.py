@@ -40,6 +40,9 @@ __all__ = ["MAX_OBJECT_SIZE", "Call", "S3Config", "build_app"]
 log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "/_tunnelmesh/"
+CLIENT_CLOSED = 499
+"""The status a request is counted with when its client hung up before the answer (nginx's
+499; never sent)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,14 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         if type(exc) is StorageError:
             log.exception("storage failure on %s %s", request.method, raw_path)
         response = _error(request, from_storage(exc), raw_path, request_id)
+    except ConnectionResetError:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            raise
+        # the client hung up while its body was read: the write stored nothing, and there is
+        # nobody to answer (aiohttp would log this as a 500 with a traceback)
+        log.debug("%s %s: the client closed the connection", request.method, raw_path)
+        response = web.Response(status=CLIENT_CLOSED)
     request.app[STATS_KEY].count(_operation.get(), response.status)
     if not response.prepared:
         response.headers["x-amz-request-id"] = request_id
