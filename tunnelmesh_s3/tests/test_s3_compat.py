@@ -625,6 +625,37 @@ def test_complete_multipart_upload_if_none_match_and_if_match_as_put_object(s3: 
     assert again["ETag"] == second["ETag"]
 
 
+def test_copy_object_if_none_match_and_if_match_on_the_destination_as_put_object(s3: Any) -> None:
+    """CopyObject takes the conditional-write headers for its destination as PutObject does
+    (AWS: If-None-Match: * copies only when no object has the destination key, If-Match only
+    onto the object with that ETag): 412 PreconditionFailed, 404 NoSuchKey for If-Match on no
+    object; a refused copy changes nothing at the destination."""
+    src = s3.put_object(Bucket="compat", Key="cond-copy-src", Body=b"source")
+    dst = {"Bucket": "compat", "Key": "cond-copy-dst", "CopySource": "compat/cond-copy-src"}
+    with pytest.raises(ClientError) as err:
+        s3.copy_object(**dst, IfMatch=src["ETag"])
+    assert code(err) == "NoSuchKey"
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket="compat", Key="cond-copy-dst")
+    s3.copy_object(**dst, IfNoneMatch="*")
+    assert s3.get_object(Bucket="compat", Key="cond-copy-dst")["Body"].read() == b"source"
+    old = s3.put_object(Bucket="compat", Key="cond-copy-dst", Body=b"old", Metadata={"m": "old"})
+    for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0123456789abcdef0123456789abcdef"'}):
+        with pytest.raises(ClientError) as err:
+            s3.copy_object(**dst, **condition)
+        assert code(err) == "PreconditionFailed"
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+        got = s3.get_object(Bucket="compat", Key="cond-copy-dst")
+        assert (got["Body"].read(), got["ETag"], got["Metadata"]) == (
+            b"old",
+            old["ETag"],
+            {"m": "old"},
+        )
+    copied = s3.copy_object(**dst, IfMatch=old["ETag"])
+    assert copied["CopyObjectResult"]["ETag"] == src["ETag"]
+    assert s3.get_object(Bucket="compat", Key="cond-copy-dst")["Body"].read() == b"source"
+
+
 def test_put_object_if_none_match_losing_a_race_mid_upload_is_409_conditional_request_conflict(
     s3: Any, running: Running
 ) -> None:

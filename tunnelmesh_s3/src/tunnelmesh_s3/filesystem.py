@@ -517,6 +517,7 @@ class FilesystemStorage(Storage):
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        precondition: Callable[[ObjectInfo | None], None] | None = None,
     ) -> ObjectInfo:
         check_key(key)
         await self.head_bucket(bucket)
@@ -550,7 +551,7 @@ class FilesystemStorage(Storage):
         )
         blobs = [blob for blob, _ in segments]
         freed = await self._commit_blobs(
-            blobs, lambda: index.put_object(bucket, info, segments, None, data)
+            blobs, lambda: index.put_object(bucket, info, segments, precondition, data)
         )
         self._free(freed)
         return info

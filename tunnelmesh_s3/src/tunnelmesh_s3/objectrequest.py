@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from multidict import CIMultiDict
 from tunnelmesh.abc import ObjectInfo
+from tunnelmesh.errors import NoSuchKey
 from tunnelmesh.storage import check_key
 
 from tunnelmesh_s3 import tagging
@@ -246,6 +247,21 @@ def _put_condition(call: Call) -> Callable[[ObjectInfo | None], None] | None:
             )
 
     return check
+
+
+async def _write_condition(call: Call) -> Callable[[ObjectInfo | None], None] | None:
+    """A conditional write's check (PutObject, CopyObject's destination), or None: checked now
+    against the object there (refused before any data moves), and returned to be checked again
+    atomically with the commit (:func:`_conflict`)."""
+    condition = _put_condition(call)
+    if condition is None:
+        return None
+    try:
+        current: ObjectInfo | None = await call.storage.head_object(call.bucket, call.key)
+    except NoSuchKey:
+        current = None
+    condition(current)
+    return _conflict(condition)
 
 
 def _conflict(check: Callable[[ObjectInfo | None], None]) -> Callable[[ObjectInfo | None], None]:

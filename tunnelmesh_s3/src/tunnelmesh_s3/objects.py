@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from aiohttp import web
 from multidict import CIMultiDict
 from tunnelmesh.abc import LocalFiles, ObjectInfo, ObjectReader, PartInfo
-from tunnelmesh.errors import NoSuchKey
 from tunnelmesh.storage import check_key
 
 from tunnelmesh_s3 import acl, tagging
@@ -33,11 +32,10 @@ from tunnelmesh_s3.objectrequest import (
     _body,
     _check_conditions,
     _checksum_headers,
-    _conflict,
     _copy_source,
     _object_headers,
-    _put_condition,
     _span,
+    _write_condition,
     http_date,
     stored_headers,
     user_metadata,
@@ -136,14 +134,7 @@ async def put_object(call: Call) -> web.Response:
     await call.need("write")
     headers = call.request.headers
     acl.check_object_acl(headers)
-    condition = _put_condition(call)
-    if condition is not None:
-        try:
-            current: ObjectInfo | None = await call.storage.head_object(call.bucket, call.key)
-        except NoSuchKey:
-            current = None
-        condition(current)
-        condition = _conflict(condition)
+    condition = await _write_condition(call)
     body = _body(call)
     info = await call.storage.put_object(
         call.bucket,
@@ -341,6 +332,9 @@ async def delete_object(call: Call) -> web.Response:
 
 
 async def copy_object(call: Call) -> web.Response:
+    """CopyObject; ``x-amz-copy-source-if-*`` are conditions on the source, ``If-None-Match``/
+    ``If-Match`` conditional writes on the destination, checked as PutObject checks them
+    (before the copy, then atomically with its commit: 412, 404 NoSuchKey, 409)."""
     src_bucket, src_key = _copy_source(call)
     await call.need("read", src_bucket)
     await call.need("write")
@@ -360,6 +354,7 @@ async def copy_object(call: Call) -> web.Response:
             "changing the object's metadata, storage class, website redirect location or encryption "
             "attributes.",
         )
+    condition = await _write_condition(call)
     info = await call.storage.copy_object(
         src_bucket,
         src_key,
@@ -368,6 +363,7 @@ async def copy_object(call: Call) -> web.Response:
         content_type=headers.get("Content-Type", DEFAULT_TYPE) if replace else None,
         metadata=user_metadata(headers) if replace else None,
         headers=_copied_headers(headers, source, replace, replace_tags),
+        precondition=condition,
     )
     return xml(
         document(

@@ -372,6 +372,25 @@ async def check_conditional_complete(make: Factory) -> None:
         assert await read_all(st, "bk1", "k") == b"two"
 
 
+async def check_conditional_copy(make: Factory) -> None:
+    """CopyObject's precondition sees the destination it would replace (not the source), in
+    the same step as the replacement: refused, the destination stays as it was."""
+    async with make() as st:
+        await st.create_bucket("bk1")
+        src = await st.put_object("bk1", "src", body(b"source"))
+        seen: list[ObjectInfo | None] = []
+        await st.copy_object("bk1", "src", "bk1", "dst", precondition=seen.append)
+        assert seen == [None]
+        old = await st.put_object("bk1", "dst", body(b"old"), metadata={"a": "1"})
+        await _raises(_Refused, st.copy_object("bk1", "src", "bk1", "dst", precondition=_absent))
+        head = await st.head_object("bk1", "dst")
+        assert (head.etag, dict(head.metadata)) == (old.etag, {"a": "1"})
+        assert await read_all(st, "bk1", "dst") == b"old"
+        copy = await st.copy_object("bk1", "src", "bk1", "dst", precondition=seen.append)
+        assert seen[1] is not None and seen[1].etag == old.etag and copy.etag == src.etag
+        assert await read_all(st, "bk1", "dst") == b"source"
+
+
 async def check_multipart_checksums(make: Factory) -> None:
     """An upload keeps its checksum algorithm, each part its checksums, and the completed
     object the checksums given at completion (also when completed again)."""
@@ -411,5 +430,6 @@ CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (
     check_reopen,
     check_conditional_put,
     check_conditional_complete,
+    check_conditional_copy,
     check_multipart_checksums,
 )

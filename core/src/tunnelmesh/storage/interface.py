@@ -278,13 +278,19 @@ class Storage(abc.ABC):
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        precondition: Callable[[ObjectInfo | None], None] | None = None,
     ) -> ObjectInfo:
         """Copy an object; ``None`` arguments keep the source's values.
+
+        ``precondition`` (S3's conditional writes on CopyObject's destination) is called as
+        :meth:`put_object` calls it: with the object at ``bucket``/``key`` that the copy would
+        replace (None when there is none), atomically with the replacement; when it raises,
+        nothing changes and the exception propagates.
 
         The default streams the source through :meth:`put_object`; backends may do better.
 
         Raises:
-            NoSuchBucket, NoSuchKey, InvalidName.
+            NoSuchBucket, NoSuchKey, InvalidName; whatever ``precondition`` raises.
         """
         async with await self.open_object(src_bucket, src_key) as reader:
             src = reader.info
@@ -296,6 +302,7 @@ class Storage(abc.ABC):
                 metadata=src.metadata if metadata is None else metadata,
                 headers=src.headers if headers is None else headers,
                 checksums=src.checksums,
+                precondition=precondition,
             )
 
     async def update_object_headers(
