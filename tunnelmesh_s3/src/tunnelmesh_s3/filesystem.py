@@ -548,6 +548,7 @@ class FilesystemStorage(Storage):
             headers=dict(src.headers if headers is None else headers),
             checksums=dict(src.checksums),
             parts=src.parts,
+            part_checksums=src.part_checksums,
         )
         blobs = [blob for blob, _ in segments]
         freed = await self._commit_blobs(

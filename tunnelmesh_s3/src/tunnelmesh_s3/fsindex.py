@@ -93,8 +93,17 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
 
 
-def _meta_json(metadata: Any, headers: Any, checksums: Any) -> str:
-    return _dumps({"m": dict(metadata or {}), "h": dict(headers or {}), "c": dict(checksums or {})})
+def _meta_json(metadata: Any, headers: Any, checksums: Any, part_checksums: Any = ()) -> str:
+    """The ``meta`` column: user metadata, headers, checksums and, only for a multipart object
+    whose parts had checksums, the parts' checksums in order."""
+    meta: dict[str, Any] = {
+        "m": dict(metadata or {}),
+        "h": dict(headers or {}),
+        "c": dict(checksums or {}),
+    }
+    if part_checksums:
+        meta["p"] = [dict(c) for c in part_checksums]
+    return _dumps(meta)
 
 
 def _upload_meta(upload: UploadInfo) -> str:
@@ -126,6 +135,7 @@ def _object_info(row: Sequence[Any]) -> ObjectInfo:
         headers=m["h"],
         checksums=m["c"],
         parts=parts,
+        part_checksums=m.get("p", ()),
     )
 
 
@@ -318,7 +328,11 @@ class Index:
                     headers[name] = value
             db.execute(
                 "UPDATE objects SET meta=? WHERE bucket=? AND key=?",
-                (_meta_json(info.metadata, headers, info.checksums), bucket, raw_key),
+                (
+                    _meta_json(info.metadata, headers, info.checksums, info.part_checksums),
+                    bucket,
+                    raw_key,
+                ),
             )
         return msgspec.structs.replace(info, headers=headers)
 
@@ -513,14 +527,16 @@ class Index:
                 # completed already: the same answer again, as S3 gives a retrying client
                 return msgspec.json.decode(row[0], type=ObjectInfo), []
             have = {
-                n: (blob, size, etag)
-                for n, blob, size, etag in db.execute(
-                    "SELECT number, blob, size, etag FROM parts WHERE upload_id=?", (upload_id,)
+                n: (blob, size, etag, checksums)
+                for n, blob, size, etag, checksums in db.execute(
+                    "SELECT number, blob, size, etag, checksums FROM parts WHERE upload_id=?",
+                    (upload_id,),
                 )
             }
             if not wanted:
                 raise InvalidPart("a multipart upload needs at least one part", reason="missing")
             segments: list[Segment] = []
+            part_checksums: list[dict[str, str]] = []
             digests = hashlib.md5(usedforsecurity=False)
             numbers = [number for number, _ in wanted]
             if any(b < a for a, b in itertools.pairwise(numbers)):
@@ -540,6 +556,7 @@ class Index:
                         reason="too_small",
                     )
                 segments.append((part[0], part[1]))
+                part_checksums.append(_loads(part[3]))
                 digests.update(bytes.fromhex(part[2]))
             raw_key = key.encode("utf-8")
             if precondition is not None:
@@ -559,8 +576,9 @@ class Index:
                 headers=upload.headers,
                 checksums=dict(checksums or {}),
                 parts=len(segments),
+                part_checksums=part_checksums if any(part_checksums) else (),
             )
-            freed = [blob for blob, _, _ in have.values() if blob not in used]
+            freed = [blob for blob, _, _, _ in have.values() if blob not in used]
             db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
             db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
             db.execute("DELETE FROM completed WHERE completed < ?", (time.time() - COMPLETED_KEPT,))
@@ -619,7 +637,7 @@ def _object_row(
         info.etag,
         info.last_modified,
         info.content_type,
-        _meta_json(info.metadata, info.headers, info.checksums),
+        _meta_json(info.metadata, info.headers, info.checksums, info.part_checksums),
         info.parts,
         _dumps(list(segments)),
         data,

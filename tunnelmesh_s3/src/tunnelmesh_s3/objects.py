@@ -150,7 +150,9 @@ async def put_object(call: Call) -> web.Response:
 
 
 async def get_attributes(call: Call) -> web.Response:
-    """GetObjectAttributes: the attributes named in ``x-amz-object-attributes``."""
+    """GetObjectAttributes: the attributes named in ``x-amz-object-attributes``; a multipart
+    object's ObjectParts (paged by ``x-amz-max-parts``/``x-amz-part-number-marker``) lists each
+    part's size and the checksums it was uploaded with."""
     await call.need("read")
     wanted = {
         a.strip() for a in call.request.headers.get("x-amz-object-attributes", "").split(",")
@@ -181,9 +183,12 @@ async def get_attributes(call: Call) -> web.Response:
             raise S3Error(
                 "InvalidArgument", "max-parts and part-number-marker are integers"
             ) from None
+        checksums = info.part_checksums or [{}] * len(info.part_sizes)
         sizes = [
-            PartInfo(number=n, size=size, etag="", last_modified=0)
-            for n, size in enumerate(info.part_sizes, 1)
+            PartInfo(number=n, size=size, etag="", last_modified=0, checksums=part_checksums)
+            for n, (size, part_checksums) in enumerate(
+                zip(info.part_sizes, checksums, strict=True), 1
+            )
         ]
         page, truncated = page_parts(sizes, marker=max(marker, 0), max_parts=max(max_parts, 0))
         body.append(
@@ -194,7 +199,12 @@ async def get_attributes(call: Call) -> web.Response:
             + element("MaxParts", max_parts)
             + element("IsTruncated", "true" if truncated else "false")
             + "".join(
-                f"<Part>{element('PartNumber', p.number)}{element('Size', p.size)}</Part>"
+                f"<Part>{element('PartNumber', p.number)}{element('Size', p.size)}"
+                + "".join(
+                    element(f"Checksum{alg.upper()}", value)
+                    for alg, value in sorted(p.checksums.items())
+                )
+                + "</Part>"
                 for p in page
             )
             + "</ObjectParts>"

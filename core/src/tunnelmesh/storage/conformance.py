@@ -393,7 +393,8 @@ async def check_conditional_copy(make: Factory) -> None:
 
 async def check_multipart_checksums(make: Factory) -> None:
     """An upload keeps its checksum algorithm, each part its checksums, and the completed
-    object the checksums given at completion (also when completed again)."""
+    object the checksums given at completion (also when completed again) and its parts'
+    checksums in order (S3's GetObjectAttributes lists them per part)."""
     async with make() as st:
         await st.create_bucket("bk1")
         up = await st.create_multipart_upload("bk1", "k", checksum_algorithm="sha256")
@@ -413,8 +414,30 @@ async def check_multipart_checksums(make: Factory) -> None:
         assert dict((await st.head_object("bk1", "k")).checksums) == {"sha256": "all-1"}
         again = await st.complete_multipart_upload("bk1", "k", up.upload_id, [(1, part.etag)])
         assert dict(again.checksums) == {"sha256": "all-1"}
+        up = await st.create_multipart_upload("bk1", "two", checksum_algorithm="crc32c")
+        first = await st.upload_part(
+            "bk1",
+            "two",
+            up.upload_id,
+            1,
+            body(b"1" * st.min_part_size),
+            checksums={"crc32c": "c1"},
+        )
+        second = await st.upload_part(
+            "bk1", "two", up.upload_id, 2, body(b"2"), checksums={"crc32c": "c2"}
+        )
+        await st.complete_multipart_upload(
+            "bk1", "two", up.upload_id, [(1, first.etag), (2, second.etag)]
+        )
+        await st.update_object_headers("bk1", "two", {"x-amz-tagging": "t=1"})
+        head = await st.head_object("bk1", "two")
+        assert [dict(c) for c in head.part_checksums] == [{"crc32c": "c1"}, {"crc32c": "c2"}]
+        assert list(head.part_sizes) == [st.min_part_size, 1]
         plain = await st.create_multipart_upload("bk1", "p")
         assert plain.checksum_algorithm == ""
+        part = await st.upload_part("bk1", "p", plain.upload_id, 1, body(b"p"))
+        await st.complete_multipart_upload("bk1", "p", plain.upload_id, [(1, part.etag)])
+        assert list((await st.head_object("bk1", "p")).part_checksums) == []
 
 
 CHECKS: Iterable[Callable[[Factory], Awaitable[None]]] = (

@@ -49,6 +49,10 @@ class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
         parts: the number of parts of a multipart object, 0 for an object stored in one piece.
         part_sizes: the sizes of those parts in order, as :meth:`Storage.head_object` and
             :meth:`Storage.open_object` report them (listings may leave it empty).
+        part_checksums: the checksums each of those parts was uploaded with
+            (:attr:`PartInfo.checksums`), in order, as :meth:`Storage.head_object` and
+            :meth:`Storage.open_object` report them; empty when no part had any (listings may
+            leave it empty).
     """
 
     key: str
@@ -61,6 +65,7 @@ class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
     checksums: Mapping[str, str] = msgspec.field(default_factory=dict)
     parts: int = 0
     part_sizes: Sequence[int] = ()
+    part_checksums: Sequence[Mapping[str, str]] = ()
 
 
 class BucketInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -404,7 +409,8 @@ class Storage(abc.ABC):
         """Assemble the object from ``(number, etag)`` pairs, in ascending number order.
 
         ``checksums`` become the object's (:attr:`ObjectInfo.checksums`; S3's composite
-        checksum of the parts' checksums).
+        checksum of the parts' checksums); the parts' own checksums stay with the object
+        (:attr:`ObjectInfo.part_checksums`).
 
         Parts not named are discarded. The object appears atomically. A number listed more than
         once (in a row) counts once, with the last ETag listed for it (as S3: a client that
