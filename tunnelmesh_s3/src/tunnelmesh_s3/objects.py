@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 from multidict import CIMultiDict
 from tunnelmesh.abc import LocalFiles, ObjectInfo, ObjectReader, PartInfo
+from tunnelmesh.errors import StorageError
 from tunnelmesh.storage import check_key
 
 from tunnelmesh_s3 import acl, tagging
@@ -256,6 +257,10 @@ async def get_object(call: Call) -> web.StreamResponse:
         await reader.aclose()
 
 
+SENDFILE_CHUNK = 1 << 20
+"""Bytes read and written at a time where the loop has no ``sendfile``."""
+
+
 async def _send_body(
     request: web.Request, response: web.StreamResponse, reader: ObjectReader, start: int, end: int
 ) -> None:
@@ -272,7 +277,7 @@ async def _send_body(
         async for chunk in reader.stream(start, end):
             await response.write(chunk)
         return
-    await _sendfile(asyncio.get_running_loop(), transport, files, start, end)
+    await _sendfile(asyncio.get_running_loop(), transport, files, start, end, response.write)
 
 
 async def _sendfile(
@@ -281,7 +286,11 @@ async def _sendfile(
     files: Sequence[tuple[str, int]],
     start: int,
     end: int,
+    write: Callable[[bytes], Awaitable[None]],
 ) -> None:
+    """``loop.sendfile`` each file's part of [start, end); on a loop without it (uvloop: the
+    coordinator's own peer runs on uvloop) the parts are read and written in chunks through
+    ``write`` instead (it raised before sending anything; the body went out empty)."""
     offset = 0
     for path, length in files:
         first, last = max(start - offset, 0), min(end - offset, length)
@@ -291,8 +300,20 @@ async def _sendfile(
         with open(path, "rb") as f:  # a local open: no waiting on the network
             if transport.is_closing():
                 raise ConnectionResetError("the client closed the connection")
-            # asyncio copies in a thread where the transport cannot sendfile (TLS)
-            await loop.sendfile(transport, f, first, last - first)
+            try:
+                # asyncio copies in a thread where the transport cannot sendfile (TLS)
+                await loop.sendfile(transport, f, first, last - first)
+                continue
+            except NotImplementedError:
+                pass
+            f.seek(first)
+            left = last - first
+            while left:
+                chunk = await loop.run_in_executor(None, f.read, min(left, SENDFILE_CHUNK))
+                if not chunk:
+                    raise StorageError(f"{path} ended {left} bytes early")
+                left -= len(chunk)
+                await write(chunk)
 
 
 def _apply_overrides(call: Call, headers: CIMultiDict[str]) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import ssl
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,14 +106,21 @@ async def serve(
 class ServerThread:
     """The standalone server on its own event loop in a thread (for sync clients in tests).
 
-    ``with ServerThread(tmp_path, access_key="AK", secret_key="SK") as running: ...``
+    ``with ServerThread(tmp_path, access_key="AK", secret_key="SK") as running: ...``;
+    ``loop_factory`` makes its loop (``uvloop.new_event_loop``: the loop a coordinator's own
+    peer serves S3 on).
     """
 
-    def __init__(self, data_dir: str | Path, **kwargs: object) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+        **kwargs: object,
+    ) -> None:
         self.data_dir = data_dir
         self.kwargs = dict(kwargs)
         self.kwargs.setdefault("listen", "127.0.0.1:0")
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
