@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import cast
 
 from tunnelmesh_s3.nfs.ops import NfsService
 from tunnelmesh_s3.nfs.rpc import CallReceived, CallRejected, ConnectionBroken, RpcConnection
@@ -41,14 +42,15 @@ class _Connection(asyncio.Protocol):
         self._read_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (a stream server's transport; uvloop's is not an asyncio.Transport subclass, so no
+        # isinstance check: one refused every connection on the coordinator's uvloop)
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]) if peer else ""
         if len(self.open) >= MAX_CONNECTIONS:
             self.counters["refused"] += 1
             log.warning("nfs: %d connections open: refusing %s", len(self.open), self.address)
-            transport.abort()
+            self.transport.abort()
             return
         self.open.add(self)
         self.counters["accepted"] += 1
