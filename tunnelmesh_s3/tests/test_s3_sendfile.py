@@ -34,9 +34,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def s3(running: Running) -> Any:
-    s3 = boto3.client(
+def _client(running: Running) -> Any:
+    return boto3.client(
         "s3",
         endpoint_url=running.endpoint,
         aws_access_key_id=AK,
@@ -44,6 +43,11 @@ def s3(running: Running) -> Any:
         region_name="us-east-1",
         config=Config(retries={"max_attempts": 1}),
     )
+
+
+@pytest.fixture(scope="module")
+def s3(running: Running) -> Any:
+    s3 = _client(running)
     s3.create_bucket(Bucket="sfb")
     s3.put_object(Bucket="sfb", Key="single", Body=SINGLE, Metadata={"who": "me"})
     s3.put_object(Bucket="sfb", Key="empty", Body=b"")
@@ -261,14 +265,7 @@ def test_uvloop_which_has_no_sendfile_still_sends_every_byte(
         access_key=AK,
         secret_key=SK,
     ) as running:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=running.endpoint,
-            aws_access_key_id=AK,
-            aws_secret_access_key=SK,
-            region_name="us-east-1",
-            config=Config(retries={"max_attempts": 1}),
-        )
+        s3 = _client(running)
         s3.create_bucket(Bucket="uvb")
         s3.put_object(Bucket="uvb", Key="single", Body=SINGLE)
         up = s3.create_multipart_upload(Bucket="uvb", Key="multi")["UploadId"]
