@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from test_e2e_server_peer_lab import linked, poll
-from tunnelmesh.node.demo import MeshLab
 from tunnelmesh.testing.lab import Lab
+from tunnelmesh.testing.mesh import MeshLab
 
 COORD_UP = r"mesh peer coord: mesh IP (\S+) \(node up on tm0\)"
 """The coordinator's line once its own peer is up; group 1 is its mesh IP."""

@@ -28,8 +28,8 @@ import pytest
 pytest.importorskip("tunnelmesh_udp")
 
 from test_e2e_exit_lab import fetch, our_routes, poll, start_join
-from tunnelmesh.node.demo import MeshLab, NodeProcess
 from tunnelmesh.testing.lab import INTERNET_PAGE, Lab, wait_for_line
+from tunnelmesh.testing.mesh import MeshLab, NodeProcess
 
 pytestmark = pytest.mark.lab
 

@@ -41,9 +41,9 @@ import pytest
 pytest.importorskip("tunnelmesh_udp")
 pytest.importorskip("tunnelmesh_postgres")
 
-from tunnelmesh.node.demo import TOKEN, MeshLab, NodeProcess
 from tunnelmesh.testing import lab_unavailable_reason
 from tunnelmesh.testing.lab import Host, Lab
+from tunnelmesh.testing.mesh import TOKEN, MeshLab, NodeProcess
 from tunnelmesh.testing.postgres import PostgresCluster, postgres_unavailable_reason
 
 pytestmark = pytest.mark.lab

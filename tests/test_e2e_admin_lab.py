@@ -51,8 +51,8 @@ pytest.importorskip("playwright")
 
 from test_e2e_server_peer_lab import linked, poll
 from tunnelmesh.identity import Identity
-from tunnelmesh.node.demo import MeshLab
 from tunnelmesh.testing.lab import Host, Lab, wait_for_line
+from tunnelmesh.testing.mesh import MeshLab
 
 pytestmark = [
     pytest.mark.lab,

@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("tunnelmesh_udp")
 
-from tunnelmesh.node.demo import MeshLab
+from tunnelmesh.testing.mesh import MeshLab
 
 pytestmark = pytest.mark.lab
 

@@ -40,7 +40,7 @@ from coordinator_peer import (
     start_peers,
     tm,
 )
-from tunnelmesh.node.demo import MeshLab
+from tunnelmesh.testing.mesh import MeshLab
 
 pytestmark = pytest.mark.lab
 

@@ -21,8 +21,8 @@ import pytest
 
 pytest.importorskip("tunnelmesh_udp")
 
-from tunnelmesh.node.demo import MeshLab, NodeProcess
 from tunnelmesh.testing.lab import INTERNET_PAGE, Host, Lab, wait_for_line
+from tunnelmesh.testing.mesh import MeshLab, NodeProcess
 
 pytestmark = pytest.mark.lab
 

@@ -27,8 +27,8 @@ pytest.importorskip("tunnelmesh_s3")
 
 from test_e2e_server_peer_lab import linked, poll
 from tunnelmesh.identity import Identity
-from tunnelmesh.node.demo import TOKEN, MeshLab
 from tunnelmesh.testing.lab import Lab
+from tunnelmesh.testing.mesh import TOKEN, MeshLab
 
 pytestmark = pytest.mark.lab
 

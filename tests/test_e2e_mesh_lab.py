@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("tunnelmesh_udp")
 
-from tunnelmesh.node.demo import MeshLab
 from tunnelmesh.testing.lab import Lab
+from tunnelmesh.testing.mesh import MeshLab
 
 pytestmark = pytest.mark.lab
 

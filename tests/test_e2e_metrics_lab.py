@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("tunnelmesh_udp")
 
 from prometheus_client.parser import text_string_to_metric_families
-from tunnelmesh.node.demo import MeshLab
 from tunnelmesh.testing.lab import Host, Lab
+from tunnelmesh.testing.mesh import MeshLab
 
 pytestmark = pytest.mark.lab
 

@@ -43,7 +43,7 @@ from coordinator_peer import (
     wait_linked,
 )
 from test_e2e_server_peer_lab import poll
-from tunnelmesh.node.demo import MeshLab
+from tunnelmesh.testing.mesh import MeshLab
 
 pytestmark = [
     pytest.mark.lab,

@@ -34,8 +34,8 @@ pytest.importorskip("tunnelmesh_udp")
 pytest.importorskip("tunnelmesh_ssh")
 pytest.importorskip("tunnelmesh_relay")
 
-from tunnelmesh.node.demo import MeshLab
 from tunnelmesh.testing.lab import Host, Lab
+from tunnelmesh.testing.mesh import MeshLab
 
 pytestmark = pytest.mark.lab
 

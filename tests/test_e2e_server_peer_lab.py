@@ -25,8 +25,8 @@ import pytest
 pytest.importorskip("tunnelmesh_udp")
 
 from tunnelmesh.control_socket import ControlError, request
-from tunnelmesh.node.demo import NETNS_ETC, MeshLab, NodeProcess
 from tunnelmesh.testing.lab import Lab
+from tunnelmesh.testing.mesh import NETNS_ETC, MeshLab, NodeProcess
 
 pytestmark = pytest.mark.lab
 

@@ -28,8 +28,8 @@ import pytest
 pytest.importorskip("tunnelmesh_udp")
 
 from test_e2e_exit_lab import our_routes, routing_state
-from tunnelmesh.node.demo import MeshLab, NodeProcess, Peer
 from tunnelmesh.testing.lab import Host, Lab
+from tunnelmesh.testing.mesh import MeshLab, NodeProcess, Peer
 
 pytestmark = pytest.mark.lab
 

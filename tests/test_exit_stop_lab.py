@@ -26,8 +26,8 @@ import pytest
 
 pytest.importorskip("tunnelmesh_udp")
 
-from tunnelmesh.node.demo import NETNS_ETC, MeshLab, NodeProcess
 from tunnelmesh.testing.lab import Host, Lab
+from tunnelmesh.testing.mesh import NETNS_ETC, MeshLab, NodeProcess
 
 ROUNDS = int(os.environ.get("TUNNELMESH_EXIT_STOP_ROUNDS", "5"))
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120 + 20 * ROUNDS)]  # a round takes ~6 s

@@ -122,7 +122,7 @@ ALLOWED_CLASSES: dict[tuple[str, str], str] = {
         "a SIGTERM unwinding join before its event loop, like KeyboardInterrupt: no except "
         "TunnelmeshError may catch it"
     ),
-    ("core/src/tunnelmesh/node/demo.py", "DemoInterrupted"): (
+    ("core/src/tunnelmesh/testing/demo.py", "DemoInterrupted"): (
         "a signal unwinding the demo, like KeyboardInterrupt: no except TunnelmeshError may "
         "catch it"
     ),

@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("tunnelmesh_udp")
 pytest.importorskip("tunnelmesh_relay")
 
-from tunnelmesh.node.demo import MeshLab
 from tunnelmesh.testing.lab import Lab
+from tunnelmesh.testing.mesh import MeshLab
 
 pytestmark = pytest.mark.lab
 

@@ -29,8 +29,8 @@ import pytest
 pytest.importorskip("tunnelmesh_udp")
 pytest.importorskip("tunnelmesh_wg")
 
-from tunnelmesh.node.demo import MeshLab, NodeProcess
 from tunnelmesh.testing.lab import Host, Lab
+from tunnelmesh.testing.mesh import MeshLab, NodeProcess
 from tunnelmesh_wg.labtools import Phone, parse_config, start_phone
 
 pytestmark = pytest.mark.lab
@@ -121,7 +121,7 @@ def transfer(src: Host, dst: Host, address: str, nbytes: int, port: int) -> dict
     sink = NodeProcess(
         "sink",
         dst.python(
-            "-m", "tunnelmesh.node.transfer", "sink", address, str(port), "--timeout", "60",
+            "-m", "tunnelmesh.testing.transfer", "sink", address, str(port), "--timeout", "60",
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         ),
         None,
@@ -129,7 +129,7 @@ def transfer(src: Host, dst: Host, address: str, nbytes: int, port: int) -> dict
     try:
         sink.wait_line("^ready", 20)
         out = src.run(
-            [sys.executable, "-m", "tunnelmesh.node.transfer", "send", address, str(port),
+            [sys.executable, "-m", "tunnelmesh.testing.transfer", "send", address, str(port),
              "--bytes", str(nbytes), "--timeout", "60"],
             timeout=90,
         ).stdout  # fmt: skip

@@ -29,8 +29,8 @@ pytest.importorskip("tunnelmesh_wg")
 
 from test_e2e_exit_lab import ECHO, ECHO_PORT, fetch, poll
 from test_wg_concentrator_lab import WG_PORT, _need, cli, reaches
-from tunnelmesh.node.demo import MeshLab, NodeProcess
 from tunnelmesh.testing.lab import INTERNET_PAGE, Host, Lab, wait_for_line
+from tunnelmesh.testing.mesh import MeshLab, NodeProcess
 from tunnelmesh_wg.labtools import parse_config, start_phone
 
 pytestmark = pytest.mark.lab

@@ -35,8 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_s3 import raw_bench
-from tunnelmesh.node.demo import MeshLab
 from tunnelmesh.testing.lab import Lab
+from tunnelmesh.testing.mesh import MeshLab
 
 MiB = 1024 * 1024
 

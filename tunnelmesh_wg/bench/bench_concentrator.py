@@ -28,8 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tunnelmesh.node.demo import MeshLab
 from tunnelmesh.testing.lab import Lab
+from tunnelmesh.testing.mesh import MeshLab
 from tunnelmesh.testing.wireguard import KeyPair, start_wireguard_go, stop_process
 from tunnelmesh_wg.labtools import start_phone
 

@@ -47,7 +47,7 @@ def demo(duration: float | None, transfer_seconds: float, verbose: bool) -> None
 
     if os.geteuid() != 0:
         raise TunnelmeshError("tunnelmesh demo needs root (network namespaces): run it with sudo")
-    from tunnelmesh.node.demo import run_demo
+    from tunnelmesh.testing.demo import run_demo
 
     code = run_demo(
         duration=duration,

@@ -7,7 +7,6 @@
 * :mod:`tunnelmesh.node.negotiate`: the sans-IO path selector (order, fallback, probing
   back, quality); :mod:`tunnelmesh.node.paths` drives it per peer (dials, in-link probes).
 * :mod:`tunnelmesh.node.endpoints`: this node's endpoints and the order to try a peer's.
-* :mod:`tunnelmesh.node.demo`: ``tunnelmesh demo``, a whole mesh in namespaces.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""A bounded TCP transfer for the demo and the lab tests (``python -m tunnelmesh.node.transfer``).
+"""A bounded TCP transfer for the demo and the lab tests (``python -m tunnelmesh.testing.transfer``).
 
 ::
 
-    python -m tunnelmesh.node.transfer sink HOST PORT          # one connection, prints a summary
-    python -m tunnelmesh.node.transfer send HOST PORT --seconds 1.5   # or --bytes N
-    python -m tunnelmesh.node.transfer send HOST PORT --bytes N --rate 1000000  # paced (B/s)
+    python -m tunnelmesh.testing.transfer sink HOST PORT          # one connection, prints a summary
+    python -m tunnelmesh.testing.transfer send HOST PORT --seconds 1.5   # or --bytes N
+    python -m tunnelmesh.testing.transfer send HOST PORT --bytes N --rate 1000000  # paced (B/s)
 
 The sink prints ``ready`` once listening, then, after the sender closes,
 ``received <bytes> sha256 <hex> seconds <s> mbps <Mbit/s>``; the sender prints
@@ -93,7 +93,7 @@ def send(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tunnelmesh.node.transfer")
+    p = argparse.ArgumentParser(prog="python -m tunnelmesh.testing.transfer")
     p.add_argument("mode", choices=["sink", "send"])
     p.add_argument("host")
     p.add_argument("port", type=int)
