@@ -79,9 +79,11 @@ def fetch(host: Host, url: str) -> str:
 
 def routing_state(host: Host) -> str:
     """Every IPv4 and IPv6 route of every table."""
-    v4 = host.run(["ip", "route", "show", "table", "all"]).stdout
-    v6 = host.run(["ip", "-6", "route", "show", "table", "all"]).stdout
-    return v4 + "--\n" + v6
+    # Sorted: a table is a set; the kernel may list an unchanged route elsewhere (CI saw eth0's
+    # link-local `local fe80::...` route of table local move when the TUN device went away).
+    v4 = host.run(["ip", "route", "show", "table", "all"]).stdout.splitlines()
+    v6 = host.run(["ip", "-6", "route", "show", "table", "all"]).stdout.splitlines()
+    return "\n".join([*sorted(v4), "--", *sorted(v6)]) + "\n"
 
 
 def our_routes(host: Host) -> str:

@@ -36,9 +36,11 @@ ORIGINAL = "# the namespace's own resolver config\nnameserver 127.0.0.1\noptions
 
 
 def routing_state(host: Host) -> str:
-    v4 = host.run(["ip", "route", "show", "table", "all"]).stdout
-    v6 = host.run(["ip", "-6", "route", "show", "table", "all"]).stdout
-    return v4 + "--\n" + v6
+    # Sorted: a table is a set; the kernel may list an unchanged route elsewhere (CI saw eth0's
+    # link-local `local fe80::...` route of table local move when the TUN device went away).
+    v4 = host.run(["ip", "route", "show", "table", "all"]).stdout.splitlines()
+    v6 = host.run(["ip", "-6", "route", "show", "table", "all"]).stdout.splitlines()
+    return "\n".join([*sorted(v4), "--", *sorted(v6)]) + "\n"
 
 
 @pytest.fixture
